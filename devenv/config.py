@@ -1,0 +1,413 @@
+"""devenv.toml: load, fill defaults, validate collecting every error at once.
+
+A project keeps a devenv.toml in its folder (found in the current directory or
+a parent, like a Vagrantfile). Each instance keeps its own resolved copy, so an
+instance keeps working when the project file later changes. Every problem is
+reported as "FILE:LINE: field `x` must be ..." and all problems are reported
+together, so one edit round fixes them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from devenv import paths
+from devenv.errors import ConfigError, UsageError
+
+BACKENDS = ("auto", "native", "qemu", "libvirt", "wsl2", "hyperv")
+RUNTIMES = ("docker", "podman", "containerd")
+ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
+DEFAULT_IMAGE = "debian-12"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+NAME_MAX = 63  # one DNS label: the name becomes the guest's hostname
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tib": 1024**4,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+}
+_SIZE_RE = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+
+
+@dataclass(frozen=True)
+class Mount:
+    location: str
+    mount_point: str = ""  # empty: the same path as on the host
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class PortForward:
+    guest: int
+    host: int = 0  # 0: the same number as the guest port
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Provision:
+    script: str
+    mode: str = "system"  # system: as root; user: as the devenv user
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    backend: str = "auto"
+    image: str = DEFAULT_IMAGE
+    cpus: int = 2
+    memory: int = 2 * 1024**3
+    disk: int = 20 * 1024**3
+    runtime: str = "docker"
+    accelerator: str = "auto"
+    mounts: tuple[Mount, ...] = ()
+    ports: tuple[PortForward, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    provision: tuple[Provision, ...] = ()
+
+    def to_toml(self) -> str:
+        return dump_toml(self)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+FIELDS = {
+    "name",
+    "backend",
+    "image",
+    "cpus",
+    "memory",
+    "disk",
+    "runtime",
+    "accelerator",
+    "mounts",
+    "ports",
+    "env",
+    "provision",
+}
+MOUNT_FIELDS = {"location", "mount_point", "writable"}
+PORT_FIELDS = {"guest", "host", "protocol"}
+PROVISION_FIELDS = {"script", "mode"}
+
+
+def parse_size(value: object) -> int:
+    """"2GiB" / "2048MiB" / "2G" -> bytes. Raises ValueError with the reason."""
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError('must be a size string such as "2GiB" or "2048MiB"')
+    m = _SIZE_RE.match(value)
+    if not m or m.group(2).lower() not in _UNITS:
+        raise ValueError(f'must be a size such as "2GiB" or "2048MiB", not "{value}"')
+    number = float(m.group(1))
+    if number <= 0:
+        raise ValueError(f'must be a positive size, not "{value}"')
+    return int(number * _UNITS[m.group(2).lower()])
+
+
+def format_size(n: int) -> str:
+    for unit, factor in (("TiB", 1024**4), ("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= factor and n % factor == 0:
+            return f"{n // factor}{unit}"
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f}GiB"
+    return f"{n}B"
+
+
+def validate_name(name: object, where: str = "instance name") -> str:
+    """The single rule for instance names, shared by config and CLI flags."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{where} must be a non-empty string", "use letters, digits, '.', '_' and '-'")
+    if len(name) > NAME_MAX:
+        raise UsageError(
+            f"{where} is {len(name)} characters long; at most {NAME_MAX} are allowed",
+            "choose a shorter name (it becomes the guest's hostname)",
+        )
+    if not NAME_RE.match(name):
+        raise UsageError(
+            f"{where} `{name}` may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit",
+            "for example: devenv start -n myproject",
+        )
+    return name
+
+
+def find_project_config(start: Path | None = None) -> Path | None:
+    """The nearest devenv.toml in `start` (default: cwd) or one of its parents."""
+    here = (start or Path.cwd()).absolute()
+    for folder in (here, *here.parents):
+        candidate = folder / paths.PROJECT_CONFIG
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _Locator:
+    """Finds the line of a key in TOML text; tomllib does not report positions."""
+
+    _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\"'-]+)\s*\]\]?")
+    _KEY = re.compile(r"^\s*([A-Za-z0-9_\"'-]+)\s*=")
+
+    def __init__(self, text: str) -> None:
+        self.lines: dict[tuple[Any, ...], int] = {}
+        table: tuple[Any, ...] = ()
+        counts: dict[str, int] = {}
+        for number, line in enumerate(text.splitlines(), start=1):
+            header = self._HEADER.match(line)
+            if header:
+                name = header.group(2).strip("\"'")
+                if header.group(1) == "[[":
+                    counts[name] = counts.get(name, -1) + 1
+                    table = (name, counts[name])
+                else:
+                    table = tuple(name.split("."))
+                self.lines.setdefault(table, number)
+                continue
+            key = self._KEY.match(line)
+            if key:
+                self.lines.setdefault((*table, key.group(1).strip("\"'")), number)
+
+    def line(self, *path: Any) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+class _Problems:
+    def __init__(self, source: str, locator: _Locator | None) -> None:
+        self.source = source
+        self.locator = locator
+        self.items: list[str] = []
+
+    def add(self, path: tuple[Any, ...], what: str) -> None:
+        line = self.locator.line(*path) if self.locator else None
+        where = f"{self.source}:{line}" if line else self.source
+        label = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in path).replace(".[", "[")
+        self.items.append(f"{where}: field `{label}` {what}")
+
+    def unknown(self, path: tuple[Any, ...], key: str, known: set[str]) -> None:
+        close = difflib.get_close_matches(key, sorted(known), n=1)
+        suggestion = f"; did you mean `{close[0]}`?" if close else f"; known fields: {', '.join(sorted(known))}"
+        self.add((*path, key), f"is not a known field{suggestion}")
+
+
+def load_file(path: Path) -> Config:
+    """Parse and validate one devenv.toml; raise ConfigError listing every problem."""
+    import tomllib
+
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"{path}: cannot read: {e.strerror}"]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
+        reason = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        where = f"{path}:{m.group(1)}" if m else str(path)
+        raise ConfigError([f"{where}: not valid TOML: {reason}"], "see https://toml.io for the syntax") from None
+    return from_dict(data, source=str(path), locator=_Locator(text))
+
+
+def from_dict(data: dict[str, Any], source: str = "devenv.toml", locator: _Locator | None = None) -> Config:
+    p = _Problems(source, locator)
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        if key not in FIELDS:
+            p.unknown((), key, FIELDS)
+            continue
+        try:
+            values[key] = _check_field(key, value, p)
+        except ValueError as e:
+            p.add((key,), str(e))
+    if p.items:
+        raise ConfigError(p.items)
+    return Config(**{k: v for k, v in values.items() if v is not None})
+
+
+def _check_field(key: str, value: Any, p: _Problems) -> Any:
+    if key == "name":
+        try:
+            return validate_name(value, "name")
+        except UsageError as e:
+            raise ValueError(e.message.removeprefix("name ")) from None
+    if key in ("backend", "runtime", "accelerator"):
+        allowed = {"backend": BACKENDS, "runtime": RUNTIMES, "accelerator": ACCELERATORS}[key]
+        if value not in allowed:
+            raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
+        return value
+    if key == "image":
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError('must be an image name such as "debian-12" or a path to a qcow2 file')
+        return value
+    if key == "cpus":
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
+            raise ValueError(f"must be a whole number from 1 to 256, not {value!r}")
+        return value
+    if key in ("memory", "disk"):
+        size = parse_size(value)
+        floor = 256 * 1024**2 if key == "memory" else 1024**3
+        if size < floor:
+            raise ValueError(f"must be at least {format_size(floor)}, not {value!r}")
+        return size
+    if key == "env":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise ValueError('must be a table of strings, such as env = { EDITOR = "vim" }')
+        bad = [k for k in value if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+        if bad:
+            raise ValueError(f"has invalid variable names: {', '.join(bad)}")
+        return dict(value)
+    if key == "mounts":
+        return tuple(_check_list(key, value, p, MOUNT_FIELDS, _mount))
+    if key == "ports":
+        return tuple(_check_list(key, value, p, PORT_FIELDS, _port))
+    if key == "provision":
+        return tuple(_check_list(key, value, p, PROVISION_FIELDS, _provision))
+    raise AssertionError(key)  # pragma: no cover - FIELDS and this function agree
+
+
+def _check_list(key: str, value: Any, p: _Problems, known: set[str], make: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"must be a list of tables ([[{key}]] sections)")
+    out = []
+    for i, item in enumerate(value):
+        if key == "provision" and isinstance(item, str):
+            item = {"script": item}
+        if not isinstance(item, dict):
+            p.add((key, i), "must be a table")
+            continue
+        for k in item:
+            if k not in known:
+                p.unknown((key, i), k, known)
+        try:
+            out.append(make({k: v for k, v in item.items() if k in known}))
+        except ValueError as e:
+            field_name, _, reason = str(e).partition(" ")
+            p.add((key, i, field_name), reason)
+    return out
+
+
+def _mount(item: dict[str, Any]) -> Mount:
+    location = item.get("location")
+    if not isinstance(location, str) or not location:
+        raise ValueError("location must be a host folder path")
+    mount_point = item.get("mount_point", "")
+    if not isinstance(mount_point, str) or (mount_point and not mount_point.startswith("/")):
+        raise ValueError("mount_point must be an absolute guest path")
+    writable = item.get("writable", False)
+    if not isinstance(writable, bool):
+        raise ValueError("writable must be true or false")
+    return Mount(location=location, mount_point=mount_point, writable=writable)
+
+
+def _port(item: dict[str, Any]) -> PortForward:
+    guest = item.get("guest")
+    host = item.get("host", 0)
+    for name, n in (("guest", guest), ("host", host)):
+        if isinstance(n, bool) or not isinstance(n, int) or not (0 if name == "host" else 1) <= n <= 65535:
+            raise ValueError(f"{name} must be a port number from 1 to 65535, not {n!r}")
+    protocol = item.get("protocol", "tcp")
+    if protocol != "tcp":
+        raise ValueError(f'protocol must be "tcp", not {protocol!r}')
+    assert isinstance(guest, int) and isinstance(host, int)
+    return PortForward(guest=guest, host=host, protocol=protocol)
+
+
+def _provision(item: dict[str, Any]) -> Provision:
+    script = item.get("script")
+    if not isinstance(script, str) or not script.strip():
+        raise ValueError("script must be a non-empty shell script")
+    mode = item.get("mode", "system")
+    if mode not in ("system", "user"):
+        raise ValueError(f'mode must be "system" or "user", not {mode!r}')
+    return Provision(script=script, mode=mode)
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Apply command-line flags (already named like config fields) and re-validate."""
+    data = {k: v for k, v in overrides.items() if v is not None}
+    if not data:
+        return cfg
+    p = _Problems("command line", None)
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        try:
+            changes[key] = _check_field(key, value, p)
+        except ValueError as e:
+            p.items.append(f"--{key} {e}")
+    if p.items:
+        raise UsageError(p.items[0], "see `devenv create --help`")
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
+
+
+def resolve_name(explicit: str | None, project: Path | None) -> str:
+    """-n/--name, else the name in the nearest devenv.toml, else DEVENV_INSTANCE, else default."""
+    if explicit is not None:
+        return validate_name(explicit)
+    if project is not None:
+        name = _peek_name(project)
+        if name:
+            return validate_name(name, f"{project}: name")
+    env = os.environ.get(paths.ENV_INSTANCE)
+    if env:
+        return validate_name(env, f"{paths.ENV_INSTANCE}")
+    return "default"
+
+
+def _peek_name(project: Path) -> str | None:
+    """Read only `name` from a project file: naming must not fail on unrelated errors."""
+    import tomllib
+
+    try:
+        value = tomllib.loads(project.read_text(encoding="utf-8")).get("name")
+    except (OSError, tomllib.TOMLDecodeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _toml_str(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def dump_toml(cfg: Config) -> str:
+    lines = [
+        "# Written by devenv: the resolved config of this instance.",
+        f"name = {_toml_str(cfg.name)}",
+        f"backend = {_toml_str(cfg.backend)}",
+        f"image = {_toml_str(cfg.image)}",
+        f"cpus = {cfg.cpus}",
+        f"memory = {_toml_str(format_size(cfg.memory))}",
+        f"disk = {_toml_str(format_size(cfg.disk))}",
+        f"runtime = {_toml_str(cfg.runtime)}",
+        f"accelerator = {_toml_str(cfg.accelerator)}",
+    ]
+    if cfg.env:
+        inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())
+        lines.append(f"env = {{ {inner} }}")
+    for m in cfg.mounts:
+        lines += ["", "[[mounts]]", f"location = {_toml_str(m.location)}"]
+        if m.mount_point:
+            lines.append(f"mount_point = {_toml_str(m.mount_point)}")
+        lines.append(f"writable = {'true' if m.writable else 'false'}")
+    for port in cfg.ports:
+        lines += ["", "[[ports]]", f"guest = {port.guest}", f"host = {port.host}"]
+    for prov in cfg.provision:
+        lines += ["", "[[provision]]", f"mode = {_toml_str(prov.mode)}", f"script = {_toml_str(prov.script)}"]
+    return "\n".join(lines) + "\n"

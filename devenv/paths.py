@@ -1,0 +1,83 @@
+"""Where devenv keeps things. Every file name is a constant here.
+
+The state root comes from platformdirs (per user, never a system path) and is
+overridden by DEVENV_HOME. Each instance has one directory, created 0700 because
+it holds private keys and sockets.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV_HOME = "DEVENV_HOME"
+ENV_CACHE = "DEVENV_CACHE"
+ENV_INSTANCE = "DEVENV_INSTANCE"
+
+PROJECT_CONFIG = "devenv.toml"
+
+INSTANCES_DIR = "instances"
+
+# Files inside one instance directory.
+INSTANCE_CONFIG = "devenv.toml"  # the resolved config this instance was created with
+STARTED_MARKER = "started"  # present while the user wants the instance running
+DISK = "disk.qcow2"
+CIDATA = "cidata.iso"
+SERIAL_LOG = "serial.log"
+QEMU_PID = "qemu.pid"
+QMP_SOCK = "qmp.sock"
+SSH_PORT = "ssh.port"
+SSH_DIR = "ssh"
+SSH_KEY = "ssh/id_ed25519"
+SSH_PUBKEY = "ssh/id_ed25519.pub"
+SSH_HOST_KEY = "ssh/ssh_host_ed25519_key"
+SSH_HOST_PUBKEY = "ssh/ssh_host_ed25519_key.pub"
+SSH_KNOWN_HOSTS = "ssh/known_hosts"
+HOSTAGENT_PID = "hostagent.pid"
+HOSTAGENT_SOCK = "hostagent.sock"
+HOSTAGENT_LOG = "hostagent.log"
+EVENTS_LOG = "events.jsonl"
+SOCK_DIR = "sock"
+ENGINE_SOCK = "sock/docker.sock"
+
+# unix sockets must fit sun_path: 108 bytes on Linux, 104 on macOS.
+SUN_PATH_MAX = 104
+
+
+def home() -> Path:
+    """The state root: DEVENV_HOME, else the platform's per-user data dir."""
+    override = os.environ.get(ENV_HOME)
+    if override:
+        return Path(override).expanduser().absolute()
+    from platformdirs import user_data_path
+
+    return user_data_path("devenv", appauthor=False)
+
+
+def cache_dir() -> Path:
+    """Downloaded and built images; shared by all instances, kept across deletes."""
+    override = os.environ.get(ENV_CACHE)
+    if override:
+        return Path(override).expanduser().absolute()
+    from platformdirs import user_cache_path
+
+    return user_cache_path("devenv", appauthor=False)
+
+
+def instances_root() -> Path:
+    return home() / INSTANCES_DIR
+
+
+def instance_dir(name: str) -> Path:
+    return instances_root() / name
+
+
+def ensure_private_dir(path: Path) -> Path:
+    """Create `path` (and parents) and make the leaf 0700 whatever the umask."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def socket_path_fits(path: Path) -> bool:
+    return len(os.fsencode(str(path))) < SUN_PATH_MAX
