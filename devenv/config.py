@@ -362,7 +362,7 @@ def resolve_name(explicit: str | None, project: Path | None) -> str:
     if explicit is not None:
         return validate_name(explicit)
     if project is not None:
-        name = _peek_name(project)
+        name = peek_name(project)
         if name:
             return validate_name(name, f"{project}: name")
     env = os.environ.get(paths.ENV_INSTANCE)
@@ -371,7 +371,7 @@ def resolve_name(explicit: str | None, project: Path | None) -> str:
     return "default"
 
 
-def _peek_name(project: Path) -> str | None:
+def peek_name(project: Path) -> str | None:
     """Read only `name` from a project file: naming must not fail on unrelated errors."""
     import tomllib
 

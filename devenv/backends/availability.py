@@ -1,0 +1,84 @@
+"""Can this host run a backend? One pure function per backend, read by `doctor`.
+
+These take a Host (real or a test double) and never import the backend module,
+so `doctor` works even when an optional dependency is missing and can say so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from collections.abc import Callable
+
+from devenv.hostos import Host, Probe
+
+
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(name) is not None
+
+
+def native(host: Host) -> Probe:
+    return host.native_engine
+
+
+def qemu(host: Host) -> Probe:
+    q = host.qemu
+    if not q.ok:
+        return q
+    accel = accelerator(host)
+    return Probe(True, f"{q.detail}; accelerator {accel}")
+
+
+def accelerator(host: Host) -> str:
+    """The accelerator `auto` picks here: hvf, kvm, whpx, else tcg (slow but works).
+
+    DEVENV_QEMU_ACCEL forces one, for hosts where a probe says yes but the
+    accelerator does not work (nested KVM that hangs at boot, for example).
+    """
+    forced = os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower()
+    if forced and forced != "auto":
+        return forced
+    if host.hvf.ok:
+        return "hvf"
+    if host.kvm.ok:
+        return "kvm"
+    if host.whpx.ok:
+        return "whpx"
+    return "tcg"
+
+
+def libvirt(host: Host) -> Probe:
+    if host.system != "linux":
+        return Probe(False, "the libvirt backend is for Linux hosts")
+    if not _has_module("libvirt"):
+        return Probe(
+            False,
+            "the Python package libvirt-python is not installed",
+            "sudo apt-get install libvirt-dev pkg-config && pip install 'devenv[libvirt]'",
+        )
+    return host.libvirt_socket
+
+
+def wsl2(host: Host) -> Probe:
+    return host.wsl_exe
+
+
+def hyperv(host: Host) -> Probe:
+    if host.system == "windows":
+        return host.hyperv
+    if not _has_module("winrm"):
+        return Probe(
+            False,
+            "not Windows, and pywinrm (for a remote Hyper-V host) is not installed",
+            "pip install 'devenv[winrm]' and set hyperv_host in devenv.toml",
+        )
+    return Probe(False, "not Windows; a remote Hyper-V host needs `hyperv_host`, which is not configured")
+
+
+CHECKS: dict[str, Callable[[Host], Probe]] = {
+    "native": native,
+    "qemu": qemu,
+    "libvirt": libvirt,
+    "wsl2": wsl2,
+    "hyperv": hyperv,
+}

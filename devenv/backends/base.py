@@ -1,0 +1,89 @@
+"""What a backend is: small protocols plus a Features value.
+
+Callers read `features` to decide what to offer, never isinstance(). An
+operation a backend cannot do raises NotSupported naming the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from devenv.config import Config
+    from devenv.hostos import Host, Probe
+
+
+@dataclass(frozen=True)
+class Features:
+    """What a backend can do; the CLI and orchestration branch on these."""
+
+    vm: bool  # runs a guest (False: the host itself runs the containers)
+    ssh: bool  # reachable over SSH (ssh-config, cp through SFTP)
+    port_forwarding: bool
+    mounts: tuple[str, ...] = ()  # mount kinds: "9p", "sshfs", "virtiofs", "host"
+    snapshots: bool = False
+    accelerators: tuple[str, ...] = ()
+    runtimes: tuple[str, ...] = ("docker", "podman", "containerd")
+
+
+STATES = ("stopped", "starting", "running", "degraded", "broken")
+
+
+@dataclass(frozen=True)
+class Status:
+    """Derived on every call from pid files, sockets and probes; never stored."""
+
+    state: str
+    reason: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+
+# step(name) is called as each long step begins; the CLI renders it.
+StepReporter = Callable[[str], None]
+
+
+@dataclass
+class InstanceRef:
+    """What a backend needs to know about one instance."""
+
+    name: str
+    dir: Path
+    config: Config
+
+
+class Lifecycle(Protocol):
+    def create(self, inst: InstanceRef, step: StepReporter) -> None: ...
+    def start(self, inst: InstanceRef, step: StepReporter) -> None: ...
+    def stop(self, inst: InstanceRef, force: bool) -> None: ...
+    def delete(self, inst: InstanceRef) -> None: ...
+    def status(self, inst: InstanceRef) -> Status: ...
+
+
+class Executor(Protocol):
+    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int: ...
+    def shell(self, inst: InstanceRef) -> int: ...
+
+
+class Files(Protocol):
+    def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None: ...
+    def copy_out(self, inst: InstanceRef, src: str, dst: Path) -> None: ...
+
+
+class EngineEndpoint(Protocol):
+    def docker_env(self, inst: InstanceRef) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class Backend(Lifecycle, Executor, Files, EngineEndpoint, Protocol):
+    name: str
+    features: Features
+
+    def ssh_config(self, inst: InstanceRef) -> str: ...
+    def log_files(self, inst: InstanceRef) -> list[Path]: ...
+
+
+class AvailabilityCheck(Protocol):
+    def __call__(self, host: Host) -> Probe: ...

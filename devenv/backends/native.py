@@ -1,0 +1,125 @@
+"""The native backend: on a Linux host the engine already runs here.
+
+Start and stop change nothing on the host; they verify the engine and record
+whether the user wants the instance up. `exec` runs the command locally with
+the same contract the VM backends keep: stdio streams straight through, the
+command's exit code is returned, and a signal death becomes 128+N.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+
+from devenv import paths
+from devenv.backends.base import Features, InstanceRef, Status, StepReporter
+from devenv.errors import BackendUnavailable, NotSupported, UsageError
+from devenv.hostos import Engine, Host, current
+
+
+class NativeBackend:
+    name = "native"
+    features = Features(vm=False, ssh=False, port_forwarding=False, mounts=("host",), runtimes=("docker", "podman"))
+
+    def __init__(self, host: Host | None = None) -> None:
+        self.host = host or current()
+
+    def _engine(self, inst: InstanceRef) -> Engine:
+        runtime = inst.config.runtime
+        if runtime not in self.features.runtimes:
+            raise NotSupported(
+                self.name,
+                f"runtime `{runtime}`",
+                "use runtime docker or podman, or --backend qemu for containerd in a VM",
+            )
+        engine = self.host.engine
+        if engine is None or engine.runtime != runtime:
+            found = f"; found {engine.runtime} instead" if engine else ""
+            fix = "sudo systemctl start docker" if runtime == "docker" else "systemctl --user start podman.socket"
+            raise BackendUnavailable(f"no {runtime} engine answers on this host{found}", f"{fix}, or use --backend qemu")
+        return engine
+
+    def create(self, inst: InstanceRef, step: StepReporter) -> None:
+        step(f"check the local {inst.config.runtime} engine")
+        self._engine(inst)
+
+    def start(self, inst: InstanceRef, step: StepReporter) -> None:
+        step(f"check the local {inst.config.runtime} engine")
+        self._engine(inst)
+
+    def stop(self, inst: InstanceRef, force: bool) -> None:
+        """The host's engine is not ours to stop; stopping only marks the instance down."""
+
+    def delete(self, inst: InstanceRef) -> None:
+        """Nothing outside the instance directory belongs to a native instance."""
+
+    def status(self, inst: InstanceRef) -> Status:
+        if not (inst.dir / paths.STARTED_MARKER).exists():
+            return Status("stopped")
+        engine = self.host.engine
+        runtime = inst.config.runtime
+        if engine is None or engine.runtime != runtime:
+            return Status("broken", f"the local {runtime} engine does not answer")
+        return Status("running", details={"engine": engine.endpoint or engine.runtime})
+
+    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+        if not argv:
+            raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
+        full_env = {**os.environ, **inst.config.env, **env}
+        engine = self.host.engine
+        if engine and engine.endpoint and inst.config.runtime == "docker":
+            full_env.setdefault("DOCKER_HOST", engine.endpoint)
+        return run_foreground(list(argv), full_env, cwd)
+
+    def shell(self, inst: InstanceRef) -> int:
+        return run_foreground([os.environ.get("SHELL", "/bin/sh")], {**os.environ, **inst.config.env}, None)
+
+    def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
+        _local_copy(src, Path(dst))
+
+    def copy_out(self, inst: InstanceRef, src: str, dst: Path) -> None:
+        _local_copy(Path(src), dst)
+
+    def docker_env(self, inst: InstanceRef) -> dict[str, str]:
+        engine = self._engine(inst)
+        if not engine.endpoint:
+            raise NotSupported(
+                self.name,
+                "docker-env for a daemonless podman",
+                "systemctl --user start podman.socket, then run docker-env again",
+            )
+        return {"DOCKER_HOST": engine.endpoint}
+
+    def ssh_config(self, inst: InstanceRef) -> str:
+        raise NotSupported(self.name, "ssh-config", "there is no guest: the native backend runs on this host itself")
+
+    def log_files(self, inst: InstanceRef) -> list[Path]:
+        return []
+
+
+def run_foreground(argv: list[str], env: dict[str, str], cwd: str | None) -> int:
+    """Run a child on our terminal; Ctrl-C reaches it (same process group), not us."""
+    try:
+        proc = subprocess.Popen(argv, env=env, cwd=cwd)
+    except FileNotFoundError:
+        raise UsageError(f"command not found: {argv[0]}", "check the command name and PATH") from None
+    except PermissionError:
+        raise UsageError(f"permission denied: {argv[0]}", "is the file executable?") from None
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        code = proc.wait()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return 128 - code if code < 0 else code
+
+
+def _local_copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        target = dst / src.name if dst.is_dir() else dst
+        shutil.copytree(src, target, dirs_exist_ok=True)
+    else:
+        shutil.copy2(src, dst)

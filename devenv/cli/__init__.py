@@ -1,0 +1,1 @@
+"""The command line: thin commands, one error boundary, a fast path for hot commands."""

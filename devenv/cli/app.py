@@ -1,0 +1,211 @@
+"""The typer app: every command's flags, help and completion; no logic here.
+
+Each command hands its parsed arguments to devenv.cli.commands inside the
+error boundary. The exit code a command returns is kept aside, so that a
+command's own code (exec returning 2, say) is never mistaken for the parser's
+usage-error exit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from devenv.cli import commands
+from devenv.cli.boundary import guarded
+from devenv.errors import ExitCode
+
+app = typer.Typer(
+    name="devenv",
+    help="The same Linux container environment on Windows, macOS and Linux.",
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+)
+image_app = typer.Typer(help="Guest images: list, pull, build, remove.", no_args_is_help=True)
+app.add_typer(image_app, name="image")
+
+_result: list[int] = []
+
+
+def _run(fn: Callable[[], int | None]) -> None:
+    code = guarded(fn)
+    _result.append(code)
+    raise typer.Exit(code)
+
+
+Name = Annotated[
+    str | None,
+    typer.Option("-n", "--name", help="Instance name (default: devenv.toml's name, $DEVENV_INSTANCE, or `default`)."),
+]
+Backend = Annotated[str | None, typer.Option("--backend", help="native, qemu, libvirt, wsl2 or hyperv.")]
+Image = Annotated[str | None, typer.Option("--image", help="Image name (debian-12) or a qcow2 path.")]
+Cpus = Annotated[int | None, typer.Option("--cpus", help="Virtual CPUs.")]
+Memory = Annotated[str | None, typer.Option("--memory", help='Memory, e.g. "4GiB".')]
+Disk = Annotated[str | None, typer.Option("--disk", help='Disk size, e.g. "40GiB".')]
+Runtime = Annotated[str | None, typer.Option("--runtime", help="docker, podman or containerd.")]
+Force = Annotated[bool, typer.Option("--force", "-f")]
+Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        _run(commands.version)
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """The same Linux container environment on Windows, macOS and Linux."""
+
+
+@app.command()
+def create(
+    name: Name = None,
+    backend: Backend = None,
+    image: Image = None,
+    cpus: Cpus = None,
+    memory: Memory = None,
+    disk: Disk = None,
+    runtime: Runtime = None,
+) -> None:
+    """Create an instance without starting it."""
+    _run(lambda: commands.create(name, commands.overrides(backend, image, cpus, memory, disk, runtime)))
+
+
+@app.command()
+def start(
+    name: Name = None,
+    backend: Backend = None,
+    image: Image = None,
+    cpus: Cpus = None,
+    memory: Memory = None,
+    disk: Disk = None,
+    runtime: Runtime = None,
+) -> None:
+    """Start an instance, creating it first when it does not exist."""
+    _run(lambda: commands.start(name, commands.overrides(backend, image, cpus, memory, disk, runtime)))
+
+
+@app.command()
+def stop(name: Name = None, force: Force = False) -> None:
+    """Stop an instance (--force: do not wait for a clean shutdown)."""
+    _run(lambda: commands.stop(name, force))
+
+
+@app.command()
+def restart(name: Name = None) -> None:
+    """Stop, then start an instance."""
+    _run(lambda: commands.restart(name))
+
+
+@app.command()
+def delete(name: Name = None, force: Force = False) -> None:
+    """Delete an instance and its disk (--force: even while running)."""
+    _run(lambda: commands.delete(name, force))
+
+
+@app.command("list")
+def list_(as_json: Json = False) -> None:
+    """List instances and their state."""
+    _run(lambda: commands.list_instances(as_json))
+
+
+@app.command()
+def status(name: Name = None, as_json: Json = False) -> None:
+    """Show an instance's state, derived now from its processes and probes."""
+    _run(lambda: commands.status(name, as_json))
+
+
+@app.command("exec", context_settings={"allow_interspersed_args": False})
+def exec_(
+    command: Annotated[list[str] | None, typer.Argument(help="The command, after `--`.")] = None,
+    name: Name = None,
+    workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="Working directory.")] = None,
+) -> None:
+    """Run a command in the instance: devenv exec -- CMD ARGS..."""
+    _run(lambda: commands.exec_(name, list(command or []), workdir))
+
+
+@app.command()
+def shell(name: Name = None) -> None:
+    """Open an interactive shell in the instance."""
+    _run(lambda: commands.shell(name))
+
+
+@app.command()
+def cp(src: str, dst: str) -> None:
+    """Copy files in or out; NAME:/path names the guest side."""
+    _run(lambda: commands.cp(src, dst))
+
+
+@app.command("ssh-config")
+def ssh_config(name: Name = None) -> None:
+    """Print an OpenSSH config block for plain ssh and editors."""
+    _run(lambda: commands.ssh_config(name))
+
+
+@app.command()
+def logs(name: Name = None, follow: Annotated[bool, typer.Option("--follow", "-f")] = False) -> None:
+    """Show the instance's event log and console log."""
+    _run(lambda: commands.logs(name, follow))
+
+
+@app.command()
+def doctor(as_json: Json = False) -> None:
+    """Check every backend on this host and say how to fix what is missing."""
+    _run(lambda: commands.doctor(as_json))
+
+
+@app.command("docker-env")
+def docker_env(
+    name: Name = None,
+    shell: Annotated[str, typer.Option("--shell", help="sh, fish or powershell.")] = "sh",
+) -> None:
+    """Print the environment that points the docker CLI at the instance's engine."""
+    _run(lambda: commands.docker_env(name, shell))
+
+
+@image_app.command("list")
+def image_list(as_json: Json = False) -> None:
+    """List known images and whether each is cached."""
+    _run(lambda: commands.image_list(as_json))
+
+
+@image_app.command("pull")
+def image_pull(image: str, arch: Annotated[str | None, typer.Option("--arch")] = None) -> None:
+    """Download an image and verify its checksum."""
+    _run(lambda: commands.image_pull(image, arch))
+
+
+@image_app.command("build")
+def image_build(
+    image: str,
+    mirror: Annotated[str | None, typer.Option("--mirror", help="Package mirror URL.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch")] = None,
+) -> None:
+    """Build an image offline from the distribution's package mirror."""
+    _run(lambda: commands.image_build(image, mirror, arch))
+
+
+@image_app.command("rm")
+def image_rm(image: str, arch: Annotated[str | None, typer.Option("--arch")] = None) -> None:
+    """Remove a cached image (refused while an instance uses it)."""
+    _run(lambda: commands.image_rm(image, arch))
+
+
+def run(argv: list[str]) -> int:
+    _result.clear()
+    try:
+        app(argv, prog_name="devenv")
+    except SystemExit as e:
+        if _result:
+            return _result[-1]
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        return int(ExitCode.USAGE) if code == 2 else code
+    return _result[-1] if _result else 0

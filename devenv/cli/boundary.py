@@ -1,0 +1,55 @@
+"""The one place where failures become a message, a hint and an exit code.
+
+No traceback reaches the user unless DEVENV_DEBUG=1 asks for it; an unexpected
+exception is reported as a bug with its own exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+
+from devenv.errors import DevenvError, ExitCode
+
+
+def _debug() -> bool:
+    return os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+
+
+def report(message: str, hint: str = "") -> None:
+    sys.stderr.write(f"devenv: error: {message}\n")
+    if hint:
+        sys.stderr.write(f"  hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def guarded(fn: Callable[[], int | None]) -> int:
+    try:
+        return fn() or 0
+    except DevenvError as e:
+        if _debug():
+            traceback.print_exc()
+        report(e.message, e.hint)
+        return int(e.exit_code)
+    except KeyboardInterrupt:
+        sys.stderr.write("\ndevenv: interrupted\n")
+        return int(ExitCode.INTERRUPTED)
+    except BrokenPipeError:
+        # the reader went away (`devenv list | head`); not an error worth a message
+        try:
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115
+        except OSError:
+            pass
+        return 0
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception as e:
+        if _debug():
+            traceback.print_exc()
+        report(
+            f"internal error: {type(e).__name__}: {e}",
+            "this is a bug in devenv; run again with DEVENV_DEBUG=1 and report the traceback",
+        )
+        return int(ExitCode.INTERNAL)

@@ -1,0 +1,306 @@
+"""What each command does, independent of how its arguments were parsed.
+
+Both the typer app and the fast path call these, so a command behaves the
+same whichever parser ran. Each function calls into the package and renders.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from devenv import config, instance, paths
+from devenv.cli.ui import Steps
+from devenv.config import format_size
+from devenv.errors import DevenvError, UsageError
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+
+
+def _warn(text: str) -> None:
+    sys.stderr.write(f"devenv: warning: {text}\n")
+
+
+def name_of(explicit: str | None) -> tuple[str, Path | None]:
+    project = config.find_project_config()
+    return config.resolve_name(explicit, project), project
+
+
+def overrides(
+    backend: str | None = None,
+    image: str | None = None,
+    cpus: int | None = None,
+    memory: str | None = None,
+    disk: str | None = None,
+    runtime: str | None = None,
+) -> dict[str, Any]:
+    if backend is not None:
+        from devenv import backends
+
+        backends.entry(backend)  # unknown names fail here, with a did-you-mean
+    return {"backend": backend, "image": image, "cpus": cpus, "memory": memory, "disk": disk, "runtime": runtime}
+
+
+def create(name: str | None, flags: dict[str, Any]) -> int:
+    n, project = name_of(name)
+    cfg = instance.resolve_config(n, flags, project)
+    with Steps() as step:
+        inst = instance.create(n, cfg, step)
+    _out(f"created instance `{inst.name}` (backend {inst.config.backend}); start it with `devenv start -n {n}`")
+    return 0
+
+
+def start(name: str | None, flags: dict[str, Any]) -> int:
+    n, project = name_of(name)
+    with Steps() as step:
+        inst, warnings = instance.start(n, flags, project, step)
+    for w in warnings:
+        _warn(w)
+    _out(f"instance `{inst.name}` is running (backend {inst.config.backend})")
+    return 0
+
+
+def stop(name: str | None, force: bool) -> int:
+    n, _ = name_of(name)
+    inst = instance.stop(n, force)
+    _out(f"instance `{inst.name}` is stopped")
+    return 0
+
+
+def restart(name: str | None) -> int:
+    n, project = name_of(name)
+    instance.stop(n, False)
+    with Steps() as step:
+        instance.start(n, {}, project, step)
+    _out(f"instance `{n}` is running")
+    return 0
+
+
+def delete(name: str | None, force: bool) -> int:
+    n, _ = name_of(name)
+    instance.delete(n, force)
+    _out(f"instance `{n}` deleted")
+    return 0
+
+
+def _row(inst: instance.Instance) -> dict[str, Any]:
+    st = inst.status()
+    c = inst.config
+    return {
+        "name": inst.name,
+        "state": st.state,
+        "reason": st.reason,
+        "backend": c.backend,
+        "image": c.image,
+        "cpus": c.cpus,
+        "memory": c.memory,
+        "disk": c.disk,
+        "runtime": c.runtime,
+        "dir": str(inst.dir),
+    }
+
+
+def list_instances(as_json: bool) -> int:
+    rows: list[dict[str, Any]] = []
+    for item in instance.all_instances():
+        if isinstance(item, tuple):
+            name, err = item
+            rows.append({"name": name, "state": "broken", "reason": str(err), "backend": "?"})
+        else:
+            rows.append(_row(item))
+    if as_json:
+        _out(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        _out("no instances; create one with `devenv start`")
+        return 0
+    header = ("NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "DISK", "RUNTIME")
+    table = [header] + [
+        (
+            r["name"],
+            r["state"],
+            r["backend"],
+            str(r.get("cpus", "")),
+            format_size(r["memory"]) if "memory" in r else "",
+            format_size(r["disk"]) if "disk" in r else "",
+            r.get("runtime", ""),
+        )
+        for r in rows
+    ]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
+    for row in table:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+def status(name: str | None, as_json: bool) -> int:
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    st = inst.status()
+    row = _row(inst) | {"state": st.state, "reason": st.reason, "details": st.details}
+    if as_json:
+        _out(json.dumps(row, indent=2, default=str))
+        return 0
+    _out(f"{inst.name}: {st.state}" + (f" ({st.reason})" if st.reason else ""))
+    for key in ("backend", "image", "runtime", "cpus"):
+        _out(f"  {key}: {row[key]}")
+    _out(f"  memory: {format_size(row['memory'])}")
+    _out(f"  disk: {format_size(row['disk'])}")
+    for key, value in st.details.items():
+        _out(f"  {key}: {value}")
+    return 0
+
+
+def exec_(name: str | None, argv: list[str], workdir: str | None = None) -> int:
+    if not argv:
+        raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    instance.require_running(inst)
+    return inst.backend().exec(inst.ref, argv, {}, workdir or os.getcwd())
+
+
+def shell(name: str | None) -> int:
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    instance.require_running(inst)
+    return inst.backend().shell(inst.ref)
+
+
+def parse_cp_side(arg: str) -> tuple[str | None, str]:
+    """`NAME:/path` is a guest path; anything else (including C:\\x) is a host path."""
+    head, sep, tail = arg.partition(":")
+    if sep and tail.startswith("/") and config.NAME_RE.match(head) and not (len(head) == 1 and os.name == "nt"):
+        return head, tail
+    return None, arg
+
+
+def cp(src: str, dst: str) -> int:
+    (src_name, src_path), (dst_name, dst_path) = parse_cp_side(src), parse_cp_side(dst)
+    if (src_name is None) == (dst_name is None):
+        raise UsageError(
+            "exactly one side of cp must be a guest path written NAME:/path",
+            "for example: devenv cp ./src default:/tmp/src",
+        )
+    guest_name = src_name or dst_name
+    assert guest_name is not None
+    inst = instance.get(guest_name)
+    instance.require_running(inst)
+    if dst_name is not None:
+        if not Path(src_path).exists():
+            raise UsageError(f"{src_path}: no such file or folder on the host", "check the path")
+        inst.backend().copy_in(inst.ref, Path(src_path), dst_path)
+    else:
+        inst.backend().copy_out(inst.ref, src_path, Path(dst_path))
+    return 0
+
+
+def ssh_config(name: str | None) -> int:
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    _out(inst.backend().ssh_config(inst.ref))
+    return 0
+
+
+def logs(name: str | None, follow: bool) -> int:
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    files = [inst.dir / paths.EVENTS_LOG, *inst.backend().log_files(inst.ref)]
+    files = [f for f in files if f.exists()]
+    for f in files:
+        if len(files) > 1:
+            _out(f"==> {f} <==")
+        sys.stdout.write(f.read_text(encoding="utf-8", errors="replace"))
+    if not follow:
+        return 0
+    sys.stdout.flush()
+    positions = {f: f.stat().st_size for f in files}
+    while True:  # ended by Ctrl-C, reported as an interruption by the boundary
+        for f in files:
+            size = f.stat().st_size if f.exists() else 0
+            if size > positions[f]:
+                with open(f, encoding="utf-8", errors="replace") as fh:
+                    fh.seek(positions[f])
+                    sys.stdout.write(fh.read())
+                    sys.stdout.flush()
+                positions[f] = size
+        time.sleep(0.5)
+
+
+def docker_env(name: str | None, shell_kind: str) -> int:
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    env = inst.backend().docker_env(inst.ref)
+    for key, value in env.items():
+        if shell_kind == "fish":
+            _out(f"set -gx {key} {value!r};")
+        elif shell_kind == "powershell":
+            _out(f'$Env:{key} = "{value}"')
+        else:
+            _out(f"export {key}={value}")
+    return 0
+
+
+def doctor(as_json: bool) -> int:
+    from devenv import backends
+    from devenv.backends.availability import CHECKS, accelerator
+    from devenv.hostos import current, default_backend
+
+    host = current()
+    rows = []
+    for name in backends.names():
+        probe = CHECKS[name](host)
+        rows.append({"backend": name, "available": probe.ok, "detail": probe.detail, "fix": probe.fix})
+    info = {
+        "host": {"system": host.system, "arch": host.arch, "wsl": host.is_wsl},
+        "default_backend": default_backend(host),
+        "qemu_accelerator": accelerator(host),
+        "backends": rows,
+    }
+    if as_json:
+        _out(json.dumps(info, indent=2))
+        return 0
+    wsl = " (inside WSL)" if host.is_wsl else ""
+    _out(f"host: {host.system} {host.arch}{wsl}; default backend: {info['default_backend']}")
+    width = max(len(r["backend"]) for r in rows)
+    for r in rows:
+        mark = "ok " if r["available"] else "no "
+        _out(f"  {mark} {r['backend'].ljust(width)}  {r['detail']}")
+        if not r["available"] and r["fix"]:
+            _out(f"      {''.ljust(width)}  fix: {r['fix']}")
+    return 0
+
+
+def version() -> int:
+    from devenv import __version__
+
+    _out(f"devenv {__version__}")
+    return 0
+
+
+def not_yet(what: str, issue: str) -> DevenvError:
+    from devenv.errors import ExitCode
+
+    return DevenvError(f"{what} is not implemented yet; it lands with {issue}", "", ExitCode.NOT_SUPPORTED)
+
+
+def image_list(as_json: bool) -> int:
+    raise not_yet("`devenv image list`", "the guest-images issue (#3)")
+
+
+def image_pull(image: str, arch: str | None) -> int:
+    raise not_yet("`devenv image pull`", "the guest-images issue (#3)")
+
+
+def image_build(image: str, mirror: str | None, arch: str | None) -> int:
+    raise not_yet("`devenv image build`", "the guest-images issue (#3)")
+
+
+def image_rm(image: str, arch: str | None) -> int:
+    raise not_yet("`devenv image rm`", "the guest-images issue (#3)")

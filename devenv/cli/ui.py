@@ -1,0 +1,43 @@
+"""Showing long work as a list of steps with their durations, on stderr."""
+
+from __future__ import annotations
+
+import sys
+import time
+from types import TracebackType
+
+
+class Steps:
+    """Use as a context manager; call it with each step's name as the step begins."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.current: str | None = None
+        self.began = 0.0
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, name: str) -> None:
+        self._finish("✓")
+        self.current = name
+        self.began = time.monotonic()
+        if self.tty and not self.quiet:
+            sys.stderr.write(f"  … {name}")
+            sys.stderr.flush()
+
+    def _finish(self, mark: str) -> None:
+        if self.current is None or self.quiet:
+            self.current = None
+            return
+        took = time.monotonic() - self.began
+        prefix = "\r" if self.tty else ""
+        sys.stderr.write(f"{prefix}  {mark} {self.current}  {took:.1f}s\n")
+        sys.stderr.flush()
+        self.current = None
+
+    def __enter__(self) -> Steps:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._finish("✗" if exc_type else "✓")

@@ -1,0 +1,239 @@
+"""What host is this, and what can it run?
+
+Every probe is lazy and cached for the life of the process, so `devenv list`
+pays for none of them and `devenv doctor` pays for each once. The default
+backend for a host is decided in exactly one function, `default_backend`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ARCH_ALIASES = {"amd64": "x86_64", "x64": "x86_64", "arm64": "aarch64", "aarch64": "aarch64", "x86_64": "x86_64"}
+
+
+def normalize_arch(machine: str) -> str:
+    return ARCH_ALIASES.get(machine.lower(), machine.lower())
+
+
+@dataclass(frozen=True)
+class Engine:
+    """A container engine that answered on this host."""
+
+    runtime: str  # docker | podman | containerd
+    endpoint: str  # DOCKER_HOST-style address, or "" for a daemonless CLI
+    version: str = ""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One capability: usable or not, and when not, why and what fixes it."""
+
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+
+
+def _ping_unix(path: str, timeout: float = 1.0) -> bool:
+    """GET /_ping on a Docker-API unix socket (docker and podman both serve it)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            s.connect(path)
+            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            data = s.recv(4096)
+    except OSError:
+        return False
+    return data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0] + b" "
+
+
+class Host:
+    """The running host. Subclass or construct HostFacts for tests."""
+
+    @functools.cached_property
+    def system(self) -> str:
+        return {"linux": "linux", "darwin": "macos", "win32": "windows", "cygwin": "windows"}.get(
+            sys.platform, sys.platform
+        )
+
+    @functools.cached_property
+    def arch(self) -> str:
+        return normalize_arch(platform.machine())
+
+    @functools.cached_property
+    def is_wsl(self) -> bool:
+        """devenv itself running inside a WSL distro (Linux, but Windows underneath)."""
+        if self.system != "linux":
+            return False
+        if os.path.exists("/proc/sys/fs/binfmt_misc/WSLInterop") or os.environ.get("WSL_DISTRO_NAME"):
+            return True
+        try:
+            return "microsoft" in Path("/proc/version").read_text().lower()
+        except OSError:
+            return False
+
+    @functools.cached_property
+    def kvm(self) -> Probe:
+        if self.system != "linux":
+            return Probe(False, "KVM exists only on Linux")
+        dev = "/dev/kvm"
+        if not os.path.exists(dev):
+            return Probe(False, "/dev/kvm does not exist", "enable virtualization in the firmware and load kvm_intel/kvm_amd")
+        if not os.access(dev, os.R_OK | os.W_OK):
+            return Probe(False, "/dev/kvm is not readable and writable by this user", "sudo usermod -aG kvm $USER, then log in again")
+        return Probe(True, "/dev/kvm is usable")
+
+    @functools.cached_property
+    def hvf(self) -> Probe:
+        if self.system != "macos":
+            return Probe(False, "Hypervisor.framework exists only on macOS")
+        r = _quiet(["sysctl", "-n", "kern.hv_support"])
+        if r is not None and r.strip() == "1":
+            return Probe(True, "kern.hv_support = 1")
+        return Probe(False, "kern.hv_support is not 1", "use a Mac that supports Hypervisor.framework")
+
+    @functools.cached_property
+    def whpx(self) -> Probe:
+        if self.system != "windows":
+            return Probe(False, "WHPX exists only on Windows")
+        qemu = self.qemu_binary
+        out = _quiet([qemu, "-accel", "help"]) if qemu else None
+        if out and "whpx" in out:
+            return Probe(True, "qemu lists the whpx accelerator")
+        return Probe(
+            False,
+            "the Windows Hypervisor Platform is not available to QEMU",
+            "Enable-WindowsOptionalFeature -Online -FeatureName HypervisorPlatform",
+        )
+
+    @functools.cached_property
+    def wsl_exe(self) -> Probe:
+        path = shutil.which("wsl.exe") or shutil.which("wsl")
+        if self.system == "windows" and path:
+            return Probe(True, path)
+        if self.system != "windows":
+            return Probe(False, "wsl.exe exists only on Windows")
+        return Probe(False, "wsl.exe was not found", "wsl --install --no-distribution")
+
+    @functools.cached_property
+    def hyperv(self) -> Probe:
+        if self.system != "windows":
+            return Probe(False, "Hyper-V exists only on Windows (a remote Hyper-V host is reached over WinRM)")
+        out = _quiet(["powershell.exe", "-NoProfile", "-Command", "(Get-Module -ListAvailable Hyper-V).Name"])
+        if out and "Hyper-V" in out:
+            return Probe(True, "the Hyper-V PowerShell module is installed")
+        return Probe(
+            False,
+            "the Hyper-V PowerShell module is not installed",
+            "Enable-WindowsOptionalFeature -Online -FeatureName Microsoft-Hyper-V-All",
+        )
+
+    @functools.cached_property
+    def libvirt_socket(self) -> Probe:
+        candidates = ["/run/libvirt/libvirt-sock", "/var/run/libvirt/libvirt-sock"]
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:
+            candidates.append(os.path.join(runtime, "libvirt", "libvirt-sock"))
+        for c in candidates:
+            if os.path.exists(c):
+                return Probe(True, c)
+        return Probe(False, "no libvirtd socket found", "sudo systemctl start libvirtd (or virtqemud)")
+
+    @functools.cached_property
+    def qemu_binary(self) -> str | None:
+        return shutil.which(f"qemu-system-{self.arch}")
+
+    @functools.cached_property
+    def qemu(self) -> Probe:
+        binary = self.qemu_binary
+        fix = {
+            "macos": "brew install qemu",
+            "windows": "winget install SoftwareFreedomConservancy.QEMU",
+        }.get(self.system, "sudo apt-get install qemu-system-x86 qemu-utils (or your distribution's qemu package)")
+        if not binary:
+            return Probe(False, f"qemu-system-{self.arch} was not found on PATH", fix)
+        if not shutil.which("qemu-img"):
+            return Probe(False, "qemu-img was not found on PATH", fix)
+        out = _quiet([binary, "--version"]) or ""
+        version = out.splitlines()[0] if out else "unknown version"
+        return Probe(True, version)
+
+    @functools.cached_property
+    def engine(self) -> Engine | None:
+        """A native engine that answers right now (docker, then podman)."""
+        docker_host = os.environ.get("DOCKER_HOST", "")
+        docker_sock = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
+        if not docker_host or docker_host.startswith("unix://"):
+            if _ping_unix(docker_sock):
+                return Engine("docker", f"unix://{docker_sock}")
+        for sock in _podman_sockets():
+            if _ping_unix(sock):
+                return Engine("podman", f"unix://{sock}")
+        if shutil.which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
+            return Engine("podman", "")
+        return None
+
+    @functools.cached_property
+    def native_engine(self) -> Probe:
+        if self.system != "linux":
+            return Probe(False, "the native backend runs containers directly on a Linux host (or inside WSL)")
+        engine = self.engine
+        if engine:
+            where = engine.endpoint or "the podman CLI (daemonless)"
+            return Probe(True, f"{engine.runtime} answers at {where}")
+        return Probe(
+            False,
+            "no docker or podman engine answers on this host",
+            "sudo systemctl start docker (or install podman), or use --backend qemu",
+        )
+
+
+def _podman_sockets() -> list[str]:
+    out = []
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        out.append(os.path.join(runtime, "podman", "podman.sock"))
+    out.append("/run/podman/podman.sock")
+    return out
+
+
+def _quiet(argv: list[str], timeout: float = 5) -> str | None:
+    """Run a probe command; None on any failure. Probes never raise."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return proc.stdout.decode(errors="replace")
+
+
+@functools.cache
+def current() -> Host:
+    return Host()
+
+
+def default_backend(host: Host) -> str:
+    """The one place that decides which backend a new instance uses by default.
+
+    Linux: the native engine when one answers (no VM needed), else QEMU.
+    Inside a WSL distro the same rule holds (an engine in the distro is native).
+    macOS: QEMU (hvf). Windows: WSL2 when wsl.exe exists, else Hyper-V.
+    """
+    if host.system == "linux":
+        if host.native_engine.ok:
+            return "native"
+        return "qemu"
+    if host.system == "macos":
+        return "qemu"
+    if host.system == "windows":
+        return "wsl2" if host.wsl_exe.ok else "hyperv"
+    return "qemu"

@@ -1,0 +1,176 @@
+"""Instances: records on disk and the lifecycle that drives a backend.
+
+An instance is a directory holding its resolved devenv.toml. Everything else
+about it (running or not, healthy or not) is derived each time from files,
+sockets and the backend, so a crash can never leave a stale "running" behind.
+Creation builds the directory under a temporary name and renames it into place,
+so a failed or interrupted create leaves nothing that looks like an instance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from devenv import backends, config, paths
+from devenv.backends.base import Backend, InstanceRef, Status, StepReporter
+from devenv.config import Config
+from devenv.errors import ConfigError, DevenvError, InstanceNotFound, StateError
+
+
+@dataclass
+class Instance:
+    name: str
+    dir: Path
+    config: Config
+
+    @property
+    def ref(self) -> InstanceRef:
+        return InstanceRef(self.name, self.dir, self.config)
+
+    def backend(self) -> Backend:
+        return backends.load(self.config.backend)
+
+    def status(self) -> Status:
+        try:
+            return self.backend().status(self.ref)
+        except Exception as e:  # a broken backend is a status, not a crash
+            return Status("broken", str(e))
+
+    def event(self, kind: str, **fields: Any) -> None:
+        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}
+        with open(self.dir / paths.EVENTS_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def exists(name: str) -> bool:
+    return (paths.instance_dir(name) / paths.INSTANCE_CONFIG).is_file()
+
+
+def get(name: str) -> Instance:
+    config.validate_name(name)
+    d = paths.instance_dir(name)
+    cfg_file = d / paths.INSTANCE_CONFIG
+    if not cfg_file.is_file():
+        raise InstanceNotFound(
+            f"instance `{name}` does not exist",
+            f"create it with `devenv start -n {name}`, or see `devenv list`",
+        )
+    try:
+        cfg = config.load_file(cfg_file)
+    except ConfigError as e:
+        raise ConfigError(e.problems, f"the instance's own config is damaged; fix it or `devenv delete -n {name}`") from None
+    return Instance(name, d, cfg)
+
+
+def all_instances() -> list[Instance | tuple[str, Exception]]:
+    root = paths.instances_root()
+    if not root.is_dir():
+        return []
+    out: list[Instance | tuple[str, Exception]] = []
+    for d in sorted(root.iterdir()):
+        if d.name.startswith(".") or not (d / paths.INSTANCE_CONFIG).is_file():
+            continue
+        try:
+            out.append(get(d.name))
+        except Exception as e:
+            out.append((d.name, e))
+    return out
+
+
+def resolve_config(name: str, overrides: dict[str, Any], project: Path | None) -> Config:
+    """Defaults <- the project's devenv.toml (when it names this instance or none) <- flags."""
+    cfg = Config()
+    if project is not None and config.peek_name(project) in (None, name):
+        cfg = config.load_file(project)
+    cfg = config.with_overrides(cfg, overrides)
+    from dataclasses import replace
+
+    cfg = replace(cfg, name=name)
+    if cfg.backend == "auto":
+        from devenv.hostos import current, default_backend
+
+        cfg = replace(cfg, backend=default_backend(current()))
+    return cfg
+
+
+def create(name: str, cfg: Config, step: StepReporter) -> Instance:
+    """Make the instance directory and let the backend prepare it; all or nothing."""
+    config.validate_name(name)
+    if exists(name):
+        raise StateError(f"instance `{name}` already exists", f"start it with `devenv start -n {name}`")
+    backend = backends.load(cfg.backend)
+    root = paths.ensure_private_dir(paths.instances_root())
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".creating", dir=root))
+    os.chmod(tmp, 0o700)
+    try:
+        (tmp / paths.INSTANCE_CONFIG).write_text(cfg.to_toml(), encoding="utf-8")
+        backend.create(InstanceRef(name, tmp, cfg), step)
+        final = paths.instance_dir(name)
+        os.rename(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    inst = Instance(name, final, cfg)
+    inst.event("created", backend=cfg.backend)
+    return inst
+
+
+def start(name: str, overrides: dict[str, Any], project: Path | None, step: StepReporter) -> tuple[Instance, list[str]]:
+    """Create when missing, then start. Returns the instance and any warnings."""
+    warnings: list[str] = []
+    if exists(name):
+        inst = get(name)
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if given:
+            warnings.append(
+                f"instance `{name}` exists already; ignoring {', '.join('--' + k for k in given)} "
+                f"(delete and re-create it to change them)"
+            )
+    else:
+        inst = create(name, resolve_config(name, overrides, project), step)
+    inst.backend().start(inst.ref, step)
+    (inst.dir / paths.STARTED_MARKER).touch()
+    inst.event("started")
+    return inst, warnings
+
+
+def stop(name: str, force: bool) -> Instance:
+    inst = get(name)
+    inst.backend().stop(inst.ref, force)
+    (inst.dir / paths.STARTED_MARKER).unlink(missing_ok=True)
+    inst.event("stopped", force=force)
+    return inst
+
+
+def delete(name: str, force: bool) -> None:
+    """Remove the instance directory, and nothing else: never the cached base image."""
+    inst = get(name)
+    state = inst.status().state
+    if state in ("running", "starting", "degraded") and not force:
+        raise StateError(
+            f"instance `{name}` is {state}",
+            f"stop it first with `devenv stop -n {name}`, or delete it anyway with `devenv delete --force -n {name}`",
+        )
+    backend = inst.backend()
+    if state != "stopped":
+        try:
+            backend.stop(inst.ref, True)
+        except DevenvError:
+            if state != "broken":
+                raise  # a broken instance may be beyond stopping; deleting it is what the user asked
+    backend.delete(inst.ref)
+    shutil.rmtree(inst.dir)
+
+
+def require_running(inst: Instance) -> None:
+    st = inst.status()
+    if st.state not in ("running", "degraded"):
+        reason = f" ({st.reason})" if st.reason else ""
+        raise StateError(f"instance `{inst.name}` is {st.state}{reason}", f"start it with `devenv start -n {inst.name}`")
