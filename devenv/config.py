@@ -19,7 +19,6 @@ from typing import Any
 from devenv import paths
 from devenv.errors import ConfigError, UsageError
 
-BACKENDS = ("auto", "native", "qemu", "libvirt", "wsl2", "hyperv")
 RUNTIMES = ("docker", "podman", "containerd")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 DEFAULT_IMAGE = "debian-12"
@@ -247,7 +246,9 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         except UsageError as e:
             raise ValueError(e.message.removeprefix("name ")) from None
     if key in ("backend", "runtime", "accelerator"):
-        allowed = {"backend": BACKENDS, "runtime": RUNTIMES, "accelerator": ACCELERATORS}[key]
+        from devenv import backends
+
+        allowed = {"backend": ("auto", *backends.names()), "runtime": RUNTIMES, "accelerator": ACCELERATORS}[key]
         if value not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
         return value

@@ -36,6 +36,15 @@ REGISTRY: dict[str, Entry] = {
 }
 
 
+def register(e: Entry) -> None:
+    """Add a backend (the test suite registers devenv.testing's FakeBackend)."""
+    REGISTRY[e.name] = e
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
 def names() -> list[str]:
     return list(REGISTRY)
 

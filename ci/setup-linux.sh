@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Prepare a Debian/Ubuntu host for devenv: system packages, a venv with devenv
+# and its test tools, and (with --engine) a running docker engine for the
+# native backend. Safe to run again; each step checks before it acts.
+#
+#   bash ci/setup-linux.sh            packages + .venv
+#   bash ci/setup-linux.sh --engine   ... and make sure a docker engine answers
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$here"
+want_engine=0
+for arg in "$@"; do
+  case "$arg" in
+    --engine) want_engine=1 ;;
+    *) echo "setup-linux.sh: unknown argument $arg" >&2; exit 64 ;;
+  esac
+done
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+sudo_cmd=()
+if [ "$(id -u)" != 0 ]; then
+  if command -v sudo >/dev/null; then sudo_cmd=(sudo); else
+    echo "setup-linux.sh: installing system packages needs root or sudo" >&2; exit 77
+  fi
+fi
+
+# Runtime needs: qemu + qemu-img (VM backends), openssh client (ssh-config users).
+# Test and image-build needs: debootstrap, e2fsprogs (mkfs.ext4 -d), openssh-server
+# (the transport tests run a real sshd), socat, docker.io (a real engine for the
+# native backend and the real docker CLI), python3-venv.
+packages=(
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat
+  docker.io iptables python3-venv python3-pip ca-certificates curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  "${sudo_cmd[@]}" apt-get update -q
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  "$python" -m venv .venv
+fi
+log "installing devenv and its test tools into .venv"
+.venv/bin/pip install -q -e '.[test]'
+
+engine_answers() {
+  curl -sf --max-time 2 --unix-socket /var/run/docker.sock http://docker/_ping >/dev/null 2>&1
+}
+if [ "$want_engine" = 1 ] && ! engine_answers; then
+  log "starting a docker engine"
+  if [ -d /run/systemd/system ]; then
+    "${sudo_cmd[@]}" systemctl start docker
+  else
+    "${sudo_cmd[@]}" sh -c 'nohup dockerd >/var/log/devenv-ci-dockerd.log 2>&1 &'
+  fi
+  for _ in $(seq 1 60); do engine_answers && break; sleep 0.5; done
+  engine_answers || { echo "setup-linux.sh: dockerd did not answer; see /var/log/devenv-ci-dockerd.log" >&2; exit 69; }
+fi
+log "setup done"

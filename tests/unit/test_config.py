@@ -1,0 +1,134 @@
+"""devenv.toml: every bad input is located by file and line, all at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devenv import config
+from devenv.errors import ConfigError, UsageError
+
+
+def load(tmp_path: Path, text: str) -> config.Config:
+    f = tmp_path / "devenv.toml"
+    f.write_text(text)
+    return config.load_file(f)
+
+
+def problems(tmp_path: Path, text: str) -> list[str]:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, text)
+    prefix = str(tmp_path / "devenv.toml")
+    return [p.replace(prefix, "F") for p in e.value.problems]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('cpus = "two"', "F:1: field `cpus` must be a whole number from 1 to 256, not 'two'"),
+        ("cpus = 0", "F:1: field `cpus` must be a whole number from 1 to 256, not 0"),
+        ("cpus = true", "F:1: field `cpus` must be a whole number from 1 to 256, not True"),
+        ('memory = "-2GiB"', 'F:1: field `memory` must be a positive size, not "-2GiB"'),
+        ('memory = "2 parsecs"', 'F:1: field `memory` must be a size such as "2GiB" or "2048MiB", not "2 parsecs"'),
+        ("memory = 2048", 'F:1: field `memory` must be a size string such as "2GiB" or "2048MiB"'),
+        ('memory = "1MiB"', "F:1: field `memory` must be at least 256MiB, not '1MiB'"),
+        ('disk = "0GiB"', 'F:1: field `disk` must be a positive size, not "0GiB"'),
+        ('backend = "qemuu"', "F:1: field `backend` must be one of auto, native, qemu, libvirt, wsl2, hyperv, not 'qemuu'"),
+        ('runtime = "rkt"', "F:1: field `runtime` must be one of docker, podman, containerd, not 'rkt'"),
+        ('name = "a/b"', "F:1: field `name` `a/b` may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit"),
+        ('cpu = 2', "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
+        ('zzz = 2', "F:1: field `zzz` is not a known field; known fields: accelerator, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime"),
+        ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
+        ("\n\n[[ports]]\nguest = 70000\n", "F:4: field `ports[0].guest` must be a port number from 1 to 65535, not 70000"),
+        ('[[mounts]]\nlocation = "~"\nwritabel = true\n', "F:3: field `mounts[0].writabel` is not a known field; did you mean `writable`?"),
+        ('[[provision]]\nmode = "root"\nscript = "true"\n', "F:2: field `provision[0].mode` must be \"system\" or \"user\", not 'root'"),
+    ],
+)
+def test_one_problem_is_located(tmp_path: Path, text: str, expected: str) -> None:
+    assert problems(tmp_path, text) == [expected]
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    got = problems(tmp_path, 'name = "ok"\ncpus = -1\nmemry = "2GiB"\ndisk = "-3GiB"\n')
+    assert got == [
+        "F:2: field `cpus` must be a whole number from 1 to 256, not -1",
+        "F:3: field `memry` is not a known field; did you mean `memory`?",
+        'F:4: field `disk` must be a positive size, not "-3GiB"',
+    ]
+
+
+def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
+    got = problems(tmp_path, 'name = "x"\ncpus = = 2\n')
+    assert len(got) == 1
+    assert got[0].startswith("F:2: not valid TOML: ")
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2GiB", 2 * 1024**3), ("2048MiB", 2 * 1024**3), ("2G", 2 * 1024**3), ("1.5GiB", 3 * 1024**3 // 2), ("1TB", 10**12)],
+)
+def test_sizes(text: str, size: int) -> None:
+    assert config.parse_size(text) == size
+
+
+def test_full_config_round_trips_through_the_instance_copy(tmp_path: Path) -> None:
+    cfg = load(
+        tmp_path,
+        """
+name = "proj"
+backend = "native"
+cpus = 4
+memory = "3GiB"
+disk = "40GiB"
+runtime = "podman"
+env = { EDITOR = "vim", QUOTE = "a \\"b\\"" }
+
+[[mounts]]
+location = "~/src"
+writable = true
+
+[[ports]]
+guest = 8080
+host = 18080
+
+[[provision]]
+mode = "user"
+script = "echo hi\\nexit 0"
+""",
+    )
+    assert cfg.cpus == 4 and cfg.memory == 3 * 1024**3 and cfg.runtime == "podman"
+    assert cfg.mounts == (config.Mount("~/src", "", True),)
+    assert cfg.ports == (config.PortForward(8080, 18080),)
+    again = tmp_path / "again.toml"
+    again.write_text(cfg.to_toml())
+    assert config.load_file(again) == cfg
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "-x", "x" * 64, "a b", "ä"])
+def test_bad_names(name: str) -> None:
+    with pytest.raises(UsageError):
+        config.validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["default", "a", "my-proj_1.2", "x" * 63])
+def test_good_names(name: str) -> None:
+    assert config.validate_name(name) == name
+
+
+def test_name_resolution_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVENV_INSTANCE", raising=False)
+    assert config.resolve_name(None, None) == "default"
+    monkeypatch.setenv("DEVENV_INSTANCE", "fromenv")
+    assert config.resolve_name(None, None) == "fromenv"
+    proj = tmp_path / "devenv.toml"
+    proj.write_text('name = "fromfile"\n')
+    assert config.resolve_name(None, proj) == "fromfile"
+    assert config.resolve_name("flag", proj) == "flag"
+
+
+def test_project_file_is_found_in_a_parent(tmp_path: Path) -> None:
+    (tmp_path / "devenv.toml").write_text("")
+    deep = tmp_path / "a" / "b"
+    deep.mkdir(parents=True)
+    assert config.find_project_config(deep) == tmp_path / "devenv.toml"

@@ -1,0 +1,98 @@
+"""Host decisions are table-driven over FakeHost; the registry explains missing extras."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import pytest
+
+from devenv import backends
+from devenv.backends import availability
+from devenv.errors import BackendUnavailable, UsageError
+from devenv.hostos import Probe, default_backend, normalize_arch
+from devenv.testing import FakeHost
+
+YES = Probe(True, "yes")
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (FakeHost("linux", native_engine=YES), "native"),
+        (FakeHost("linux"), "qemu"),
+        (FakeHost("linux", kvm=YES), "qemu"),
+        (FakeHost("linux", is_wsl=True, native_engine=YES), "native"),
+        (FakeHost("linux", is_wsl=True), "qemu"),
+        (FakeHost("macos", hvf=YES), "qemu"),
+        (FakeHost("windows", wsl_exe=YES), "wsl2"),
+        (FakeHost("windows"), "hyperv"),
+    ],
+)
+def test_default_backend(host: FakeHost, expected: str) -> None:
+    assert default_backend(host) == expected
+
+
+@pytest.mark.parametrize(
+    ("host", "env", "expected"),
+    [
+        (FakeHost("macos", hvf=YES), None, "hvf"),
+        (FakeHost("linux", kvm=YES), None, "kvm"),
+        (FakeHost("linux", kvm=YES), "tcg", "tcg"),
+        (FakeHost("windows", whpx=YES), None, "whpx"),
+        (FakeHost("linux"), None, "tcg"),
+    ],
+)
+def test_accelerator(host: FakeHost, env: str | None, expected: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if env:
+        monkeypatch.setenv("DEVENV_QEMU_ACCEL", env)
+    else:
+        monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    assert availability.accelerator(host) == expected
+
+
+@pytest.mark.parametrize(("machine", "arch"), [("AMD64", "x86_64"), ("arm64", "aarch64"), ("x86_64", "x86_64")])
+def test_arch_names(machine: str, arch: str) -> None:
+    assert normalize_arch(machine) == arch
+
+
+def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "libvirt", None)  # makes `import libvirt` fail
+    monkeypatch.delitem(sys.modules, "devenv.backends.libvirt", raising=False)
+    with pytest.raises(BackendUnavailable) as e:
+        backends.load("libvirt")
+    assert e.value.hint == "pip install 'devenv[libvirt]'"
+    assert "libvirt" in e.value.message
+
+
+def test_unknown_backend_suggests() -> None:
+    with pytest.raises(UsageError) as e:
+        backends.entry("natve")
+    assert e.value.hint == "did you mean `native`?"
+
+
+def test_doctor_lists_every_backend_with_reason_and_fix(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    host = FakeHost("linux", qemu=Probe(True, "QEMU 9"), kvm=YES)
+    monkeypatch.setattr("devenv.hostos.current", lambda: host)
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    ran = cli("doctor", "--json")
+    assert ran.code == 0, ran.err
+    info = json.loads(ran.out)
+    assert info["default_backend"] == "qemu"
+    assert info["qemu_accelerator"] == "kvm"
+    rows = {r["backend"]: r for r in info["backends"]}
+    assert set(rows) == {"native", "qemu", "libvirt", "wsl2", "hyperv"}
+    assert rows["qemu"] == {"backend": "qemu", "available": True, "detail": "QEMU 9; accelerator kvm", "fix": ""}
+    assert rows["native"]["available"] is False
+    text = cli("doctor").out
+    assert text.splitlines()[0] == "host: linux x86_64; default backend: qemu"
+    assert "  ok  qemu" in text
+
+
+def test_real_host_probe_does_not_raise() -> None:
+    from devenv.hostos import Host
+
+    h = Host()
+    for attr in ("kvm", "hvf", "whpx", "wsl_exe", "hyperv", "libvirt_socket", "qemu", "native_engine"):
+        assert isinstance(getattr(h, attr), Probe)

@@ -1,0 +1,127 @@
+"""The lifecycle through the CLI, on the FakeBackend (orchestration only)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv.errors import ExitCode
+from tests.conftest import tree
+
+pytestmark = pytest.mark.usefixtures("fake")
+
+
+def test_start_creates_then_status_stop_start_delete(home: Path, cli: Any) -> None:
+    ran = cli("start", "-n", "web", "--backend", "fake", "--cpus", "3", "--memory", "3GiB")
+    assert ran.code == 0, ran.err
+    assert "instance `web` is running (backend fake)" in ran.out
+    assert "✓ make the fake disk" in ran.err and "✓ boot the fake VM" in ran.err
+    d = home / "instances" / "web"
+    assert stat.S_IMODE(os.stat(d).st_mode) == 0o700
+    saved = (d / "devenv.toml").read_text()
+    assert 'backend = "fake"' in saved and "cpus = 3" in saved and 'memory = "3GiB"' in saved
+
+    st = json.loads(cli("status", "-n", "web", "--json").out)
+    assert (st["state"], st["cpus"], st["details"]["starts"]) == ("running", 3, 1)
+
+    assert cli("stop", "-n", "web").code == 0
+    assert json.loads(cli("status", "-n", "web", "--json").out)["state"] == "stopped"
+
+    ran = cli("start", "-n", "web", "--cpus", "8")
+    assert ran.code == 0
+    assert "ignoring --cpus" in ran.err
+    assert json.loads(cli("status", "-n", "web", "--json").out)["cpus"] == 3
+
+    events = [json.loads(line)["event"] for line in (d / "events.jsonl").read_text().splitlines()]
+    assert events == ["created", "started", "stopped", "started"]
+
+    ran = cli("delete", "-n", "web")
+    assert ran.code == ExitCode.STATE
+    assert "instance `web` is running" in ran.err and "--force" in ran.err
+    assert d.exists()
+    assert cli("delete", "-n", "web", "--force").code == 0
+    assert not d.exists()
+    assert (home / "instances").exists(), "delete removes the instance dir and nothing else"
+
+
+def test_exec_returns_the_commands_exit_code(home: Path, cli: Any) -> None:
+    cli("start", "--backend", "fake")
+    assert cli("exec", "--", "exit", "7").code == 7
+    assert cli("exec", "--", "exit", "0").code == 0
+    log = (home / "instances" / "default" / "exec.log").read_text().splitlines()
+    assert json.loads(log[0]) == {"argv": ["exit", "7"], "cwd": os.getcwd()}
+
+
+def test_exec_on_a_stopped_instance_is_a_state_error(home: Path, cli: Any) -> None:
+    cli("create", "--backend", "fake")
+    ran = cli("exec", "--", "true")
+    assert ran.code == ExitCode.STATE
+    assert "instance `default` is stopped" in ran.err
+    assert "devenv start -n default" in ran.err
+
+
+def test_failed_create_leaves_nothing_behind(home: Path, cli: Any) -> None:
+    Path("devenv.toml").write_text('backend = "fake"\nenv = { FAKE_FAIL_CREATE = "1" }\n')
+    ran = cli("start")
+    assert ran.code == ExitCode.UNAVAILABLE
+    assert [p.name for p in (home / "instances").iterdir()] == []
+
+
+def test_create_twice_is_refused_and_changes_nothing(home: Path, cli: Any) -> None:
+    assert cli("create", "--backend", "fake").code == 0
+    before = tree(home)
+    ran = cli("create", "--backend", "fake")
+    assert ran.code == ExitCode.STATE and "already exists" in ran.err
+    assert tree(home) == before
+
+
+def test_project_file_in_a_parent_names_and_configures(home: Path, cli: Any) -> None:
+    Path("devenv.toml").write_text('name = "proj"\nbackend = "fake"\ncpus = 5\n')
+    sub = Path("src/deep")
+    sub.mkdir(parents=True)
+    os.chdir(sub)
+    assert cli("start").code == 0
+    rows = json.loads(cli("list", "--json").out)
+    assert [(r["name"], r["cpus"], r["state"]) for r in rows] == [("proj", 5, "running")]
+
+
+def test_list_shows_every_instance_and_a_damaged_one_as_broken(home: Path, cli: Any) -> None:
+    for n in ("b", "a"):
+        cli("create", "-n", n, "--backend", "fake")
+    (home / "instances" / "b" / "devenv.toml").write_text("cpus = = 1\n")
+    rows = json.loads(cli("list", "--json").out)
+    assert [(r["name"], r["state"]) for r in rows] == [("a", "stopped"), ("b", "broken")]
+    assert "not valid TOML" in rows[1]["reason"]
+    table = cli("list").out.splitlines()
+    assert table[0].split() == ["NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "DISK", "RUNTIME"]
+    assert table[1].split() == ["a", "stopped", "fake", "2", "2GiB", "20GiB", "docker"]
+
+
+def test_instance_env_var_picks_the_instance(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_INSTANCE", "other")
+    assert cli("start", "--backend", "fake").code == 0
+    assert (home / "instances" / "other").is_dir()
+
+
+def test_cp_and_docker_env_and_ssh_config_go_to_the_backend(home: Path, cli: Any, tmp_path: Path) -> None:
+    cli("start", "--backend", "fake")
+    src = tmp_path / "hello.txt"
+    src.write_text("hi")
+    assert cli("cp", str(src), "default:/tmp/hello.txt").code == 0
+    assert (home / "instances" / "default" / "hello.txt").read_text() == "hi"
+    out = cli("docker-env").out
+    assert out.strip() == f"export DOCKER_HOST=unix://{home}/instances/default/sock/docker.sock"
+    assert cli("docker-env", "--shell", "fish").out.startswith("set -gx DOCKER_HOST ")
+    assert cli("ssh-config").out.startswith("Host devenv-default")
+
+
+def test_pending_backends_say_what_is_missing(home: Path, cli: Any) -> None:
+    ran = cli("start", "--backend", "wsl2")
+    assert ran.code == ExitCode.NOT_SUPPORTED
+    assert "backend `wsl2` does not support create" in ran.err
+    assert not any((home / "instances").iterdir())
