@@ -106,7 +106,7 @@ PROVISION_FIELDS = {"script", "mode"}
 
 
 def parse_size(value: object) -> int:
-    """"2GiB" / "2048MiB" / "2G" -> bytes. Raises ValueError with the reason."""
+    """ "2GiB" / "2048MiB" / "2G" -> bytes. Raises ValueError with the reason."""
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError('must be a size string such as "2GiB" or "2048MiB"')
     m = _SIZE_RE.match(value)
@@ -138,7 +138,8 @@ def validate_name(name: object, where: str = "instance name") -> str:
         )
     if not NAME_RE.match(name):
         raise UsageError(
-            f"{where} `{name}` may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit",
+            f"{where} `{name}` may only contain letters, digits, '.', '_' and '-', "
+            "and must start with a letter or digit",
             "for example: devenv start -n myproject",
         )
     return name

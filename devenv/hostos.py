@@ -86,9 +86,15 @@ class Host:
             return Probe(False, "KVM exists only on Linux")
         dev = "/dev/kvm"
         if not os.path.exists(dev):
-            return Probe(False, "/dev/kvm does not exist", "enable virtualization in the firmware and load kvm_intel/kvm_amd")
+            return Probe(
+                False, "/dev/kvm does not exist", "enable virtualization in the firmware and load kvm_intel/kvm_amd"
+            )
         if not os.access(dev, os.R_OK | os.W_OK):
-            return Probe(False, "/dev/kvm is not readable and writable by this user", "sudo usermod -aG kvm $USER, then log in again")
+            return Probe(
+                False,
+                "/dev/kvm is not readable and writable by this user",
+                "sudo usermod -aG kvm $USER, then log in again",
+            )
         return Probe(True, "/dev/kvm is usable")
 
     @functools.cached_property
@@ -170,10 +176,11 @@ class Host:
     def engine(self) -> Engine | None:
         """A native engine that answers right now (docker, then podman)."""
         docker_host = os.environ.get("DOCKER_HOST", "")
-        docker_sock = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
-        if not docker_host or docker_host.startswith("unix://"):
-            if _ping_unix(docker_sock):
-                return Engine("docker", f"unix://{docker_sock}")
+        docker_sock = (
+            docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
+        )
+        if (not docker_host or docker_host.startswith("unix://")) and _ping_unix(docker_sock):
+            return Engine("docker", f"unix://{docker_sock}")
         for sock in _podman_sockets():
             if _ping_unix(sock):
                 return Engine("podman", f"unix://{sock}")

@@ -65,7 +65,9 @@ def get(name: str) -> Instance:
     try:
         cfg = config.load_file(cfg_file)
     except ConfigError as e:
-        raise ConfigError(e.problems, f"the instance's own config is damaged; fix it or `devenv delete -n {name}`") from None
+        raise ConfigError(
+            e.problems, f"the instance's own config is damaged; fix it or `devenv delete -n {name}`"
+        ) from None
     return Instance(name, d, cfg)
 
 
@@ -173,4 +175,6 @@ def require_running(inst: Instance) -> None:
     st = inst.status()
     if st.state not in ("running", "degraded"):
         reason = f" ({st.reason})" if st.reason else ""
-        raise StateError(f"instance `{inst.name}` is {st.state}{reason}", f"start it with `devenv start -n {inst.name}`")
+        raise StateError(
+            f"instance `{inst.name}` is {st.state}{reason}", f"start it with `devenv start -n {inst.name}`"
+        )

@@ -40,7 +40,9 @@ class NativeBackend:
         if engine is None or engine.runtime != runtime:
             found = f"; found {engine.runtime} instead" if engine else ""
             fix = "sudo systemctl start docker" if runtime == "docker" else "systemctl --user start podman.socket"
-            raise BackendUnavailable(f"no {runtime} engine answers on this host{found}", f"{fix}, or use --backend qemu")
+            raise BackendUnavailable(
+                f"no {runtime} engine answers on this host{found}", f"{fix}, or use --backend qemu"
+            )
         return engine
 
     def create(self, inst: InstanceRef, step: StepReporter) -> None:

@@ -6,6 +6,7 @@ exception is reported as a bug with its own exit code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import traceback
@@ -38,10 +39,8 @@ def guarded(fn: Callable[[], int | None]) -> int:
         return int(ExitCode.INTERRUPTED)
     except BrokenPipeError:
         # the reader went away (`devenv list | head`); not an error worth a message
-        try:
+        with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
-        except OSError:
-            pass
         return 0
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)

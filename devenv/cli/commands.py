@@ -253,9 +253,12 @@ def doctor(as_json: bool) -> int:
     from devenv.hostos import current, default_backend
 
     host = current()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name in backends.names():
-        probe = CHECKS[name](host)
+        check = CHECKS.get(name)
+        if check is None:
+            continue  # a test double registered at run time has no host requirements
+        probe = check(host)
         rows.append({"backend": name, "available": probe.ok, "detail": probe.detail, "fix": probe.fix})
     info = {
         "host": {"system": host.system, "arch": host.arch, "wsl": host.is_wsl},

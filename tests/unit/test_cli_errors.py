@@ -60,9 +60,7 @@ def test_exit_codes_are_distinct() -> None:
     assert len(values) == len(set(values))
 
 
-def test_internal_errors_are_reported_without_traceback(
-    home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_internal_errors_are_reported_without_traceback(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     from devenv.cli import commands
 
     def boom(as_json: bool) -> int:

@@ -34,15 +34,33 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("memory = 2048", 'F:1: field `memory` must be a size string such as "2GiB" or "2048MiB"'),
         ('memory = "1MiB"', "F:1: field `memory` must be at least 256MiB, not '1MiB'"),
         ('disk = "0GiB"', 'F:1: field `disk` must be a positive size, not "0GiB"'),
-        ('backend = "qemuu"', "F:1: field `backend` must be one of auto, native, qemu, libvirt, wsl2, hyperv, not 'qemuu'"),
+        (
+            'backend = "qemuu"',
+            "F:1: field `backend` must be one of auto, native, qemu, libvirt, wsl2, hyperv, not 'qemuu'",
+        ),
         ('runtime = "rkt"', "F:1: field `runtime` must be one of docker, podman, containerd, not 'rkt'"),
-        ('name = "a/b"', "F:1: field `name` `a/b` may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit"),
-        ('cpu = 2', "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
-        ('zzz = 2', "F:1: field `zzz` is not a known field; known fields: accelerator, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime"),
+        (
+            'name = "a/b"',
+            "F:1: field `name` `a/b` may only contain letters, digits, '.', '_' and '-', and must start with a letter or digit",
+        ),
+        ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
+        (
+            "zzz = 2",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime",
+        ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
-        ("\n\n[[ports]]\nguest = 70000\n", "F:4: field `ports[0].guest` must be a port number from 1 to 65535, not 70000"),
-        ('[[mounts]]\nlocation = "~"\nwritabel = true\n', "F:3: field `mounts[0].writabel` is not a known field; did you mean `writable`?"),
-        ('[[provision]]\nmode = "root"\nscript = "true"\n', "F:2: field `provision[0].mode` must be \"system\" or \"user\", not 'root'"),
+        (
+            "\n\n[[ports]]\nguest = 70000\n",
+            "F:4: field `ports[0].guest` must be a port number from 1 to 65535, not 70000",
+        ),
+        (
+            '[[mounts]]\nlocation = "~"\nwritabel = true\n',
+            "F:3: field `mounts[0].writabel` is not a known field; did you mean `writable`?",
+        ),
+        (
+            '[[provision]]\nmode = "root"\nscript = "true"\n',
+            'F:2: field `provision[0].mode` must be "system" or "user", not \'root\'',
+        ),
     ],
 )
 def test_one_problem_is_located(tmp_path: Path, text: str, expected: str) -> None:
@@ -66,7 +84,13 @@ def test_malformed_toml_names_the_line(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("text", "size"),
-    [("2GiB", 2 * 1024**3), ("2048MiB", 2 * 1024**3), ("2G", 2 * 1024**3), ("1.5GiB", 3 * 1024**3 // 2), ("1TB", 10**12)],
+    [
+        ("2GiB", 2 * 1024**3),
+        ("2048MiB", 2 * 1024**3),
+        ("2G", 2 * 1024**3),
+        ("1.5GiB", 3 * 1024**3 // 2),
+        ("1TB", 10**12),
+    ],
 )
 def test_sizes(text: str, size: int) -> None:
     assert config.parse_size(text) == size
