@@ -19,9 +19,10 @@ def _fast(argv: list[str]) -> int | None:
     if any(k.startswith("_DEVENV_COMPLETE") for k in os.environ):
         return None
     if argv in (["--version"], ["-V"]):
-        from devenv.cli import commands
+        from devenv import __version__
 
-        return guarded(commands.version)
+        sys.stdout.write(f"devenv {__version__}\n")
+        return 0
     if argv and argv[0] == "list" and set(argv[1:]) <= {"--json"}:
         from devenv.cli import commands
 
