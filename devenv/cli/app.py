@@ -36,9 +36,23 @@ def _run(fn: Callable[[], int | None]) -> None:
     raise typer.Exit(code)
 
 
+def _complete_names(incomplete: str) -> list[str]:
+    from devenv import paths
+
+    root = paths.instances_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.name.startswith(incomplete) and not p.name.startswith("."))
+
+
 Name = Annotated[
     str | None,
-    typer.Option("-n", "--name", help="Instance name (default: devenv.toml's name, $DEVENV_INSTANCE, or `default`)."),
+    typer.Option(
+        "-n",
+        "--name",
+        help="Instance name (default: devenv.toml's name, $DEVENV_INSTANCE, or `default`).",
+        autocompletion=_complete_names,
+    ),
 ]
 Backend = Annotated[str | None, typer.Option("--backend", help="native, qemu, libvirt, wsl2 or hyperv.")]
 Image = Annotated[str | None, typer.Option("--image", help="Image name (debian-12) or a qcow2 path.")]

@@ -125,3 +125,17 @@ def test_pending_backends_say_what_is_missing(home: Path, cli: Any) -> None:
     assert ran.code == ExitCode.NOT_SUPPORTED
     assert "backend `wsl2` does not support create" in ran.err
     assert not any((home / "instances").iterdir())
+
+
+def test_shell_completion_offers_commands_and_instance_names(home: Path, cli: Any) -> None:
+    import subprocess
+    import sys
+
+    cli("create", "-n", "alpha", "--backend", "fake")
+    cli("create", "-n", "beta", "--backend", "fake")
+    env = {**os.environ, "_DEVENV_COMPLETE": "complete_bash", "COMP_WORDS": "devenv st", "COMP_CWORD": "1"}
+    out = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["start", "stop", "status"]
+    env |= {"COMP_WORDS": "devenv status -n al", "COMP_CWORD": "3"}
+    out = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["alpha"]
