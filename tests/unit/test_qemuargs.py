@@ -1,0 +1,66 @@
+"""The QEMU command line as data: each device and choice is asserted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from devenv.backends.qemuargs import VmSpec, build_argv
+
+
+def spec(**kw: object) -> VmSpec:
+    base: dict[str, object] = dict(
+        name="dev",
+        arch="x86_64",
+        accel="tcg",
+        cpus=2,
+        memory=2 * 1024**3,
+        disk=Path("/i/disk.qcow2"),
+        cidata=Path("/i/cidata.iso"),
+        ssh_port=40022,
+        serial_log=Path("/i/serial.log"),
+        qmp_socket=Path("/i/qmp.sock"),
+        pid_file=Path("/i/qemu.pid"),
+    )
+    base.update(kw)
+    return VmSpec(**base)  # type: ignore[arg-type]
+
+
+def pairs(argv: list[str]) -> list[tuple[str, str]]:
+    return [(argv[i], argv[i + 1]) for i in range(1, len(argv) - 1) if argv[i].startswith("-")]
+
+
+def test_x86_64_tcg() -> None:
+    argv = build_argv(spec())
+    p = pairs(argv)
+    assert argv[0] == "qemu-system-x86_64"
+    assert ("-machine", "q35") in p
+    assert ("-accel", "tcg,tb-size=256") in p and ("-cpu", "max") in p
+    assert ("-smp", "2") in p and ("-m", "2048M") in p
+    assert ("-drive", "if=virtio,file=/i/disk.qcow2,format=qcow2,discard=unmap,cache=writeback") in p
+    assert ("-drive", "if=virtio,file=/i/cidata.iso,format=raw,readonly=on") in p
+    assert ("-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22") in p
+    assert ("-qmp", "unix:/i/qmp.sock,server=on,wait=off") in p
+    assert ("-pidfile", "/i/qemu.pid") in p
+    assert "-nodefaults" in argv and "-kernel" not in argv
+
+
+def test_kvm_uses_the_host_cpu_and_direct_kernel_boot() -> None:
+    argv = build_argv(spec(accel="kvm", kernel=Path("/c/vmlinuz"), initrd=Path("/c/initrd"), cmdline="root=/dev/vda"))
+    p = pairs(argv)
+    assert ("-accel", "kvm") in p and ("-cpu", "host") in p
+    assert ("-kernel", "/c/vmlinuz") in p and ("-initrd", "/c/initrd") in p and ("-append", "root=/dev/vda") in p
+
+
+def test_forwards_bind_loopback_only() -> None:
+    argv = build_argv(spec(extra_hostfwd=((18080, 8080),)))
+    netdev = dict(pairs(argv))["-netdev"]
+    assert netdev == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:18080-:8080"
+
+
+def test_aarch64_virt_with_firmware_and_9p_share() -> None:
+    argv = build_argv(spec(arch="aarch64", accel="hvf", firmware=Path("/fw.fd"), shares=(("m0", "/src", False),)))
+    p = pairs(argv)
+    assert argv[0] == "qemu-system-aarch64"
+    assert ("-machine", "virt,highmem=on") in p and ("-bios", "/fw.fd") in p
+    assert ("-fsdev", "local,id=m0,path=/src,security_model=none,readonly=on") in p
+    assert ("-device", "virtio-9p-pci,fsdev=m0,mount_tag=m0") in p
