@@ -79,7 +79,7 @@ def parse_copy_args(src: str, dst: str) -> CopyPlan:
         return CopyPlan(instance=a.instance, direction="from_guest", host_path=b.path, guest_path=a.path)
     if b.instance is not None:
         return CopyPlan(instance=b.instance, direction="to_guest", host_path=a.path, guest_path=b.path)
-    raise UsageError(
-        f"neither `{src}` nor `{dst}` is a path inside an instance",
-        "write the guest side as NAME:/path, e.g. `devenv cp ./src default:/tmp/src`",
-    )
+    hint = "write the guest side as NAME:/path, e.g. `devenv cp ./src default:/tmp/src`"
+    if _DRIVE.match(src) or _DRIVE.match(dst):
+        hint += "; a single letter before `:/` or `:\\` is read as a Windows drive"
+    raise UsageError(f"neither `{src}` nor `{dst}` is a path inside an instance", hint)

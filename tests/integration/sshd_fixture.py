@@ -17,8 +17,8 @@ Works as root and as a normal user:
 - StrictModes is off because pytest's tmp dirs live under world-writable /tmp,
   which StrictModes rejects for authorized_keys.
 
-Use it from a test module with `from sshd_fixture import sshd  # noqa: F401`
-(pytest's default rootdir-less import mode puts tests/integration on sys.path)
+Use it from a test module with `from tests.integration.sshd_fixture import sshd, sshd_server`
+(both names: `sshd` depends on the module-scoped `sshd_server`)
 or directly with `with SSHDServer(tmp_path) as server: ...`.
 
 Needs: /usr/sbin/sshd (openssh-server) and ssh-keygen (openssh-client).
@@ -27,6 +27,7 @@ Needs: /usr/sbin/sshd (openssh-server) and ssh-keygen (openssh-client).
 from __future__ import annotations
 
 import contextlib
+import grp
 import os
 import pwd
 import shutil
@@ -77,6 +78,12 @@ def keygen(path: Path, comment: str = "devenv-test") -> Path:
         capture_output=True,
     )
     return path
+
+
+def _descendants(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    children = [int(p) for p in out.split()]
+    return [d for c in children for d in (c, *_descendants(c))]
 
 
 def free_port() -> int:
@@ -198,12 +205,31 @@ class SSHDServer:
             proc.wait(timeout=5)
 
     def kill_sessions(self) -> None:
-        """Kill the per-connection sshd processes but keep the listener: a dropped transport."""
+        """Kill every per-connection sshd process but keep the listener: a dropped transport.
+
+        The whole tree, not just the listener's children: the process that holds
+        the TCP socket after authentication is a grandchild of the listener.
+        """
         assert self.proc is not None
-        out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout
-        for pid in out.split():
+        for pid in _descendants(self.proc.pid):
             with contextlib.suppress(ProcessLookupError):
-                os.kill(int(pid), 9)
+                os.kill(pid, 9)
+
+    @property
+    def pty_supported(self) -> bool:
+        """Whether this sshd can allocate PTYs.
+
+        sshd chowns a new PTY to (user, tty group) and gives up the session when
+        that fails, which it does for a non-root sshd unless the user is in the
+        tty group.
+        """
+        if os.getuid() == 0:
+            return True
+        try:
+            tty_gid = grp.getgrnam("tty").gr_gid
+        except KeyError:
+            return False
+        return tty_gid in os.getgroups() or tty_gid == os.getgid()
 
     def log_text(self) -> str:
         try:

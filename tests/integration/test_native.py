@@ -26,7 +26,9 @@ needs_docker = pytest.mark.skipif(
 )
 
 
-def devenv(*args: str, home: Path, stdin: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+def devenv(
+    *args: str, home: Path, stdin: bytes | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "DEVENV_HOME": str(home)}
     env.pop("DEVENV_INSTANCE", None)
     return subprocess.run(

@@ -1,0 +1,564 @@
+#!/usr/bin/env python3
+"""devenv guest agent: one stdlib-only file copied into the guest.
+
+Why a separate program: the host keeps a single SSH connection; asking the
+guest something (which ports listen, what runs there) must not cost a new
+process per question under TCG, where starting a Go CLI takes over a second.
+The host starts this file once over an SSH exec channel and talks JSON lines:
+
+    agent -> host  {"type":"hello","protocol":1,"version":"...","sha256":"..."}   (first line, always)
+    host -> agent  {"id":1,"method":"info","params":{}}
+    agent -> host  {"type":"response","id":1,"result":{...}}
+                   {"type":"response","id":1,"error":{"code":"...","message":"..."}}
+                   {"type":"event","event":"ports","subscription":1,"added":[...],"removed":[...]}
+
+Methods: ping, info, ports, watch_ports, unwatch_ports, exec. A bad line or an
+unknown method gets an error response; nothing a host sends crashes the agent.
+Interactive, streaming commands use plain SSH channels, not this protocol.
+
+A second mode, `agent.py bridge SOCKET`, copies stdin to a unix socket in the
+guest and the socket to stdout (binary, half-close kept), so one SSH exec
+channel carries e.g. the Docker API without sshd's streamlocal forwarding.
+
+The agent is started on demand (no systemd unit): the SSH channel is its
+lifetime, so nothing is left running when the host goes away.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+PROTOCOL_VERSION = 1
+AGENT_VERSION = "0.1.0"
+
+ENGINE_FILE = "/etc/devenv/engine"  # written at provisioning: the runtime this guest was set up for
+ENGINE_SOCKETS = {
+    "docker": "/var/run/docker.sock",
+    "podman": "/run/podman/podman.sock",
+    "containerd": "/run/containerd/containerd.sock",
+}
+ENGINE_PACKAGES = {
+    "docker": ("docker.io", "docker-ce"),
+    "podman": ("podman",),
+    "containerd": ("containerd", "containerd.io"),
+}
+MAX_LINE = 16 * 1024 * 1024  # one request line; a larger one is refused, not buffered forever
+MAX_OUTPUT = 16 * 1024 * 1024  # per stream of one exec; the rest is cut and flagged
+DEFAULT_POLL = 1.0  # seconds between two reads of /proc/net/tcp*: cheap, and fast enough for humans
+CHUNK = 64 * 1024
+
+Json = dict[str, Any]
+
+
+class RequestError(Exception):
+    """A failure reported to the host as an error response."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def own_sha256() -> str | None:
+    """Hash of this very file, so the host can tell whether the installed copy is stale."""
+    try:
+        with open(os.path.abspath(__file__), "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except (OSError, NameError):
+        return None
+
+
+def hello() -> Json:
+    return {
+        "type": "hello",
+        "protocol": PROTOCOL_VERSION,
+        "version": AGENT_VERSION,
+        "sha256": own_sha256(),
+        "pid": os.getpid(),
+        "python": ".".join(str(n) for n in sys.version_info[:3]),
+    }
+
+
+# ---------------------------------------------------------------- ports
+
+
+def _decode_address(hex_addr: str) -> str:
+    """/proc/net/tcp prints each 32-bit word of the address in host byte order."""
+    raw = b"".join(struct.pack("=I", int(hex_addr[i : i + 8], 16)) for i in range(0, len(hex_addr), 8))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw)
+
+
+def listening_ports(proc: str = "/proc") -> list[Json]:
+    """Every TCP socket in state LISTEN (0A), IPv4 and IPv6, sorted and without duplicates."""
+    found: set[tuple[str, str, int]] = set()
+    for proto, name in (("tcp", "net/tcp"), ("tcp6", "net/tcp6")):
+        try:
+            with open(os.path.join(proc, name), encoding="ascii") as f:
+                lines = f.read().splitlines()[1:]
+        except OSError:
+            continue  # no IPv6 in this kernel, or no /proc: report what there is
+        for line in lines:
+            fields = line.split()
+            if len(fields) < 4 or fields[3] != "0A":
+                continue
+            addr_hex, _, port_hex = fields[1].partition(":")
+            try:
+                found.add((proto, _decode_address(addr_hex), int(port_hex, 16)))
+            except (ValueError, OSError, struct.error):
+                continue
+    return [{"proto": p, "address": a, "port": n} for p, a, n in sorted(found, key=lambda t: (t[2], t[0], t[1]))]
+
+
+def _port_key(entry: Json) -> tuple[str, str, int]:
+    return (str(entry["proto"]), str(entry["address"]), int(entry["port"]))
+
+
+def diff_ports(old: list[Json], new: list[Json]) -> tuple[list[Json], list[Json]]:
+    old_keys = {_port_key(e) for e in old}
+    new_keys = {_port_key(e) for e in new}
+    added = [e for e in new if _port_key(e) not in old_keys]
+    removed = [e for e in old if _port_key(e) not in new_keys]
+    return added, removed
+
+
+# ---------------------------------------------------------------- info
+
+
+def _os_release() -> str | None:
+    for path in ("/etc/os-release", "/usr/lib/os-release"):
+        try:
+            with open(path, encoding="utf-8") as f:
+                for line in f:
+                    key, _, value = line.strip().partition("=")
+                    if key == "PRETTY_NAME":
+                        return value.strip().strip("\"'")
+        except OSError:
+            continue
+    return None
+
+
+def _meminfo() -> Json:
+    out: Json = {"total": None, "available": None}
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("MemTotal", "MemAvailable"):
+                    out["total" if key == "MemTotal" else "available"] = int(rest.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
+def _uptime() -> float | None:
+    try:
+        with open("/proc/uptime", encoding="ascii") as f:
+            return float(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _dpkg_version(packages: tuple[str, ...], status_file: str = "/var/lib/dpkg/status") -> str | None:
+    """Read the version from dpkg's database: starting an engine's Go binary costs seconds under TCG."""
+    try:
+        with open(status_file, encoding="utf-8", errors="replace") as f:
+            stanzas = f.read().split("\n\n")
+    except OSError:
+        return None
+    for stanza in stanzas:
+        fields: dict[str, str] = {}
+        for line in stanza.splitlines():
+            if line and not line[0].isspace():
+                key, _, value = line.partition(":")
+                fields[key] = value.strip()
+        if fields.get("Package") in packages and fields.get("Status", "").endswith(" installed"):
+            return fields.get("Version")
+    return None
+
+
+def _socket_state(path: str) -> tuple[bool, str | None]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(1.0)
+    try:
+        s.connect(path)
+        return True, None
+    except OSError as e:
+        return False, e.strerror or str(e)
+    finally:
+        s.close()
+
+
+def engine_info() -> Json | None:
+    name = None
+    try:
+        with open(ENGINE_FILE, encoding="utf-8") as f:
+            name = f.read().strip() or None
+    except OSError:
+        name = next((n for n, path in ENGINE_SOCKETS.items() if os.path.exists(path)), None)
+    if name is None:
+        return None
+    sock = ENGINE_SOCKETS.get(name)
+    version = _dpkg_version(ENGINE_PACKAGES.get(name, (name,)))
+    if version is None:
+        binary = {"containerd": "containerd"}.get(name, name)
+        try:
+            out = subprocess.run([binary, "--version"], capture_output=True, timeout=10, check=False)
+            version = out.stdout.decode(errors="replace").strip() or None
+        except (OSError, subprocess.TimeoutExpired):
+            version = None
+    active, error = _socket_state(sock) if sock else (False, "unknown engine")
+    return {"name": name, "version": version, "socket": sock, "socket_active": active, "socket_error": error}
+
+
+def info() -> Json:
+    uname = os.uname()
+    return {
+        "hostname": uname.nodename,
+        "os": _os_release(),
+        "kernel": uname.release,
+        "arch": uname.machine,
+        "python": ".".join(str(n) for n in sys.version_info[:3]),
+        "uptime": _uptime(),
+        "cpus": os.cpu_count(),
+        "memory": _meminfo(),
+        "engine": engine_info(),
+        "agent": {"version": AGENT_VERSION, "protocol": PROTOCOL_VERSION, "sha256": own_sha256()},
+    }
+
+
+# ---------------------------------------------------------------- exec
+
+
+def _b64decode(value: object, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise RequestError("bad_params", f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except ValueError:
+        raise RequestError("bad_params", f"{what} is not valid base64") from None
+
+
+class Agent:
+    """The JSON-lines server: reads requests on one thread, answers from worker threads."""
+
+    def __init__(self, rfd: int = 0, wfd: int = 1) -> None:
+        self.rfd = rfd
+        self.wfd = wfd
+        self._write_lock = threading.Lock()
+        self._state_lock = threading.Lock()
+        self._watches: dict[Any, threading.Event] = {}
+        self._procs: set[subprocess.Popen[bytes]] = set()
+        self._workers: set[threading.Thread] = set()
+        self._closed = False
+
+    # -- output
+    def send(self, msg: Json) -> None:
+        data = (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+        with self._write_lock:
+            if self._closed:
+                return
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(self.wfd, view)
+                    view = view[n:]
+            except OSError:
+                self._closed = True  # the host went away: nobody will read a result
+        if self._closed:
+            self._kill_all()
+
+    def respond(self, req_id: Any, result: Json) -> None:
+        self.send({"type": "response", "id": req_id, "result": result})
+
+    def fail(self, req_id: Any, code: str, message: str) -> None:
+        self.send({"type": "response", "id": req_id, "error": {"code": code, "message": message}})
+
+    # -- input
+    def serve(self) -> int:
+        self.send(hello())
+        reader = os.fdopen(self.rfd, "rb", buffering=CHUNK, closefd=False)
+        while True:
+            line = reader.readline(MAX_LINE + 1)
+            if not line:
+                break
+            if len(line) > MAX_LINE and not line.endswith(b"\n"):
+                while line and not line.endswith(b"\n"):  # drop the rest of the oversized line
+                    line = reader.readline(MAX_LINE)
+                self.fail(None, "too_large", f"request lines are limited to {MAX_LINE} bytes")
+                continue
+            if line.strip():
+                self.handle_line(line)
+        self.shutdown()
+        return 0
+
+    def handle_line(self, line: bytes) -> None:
+        try:
+            req = json.loads(line)
+        except (ValueError, UnicodeDecodeError) as e:
+            self.fail(None, "bad_json", f"not a JSON object: {e}")
+            return
+        if not isinstance(req, dict):
+            self.fail(None, "bad_request", "a request must be a JSON object")
+            return
+        req_id = req.get("id")
+        method = req.get("method")
+        params = req.get("params", {})
+        if params is None:
+            params = {}
+        if not isinstance(method, str):
+            self.fail(req_id, "bad_request", "a request needs a string `method`")
+            return
+        if not isinstance(params, dict):
+            self.fail(req_id, "bad_request", "`params` must be a JSON object")
+            return
+        handler = getattr(self, "m_" + method, None) if method.isidentifier() else None
+        if handler is None:
+            self.fail(req_id, "unknown_method", f"unknown method `{method}`")
+            return
+        if method == "ping":  # answered in order, so a ping also tells that every earlier line was read
+            self._run(handler, req_id, params)
+            return
+        worker = threading.Thread(target=self._run, args=(handler, req_id, params), daemon=True)
+        with self._state_lock:
+            self._workers.add(worker)
+        worker.start()
+
+    def _run(self, handler: Any, req_id: Any, params: Json) -> None:
+        try:
+            self._dispatch(handler, req_id, params)
+        finally:
+            with self._state_lock:
+                self._workers.discard(threading.current_thread())
+
+    def _dispatch(self, handler: Any, req_id: Any, params: Json) -> None:
+        try:
+            result = handler(req_id, params)
+        except RequestError as e:
+            self.fail(req_id, e.code, e.message)
+        except Exception as e:  # a bug here must not take the agent down
+            self.fail(req_id, "internal", f"{type(e).__name__}: {e}")
+        else:
+            if result is not None:
+                self.respond(req_id, result)
+
+    def shutdown(self) -> None:
+        """stdin ended: stop subscriptions, let requests already read finish and answer.
+
+        `echo REQUEST | agent.py` therefore works; a host that vanished entirely
+        makes the next write fail, which kills what still runs (see send).
+        """
+        with self._state_lock:
+            for stop in self._watches.values():
+                stop.set()
+            workers = list(self._workers)
+        for worker in workers:
+            worker.join()
+
+    def _kill_all(self) -> None:
+        with self._state_lock:
+            procs = list(self._procs)
+        for proc in procs:  # leave no orphan behind
+            _kill_group(proc)
+
+    # -- methods (m_NAME(req_id, params) -> result, or None when the handler answers itself)
+    def m_ping(self, req_id: Any, params: Json) -> Json:
+        return {"pong": True, "time": time.time()}
+
+    def m_info(self, req_id: Any, params: Json) -> Json:
+        return info()
+
+    def m_ports(self, req_id: Any, params: Json) -> Json:
+        return {"ports": listening_ports()}
+
+    def m_watch_ports(self, req_id: Any, params: Json) -> None:
+        interval = params.get("interval", DEFAULT_POLL)
+        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not 0.05 <= interval <= 3600:
+            raise RequestError("bad_params", "interval must be a number of seconds from 0.05 to 3600")
+        stop = threading.Event()
+        with self._state_lock:
+            if req_id in self._watches:
+                raise RequestError("bad_params", f"subscription {req_id!r} exists already; use a new id")
+            self._watches[req_id] = stop
+        current = listening_ports()
+        self.respond(req_id, {"subscription": req_id, "ports": current})
+        while not stop.wait(float(interval)):
+            new = listening_ports()
+            added, removed = diff_ports(current, new)
+            if added or removed:
+                self.send(
+                    {"type": "event", "event": "ports", "subscription": req_id, "added": added, "removed": removed}
+                )
+            current = new
+        return None
+
+    def m_unwatch_ports(self, req_id: Any, params: Json) -> Json:
+        sub = params.get("subscription")
+        with self._state_lock:
+            keys = list(self._watches) if sub is None else [sub] if sub in self._watches else []
+            if sub is not None and not keys:
+                raise RequestError("not_found", f"no port subscription {sub!r}")
+            for key in keys:
+                self._watches.pop(key).set()
+        return {"stopped": keys}
+
+    def m_exec(self, req_id: Any, params: Json) -> Json:
+        argv = params.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise RequestError("bad_params", "argv must be a non-empty list of strings")
+        env_param = params.get("env") or {}
+        if not isinstance(env_param, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in env_param.items()
+        ):
+            raise RequestError("bad_params", "env must be an object of strings")
+        env = {} if params.get("replace_env") else dict(os.environ)
+        env.update(env_param)
+        cwd = params.get("cwd")
+        if cwd is not None and not isinstance(cwd, str):
+            raise RequestError("bad_params", "cwd must be a string")
+        stdin = _b64decode(params["stdin"], "stdin") if params.get("stdin") is not None else None
+        timeout = params.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
+            raise RequestError("bad_params", "timeout must be a positive number of seconds")
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=env,
+                cwd=cwd,
+                start_new_session=True,  # so a timeout kills the whole process group
+            )
+        except FileNotFoundError as e:
+            missing = cwd if cwd and e.filename == cwd else argv[0]
+            raise RequestError("not_found", f"{missing}: {e.strerror}") from None
+        except PermissionError as e:
+            raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
+        except OSError as e:
+            raise RequestError("exec_failed", f"{argv[0]}: {e.strerror or e}") from None
+        with self._state_lock:
+            self._procs.add(proc)
+        timed_out = False
+        started = time.monotonic()
+        try:
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                _kill_group(proc)
+                out, err = proc.communicate()
+        finally:
+            with self._state_lock:
+                self._procs.discard(proc)
+        code = proc.returncode
+        result: Json = {
+            "exit_code": code if code >= 0 else 128 - code,
+            "signal": -code if code < 0 else None,
+            "stdout": base64.b64encode(out[:MAX_OUTPUT]).decode(),
+            "stderr": base64.b64encode(err[:MAX_OUTPUT]).decode(),
+            "stdout_truncated": len(out) > MAX_OUTPUT,
+            "stderr_truncated": len(err) > MAX_OUTPUT,
+            "timed_out": timed_out,
+            "seconds": round(time.monotonic() - started, 3),
+        }
+        return result
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except OSError:
+        with contextlib.suppress(OSError):
+            proc.kill()
+
+
+# ---------------------------------------------------------------- bridge
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def bridge(path: str, rfd: int = 0, wfd: int = 1) -> int:
+    """Copy rfd -> unix socket and socket -> wfd until both directions end.
+
+    Half-close is kept in both directions: EOF on stdin becomes shutdown(SHUT_WR)
+    on the socket (the server still answers), and EOF from the socket closes
+    stdout (the host sees EOF) while stdin may still be copied.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sys.stderr.write(f"devenv guestagent bridge: cannot connect to {path}: {e.strerror or e}\n")
+        return 3
+
+    def upstream() -> None:
+        try:
+            while True:
+                data = os.read(rfd, CHUNK)
+                if not data:
+                    break
+                sock.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_WR)
+
+    up = threading.Thread(target=upstream, daemon=True)
+    up.start()
+    try:
+        while True:
+            data = sock.recv(CHUNK)
+            if not data:
+                break
+            _write_all(wfd, data)
+    except OSError:
+        pass
+    finally:
+        # Replace (not just close) the write end: EOF reaches the host now, and a
+        # stray write later goes nowhere instead of into an unrelated file.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, wfd)
+        os.close(devnull)
+    up.join()
+    sock.close()
+    return 0
+
+
+# ---------------------------------------------------------------- main
+
+USAGE = "usage: guestagent.py [serve] | bridge SOCKET_PATH | --version\n"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv == ["serve"]:
+        return Agent().serve()
+    if argv[0] == "bridge" and len(argv) == 2:
+        return bridge(argv[1])
+    if argv == ["--version"]:
+        sys.stdout.write(json.dumps(hello()) + "\n")
+        return 0
+    sys.stderr.write(USAGE)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

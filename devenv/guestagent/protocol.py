@@ -1,0 +1,249 @@
+"""The host's side of the guest agent protocol.
+
+PROTOCOL_VERSION and AGENT_VERSION come from agent.py itself, so the two sides
+cannot disagree. The host starts the agent with serve_command() over one SSH
+exec channel, reads the hello with parse_hello() and calls check_hello(): a
+wrong protocol or a stale copy (its sha256 differs from the file this devenv
+ships) means "reinstall": run install_command() with agent_source() on stdin,
+then start it again. AgentClient is a small synchronous client that works on
+any pair of binary file objects (paramiko's channel.makefile("rb") and
+channel.makefile_stdin("wb"), or a subprocess's pipes in tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import json
+import queue
+import shlex
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Protocol
+
+from devenv.errors import ConnectionFailed, Timeout
+from devenv.guestagent.agent import AGENT_VERSION, ENGINE_SOCKETS, PROTOCOL_VERSION
+
+__all__ = [
+    "AGENT_VERSION",
+    "ENGINE_SOCKETS",
+    "GUEST_PATH",
+    "PROTOCOL_VERSION",
+    "AgentClient",
+    "AgentError",
+    "Hello",
+    "ProtocolError",
+    "agent_sha256",
+    "agent_source",
+    "bridge_command",
+    "check_hello",
+    "decode",
+    "encode",
+    "install_command",
+    "parse_hello",
+    "serve_command",
+]
+
+GUEST_PATH = "/usr/local/lib/devenv/guestagent.py"  # where provisioning installs it (root-owned, 0755)
+GUEST_PYTHON = "python3"
+
+
+class ProtocolError(ConnectionFailed):
+    """The other end did not speak the agent protocol (or a different version of it)."""
+
+
+class AgentError(ConnectionFailed):
+    """The agent answered a request with an error response."""
+
+    def __init__(self, method: str, code: str, message: str) -> None:
+        super().__init__(f"guest agent: {method} failed: {message}", "")
+        self.method = method
+        self.code = code
+
+
+@lru_cache(maxsize=1)
+def agent_source() -> bytes:
+    """The agent file this devenv ships, byte for byte what gets installed in the guest."""
+    return (Path(__file__).with_name("agent.py")).read_bytes()
+
+
+def agent_sha256() -> str:
+    return hashlib.sha256(agent_source()).hexdigest()
+
+
+def encode(msg: Mapping[str, Any]) -> bytes:
+    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> dict[str, Any]:
+    try:
+        msg = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise ProtocolError(
+            f"guest agent sent a line that is not JSON: {line[:80]!r}",
+            "the agent in the guest may be broken; devenv reinstalls it on the next start",
+        ) from None
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"guest agent sent JSON that is not an object: {line[:80]!r}")
+    return msg
+
+
+@dataclass(frozen=True)
+class Hello:
+    protocol: int
+    version: str
+    sha256: str | None
+
+
+def parse_hello(line: bytes) -> Hello:
+    if not line:
+        raise ProtocolError(
+            "guest agent ended before saying hello",
+            f"check that {GUEST_PYTHON} exists in the guest and {GUEST_PATH} is installed",
+        )
+    msg = decode(line)
+    if msg.get("type") != "hello" or not isinstance(msg.get("protocol"), int):
+        raise ProtocolError(f"guest agent's first line is not a hello: {line[:80]!r}")
+    sha = msg.get("sha256")
+    return Hello(
+        protocol=msg["protocol"], version=str(msg.get("version", "")), sha256=sha if isinstance(sha, str) else None
+    )
+
+
+def check_hello(hello: Hello) -> str | None:
+    """None when the running agent is the one this devenv ships; else why it must be reinstalled."""
+    if hello.protocol != PROTOCOL_VERSION:
+        return f"guest agent speaks protocol {hello.protocol}, this devenv speaks {PROTOCOL_VERSION}"
+    if hello.sha256 != agent_sha256():
+        return f"guest agent {hello.version} differs from the one this devenv ships ({AGENT_VERSION})"
+    return None
+
+
+def serve_command() -> str:
+    return f"{GUEST_PYTHON} {GUEST_PATH}"
+
+
+def bridge_command(socket_path: str) -> str:
+    """Shell command for an exec channel that carries the bytes of one guest unix socket."""
+    return f"{GUEST_PYTHON} {GUEST_PATH} bridge {shlex.quote(socket_path)}"
+
+
+def install_command() -> str:
+    """Shell command that installs agent_source() (sent on stdin) atomically; the guest user has sudo."""
+    tmp = GUEST_PATH + ".new"
+    return (
+        f"sudo -n sh -c 'mkdir -p {Path(GUEST_PATH).parent.as_posix()} && cat > {tmp} && "
+        f"chmod 0755 {tmp} && mv -f {tmp} {GUEST_PATH}'"
+    )
+
+
+class _Reader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+class _Writer(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+    def flush(self) -> Any: ...
+
+
+class AgentClient:
+    """Requests with ids, one reader thread, events in a queue.
+
+    Thread-safe: several threads may call() at once; responses are matched by id.
+    """
+
+    def __init__(self, rfile: _Reader, wfile: _Writer) -> None:
+        self._rfile = rfile
+        self._wfile = wfile
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._pending: dict[Any, queue.Queue[dict[str, Any] | None]] = {}
+        self._closed = False
+        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.hello: Hello | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> Hello:
+        """Read the hello and start the reader thread. Raises ProtocolError on a wrong version."""
+        self.hello = parse_hello(self._rfile.readline())
+        if self.hello.protocol != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"guest agent speaks protocol {self.hello.protocol}, this devenv speaks {PROTOCOL_VERSION}",
+                "devenv reinstalls the agent; if this persists, restart the instance",
+            )
+        self._thread = threading.Thread(target=self._read_loop, name="guestagent-reader", daemon=True)
+        self._thread.start()
+        return self.hello
+
+    def call(self, method: str, params: Mapping[str, Any] | None = None, timeout: float | None = 60.0) -> Any:
+        """Send one request and wait for its result; an error response raises AgentError."""
+        req_id, slot = self._send(method, params)
+        try:
+            msg = slot.get(timeout=timeout)
+        except queue.Empty:
+            raise Timeout(f"guest agent did not answer `{method}` within {timeout:g} s") from None
+        finally:
+            with self._lock:
+                self._pending.pop(req_id, None)
+        if msg is None:
+            raise ConnectionFailed(f"guest agent connection closed during `{method}`", "is the instance still running?")
+        if "error" in msg:
+            err = msg["error"] if isinstance(msg["error"], dict) else {}
+            raise AgentError(method, str(err.get("code", "error")), str(err.get("message", msg["error"])))
+        return msg.get("result")
+
+    def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def close(self) -> None:
+        """Close our writing side: the agent finishes what it read and exits."""
+        close = getattr(self._wfile, "close", None)
+        if close is not None:
+            close()
+
+    def _send(self, method: str, params: Mapping[str, Any] | None) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
+        slot: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
+        with self._lock:
+            if self._closed:
+                raise ConnectionFailed("guest agent connection is closed", "is the instance still running?")
+            req_id = next(self._ids)
+            self._pending[req_id] = slot
+            self._wfile.write(encode({"id": req_id, "method": method, "params": dict(params or {})}))
+            self._wfile.flush()
+        return req_id, slot
+
+    def _read_loop(self) -> None:
+        try:
+            while True:
+                line = self._rfile.readline()
+                if not line:
+                    break
+                try:
+                    msg = decode(line)
+                except ProtocolError:
+                    continue
+                if msg.get("type") == "event":
+                    self.events.put(msg)
+                    continue
+                with self._lock:
+                    slot = self._pending.get(msg.get("id"))
+                if slot is not None:
+                    with contextlib.suppress(queue.Full):  # a duplicate answer is dropped, never blocks
+                        slot.put_nowait(msg)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                self._closed = True
+                slots = list(self._pending.values())
+            for slot in slots:
+                with contextlib.suppress(queue.Full):
+                    slot.put_nowait(None)

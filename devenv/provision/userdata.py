@@ -1,0 +1,222 @@
+"""cloud-init user-data and meta-data for one instance.
+
+Rendered from provisioning/cloud-init/*.yaml with string.Template. Every value
+that comes from outside (keys, scripts, variables, the agent's source) is
+written as a YAML double-quoted scalar by yaml_str(), which escapes everything
+YAML would otherwise interpret. That keeps a dependency on a YAML library out
+of devenv and makes the output exact and testable byte for byte.
+
+What the guest gets (see the template for the cloud-config keys):
+  user `devenv` (uid 1000, key login only, passwordless sudo); the pinned host
+  key; the host's time zone and proxy; the config's `env` in /etc/environment;
+  the engine setup script, the guest agent and the user's provision scripts in
+  /usr/local/lib/devenv; firstboot.sh runs them and prints DEVENV-READY.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from string import Template
+
+from devenv.config import Config, Provision
+from devenv.errors import ConfigError
+from devenv.guestagent import protocol
+from devenv.provision import assets, engines, hostenv
+from devenv.provision.keys import InstanceKeys
+
+GUEST_USER = "devenv"
+GUEST_UID = 1000
+LIB = engines.GUEST_LIB
+FIRSTBOOT = f"{LIB}/firstboot.sh"
+ENV_SH = f"{LIB}/env.sh"
+ENGINE_FILE = "/etc/devenv/engine"
+READY_UNIT = "/etc/systemd/system/devenv-ready.service"
+STATE_DIR = "/var/lib/devenv"
+PROVISIONED_MARKER = f"{STATE_DIR}/provisioned"
+FAILED_MARKER = f"{STATE_DIR}/failed"
+PROVISION_LOG = "/var/log/devenv-provision.log"
+READY_LINE = "DEVENV-READY"
+FAILED_PREFIX = "DEVENV-FAILED"
+
+# Characters YAML would fold, reject or read as a line break inside a double-quoted scalar.
+_YAML_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+_ENV_FORBIDDEN = re.compile(r'["\\\n\r\x00]')
+
+
+def yaml_str(value: str) -> str:
+    """`value` as a YAML double-quoted scalar that any YAML 1.1/1.2 parser reads back exactly."""
+    out = ['"']
+    for ch in value:
+        code = ord(ch)
+        if ch in _YAML_ESCAPES:
+            out.append(_YAML_ESCAPES[ch])
+        elif code < 0x20 or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029, 0xFEFF, 0xFFFE, 0xFFFF):
+            out.append(f"\\u{code:04x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            raise ValueError("text contains a lone surrogate, which is not valid UTF-8")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+@dataclass(frozen=True)
+class WriteFile:
+    path: str
+    content: str
+    permissions: str = "0644"
+    append: bool = False
+
+    def render(self) -> str:
+        lines = [
+            f"  - path: {yaml_str(self.path)}",
+            "    owner: root:root",
+            f'    permissions: "{self.permissions}"',
+        ]
+        if self.append:
+            lines.append("    append: true")
+        lines.append(f"    content: {yaml_str(self.content)}")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SeedInputs:
+    """Everything user-data depends on, so it can be rendered (and tested) without touching the host."""
+
+    name: str
+    runtime: str
+    authorized_key: str
+    host_private_key: str
+    host_public_key: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    provision: tuple[Provision, ...] = ()
+    timezone: str | None = None
+    proxies: Mapping[str, str] = field(default_factory=dict)
+
+
+def inputs_for(
+    cfg: Config,
+    keys: InstanceKeys,
+    *,
+    environ: Mapping[str, str],
+    host_address: str | None = None,
+    root: Path = Path("/"),
+) -> SeedInputs:
+    return SeedInputs(
+        name=cfg.name,
+        runtime=cfg.runtime,
+        authorized_key=keys.client_public,
+        host_private_key=keys.host_key.read_text(encoding="utf-8"),
+        host_public_key=keys.host_public,
+        env=dict(cfg.env),
+        provision=cfg.provision,
+        timezone=hostenv.host_timezone(root),
+        proxies=hostenv.host_proxies(environ, host_address),
+    )
+
+
+def guest_hostname(name: str) -> str:
+    """Instance names may hold '.' and '_', which a hostname label may not."""
+    label = re.sub(r"[^A-Za-z0-9-]", "-", name).strip("-")[:63].strip("-")
+    return label or "devenv"
+
+
+def instance_id(name: str, host_public_key: str) -> str:
+    """Stable while the instance lives; new when it is re-created (new host key), so
+    cloud-init runs its once-per-instance steps exactly once per instance."""
+    blob = host_public_key.split()[1].encode()
+    return f"devenv-{guest_hostname(name)}-{hashlib.sha256(blob).hexdigest()[:12]}"
+
+
+def render_meta_data(name: str, host_public_key: str) -> str:
+    template = Template(assets.read_text("cloud-init/meta-data.yaml"))
+    return template.substitute(
+        instance_id=yaml_str(instance_id(name, host_public_key)), hostname=yaml_str(guest_hostname(name))
+    )
+
+
+def _check_env(items: Iterable[tuple[str, str]], where: str) -> None:
+    problems = [
+        f"{where} `{key}` must not contain a double quote, backslash, newline or NUL (/etc/environment cannot hold it)"
+        for key, value in items
+        if _ENV_FORBIDDEN.search(value)
+    ]
+    if problems:
+        raise ConfigError(problems)
+
+
+def guest_environment(inputs: SeedInputs) -> dict[str, str]:
+    """Proxy variables (both spellings, as tools disagree) and then the config's env, which wins."""
+    out: dict[str, str] = {}
+    for var, value in inputs.proxies.items():
+        if var not in inputs.env and var.lower() not in inputs.env:
+            out[var] = value
+            out[var.lower()] = value
+    out.update(inputs.env)
+    return out
+
+
+def _write_files(inputs: SeedInputs) -> list[WriteFile]:
+    engine = engines.engine(inputs.runtime)
+    _check_env(inputs.env.items(), "field `env`: variable")
+    _check_env(inputs.proxies.items(), "host proxy variable")
+    env = guest_environment(inputs)
+    files = [
+        WriteFile(FIRSTBOOT, assets.read_text("cloud-init/firstboot.sh"), "0755"),
+        WriteFile(f"{LIB}/engines/common.sh", assets.read_text("engines/common.sh")),
+        WriteFile(engine.guest_script, assets.read_text(f"engines/{engine.script}"), "0755"),
+        WriteFile(protocol.GUEST_PATH, protocol.agent_source().decode("utf-8"), "0755"),
+        WriteFile(READY_UNIT, assets.read_text("systemd/devenv-ready.service")),
+        WriteFile(ENGINE_FILE, f"{engine.name}\n"),
+        WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())),
+    ]
+    if env:
+        files.append(WriteFile("/etc/environment", "".join(f'{k}="{v}"\n' for k, v in env.items()), append=True))
+    proxies = {k: v for k, v in env.items() if k in hostenv.PROXY_VARS}
+    if proxies:
+        apt = []
+        for scheme in ("http", "https"):
+            url = proxies.get(f"{scheme.upper()}_PROXY")
+            if url:
+                apt.append(f'Acquire::{scheme}::Proxy "{url}";\n')
+        if apt:
+            files.append(WriteFile("/etc/apt/apt.conf.d/90devenv-proxy", "".join(apt)))
+        dropin = "[Service]\n" + "".join(f'Environment="{_systemd_escape(f"{k}={v}")}"\n' for k, v in proxies.items())
+        files += [WriteFile(f"/etc/systemd/system/{unit}.d/10-devenv-proxy.conf", dropin) for unit in engine.units]
+    width = max(2, len(str(len(inputs.provision))))
+    for number, prov in enumerate(inputs.provision, start=1):
+        script = prov.script if prov.script.endswith("\n") else prov.script + "\n"
+        files.append(WriteFile(provision_path(number, prov.mode, width), script, "0755"))
+    return files
+
+
+def provision_path(number: int, mode: str, width: int = 2) -> str:
+    """firstboot.sh runs these in name order; the suffix says as whom (-system: root, -user: devenv)."""
+    return f"{LIB}/provision/{number:0{width}d}-{mode}.sh"
+
+
+def _systemd_escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+
+
+def render_user_data(inputs: SeedInputs) -> str:
+    template = Template(assets.read_text("cloud-init/user-data.yaml"))
+    timezone = (
+        f"timezone: {yaml_str(inputs.timezone)}"
+        if inputs.timezone
+        else "# timezone: unknown on the host; the guest keeps UTC"
+    )
+    return template.substitute(
+        name=inputs.name,
+        authorized_key=yaml_str(inputs.authorized_key),
+        host_private_key=yaml_str(inputs.host_private_key),
+        host_public_key=yaml_str(inputs.host_public_key),
+        timezone=timezone,
+        write_files="\n".join(f.render() for f in _write_files(inputs)),
+        firstboot=FIRSTBOOT,
+    )

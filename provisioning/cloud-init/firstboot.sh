@@ -1,0 +1,89 @@
+#!/bin/sh
+# devenv first boot: run once per instance by cloud-init (runcmd), as root.
+#
+#   firstboot.sh            set up the engine, check the guest agent, run the
+#                           user's provision scripts in order, then announce
+#   firstboot.sh announce   re-announce the outcome; devenv-ready.service runs
+#                           this on every later boot
+#
+# The host waits for one line on the serial console instead of guessing with
+# timeouts: "DEVENV-READY", or "DEVENV-FAILED step=NAME rc=N log=PATH".
+# The outcome is also kept in /var/lib/devenv/{provisioned,failed}, and the
+# whole output in /var/log/devenv-provision.log (root only: scripts may print secrets).
+set -u
+
+LIB=/usr/local/lib/devenv
+STATE=/var/lib/devenv
+LOG=/var/log/devenv-provision.log
+GUEST_USER=devenv
+
+announce() {
+    # The first char device that exists gets the line; duplicates are harmless
+    # (the host takes the first), a console that swallows it is not.
+    for dev in /dev/virtio-ports/io.devenv.0 /dev/console /dev/ttyS0 /dev/ttyAMA0 /dev/hvc0; do
+        [ -c "$dev" ] || continue
+        # shellcheck disable=SC2016 # $1/$2 expand in the inner sh, on purpose
+        timeout 5 sh -c 'printf "%s\n" "$1" > "$2"' sh "$1" "$dev" 2>/dev/null || true
+    done
+    echo "$1"
+}
+
+if [ "${1:-}" = announce ]; then
+    if [ -e "$STATE/provisioned" ]; then
+        announce "DEVENV-READY"
+    elif [ -e "$STATE/failed" ]; then
+        announce "DEVENV-FAILED $(cat "$STATE/failed")"
+    fi
+    exit 0
+fi
+
+mkdir -p "$STATE"
+touch "$LOG" && chmod 0600 "$LOG"
+exec >>"$LOG" 2>&1
+echo "== devenv first boot $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+rm -f "$STATE/failed" "$STATE/provisioned"
+
+fail() {
+    printf 'step=%s rc=%s log=%s\n' "$1" "$2" "$LOG" > "$STATE/failed"
+    echo "== FAILED in step $1 (exit code $2)"
+    announce "DEVENV-FAILED step=$1 rc=$2 log=$LOG"
+    exit "$2"
+}
+
+step() {
+    name=$1
+    shift
+    echo "== step $name"
+    "$@"
+    rc=$?
+    [ "$rc" -eq 0 ] || fail "$name" "$rc"
+}
+
+# How to start a provision script: its own #! line, else bash.
+interpreter() {
+    if [ "$(head -c 2 "$1")" = "#!" ]; then echo "$1"; else echo "/bin/bash $1"; fi
+}
+
+# shellcheck disable=SC1091,SC2046 # env.sh exists in the guest; the interpreter line is split on purpose
+run_provision() {
+    case "$1" in
+        *-user.sh) runuser -l "$GUEST_USER" -c ". $LIB/env.sh; exec $(interpreter "$1")" ;;
+        *) (cd / && . "$LIB/env.sh" && exec $(interpreter "$1")) ;;
+    esac
+}
+
+RUNTIME=$(cat /etc/devenv/engine 2>/dev/null || echo docker)
+
+step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service'
+step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
+step guestagent python3 "$LIB/guestagent.py" --version
+for script in "$LIB"/provision/*.sh; do
+    [ -e "$script" ] || continue
+    step "provision:$(basename "$script" .sh)" run_provision "$script"
+done
+# sshd may have started before cloud-init wrote the pinned host key: make it re-read its keys.
+systemctl try-reload-or-restart ssh.service || true
+
+date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/provisioned"
+echo "== ready"
+announce "DEVENV-READY"

@@ -1,0 +1,39 @@
+#!/bin/sh
+# devenv: enable Podman's Docker-compatible API for the devenv user.
+#
+# Choice: the rootful podman.socket (/run/podman/podman.sock), usable by the
+# group `podman`, rather than a rootless user socket with lingering. It behaves
+# like Docker (ports below 1024, one image store that the host's docker CLI,
+# `podman` in the guest and provisioning all share) and needs no subuid setup;
+# the VM is the isolation boundary. Run as root at first boot; idempotent.
+set -eu
+# shellcheck source-path=SCRIPTDIR source=common.sh
+. "$(dirname "$0")/common.sh"
+
+SOCK=/run/podman/podman.sock
+
+apparmor_fix_for_unit podman.service
+add_user_to_group podman
+mkdir -p /etc/systemd/system/podman.socket.d
+printf '[Socket]\nSocketGroup=podman\nSocketMode=0660\n' > /etc/systemd/system/podman.socket.d/10-devenv-group.conf
+systemctl daemon-reload
+systemctl enable podman.socket
+start_unit podman.socket
+wait_for_socket "$SOCK" 60
+
+# `podman` run by the devenv user talks to the same rootful service.
+printf 'export CONTAINER_HOST=unix://%s\n' "$SOCK" > /etc/profile.d/devenv-podman.sh
+
+if podman image exists "$DEVENV_IMAGE"; then
+    log "$DEVENV_IMAGE exists"
+else
+    rootfs=$(mktemp -d)
+    if make_busybox_rootfs "$rootfs"; then
+        tar -C "$rootfs" -c . | podman import -c 'CMD ["/bin/sh"]' - "$DEVENV_IMAGE"
+        log "built $DEVENV_IMAGE"
+    else
+        log "WARNING: no busybox in this guest; $DEVENV_IMAGE not built (add busybox to the image)"
+    fi
+    rm -rf "$rootfs"
+fi
+log "podman ready: $SOCK (group podman, Docker API)"

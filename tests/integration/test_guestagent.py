@@ -1,0 +1,316 @@
+"""The guest agent as a real process with pipes, exactly as the host drives it over SSH.
+
+agent.py is stdlib-only, so it runs on the test host under the same python.
+Linux only: ports come from /proc/net/tcp and bridge mode uses unix sockets.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv.guestagent import agent, protocol
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guest agent reads Linux /proc"),
+]
+
+AGENT = Path(agent.__file__)
+
+
+@pytest.fixture
+def proc() -> Iterator[subprocess.Popen[bytes]]:
+    p = subprocess.Popen(
+        [sys.executable, str(AGENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    yield p
+    if p.poll() is None:
+        p.kill()
+    p.wait(timeout=10)
+    for stream in (p.stdin, p.stdout, p.stderr):
+        if stream:
+            stream.close()
+
+
+@pytest.fixture
+def client(proc: subprocess.Popen[bytes]) -> Iterator[protocol.AgentClient]:
+    assert proc.stdout and proc.stdin
+    c = protocol.AgentClient(proc.stdout, proc.stdin)
+    c.start()
+    yield c
+    c.close()
+
+
+def raw(proc: subprocess.Popen[bytes], line: bytes) -> dict[str, Any]:
+    """Send one raw line, return the next message (the hello must have been read)."""
+    assert proc.stdin and proc.stdout
+    proc.stdin.write(line)
+    proc.stdin.flush()
+    msg: dict[str, Any] = json.loads(proc.stdout.readline())
+    return msg
+
+
+def test_hello_is_first_line_with_protocol_version_and_sha(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout
+    hello = json.loads(proc.stdout.readline())
+    assert hello["type"] == "hello"
+    assert hello["protocol"] == protocol.PROTOCOL_VERSION == 1
+    assert hello["version"] == agent.AGENT_VERSION
+    assert hello["sha256"] == hashlib.sha256(AGENT.read_bytes()).hexdigest() == protocol.agent_sha256()
+    parsed = protocol.parse_hello(json.dumps(hello).encode())
+    assert protocol.check_hello(parsed) is None
+
+
+def test_ping_echoes_id(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout
+    proc.stdout.readline()
+    msg = raw(proc, b'{"id": "abc", "method": "ping"}\n')
+    assert msg["type"] == "response" and msg["id"] == "abc" and msg["result"]["pong"] is True
+
+
+@pytest.mark.parametrize(
+    ("line", "req_id", "code"),
+    [
+        (b"this is not json\n", None, "bad_json"),
+        (b"[1, 2, 3]\n", None, "bad_request"),
+        (b'{"id": 7}\n', 7, "bad_request"),
+        (b'{"id": 8, "method": "reboot_the_world"}\n', 8, "unknown_method"),
+        (b'{"id": 9, "method": "__init__"}\n', 9, "unknown_method"),
+        (b'{"id": 10, "method": "ping", "params": [1]}\n', 10, "bad_request"),
+        (b'{"id": 11, "method": "exec", "params": {"argv": "ls"}}\n', 11, "bad_params"),
+        (b'{"id": 12, "method": "exec", "params": {"argv": ["/no/such/program"]}}\n', 12, "not_found"),
+        (b"\xff\xfe\n", None, "bad_json"),
+    ],
+)
+def test_bad_input_gets_an_error_and_the_agent_keeps_serving(
+    proc: subprocess.Popen[bytes], line: bytes, req_id: object, code: str
+) -> None:
+    assert proc.stdout
+    proc.stdout.readline()
+    msg = raw(proc, line)
+    assert msg["type"] == "response"
+    assert msg["id"] == req_id
+    assert msg["error"]["code"] == code
+    assert msg["error"]["message"]
+    assert raw(proc, b'{"id": 99, "method": "ping"}\n')["result"]["pong"] is True
+
+
+def test_info_fields(client: protocol.AgentClient) -> None:
+    info = client.call("info")
+    assert info["kernel"] == os.uname().release
+    assert info["arch"] == os.uname().machine
+    assert info["cpus"] == os.cpu_count()
+    assert info["memory"]["total"] > 0
+    assert info["memory"]["available"] > 0
+    assert info["uptime"] > 0
+    assert isinstance(info["os"], str) and info["os"]
+    assert info["agent"] == {
+        "version": agent.AGENT_VERSION,
+        "protocol": protocol.PROTOCOL_VERSION,
+        "sha256": protocol.agent_sha256(),
+    }
+    assert "engine" in info  # None on a host without a devenv engine
+
+
+def _listen(family: int = socket.AF_INET, host: str = "127.0.0.1") -> socket.socket:
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.bind((host, 0))
+    s.listen()
+    return s
+
+
+def test_ports_lists_a_listening_socket(client: protocol.AgentClient) -> None:
+    with _listen() as s4:
+        port4 = s4.getsockname()[1]
+        entries = client.call("ports")["ports"]
+        assert {"proto": "tcp", "address": "127.0.0.1", "port": port4} in entries
+    if socket.has_ipv6 and os.path.exists("/proc/net/tcp6"):
+        try:
+            s6 = _listen(socket.AF_INET6, "::1")
+        except OSError:
+            return  # IPv6 disabled on this host
+        with s6:
+            port6 = s6.getsockname()[1]
+            assert {"proto": "tcp6", "address": "::1", "port": port6} in client.call("ports")["ports"]
+
+
+def test_watch_ports_pushes_added_and_removed(client: protocol.AgentClient) -> None:
+    first = client.call("watch_ports", {"interval": 0.1})
+    sub = first["subscription"]
+    s = _listen()
+    port = s.getsockname()[1]
+    entry = {"proto": "tcp", "address": "127.0.0.1", "port": port}
+    assert entry not in first["ports"]
+
+    def wait_for(key: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            event = client.next_event(timeout=1)
+            if event and entry in event[key]:
+                return event
+        raise AssertionError(f"no ports event with {entry} in {key}")
+
+    event = wait_for("added")
+    assert event["type"] == "event" and event["event"] == "ports" and event["subscription"] == sub
+    s.close()
+    event = wait_for("removed")
+    assert event["added"] == [] or entry not in event["added"]
+    assert client.call("unwatch_ports", {"subscription": sub}) == {"stopped": [sub]}
+    with pytest.raises(protocol.AgentError) as err:
+        client.call("unwatch_ports", {"subscription": sub})
+    assert err.value.code == "not_found"
+
+
+def test_exec_exit_code_outputs_env_cwd_stdin(client: protocol.AgentClient, tmp_path: Path) -> None:
+    script = 'import os,sys; d=sys.stdin.read(); print(os.getcwd(), os.environ["DEVENV_T"], d); sys.stderr.write("e\\n"); sys.exit(3)'
+    result = client.call(
+        "exec",
+        {
+            "argv": [sys.executable, "-c", script],
+            "env": {"DEVENV_T": "v1"},
+            "cwd": str(tmp_path),
+            "stdin": base64.b64encode(b"in").decode(),
+        },
+    )
+    assert result["exit_code"] == 3
+    assert result["signal"] is None
+    assert result["timed_out"] is False
+    assert base64.b64decode(result["stdout"]) == f"{tmp_path} v1 in\n".encode()
+    assert base64.b64decode(result["stderr"]) == b"e\n"
+
+
+def test_exec_binary_output_and_timeout(client: protocol.AgentClient) -> None:
+    result = client.call(
+        "exec", {"argv": [sys.executable, "-c", "import sys; sys.stdout.buffer.write(bytes(range(256)))"]}
+    )
+    assert base64.b64decode(result["stdout"]) == bytes(range(256))
+    started = time.monotonic()
+    slow = client.call("exec", {"argv": ["sleep", "30"], "timeout": 0.5})
+    assert time.monotonic() - started < 10
+    assert slow["timed_out"] is True
+    assert slow["signal"] == 9 and slow["exit_code"] == 137
+
+
+def test_requests_are_concurrent(client: protocol.AgentClient) -> None:
+    """A long exec must not hold up other requests."""
+    results: list[Any] = []
+    t = threading.Thread(target=lambda: results.append(client.call("exec", {"argv": ["sleep", "2"]})))
+    t.start()
+    time.sleep(0.2)
+    started = time.monotonic()
+    assert client.call("ping")["pong"] is True
+    assert time.monotonic() - started < 1.5
+    t.join()
+    assert results[0]["exit_code"] == 0
+
+
+def test_stdin_eof_finishes_requests_already_read(proc: subprocess.Popen[bytes]) -> None:
+    """`echo REQUEST | agent.py` works: EOF does not cut off work in flight."""
+    out, _ = proc.communicate(
+        b'{"id": 1, "method": "exec", "params": {"argv": ["sh", "-c", "sleep 0.3; echo ok"]}}\n', 20
+    )
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines[0]["type"] == "hello"
+    assert base64.b64decode(lines[1]["result"]["stdout"]) == b"ok\n"
+    assert proc.returncode == 0
+
+
+def test_version_flag_prints_hello() -> None:
+    out = subprocess.run([sys.executable, str(AGENT), "--version"], capture_output=True, check=True).stdout
+    assert json.loads(out)["protocol"] == protocol.PROTOCOL_VERSION
+
+
+def test_usage_error() -> None:
+    res = subprocess.run([sys.executable, str(AGENT), "frobnicate"], capture_output=True)
+    assert res.returncode == 2
+    assert b"usage:" in res.stderr
+
+
+# ------------------------------------------------------------------ bridge
+
+
+class EchoServer:
+    """A unix-socket server that echoes everything and half-closes after the client does."""
+
+    def __init__(self, path: Path) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.received = 0
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break  # client shut down its write side: answer the rest, then close ours
+                self.received += len(data)
+                conn.sendall(data)
+            conn.sendall(b"<bye>")
+            conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def sock_path() -> Iterator[Path]:
+    # unix socket paths must be short: /tmp, not pytest's deep tmp_path
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="dvga-", dir="/tmp"))
+    yield d / "echo.sock"
+    for p in d.iterdir():
+        p.unlink()
+    d.rmdir()
+
+
+def test_bridge_copies_1mb_binary_both_ways_with_half_close(sock_path: Path) -> None:
+    server = EchoServer(sock_path)
+    payload = os.urandom(1024 * 1024)
+    p = subprocess.Popen(
+        [sys.executable, str(AGENT), "bridge", str(sock_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    # communicate writes everything, closes stdin (-> SHUT_WR on the socket) and reads to EOF
+    out, err = p.communicate(payload, timeout=60)
+    server.close()
+    assert p.returncode == 0, err
+    assert server.received == len(payload)
+    assert out == payload + b"<bye>"  # the reply after our half-close still arrived
+
+
+def test_bridge_reports_a_missing_socket(sock_path: Path) -> None:
+    res = subprocess.run(
+        [sys.executable, str(AGENT), "bridge", str(sock_path)], capture_output=True, input=b"", timeout=30
+    )
+    assert res.returncode == 3
+    assert f"cannot connect to {sock_path}".encode() in res.stderr
+
+
+def test_bridge_command_runs_through_a_shell(sock_path: Path) -> None:
+    """The exact command the host sends over SSH, with the agent at another path."""
+    server = EchoServer(sock_path)
+    command = protocol.bridge_command(str(sock_path)).replace(protocol.GUEST_PATH, str(AGENT))
+    command = command.replace(protocol.GUEST_PYTHON, sys.executable, 1)
+    out = subprocess.run(["sh", "-c", command], input=b"hello", capture_output=True, timeout=30).stdout
+    server.close()
+    assert out == b"hello<bye>"

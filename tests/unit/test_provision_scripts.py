@@ -1,0 +1,79 @@
+"""The shell scripts that run in the guest: syntax, lint, and the parts that run anywhere."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from devenv.provision import assets, engines
+
+SCRIPTS = sorted(
+    [*assets.provisioning_dir().glob("engines/*.sh"), assets.provisioning_dir() / "cloud-init/firstboot.sh"]
+)
+COMMON = assets.provisioning_dir() / "engines/common.sh"
+posix = pytest.mark.skipif(os.name != "posix" or not shutil.which("sh"), reason="needs a POSIX sh")
+
+
+def test_every_runtime_has_a_script() -> None:
+    for engine in engines.ENGINES.values():
+        assert (assets.provisioning_dir() / "engines" / engine.script).is_file()
+
+
+@posix
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_sh_syntax(script: Path) -> None:
+    res = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_shellcheck(script: Path) -> None:
+    if not shutil.which("shellcheck"):
+        pytest.skip("shellcheck is not installed (apt-get install shellcheck)")
+    res = subprocess.run(
+        ["shellcheck", "-s", "sh", "-x", str(script)], capture_output=True, text=True, cwd=assets.provisioning_dir()
+    )
+    assert res.returncode == 0, res.stdout
+
+
+def test_ready_unit_runs_the_announcer() -> None:
+    unit = (assets.provisioning_dir() / "systemd/devenv-ready.service").read_text()
+    assert "ExecStart=/bin/sh /usr/local/lib/devenv/firstboot.sh announce" in unit
+    assert "ConditionPathExists=|/var/lib/devenv/provisioned" in unit
+
+
+def _sh(snippet: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", f'. "{COMMON}"; {snippet}', "sh", *args], capture_output=True, text=True)
+
+
+@posix
+def test_busybox_rootfs_and_docker_archive(tmp_path: Path) -> None:
+    if _sh("find_busybox").returncode != 0:
+        pytest.skip("no busybox on this host (apt-get install busybox)")
+    root = tmp_path / "rootfs"
+    res = _sh('make_busybox_rootfs "$1"', str(root))
+    assert res.returncode == 0, res.stderr
+    assert (root / "bin/busybox").is_file()
+    assert os.readlink(root / "bin/sh") == "busybox"
+    if os.geteuid() == 0 and shutil.which("chroot"):
+        out = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo hi from $(basename $0)"], capture_output=True)
+        assert out.stdout == b"hi from sh\n", out.stderr
+    archive = tmp_path / "img.tar"
+    res = _sh('make_docker_archive "$1" "$2" devenv/busybox:latest amd64', str(root), str(archive))
+    assert res.returncode == 0, res.stderr
+    with tarfile.open(archive) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        assert manifest[0]["RepoTags"] == ["devenv/busybox:latest"]
+        config_bytes = tar.extractfile(manifest[0]["Config"]).read()  # type: ignore[union-attr]
+        layer_bytes = tar.extractfile(manifest[0]["Layers"][0]).read()  # type: ignore[union-attr]
+    assert manifest[0]["Config"] == hashlib.sha256(config_bytes).hexdigest() + ".json"
+    config = json.loads(config_bytes)
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]
+    assert config["architecture"] == "amd64" and config["config"]["Cmd"] == ["/bin/sh"]
