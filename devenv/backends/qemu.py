@@ -295,7 +295,7 @@ class QemuBackend:
                 )
             time.sleep(0.5)
 
-        step("first boot: waiting for provisioning (cloud-init, engine)")
+        step("guest ready: provisioning (cloud-init on first boot) and engine start")
         serial = inst.dir / paths.SERIAL_LOG
         while True:
             readiness = scan_console(serial.read_text(errors="replace") if serial.exists() else "")

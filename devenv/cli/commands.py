@@ -16,7 +16,7 @@ from typing import Any
 from devenv import config, instance, paths
 from devenv.cli.ui import Steps
 from devenv.config import format_size
-from devenv.errors import DevenvError, UsageError
+from devenv.errors import UsageError
 
 
 def _out(text: str) -> None:
@@ -287,23 +287,81 @@ def version() -> int:
     return 0
 
 
-def not_yet(what: str, issue: str) -> DevenvError:
-    from devenv.errors import ExitCode
-
-    return DevenvError(f"{what} is not implemented yet; it lands with {issue}", "", ExitCode.NOT_SUPPORTED)
-
-
 def image_list(as_json: bool) -> int:
-    raise not_yet("`devenv image list`", "the guest-images issue (#3)")
+    from devenv.images import catalog
+
+    rows = catalog.list_images()
+    if as_json:
+        data = [
+            {
+                "name": r.name,
+                "arch": r.arch,
+                "description": r.description,
+                "cached": r.cached,
+                "source": r.source,
+                "size": r.size,
+                "buildable": r.buildable,
+                "disk": str(r.disk) if r.disk else None,
+            }
+            for r in rows
+        ]
+        _out(json.dumps(data, indent=2))
+        return 0
+    table = [("NAME", "ARCH", "SIZE", "SOURCE", "CACHED", "DESCRIPTION")]
+    for r in rows:
+        size = f"{r.size / 1024**2:.0f}MiB" if r.size else "-"
+        table.append((r.name, r.arch, size, r.source or "-", "yes" if r.cached else "no", r.description))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    for row in table:
+        _out("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    return 0
+
+
+class _Bar:
+    """A download progress line on stderr (rich is not needed for one line)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.tty = sys.stderr.isatty()
+        self.last = 0.0
+
+    def __call__(self, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if now - self.last < (0.1 if self.tty else 5.0) and done != total:
+            return
+        self.last = now
+        mib = done / 1024**2
+        if total:
+            pct = done * 100 // total
+            bar = "#" * (pct // 4)
+            text = f"{self.label} [{bar:<25}] {pct:3d}% {mib:.0f}/{total / 1024**2:.0f} MiB"
+        else:
+            text = f"{self.label} {mib:.0f} MiB"
+        sys.stderr.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
+        sys.stderr.flush()
 
 
 def image_pull(image: str, arch: str | None) -> int:
-    raise not_yet("`devenv image pull`", "the guest-images issue (#3)")
+    from devenv.images import download
+
+    record = download.pull(image, arch, progress=_Bar(f"pulling {image}"))
+    sys.stderr.write("\n" if sys.stderr.isatty() else "")
+    _out(f"{record.name} ({record.arch}) is cached: {record.disk} ({record.size / 1024**2:.0f} MiB)")
+    return 0
 
 
 def image_build(image: str, mirror: str | None, arch: str | None) -> int:
-    raise not_yet("`devenv image build`", "the guest-images issue (#3)")
+    from devenv.images import build
+
+    with Steps() as step:
+        record = build.build(image, arch, mirror=mirror, progress=step)
+    _out(f"{record.name} ({record.arch}) is cached: {record.disk} ({record.size / 1024**2:.0f} MiB)")
+    return 0
 
 
 def image_rm(image: str, arch: str | None) -> int:
-    raise not_yet("`devenv image rm`", "the guest-images issue (#3)")
+    from devenv.images import catalog
+
+    removed = catalog.remove(image, arch)
+    _out(f"removed {image}: {len(removed)} file(s)")
+    return 0

@@ -16,6 +16,7 @@ images folder and resolve them when read.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -138,6 +139,7 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             f.write("\n")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; records hold nothing secret
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -175,10 +177,8 @@ def remove_record(name: str, arch: str) -> bool:
     path = record_path(name, arch)
     existed = path.exists()
     path.unlink(missing_ok=True)
-    try:
-        path.parent.rmdir()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()  # only when it was the last arch of this name
     return existed
 
 

@@ -1,0 +1,161 @@
+"""What `devenv image list|rm` and `devenv start --image NAME` ask about images.
+
+list_images(): every defined image (and anything else in the cache) with
+whether it is cached, from where, and how big. remove(): delete a cached image
+unless an instance's disk is layered on it. resolve(): turn what the user typed
+into a bootable ImageRecord: a path to a local .qcow2, else the cached image
+(built or pulled), else a download; offline, the error names
+`devenv image build NAME`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from devenv import paths
+from devenv.errors import ExitCode, ImageError, StateError
+from devenv.images import cache, definitions
+from devenv.images.cache import ImageRecord
+
+if TYPE_CHECKING:  # download pulls in urllib; list and rm never need it
+    from devenv.images.download import ProgressFn
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One row of `devenv image list`."""
+
+    name: str
+    arch: str
+    description: str
+    cached: bool
+    source: str  # pulled | built | "" when not cached
+    size: int | None  # bytes on the host when cached
+    buildable: bool  # has an offline builder
+    disk: Path | None
+
+
+def list_images(arch: str | None = None, *, all_arches: bool = False) -> list[ImageInfo]:
+    """Defined images for `arch` (default the host's; every arch with all_arches), plus cached extras."""
+    wanted = definitions.ARCHES if all_arches else (definitions.normalize_arch(arch),)
+    rows: list[ImageInfo] = []
+    seen: set[tuple[str, str]] = set()
+    for definition in definitions.load_all():
+        for a in wanted:
+            if a not in definition.arches:
+                continue
+            record = cache.read_record(definition.name, a)
+            rows.append(_row(definition.name, a, definition.description, bool(definition.builder), record))
+            seen.add((definition.name, a))
+    for record in cache.list_records():
+        if (record.name, record.arch) not in seen and (all_arches or record.arch in wanted):
+            rows.append(_row(record.name, record.arch, "(no definition)", False, record))
+    return rows
+
+
+def _row(name: str, arch: str, description: str, buildable: bool, record: ImageRecord | None) -> ImageInfo:
+    if record is None:
+        return ImageInfo(name, arch, description, False, "", None, buildable, None)
+    return ImageInfo(name, arch, description, True, record.source, record.size, buildable, record.disk)
+
+
+def users_of(disk: Path) -> list[str]:
+    """Names of instances whose disk is layered (directly or not) on `disk`."""
+    from devenv.images import overlay
+
+    target = disk.resolve()
+    users = []
+    root = paths.instances_root()
+    if not root.is_dir():
+        return []
+    for folder in sorted(root.iterdir()):
+        instance_disk = folder / paths.DISK
+        if not instance_disk.is_file():
+            continue
+        try:
+            chain = overlay.backing_chain(instance_disk)
+        except ImageError:
+            continue
+        if any(p.resolve() == target for p in chain):
+            users.append(folder.name)
+    return users
+
+
+def remove(name: str, arch: str | None = None) -> list[Path]:
+    """Delete the cached image name/arch and its files; refuse while an instance uses it.
+
+    Returns the paths deleted. Files another record still points at are kept.
+    """
+    arch = definitions.normalize_arch(arch)
+    record = cache.read_record(name, arch)
+    if record is None:
+        raise ImageError(
+            f"image `{name}` ({arch}) is not cached", "see `devenv image list`", exit_code=ExitCode.NOT_FOUND
+        )
+    users = users_of(record.disk)
+    if users:
+        names = ", ".join(users)
+        raise StateError(
+            f"image `{name}` is in use by instance{'s' if len(users) > 1 else ''} {names}",
+            f"delete {'them' if len(users) > 1 else 'it'} first: `devenv delete {users[0]}`",
+        )
+    others = {p.resolve() for r in cache.list_records() if (r.name, r.arch) != (name, arch) for p in r.files()}
+    cache.remove_record(name, arch)
+    removed: list[Path] = []
+    build_folder = record.disk.parent
+    if record.source == "built" and build_folder.parent.resolve() == cache.builds_dir().resolve():
+        if not any(p.is_relative_to(build_folder.resolve()) for p in others):
+            shutil.rmtree(build_folder, ignore_errors=True)
+            removed.append(build_folder)
+        return removed
+    for path in record.files():
+        if path.resolve() not in others and path.resolve().is_relative_to(cache.blobs_dir().resolve()):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def is_local_path(image: str) -> bool:
+    """A path to a disk file rather than a catalog name: has a slash or ends in .qcow2/.img."""
+    return "/" in image or "\\" in image or image.endswith((".qcow2", ".img")) or image.startswith("~")
+
+
+def local_image(path_text: str, arch: str | None = None) -> ImageRecord:
+    """A user's own .qcow2 used as the base as is (not copied, not hashed)."""
+    from devenv.images import overlay
+
+    path = Path(path_text).expanduser().resolve()
+    if not path.is_file():
+        raise ImageError(f"image file {path} does not exist", "pass an existing .qcow2 file or an image name")
+    if not overlay.is_qcow2(path):
+        raise ImageError(f"{path} is not a qcow2 image", f"convert it: `qemu-img convert -O qcow2 {path} OUT.qcow2`")
+    return ImageRecord(
+        name=path.stem,
+        arch=definitions.normalize_arch(arch),
+        source="local",
+        disk=path,
+        size=path.stat().st_size,
+        digest="",
+        origin=str(path),
+    )
+
+
+def resolve(image: str, arch: str | None = None, *, progress: ProgressFn | None = None) -> ImageRecord:
+    """The base image for `start --image IMAGE`: local file, cached (built or pulled), or pulled now.
+
+    Offline, NetworkUnreachable (an ImageError) says to run `devenv image build IMAGE`.
+    """
+    if is_local_path(image):
+        return local_image(image, arch)
+    arch = definitions.normalize_arch(arch)
+    definition = definitions.load(image)
+    definition.source(arch)
+    record = cache.read_record(image, arch)
+    if record is not None:
+        return record
+    from devenv.images import download
+
+    return download.pull(image, arch, progress=progress)

@@ -1,0 +1,75 @@
+"""One booted VM shared by every e2e test: booting under TCG costs a minute or more.
+
+The guest image comes from the image cache (DEVENV_CACHE, outside the repo);
+CI builds it once as root before the tests run as an ordinary user. The VM runs
+with DEVENV_QEMU_ACCEL=tcg unless the environment says otherwise (nested KVM
+hangs on the CI machines; on a laptop set DEVENV_QEMU_ACCEL=kvm to go faster).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+
+@dataclass
+class Devenv:
+    home: Path
+    env: dict[str, str]
+
+    def run(
+        self, *args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 900
+    ) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [sys.executable, "-m", "devenv", *args],
+            input=input,
+            capture_output=True,
+            env=self.env,
+            cwd=cwd,
+            timeout=timeout,
+            check=False,
+        )
+
+    def ok(self, *args: str, **kw: object) -> subprocess.CompletedProcess[bytes]:
+        r = self.run(*args, **kw)  # type: ignore[arg-type]
+        assert r.returncode == 0, f"devenv {' '.join(args)} -> {r.returncode}\n{r.stderr.decode(errors='replace')}"
+        return r
+
+
+def _require(tool: str) -> None:
+    if shutil.which(tool) is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"{tool} is missing; ci/setup-linux.sh installs it")
+        pytest.skip(f"{tool} is not installed (ci/setup-linux.sh installs it)")
+
+
+@pytest.fixture(scope="session")
+def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
+    _require("qemu-system-x86_64")
+    _require("qemu-img")
+    home = Path(os.environ.get("DEVENV_E2E_HOME") or tmp_path_factory.mktemp("e2e-home"))
+    env = {**os.environ, "DEVENV_HOME": str(home)}
+    env.setdefault("DEVENV_QEMU_ACCEL", "tcg")
+    env.pop("DEVENV_INSTANCE", None)
+    d = Devenv(home, env)
+    listing = json.loads(d.ok("image", "list", "--json").stdout)
+    if not any(row["name"] == "debian-12" and row["cached"] for row in listing):
+        d.ok("image", "build", "debian-12", timeout=3600)
+    yield d
+    for inst in (home / "instances").glob("*") if (home / "instances").exists() else []:
+        d.run("delete", "--force", "-n", inst.name, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def vm(devenv_cli: Devenv) -> Iterator[tuple[Devenv, str, subprocess.CompletedProcess[bytes]]]:
+    """The shared instance `e2e`, started once; its `devenv start` result is kept for assertions."""
+    started = devenv_cli.ok("start", "-n", "e2e", "--backend", "qemu")
+    yield devenv_cli, "e2e", started

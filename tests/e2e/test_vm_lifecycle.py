@@ -1,0 +1,177 @@
+"""Issue 4 acceptance: a real QEMU guest, real sshd, real docker in the guest.
+
+Tests run in file order and share one VM; the stop/start, crash and delete
+tests come last because they change its state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import Devenv
+
+pytestmark = pytest.mark.e2e
+
+VM = tuple[Devenv, str, subprocess.CompletedProcess[bytes]]
+
+
+def test_start_shows_each_step(vm: VM) -> None:
+    _, name, started = vm
+    err = started.stderr.decode()
+    for step in ("start QEMU", "guest's sshd", "guest ready", "pinned host key", "guest agent", "engine answers"):
+        assert step in err, err
+    assert f"instance `{name}` is running (backend qemu)" in started.stdout.decode()
+
+
+def test_exec_uname(vm: VM) -> None:
+    d, name, _ = vm
+    r = d.ok("exec", "-n", name, "--", "uname", "-a")
+    assert r.stdout.startswith(b"Linux "), r.stdout
+
+
+def test_exec_returns_the_remote_exit_code(vm: VM) -> None:
+    d, name, _ = vm
+    r = d.run("exec", "-n", name, "--", "sh", "-c", "echo out; echo err >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+
+
+def test_stdin_is_binary_safe(vm: VM) -> None:
+    d, name, _ = vm
+    data = os.urandom(10 * 1024 * 1024)
+    r = d.ok("exec", "-n", name, "--", "wc", "-c", input=data)
+    assert r.stdout.split() == [str(len(data)).encode()]
+    r = d.ok("exec", "-n", name, "--", "sha256sum", input=data)
+    assert r.stdout.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_docker_runs_the_local_image_in_the_guest(vm: VM) -> None:
+    d, name, _ = vm
+    r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", "devenv/busybox:latest", "echo", "hi")
+    assert r.stdout == b"hi\n"
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
+    out: dict[str, tuple[int, bytes | None]] = {}
+    for p in sorted(root.rglob("*")):
+        mode = stat.S_IMODE(p.lstat().st_mode)
+        out[str(p.relative_to(root))] = (mode, p.read_bytes() if p.is_file() else None)
+    return out
+
+
+def test_cp_a_folder_in_and_back_unchanged(vm: VM, tmp_path: Path) -> None:
+    d, name, _ = vm
+    src = tmp_path / "tree"
+    (src / "sub" / "deeper").mkdir(parents=True)
+    (src / "a.txt").write_text("alpha\n")
+    (src / "sub" / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (src / "sub" / "run.sh").chmod(0o755)
+    (src / "sub" / "deeper" / "blob.bin").write_bytes(os.urandom(300_000))
+    (src / "sub" / "secret").write_text("s")
+    (src / "sub" / "secret").chmod(0o600)
+    d.ok("cp", str(src), f"{name}:/tmp/tree")
+    r = d.ok("exec", "-n", name, "--", "sh", "-c", "cd /tmp/tree && ./sub/run.sh && stat -c %a sub/secret")
+    assert r.stdout == b"run\n600\n"
+    back = tmp_path / "back"
+    d.ok("cp", f"{name}:/tmp/tree", str(back))
+    assert _snapshot(back) == _snapshot(src)
+
+
+def test_plain_openssh_uses_ssh_config(vm: VM, tmp_path: Path) -> None:
+    d, name, _ = vm
+    cfg = tmp_path / "ssh_config"
+    cfg.write_bytes(d.ok("ssh-config", "-n", name).stdout)
+    r = subprocess.run(
+        ["ssh", "-F", str(cfg), f"devenv-{name}", "echo", "via-openssh"], capture_output=True, timeout=120, check=False
+    )
+    assert (r.returncode, r.stdout) == (0, b"via-openssh\n"), r.stderr
+
+
+def test_wrong_pinned_key_is_refused(vm: VM, tmp_path: Path) -> None:
+    d, name, _ = vm
+    cfg_text = d.ok("ssh-config", "-n", name).stdout.decode()
+    fake_known = tmp_path / "known_hosts"
+    other = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "k")], capture_output=True, check=True
+    )
+    assert other.returncode == 0
+    fake_known.write_text(f"devenv-{name} " + (tmp_path / "k.pub").read_text())
+    cfg = tmp_path / "ssh_config"
+    known = next(line.split(None, 1)[1] for line in cfg_text.splitlines() if "UserKnownHostsFile" in line)
+    cfg.write_text(cfg_text.replace(known, str(fake_known)))
+    r = subprocess.run(["ssh", "-F", str(cfg), f"devenv-{name}", "true"], capture_output=True, timeout=120, check=False)
+    assert r.returncode == 255
+    assert b"Host key verification failed" in r.stderr
+
+
+def test_status_and_list_report_running(vm: VM) -> None:
+    d, name, _ = vm
+    st = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    assert st["state"] == "running", st
+    assert st["details"]["ssh"].startswith("127.0.0.1:")
+    rows = json.loads(d.ok("list", "--json").stdout)
+    assert [(r["name"], r["state"]) for r in rows if r["name"] == name] == [(name, "running")]
+
+
+def test_second_instance_runs_beside_the_first(vm: VM) -> None:
+    d, name, _ = vm
+    d.ok("start", "-n", "second", "--backend", "qemu", "--memory", "1GiB", "--cpus", "1")
+    try:
+        assert d.ok("exec", "-n", "second", "--", "hostname").stdout.strip() == b"second"
+        assert d.ok("exec", "-n", name, "--", "hostname").stdout.strip() == name.encode()
+        states = {r["name"]: r["state"] for r in json.loads(d.ok("list", "--json").stdout)}
+        assert states == {name: "running", "second": "running"}
+    finally:
+        d.ok("delete", "--force", "-n", "second", timeout=300)
+    assert not (d.home / "instances" / "second").exists()
+
+
+def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
+    d, name, _ = vm
+    d.ok("exec", "-n", name, "--", "sh", "-c", "echo persisted > ~/keep.txt && sync")
+    d.ok("stop", "-n", name, timeout=300)
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "stopped"
+    r = d.run("exec", "-n", name, "--", "true")
+    assert r.returncode == 67 and b"is stopped" in r.stderr
+    d.ok("start", "-n", name)
+    assert d.ok("exec", "-n", name, "--", "cat", "keep.txt").stdout == b"persisted\n"
+
+
+def test_a_killed_vm_is_explained_and_start_recovers(vm: VM) -> None:
+    d, name, _ = vm
+    pid = int((d.home / "instances" / name / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    st: dict[str, object] = {}
+    while time.monotonic() < deadline:
+        st = json.loads(d.ok("status", "-n", name, "--json").stdout)
+        if st["state"] == "broken":
+            break
+        time.sleep(0.5)
+    assert st["state"] == "broken", st
+    assert "VM process is gone" in str(st["reason"]) and "devenv start" in str(st["reason"])
+    d.ok("start", "-n", name)
+    assert d.ok("exec", "-n", name, "--", "cat", "keep.txt").stdout == b"persisted\n"
+
+
+def test_delete_removes_the_instance_dir_and_nothing_else(vm: VM) -> None:
+    d, name, _ = vm
+    inst_dir = d.home / "instances" / name
+    base = json.loads((inst_dir / "image.json").read_text())["base"]
+    r = d.run("delete", "-n", name)
+    assert r.returncode == 67, "deleting a running instance needs --force"
+    d.ok("stop", "-n", name, timeout=300)
+    d.ok("delete", "-n", name)
+    assert not inst_dir.exists()
+    assert (d.home / "instances").is_dir()
+    assert Path(base).is_file(), "the cached base image stays"
+    assert tempfile.gettempdir()

@@ -1,0 +1,171 @@
+"""The offline Debian builder, for real: debootstrap from the host's mirror, then inspect the image.
+
+The build is cached under paths.cache_dir() (outside the repo), keyed by its
+inputs, so only the first run on a machine pays the ~2 minutes; later runs
+check the cached result. Contents are read from a raw copy with debugfs
+(e2fsprogs), not from a mount: no root or loop devices needed for inspection.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.errors import StateError
+from devenv.images import build, cache, catalog, overlay
+from devenv.images.cache import ImageRecord
+from devenv.runner import run
+
+pytestmark = pytest.mark.integration
+
+if not sys.platform.startswith("linux"):
+    pytest.skip(f"debootstrap and chroot cannot exist on {sys.platform}", allow_module_level=True)
+
+GIB = 1024**3
+
+
+@pytest.fixture(scope="module")
+def built() -> Iterator[ImageRecord]:
+    steps: list[str] = []
+    started = time.monotonic()
+    record = build.build("debian-12", progress=steps.append)
+    print(f"\nbuild: {time.monotonic() - started:.1f} s, steps: {steps}")
+    yield record
+
+
+@pytest.fixture(scope="module")
+def raw(built: ImageRecord, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("image") / "disk.raw"
+    run(["qemu-img", "convert", "-f", "qcow2", "-O", "raw", str(built.disk), str(path)], check=True)
+    return path
+
+
+def debugfs(raw: Path, command: str) -> str:
+    return run(["debugfs", "-R", command, str(raw)], check=True).stdout
+
+
+def exists(raw: Path, path: str) -> bool:
+    return "Inode:" in debugfs(raw, f"stat {path}")
+
+
+def test_build_produces_disk_kernel_initrd_and_index(built: ImageRecord) -> None:
+    assert built.source == "built"
+    assert built.arch == "x86_64"
+    assert overlay.is_qcow2(built.disk)
+    assert built.kernel is not None and built.kernel.stat().st_size > 4_000_000
+    assert built.initrd is not None and built.initrd.stat().st_size > 4_000_000
+    assert built.kernel.stat().st_mode & 0o004, "qemu as a normal user must read the kernel"
+    assert built.cmdline.startswith("root=/dev/vda rw console=ttyS0")
+    assert "apparmor=0" in built.cmdline
+    assert built.disk.is_relative_to(cache.builds_dir())
+    assert cache.read_record("debian-12", "x86_64") == built
+    assert list(cache.tmp_dir().glob("build-*-*")) == []
+
+
+def test_second_build_is_cached(built: ImageRecord) -> None:
+    steps: list[str] = []
+    started = time.monotonic()
+    again = build.build("debian-12", progress=steps.append)
+    elapsed = time.monotonic() - started
+    assert again == built
+    assert elapsed < 1.0
+    assert len(steps) == 1 and steps[0].startswith("cached build ")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/usr/bin/python3",
+        "/usr/sbin/sshd",
+        "/usr/bin/cloud-init",
+        "/usr/sbin/dockerd",
+        "/usr/bin/podman",
+        "/usr/bin/containerd",
+        "/usr/bin/busybox",
+        "/usr/sbin/resize2fs",
+        "/usr/lib/systemd/systemd-networkd",
+    ],
+)
+def test_image_has_the_programs(raw: Path, path: str) -> None:
+    assert exists(raw, path), f"{path} is missing from the image"
+
+
+def test_no_ssh_host_keys_and_no_passwords(raw: Path) -> None:
+    listing = debugfs(raw, "ls -p /etc/ssh")
+    assert "ssh_host_" not in listing
+    conf = debugfs(raw, "cat /etc/ssh/sshd_config.d/10-devenv.conf")
+    assert "PasswordAuthentication no" in conf.splitlines()
+    assert "KbdInteractiveAuthentication no" in conf.splitlines()
+
+
+def test_cloud_init_uses_nocloud_only(raw: Path) -> None:
+    conf = debugfs(raw, "cat /etc/cloud/cloud.cfg.d/90-devenv.cfg")
+    assert "datasource_list: [ NoCloud, None ]" in conf
+    assert "resize_rootfs: true" in conf
+
+
+def test_root_is_the_whole_virtio_disk(raw: Path) -> None:
+    fstab = debugfs(raw, "cat /etc/fstab")
+    assert any(line.split()[:3] == ["/dev/vda", "/", "ext4"] for line in fstab.splitlines() if line.strip())
+    assert "virtio_blk" in debugfs(raw, "cat /etc/initramfs-tools/modules").split()
+
+
+def test_engines_installed_but_not_enabled(raw: Path) -> None:
+    wants = debugfs(raw, "ls -p /etc/systemd/system/multi-user.target.wants")
+    sockets = debugfs(raw, "ls -p /etc/systemd/system/sockets.target.wants")
+    for unit in ("docker.service", "containerd.service"):
+        assert f"/{unit}/" not in wants
+    for unit in ("docker.socket", "podman.socket"):
+        assert f"/{unit}/" not in sockets
+    assert "/ssh.service/" in wants
+    marker = debugfs(raw, "cat /etc/devenv/image.env")
+    assert 'DEVENV_ENGINES="docker podman containerd"' in marker
+
+
+def test_network_is_dhcp_on_the_virtio_nic(raw: Path) -> None:
+    network = debugfs(raw, "cat /etc/systemd/network/80-devenv-dhcp.network")
+    assert "Name=en* eth*" in network and "DHCP=yes" in network
+    assert "/systemd-networkd.service/" in debugfs(raw, "ls -p /etc/systemd/system/multi-user.target.wants")
+
+
+def test_build_left_nothing_behind(raw: Path) -> None:
+    assert not exists(raw, "/usr/sbin/policy-rc.d")
+    assert debugfs(raw, "cat /etc/machine-id") == ""
+    assert "initrd.img" not in debugfs(raw, "ls -p /boot")
+
+
+def test_overlay_on_the_built_base(built: ImageRecord, tmp_path: Path) -> None:
+    mtime = built.disk.stat().st_mtime_ns
+    disk = overlay.create_overlay(built.disk, tmp_path / "disk.qcow2", 20 * GIB)
+    assert overlay.read_header(disk).virtual_size == 20 * GIB
+    assert overlay.backing_file(disk) == built.disk
+    assert built.disk.stat().st_mtime_ns == mtime
+
+
+def test_catalog_resolves_the_built_image_offline(
+    built: ImageRecord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # any download attempt would fail
+    assert catalog.resolve("debian-12") == built
+    rows = {(r.name, r.arch): r for r in catalog.list_images()}
+    row = rows[("debian-12", "x86_64")]
+    assert (row.cached, row.source, row.size, row.buildable) == (True, "built", built.size, True)
+    assert rows[("fedora-45", "x86_64")].cached is False
+
+
+def test_rm_refuses_while_an_instance_uses_the_image(
+    built: ImageRecord, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "home"))
+    overlay.create_overlay(built.disk, tmp_path / "home" / "instances" / "web" / "disk.qcow2")
+    with pytest.raises(StateError) as info:
+        catalog.remove("debian-12")
+    assert info.value.message == "image `debian-12` is in use by instance web"
+    assert info.value.hint == "delete it first: `devenv delete web`"
+    assert cache.read_record("debian-12", "x86_64") == built
+    assert os.path.exists(built.disk)

@@ -1,0 +1,150 @@
+"""Build orchestration without debootstrap: cache key, cache hits, root check, atomicity."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from devenv.errors import ImageError, PermissionProblem
+from devenv.images import build, cache, debian, definitions
+from devenv.images.definitions import BuildSpec
+
+MIRROR = "http://mirror.example/debian"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_CACHE", str(tmp_path / "cache"))
+
+
+def test_inputs_name_everything_that_shapes_the_image() -> None:
+    data = build.inputs("debian-12", "x86_64", MIRROR + "/")
+    assert data["mirror"] == MIRROR
+    assert data["builder"] == "debian"
+    assert data["suite"] == "bookworm"
+    assert "linux-image-amd64" in data["packages"]  # type: ignore[operator]
+    assert data["engine_packages"] == ["docker.io", "podman", "containerd"]
+    assert data["cmdline"] == "root=/dev/vda rw console=ttyS0 apparmor=0 fsck.mode=skip quiet"
+    assert len(str(data["configure_sha256"])) == 64
+
+
+def test_key_changes_with_each_input(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = build.inputs_hash(build.inputs("debian-12", "x86_64", MIRROR))
+    assert base == build.inputs_hash(build.inputs("debian-12", "x86_64", MIRROR))
+    assert base != build.inputs_hash(build.inputs("debian-12", "aarch64", MIRROR))
+    assert base != build.inputs_hash(build.inputs("debian-12", "x86_64", "http://other.example/debian"))
+    assert base != build.inputs_hash(build.inputs("debian-12", "x86_64", MIRROR, compress=False))
+    script = tmp_path / "configure.sh"
+    script.write_text("#!/bin/sh\necho changed\n")
+    monkeypatch.setattr(debian, "configure_script", lambda: script)
+    assert base != build.inputs_hash(build.inputs("debian-12", "x86_64", MIRROR))
+
+
+def test_images_without_builder_are_refused() -> None:
+    with pytest.raises(ImageError) as info:
+        build.build("ubuntu-24.04", "x86_64", mirror=MIRROR)
+    assert info.value.message == "image `ubuntu-24.04` has no offline builder"
+    assert "devenv image pull ubuntu-24.04" in info.value.hint
+
+
+def test_not_root_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build.os, "geteuid", lambda: 1000)
+    monkeypatch.setattr(build.sys, "platform", "linux")
+    with pytest.raises(PermissionProblem) as info:
+        build.build("debian-12", definitions.normalize_arch(None), mirror=MIRROR)
+    assert info.value.message == "building an image needs root: debootstrap and chroot do"
+    assert "sudo devenv image build debian-12" in info.value.hint
+    assert "devenv image pull debian-12" in info.value.hint
+
+
+def test_other_arch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build.sys, "platform", "linux")
+    monkeypatch.setattr(build.definitions, "normalize_arch", lambda a=None: a or "x86_64")
+    with pytest.raises(ImageError, match="building a aarch64 image on a x86_64 host is not supported"):
+        build.build("debian-12", "aarch64", mirror=MIRROR)
+
+
+def _fake_rootfs(
+    root: Path, out: Path, spec: BuildSpec, arch: str, mirror: str, env: dict[str, str], step: debian.StepFn
+) -> tuple[Path, Path]:
+    step("fake rootfs")
+    (root / "etc").mkdir(parents=True)
+    (root / "etc" / "hostname").write_text("devenv\n")
+    kernel, initrd = out / "vmlinuz", out / "initrd.img"
+    kernel.write_bytes(b"kernel")
+    initrd.write_bytes(b"initrd")
+    return kernel, initrd
+
+
+def _fake_disk(root: Path, work: Path, dest: Path, *, compress: bool = True) -> int:
+    dest.write_bytes(b"QFI\xfb" + b"\0" * 60)
+    return 2 * 1024**3
+
+
+def test_build_then_cached_hit_needs_no_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(build, "_check_host", lambda arch: None)
+    monkeypatch.setattr(debian, "build_rootfs", _fake_rootfs)
+    monkeypatch.setattr(debian, "make_disk", _fake_disk)
+    steps: list[str] = []
+    record = build.build("debian-12", "x86_64", mirror=MIRROR, progress=steps.append)
+    key = build.inputs_hash(build.inputs("debian-12", "x86_64", MIRROR))
+    assert record.disk == cache.builds_dir() / key / "disk.qcow2"
+    assert record.source == "built" and record.origin == f"build:{key}"
+    manifest = (cache.builds_dir() / key / "manifest.txt").read_text().splitlines()
+    assert [line.split()[0][0] + " " + line.split()[-1] for line in manifest] == ["d /etc", "- /etc/hostname"]
+    assert manifest[1].endswith(" 7 /etc/hostname")
+    assert steps[0] == "fake rootfs"
+    assert cache.read_record("debian-12", "x86_64") == record
+    assert list(cache.tmp_dir().glob("build-*-*")) == []
+
+    monkeypatch.setattr(build, "_check_host", lambda arch: pytest.fail("a cache hit must not need root"))
+    monkeypatch.setattr(debian, "build_rootfs", lambda *a: pytest.fail("a cache hit must not rebuild"))
+    cache.remove_record("debian-12", "x86_64")
+    steps.clear()
+    started = time.monotonic()
+    assert build.build("debian-12", "x86_64", mirror=MIRROR, progress=steps.append) == record
+    assert time.monotonic() - started < 0.5
+    assert steps == [f"cached build {key}"]
+    assert cache.read_record("debian-12", "x86_64") == record, "a cache hit restores the index entry"
+    assert build.cached("debian-12", "x86_64", MIRROR) == record
+
+
+def test_interrupted_build_leaves_nothing_that_looks_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    def interrupted(root: Path, out: Path, *args: object) -> tuple[Path, Path]:
+        (root / "half-made").write_text("x")
+        (out / "disk.qcow2").write_bytes(b"QFI\xfb partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build, "_check_host", lambda arch: None)
+    monkeypatch.setattr(debian, "build_rootfs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build.build("debian-12", "x86_64", mirror=MIRROR)
+    assert not cache.builds_dir().exists() or list(cache.builds_dir().iterdir()) == []
+    assert list(cache.tmp_dir().glob("build-*-*")) == []
+    assert cache.read_record("debian-12", "x86_64") is None
+    assert build.cached("debian-12", "x86_64", MIRROR) is None
+
+
+def test_stale_work_of_a_killed_build_is_removed(monkeypatch: pytest.MonkeyPatch) -> None:
+    stale = cache.tmp_dir() / "build-abc-999999999"
+    (stale / "root" / "etc").mkdir(parents=True)
+    alive = cache.tmp_dir() / f"build-abc-{build.os.getpid()}"
+    alive.mkdir()
+    build._remove_stale_work()
+    assert not stale.exists()
+    assert alive.exists()
+
+
+def test_disk_size_has_headroom_and_a_floor() -> None:
+    mib = 1024**2
+    assert debian.disk_size_for(100 * mib) == 2048 * mib
+    size = debian.disk_size_for(1500 * mib)
+    assert size % (256 * mib) == 0
+    assert size >= 1500 * mib * 1.25 + 512 * mib
+
+
+def test_mounts_under_reads_mountinfo(tmp_path: Path) -> None:
+    assert build.mounts_under(tmp_path) == []
+    assert "/" not in build.mounts_under(tmp_path)

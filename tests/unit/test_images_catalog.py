@@ -1,0 +1,162 @@
+"""The catalog: list, resolve (local file, cache, pull, offline), rm guarded by instances."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from devenv.errors import ImageError, StateError
+from devenv.images import cache, catalog, definitions
+from devenv.images.cache import ImageRecord
+from devenv.images.download import NetworkUnreachable
+
+GIB = 1024**3
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("DEVENV_HOME", str(tmp_path / "home"))
+    for var in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+
+def qcow2(path: Path, size: int = GIB, backing: str = "") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = struct.pack(">4sIQIIQ", b"QFI\xfb", 3, 512 if backing else 0, len(backing), 16, size)
+    path.write_bytes(head.ljust(512, b"\0") + backing.encode())
+    return path
+
+
+def cached_image(name: str, source: str = "pulled", arch: str = "x86_64", blob: str = "1") -> ImageRecord:
+    disk = qcow2(cache.blob_path(blob * 64, ".qcow2"))
+    record = ImageRecord(name, arch, source, disk, disk.stat().st_size, "sha256:" + blob * 64)
+    cache.write_record(record)
+    return record
+
+
+def offline_definitions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    folder = tmp_path / "vmimages"
+    folder.mkdir()
+    base = f"http://127.0.0.1:{port}"
+    (folder / "debian-12.toml").write_text(
+        'builder = "debian"\n[build]\nsuite = "bookworm"\npackages = []\ncmdline = ""\n'
+        f'[arch.x86_64]\nurl = "{base}/d.qcow2"\nchecksum_url = "{base}/SHA512SUMS"\n'
+    )
+    (folder / "fedora-45.toml").write_text(f'[arch.x86_64]\nurl = "{base}/f.qcow2"\nchecksum_url = "{base}/C"\n')
+    monkeypatch.setattr(definitions, "definitions_dir", lambda: folder)
+
+
+def test_list_shows_every_definition_and_what_is_cached() -> None:
+    cached_image("debian-12", "built")
+    rows = catalog.list_images("x86_64")
+    assert [(r.name, r.arch, r.cached, r.source, r.buildable) for r in rows] == [
+        ("debian-12", "x86_64", True, "built", True),
+        ("fedora-45", "x86_64", False, "", False),
+        ("ubuntu-24.04", "x86_64", False, "", False),
+    ]
+    assert rows[0].size == 512 and rows[1].size is None
+
+
+def test_list_all_arches_and_undefined_cached_images() -> None:
+    cached_image("old-image", arch="aarch64")
+    rows = catalog.list_images(all_arches=True)
+    assert len([r for r in rows if r.name != "old-image"]) == 6
+    assert [(r.name, r.description, r.cached) for r in rows if r.name == "old-image"] == [
+        ("old-image", "(no definition)", True)
+    ]
+    assert "old-image" not in [r.name for r in catalog.list_images("x86_64")]
+
+
+def test_resolve_prefers_the_cache() -> None:
+    record = cached_image("debian-12", "built")
+    assert catalog.resolve("debian-12", "x86_64") == record
+
+
+def test_resolve_offline_names_the_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offline_definitions(tmp_path, monkeypatch)
+    with pytest.raises(NetworkUnreachable) as info:
+        catalog.resolve("debian-12", "x86_64")
+    assert info.value.message.startswith("cannot reach 127.0.0.1: ")
+    assert "`devenv image build debian-12`" in info.value.hint
+    assert info.value.exit_code == 73
+
+
+def test_resolve_offline_without_builder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    offline_definitions(tmp_path, monkeypatch)
+    with pytest.raises(ImageError) as info:
+        catalog.resolve("fedora-45", "x86_64")
+    assert "has no offline builder (try debian-12)" in info.value.hint
+
+
+def test_resolve_unknown_name() -> None:
+    with pytest.raises(ImageError, match="no image named `plan9`"):
+        catalog.resolve("plan9")
+
+
+def test_resolve_local_qcow2(tmp_path: Path) -> None:
+    disk = qcow2(tmp_path / "my disk.qcow2")
+    record = catalog.resolve(str(disk), "x86_64")
+    assert (record.name, record.source, record.disk, record.kernel) == ("my disk", "local", disk, None)
+
+
+@pytest.mark.parametrize(("text", "local"), [("debian-12", False), ("./x.qcow2", True), ("x.img", True)])
+def test_local_path_detection(text: str, local: bool) -> None:
+    assert catalog.is_local_path(text) is local
+
+
+def test_resolve_local_errors(tmp_path: Path) -> None:
+    with pytest.raises(ImageError, match="does not exist"):
+        catalog.resolve(str(tmp_path / "none.qcow2"))
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 4096)
+    with pytest.raises(ImageError, match=r"raw\.img is not a qcow2 image"):
+        catalog.resolve(str(raw))
+
+
+def test_rm_refuses_while_an_instance_is_layered_on_it(tmp_path: Path) -> None:
+    record = cached_image("debian-12")
+    qcow2(tmp_path / "home" / "instances" / "a" / "disk.qcow2", backing=str(record.disk))
+    mid = qcow2(tmp_path / "elsewhere" / "mid.qcow2", backing=str(record.disk))
+    qcow2(tmp_path / "home" / "instances" / "b" / "disk.qcow2", backing=str(mid))
+    qcow2(tmp_path / "home" / "instances" / "c" / "disk.qcow2")
+    assert catalog.users_of(record.disk) == ["a", "b"]
+    with pytest.raises(StateError) as info:
+        catalog.remove("debian-12", "x86_64")
+    assert info.value.message == "image `debian-12` is in use by instances a, b"
+    assert info.value.hint == "delete them first: `devenv delete a`"
+    assert record.disk.exists()
+    assert cache.read_record("debian-12", "x86_64") == record
+
+
+def test_rm_deletes_the_blob_unless_shared() -> None:
+    shared = cached_image("one", blob="2")
+    cached_image("two", blob="2")
+    alone = cached_image("three", blob="3")
+    assert catalog.remove("one", "x86_64") == []
+    assert shared.disk.exists()
+    assert catalog.remove("three", "x86_64") == [alone.disk]
+    assert not alone.disk.exists()
+    assert cache.read_record("three", "x86_64") is None
+    with pytest.raises(ImageError, match=r"image `three` \(x86_64\) is not cached"):
+        catalog.remove("three", "x86_64")
+
+
+def test_rm_of_a_build_deletes_its_folder() -> None:
+    folder = cache.builds_dir() / "abc"
+    disk = qcow2(folder / "disk.qcow2")
+    (folder / "vmlinuz").write_bytes(b"k")
+    (folder / "initrd.img").write_bytes(b"i")
+    cache.write_record(
+        ImageRecord(
+            "debian-12", "x86_64", "built", disk, 512, "sha256:" + "0" * 64, folder / "vmlinuz", folder / "initrd.img"
+        )
+    )
+    assert catalog.remove("debian-12", "x86_64") == [folder]
+    assert not folder.exists()

@@ -1,0 +1,168 @@
+#!/bin/sh
+# Runs inside the new root (chroot ROOT /bin/sh /tmp/devenv-configure.sh PHASE)
+# during `devenv image build`, never on a running guest. Its bytes are part of
+# the build's cache key: edit it and the next build starts afresh.
+#
+#   pre   before the apt-get steps: keep daemons from starting in the chroot,
+#         and keep docs/man pages/translations out of every later install.
+#   post  after all packages are in: boot-path hygiene, networking, cloud-init,
+#         sshd, engines left installed-but-disabled, then shrink.
+#
+# Environment: DEVENV_IMAGE, DEVENV_BUILDER_VERSION, DEVENV_ENGINES (words).
+set -eu
+phase="${1:?usage: configure.sh pre|post}"
+
+pre() {
+    # invoke-rc.d asks policy-rc.d; 101 = "do not start anything". Without it
+    # docker.io's postinst would start dockerd inside the chroot, on the host.
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+
+    cat > /etc/dpkg/dpkg.cfg.d/90-devenv-nodoc <<'EOF'
+# devenv: a container host needs no manuals or translations (also applies to
+# packages installed later inside the guest).
+path-exclude=/usr/share/doc/*
+path-include=/usr/share/doc/*/copyright
+path-exclude=/usr/share/man/*
+path-exclude=/usr/share/info/*
+path-exclude=/usr/share/locale/*
+path-include=/usr/share/locale/locale.alias
+EOF
+    cat > /etc/apt/apt.conf.d/90-devenv <<'EOF'
+// devenv: the same rule as the build, inside the guest.
+APT::Install-Recommends "false";
+APT::Install-Suggests "false";
+EOF
+}
+
+unit_exists() {
+    [ -e "/lib/systemd/system/$1" ] || [ -e "/etc/systemd/system/$1" ]
+}
+
+post() {
+    # --- Disk: the whole virtio disk is one ext4 filesystem (no partitions), so
+    # cloud-init's resize_rootfs grows it with resize2fs after the host grows
+    # the overlay; there is nothing for growpart to do.
+    cat > /etc/fstab <<'EOF'
+# devenv: root is the whole virtio disk, no partition table.
+/dev/vda  /  ext4  defaults,discard,errors=remount-ro  0  0
+EOF
+    # Any initrd rebuilt later inside the guest must still find a virtio root.
+    for m in virtio_pci virtio_blk virtio_net ext4; do
+        grep -qx "$m" /etc/initramfs-tools/modules || echo "$m" >> /etc/initramfs-tools/modules
+    done
+    echo devenv > /etc/hostname
+    echo 'LANG=C.UTF-8' > /etc/default/locale
+    printf '127.0.0.1\tlocalhost\n127.0.1.1\tdevenv\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
+
+    # --- Network: systemd-networkd DHCP on the virtio NIC whatever its name;
+    # resolved for DNS. cloud-init's own network rendering is off (below) so the
+    # result does not depend on which renderer it detects.
+    mkdir -p /etc/systemd/network
+    cat > /etc/systemd/network/80-devenv-dhcp.network <<'EOF'
+[Match]
+Name=en* eth*
+
+[Network]
+DHCP=yes
+LinkLocalAddressing=no
+EOF
+    systemctl enable systemd-networkd.service systemd-resolved.service
+    ln -sf ../run/systemd/resolve/stub-resolv.conf /etc/resolv.conf
+    # Nothing on the boot path needs network-online. Units that do (first-boot
+    # provisioning fetching packages, engines) get it as soon as one link is up
+    # instead of waiting for every link, for at most 15 s instead of 2 minutes.
+    mkdir -p /etc/systemd/system/systemd-networkd-wait-online.service.d
+    cat > /etc/systemd/system/systemd-networkd-wait-online.service.d/devenv.conf <<'EOF'
+[Service]
+ExecStart=
+ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=15
+EOF
+    # Timers that run apt in the background would compete with the user's
+    # work under emulation; the user updates when they choose.
+    for u in apt-daily.timer apt-daily-upgrade.timer; do
+        if unit_exists "$u"; then systemctl disable "$u"; fi
+    done
+
+    # --- cloud-init: only the NoCloud seed (the cidata ISO devenv attaches),
+    # else nothing: no network probing for cloud metadata services.
+    cat > /etc/cloud/cloud.cfg.d/90-devenv.cfg <<'EOF'
+# devenv: written by the image builder.
+datasource_list: [ NoCloud, None ]
+network: {config: disabled}
+growpart: {mode: "off"}
+resize_rootfs: true
+# minbase has no `locales` package: cc_locale would fail (and cloud-init
+# would report "error"); C.UTF-8 is built into glibc and set below.
+locale: false
+# Host keys come from the seed (pinned by the host); if it has none, make
+# only ed25519: RSA key generation is slow under emulation.
+ssh_genkeytypes: [ed25519]
+EOF
+
+    # --- sshd: keys only. Host keys made during the build are deleted so no two
+    # instances share one; cloud-init writes the host's pinned key at first boot.
+    mkdir -p /etc/ssh/sshd_config.d
+    cat > /etc/ssh/sshd_config.d/10-devenv.conf <<'EOF'
+# devenv: public keys only.
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UseDNS no
+EOF
+    rm -f /etc/ssh/ssh_host_*
+
+    # --- Engines: installed, none enabled. The first-boot provisioning
+    # (provisioning/engines/<engine>.sh) enables the one the user chose.
+    disabled=""
+    for u in docker.service docker.socket containerd.service \
+             podman.service podman.socket podman-restart.service podman-auto-update.service podman-auto-update.timer; do
+        if unit_exists "$u"; then
+            systemctl disable "$u"
+            disabled="$disabled $u"
+        fi
+    done
+    mkdir -p /etc/devenv
+    cat > /etc/devenv/image.env <<EOF
+# Written by \`devenv image build\`; sourced by first-boot provisioning.
+DEVENV_IMAGE="${DEVENV_IMAGE:-}"
+DEVENV_IMAGE_BUILDER="debian"
+DEVENV_IMAGE_BUILDER_VERSION="${DEVENV_BUILDER_VERSION:-}"
+# Engines whose packages are installed; none is enabled.
+DEVENV_ENGINES="${DEVENV_ENGINES:-}"
+# Units the build disabled; enable those of the chosen engine.
+DEVENV_DISABLED_UNITS="${disabled# }"
+EOF
+
+    # --- Shrink. The host boots the kernel and initrd it extracted, so the
+    # initrd copy inside the disk is dead weight; kernel modules for hardware
+    # a VM never has (GPUs, sound, wifi, ...) too.
+    rm -f /boot/initrd.img-* /initrd.img /initrd.img.old
+    for kdir in /usr/lib/modules/*; do
+        [ -d "$kdir/kernel" ] || continue
+        for d in drivers/gpu drivers/media drivers/net/wireless drivers/infiniband drivers/staging \
+                 drivers/bluetooth drivers/iio drivers/isdn sound net/bluetooth net/wireless net/mac80211; do
+            rm -rf "${kdir:?}/kernel/$d"
+        done
+        depmod -a "$(basename "$kdir")"
+    done
+    find /usr/share/doc -mindepth 1 ! -type d ! -name copyright -delete
+    find /usr/share/doc -mindepth 1 -type d -empty -delete
+    rm -rf /usr/share/man/* /usr/share/info/*
+    find /usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+    apt-get clean
+    rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/cache/debconf/*-old /var/lib/dpkg/*-old
+    find /var/log -type f -delete
+    rm -rf /tmp/* /var/tmp/*
+    # An empty machine-id makes systemd treat the first boot as first boot and
+    # give every instance its own id.
+    : > /etc/machine-id
+    rm -f /var/lib/dbus/machine-id
+    rm -f /usr/sbin/policy-rc.d
+}
+
+case "$phase" in
+    pre) pre ;;
+    post) post ;;
+    *) echo "configure.sh: unknown phase $phase" >&2; exit 2 ;;
+esac
