@@ -30,9 +30,14 @@ fi
 # Test and image-build needs: debootstrap, e2fsprogs (mkfs.ext4 -d), openssh-server
 # (the transport tests run a real sshd), socat, docker.io (a real engine for the
 # native backend and the real docker CLI), python3-venv.
+# Provisioning tests: shellcheck (engine scripts), busybox (the local image's
+# rootfs), python3-yaml and cloud-init's own dependencies (schema check of the
+# user-data against Debian's cloud-init, unpacked, never installed on the host).
 packages=(
-  qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps
   docker.io iptables python3-venv python3-pip ca-certificates curl
+  shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
+  python3-requests python3-netifaces python3-oauthlib python3-jsonpatch
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -42,6 +47,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   "${sudo_cmd[@]}" apt-get update -q
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# cloud-init's Python package, unpacked (not installed: it would run at the host's next boot).
+cloudinit_dir=/opt/devenv-ci/cloud-init
+if [ ! -d "$cloudinit_dir/usr/lib/python3/dist-packages/cloudinit" ]; then
+  log "unpacking Debian's cloud-init for the user-data schema test"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && apt-get download -q cloud-init >/dev/null)
+  "${sudo_cmd[@]}" mkdir -p "$cloudinit_dir"
+  "${sudo_cmd[@]}" dpkg-deb -x "$tmp"/cloud-init_*.deb "$cloudinit_dir"
+  rm -rf "$tmp"
 fi
 
 python=${PYTHON:-python3}
