@@ -74,6 +74,13 @@ run_provision() {
 
 RUNTIME=$(cat /etc/devenv/engine 2>/dev/null || echo docker)
 
+case "$RUNTIME" in
+    docker) READY_AFTER=docker.socket ;;
+    podman) READY_AFTER=podman.socket ;;
+    *) READY_AFTER="$RUNTIME.service" ;;
+esac
+mkdir -p /etc/systemd/system/devenv-ready.service.d
+printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.service.d/engine.conf
 step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service'
 step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
 step guestagent python3 "$LIB/guestagent.py" --version
@@ -85,5 +92,8 @@ done
 systemctl try-reload-or-restart ssh.service || true
 
 date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/provisioned"
+# cloud-init only on first boot: on later boots it would cost ~20 s under
+# emulation and has nothing left to do (keys, user, provisioning are done).
+touch /etc/cloud/cloud-init.disabled
 echo "== ready"
 announce "DEVENV-READY"

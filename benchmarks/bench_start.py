@@ -1,0 +1,150 @@
+"""Start-to-ready: `devenv start` against raw QEMU + wait-for-SSH on the same disk.
+
+Both boot the same provisioned instance disk with the same QEMU command line
+(the one devenv recorded in qemu.argv), alternately, N rounds each:
+
+- raw:    QEMU on a throwaway overlay of the instance disk, then poll the SSH
+          port every 0.2 s and log in once with OpenSSH (`ssh true`): the least
+          a hand-written script could do to know the guest is usable.
+- devenv: `devenv start` on the stopped instance, which also checks the guest
+          agent and the engine socket.
+
+Target (issue 4): devenv within 1.1x of raw.
+
+    .venv/bin/python benchmarks/bench_start.py [--rounds 2] [--name bench-start]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+TARGET = 1.1
+
+
+def devenv(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
+    r = subprocess.run([sys.executable, "-m", "devenv", *args], capture_output=True, check=False)
+    if check and r.returncode != 0:
+        raise SystemExit(f"devenv {' '.join(args)} failed:\n{r.stderr.decode(errors='replace')}")
+    return r
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
+            s.settimeout(2)
+            return s.recv(8).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
+    argv: list[str] = json.loads((inst_dir / "qemu.argv").read_text())
+    work = Path(tempfile.mkdtemp(prefix="bench-raw-"))
+    try:
+        overlay = work / "raw.qcow2"
+        subprocess.run(
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(inst_dir / "disk.qcow2"), str(overlay)],
+            check=True,
+        )
+        port = free_port()
+        old_port = next(a.split("127.0.0.1:")[1].split("-")[0] for a in argv if "hostfwd=tcp:127.0.0.1:" in a)
+        mapping = {
+            str(inst_dir / "disk.qcow2"): str(overlay),
+            f"127.0.0.1:{old_port}-:22": f"127.0.0.1:{port}-:22",
+            str(inst_dir / "serial.log"): str(work / "serial.log"),
+            str(inst_dir / "qmp.sock"): str(work / "qmp.sock"),
+            str(inst_dir / "qemu.pid"): str(work / "qemu.pid"),
+        }
+        raw_argv = []
+        for a in argv:
+            for old, new in mapping.items():
+                a = a.replace(old, new)
+            raw_argv.append(a)
+        cfg = work / "ssh_config"
+        cfg.write_text(ssh_config.replace(f"Port {old_port}", f"Port {port}"))
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(raw_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit("raw QEMU exited early")
+                if banner(port):
+                    r = subprocess.run(["ssh", "-F", str(cfg), f"devenv-{name}", "true"], capture_output=True, check=False)
+                    if r.returncode == 0:
+                        break
+                time.sleep(0.2)
+            return time.perf_counter() - t0
+        finally:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def devenv_boot(name: str) -> float:
+    t0 = time.perf_counter()
+    devenv("start", "-n", name)
+    took = time.perf_counter() - t0
+    devenv("stop", "-n", name)
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--name", default="bench-start")
+    ap.add_argument("--keep", action="store_true", help="keep the instance afterwards")
+    args = ap.parse_args()
+    os.environ.setdefault("DEVENV_QEMU_ACCEL", "tcg")
+
+    if devenv("status", "-n", args.name, check=False).returncode != 0:
+        print(f"creating and provisioning instance {args.name} (first boot, not measured)", file=sys.stderr)
+        devenv("start", "-n", args.name, "--backend", "qemu")
+    devenv("stop", "-n", args.name)
+    from devenv import paths
+
+    inst_dir = paths.instance_dir(args.name)
+    ssh_config = devenv("ssh-config", "-n", args.name).stdout.decode()
+
+    raw: list[float] = []
+    ours: list[float] = []
+    try:
+        for i in range(args.rounds):
+            raw.append(raw_boot(inst_dir, ssh_config, args.name))
+            ours.append(devenv_boot(args.name))
+            print(f"round {i + 1}: raw {raw[-1]:.1f} s, devenv {ours[-1]:.1f} s", file=sys.stderr)
+    finally:
+        if not args.keep:
+            devenv("delete", "--force", "-n", args.name, check=False)
+
+    r, o = statistics.median(raw), statistics.median(ours)
+    accel = os.environ["DEVENV_QEMU_ACCEL"]
+    print(f"machine: {platform.node()} {platform.machine()} {os.cpu_count()} cpus, accelerator {accel}")
+    print(f"{'start to ready (median of ' + str(args.rounds) + ')':<40} {'seconds':>8}")
+    print(f"{'raw qemu + wait for ssh login':<40} {r:>8.1f}")
+    print(f"{'devenv start':<40} {o:>8.1f}")
+    ratio = o / r
+    print(f"{'ratio devenv / raw':<40} {ratio:>8.2f}  target <= {TARGET} {'ok' if ratio <= TARGET else 'MISSED'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
