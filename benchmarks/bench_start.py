@@ -61,7 +61,8 @@ def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
     try:
         overlay = work / "raw.qcow2"
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(inst_dir / "disk.qcow2"), str(overlay)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(inst_dir / "disk.qcow2")]
+            + [str(overlay)],
             check=True,
         )
         port = free_port()
@@ -81,13 +82,15 @@ def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
         cfg = work / "ssh_config"
         cfg.write_text(ssh_config.replace(f"Port {old_port}", f"Port {port}"))
         t0 = time.perf_counter()
-        proc = subprocess.Popen(raw_argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        quiet = subprocess.DEVNULL
+        proc = subprocess.Popen(raw_argv, stdin=quiet, stdout=quiet, stderr=quiet)
         try:
             while True:
                 if proc.poll() is not None:
                     raise SystemExit("raw QEMU exited early")
                 if banner(port):
-                    r = subprocess.run(["ssh", "-F", str(cfg), f"devenv-{name}", "true"], capture_output=True, check=False)
+                    login = ["ssh", "-F", str(cfg), f"devenv-{name}", "true"]
+                    r = subprocess.run(login, capture_output=True, check=False)
                     if r.returncode == 0:
                         break
                 time.sleep(0.2)
