@@ -61,8 +61,7 @@ def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
     try:
         overlay = work / "raw.qcow2"
         subprocess.run(
-            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(inst_dir / "disk.qcow2")]
-            + [str(overlay)],
+            ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(inst_dir / "disk.qcow2"), overlay],
             check=True,
         )
         port = free_port()
