@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -79,7 +80,7 @@ def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
                 a = a.replace(old, new)
             raw_argv.append(a)
         cfg = work / "ssh_config"
-        cfg.write_text(ssh_config.replace(f"Port {old_port}", f"Port {port}"))
+        cfg.write_text(re.sub(r"(?m)^(\s*Port) \d+$", rf"\g<1> {port}", ssh_config))
         t0 = time.perf_counter()
         quiet = subprocess.DEVNULL
         proc = subprocess.Popen(raw_argv, stdin=quiet, stdout=quiet, stderr=quiet)
@@ -87,6 +88,8 @@ def raw_boot(inst_dir: Path, ssh_config: str, name: str) -> float:
             while True:
                 if proc.poll() is not None:
                     raise SystemExit("raw QEMU exited early")
+                if time.perf_counter() - t0 > 600:
+                    raise SystemExit(f"raw QEMU: no SSH login within 600 s (see {work / 'serial.log'})")
                 if banner(port):
                     login = ["ssh", "-F", str(cfg), f"devenv-{name}", "true"]
                     r = subprocess.run(login, capture_output=True, check=False)

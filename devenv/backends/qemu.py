@@ -293,7 +293,7 @@ class QemuBackend:
                     "the guest may be stuck in boot: read the console above; "
                     "under TCG a first boot takes minutes (DEVENV_QEMU_ACCEL shows which accelerator is used)",
                 )
-            time.sleep(0.5)
+            time.sleep(0.2)
 
         step("guest ready: provisioning (cloud-init on first boot) and engine start")
         serial = inst.dir / paths.SERIAL_LOG
@@ -315,7 +315,7 @@ class QemuBackend:
                     f"the guest did not report DEVENV-READY within {budget:.0f} s",
                     "cloud-init may still be running or stuck: read the console above",
                 )
-            time.sleep(0.5)
+            time.sleep(0.2)
 
         step("log in over SSH with the pinned host key")
         conn = self.connection(inst, timeout=max(30.0, deadline - time.monotonic()))

@@ -1,0 +1,89 @@
+"""Warm `devenv exec -- true` beside OpenSSH with a ControlMaster already connected, same guest.
+
+Target (issue 4): devenv at most 0.5x the OpenSSH time. Rows, median and min of N runs:
+
+- openssh-controlmaster: `ssh -F <(devenv ssh-config) -o ControlPath=... HOST true`
+  with the master started before timing (`ssh -fN -o ControlMaster=yes`).
+- hostagent-client: `python -m devenv.hostagent.client INSTANCE_DIR -- true`, i.e.
+  the process the CLI fast path becomes once it calls hostagent.client.exec():
+  a fresh interpreter, the stdlib-only client, fds passed to the host agent,
+  which runs the command through the guest agent already running in the guest.
+- devenv-exec: `devenv exec -n NAME -- true` as wired today (before the CLI calls
+  the agent this opens its own paramiko connection; after, it matches the row above).
+
+Needs a running instance; launches its host agent if none runs.
+
+    DEVENV_HOME=... .venv/bin/python benchmarks/bench_exec.py -n NAME [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from devenv import hostagent, paths
+
+
+def timed(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+        out.append((time.perf_counter() - t0) * 1000)
+        if r.returncode != 0:
+            raise SystemExit(f"{' '.join(argv)} failed ({r.returncode}): {r.stderr.decode(errors='replace')[-300:]}")
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--name", required=True)
+    ap.add_argument("--runs", type=int, default=20)
+    args = ap.parse_args()
+    inst = paths.instance_dir(args.name)
+    devenv = [str(Path(sys.executable).with_name("devenv"))]
+    st = hostagent.launch(inst, wait=120)
+    if st.get("state") != "connected":
+        raise SystemExit(f"the host agent is not connected: {st}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-exec-"))
+    cfg = tmp / "ssh_config"
+    cfg.write_text(
+        subprocess.run([*devenv, "ssh-config", "-n", args.name], capture_output=True, text=True, check=True).stdout
+    )
+    host = f"devenv-{args.name}"
+    cp = str(tmp / "cm")
+    ssh = ["ssh", "-F", str(cfg), "-o", f"ControlPath={cp}"]
+    subprocess.run([*ssh, "-o", "ControlMaster=yes", "-o", "ControlPersist=600", "-fN", host], check=True)
+    try:
+        rows = {}
+        for _ in range(2):  # interleaved rounds: the TCG guest's load drifts
+            for label, argv in (
+                ("openssh-controlmaster", [*ssh, host, "true"]),
+                ("hostagent-client", [sys.executable, "-m", "devenv.hostagent.client", str(inst), "--", "true"]),
+                ("devenv-exec", [*devenv, "exec", "-n", args.name, "--", "true"]),
+            ):
+                timed(argv, 2)  # warm caches
+                rows.setdefault(label, []).extend(timed(argv, args.runs))
+    finally:
+        subprocess.run([*ssh, "-O", "exit", host], capture_output=True)
+    base = statistics.median(rows["openssh-controlmaster"])
+    print(f"warm exec of `true` in {args.name} ({len(rows['openssh-controlmaster'])} runs each, ms)")
+    print(f"{'path':<24}{'median':>9}{'min':>9}{'x openssh':>11}")
+    for label, xs in rows.items():
+        med = statistics.median(xs)
+        print(f"{label:<24}{med:>9.1f}{min(xs):>9.1f}{med / base:>11.2f}")
+    ratio = statistics.median(rows["hostagent-client"]) / base
+    print(f"target: hostagent-client <= 0.50x openssh: {'met' if ratio <= 0.5 else 'NOT met'} ({ratio:.2f}x)")
+    shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
