@@ -27,6 +27,7 @@ from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, qemu_binary_name
 from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, NotSupported, StateError, Timeout
+from devenv.progress import CopyProgress
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -464,14 +465,14 @@ class QemuBackend:
     def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
         conn = self.connection(inst)
         try:
-            conn.copy_to_guest(src, dst)
+            conn.copy_to_guest(src, dst, progress=CopyProgress())
         finally:
             conn.close()
 
     def copy_out(self, inst: InstanceRef, src: str, dst: Path) -> None:
         conn = self.connection(inst)
         try:
-            conn.copy_from_guest(src, dst)
+            conn.copy_from_guest(src, dst, progress=CopyProgress())
         finally:
             conn.close()
 
