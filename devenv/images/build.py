@@ -160,7 +160,7 @@ def build(
         hit = _read_build(final)
         if hit is not None:
             step(f"cached build {key}")
-            cache.write_record(hit)
+            _select(hit)
             return hit
     _check_host(arch)
     cache.tmp_dir().mkdir(parents=True, exist_ok=True)
@@ -168,7 +168,7 @@ def build(
         if not force:
             hit = _read_build(final)
             if hit is not None:  # a concurrent build finished while we waited
-                cache.write_record(hit)
+                _select(hit)
                 return hit
         _remove_stale_work()
         work = cache.tmp_dir() / f"build-{key}-{os.getpid()}"
@@ -179,6 +179,18 @@ def build(
     cache.write_record(record)
     step(f"done: {record.disk} ({record.size // (1024 * 1024)} MiB)")
     return record
+
+
+def _select(record: ImageRecord) -> None:
+    """Make `record` the cached image for its name/arch, writing only when that changes.
+
+    A cache built by root and shared read-only with ordinary users (CI does
+    this) must serve a cache hit without any write.
+    """
+    current = cache.read_record(record.name, record.arch)
+    if current is not None and current.disk == record.disk and current.digest == record.digest:
+        return
+    cache.write_record(record)
 
 
 def _build_into(

@@ -110,6 +110,10 @@ def test_build_then_cached_hit_needs_no_root(monkeypatch: pytest.MonkeyPatch) ->
     assert cache.read_record("debian-12", "x86_64") == record, "a cache hit restores the index entry"
     assert build.cached("debian-12", "x86_64", MIRROR) == record
 
+    # A cache shared read-only (built by root, used by an ordinary user): a hit writes nothing.
+    monkeypatch.setattr(cache, "write_record", lambda r: pytest.fail("a cache hit must not write the index"))
+    assert build.build("debian-12", "x86_64", mirror=MIRROR) == record
+
 
 def test_interrupted_build_leaves_nothing_that_looks_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(root: Path, out: Path, *args: object) -> tuple[Path, Path]:
