@@ -12,6 +12,7 @@ import os
 import signal
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -144,6 +145,31 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     assert r.returncode == 67 and b"is stopped" in r.stderr
     d.ok("start", "-n", name)
     assert d.ok("exec", "-n", name, "--", "cat", "keep.txt").stdout == b"persisted\n"
+
+
+def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
+    d, name, _ = vm
+    d.ok("stop", "-n", name, timeout=300)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devenv", "start", "-n", name],
+        env=d.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while b"start QEMU" not in seen:  # printed as the next step (waiting for sshd) begins
+        line = proc.stderr.readline()
+        assert line, f"devenv start ended early: {seen!r}"
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    st = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    assert st["state"] == "starting", st
+    assert "devenv start" in str(st["reason"])
+    d.ok("start", "-n", name)
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 
 
 def test_a_killed_vm_is_explained_and_start_recovers(vm: VM) -> None:

@@ -1,0 +1,154 @@
+"""The host agent's forwards beside the reference paths, against the same running guest in one run.
+
+Figures (issue 5 targets):
+- `docker version` through devenv's engine socket vs through OpenSSH's own
+  unix-socket forward (`ssh -N -L host.sock:/var/run/docker.sock`, as Lima and
+  Colima do it): median of N runs; target within 1.2x.
+- Port-forward throughput: a guest TCP server streams N MiB to the host, read
+  through the agent's 127.0.0.1 forward vs through a QEMU user-net hostfwd added
+  at run time over QMP (`hostfwd_add`); target at least 50%.
+
+    DEVENV_HOME=... .venv/bin/python benchmarks/bench_hostagent.py -n NAME [--runs 15] [--mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from devenv import hostagent, paths
+from devenv.backends.qmp import Qmp
+
+GUEST_PORT = 47001
+SERVER = (
+    "import socket,sys\n"
+    "s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);s.bind(('0.0.0.0',%d));s.listen(4)\n"
+    "buf=b'\\0'*262144\n"
+    "while True:\n"
+    "    c,_=s.accept();n=int(c.recv(32))\n"
+    "    while n>0:\n"
+    "        c.sendall(buf[:min(n,len(buf))]);n-=len(buf)\n"
+    "    c.close()\n"
+)
+
+
+def docker_version(host: str, runs: int) -> list[float]:
+    env = {**os.environ, "DOCKER_HOST": host}
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(["docker", "version"], env=env, capture_output=True, check=True)
+        out.append((time.perf_counter() - t0) * 1000)
+    return out
+
+
+def pull(port: int, nbytes: int) -> float:
+    """MiB/s reading nbytes from the guest server through 127.0.0.1:port."""
+    with socket.create_connection(("127.0.0.1", port), timeout=60) as c:
+        c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        t0 = time.perf_counter()
+        c.sendall(str(nbytes).encode().ljust(32))
+        got = 0
+        while got < nbytes:
+            data = c.recv(1 << 20)
+            if not data:
+                break
+            got += len(data)
+        dt = time.perf_counter() - t0
+    if got < nbytes:
+        raise SystemExit(f"short read through port {port}: {got} of {nbytes}")
+    return nbytes / dt / 2**20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", "--name", required=True)
+    ap.add_argument("--runs", type=int, default=15)
+    ap.add_argument("--mib", type=int, default=64)
+    args = ap.parse_args()
+    inst = paths.instance_dir(args.name)
+    st = hostagent.launch(inst, wait=120)
+    if st.get("state") != "connected":
+        raise SystemExit(f"the host agent is not connected: {st}")
+    devenv = str(Path(sys.executable).with_name("devenv"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench-ha-"))
+    cfg = tmp / "ssh_config"
+    cfg.write_text(
+        subprocess.run([devenv, "ssh-config", "-n", args.name], capture_output=True, text=True, check=True).stdout
+    )
+    fwd_sock = tmp / "docker.sock"
+    ssh_argv = ["ssh", "-F", str(cfg), "-N", "-o", "StreamLocalBindUnlink=yes"]
+    ssh = subprocess.Popen([*ssh_argv, "-L", f"{fwd_sock}:/var/run/docker.sock", f"devenv-{args.name}"])
+    server = subprocess.Popen(
+        [devenv, "exec", "-n", args.name, "-w", "/", "--", "python3", "-c", SERVER % GUEST_PORT],
+        stdout=subprocess.DEVNULL,
+    )
+    hostfwd = free_port()
+    try:
+        deadline = time.monotonic() + 30
+        while not fwd_sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        print(f"docker version, median/min of {args.runs} runs (ms), interleaved rounds")
+        rows: dict[str, list[float]] = {}
+        for _ in range(2):
+            for label, host in (
+                ("devenv engine socket", hostagent.docker_env(inst)["DOCKER_HOST"]),
+                ("openssh -L unix forward", f"unix://{fwd_sock}"),
+            ):
+                docker_version(host, 2)
+                rows.setdefault(label, []).extend(docker_version(host, args.runs))
+        base = statistics.median(rows["openssh -L unix forward"])
+        for label, xs in rows.items():
+            print(f"  {label:<26}{statistics.median(xs):>8.1f}{min(xs):>8.1f}  {statistics.median(xs) / base:.2f}x")
+
+        with Qmp(inst / paths.QMP_SOCK) as q:
+            q.command(
+                "human-monitor-command", **{"command-line": f"hostfwd_add net0 tcp:127.0.0.1:{hostfwd}-:{GUEST_PORT}"}
+            )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any(
+            f["host_port"] == GUEST_PORT for f in hostagent.state(inst)["forwards"]
+        ):
+            time.sleep(0.2)
+        nbytes = args.mib * 2**20
+        speeds: dict[str, list[float]] = {}
+        for _ in range(3):
+            for label, port in (("devenv forward", GUEST_PORT), ("qemu hostfwd", hostfwd)):
+                speeds.setdefault(label, []).append(pull(port, nbytes))
+        print(f"port-forward throughput, guest -> host, {args.mib} MiB, best of 3 (MiB/s)")
+        ref = max(speeds["qemu hostfwd"])
+        for label, xs in speeds.items():
+            print(f"  {label:<26}{max(xs):>8.1f}  {max(xs) / ref:.2f}x")
+    finally:
+        with contextlib.suppress(Exception), Qmp(inst / paths.QMP_SOCK) as q:
+            q.command("human-monitor-command", **{"command-line": f"hostfwd_remove net0 tcp:127.0.0.1:{hostfwd}"})
+        server.terminate()
+        ssh.terminate()
+        for p in (server, ssh):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                p.wait(10)
+        subprocess.run(
+            [devenv, "exec", "-n", args.name, "-w", "/", "--", "pkill", "-f", f"bind\\(\\('0.0.0.0',{GUEST_PORT}"],
+            capture_output=True,
+        )
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

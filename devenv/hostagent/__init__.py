@@ -1,0 +1,209 @@
+"""The per-instance host agent: engine socket, port forwards, mounts, clock, fast exec.
+
+This module is the API the rest of devenv calls; it imports only the stdlib
+at module level (the `devenv exec` fast path imports devenv.hostagent.client,
+which imports this package first). The daemon itself (paramiko and friends)
+lives in daemon.py and runs in its own process: `python -m devenv.hostagent
+INSTANCE_DIR`, started detached by launch() at the end of `devenv start` and
+stopped by shutdown() (or by itself once the VM's QEMU process is gone).
+
+    launch(inst_dir)            start (idempotent) and wait until connected -> state dict
+    shutdown(inst_dir)          ask it to stop, then TERM/KILL; True when it is gone
+    state(inst_dir)             {"alive", "state", "degraded", "forwards", "mounts", ...}
+    is_running(inst_dir)        the pid file is locked by a live agent
+    docker_env(inst_dir)        {"DOCKER_HOST": "unix://.../sock/docker.sock"}
+    ensure_docker_context(...)  create/update docker context devenv-NAME (never `docker context use`)
+    client.exec(...)            run a command over the agent's transport (stdlib only)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from devenv.hostagent.wire import control_path, engine_path
+
+TYPE_CHECKING = False  # this package is imported on `devenv exec`'s hot path: pathlib/typing cost ms
+if TYPE_CHECKING:
+    import subprocess
+    from pathlib import Path
+    from typing import Any
+
+HOSTAGENT_PID = "hostagent.pid"  # = devenv.paths.HOSTAGENT_PID
+HOSTAGENT_LOG = "hostagent.log"  # = devenv.paths.HOSTAGENT_LOG
+CONTEXT_PREFIX = "devenv-"
+
+__all__ = [
+    "control_path",
+    "docker_env",
+    "engine_path",
+    "ensure_docker_context",
+    "is_running",
+    "launch",
+    "remove_docker_context",
+    "shutdown",
+    "state",
+]
+
+
+class AgentStartError(RuntimeError):
+    """The agent process exited right after it was started; the message holds its log's tail."""
+
+
+def is_running(inst_dir: Path) -> bool:
+    """True while an agent holds the lock on hostagent.pid (a recycled pid can never fake it)."""
+    import fcntl
+
+    try:
+        fd = os.open(os.path.join(inst_dir, HOSTAGENT_PID), os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _pid(inst_dir: Path) -> int | None:
+    try:
+        with open(os.path.join(inst_dir, HOSTAGENT_PID), encoding="ascii") as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def state(inst_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
+    """The agent's view for `devenv status`: state is connected | reconnecting | connecting | not running.
+
+    `degraded` is true while it is not connected (status should say so); `forwards`
+    rows have host, host_port, guest_port, source and status (active | failed + reason).
+    """
+    from devenv.hostagent import client
+
+    st = client.state(inst_dir, timeout)
+    if not st.get("alive") and is_running(inst_dir):
+        st = {**st, "alive": True, "state": "unresponsive", "degraded": True, "pid": _pid(inst_dir)}
+    return st
+
+
+def log_tail(inst_dir: Path, lines: int = 15) -> str:
+    try:
+        with open(os.path.join(inst_dir, HOSTAGENT_LOG), encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def launch(
+    inst_dir: Path,
+    *,
+    user: str = "devenv",
+    wait: float = 60.0,
+    extra_args: Sequence[str] = (),
+    python: str | None = None,
+) -> dict[str, Any]:
+    """Start the agent unless one runs, wait until it is connected (or `wait` s pass); its state.
+
+    Detached: a new session, stdin from /dev/null, output to hostagent.log, so it
+    survives the CLI and its ^C. Returns the state even when not yet connected
+    (the caller shows "degraded"); raises AgentStartError when the process dies.
+    """
+    import subprocess
+    from pathlib import Path
+
+    inst_dir = Path(inst_dir).absolute()
+    if not is_running(inst_dir):
+        argv = [python or sys.executable, "-m", "devenv.hostagent", str(inst_dir), "--user", user, *extra_args]
+        with open(inst_dir / HOSTAGENT_LOG, "ab") as logf:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=logf,
+                stderr=logf,
+                close_fds=True,
+                start_new_session=True,
+                cwd=str(inst_dir),
+            )
+    else:
+        proc = None
+    deadline = time.monotonic() + wait
+    st: dict[str, Any] = {"alive": False}
+    while True:
+        if proc is not None and proc.poll() is not None and not is_running(inst_dir):
+            raise AgentStartError(
+                f"the host agent exited with code {proc.returncode} right after it started:\n{log_tail(inst_dir)}"
+            )
+        st = state(inst_dir, timeout=2.0)
+        if st.get("state") == "connected" or time.monotonic() > deadline:
+            return st
+        time.sleep(0.1)
+
+
+def shutdown(inst_dir: Path, timeout: float = 10.0) -> bool:
+    """Stop the agent: a shutdown request, then SIGTERM, then SIGKILL. True when none runs any more."""
+    from pathlib import Path
+
+    from devenv.hostagent import client
+
+    inst_dir = Path(inst_dir).absolute()
+    if not is_running(inst_dir):
+        return True
+    client.request(inst_dir, {"op": "shutdown"}, timeout=2.0)
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        pid = _pid(inst_dir)
+        if sig is not None and pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(pid, sig)
+        deadline = time.monotonic() + timeout / 2
+        while time.monotonic() < deadline:
+            if not is_running(inst_dir):
+                return True
+            time.sleep(0.05)
+    return not is_running(inst_dir)
+
+
+def docker_env(inst_dir: Path) -> dict[str, str]:
+    """The exports that point the host's docker CLI at the guest engine through the agent."""
+    return {"DOCKER_HOST": f"unix://{engine_path(os.path.abspath(inst_dir))}"}
+
+
+def _docker(args: Sequence[str], docker: str) -> subprocess.CompletedProcess[str] | None:
+    import subprocess
+
+    try:
+        return subprocess.run([docker, *args], capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def ensure_docker_context(name: str, inst_dir: Path, docker: str = "docker") -> str | None:
+    """Create or update docker context `devenv-NAME` for this instance; never switch to it.
+
+    Returns the context name, or None when the docker CLI is missing or refused
+    (the caller prints `devenv docker-env` as the alternative).
+    """
+    ctx = CONTEXT_PREFIX + name
+    endpoint = f"host={docker_env(inst_dir)['DOCKER_HOST']}"
+    exists = _docker(["context", "inspect", ctx], docker)
+    if exists is None:
+        return None
+    if exists.returncode == 0:
+        r = _docker(["context", "update", ctx, "--docker", endpoint], docker)
+    else:
+        r = _docker(
+            ["context", "create", ctx, "--description", f"devenv instance {name}", "--docker", endpoint], docker
+        )
+    return ctx if r is not None and r.returncode == 0 else None
+
+
+def remove_docker_context(name: str, docker: str = "docker") -> bool:
+    r = _docker(["context", "rm", "--force", CONTEXT_PREFIX + name], docker)
+    return r is not None and r.returncode == 0

@@ -1,0 +1,70 @@
+"""`python -m devenv.hostagent INSTANCE_DIR [options]`: the agent process (see daemon.py).
+
+Options exist for tests and unusual setups; `devenv start` passes none but --user.
+Everything else comes from the instance directory: ssh.port, the key and pinned
+host key in ssh/, the resolved devenv.toml (runtime, ports, mounts, env).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from devenv import paths
+from devenv.hostagent.daemon import HostAgent, Options
+from devenv.hostagent.mounts import mount_specs
+from devenv.hostagent.ports import AUTO_MIN_PORT, config_forwards
+
+
+def parse(argv: list[str]) -> Options:
+    p = argparse.ArgumentParser(prog="python -m devenv.hostagent")
+    p.add_argument("inst_dir", type=Path)
+    p.add_argument("--user", default="devenv", help="guest user to log in as")
+    p.add_argument("--agent-command", default=None, help="guest command that serves the guest agent protocol")
+    p.add_argument("--engine-socket", default=None, help="guest engine socket (default: from the runtime)")
+    p.add_argument("--no-engine", action="store_true", help="do not forward an engine socket")
+    p.add_argument("--watch-pid-file", type=Path, default=None, help=f"default: INSTANCE_DIR/{paths.QEMU_PID}")
+    p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process")
+    p.add_argument("--min-port", type=int, default=AUTO_MIN_PORT, help="lowest guest port forwarded automatically")
+    p.add_argument("--ports-interval", type=float, default=0.5)
+    p.add_argument("--bind-host", default="127.0.0.1", help="host loopback address for port forwards")
+    a = p.parse_args(argv)
+    inst_dir = a.inst_dir.absolute()
+    opts = Options(
+        inst_dir=inst_dir, user=a.user, min_port=a.min_port, ports_interval=a.ports_interval, bind_host=a.bind_host
+    )
+    if a.agent_command:
+        opts.agent_command = a.agent_command
+    opts.watch_pid_file = None if a.no_watch else (a.watch_pid_file or inst_dir / paths.QEMU_PID)
+    runtime = "docker"
+    cfg_file = inst_dir / paths.INSTANCE_CONFIG
+    if cfg_file.is_file():
+        from devenv import config
+
+        cfg = config.load_file(cfg_file)
+        runtime = cfg.runtime
+        opts.env = dict(cfg.env)
+        opts.explicit, rejected = config_forwards(cfg.ports)
+        opts.rejected_ports = [f"{e.guest}/{e.protocol}: {why}" for e, why in rejected]
+        opts.mounts = mount_specs(cfg.mounts)
+    if not a.no_engine:
+        if a.engine_socket:
+            opts.engine_socket = a.engine_socket
+        else:
+            from devenv.provision.engines import engine
+
+            opts.engine_socket = engine(runtime).socket
+    return opts
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    opts = parse(sys.argv[1:] if argv is None else argv)
+    return HostAgent(opts).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

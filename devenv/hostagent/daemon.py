@@ -1,0 +1,776 @@
+"""The host agent process: one per running instance, holding the one SSH transport.
+
+Threads, each with one job (all daemon threads, all ended by shutdown()):
+- main: the supervisor. Connects, notices a dead transport or guest agent
+  (transport inactive, agent channel at EOF, or a ping unanswered for 10 s),
+  reconnects with backoff (0.5 s doubling to 5 s), watches the VM's QEMU pid
+  (the agent exits with it) and the host clock.
+- control: accepts on hostagent.sock; one short-lived thread per client.
+- one accept thread per listener (engine socket, each forwarded port), and two
+  pump threads per forwarded connection (forward.py).
+- per SSH transport (GuestSession): the guest agent's reader and a dispatcher
+  that routes its events (port changes, exec output) and the mount pumps.
+
+Listeners outlive a reconnect: a client that connects while the transport is
+down waits up to CHANNEL_WAIT seconds for the new one instead of getting
+"connection refused". Everything the agent does that a user may want to
+know lands in events.jsonl; its own diagnostics go to hostagent.log.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import queue
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import paramiko
+
+from devenv import paths
+from devenv.errors import DevenvError
+from devenv.guestagent import protocol
+from devenv.hostagent import wire
+from devenv.hostagent.clock import JumpDetector, resync_command
+from devenv.hostagent.events import EventLog
+from devenv.hostagent.forward import BridgeSet, Listener, bind_unix
+from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
+from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
+from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
+
+log = logging.getLogger(__name__)
+
+TICK = 0.5  # supervisor period: VM watch, clock check, liveness
+PING_EVERY = 5.0
+PING_TIMEOUT = 10.0
+CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
+EXEC_WAIT = 30.0  # how long `devenv exec` waits for a reconnect before giving up
+MOUNT_WAIT = 20.0
+BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
+
+
+@dataclass
+class Options:
+    inst_dir: Path
+    user: str = "devenv"
+    agent_command: str = field(default_factory=protocol.serve_command)
+    engine_socket: str | None = None  # guest path; None: from the instance's runtime
+    watch_pid_file: Path | None = None  # the VM's pid file; None: do not watch
+    ports_interval: float = 0.5
+    min_port: int = AUTO_MIN_PORT
+    bind_host: str = "127.0.0.1"  # tests on a host that is its own "guest" use 127.0.0.2
+    connect_timeout: float = 20.0
+    env: dict[str, str] = field(default_factory=dict)
+    explicit: dict[int, Forward] = field(default_factory=dict)
+    mounts: list[MountSpec] = field(default_factory=list)
+    rejected_ports: list[str] = field(default_factory=list)
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+# --------------------------------------------------------------------------- per-transport state
+
+
+class GuestSession:
+    """Everything tied to one SSH transport: the guest agent channel, its events, the mounts."""
+
+    def __init__(self, agent: HostAgent, transport: paramiko.Transport) -> None:
+        self.agent = agent
+        self.transport = transport
+        self.dead = threading.Event()
+        self.channel: paramiko.Channel | None = None
+        self.client: protocol.AgentClient | None = None
+        self.can_spawn = False
+        self._routes: dict[Any, queue.Queue[tuple[str, Any]]] = {}
+        self._early: dict[Any, list[dict[str, Any]]] = {}
+        self._lock = threading.Lock()
+        self._mounts: list[SshfsMount] = []
+        self._threads: list[threading.Thread] = []
+
+    # -- start / stop
+    def start(self) -> GuestSession:
+        channel = self.transport.open_session(timeout=30)
+        self.channel = channel
+        channel.exec_command(self.agent.opts.agent_command)
+        client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
+        try:
+            client.start()
+        except Exception:
+            channel.close()
+            raise
+        self.client = client
+        self.can_spawn = True  # absent in an old agent: spawn then answers unknown_method
+        self._thread(self._dispatch, "dispatch")
+        result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
+        self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
+        if self.agent.opts.mounts:
+            self._thread(self._mount_all, "mounts")
+        return self
+
+    def _thread(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def alive(self) -> bool:
+        if self.dead.is_set() or not self.transport.is_active():
+            return False
+        ch = self.channel
+        return ch is not None and not ch.closed and not ch.eof_received
+
+    def close(self) -> None:
+        self.dead.set()
+        if self.client is not None:
+            with contextlib.suppress(Exception):
+                self.client.close()
+        if self.channel is not None:
+            with contextlib.suppress(Exception):
+                self.channel.close()
+        for m in self._mounts:
+            m.close()
+        for m in self._mounts:
+            m.join(2)
+        self._fail_routes()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(5)
+
+    def ping(self) -> bool:
+        if self.client is None:
+            return False
+        try:
+            self.client.call("ping", timeout=PING_TIMEOUT)
+            return True
+        except DevenvError as e:
+            log.warning("guest agent did not answer a ping: %s", e)
+            return False
+
+    # -- events from the guest agent
+    def _dispatch(self) -> None:
+        client = self.client
+        assert client is not None
+        while True:
+            ev = client.next_event(timeout=0.5)
+            if ev is None:
+                ch = self.channel
+                ended = self.dead.is_set() or ch is None or ch.closed or ch.eof_received
+                if ended and client.events.empty():
+                    break
+                continue
+            kind = ev.get("event")
+            if kind == "ports":
+                self.agent.ports.apply_event(ev.get("added") or [], ev.get("removed") or [])
+            elif kind in ("output", "exit"):
+                self._route(ev)
+        self.dead.set()
+        self._fail_routes()
+
+    def _route(self, ev: dict[str, Any]) -> None:
+        sub = ev.get("subscription")
+        with self._lock:
+            q = self._routes.get(sub)
+            if q is None:  # spawn's answer not yet handed to its caller: keep until attach()
+                early = self._early.setdefault(sub, [])
+                if len(early) < 10000:
+                    early.append(ev)
+                return
+        q.put(("event", ev))
+
+    def attach(self, proc_id: Any) -> queue.Queue[tuple[str, Any]]:
+        q: queue.Queue[tuple[str, Any]] = queue.Queue()
+        with self._lock:
+            for ev in self._early.pop(proc_id, []):
+                q.put(("event", ev))
+            self._routes[proc_id] = q
+            if self.dead.is_set():
+                q.put(("lost", None))
+        return q
+
+    def detach(self, proc_id: Any) -> None:
+        with self._lock:
+            self._routes.pop(proc_id, None)
+            self._early.pop(proc_id, None)
+
+    def _fail_routes(self) -> None:
+        with self._lock:
+            routes = list(self._routes.values())
+        for q in routes:
+            q.put(("lost", None))
+
+    # -- commands on this transport
+    def run(self, script: str, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
+        """A short shell command on a plain session channel of this transport."""
+        ch = self.transport.open_session(timeout=30)
+        try:
+            ch.settimeout(timeout)
+            ch.exec_command(script)
+            ch.shutdown_write()
+            out, err = b"", b""
+            while True:
+                data = ch.recv(65536)
+                if not data:
+                    break
+                out += data
+            while ch.recv_stderr_ready() or not ch.exit_status_ready():
+                data = ch.recv_stderr(65536)
+                if not data:
+                    break
+                err += data
+            ch.status_event.wait(timeout)
+            return int(ch.exit_status), out, err
+        finally:
+            ch.close()
+
+    def _mount_all(self) -> None:
+        for spec in self.agent.opts.mounts:
+            if self.dead.is_set():
+                return
+            try:
+                self._mount(spec)
+            except Exception as e:  # one mount failing never stops the others
+                self.agent.mount_state(spec, "failed", reason=f"{type(e).__name__}: {e}")
+
+    def _mount(self, spec: MountSpec) -> None:
+        if not os.path.isdir(spec.host_path):
+            self.agent.mount_state(spec, "failed", reason=f"{spec.host_path} is not a directory on the host")
+            return
+        code, out, err = self.run(prepare_script(spec))
+        kind = out.decode(errors="replace").strip().splitlines()[-1:] if code == 0 else []
+        if not kind:
+            reason = err.decode(errors="replace").strip()[-300:] or f"exit code {code}"
+            self.agent.mount_state(spec, "failed", reason=f"preparing the mount point failed: {reason}")
+            return
+        if kind[0] == "9p":
+            self.agent.mount_state(spec, "mounted", type="9p")
+            return
+        if kind[0] != "sshfs":
+            self.agent.mount_state(
+                spec,
+                "failed",
+                reason="the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
+            )
+            return
+        server = find_sftp_server()
+        if server is None:
+            self.agent.mount_state(spec, "failed", reason="no sftp-server on the host (install openssh)")
+            return
+        ch = self.transport.open_session(timeout=30)
+        ch.exec_command(sshfs_command(spec))
+        mount = SshfsMount(spec, ch, server)
+        self._mounts.append(mount)
+        deadline = time.monotonic() + MOUNT_WAIT
+        g = spec.guest_path.replace("'", "'\\''")
+        while time.monotonic() < deadline and not self.dead.is_set():
+            if not mount.alive:
+                break
+            code, _, _ = self.run(f"mountpoint -q '{g}'", timeout=15)
+            if code == 0:
+                self.agent.mount_state(spec, "mounted", type="sshfs")
+                return
+            time.sleep(0.3)
+        reason = mount.stderr.decode(errors="replace").strip()[-300:] or "sshfs did not mount in time"
+        mount.close()
+        self.agent.mount_state(spec, "failed", reason=reason)
+
+
+# --------------------------------------------------------------------------- the agent
+
+
+class HostAgent:
+    def __init__(self, opts: Options) -> None:
+        self.opts = opts
+        self.inst_dir = opts.inst_dir
+        self.events = EventLog(opts.inst_dir / paths.EVENTS_LOG)
+        self.ports = PortManager(self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host)
+        self.engine_bridges = BridgeSet()
+        self.conn: SSHConnection | None = None
+        self._stop = threading.Event()
+        self._cond = threading.Condition()
+        self._session: GuestSession | None = None
+        self._state = "connecting"
+        self._since = time.time()
+        self._last_error: str | None = None
+        self._reconnects = 0
+        self._mounts: dict[str, dict[str, Any]] = {}
+        self._listeners: list[Listener] = []
+        self._control: socket.socket | None = None
+        self._control_thread: threading.Thread | None = None
+        self._pid_fd: int | None = None
+        self._vm: tuple[int, str | None] | None = None
+        self._clock = JumpDetector()
+        self.control_path = wire.control_path(opts.inst_dir)
+        self.engine_path = wire.engine_path(opts.inst_dir)
+
+    # -- channels for the forwards
+    def wait_session(self, timeout: float) -> GuestSession | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                s = self._session
+                if s is not None and s.alive():
+                    return s
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._stop.is_set():
+                    return None
+                self._cond.wait(min(remaining, TICK))
+
+    def _transport(self) -> paramiko.Transport:
+        s = self.wait_session(CHANNEL_WAIT)
+        if s is None:
+            raise ConnectionError("the guest is not connected")
+        return s.transport
+
+    def open_tcp(self, host: str, port: int) -> paramiko.Channel:
+        return self._transport().open_channel("direct-tcpip", (host, port), ("127.0.0.1", 0), timeout=15)
+
+    def open_engine(self) -> paramiko.Channel:
+        assert self.opts.engine_socket is not None
+        return open_streamlocal(self._transport(), self.opts.engine_socket, timeout=15)
+
+    # -- state
+    def mount_state(self, spec: MountSpec, st: str, **extra: Any) -> None:
+        row = {"host": spec.host_path, "guest": spec.guest_path, "writable": spec.writable, "state": st, **extra}
+        previous = self._mounts.get(spec.guest_path)
+        self._mounts[spec.guest_path] = row
+        if previous is None or previous.get("state") != st:
+            self.events.emit(f"mount-{'added' if st == 'mounted' else st}", **{k: v for k, v in row.items()})
+
+    def _set_state(self, st: str) -> None:
+        with self._cond:
+            if st != self._state:
+                self._state = st
+                self._since = time.time()
+            self._cond.notify_all()
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "alive": True,
+            "pid": os.getpid(),
+            "state": self._state,
+            "degraded": self._state != "connected",
+            "since": _iso(self._since),
+            "since_epoch": self._since,
+            "last_error": self._last_error,
+            "reconnects": self._reconnects,
+            "engine_socket": str(self.engine_path) if self.opts.engine_socket else None,
+            "docker_host": f"unix://{self.engine_path}" if self.opts.engine_socket else None,
+            "forwards": self.ports.snapshot(),
+            "mounts": sorted(self._mounts.values(), key=lambda r: str(r["guest"])),
+            "ignored_ports": list(self.opts.rejected_ports),
+        }
+
+    # -- lifecycle
+    def run(self) -> int:
+        if not self._lock_pidfile():
+            log.info("another host agent runs for %s; exiting", self.inst_dir)
+            return 0
+        try:
+            self._install_signals()
+            self._vm = self._read_vm()
+            if self.opts.watch_pid_file is not None and self._vm is None:
+                self.events.emit("agent-exit", reason="the VM is not running")
+                return 1
+            self._start_control()
+            self._start_engine()
+            self.ports.reconcile()  # explicit forwards listen from the start
+            self.events.emit("agent-started", pid=os.getpid())
+            self._supervise()
+            return 0
+        finally:
+            self._cleanup()
+
+    def _supervise(self) -> None:
+        backoff = BACKOFF_MIN
+        next_ping = time.monotonic() + PING_EVERY
+        while not self._stop.is_set():
+            if not self._vm_alive():
+                self.events.emit("agent-exit", reason="the VM's QEMU process is gone")
+                return
+            s = self._session
+            if s is not None and not s.alive():
+                self._drop_session(s, "the SSH connection or the guest agent ended")
+                s = None
+            if s is None:
+                try:
+                    self._connect()
+                    backoff = BACKOFF_MIN
+                    next_ping = time.monotonic() + PING_EVERY
+                except Exception as e:
+                    self._last_error = f"{type(e).__name__}: {e}"
+                    log.info("connect failed (%s); retrying in %.1f s", self._last_error, backoff)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MAX)
+                    continue
+            elif time.monotonic() >= next_ping:
+                next_ping = time.monotonic() + PING_EVERY
+                if not s.ping():
+                    self._drop_session(s, "the guest agent stopped answering")
+                    continue
+            self._check_clock()
+            self._stop.wait(TICK)
+
+    def _connect(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+        port = int((self.inst_dir / paths.SSH_PORT).read_text().strip())
+        target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user)
+        conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
+        self.conn = conn
+        conn.connect(self.opts.connect_timeout)
+        session = GuestSession(self, conn.transport)
+        try:
+            session.start()
+        except BaseException:
+            session.close()
+            raise
+        reconnect = self._reconnects > 0 or self._state == "reconnecting"
+        with self._cond:
+            self._session = session
+        self._last_error = None
+        self._set_state("connected")
+        self.events.emit("connected", reconnect=reconnect, ssh_port=port)
+        self._reconnects += 1 if reconnect else 0
+
+    def _drop_session(self, s: GuestSession, reason: str) -> None:
+        with self._cond:
+            if self._session is s:
+                self._session = None
+        self._set_state("reconnecting")
+        self._last_error = reason
+        self.events.emit("disconnected", reason=reason)
+        s.close()
+        for row in self._mounts.values():
+            row["state"] = "remounting"
+        if self.conn is not None:
+            self.conn.close()
+
+    def _check_clock(self) -> None:
+        jump = self._clock.check()
+        if jump is None:
+            return
+        s = self._session
+        ok = False
+        detail = ""
+        if s is not None and s.client is not None:
+            try:
+                r = s.client.call("exec", {"argv": resync_command(time.time())}, timeout=30)
+                ok = isinstance(r, dict) and r.get("exit_code") == 0
+                if not ok and isinstance(r, dict):
+                    detail = base64.b64decode(r.get("stderr", "")).decode(errors="replace").strip()[-200:]
+            except DevenvError as e:
+                detail = str(e)
+        self.events.emit("clock-resync", jump_seconds=round(jump, 3), ok=ok, detail=detail or None)
+
+    # -- the VM watch
+    def _read_vm(self) -> tuple[int, str | None] | None:
+        f = self.opts.watch_pid_file
+        if f is None:
+            return None
+        try:
+            pid = int(f.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        start = _proc_start(pid)
+        return (pid, start) if _pid_alive(pid) else None
+
+    def _vm_alive(self) -> bool:
+        if self.opts.watch_pid_file is None:
+            return True
+        if self._vm is None:
+            return False
+        pid, start = self._vm
+        return _pid_alive(pid) and _proc_start(pid) == start
+
+    # -- pid file: an flock held for life, so "alive" never trusts a recycled pid
+    def _lock_pidfile(self) -> bool:
+        import fcntl
+
+        fd = os.open(self.inst_dir / paths.HOSTAGENT_PID, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._pid_fd = fd
+        return True
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def stop(_signum: int, _frame: FrameType | None) -> None:
+            self._stop.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+
+    def _cleanup(self) -> None:
+        self._stop.set()
+        self._set_state("stopping")
+        if self._control is not None:
+            with contextlib.suppress(OSError):
+                self._control.close()
+            with contextlib.suppress(OSError):
+                self.control_path.unlink()
+        for listener in self._listeners:
+            listener.close()
+        self.engine_bridges.close_all()
+        with contextlib.suppress(OSError):
+            if self.opts.engine_socket:
+                self.engine_path.unlink()
+        self.ports.close()
+        s, self._session = self._session, None
+        if s is not None:
+            s.close()
+        if self.conn is not None:
+            self.conn.close()
+        if self._control_thread is not None and self._control_thread is not threading.current_thread():
+            self._control_thread.join(2)
+        if self._pid_fd is not None:
+            self.events.emit("agent-stopped", pid=os.getpid())
+            with contextlib.suppress(OSError):
+                (self.inst_dir / paths.HOSTAGENT_PID).unlink()
+            os.close(self._pid_fd)
+            self._pid_fd = None
+
+    # -- sockets on the host
+    def _start_engine(self) -> None:
+        if not self.opts.engine_socket:
+            return
+        sock = bind_unix(self.engine_path)
+        self._listeners.append(Listener(sock, "engine", self.open_engine, self.engine_bridges).start())
+
+    def _start_control(self) -> None:
+        self._control = bind_unix(self.control_path)
+        self._control.settimeout(TICK)
+        self._control_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
+        self._control_thread.start()
+
+    def _control_loop(self) -> None:
+        assert self._control is not None
+        while not self._stop.is_set():
+            try:
+                client, _ = self._control.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stop.is_set():
+                    return
+                time.sleep(TICK)
+                continue
+            threading.Thread(target=self._serve_control, args=(client,), name="control-client", daemon=True).start()
+
+    def _serve_control(self, client: socket.socket) -> None:
+        fds: list[int] = []
+        try:
+            client.settimeout(30)
+            data, fds, _flags, _addr = socket.recv_fds(client, 65536, 3)
+            reader = wire.LineReader(client)
+            reader.buf = data
+            line = reader.readline()
+            msg = wire.decode(line)
+            op = msg.get("op")
+            if op == "exec":
+                if len(fds) != 3:
+                    client.sendall(wire.encode({"final": True, "error": "exec needs 3 file descriptors", "code": 255}))
+                    return
+                client.settimeout(None)
+                reply = ExecRequest(self, client, reader, msg, fds).run()
+                fds = []  # closed by ExecRequest
+            elif op == "state":
+                reply = {"state": self.state()}
+            elif op == "ping":
+                reply = {"pong": True}
+            elif op == "shutdown":
+                reply = {"stopping": True}
+                self.request_stop()
+            else:
+                reply = {"error": f"unknown op {op!r}", "code": 2}
+            client.sendall(wire.encode({**reply, "final": True}))
+        except Exception as e:  # one bad client never takes the agent down
+            log.info("control client failed: %s: %s", type(e).__name__, e)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            with contextlib.suppress(OSError):
+                client.close()
+
+    def guest_cwd(self, cwd: str | None) -> str | None:
+        """The host cwd inside the guest when a mount puts it there (same rule as the QEMU backend)."""
+        if not cwd:
+            return None
+        for spec in self.opts.mounts:
+            root = spec.host_path.rstrip("/") or "/"
+            if cwd == root or cwd.startswith(root + "/"):
+                return spec.guest_path + cwd[len(root) :]
+        return None
+
+
+# --------------------------------------------------------------------------- fast exec
+
+
+class ExecRequest:
+    """`devenv exec` over the control socket: the caller's fds pumped to a guest-agent spawn."""
+
+    def __init__(
+        self, agent: HostAgent, client: socket.socket, reader: wire.LineReader, msg: Mapping[str, Any], fds: list[int]
+    ) -> None:
+        self.agent = agent
+        self.client = client
+        self.reader = reader
+        self.msg = msg
+        self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
+        self.done = threading.Event()
+
+    def run(self) -> dict[str, Any]:
+        self._stdin_owned = False
+        try:
+            return self._run()
+        finally:
+            self.done.set()
+            # The stdin thread closes its fd itself: closing it here while it may still
+            # select() on it could make it read whatever file gets that number next.
+            for fd in (
+                (self.stdout_fd, self.stderr_fd)
+                if self._stdin_owned
+                else (self.stdin_fd, self.stdout_fd, self.stderr_fd)
+            ):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _run(self) -> dict[str, Any]:
+        argv = self.msg.get("argv")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            return {"error": "exec needs a command", "code": 2}
+        session = self.agent.wait_session(EXEC_WAIT)
+        if session is None or session.client is None or not session.can_spawn:
+            return {"unavailable": True, "error": "the host agent is not connected to the guest"}
+        env_in = self.msg.get("env") or {}
+        env = {**self.agent.opts.env, **{str(k): str(v) for k, v in dict(env_in).items()}}
+        cwd = self.agent.guest_cwd(self.msg.get("cwd") if isinstance(self.msg.get("cwd"), str) else None)
+        want_stdin = bool(self.msg.get("stdin"))
+        client = session.client
+        try:
+            result = client.call("spawn", {"argv": argv, "env": env, "cwd": cwd, "stdin": want_stdin}, timeout=60)
+        except protocol.AgentError as e:
+            if e.code == "unknown_method":
+                session.can_spawn = False
+                return {"unavailable": True, "error": "the guest agent cannot spawn"}
+            _write_all(self.stderr_fd, f"devenv: {e.args[0].split(': ', 2)[-1]}\n".encode())
+            return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
+        except DevenvError as e:
+            return {"unavailable": True, "error": str(e)}
+        proc_id = result["process"]
+        events = session.attach(proc_id)
+        try:
+            threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
+            if want_stdin:
+                self._stdin_owned = True
+                threading.Thread(target=self._stdin, args=(client, proc_id), name="exec-stdin", daemon=True).start()
+            return self._output(events)
+        finally:
+            session.detach(proc_id)
+
+    def _output(self, events: queue.Queue[tuple[str, Any]]) -> dict[str, Any]:
+        broken = False
+        while True:
+            kind, ev = events.get()
+            if kind == "lost":
+                _write_all(self.stderr_fd, b"devenv: lost the connection to the guest while the command ran\n")
+                return {"exit_code": 255}
+            if ev.get("event") == "exit":
+                return {"exit_code": int(ev.get("exit_code", 255))}
+            if broken:
+                continue
+            fd = self.stdout_fd if ev.get("stream") == "stdout" else self.stderr_fd
+            try:
+                _write_all(fd, base64.b64decode(ev.get("data", "")))
+            except OSError:  # the reader went away (head, a closed pipe): drop the rest, as SIGPIPE would
+                broken = True
+
+    def _stdin(self, client: protocol.AgentClient, proc_id: Any) -> None:
+        try:
+            while not self.done.is_set():
+                ready, _, _ = select.select([self.stdin_fd], [], [], TICK)
+                if not ready:
+                    continue
+                data = os.read(self.stdin_fd, 256 * 1024)
+                params = {"process": proc_id, "data": base64.b64encode(data).decode(), "eof": not data}
+                r = client.call("stdin", params, timeout=None)
+                if not data or (isinstance(r, dict) and r.get("closed")):
+                    return
+        except (OSError, ValueError, DevenvError) as e:
+            log.debug("exec stdin ended: %s", e)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self.stdin_fd)
+
+    def _signals(self, client: protocol.AgentClient, proc_id: Any) -> None:
+        """Signal requests from the caller; the caller vanishing (EOF) hangs the command up."""
+        try:
+            while not self.done.is_set():
+                line = self.reader.readline()
+                if not line:
+                    if not self.done.is_set():
+                        client.call("kill", {"process": proc_id, "signal": "HUP"}, timeout=10)
+                    return
+                msg = wire.decode(line)
+                if msg.get("op") == "signal" and not self.done.is_set():
+                    client.call("kill", {"process": proc_id, "signal": str(msg.get("signal", "INT"))}, timeout=10)
+        except (OSError, ValueError, DevenvError) as e:
+            log.debug("exec signal reader ended: %s", e)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:  # the caller's fd is non-blocking (shared file description)
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie is gone, just not reaped
+    except (OSError, IndexError):
+        return True
+
+
+def _proc_start(pid: int) -> str | None:
+    """The process's start time (field 22 of /proc/PID/stat) to tell a recycled pid apart."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[19]
+    except (OSError, IndexError):
+        return None

@@ -1,0 +1,176 @@
+"""Host folders in the guest at the same path: virtio-9p where QEMU shares it, else reverse sshfs.
+
+Reverse sshfs (the portable path, as Lima does it): in the guest,
+`sshfs -o slave :HOSTPATH GUESTPATH` speaks SFTP on its stdin/stdout, which
+are an SSH exec channel; on the host, that channel is piped to a local
+`sftp-server` process (`-R` for read-only mounts). No sshd on the host, no
+keys into the host, and the mount lives exactly as long as the channel: a
+reconnect mounts it again. sshfs runs as root with allow_other so that root
+in the guest (dockerd bind mounts) sees the files too; permissions are
+checked by the host's sftp-server, which runs as the host user.
+
+9p: when the QEMU command line carries a share (see qemu_shares) the guest
+sees its tag in sysfs and the agent mounts it with the kernel's 9p client
+instead; nothing runs on the host for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import shutil
+import subprocess
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+log = logging.getLogger(__name__)
+
+SFTP_SERVERS = (
+    "/usr/lib/openssh/sftp-server",  # Debian, Ubuntu
+    "/usr/libexec/sftp-server",  # macOS
+    "/usr/libexec/openssh/sftp-server",  # Fedora, RHEL
+    "/usr/lib/ssh/sftp-server",  # Arch
+)
+NINEP_TAG_PREFIX = "devenv"
+NINEP_OPTIONS = "trans=virtio,version=9p2000.L,msize=262144,cache=mmap"
+CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class MountSpec:
+    host_path: str
+    guest_path: str
+    writable: bool
+    tag: str  # the 9p mount tag QEMU would carry for it
+
+
+def mount_specs(mounts: Sequence[Any]) -> list[MountSpec]:
+    """config.Mount entries -> specs; `~` expands on the host, an empty mount_point means the same path."""
+    out = []
+    for i, m in enumerate(mounts):
+        host = os.path.abspath(os.path.expanduser(m.location))
+        out.append(MountSpec(host, m.mount_point or host, bool(m.writable), f"{NINEP_TAG_PREFIX}{i}"))
+    return out
+
+
+def qemu_shares(mounts: Sequence[Any]) -> tuple[tuple[str, str, bool], ...]:
+    """What qemuargs.VmSpec.shares should get for these mounts: (tag, host path, writable)."""
+    return tuple((s.tag, s.host_path, s.writable) for s in mount_specs(mounts))
+
+
+def find_sftp_server() -> str | None:
+    for path in SFTP_SERVERS:
+        if os.access(path, os.X_OK):
+            return path
+    return shutil.which("sftp-server")
+
+
+def prepare_script(spec: MountSpec) -> str:
+    """Guest shell: drop a stale mount left by a dropped connection, create the mount point.
+
+    Prints `9p` when QEMU shares this folder (its tag is in sysfs) and mounts it,
+    else `sshfs` when sshfs is installed, else `none`.
+    """
+    g = shlex.quote(spec.guest_path)
+    ro = "" if spec.writable else ",ro"
+    return "\n".join(
+        [
+            "set -e",
+            f"if mountpoint -q {g}; then sudo -n umount -l {g} || true; fi",
+            f"sudo -n mkdir -p {g}",
+            f"if grep -qsx {shlex.quote(spec.tag)} /sys/bus/virtio/drivers/9pnet_virtio/*/mount_tag; then",
+            f"  sudo -n mount -t 9p -o {NINEP_OPTIONS}{ro} {shlex.quote(spec.tag)} {g}",
+            "  echo 9p",
+            "elif command -v sshfs >/dev/null; then echo sshfs",
+            "else echo none; fi",
+        ]
+    )
+
+
+def sshfs_command(spec: MountSpec) -> str:
+    """Guest command for the slave-mode sshfs; it stays in the foreground for the channel's life."""
+    opts = ["slave", "allow_other"]
+    opts += [] if spec.writable else ["ro"]
+    return f"exec sudo -n sshfs -f -o {','.join(opts)} :{shlex.quote(spec.host_path)} {shlex.quote(spec.guest_path)}"
+
+
+class SshfsMount:
+    """One reverse-sshfs mount: an exec channel running sshfs <-> a local sftp-server process."""
+
+    def __init__(self, spec: MountSpec, channel: paramiko.Channel, sftp_server: str) -> None:
+        self.spec = spec
+        self.channel = channel
+        argv = [sftp_server, "-e", "-l", "ERROR"]
+        if not spec.writable:
+            argv.append("-R")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=spec.host_path,
+            bufsize=0,
+        )
+        self.stderr = b""
+        self._threads = [
+            threading.Thread(target=self._to_guest, name="sftp-out", daemon=True),
+            threading.Thread(target=self._to_host, name="sftp-in", daemon=True),
+            threading.Thread(target=self._guest_stderr, name="sshfs-err", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _to_guest(self) -> None:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        try:
+            while data := os.read(fd, CHUNK):
+                self.channel.sendall(data)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        self.close()
+
+    def _to_host(self) -> None:
+        assert self.proc.stdin is not None
+        try:
+            while data := self.channel.recv(CHUNK):
+                self.proc.stdin.write(data)
+        except (OSError, EOFError, paramiko.SSHException, ValueError):
+            pass
+        self.close()
+
+    def _guest_stderr(self) -> None:
+        with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
+            while data := self.channel.recv_stderr(CHUNK):
+                self.stderr = (self.stderr + data)[-4000:]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None and not self.channel.closed
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.channel.close()
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.terminate()
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(3)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError):
+                if stream is not None:
+                    stream.close()
+
+    def join(self, timeout: float = 5.0) -> None:
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)

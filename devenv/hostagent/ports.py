@@ -1,0 +1,202 @@
+"""Which guest ports get a host listener, and the set of listeners kept in step with that.
+
+Policy (like Lima's default rules):
+- Automatic: a guest TCP port listening on a wildcard (0.0.0.0, ::) or on
+  loopback (127.0.0.1, ::1) gets a 127.0.0.1 listener on the same host port.
+  Ports below 1024 are skipped (binding them on the host needs privileges on
+  most systems, and they are the guest's own services: sshd on 22, DNS
+  stubs on 53); configure them explicitly to forward them. Ports bound to
+  another specific address (docker's bridge 172.17.0.1, the NIC) are not
+  reachable as "localhost" in the guest either, so they are left alone.
+  docker-published ports appear automatically: docker-proxy listens on
+  0.0.0.0:PORT in the guest.
+- Explicit: `[[ports]]` in devenv.toml, guest -> host (host 0 = same number),
+  any port number, always on, whether or not the guest listens yet.
+- Host side: always 127.0.0.1 only; a host port already taken gives a
+  `forward-failed` event with the reason and is retried on the next change.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import paramiko
+
+from devenv.hostagent.events import EventLog
+from devenv.hostagent.forward import BridgeSet, Listener, bind_tcp
+
+log = logging.getLogger(__name__)
+
+AUTO_MIN_PORT = 1024
+WILDCARDS = {"0.0.0.0", "::"}
+LOOPBACKS = {"127.0.0.1", "::1"}
+
+
+@dataclass(frozen=True)
+class Forward:
+    host_port: int
+    guest_port: int
+    guest_host: str  # the address dialed from inside the guest (direct-tcpip target)
+    source: str  # "auto" | "config"
+
+
+def auto_forwards(ports: Iterable[Mapping[str, Any]], min_port: int = AUTO_MIN_PORT) -> dict[int, Forward]:
+    """Guest listening sockets (the guest agent's `ports` entries) -> forwards by host port."""
+    dial: dict[int, str] = {}
+    for entry in ports:
+        try:
+            port = int(entry["port"])
+            address = str(entry["address"])
+        except (KeyError, TypeError, ValueError):
+            continue
+        if port < min_port or port > 65535:
+            continue
+        if address in WILDCARDS or address == "127.0.0.1":
+            dial[port] = "127.0.0.1"  # IPv4 loopback reaches 0.0.0.0, dual-stack :: and 127.0.0.1
+        elif address == "::1":
+            dial.setdefault(port, "::1")
+    return {p: Forward(p, p, host, "auto") for p, host in sorted(dial.items())}
+
+
+def config_forwards(entries: Iterable[Any]) -> tuple[dict[int, Forward], list[tuple[Any, str]]]:
+    """devenv.toml [[ports]] -> (forwards by host port, [(entry, why it is not forwarded)])."""
+    out: dict[int, Forward] = {}
+    rejected: list[tuple[Any, str]] = []
+    for e in entries:
+        if getattr(e, "protocol", "tcp") != "tcp":
+            rejected.append((e, f"protocol {e.protocol} is not forwarded (TCP only)"))
+            continue
+        host = int(e.host or e.guest)
+        out[host] = Forward(host, int(e.guest), "127.0.0.1", "config")
+    return out, rejected
+
+
+Opener = Callable[[str, int], paramiko.Channel]
+
+
+class PortManager:
+    """The host's listeners, reconciled against config + the guest's current port list.
+
+    Listeners live across SSH reconnects (a client connecting meanwhile waits
+    for the new transport); after a reconnect the guest's fresh full port list
+    replaces the old one, which removes forwards of ports that died meanwhile.
+    """
+
+    def __init__(
+        self,
+        events: EventLog,
+        opener: Opener,
+        explicit: Mapping[int, Forward] | None = None,
+        min_port: int = AUTO_MIN_PORT,
+        bind_host: str = "127.0.0.1",
+    ) -> None:
+        self.events = events
+        self.opener = opener
+        self.explicit = dict(explicit or {})
+        self.min_port = min_port
+        self.bind_host = bind_host
+        self.bridges = BridgeSet()
+        self._lock = threading.RLock()
+        self._guest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
+        self._active: dict[int, tuple[Forward, Listener]] = {}
+        self._failed: dict[int, tuple[Forward, str]] = {}
+
+    # -- input from the guest
+    def set_guest_ports(self, ports: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            self._guest = {_key(p): p for p in ports}
+            self.reconcile()
+
+    def apply_event(self, added: Iterable[Mapping[str, Any]], removed: Iterable[Mapping[str, Any]]) -> None:
+        with self._lock:
+            for p in removed:
+                self._guest.pop(_key(p), None)
+            for p in added:
+                self._guest[_key(p)] = p
+            self.reconcile()
+
+    # -- the listeners
+    def desired(self) -> dict[int, Forward]:
+        want = auto_forwards(self._guest.values(), self.min_port)
+        want.update(self.explicit)  # explicit wins a host-port clash
+        return want
+
+    def reconcile(self) -> None:
+        with self._lock:
+            want = self.desired()
+            for host_port in list(self._active):
+                fwd, listener = self._active[host_port]
+                if want.get(host_port) != fwd:
+                    del self._active[host_port]
+                    listener.close()
+                    self.events.emit("forward-removed", host_port=host_port, guest_port=fwd.guest_port)
+            for host_port in list(self._failed):
+                if host_port not in want:
+                    del self._failed[host_port]
+            for host_port, fwd in want.items():
+                if host_port in self._active:
+                    continue
+                previous = self._failed.get(host_port)
+                try:
+                    sock = bind_tcp(host_port, self.bind_host)
+                except OSError as e:
+                    reason = f"host port {host_port} is not available: {e.strerror or e}"
+                    if previous is None or previous != (fwd, reason):
+                        self.events.emit(
+                            "forward-failed", host_port=host_port, guest_port=fwd.guest_port, reason=reason
+                        )
+                    self._failed[host_port] = (fwd, reason)
+                    continue
+                self._failed.pop(host_port, None)
+                listener = Listener(sock, f"tcp{host_port}", self._opener_for(fwd), self.bridges).start()
+                self._active[host_port] = (fwd, listener)
+                self.events.emit("forward-added", host_port=host_port, guest_port=fwd.guest_port, source=fwd.source)
+
+    def _opener_for(self, fwd: Forward) -> Callable[[], paramiko.Channel]:
+        def open_channel() -> paramiko.Channel:
+            return self.opener(fwd.guest_host, fwd.guest_port)
+
+        return open_channel
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = [
+                {
+                    "host": f"{self.bind_host}:{p}",
+                    "host_port": p,
+                    "guest_port": f.guest_port,
+                    "source": f.source,
+                    "status": "active",
+                }
+                for p, (f, _) in self._active.items()
+            ]
+            rows += [
+                {
+                    "host": f"{self.bind_host}:{p}",
+                    "host_port": p,
+                    "guest_port": f.guest_port,
+                    "source": f.source,
+                    "status": "failed",
+                    "reason": why,
+                }
+                for p, (f, why) in self._failed.items()
+            ]
+        return sorted(rows, key=lambda r: int(r["host_port"]))
+
+    def close(self) -> None:
+        with self._lock:
+            active, self._active = self._active, {}
+            self._failed.clear()
+        for _, listener in active.values():
+            with contextlib.suppress(Exception):
+                listener.close()
+        self.bridges.close_all()
+
+
+def _key(entry: Mapping[str, Any]) -> tuple[str, str, int]:
+    return (str(entry.get("proto")), str(entry.get("address")), int(entry.get("port", 0)))

@@ -1,0 +1,106 @@
+"""The control-socket wire format and socket locations, shared by the agent and its clients.
+
+Stdlib only and cheap to import: the CLI's `devenv exec` fast path imports this
+(through client.py) and must not pay for paramiko or typer.
+
+Protocol: JSON objects, one per line, over a unix stream socket. A client
+sends one request ({"op": "state" | "shutdown" | "exec" | "ping", ...}); the
+agent answers with one or more lines, the last of which has `"final": true`.
+`exec` carries the client's stdin/stdout/stderr as SCM_RIGHTS file
+descriptors on its request line, so output goes straight from the agent to the
+caller's terminal or pipe without a copy through the client; while it runs
+the client may send {"op": "signal", "signal": "INT"} lines on the same
+connection, and closing the connection early kills the remote command.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
+
+    Json = dict[str, Any]
+
+HOSTAGENT_SOCK = "hostagent.sock"  # same names as devenv.paths (not imported: keep this module tiny)
+ENGINE_SOCK = "sock/docker.sock"
+SUN_PATH_MAX = 104  # macOS; Linux allows 108
+MAX_LINE = 1024 * 1024
+
+
+def encode(msg: Json) -> bytes:
+    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+
+
+def decode(line: bytes) -> Json:
+    msg = json.loads(line)
+    if not isinstance(msg, dict):
+        raise ValueError("a control message must be a JSON object")
+    return msg
+
+
+def _fits(path: str) -> bool:
+    return len(os.fsencode(path)) < SUN_PATH_MAX
+
+
+def short_socket_dir(inst_dir: str | os.PathLike[str]) -> Path:
+    """A private short directory for sockets whose natural path would overflow sun_path.
+
+    Deep DEVENV_HOME paths (macOS home dirs, pytest tmp dirs) easily pass 104
+    bytes; the socket then lives in the temp dir under a per-user 0700 folder,
+    named after a hash of the instance dir so two instances never collide.
+    """
+    import hashlib
+    import tempfile
+    from pathlib import Path
+
+    inst = Path(inst_dir).absolute()
+    digest = hashlib.sha256(os.fsencode(str(inst))).hexdigest()[:12]
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"devenv-{uid}" / f"{inst.name[:20]}-{digest}"
+
+
+def socket_path(inst_dir: str | os.PathLike[str], rel: str) -> Path:
+    """Where the socket `rel` (HOSTAGENT_SOCK or ENGINE_SOCK) of an instance lives."""
+    from pathlib import Path  # deferred: the exec fast path only needs socket_str()
+
+    return Path(socket_str(inst_dir, rel))
+
+
+def socket_str(inst_dir: str | os.PathLike[str], rel: str) -> str:
+    natural = os.path.join(os.fspath(inst_dir), rel)
+    if _fits(natural):
+        return natural
+    return os.path.join(short_socket_dir(inst_dir), os.path.basename(rel))
+
+
+def control_path(inst_dir: str | os.PathLike[str]) -> Path:
+    return socket_path(inst_dir, HOSTAGENT_SOCK)
+
+
+def engine_path(inst_dir: str | os.PathLike[str]) -> Path:
+    return socket_path(inst_dir, ENGINE_SOCK)
+
+
+class LineReader:
+    """Buffered line reading from a socket that may also be written to (no makefile: fds stay ours)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def readline(self) -> bytes:
+        while b"\n" not in self.buf:
+            data = self.sock.recv(65536)
+            if not data:
+                line, self.buf = self.buf, b""
+                return line
+            self.buf += data
+            if len(self.buf) > MAX_LINE:
+                raise ValueError("control message too long")
+        line, _, self.buf = self.buf.partition(b"\n")
+        return line + b"\n"

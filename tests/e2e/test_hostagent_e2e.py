@@ -1,0 +1,246 @@
+"""Issue 5 acceptance: a real QEMU guest, its real docker engine, the host's real docker CLI.
+
+One VM for the whole module (booting costs ~90 s under TCG), created with the
+devenv CLI in a private DEVENV_HOME from a project folder whose devenv.toml
+mounts the project itself. The host agent is launched with hostagent.launch()
+after `devenv start` (a no-op once start launches it itself).
+
+The guest image must contain sshfs for the mount test (vmimages/debian-12.toml);
+for an older image, DEVENV_TEST_GUEST_DEBS may name a folder of .debs (sshfs,
+fuse3, libfuse3-3) that the fixture installs into the guest first.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv import hostagent
+from devenv.hostagent import client
+from devenv.hostagent.events import read_events
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the e2e VM runs on the Linux CI hosts"),
+]
+
+DEVENV = [sys.executable, "-m", "devenv"]
+IMAGE = "devenv/busybox:latest"
+NAME = "hae2e"
+
+
+@dataclass
+class VM:
+    home: Path
+    project: Path
+    inst: Path
+    env: dict[str, str]
+
+    def cli(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+        r = subprocess.run(
+            [*DEVENV, *args], env=self.env, cwd=self.project, capture_output=True, text=True, timeout=timeout
+        )
+        if check and r.returncode != 0:
+            raise AssertionError(f"devenv {' '.join(args)} -> {r.returncode}\n{r.stdout}\n{r.stderr}")
+        return r
+
+    def guest(self, script: str, stdin: bytes = b"") -> tuple[int, bytes, bytes]:
+        """A command through the agent's fast exec path (the same one `devenv exec` takes)."""
+        d = self.home / "io"
+        d.mkdir(exist_ok=True)
+        (d / "in").write_bytes(stdin)
+        with open(d / "in", "rb") as i, open(d / "out", "wb") as o, open(d / "err", "wb") as e:
+            code = client.exec(
+                self.inst,
+                ["sh", "-c", script],
+                {},
+                None,
+                stdin_fd=i.fileno(),
+                stdout_fd=o.fileno(),
+                stderr_fd=e.fileno(),
+            )
+        assert code is not None, "no host agent answered"
+        return code, (d / "out").read_bytes(), (d / "err").read_bytes()
+
+    def docker(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, **hostagent.docker_env(self.inst), "DOCKER_CONFIG": str(self.home / "docker")}
+        return subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+    def state(self) -> dict[str, Any]:
+        return hostagent.state(self.inst)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
+    if shutil.which("qemu-system-x86_64") is None:
+        pytest.skip("qemu-system-x86_64 is not installed")
+    base = tmp_path_factory.mktemp("hae2e")
+    home, project = base / "home", base / "project"
+    project.mkdir()
+    (project / "devenv.toml").write_text(
+        f'name = "{NAME}"\nbackend = "qemu"\n\n[[mounts]]\nlocation = "{project}"\nwritable = true\n'
+    )
+    env = {**os.environ, "DEVENV_HOME": str(home), "DEVENV_QEMU_ACCEL": os.environ.get("DEVENV_QEMU_ACCEL", "tcg")}
+    machine = VM(home, project, home / "instances" / NAME, env)
+    try:
+        machine.cli("start", "-n", NAME)
+        debs = os.environ.get("DEVENV_TEST_GUEST_DEBS")
+        has_sshfs = (
+            machine.cli("exec", "-n", NAME, "-w", "/", "--", "sh", "-c", "command -v sshfs", check=False).returncode
+            == 0
+        )
+        if debs and not has_sshfs:
+            hostagent.shutdown(machine.inst)  # mounts are set up when the agent connects
+            for deb in sorted(Path(debs).glob("*.deb")):
+                machine.cli("cp", str(deb), f"{NAME}:/tmp/")
+            machine.cli("exec", "-n", NAME, "-w", "/", "--", "sh", "-c", "sudo -n dpkg -i /tmp/*.deb")
+        st = hostagent.launch(machine.inst, wait=120)
+        assert st["state"] == "connected", (st, hostagent.log_tail(machine.inst))
+        yield machine
+    finally:
+        hostagent.shutdown(machine.inst)
+        machine.cli("delete", "-n", NAME, "--force", check=False, timeout=300)
+
+
+def http_get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return r.status, r.read()
+
+
+def test_docker_version_shows_the_guest_server(vm: VM) -> None:
+    r = vm.docker("version", "--format", "{{.Server.Os}}/{{.Server.Version}}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("linux/")
+    info = vm.docker("info", "--format", "{{.Name}}")
+    assert info.stdout.strip() == NAME  # the guest's hostname: it is the guest's engine answering
+
+
+def test_docker_run_prints_hi(vm: VM) -> None:
+    r = vm.docker("run", "--rm", IMAGE, "echo", "hi")
+    assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
+
+
+def test_docker_stdin_and_half_close(vm: VM) -> None:
+    """`docker run -i` sends stdin then closes its side; the answer must still arrive (half-close)."""
+    env = {**os.environ, **hostagent.docker_env(vm.inst), "DOCKER_CONFIG": str(vm.home / "docker")}
+    data = os.urandom(300_000)
+    r = subprocess.run(["docker", "run", "--rm", "-i", IMAGE, "wc", "-c"], input=data, env=env, capture_output=True)
+    assert r.returncode == 0 and r.stdout.decode().strip() == str(len(data)), r.stderr
+
+
+def test_published_port_is_forwarded_and_removed_when_the_container_stops(vm: VM) -> None:
+    vm.docker("rm", "-f", "hae2e-web")
+    r = vm.docker(
+        "run", "-d", "--name", "hae2e-web", "-p", "18080:8080", IMAGE, "httpd", "-f", "-p", "8080", "-h", "/etc"
+    )
+    assert r.returncode == 0, r.stderr
+    try:
+        status, body = wait_for(lambda: _try_get(18080, "/hostname"), 30, "HTTP on 127.0.0.1:18080")
+        # busybox httpd serves the container's /etc/hostname: the container id's first 12 characters
+        assert (status, body.strip()) == (200, r.stdout.strip()[:12].encode())
+        assert any(f["host_port"] == 18080 and f["status"] == "active" for f in vm.state()["forwards"])
+    finally:
+        stopped = vm.docker("stop", "-t", "1", "hae2e-web")
+        assert stopped.returncode == 0, stopped.stderr
+        t = time.monotonic()
+        wait_for(lambda: all(f["host_port"] != 18080 for f in vm.state()["forwards"]), 5, "forward removed")
+        assert time.monotonic() - t < 5
+        vm.docker("rm", "-f", "hae2e-web")
+    assert _try_get(18080, "/") is None
+
+
+def _try_get(port: int, path: str) -> tuple[int, bytes] | None:
+    try:
+        return http_get(port, path, timeout=5)
+    except OSError:
+        return None
+
+
+def test_guest_listener_is_reachable_without_configuration(vm: VM) -> None:
+    code, _, err = vm.guest("cd /tmp && nohup python3 -m http.server 9123 >/dev/null 2>&1 & echo started")
+    assert code == 0, err
+    try:
+        status, body = wait_for(lambda: _try_get(9123, "/"), 20, "HTTP on 127.0.0.1:9123")
+        assert status == 200 and b"Directory listing" in body
+    finally:
+        vm.guest("pkill -f 'http.server 9123'")
+
+
+def test_project_folder_is_shared_both_ways(vm: VM) -> None:
+    mounts = wait_for(
+        lambda: [m for m in vm.state()["mounts"] if m["state"] in ("mounted", "failed")], 60, "the project mount"
+    )
+    assert mounts[0]["state"] == "mounted", mounts
+    (vm.project / "from-host.txt").write_text("written on the host\n")
+    code, out, err = vm.guest(
+        f"cat {vm.project}/from-host.txt && echo written in the guest > {vm.project}/from-guest.txt"
+    )
+    assert (code, out) == (0, b"written on the host\n"), err
+    assert (vm.project / "from-guest.txt").read_text() == "written in the guest\n"
+    # `devenv exec` from inside the project runs in the same folder in the guest
+    d = vm.home / "io"
+    with open(os.devnull, "rb") as i, open(d / "out", "wb") as o:
+        assert client.exec(vm.inst, ["pwd"], {}, str(vm.project), stdin_fd=i.fileno(), stdout_fd=o.fileno()) == 0
+    assert (d / "out").read_text().strip() == str(vm.project)
+
+
+def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM) -> None:
+    code, _, err = vm.guest("nohup python3 -m http.server 9124 >/dev/null 2>&1 & echo ok")
+    assert code == 0, err
+    wait_for(lambda: _try_get(9124, "/"), 20, "HTTP on 9124 before")
+    n_before = len([e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "disconnected"])
+    # Restart sshd and kill every session (systemd's KillMode=process would keep ours alive),
+    # from a transient unit so the command outlives the session it kills.
+    code, _, err = vm.guest(
+        "sudo -n systemd-run --no-block sh -c 'sleep 1; systemctl restart ssh; pkill -KILL -f \"sshd: devenv\"'"
+    )
+    assert code == 0, err
+    seen: list[str] = []
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        st = vm.state()
+        if not seen or seen[-1] != st["state"]:
+            seen.append(st["state"])
+        if "reconnecting" in seen and st["state"] == "connected":
+            break
+        time.sleep(0.05)
+    assert "reconnecting" in seen and seen[-1] == "connected", seen
+    # `devenv status` shows the same view as degraded while reconnecting (hostagent.state()["degraded"])
+    evs = read_events(vm.inst / "events.jsonl")
+    assert len([e for e in evs if e["event"] == "disconnected"]) == n_before + 1
+    assert [e for e in evs if e["event"] == "connected"][-1]["reconnect"] is True
+    try:
+        status, _ = wait_for(lambda: _try_get(9124, "/"), 20, "HTTP on 9124 after the reconnect")
+        assert status == 200
+        assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+    finally:
+        vm.guest("pkill -f 'http.server 9124'")
+
+
+def test_agent_exits_when_the_vm_stops(vm: VM) -> None:
+    """Last in the module: stop the VM, the agent follows by itself (no shutdown call)."""
+    vm.cli("stop", "-n", NAME, "--force")
+    wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to exit")
+    assert not (vm.inst / "sock" / "docker.sock").exists()
+    kinds = [e["event"] for e in read_events(vm.inst / "events.jsonl")]
+    assert kinds[-1] == "agent-stopped" or "agent-exit" in kinds[-3:], kinds[-5:]

@@ -1,0 +1,539 @@
+"""The host agent as a real detached process against a real sshd, with the real guest agent behind it.
+
+The "guest" is this host: a local OpenSSH server (sshd_fixture) with the
+stdlib guest agent run over it, exactly as in a VM. So the engine-socket
+forward, port forwards, fd-passing exec, reconnects and the VM watch run
+through the same code paths as with QEMU, in seconds instead of minutes.
+
+Because guest and host are the same machine, the agent would see its own
+127.0.0.1 listeners as guest ports and forward them in a loop; here it binds
+127.0.0.2 (--bind-host), which the policy ignores as a guest address, and the
+guest-side servers listen on ::1 (dialed as ::1), which also exercises the
+IPv6-loopback path. A test socket on 127.0.0.2 is the "host port taken" case.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv import hostagent
+from devenv.guestagent import agent as guest_agent
+from devenv.hostagent import client
+from devenv.hostagent.events import read_events
+from tests.integration.sshd_fixture import SSHDServer, _descendants, ssh_tools_available
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the guest agent reads Linux /proc"),
+]
+
+AGENT = Path(guest_agent.__file__)
+BIND = "127.0.0.2"  # the agent's side; the "guest" (this host) sees it as neither wildcard nor loopback
+SUDO_SHIM = '#!/bin/sh\n[ "$1" = -n ] && shift\nexec "$@"\n'
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDServer]:
+    """sshd whose sessions find a `sudo` shim first on PATH (root has no sudo on CI hosts)."""
+    reason = ssh_tools_available()
+    if reason:
+        pytest.skip(reason)
+    work = tmp_path_factory.mktemp("sshd")
+    shim = work / "bin"
+    shim.mkdir()
+    (shim / "sudo").write_text(SUDO_SHIM)
+    (shim / "sudo").chmod(0o755)
+    srv = SSHDServer(work / "srv", extra_config=f"SetEnv PATH={shim}:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
+    srv.start()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+
+
+class EngineServer:
+    """A stand-in for dockerd's socket: greets first, then answers the sha256 of all it read once EOF arrives."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        with c:
+            c.settimeout(30)
+            c.sendall(b"HELLO\n")
+            h = hashlib.sha256()
+            n = 0
+            while data := c.recv(65536):
+                h.update(data)
+                n += len(data)
+            c.sendall(f"{n} {h.hexdigest()}\n".encode())
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(2)
+        self.sock.close()
+
+
+@dataclass
+class Env:
+    inst: Path
+    server: SSHDServer
+    engine: EngineServer
+    vm: subprocess.Popen[bytes]
+    extra: list[str]
+
+    def events(self, kind: str | None = None) -> list[dict[str, Any]]:
+        evs = read_events(self.inst / "events.jsonl")
+        return [e for e in evs if kind is None or e["event"] == kind]
+
+    def state(self) -> dict[str, Any]:
+        return hostagent.state(self.inst)
+
+    def launch(self) -> dict[str, Any]:
+        return hostagent.launch(self.inst, user=self.server.user, wait=30, extra_args=self.extra)
+
+
+def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def make_instance(root: Path, srv: SSHDServer, toml: str = "") -> Path:
+    inst = root / "inst"
+    (inst / "ssh").mkdir(parents=True)
+    os.chmod(inst, 0o700)
+    shutil.copy(srv.client_key, inst / "ssh" / "id_ed25519")
+    os.chmod(inst / "ssh" / "id_ed25519", 0o600)
+    (inst / "ssh" / "ssh_host_ed25519_key.pub").write_text(srv.info.host_pubkey_line + "\n")
+    (inst / "ssh.port").write_text(f"{srv.port}\n")
+    (inst / "devenv.toml").write_text('name = "t"\n' + toml)
+    return inst
+
+
+@pytest.fixture
+def make_env(server: SSHDServer, tmp_path: Path) -> Iterator[Callable[..., Env]]:
+    made: list[Env] = []
+
+    def make(toml: str = "", launch: bool = True) -> Env:
+        inst = make_instance(tmp_path, server, toml)
+        engine = EngineServer(tmp_path / "engine.sock")
+        vm = subprocess.Popen(["sleep", "600"])  # stands in for QEMU: the agent exits with it
+        (inst / "qemu.pid").write_text(f"{vm.pid}\n")
+        extra = [
+            "--agent-command",
+            f"{sys.executable} {AGENT}",
+            "--engine-socket",
+            str(engine.path),
+            "--ports-interval",
+            "0.2",
+            "--bind-host",
+            BIND,
+        ]
+        env = Env(inst, server, engine, vm, extra)
+        made.append(env)
+        if launch:
+            st = env.launch()
+            assert st["state"] == "connected", (st, hostagent.log_tail(inst))
+        return env
+
+    yield make
+    for env in made:
+        hostagent.shutdown(env.inst)
+        env.vm.kill()
+        env.vm.wait()
+        env.engine.close()
+        if server.proc is None:
+            server.start()
+
+
+def test_launch_connects_and_writes_pid_socket_and_events(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    st = env.state()
+    assert st["alive"] and st["state"] == "connected" and st["degraded"] is False
+    assert hostagent.is_running(env.inst)
+    pid = int((env.inst / "hostagent.pid").read_text())
+    assert st["pid"] == pid and pid != os.getpid()
+    sock = hostagent.control_path(env.inst)
+    assert stat.S_ISSOCK(sock.stat().st_mode) and stat.S_IMODE(sock.stat().st_mode) == 0o600
+    assert stat.S_IMODE((env.inst / "sock").stat().st_mode) == 0o700
+    kinds = [e["event"] for e in env.events()]
+    assert kinds.index("agent-started") < kinds.index("connected")
+    # launch is idempotent: a second call finds the running agent, starts no other
+    assert env.launch()["pid"] == pid
+
+
+def test_engine_socket_keeps_half_close_and_data_intact(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    payload = os.urandom(8 * 1024 * 1024 + 17)
+    assert hostagent.docker_env(env.inst) == {"DOCKER_HOST": f"unix://{env.inst / 'sock' / 'docker.sock'}"}
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(30)
+        s.connect(str(env.inst / "sock" / "docker.sock"))
+        assert s.recv(6) == b"HELLO\n"  # the server speaks first, as attach does
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)  # half-close: the answer must still come back
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    assert reply == f"{len(payload)} {hashlib.sha256(payload).hexdigest()}\n".encode()
+
+
+def test_engine_socket_many_parallel_connections(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    results: list[bytes] = []
+
+    def one(i: int) -> None:
+        data = f"conn{i}".encode() * 1000
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(30)
+            s.connect(str(env.inst / "sock" / "docker.sock"))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            buf = b""
+            while chunk := s.recv(65536):
+                buf += chunk
+            assert buf == b"HELLO\n" + f"{len(data)} {hashlib.sha256(data).hexdigest()}\n".encode()
+            results.append(buf)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 20
+
+
+def _echo_server(host: str, port: int) -> tuple[socket.socket, threading.Event]:
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    srv = socket.socket(fam, socket.SOCK_STREAM)
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    srv.bind((host, port))
+    srv.listen(8)
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                c, _ = srv.accept()
+            except OSError:
+                continue
+            with c:
+                c.settimeout(10)
+                while data := c.recv(65536):
+                    c.sendall(b"echo:" + data)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return srv, stop
+
+
+def _ask(port: int, data: bytes) -> bytes:
+    with socket.create_connection((BIND, port), timeout=10) as c:
+        c.sendall(data)
+        c.shutdown(socket.SHUT_WR)
+        out = b""
+        while chunk := c.recv(65536):
+            out += chunk
+        return out
+
+
+def _free_port_both() -> int:
+    """A port free on 127.0.0.1, 127.0.0.2 and ::1, outside Linux's ephemeral range.
+
+    Ephemeral ports get reused as source ports of the agent's own connections,
+    which made a port picked by bind(0) occasionally busy a moment later.
+    """
+    for _ in range(200):
+        p = random.randint(20000, 30000)
+        try:
+            for fam, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET, BIND), (socket.AF_INET6, "::1")):
+                with socket.socket(fam) as s:
+                    s.bind((host, p))
+        except OSError:
+            continue
+        return p
+    raise RuntimeError("no port free on 127.0.0.1, 127.0.0.2 and ::1")
+
+
+def test_guest_port_is_forwarded_then_removed(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    port = _free_port_both()
+    srv, stop = _echo_server("::1", port)
+    try:
+        wait_for(lambda: any(f["host_port"] == port for f in env.state()["forwards"]), 5, "forward-added")
+        row = next(f for f in env.state()["forwards"] if f["host_port"] == port)
+        assert row == {
+            "host": f"{BIND}:{port}",
+            "host_port": port,
+            "guest_port": port,
+            "source": "auto",
+            "status": "active",
+        }
+        assert _ask(port, b"ping") == b"echo:ping"
+    finally:
+        stop.set()
+        srv.close()
+    started = time.monotonic()
+    wait_for(lambda: all(f["host_port"] != port for f in env.state()["forwards"]), 5, "forward-removed")
+    assert time.monotonic() - started < 2.5
+    with pytest.raises(OSError), socket.create_connection((BIND, port), timeout=2):
+        pass
+    kinds = [(e["event"], e.get("host_port")) for e in env.events()]
+    assert ("forward-added", port) in kinds and ("forward-removed", port) in kinds
+
+
+def test_host_port_taken_is_an_event_not_a_crash(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    port = _free_port_both()
+    taken = socket.socket()
+    taken.bind((BIND, port))  # something else on the host holds the port
+    taken.listen(1)
+    srv, stop = _echo_server("::1", port)
+    try:
+        fails = wait_for(lambda: [e for e in env.events("forward-failed") if e["host_port"] == port], 5, "failure")
+        assert "not available" in fails[0]["reason"] and "in use" in fails[0]["reason"].lower()
+        row = next(f for f in env.state()["forwards"] if f["host_port"] == port)
+        assert row["status"] == "failed"
+        assert env.state()["state"] == "connected"
+    finally:
+        stop.set()
+        srv.close()
+        taken.close()
+
+
+def test_explicit_forward_from_config(make_env: Callable[..., Env]) -> None:
+    guest_port = _free_port_both()
+    host_port = _free_port_both()
+    while host_port == guest_port:
+        host_port = _free_port_both()
+    env = make_env(f"\n[[ports]]\nguest = {guest_port}\nhost = {host_port}\n")
+    row = next(f for f in env.state()["forwards"] if f["host_port"] == host_port)
+    assert row["source"] == "config" and row["guest_port"] == guest_port and row["status"] == "active"
+    # Nothing listens in the guest yet: the host listener exists, the connection is closed at once.
+    with contextlib.suppress(ConnectionResetError):  # closed with our byte unread: a reset, also fine
+        assert _ask(host_port, b"x") == b""
+    srv, stop = _echo_server("127.0.0.1", guest_port)  # config forwards dial 127.0.0.1 in the guest
+    try:
+        assert _ask(host_port, b"hi") == b"echo:hi"
+    finally:
+        stop.set()
+        srv.close()
+
+
+def _exec(
+    env: Env, argv: list[str], stdin: bytes | None = None, cwd: str | None = None
+) -> tuple[int | None, bytes, bytes]:
+    """client.exec with real files as the three fds, as a shell would pass them."""
+    d = env.inst.parent
+    (d / "in").write_bytes(stdin or b"")
+    with open(d / "in", "rb") as i, open(d / "out", "wb") as o, open(d / "err", "wb") as e:
+        code = client.exec(
+            env.inst, argv, {"DEVENV_T": "v a l"}, cwd, stdin_fd=i.fileno(), stdout_fd=o.fileno(), stderr_fd=e.fileno()
+        )
+    return code, (d / "out").read_bytes(), (d / "err").read_bytes()
+
+
+def test_exec_streams_exit_code_env_and_stdin(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    assert _exec(env, ["sh", "-c", 'echo "$DEVENV_T"; echo oops >&2; exit 7']) == (7, b"v a l\n", b"oops\n")
+    blob = os.urandom(3 * 1024 * 1024)
+    code, out, _ = _exec(env, ["sha256sum"], stdin=blob)
+    assert code == 0 and out.split()[0].decode() == hashlib.sha256(blob).hexdigest()
+    code, out, err = _exec(env, ["no-such-command-xyz"])
+    assert code == 127 and out == b"" and b"no-such-command-xyz" in err
+    code, out, _ = _exec(env, ["sh", "-c", "head -c 5000000 /dev/zero"])
+    assert code == 0 and out == b"\0" * 5000000
+
+
+def test_exec_maps_cwd_under_a_mount_only(make_env: Callable[..., Env], tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    (proj / "sub").mkdir(parents=True)
+    env = make_env(f'\n[[mounts]]\nlocation = "{proj}"\nmount_point = "{tmp_path / "gproj"}"\nwritable = true\n')
+    wait_for(lambda: env.state()["mounts"] and env.state()["mounts"][0]["state"] in ("mounted", "failed"), 30, "mount")
+    if env.state()["mounts"][0]["state"] == "mounted":
+        assert _exec(env, ["pwd"], cwd=str(proj / "sub"))[1] == f"{tmp_path / 'gproj' / 'sub'}\n".encode()
+    code, out, _ = _exec(env, ["pwd"], cwd="/nonexistent-on-purpose")
+    assert code == 0 and out.strip() == os.path.expanduser("~").encode()  # not under a mount: the guest home
+
+
+@pytest.mark.skipif(
+    shutil.which("sshfs") is None or not os.path.exists("/dev/fuse"), reason="sshfs/FUSE not on this host"
+)
+def test_reverse_sshfs_mount_both_ways_and_read_only(make_env: Callable[..., Env], tmp_path: Path) -> None:
+    rw, ro = tmp_path / "rw", tmp_path / "ro"
+    rw.mkdir()
+    ro.mkdir()
+    (rw / "from-host.txt").write_text("host says hi")
+    (ro / "locked.txt").write_text("read me")
+    g_rw, g_ro = tmp_path / "g-rw", tmp_path / "g-ro"
+    env = make_env(
+        f'\n[[mounts]]\nlocation = "{rw}"\nmount_point = "{g_rw}"\nwritable = true\n'
+        f'\n[[mounts]]\nlocation = "{ro}"\nmount_point = "{g_ro}"\n'
+    )
+    try:
+        mounts = wait_for(
+            lambda: (m := env.state()["mounts"]) and len(m) == 2 and all(r["state"] == "mounted" for r in m) and m,
+            30,
+            f"both mounts (log: {hostagent.log_tail(env.inst)})",
+        )
+        assert {(m["guest"], m["type"], m["writable"]) for m in mounts} == {
+            (str(g_rw), "sshfs", True),
+            (str(g_ro), "sshfs", False),
+        }
+        assert _exec(env, ["cat", str(g_rw / "from-host.txt")])[1] == b"host says hi"
+        assert _exec(env, ["sh", "-c", f"echo guest wrote > {g_rw}/from-guest.txt"])[0] == 0
+        assert (rw / "from-guest.txt").read_text() == "guest wrote\n"
+        assert _exec(env, ["cat", str(g_ro / "locked.txt")])[1] == b"read me"
+        code, _, err = _exec(env, ["sh", "-c", f"echo x > {g_ro}/nope.txt"])
+        assert code != 0 and b"Read-only" in err
+        assert not (ro / "nope.txt").exists()
+        assert [e["guest"] for e in env.events("mount-added")] == sorted(
+            [str(g_ro), str(g_rw)], key=[str(g_rw), str(g_ro)].index
+        )
+    finally:
+        hostagent.shutdown(env.inst)
+        for g in (g_rw, g_ro):
+            subprocess.run(["umount", "-l", str(g)], capture_output=True)
+
+
+def test_exec_forwards_sigint_to_the_remote_command(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    marker = env.inst.parent / "trapped"
+    script = f"trap 'echo INT > {marker}; exit 42' INT; echo ready; while :; do sleep 0.1; done"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devenv.hostagent.client", str(env.inst), "--", "sh", "-c", script],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 42
+    assert marker.read_text() == "INT\n"
+
+
+def test_exec_without_an_agent_returns_none(tmp_path: Path) -> None:
+    assert client.exec(tmp_path, ["true"]) is None
+    assert hostagent.state(tmp_path)["alive"] is False
+
+
+def test_reconnects_after_sessions_are_killed_and_forwards_come_back(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    port = _free_port_both()
+    srv, stop = _echo_server("::1", port)
+    try:
+        wait_for(lambda: any(f["host_port"] == port for f in env.state()["forwards"]), 5, "forward")
+        env.server.kill_sessions()  # the transport drops; sshd keeps listening
+        wait_for(lambda: env.events("disconnected"), 10, "disconnected event")
+        wait_for(
+            lambda: env.state()["state"] == "connected" and env.events("connected")[-1]["reconnect"], 30, "reconnect"
+        )
+        assert _ask(port, b"again") == b"echo:again"
+        assert _exec(env, ["echo", "ok"])[:2] == (0, b"ok\n")
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_status_is_degraded_while_sshd_is_down(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    assert env.server.proc is not None
+    sessions = _descendants(env.server.proc.pid)
+    env.server.stop()  # the listener goes; its per-connection processes live on unless killed
+    for pid in sessions:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    try:
+        st = wait_for(lambda: (s := env.state())["state"] == "reconnecting" and s, 10, "reconnecting")
+        assert st["degraded"] is True and st["alive"] is True
+        time.sleep(1.5)  # several failed attempts: still alive, still degraded, never crashed
+        assert env.state()["state"] == "reconnecting" and env.state()["last_error"]
+    finally:
+        env.server.start()
+    wait_for(lambda: env.state()["state"] == "connected", 30, "reconnected")
+    assert env.state()["degraded"] is False
+
+
+def test_exits_when_the_vm_process_is_gone(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    env.vm.kill()
+    env.vm.wait()
+    wait_for(lambda: not hostagent.is_running(env.inst), 10, "agent exit")
+    assert not (env.inst / "hostagent.pid").exists()
+    assert not hostagent.control_path(env.inst).exists()
+    assert not (env.inst / "sock" / "docker.sock").exists()
+    assert env.events("agent-exit")[-1]["reason"] == "the VM's QEMU process is gone"
+    assert env.events("agent-stopped")
+
+
+def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
+    env = make_env()
+    path = str(hostagent.control_path(env.inst))
+    for junk in (b"not json\n", b"[1,2]\n", b'{"op":"nope"}\n', b'{"op":"exec","argv":["true"]}\n', b""):
+        with socket.socket(socket.AF_UNIX) as s:
+            s.settimeout(5)
+            s.connect(path)
+            s.sendall(junk)
+            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                s.recv(4096)
+    reply = client.request(env.inst, {"op": "exec", "argv": ["true"]})
+    assert reply is not None and "3 file descriptors" in reply["error"]
+    assert env.state()["state"] == "connected"
+    assert hostagent.shutdown(env.inst) is True
+    assert not hostagent.is_running(env.inst)
+    assert hostagent.state(env.inst)["alive"] is False
+    assert env.events("agent-stopped")
+
+
+def test_docker_context_is_created_and_updated_never_selected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("no docker CLI on this host")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path / "dockercfg"))
+    inst = tmp_path / "inst"
+    inst.mkdir()
+    assert hostagent.ensure_docker_context("ctx1", inst) == "devenv-ctx1"
+    assert hostagent.ensure_docker_context("ctx1", inst) == "devenv-ctx1"  # update path
+    out = subprocess.run(["docker", "context", "inspect", "devenv-ctx1"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)[0]["Endpoints"]["docker"]["Host"] == f"unix://{inst / 'sock' / 'docker.sock'}"
+    current = subprocess.run(["docker", "context", "show"], capture_output=True, text=True, check=True).stdout.strip()
+    assert current == "default"
+    assert hostagent.remove_docker_context("ctx1")

@@ -1,0 +1,169 @@
+"""Host agent pieces that need no sshd: forwarding policy, clock jumps, socket paths, the client's import cost."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devenv import hostagent
+from devenv.config import Mount, PortForward
+from devenv.hostagent import client, wire
+from devenv.hostagent.clock import JumpDetector, resync_command
+from devenv.hostagent.events import EventLog, read_events
+from devenv.hostagent.mounts import mount_specs, prepare_script, qemu_shares, sshfs_command
+from devenv.hostagent.ports import Forward, auto_forwards, config_forwards
+
+
+def p(port: int, address: str, proto: str = "tcp") -> dict[str, object]:
+    return {"proto": proto, "address": address, "port": port}
+
+
+@pytest.mark.parametrize(
+    ("ports", "expected"),
+    [
+        ([p(8080, "0.0.0.0")], {8080: "127.0.0.1"}),
+        ([p(8080, "::", "tcp6")], {8080: "127.0.0.1"}),
+        ([p(9123, "127.0.0.1")], {9123: "127.0.0.1"}),
+        ([p(9123, "::1", "tcp6")], {9123: "::1"}),
+        ([p(9123, "::1", "tcp6"), p(9123, "127.0.0.1")], {9123: "127.0.0.1"}),  # v4 loopback preferred
+        ([p(22, "0.0.0.0"), p(80, "0.0.0.0"), p(1023, "0.0.0.0")], {}),  # privileged ports: config only
+        ([p(1024, "0.0.0.0")], {1024: "127.0.0.1"}),
+        ([p(5000, "172.17.0.1"), p(5001, "10.0.2.15")], {}),  # specific addresses are not "localhost"
+        ([{"port": "x"}, {"address": "0.0.0.0"}], {}),  # junk from the guest is ignored
+    ],
+)
+def test_auto_forward_policy(ports: list[dict[str, object]], expected: dict[int, str]) -> None:
+    got = auto_forwards(ports)
+    assert {k: v.guest_host for k, v in got.items()} == expected
+    assert all(f.host_port == f.guest_port == k and f.source == "auto" for k, f in got.items())
+
+
+def test_auto_forward_min_port_is_configurable() -> None:
+    assert list(auto_forwards([p(80, "0.0.0.0")], min_port=1)) == [80]
+
+
+def test_config_forwards_same_port_by_default_and_reject_udp() -> None:
+    fwd, rejected = config_forwards(
+        [PortForward(guest=80, host=8080), PortForward(guest=5432), PortForward(guest=53, protocol="udp")]
+    )
+    assert fwd == {
+        8080: Forward(8080, 80, "127.0.0.1", "config"),
+        5432: Forward(5432, 5432, "127.0.0.1", "config"),
+    }
+    assert [(e.guest, why) for e, why in rejected] == [(53, "protocol udp is not forwarded (TCP only)")]
+
+
+def test_clock_jump_detector_ignores_drift_and_reports_jumps() -> None:
+    wall, mono = [1000.0], [50.0]
+    d = JumpDetector(threshold=2.0, wall=lambda: wall[0], mono=lambda: mono[0])
+    wall[0] += 1.0
+    mono[0] += 1.0
+    assert d.check() is None  # both clocks advanced together
+    wall[0] += 1.5
+    mono[0] += 0.2
+    assert d.check() is None  # 1.3 s of slew: below the threshold
+    wall[0] += 3600.0  # suspended for an hour: monotonic did not move
+    mono[0] += 0.5
+    assert d.check() == pytest.approx(3599.5)
+    assert d.check() is None  # reported once
+    wall[0] -= 10.0
+    assert d.check() == pytest.approx(-10.0)
+
+
+def test_resync_command_sets_utc_epoch() -> None:
+    assert resync_command(1700000000.25) == ["sudo", "-n", "date", "-u", "-s", "@1700000000.250"]
+
+
+def test_socket_paths_fall_back_to_a_short_private_dir_when_too_long(tmp_path: Path) -> None:
+    short = tmp_path / "i"
+    assert wire.control_path(short) == short / "hostagent.sock"
+    assert wire.engine_path(short) == short / "sock" / "docker.sock"
+    deep = tmp_path / ("x" * 120) / "inst"
+    c, e = wire.control_path(deep), wire.engine_path(deep)
+    assert len(os.fsencode(str(c))) < wire.SUN_PATH_MAX and len(os.fsencode(str(e))) < wire.SUN_PATH_MAX
+    assert c.parent == e.parent == wire.short_socket_dir(deep)
+    assert wire.short_socket_dir(deep) != wire.short_socket_dir(deep.parent / "other")
+    assert hostagent.docker_env(deep) == {"DOCKER_HOST": f"unix://{e}"}
+
+
+def test_wire_roundtrip_and_rejects_non_objects() -> None:
+    assert wire.decode(wire.encode({"op": "state"})) == {"op": "state"}
+    with pytest.raises(ValueError):
+        wire.decode(b"[1]\n")
+
+
+def test_event_log_appends_lines_in_the_instance_event_format(tmp_path: Path) -> None:
+    log = EventLog(tmp_path / "events.jsonl")
+    log.emit("forward-added", host_port=8080, guest_port=80)
+    log.emit("clock-resync", jump_seconds=12.5)
+    (tmp_path / "events.jsonl").open("a").write("{torn")
+    evs = read_events(tmp_path / "events.jsonl")
+    assert [(e["event"], e.get("host_port")) for e in evs] == [("forward-added", 8080), ("clock-resync", None)]
+    assert set(evs[0]) == {"time", "event", "host_port", "guest_port"}
+    assert stat_mode(tmp_path / "events.jsonl") == 0o600
+
+
+def stat_mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_mount_specs_same_path_by_default_and_9p_tags() -> None:
+    specs = mount_specs([Mount("/src/proj", writable=True), Mount("~/data", mount_point="/data")])
+    assert specs[0].host_path == specs[0].guest_path == "/src/proj" and specs[0].writable
+    assert specs[1].host_path == os.path.expanduser("~/data") and specs[1].guest_path == "/data"
+    assert [s.tag for s in specs] == ["devenv0", "devenv1"]
+    assert qemu_shares([Mount("/src/proj", writable=True)]) == (("devenv0", "/src/proj", True),)
+
+
+def test_sshfs_and_prepare_commands_quote_paths_and_honour_read_only() -> None:
+    ro, rw = mount_specs([Mount("/a b"), Mount("/c", writable=True)])
+    assert sshfs_command(ro) == "exec sudo -n sshfs -f -o slave,allow_other,ro :'/a b' '/a b'"
+    assert sshfs_command(rw) == "exec sudo -n sshfs -f -o slave,allow_other :/c /c"
+    script = prepare_script(ro)
+    assert "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap,ro devenv0 '/a b'" in script
+    assert "umount -l '/a b'" in script
+
+
+def test_client_without_agent_returns_none_and_not_alive(tmp_path: Path) -> None:
+    assert client.exec(tmp_path, ["true"]) is None
+    assert client.request(tmp_path, {"op": "state"}) is None
+    assert hostagent.state(tmp_path) == {"alive": False, "state": "not running", "forwards": [], "mounts": []}
+    assert hostagent.is_running(tmp_path) is False
+    assert hostagent.shutdown(tmp_path) is True
+
+
+def test_client_ignores_a_stale_socket_file(tmp_path: Path) -> None:
+    import socket
+
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tmp_path / "hostagent.sock"))
+    s.close()  # the file stays, nobody listens: a crashed agent
+    assert client.exec(tmp_path, ["true"]) is None
+
+
+def test_client_imports_neither_paramiko_nor_typer() -> None:
+    """The `devenv exec` fast path: measured with -X importtime, like the CLI's import budget."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import devenv.hostagent.client"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    modules = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
+    assert "paramiko" not in modules and "typer" not in modules and "cryptography" not in modules
+    assert "devenv" in modules
+    cumulative = [
+        int(line.split("|")[1]) for line in out.stderr.splitlines() if line.rstrip().endswith("devenv.hostagent.client")
+    ]
+    assert cumulative and cumulative[0] < 50_000  # microseconds; ~5 ms here
+
+
+def test_hostagent_package_api_is_importable_without_paramiko() -> None:
+    code = "import sys, devenv.hostagent, devenv.hostagent.client; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko','typer'))))"
+    out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout) == []
