@@ -35,7 +35,7 @@ fi
 # user-data against Debian's cloud-init, unpacked, never installed on the host).
 packages=(
   qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps
-  docker.io iptables python3-venv python3-pip ca-certificates curl
+  docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch
 )

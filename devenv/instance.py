@@ -99,7 +99,34 @@ def resolve_config(name: str, overrides: dict[str, Any], project: Path | None) -
         from devenv.hostos import current, default_backend
 
         cfg = replace(cfg, backend=default_backend(current()))
+    folder = project.parent if project is not None else Path.cwd()
+    if backends.load(cfg.backend).features.vm:
+        cfg = with_project_mount(cfg, folder)
     return cfg
+
+
+# Guest paths a same-path mount must never cover: it would hide the guest's own system.
+_SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "usr", "var"}
+
+
+def with_project_mount(cfg: Config, folder: Path) -> Config:
+    """Share the project folder (devenv.toml's folder, else the current one) at the same path, writable.
+
+    Like Colima and Lima, the user's files appear in the guest where they are on
+    the host. A folder a configured mount already covers, the root, the home
+    folder of root, and system folders are not added.
+    """
+    from dataclasses import replace
+
+    folder = folder.absolute()
+    parts = folder.parts
+    if len(parts) < 2 or parts[1] in _SYSTEM_DIRS or folder == Path("/root"):
+        return cfg
+    for m in cfg.mounts:
+        host = Path(os.path.expanduser(m.location)).absolute()
+        if folder == host or host in folder.parents:
+            return cfg
+    return replace(cfg, mounts=(*cfg.mounts, config.Mount(location=str(folder), writable=True)))
 
 
 def create(name: str, cfg: Config, step: StepReporter) -> Instance:

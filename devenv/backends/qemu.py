@@ -81,6 +81,14 @@ def ssh_banner(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def _has_9p(binary: str) -> bool:
+    try:
+        out = subprocess.run([binary, "-device", "help"], capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return b"virtio-9p-pci" in out.stdout + out.stderr
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -216,6 +224,29 @@ class QemuBackend:
         else:
             step(f"QEMU is already running (pid {pid})")
         self._wait_ready(inst, step, deadline_total)
+        self._start_agent(inst, step)
+
+    def _start_agent(self, inst: InstanceRef, step: StepReporter) -> None:
+        """The host agent holds the SSH connection: engine socket, forwards, mounts, fast exec."""
+        from devenv import hostagent
+        from devenv.provision.engines import engine
+
+        step("host agent: engine socket, port forwards, mounts")
+        try:
+            st = hostagent.launch(inst.dir, user=GUEST_USER, wait=90)
+        except hostagent.AgentStartError as e:
+            raise StateError(str(e), f"see {inst.dir / paths.HOSTAGENT_LOG}") from None
+        if st.get("state") != "connected":
+            raise Timeout(
+                f"the host agent did not connect to the guest: {st.get('last_error') or st.get('state')}",
+                f"see {inst.dir / paths.HOSTAGENT_LOG}",
+            )
+        failed = [m for m in st.get("mounts", []) if m.get("state") == "failed"]
+        for m in failed:
+            sys.stderr.write(f"devenv: warning: mount {m.get('guest')} failed: {m.get('reason', '')}\n")
+        if engine(inst.config.runtime).docker_api:
+            step(f"docker context devenv-{inst.name}")
+            hostagent.ensure_docker_context(inst.name, inst.dir)
 
     def _launch(self, inst: InstanceRef, binary: str, accel: str) -> None:
         image = self._image(inst)
@@ -251,6 +282,7 @@ class QemuBackend:
             initrd=Path(image["initrd"]) if image.get("initrd") else None,
             cmdline=cmdline.replace("{console}", console),
             firmware=find_firmware(arch),
+            shares=self._shares(inst, binary),
         )
         argv = build_argv(spec, binary)
         (inst.dir / "qemu.argv").write_text(json.dumps(argv) + "\n")
@@ -275,6 +307,14 @@ class QemuBackend:
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    def _shares(self, inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
+        """virtio-9p shares for the configured mounts, when this QEMU has virtio-9p (else sshfs)."""
+        if not inst.config.mounts or os.environ.get("DEVENV_MOUNT_TYPE", "").lower() == "sshfs":
+            return ()
+        from devenv.hostagent.mounts import qemu_shares
+
+        return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
     def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float) -> None:
         from devenv.provision import scan_console
@@ -369,8 +409,10 @@ class QemuBackend:
             )
 
     def stop(self, inst: InstanceRef, force: bool) -> None:
+        from devenv import hostagent
         from devenv.backends.qmp import Qmp
 
+        hostagent.shutdown(inst.dir)
         pid = self._running_pid(inst)
         if pid is None:
             return
@@ -399,7 +441,14 @@ class QemuBackend:
         return not pid_is_ours(pid, inst.dir)
 
     def delete(self, inst: InstanceRef) -> None:
-        """The overlay, seed and keys live in the instance directory, which the caller removes."""
+        """The overlay, seed and keys live in the instance directory, which the caller removes.
+
+        Outside it devenv made only the docker context `devenv-NAME`; it goes too.
+        """
+        from devenv import hostagent
+
+        hostagent.shutdown(inst.dir)
+        hostagent.remove_docker_context(inst.name)
 
     def status(self, inst: InstanceRef) -> Status:
         from devenv.provision import scan_console
@@ -426,6 +475,24 @@ class QemuBackend:
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
             return Status("starting", "booted, but `devenv start` did not finish; run it again", details)
+        from devenv import hostagent
+
+        ha = hostagent.state(inst.dir)
+        if not ha.get("alive"):
+            return Status("degraded", "the host agent is not running; `devenv start` restarts it", details)
+        details["agent"] = ha.get("state")
+        details["docker_host"] = hostagent.docker_env(inst.dir)["DOCKER_HOST"]
+        details["forwards"] = [
+            f"127.0.0.1:{f.get('host')} -> {f.get('guest_port')} ({f.get('status')}"
+            + (f": {f.get('reason')}" if f.get("reason") else "")
+            + ")"
+            for f in ha.get("forwards", [])
+        ]
+        details["mounts"] = [f"{m.get('guest')} ({m.get('type')}, {m.get('state')})" for m in ha.get("mounts", [])]
+        if ha.get("degraded"):
+            return Status(
+                "degraded", f"host agent {ha.get('state')} since {ha.get('since')}: {ha.get('last_error')}", details
+            )
         return Status("running", details=details)
 
     # -- using a running instance ---------------------------------------------
@@ -441,6 +508,11 @@ class QemuBackend:
         return None
 
     def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+        from devenv.hostagent import client
+
+        code = client.exec(inst.dir, list(argv), env, cwd)
+        if code is not None:
+            return code
         conn = self.connection(inst)
         try:
             stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
@@ -477,12 +549,18 @@ class QemuBackend:
             conn.close()
 
     def docker_env(self, inst: InstanceRef) -> dict[str, str]:
-        raise NotSupported(
-            self.name,
-            "docker-env",
-            f"meanwhile: devenv exec -n {inst.name} -- docker ...",
-            why="the engine socket forward on the host lands with the host-agent issue (#5)",
-        )
+        from devenv import hostagent
+        from devenv.provision.engines import engine
+
+        if not engine(inst.config.runtime).docker_api:
+            raise NotSupported(
+                self.name,
+                f"docker-env for runtime {inst.config.runtime}",
+                f"containerd speaks no Docker API; use `devenv exec -n {inst.name} -- nerdctl ...`",
+            )
+        if not hostagent.is_running(inst.dir):
+            raise StateError(f"instance `{inst.name}` has no host agent running", f"devenv start -n {inst.name}")
+        return hostagent.docker_env(inst.dir)
 
     def ssh_config(self, inst: InstanceRef) -> str:
         from devenv.transport.sshconfig import SSHConfigEntry
@@ -500,4 +578,4 @@ class QemuBackend:
         return entry.render()
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
-        return [inst.dir / QEMU_LOG, inst.dir / paths.SERIAL_LOG]
+        return [inst.dir / QEMU_LOG, inst.dir / paths.HOSTAGENT_LOG, inst.dir / paths.SERIAL_LOG]

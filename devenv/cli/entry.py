@@ -9,6 +9,7 @@ which defines the same commands for help and completion.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 from devenv.cli.boundary import guarded
@@ -57,9 +58,65 @@ def _fast_exec(args: list[str]) -> int | None:
         i += 1
     else:
         command = []
+    if command:
+        code = _exec_through_agent(name, command, workdir)
+        if code is not None:
+            return code
     from devenv.cli import commands
 
     return guarded(lambda: commands.exec_(name, command, workdir))
+
+
+_NAME_LINE = re.compile(r"""^\s*name\s*=\s*"([A-Za-z0-9][A-Za-z0-9._-]{0,62})"\s*(#.*)?$""")
+
+
+def _quick_name(explicit: str | None) -> str | None:
+    """The instance name as config.resolve_name would find it, or None when unsure.
+
+    Reads devenv.toml's top-level `name = "..."` with a regular expression instead
+    of tomllib (which costs ~10 ms); anything unusual returns None so the full
+    path decides, and errors are reported there.
+    """
+    if explicit is not None:
+        return explicit if _NAME_LINE.match(f'name = "{explicit}"') else None
+    here = os.path.abspath(os.getcwd())
+    while True:
+        candidate = os.path.join(here, "devenv.toml")
+        if os.path.isfile(candidate):
+            try:
+                with open(candidate, encoding="utf-8") as f:
+                    lines = f.read().splitlines()
+            except OSError:
+                return None
+            for line in lines:
+                if line.lstrip().startswith("["):
+                    break  # tables begin: no top-level name
+                if line.lstrip().startswith("name"):
+                    m = _NAME_LINE.match(line)
+                    return m.group(1) if m else None
+            break
+        parent = os.path.dirname(here)
+        if parent == here:
+            break
+        here = parent
+    env = os.environ.get("DEVENV_INSTANCE")
+    if env:
+        return env if _NAME_LINE.match(f'name = "{env}"') else None
+    return "default"
+
+
+def _exec_through_agent(name: str | None, command: list[str], workdir: str | None) -> int | None:
+    """The warm path: the running instance's host agent runs the command; None to fall back."""
+    resolved = _quick_name(name)
+    if resolved is None:
+        return None
+    from devenv import paths
+    from devenv.hostagent import client
+
+    try:
+        return client.exec(str(paths.instance_dir(resolved)), command, {}, workdir or os.getcwd())
+    except KeyboardInterrupt:
+        return 130
 
 
 def main(argv: list[str] | None = None) -> int:

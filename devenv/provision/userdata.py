@@ -16,6 +16,7 @@ What the guest gets (see the template for the cloud-config keys):
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -97,6 +98,7 @@ class SeedInputs:
     provision: tuple[Provision, ...] = ()
     timezone: str | None = None
     proxies: Mapping[str, str] = field(default_factory=dict)
+    uid: int = 1000
 
 
 def inputs_for(
@@ -117,7 +119,20 @@ def inputs_for(
         provision=cfg.provision,
         timezone=hostenv.host_timezone(root),
         proxies=hostenv.host_proxies(environ, host_address),
+        uid=guest_uid(),
     )
+
+
+def guest_uid(host_uid: int | None = None) -> int:
+    """The guest user's uid: the host user's, so files on a 9p share have the right owner.
+
+    As with Lima, a file the host user owns is owned by the guest user too. Host
+    uids outside the ordinary range (root, nobody, Windows without getuid) keep 1000.
+    """
+    if host_uid is None:
+        getuid = getattr(os, "getuid", None)
+        host_uid = getuid() if getuid is not None else 1000
+    return host_uid if 500 <= host_uid < 60000 else 1000
 
 
 def guest_hostname(name: str) -> str:
@@ -213,6 +228,7 @@ def render_user_data(inputs: SeedInputs) -> str:
     )
     return template.substitute(
         name=inputs.name,
+        uid=str(inputs.uid),
         authorized_key=yaml_str(inputs.authorized_key),
         host_private_key=yaml_str(inputs.host_private_key),
         host_public_key=yaml_str(inputs.host_public_key),

@@ -24,6 +24,7 @@ import pytest
 class Devenv:
     home: Path
     env: dict[str, str]
+    project: Path  # the folder with the shared VM's devenv.toml; commands run here
 
     def run(
         self, *args: str, input: bytes | None = None, cwd: Path | None = None, timeout: float = 900
@@ -33,7 +34,7 @@ class Devenv:
             input=input,
             capture_output=True,
             env=self.env,
-            cwd=cwd,
+            cwd=cwd or self.project,
             timeout=timeout,
             check=False,
         )
@@ -56,10 +57,12 @@ def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
     _require("qemu-system-x86_64")
     _require("qemu-img")
     home = Path(os.environ.get("DEVENV_E2E_HOME") or tmp_path_factory.mktemp("e2e-home"))
+    project = tmp_path_factory.mktemp("e2e-project")
+    (project / "devenv.toml").write_text('name = "e2e"\nbackend = "qemu"\n')
     env = {**os.environ, "DEVENV_HOME": str(home)}
     env.setdefault("DEVENV_QEMU_ACCEL", "tcg")
     env.pop("DEVENV_INSTANCE", None)
-    d = Devenv(home, env)
+    d = Devenv(home, env, project)
     listing = json.loads(d.ok("image", "list", "--json").stdout)
     if not any(row["name"] == "debian-12" and row["cached"] for row in listing):
         d.ok("image", "build", "debian-12", timeout=3600)
@@ -70,6 +73,11 @@ def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
 
 @pytest.fixture(scope="session")
 def vm(devenv_cli: Devenv) -> Iterator[tuple[Devenv, str, subprocess.CompletedProcess[bytes]]]:
-    """The shared instance `e2e`, started once; its `devenv start` result is kept for assertions."""
-    started = devenv_cli.ok("start", "-n", "e2e", "--backend", "qemu")
+    """The shared instance `e2e`, started once from its project folder (which it then mounts).
+
+    Its `devenv start` result is kept for assertions. Test modules run in file
+    order: test_hostagent_e2e.py first, test_vm_lifecycle.py (which ends by
+    deleting the instance) last.
+    """
+    started = devenv_cli.ok("start")
     yield devenv_cli, "e2e", started

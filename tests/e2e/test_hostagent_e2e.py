@@ -12,8 +12,9 @@ fuse3, libfuse3-3) that the fixture installs into the guest first.
 
 from __future__ import annotations
 
+import json
 import os
-import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -28,6 +29,7 @@ import pytest
 from devenv import hostagent
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
+from tests.e2e.conftest import Devenv
 
 pytestmark = [
     pytest.mark.e2e,
@@ -36,7 +38,7 @@ pytestmark = [
 
 DEVENV = [sys.executable, "-m", "devenv"]
 IMAGE = "devenv/busybox:latest"
-NAME = "hae2e"
+NAME = "e2e"  # the shared VM of tests/e2e/conftest.py
 
 
 @dataclass
@@ -91,35 +93,20 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VM]:
-    if shutil.which("qemu-system-x86_64") is None:
-        pytest.skip("qemu-system-x86_64 is not installed")
-    base = tmp_path_factory.mktemp("hae2e")
-    home, project = base / "home", base / "project"
-    project.mkdir()
-    (project / "devenv.toml").write_text(
-        f'name = "{NAME}"\nbackend = "qemu"\n\n[[mounts]]\nlocation = "{project}"\nwritable = true\n'
-    )
-    env = {**os.environ, "DEVENV_HOME": str(home), "DEVENV_QEMU_ACCEL": os.environ.get("DEVENV_QEMU_ACCEL", "tcg")}
-    machine = VM(home, project, home / "instances" / NAME, env)
-    try:
-        machine.cli("start", "-n", NAME)
-        debs = os.environ.get("DEVENV_TEST_GUEST_DEBS")
-        has_sshfs = (
-            machine.cli("exec", "-n", NAME, "-w", "/", "--", "sh", "-c", "command -v sshfs", check=False).returncode
-            == 0
-        )
-        if debs and not has_sshfs:
-            hostagent.shutdown(machine.inst)  # mounts are set up when the agent connects
-            for deb in sorted(Path(debs).glob("*.deb")):
-                machine.cli("cp", str(deb), f"{NAME}:/tmp/")
-            machine.cli("exec", "-n", NAME, "-w", "/", "--", "sh", "-c", "sudo -n dpkg -i /tmp/*.deb")
-        st = hostagent.launch(machine.inst, wait=120)
-        assert st["state"] == "connected", (st, hostagent.log_tail(machine.inst))
-        yield machine
-    finally:
-        hostagent.shutdown(machine.inst)
-        machine.cli("delete", "-n", NAME, "--force", check=False, timeout=300)
+def vm(vm: tuple[Devenv, str, Any]) -> Iterator[VM]:
+    """The session's shared VM, seen through this module's helpers (overrides the conftest fixture)."""
+    d, name, _ = vm
+    machine = VM(d.home, d.project, d.home / "instances" / name, d.env)
+    debs = os.environ.get("DEVENV_TEST_GUEST_DEBS")
+    has_sshfs = machine.cli("exec", "-w", "/", "--", "sh", "-c", "command -v sshfs", check=False).returncode == 0
+    if debs and not has_sshfs:
+        hostagent.shutdown(machine.inst)  # mounts are set up when the agent connects
+        for deb in sorted(Path(debs).glob("*.deb")):
+            machine.cli("cp", str(deb), f"{NAME}:/tmp/")
+        machine.cli("exec", "-w", "/", "--", "sh", "-c", "sudo -n dpkg -i /tmp/*.deb")
+    st = hostagent.launch(machine.inst, wait=120)
+    assert st["state"] == "connected", (st, hostagent.log_tail(machine.inst))
+    yield machine
 
 
 def http_get(port: int, path: str = "/", timeout: float = 10) -> tuple[int, bytes]:
@@ -237,10 +224,25 @@ def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM)
         vm.guest("pkill -f 'http.server 9124'")
 
 
-def test_agent_exits_when_the_vm_stops(vm: VM) -> None:
-    """Last in the module: stop the VM, the agent follows by itself (no shutdown call)."""
-    vm.cli("stop", "-n", NAME, "--force")
+def test_agent_exits_when_the_vm_dies_and_start_recovers(vm: VM) -> None:
+    """Last in the module: kill QEMU; the agent follows by itself; `devenv start` brings both back."""
+    pid = int((vm.inst / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to exit")
     assert not (vm.inst / "sock" / "docker.sock").exists()
     kinds = [e["event"] for e in read_events(vm.inst / "events.jsonl")]
     assert kinds[-1] == "agent-stopped" or "agent-exit" in kinds[-3:], kinds[-5:]
+    st = json.loads(vm.cli("status", "--json").stdout)
+    assert st["state"] == "broken" and "devenv start" in st["reason"], st
+    vm.cli("start")
+    assert hostagent.is_running(vm.inst)
+    assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+
+
+def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:
+    st = json.loads(vm.cli("status", "--json").stdout)
+    assert st["state"] == "running", st
+    assert st["details"]["docker_host"] == hostagent.docker_env(vm.inst)["DOCKER_HOST"]
+    assert any(str(vm.project) in m and "mounted" in m for m in st["details"]["mounts"]), st["details"]
+    out = vm.cli("docker-env").stdout.strip()
+    assert out == f"export DOCKER_HOST={hostagent.docker_env(vm.inst)['DOCKER_HOST']}"

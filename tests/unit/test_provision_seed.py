@@ -80,7 +80,7 @@ def test_user_data_exact_security_lines(built: tuple[seed.SeedResult, seed.SeedI
     host_private = (tmp_path / "inst" / paths.SSH_HOST_KEY).read_text()
     for expected in [
         "  - name: devenv",
-        "    uid: 1000",
+        f"    uid: {userdata.guest_uid()}",
         "    shell: /bin/bash",
         "    lock_passwd: true",
         '    sudo: "ALL=(ALL) NOPASSWD:ALL"',
@@ -163,7 +163,7 @@ def test_user_data_parses_as_yaml_to_exact_values(built: tuple[seed.SeedResult, 
     assert doc["users"] == [
         {
             "name": "devenv",
-            "uid": 1000,
+            "uid": userdata.guest_uid(),
             "gecos": "devenv",
             "shell": "/bin/bash",
             "lock_passwd": True,
@@ -322,3 +322,10 @@ def test_user_data_passes_cloud_init_schema(built: tuple[seed.SeedResult, seed.S
         [python, "-c", check], input=built[1].files["user-data"], capture_output=True, env=env, timeout=120
     )
     assert res.returncode == 0, res.stderr.decode()[-2000:]
+
+
+@pytest.mark.parametrize(("host", "guest"), [(0, 1000), (501, 501), (1001, 1001), (65534, 1000), (1000, 1000)])
+def test_guest_uid_follows_the_host_user(host: int, guest: int) -> None:
+    from devenv.provision.userdata import guest_uid
+
+    assert guest_uid(host) == guest
