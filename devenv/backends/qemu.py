@@ -309,10 +309,21 @@ class QemuBackend:
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
 
     def _shares(self, inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
-        """virtio-9p shares for the configured mounts, when this QEMU has virtio-9p (else sshfs)."""
+        """virtio-9p shares for the configured mounts, when 9p can serve them (else the agent uses sshfs).
+
+        9p shows the guest the host's owners and modes as they are, so it is only
+        used when the guest user has the host user's uid (see userdata.guest_uid):
+        not for root on the host, whose files the guest user could not read.
+        DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs.
+        """
         if not inst.config.mounts or os.environ.get("DEVENV_MOUNT_TYPE", "").lower() == "sshfs":
             return ()
         from devenv.hostagent.mounts import qemu_shares
+        from devenv.provision.userdata import guest_uid
+
+        getuid = getattr(os, "getuid", None)
+        if getuid is None or getuid() != guest_uid():
+            return ()
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 

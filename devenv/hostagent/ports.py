@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 AUTO_MIN_PORT = 1024
 WILDCARDS = {"0.0.0.0", "::"}
 LOOPBACKS = {"127.0.0.1", "::1"}
+# The guest's own services above 1024 that a user never means to reach from the host.
+IGNORED_GUEST_PORTS = {5355}  # systemd-resolved's LLMNR responder
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ def auto_forwards(ports: Iterable[Mapping[str, Any]], min_port: int = AUTO_MIN_P
             address = str(entry["address"])
         except (KeyError, TypeError, ValueError):
             continue
-        if port < min_port or port > 65535:
+        if port < min_port or port > 65535 or port in IGNORED_GUEST_PORTS:
             continue
         if address in WILDCARDS or address == "127.0.0.1":
             dial[port] = "127.0.0.1"  # IPv4 loopback reaches 0.0.0.0, dual-stack :: and 127.0.0.1
