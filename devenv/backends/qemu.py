@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
@@ -241,6 +241,9 @@ class QemuBackend:
                 f"the host agent did not connect to the guest: {st.get('last_error') or st.get('state')}",
                 f"see {inst.dir / paths.HOSTAGENT_LOG}",
             )
+        if inst.config.mounts:
+            step(f"mount {', '.join(m.location for m in inst.config.mounts)}")
+            st = self._wait_mounts(inst, st, len(inst.config.mounts))
         failed = [m for m in st.get("mounts", []) if m.get("state") == "failed"]
         for m in failed:
             sys.stderr.write(f"devenv: warning: mount {m.get('guest')} failed: {m.get('reason', '')}\n")
@@ -307,6 +310,19 @@ class QemuBackend:
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    def _wait_mounts(self, inst: InstanceRef, st: dict[str, Any], want: int) -> dict[str, Any]:
+        """Start returns once every mount is in place (or has failed): the project folder is there."""
+        from devenv import hostagent
+
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            done = [m for m in st.get("mounts", []) if m.get("state") in ("mounted", "failed")]
+            if len(done) >= want:
+                break
+            time.sleep(0.2)
+            st = hostagent.state(inst.dir)
+        return st
 
     def _shares(self, inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
         """virtio-9p shares for the configured mounts, when 9p can serve them (else the agent uses sshfs).
