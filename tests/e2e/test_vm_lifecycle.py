@@ -144,7 +144,7 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     r = d.run("exec", "-n", name, "--", "true")
     assert r.returncode == 67 and b"is stopped" in r.stderr
     d.ok("start", "-n", name)
-    assert d.ok("exec", "-n", name, "--", "cat", "keep.txt").stdout == b"persisted\n"
+    assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/keep.txt").stdout == b"persisted\n"
 
 
 def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
@@ -186,7 +186,7 @@ def test_a_killed_vm_is_explained_and_start_recovers(vm: VM) -> None:
     assert st["state"] == "broken", st
     assert "VM process is gone" in str(st["reason"]) and "devenv start" in str(st["reason"])
     d.ok("start", "-n", name)
-    assert d.ok("exec", "-n", name, "--", "cat", "keep.txt").stdout == b"persisted\n"
+    assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/keep.txt").stdout == b"persisted\n"
 
 
 def test_delete_removes_the_instance_dir_and_nothing_else(vm: VM) -> None:
