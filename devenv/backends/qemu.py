@@ -330,15 +330,16 @@ class QemuBackend:
         9p shows the guest the host's owners and modes as they are, so it is only
         used when the guest user has the host user's uid (see userdata.guest_uid):
         not for root on the host, whose files the guest user could not read.
-        DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs.
+        DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs, DEVENV_MOUNT_TYPE=9p forces 9p.
         """
-        if not inst.config.mounts or os.environ.get("DEVENV_MOUNT_TYPE", "").lower() == "sshfs":
+        forced = os.environ.get("DEVENV_MOUNT_TYPE", "").lower()
+        if not inst.config.mounts or forced == "sshfs":
             return ()
         from devenv.hostagent.mounts import qemu_shares
         from devenv.provision.userdata import guest_uid
 
         getuid = getattr(os, "getuid", None)
-        if getuid is None or getuid() != guest_uid():
+        if forced != "9p" and (getuid is None or getuid() != guest_uid()):
             return ()
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
