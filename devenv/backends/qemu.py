@@ -387,11 +387,8 @@ class QemuBackend:
             time.sleep(0.2)
 
         step("log in over SSH with the pinned host key")
-        conn = self.connection(inst, timeout=max(30.0, deadline - time.monotonic()))
-        try:
+        with self.connection(inst, timeout=max(30.0, deadline - time.monotonic())) as conn:
             self._check_guest(inst, conn, step)
-        finally:
-            conn.close()
 
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:
@@ -541,8 +538,7 @@ class QemuBackend:
         code = client.exec(inst.dir, list(argv), env, cwd)
         if code is not None:
             return code
-        conn = self.connection(inst)
-        try:
+        with self.connection(inst) as conn:
             stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
             return conn.exec(
                 list(argv),
@@ -552,29 +548,18 @@ class QemuBackend:
                 stdout=sys.stdout.buffer,
                 stderr=sys.stderr.buffer,
             )
-        finally:
-            conn.close()
 
     def shell(self, inst: InstanceRef) -> int:
-        conn = self.connection(inst)
-        try:
+        with self.connection(inst) as conn:
             return conn.shell(env=dict(inst.config.env))
-        finally:
-            conn.close()
 
     def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
-        conn = self.connection(inst)
-        try:
+        with self.connection(inst) as conn:
             conn.copy_to_guest(src, dst, progress=CopyProgress())
-        finally:
-            conn.close()
 
     def copy_out(self, inst: InstanceRef, src: str, dst: Path) -> None:
-        conn = self.connection(inst)
-        try:
+        with self.connection(inst) as conn:
             conn.copy_from_guest(src, dst, progress=CopyProgress())
-        finally:
-            conn.close()
 
     def docker_env(self, inst: InstanceRef) -> dict[str, str]:
         from devenv import hostagent

@@ -531,19 +531,7 @@ class Agent:
         return {"sent": True}
 
     def m_exec(self, req_id: Any, params: Json) -> Json:
-        argv = params.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            raise RequestError("bad_params", "argv must be a non-empty list of strings")
-        env_param = params.get("env") or {}
-        if not isinstance(env_param, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in env_param.items()
-        ):
-            raise RequestError("bad_params", "env must be an object of strings")
-        env = {} if params.get("replace_env") else dict(os.environ)
-        env.update(env_param)
-        cwd = params.get("cwd")
-        if cwd is not None and not isinstance(cwd, str):
-            raise RequestError("bad_params", "cwd must be a string")
+        argv, env, cwd = _command_params(params)
         stdin = _b64decode(params["stdin"], "stdin") if params.get("stdin") is not None else None
         timeout = params.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
