@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-ENV_HOME = "DEVENV_HOME"
+ENV_HOME = "DEVENV_HOME"  # read in devenv.fastpaths
 ENV_CACHE = "DEVENV_CACHE"
 ENV_INSTANCE = "DEVENV_INSTANCE"
 
@@ -46,30 +46,14 @@ SUN_PATH_MAX = 104
 
 def home() -> Path:
     """The state root: DEVENV_HOME, else the platform's per-user data dir."""
-    override = os.environ.get(ENV_HOME)
-    if override:
-        return Path(override).expanduser().absolute()
-    quick = _quick_data_dir()
+    from devenv.fastpaths import home_str
+
+    quick = home_str()
     if quick is not None:
-        return quick
+        return Path(quick)
     from platformdirs import user_data_path
 
     return user_data_path("devenv", appauthor=False)
-
-
-def _quick_data_dir() -> Path | None:
-    """platformdirs' answer on Linux and macOS without importing it (~12 ms on `devenv exec`).
-
-    tests/unit/test_paths.py checks this agrees with platformdirs; other systems use platformdirs.
-    """
-    import sys
-
-    if sys.platform.startswith("linux"):
-        xdg = os.environ.get("XDG_DATA_HOME", "").strip()
-        return Path(xdg if xdg else os.path.expanduser("~/.local/share")) / "devenv"
-    if sys.platform == "darwin":
-        return Path(os.path.expanduser("~/Library/Application Support")) / "devenv"
-    return None
 
 
 def cache_dir() -> Path:
