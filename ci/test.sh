@@ -41,6 +41,8 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
   user=devenvci
   id "$user" >/dev/null 2>&1 || useradd -m -s /bin/bash "$user"
   usermod -aG docker,tty "$user" 2>/dev/null || true  # the engine socket; a pty for the shell test
+  # Desktops' udev makes /dev/fuse 0666 (FUSE mounts as a user); this machine has no udev.
+  [ -c /dev/fuse ] && chmod 0666 /dev/fuse
   chmod 0755 "$DEVENV_CACHE"
   work=/tmp/devenv-ci-user
   rm -rf "$work"

@@ -125,9 +125,14 @@ def test_status_and_list_report_running(vm: VM) -> None:
 
 def test_second_instance_runs_beside_the_first(vm: VM) -> None:
     d, name, _ = vm
-    d.ok("start", "-n", "second", "--backend", "qemu", "--memory", "1GiB", "--cpus", "1")
+    (d.project / "for-second.txt").write_text("over sshfs\n")
+    sshfs = Devenv(d.home, {**d.env, "DEVENV_MOUNT_TYPE": "sshfs"}, d.project)
+    sshfs.ok("start", "-n", "second", "--backend", "qemu", "--memory", "1GiB", "--cpus", "1")
     try:
         assert d.ok("exec", "-n", "second", "--", "hostname").stdout.strip() == b"second"
+        st = json.loads(d.ok("status", "-n", "second", "--json").stdout)
+        assert f"{d.project} (sshfs, mounted)" in st["details"]["mounts"], st["details"]
+        assert d.ok("exec", "-n", "second", "--", "cat", "for-second.txt").stdout == b"over sshfs\n"
         assert d.ok("exec", "-n", name, "--", "hostname").stdout.strip() == name.encode()
         states = {r["name"]: r["state"] for r in json.loads(d.ok("list", "--json").stdout)}
         assert states == {name: "running", "second": "running"}
