@@ -42,7 +42,7 @@ class Probe:
     fix: str = ""
 
 
-def _ping_unix(path: str, timeout: float = 1.0) -> bool:
+def ping_unix(path: str, timeout: float = 1.0) -> bool:
     """GET /_ping on a Docker-API unix socket (docker and podman both serve it)."""
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -179,10 +179,10 @@ class Host:
         docker_sock = (
             docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
         )
-        if (not docker_host or docker_host.startswith("unix://")) and _ping_unix(docker_sock):
+        if (not docker_host or docker_host.startswith("unix://")) and ping_unix(docker_sock):
             return Engine("docker", f"unix://{docker_sock}")
         for sock in _podman_sockets():
-            if _ping_unix(sock):
+            if ping_unix(sock):
                 return Engine("podman", f"unix://{sock}")
         if shutil.which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
             return Engine("podman", "")

@@ -231,7 +231,7 @@ class QemuBackend:
         from devenv import hostagent
         from devenv.provision.engines import engine
 
-        step("host agent: engine socket, port forwards, mounts")
+        step("log in with the pinned host key; host agent and guest agent")
         try:
             st = hostagent.launch(inst.dir, user=GUEST_USER, wait=90)
         except hostagent.AgentStartError as e:
@@ -241,6 +241,8 @@ class QemuBackend:
                 f"the host agent did not connect to the guest: {st.get('last_error') or st.get('state')}",
                 f"see {inst.dir / paths.HOSTAGENT_LOG}",
             )
+        step(f"{inst.config.runtime} engine answers")
+        self._check_engine(inst)
         if inst.config.mounts:
             step(f"mount {', '.join(m.location for m in inst.config.mounts)}")
             st = self._wait_mounts(inst, st, len(inst.config.mounts))
@@ -310,6 +312,29 @@ class QemuBackend:
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    def _check_engine(self, inst: InstanceRef) -> None:
+        """Through the forwarded socket when the engine speaks the Docker API: proves the whole path."""
+        from devenv import hostagent
+        from devenv.hostos import ping_unix
+        from devenv.provision.engines import engine
+
+        eng = engine(inst.config.runtime)
+        hint = f"`devenv exec -n {inst.name} -- systemctl status {' '.join(eng.units)}` shows why"
+        if eng.docker_api:
+            sock = hostagent.docker_env(inst.dir)["DOCKER_HOST"].removeprefix("unix://")
+            if not ping_unix(sock, timeout=60.0):
+                raise StateError(f"the {eng.name} engine does not answer at {sock} (guest {eng.socket})", hint)
+            return
+        from devenv.hostagent import client
+
+        with open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null_out:
+            code = client.exec(
+                inst.dir, ["test", "-S", eng.socket], {}, None,
+                stdin_fd=null_in.fileno(), stdout_fd=null_out.fileno(), stderr_fd=null_out.fileno(),
+            )  # fmt: skip
+        if code != 0:
+            raise StateError(f"the {eng.name} socket {eng.socket} does not exist in the guest", hint)
 
     def _wait_mounts(self, inst: InstanceRef, st: dict[str, Any], want: int) -> dict[str, Any]:
         """Start returns once every mount is in place (or has failed): the project folder is there."""
@@ -386,10 +411,6 @@ class QemuBackend:
                 )
             time.sleep(0.2)
 
-        step("log in over SSH with the pinned host key")
-        with self.connection(inst, timeout=max(30.0, deadline - time.monotonic())) as conn:
-            self._check_guest(inst, conn, step)
-
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:
             if self._running_pid(inst) is None:
@@ -401,37 +422,6 @@ class QemuBackend:
                 )
 
         return check
-
-    def _check_guest(self, inst: InstanceRef, conn: SSHConnection, step: StepReporter) -> None:
-        """Agent version and engine socket in one round trip: each exec costs ~0.5 s under TCG."""
-        from devenv.guestagent import protocol
-        from devenv.provision.engines import engine
-
-        eng = engine(inst.config.runtime)
-        probe = (
-            f"echo agent=$(sha256sum {protocol.GUEST_PATH} 2>/dev/null | cut -d' ' -f1); "
-            f"test -S {eng.socket} && echo engine=ok; true"
-        )
-        facts = dict(
-            line.split("=", 1) for line in conn.run(probe, report_pid=False).stdout.decode().splitlines() if "=" in line
-        )
-        step("guest agent")
-        if facts.get("agent") != protocol.agent_sha256():
-            conn.run(protocol.install_command(), input=protocol.agent_source(), report_pid=False).check(
-                "could not install the guest agent"
-            )
-            r = conn.run(f"{protocol.GUEST_PYTHON} {protocol.GUEST_PATH} --version", report_pid=False)
-            if not r.ok:
-                raise CommandFailed(
-                    f"the guest agent does not run: {r.stderr.decode(errors='replace').strip()[-300:]}",
-                    "the guest needs python3",
-                )
-        step(f"{inst.config.runtime} engine answers")
-        if facts.get("engine") != "ok":
-            raise StateError(
-                f"the {inst.config.runtime} socket {eng.socket} does not exist in the guest",
-                f"`devenv exec -n {inst.name} -- systemctl status {' '.join(eng.units)}` shows why",
-            )
 
     def stop(self, inst: InstanceRef, force: bool) -> None:
         from devenv import hostagent

@@ -101,6 +101,10 @@ class GuestSession:
 
     # -- start / stop
     def start(self) -> GuestSession:
+        if self.agent.opts.mounts:  # independent of the guest agent: start them first, they take longest
+            self._thread(self._mount_all, "mounts")
+        if self.agent.opts.agent_command == protocol.serve_command():
+            self._ensure_guest_agent()
         channel = self.transport.open_session(timeout=30)
         self.channel = channel
         channel.exec_command(self.agent.opts.agent_command)
@@ -115,9 +119,27 @@ class GuestSession:
         self._thread(self._dispatch, "dispatch")
         result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
         self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
-        if self.agent.opts.mounts:
-            self._thread(self._mount_all, "mounts")
         return self
+
+    def _ensure_guest_agent(self) -> None:
+        """Install this devenv's guest agent when the guest has another version (one round trip when current)."""
+        _, out, _ = self.run(f"sha256sum {protocol.GUEST_PATH} 2>/dev/null | cut -d' ' -f1", timeout=30)
+        if out.decode(errors="replace").strip() == protocol.agent_sha256():
+            return
+        ch = self.transport.open_session(timeout=30)
+        try:
+            ch.settimeout(60)
+            ch.exec_command(protocol.install_command())
+            ch.sendall(protocol.agent_source())
+            ch.shutdown_write()
+            while ch.recv(65536):
+                pass
+            status = ch.recv_exit_status()
+        finally:
+            ch.close()
+        self.agent.events.emit("guest-agent-installed", exit_code=status)
+        if status != 0:
+            raise ConnectionError(f"installing the guest agent failed with exit code {status}")
 
     def _thread(self, target: Callable[[], None], name: str) -> None:
         t = threading.Thread(target=target, name=name, daemon=True)
