@@ -136,6 +136,14 @@ def _prefer(available: Sequence[str], first: Sequence[str]) -> tuple[str, ...]:
     return (*lead, *(name for name in available if name not in lead))
 
 
+def _still_active(transport: paramiko.Transport, grace: float = 1.0) -> bool:
+    """Active after a short grace: a failed request often precedes paramiko noticing the drop."""
+    deadline = time.monotonic() + grace
+    while transport.is_active() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return bool(transport.is_active())
+
+
 def parse_pinned_keys(text: str) -> list[paramiko.PKey]:
     """Public keys from OpenSSH public-key or known_hosts text; raises UsageError on none."""
     keys: list[paramiko.PKey] = []
@@ -621,7 +629,9 @@ class SSHConnection:
         except paramiko.ChannelException:
             raise  # the server answered: reconnecting would not change its mind
         except (OSError, EOFError, paramiko.SSHException) as e:
-            if transport.is_active():
+            # EOF means the server hung up, even while paramiko's reader thread has yet to
+            # notice (is_active() still true for a moment): that connection is dead too.
+            if not isinstance(e, EOFError) and _still_active(transport):
                 raise ConnectionFailed(f"cannot open {what} on {self.target.label}: {_why(e)}") from None
             log.info("transport to %s died (%s); reconnecting once", self.target.label, _why(e))
         with self._lock:
