@@ -50,6 +50,7 @@ __all__ = [
 
 GUEST_PATH = "/usr/local/lib/devenv/guestagent.py"  # where provisioning installs it (root-owned, 0755)
 GUEST_PYTHON = "python3"
+GUEST_SOCKET = "/run/devenv/guestagent.sock"  # systemd socket unit: one agent per connection (provisioning/systemd)
 
 
 class ProtocolError(ConnectionFailed):

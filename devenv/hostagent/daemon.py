@@ -38,7 +38,7 @@ from typing import Any
 import paramiko
 
 from devenv import paths
-from devenv.errors import DevenvError
+from devenv.errors import ConnectionFailed, DevenvError
 from devenv.guestagent import protocol
 from devenv.hostagent import wire
 from devenv.hostagent.clock import JumpDetector, resync_command
@@ -103,11 +103,8 @@ class GuestSession:
     def start(self) -> GuestSession:
         if self.agent.opts.mounts:  # independent of the guest agent: start them first, they take longest
             self._thread(self._mount_all, "mounts")
-        if self.agent.opts.agent_command == protocol.serve_command():
-            self._ensure_guest_agent()
-        channel = self.transport.open_session(timeout=30)
+        channel = self._open_guest_agent()
         self.channel = channel
-        channel.exec_command(self.agent.opts.agent_command)
         client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
         try:
             client.start()
@@ -120,6 +117,23 @@ class GuestSession:
         result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
         self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
         return self
+
+    def _open_guest_agent(self) -> paramiko.Channel:
+        """The guest agent's systemd socket when the guest has it, else the agent run on an exec channel.
+
+        Both carry the same JSON lines; the socket unit (provisioning/systemd) is what
+        provisioning installs, the exec channel serves guests provisioned before it
+        and the tests' stand-in guest (--agent-command).
+        """
+        if self.agent.opts.agent_command == protocol.serve_command():
+            self._ensure_guest_agent()
+            try:
+                return open_streamlocal(self.transport, protocol.GUEST_SOCKET, timeout=15)
+            except (ConnectionFailed, paramiko.SSHException, OSError, EOFError) as e:
+                log.info("no guest agent socket (%s); running the agent on an exec channel", e)
+        channel = self.transport.open_session(timeout=30)
+        channel.exec_command(self.agent.opts.agent_command)
+        return channel
 
     def _ensure_guest_agent(self) -> None:
         """Install this devenv's guest agent when the guest has another version (one round trip when current)."""

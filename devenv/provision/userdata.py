@@ -37,6 +37,8 @@ FIRSTBOOT = f"{LIB}/firstboot.sh"
 ENV_SH = f"{LIB}/env.sh"
 ENGINE_FILE = "/etc/devenv/engine"
 READY_UNIT = "/etc/systemd/system/devenv-ready.service"
+AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
+AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
 STATE_DIR = "/var/lib/devenv"
 PROVISIONED_MARKER = f"{STATE_DIR}/provisioned"
 FAILED_MARKER = f"{STATE_DIR}/failed"
@@ -187,6 +189,8 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(engine.guest_script, assets.read_text(f"engines/{engine.script}"), "0755"),
         WriteFile(protocol.GUEST_PATH, protocol.agent_source().decode("utf-8"), "0755"),
         WriteFile(READY_UNIT, assets.read_text("systemd/devenv-ready.service")),
+        WriteFile(AGENT_SOCKET_UNIT, assets.read_text("systemd/devenv-guestagent.socket")),
+        WriteFile(AGENT_SERVICE_UNIT, assets.read_text("systemd/devenv-guestagent@.service")),
         WriteFile(ENGINE_FILE, f"{engine.name}\n"),
         WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())),
     ]

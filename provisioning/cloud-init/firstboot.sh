@@ -81,7 +81,7 @@ case "$RUNTIME" in
 esac
 mkdir -p /etc/systemd/system/devenv-ready.service.d
 printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.service.d/engine.conf
-step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service'
+step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket'
 step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
 step guestagent python3 "$LIB/guestagent.py" --version
 for script in "$LIB"/provision/*.sh; do

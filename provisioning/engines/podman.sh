@@ -23,6 +23,9 @@ wait_for_socket "$SOCK" 60
 
 # `podman` run by the devenv user talks to the same rootful service.
 printf 'export CONTAINER_HOST=unix://%s\n' "$SOCK" > /etc/profile.d/devenv-podman.sh
+# ... also for commands the guest agent runs (its unit reads /etc/environment, not profile.d).
+grep -q '^CONTAINER_HOST=' /etc/environment 2>/dev/null ||
+    printf 'CONTAINER_HOST="unix://%s"\n' "$SOCK" >> /etc/environment
 
 if podman image exists "$DEVENV_IMAGE"; then
     log "$DEVENV_IMAGE exists"

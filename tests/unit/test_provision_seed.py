@@ -211,7 +211,7 @@ def test_no_proxy_no_env_no_timezone(tmp_path: Path) -> None:
     )
     text = userdata.render_user_data(inputs)
     assert "# timezone: unknown on the host; the guest keeps UTC" in text.splitlines()
-    assert "/etc/environment" not in text
+    assert 'path: "/etc/environment"' not in text
     assert "10-devenv-proxy.conf" not in text
     assert "/usr/local/lib/devenv/provision/" not in text
     assert '  - path: "/usr/local/lib/devenv/engines/podman.sh"' in text
