@@ -426,24 +426,8 @@ class Agent:
 
     def m_spawn(self, req_id: Any, params: Json) -> None:
         argv, env, cwd = _command_params(params)
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if params.get("stdin") else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                bufsize=0,
-                start_new_session=True,  # kill() signals the whole group, like ^C in a terminal
-            )
-        except FileNotFoundError as e:
-            missing = cwd if cwd and e.filename == cwd else argv[0]
-            raise RequestError("not_found", f"{missing}: {e.strerror}") from None
-        except PermissionError as e:
-            raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
-        except OSError as e:
-            raise RequestError("exec_failed", f"{argv[0]}: {e.strerror or e}") from None
+        # a new session: kill() signals the whole group, like ^C in a terminal
+        proc = _popen(argv, env, cwd, with_stdin=bool(params.get("stdin")), bufsize=0)
         with self._state_lock:
             if req_id in self._spawned:
                 _kill_group(proc)
@@ -536,23 +520,7 @@ class Agent:
         timeout = params.get("timeout")
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0):
             raise RequestError("bad_params", "timeout must be a positive number of seconds")
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                cwd=cwd,
-                start_new_session=True,  # so a timeout kills the whole process group
-            )
-        except FileNotFoundError as e:
-            missing = cwd if cwd and e.filename == cwd else argv[0]
-            raise RequestError("not_found", f"{missing}: {e.strerror}") from None
-        except PermissionError as e:
-            raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
-        except OSError as e:
-            raise RequestError("exec_failed", f"{argv[0]}: {e.strerror or e}") from None
+        proc = _popen(argv, env, cwd, with_stdin=stdin is not None)  # a new session: a timeout kills the group
         with self._state_lock:
             self._procs.add(proc)
         timed_out = False
@@ -579,6 +547,30 @@ class Agent:
             "seconds": round(time.monotonic() - started, 3),
         }
         return result
+
+
+def _popen(
+    argv: list[str], env: dict[str, str], cwd: str | None, *, with_stdin: bool, bufsize: int = -1
+) -> subprocess.Popen[bytes]:
+    """Start argv in a new session with piped output; start failures become RequestErrors."""
+    try:
+        return subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if with_stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+            cwd=cwd,
+            bufsize=bufsize,
+            start_new_session=True,
+        )
+    except FileNotFoundError as e:
+        missing = cwd if cwd and e.filename == cwd else argv[0]
+        raise RequestError("not_found", f"{missing}: {e.strerror}") from None
+    except PermissionError as e:
+        raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
+    except OSError as e:
+        raise RequestError("exec_failed", f"{argv[0]}: {e.strerror or e}") from None
 
 
 def _command_params(params: Json) -> tuple[list[str], dict[str, str], str | None]:
