@@ -27,7 +27,7 @@ from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, qemu_binary_name
 from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, NotSupported, StateError, Timeout
-from devenv.progress import CopyProgress
+from devenv.progress import CopyProgress, DownloadProgress
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -184,7 +184,9 @@ class QemuBackend:
 
         self._check_qemu()
         step(f"find image {inst.config.image}")
-        record = catalog.resolve(inst.config.image, self._arch())
+        record = catalog.resolve(
+            inst.config.image, self._arch(), progress=DownloadProgress(f"pulling {inst.config.image}")
+        )
         step(f"create a {inst.config.disk // 1024**3} GiB overlay disk on {record.name}")
         overlay.create_overlay(record.disk, inst.dir / paths.DISK, inst.config.disk)
         image = {

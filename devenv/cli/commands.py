@@ -317,34 +317,11 @@ def image_list(as_json: bool) -> int:
     return 0
 
 
-class _Bar:
-    """A download progress line on stderr (rich is not needed for one line)."""
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.tty = sys.stderr.isatty()
-        self.last = 0.0
-
-    def __call__(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        if now - self.last < (0.1 if self.tty else 5.0) and done != total:
-            return
-        self.last = now
-        mib = done / 1024**2
-        if total:
-            pct = done * 100 // total
-            bar = "#" * (pct // 4)
-            text = f"{self.label} [{bar:<25}] {pct:3d}% {mib:.0f}/{total / 1024**2:.0f} MiB"
-        else:
-            text = f"{self.label} {mib:.0f} MiB"
-        sys.stderr.write(("\r" if self.tty else "") + text + ("" if self.tty else "\n"))
-        sys.stderr.flush()
-
-
 def image_pull(image: str, arch: str | None) -> int:
     from devenv.images import download
+    from devenv.progress import DownloadProgress
 
-    record = download.pull(image, arch, progress=_Bar(f"pulling {image}"))
+    record = download.pull(image, arch, progress=DownloadProgress(f"pulling {image}"))
     sys.stderr.write("\n" if sys.stderr.isatty() else "")
     _out(f"{record.name} ({record.arch}) is cached: {record.disk} ({record.size / 1024**2:.0f} MiB)")
     return 0
