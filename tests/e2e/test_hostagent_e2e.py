@@ -224,6 +224,18 @@ def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM)
         vm.guest("pkill -f 'http.server 9124'")
 
 
+def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
+    pid = int((vm.inst / "hostagent.pid").read_text().split()[0])
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to be gone")
+    st = json.loads(vm.cli("status", "--json").stdout)
+    assert st["state"] == "degraded", st
+    assert "host agent is not running" in st["reason"] and "devenv start" in st["reason"], st
+    vm.cli("start")
+    assert json.loads(vm.cli("status", "--json").stdout)["state"] == "running"
+    assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+
+
 def test_agent_exits_when_the_vm_dies_and_start_recovers(vm: VM) -> None:
     """Last in the module: kill QEMU; the agent follows by itself; `devenv start` brings both back."""
     pid = int((vm.inst / "qemu.pid").read_text())
