@@ -3,14 +3,23 @@
 The state root comes from platformdirs (per user, never a system path) and is
 overridden by DEVENV_HOME. Each instance has one directory, created 0700 because
 it holds private keys and sockets.
+
+The module imports only os and sys at load time: `devenv exec`'s warm path and
+the host agent's client read these names before anything else, and pathlib
+(~3 ms) or platformdirs (~12 ms) would cost every call. The str functions
+serve them; the Path functions everyone else.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import sys
 
-ENV_HOME = "DEVENV_HOME"  # read in devenv.fastpaths
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+
+ENV_HOME = "DEVENV_HOME"
 ENV_CACHE = "DEVENV_CACHE"
 ENV_INSTANCE = "DEVENV_INSTANCE"
 
@@ -44,9 +53,22 @@ ENGINE_SOCK = "sock/docker.sock"
 SUN_PATH_MAX = 104
 
 
+def home_str() -> str | None:
+    """DEVENV_HOME, else platformdirs' user data dir on Linux and macOS (computed, not imported), else None."""
+    override = os.environ.get(ENV_HOME)
+    if override:
+        return os.path.abspath(os.path.expanduser(override))
+    if sys.platform.startswith("linux"):
+        xdg = os.environ.get("XDG_DATA_HOME", "").strip()
+        return os.path.join(xdg if xdg else os.path.expanduser("~/.local/share"), "devenv")
+    if sys.platform == "darwin":
+        return os.path.join(os.path.expanduser("~/Library/Application Support"), "devenv")
+    return None
+
+
 def home() -> Path:
     """The state root: DEVENV_HOME, else the platform's per-user data dir."""
-    from devenv.fastpaths import home_str
+    from pathlib import Path
 
     quick = home_str()
     if quick is not None:
@@ -56,8 +78,15 @@ def home() -> Path:
     return user_data_path("devenv", appauthor=False)
 
 
+def instance_dir_str(name: str) -> str:
+    root = home_str()
+    return os.path.join(root if root is not None else str(home()), INSTANCES_DIR, name)
+
+
 def cache_dir() -> Path:
     """Downloaded and built images; shared by all instances, kept across deletes."""
+    from pathlib import Path
+
     override = os.environ.get(ENV_CACHE)
     if override:
         return Path(override).expanduser().absolute()

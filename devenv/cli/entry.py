@@ -128,11 +128,11 @@ def _exec_through_agent(name: str | None, command: list[str], workdir: str | Non
     resolved = _quick_name(name)
     if resolved is None:
         return None
-    from devenv import fastpaths
+    from devenv import paths
     from devenv.hostagent import client
 
     try:
-        return client.exec(fastpaths.instance_dir(resolved), command, {}, workdir or os.getcwd())
+        return client.exec(paths.instance_dir_str(resolved), command, {}, workdir or os.getcwd())
     except KeyboardInterrupt:
         return 130
 

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 
 from devenv.hostagent.wire import control_path, engine_path
+from devenv.paths import HOSTAGENT_LOG, HOSTAGENT_PID
 
 TYPE_CHECKING = False  # this package is imported on `devenv exec`'s hot path: pathlib/typing cost ms
 if TYPE_CHECKING:
@@ -33,8 +34,6 @@ if TYPE_CHECKING:
     from pathlib import Path
     from typing import Any
 
-HOSTAGENT_PID = "hostagent.pid"  # = devenv.paths.HOSTAGENT_PID
-HOSTAGENT_LOG = "hostagent.log"  # = devenv.paths.HOSTAGENT_LOG
 CONTEXT_PREFIX = "devenv-"
 
 __all__ = [

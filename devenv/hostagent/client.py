@@ -17,7 +17,8 @@ import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
-from devenv.hostagent.wire import HOSTAGENT_SOCK, LineReader, decode, encode, socket_str
+from devenv.hostagent.wire import LineReader, decode, encode, socket_str
+from devenv.paths import HOSTAGENT_SOCK
 
 TYPE_CHECKING = False  # typing/pathlib/types cost milliseconds on the hot path: type checker only
 if TYPE_CHECKING:

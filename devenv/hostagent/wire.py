@@ -19,6 +19,8 @@ import json
 import os
 import socket
 
+from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, SUN_PATH_MAX
+
 TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
 if TYPE_CHECKING:
     from pathlib import Path
@@ -26,9 +28,7 @@ if TYPE_CHECKING:
 
     Json = dict[str, Any]
 
-HOSTAGENT_SOCK = "hostagent.sock"  # same names as devenv.paths (not imported: keep this module tiny)
-ENGINE_SOCK = "sock/docker.sock"
-SUN_PATH_MAX = 104  # macOS; Linux allows 108
+
 MAX_LINE = 1024 * 1024
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv import config, fastpaths, paths
+from devenv import config, paths
 from devenv.cli.entry import _quick_name
 
 
@@ -40,5 +40,5 @@ def test_explicit_and_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -
     assert _quick_name(None) == "fromenv"
 
 
-def test_fastpaths_agree_with_paths(home: Path) -> None:
-    assert fastpaths.instance_dir("n") == str(paths.instance_dir("n"))
+def test_str_paths_agree_with_paths(home: Path) -> None:
+    assert paths.instance_dir_str("n") == str(paths.instance_dir("n"))
