@@ -173,31 +173,18 @@ def shell(name: str | None) -> int:
     return inst.backend().shell(inst.ref)
 
 
-def parse_cp_side(arg: str) -> tuple[str | None, str]:
-    """`NAME:/path` is a guest path; anything else (including C:\\x) is a host path."""
-    head, sep, tail = arg.partition(":")
-    if sep and tail.startswith("/") and config.NAME_RE.match(head) and not (len(head) == 1 and os.name == "nt"):
-        return head, tail
-    return None, arg
-
-
 def cp(src: str, dst: str) -> int:
-    (src_name, src_path), (dst_name, dst_path) = parse_cp_side(src), parse_cp_side(dst)
-    if (src_name is None) == (dst_name is None):
-        raise UsageError(
-            "exactly one side of cp must be a guest path written NAME:/path",
-            "for example: devenv cp ./src default:/tmp/src",
-        )
-    guest_name = src_name or dst_name
-    assert guest_name is not None
-    inst = instance.get(guest_name)
+    from devenv.transport.cpspec import parse_copy_args
+
+    plan = parse_copy_args(src, dst)
+    inst = instance.get(plan.instance)
     instance.require_running(inst)
-    if dst_name is not None:
-        if not Path(src_path).exists():
-            raise UsageError(f"{src_path}: no such file or folder on the host", "check the path")
-        inst.backend().copy_in(inst.ref, Path(src_path), dst_path)
+    if plan.direction == "to_guest":
+        if not Path(plan.host_path).exists():
+            raise UsageError(f"{plan.host_path}: no such file or folder on the host", "check the path")
+        inst.backend().copy_in(inst.ref, Path(plan.host_path), plan.guest_path)
     else:
-        inst.backend().copy_out(inst.ref, src_path, Path(dst_path))
+        inst.backend().copy_out(inst.ref, plan.guest_path, Path(plan.host_path))
     return 0
 
 

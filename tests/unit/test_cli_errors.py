@@ -34,7 +34,8 @@ LONG = "x" * 200
         (["start"], 'backend = "vbox"\n', ExitCode.CONFIG, "devenv.toml:1: field `backend` must be one of"),
         (["start"], "\nfrobnicate = 1\n", ExitCode.CONFIG, "devenv.toml:2: field `frobnicate` is not a known field"),
         (["start"], 'name = "a/b"\n', ExitCode.USAGE, "name `a/b` may only contain"),
-        (["cp", "a", "b"], None, ExitCode.USAGE, "exactly one side of cp must be a guest path"),
+        (["cp", "a", "b"], None, ExitCode.USAGE, "neither `a` nor `b` is a path inside an instance"),
+        (["cp", "vm1:/a", "vm2:/b"], None, ExitCode.USAGE, "both `vm1:/a` and `vm2:/b` are paths inside an instance"),
         (["no-such-command"], None, ExitCode.USAGE, None),
     ],
 )
