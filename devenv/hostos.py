@@ -12,7 +12,6 @@ import os
 import platform
 import shutil
 import socket
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,14 +212,15 @@ def _podman_sockets() -> list[str]:
 
 
 def _quiet(argv: list[str], timeout: float = 5) -> str | None:
-    """Run a probe command; None on any failure. Probes never raise."""
+    """Run a probe command through the one runner; None on any failure. Probes never raise."""
+    from devenv.errors import DevenvError
+    from devenv.runner import run
+
     try:
-        proc = subprocess.run(argv, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
+        result = run(argv, timeout=timeout)
+    except (DevenvError, OSError):
         return None
-    if proc.returncode != 0:
-        return None
-    return proc.stdout.decode(errors="replace")
+    return result.stdout if result.ok else None
 
 
 @functools.cache

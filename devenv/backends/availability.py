@@ -29,15 +29,15 @@ def qemu(host: Host) -> Probe:
     return Probe(True, f"{q.detail}; accelerator {accel}")
 
 
-def accelerator(host: Host) -> str:
-    """The accelerator `auto` picks here: hvf, kvm, whpx, else tcg (slow but works).
+def accelerator(host: Host, configured: str = "auto") -> str:
+    """The accelerator to use: DEVENV_QEMU_ACCEL, else devenv.toml's, else hvf, kvm, whpx, tcg.
 
-    DEVENV_QEMU_ACCEL forces one, for hosts where a probe says yes but the
+    The variable wins over the config for hosts where a probe says yes but the
     accelerator does not work (nested KVM that hangs at boot, for example).
     """
-    forced = os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower()
-    if forced and forced != "auto":
-        return forced
+    for choice in (os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower(), configured):
+        if choice and choice != "auto":
+            return choice
     if host.hvf.ok:
         return "hvf"
     if host.kvm.ok:

@@ -82,11 +82,13 @@ def ssh_banner(port: int, timeout: float = 2.0) -> bool:
 
 
 def _has_9p(binary: str) -> bool:
+    from devenv.runner import run
+
     try:
-        out = subprocess.run([binary, "-device", "help"], capture_output=True, timeout=10, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        out = run([binary, "-device", "help"], timeout=10)
+    except (DevenvError, OSError):
         return False
-    return b"virtio-9p-pci" in out.stdout + out.stderr
+    return "virtio-9p-pci" in out.stdout + out.stderr
 
 
 def free_port() -> int:
@@ -122,12 +124,7 @@ class QemuBackend:
         from devenv.backends.availability import accelerator
         from devenv.hostos import current
 
-        forced = os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower()
-        if forced and forced != "auto":
-            return forced
-        if inst.config.accelerator != "auto":
-            return inst.config.accelerator
-        return accelerator(current())
+        return accelerator(current(), inst.config.accelerator)
 
     def _arch(self) -> str:
         from devenv.hostos import current

@@ -52,6 +52,14 @@ def test_accelerator(host: FakeHost, env: str | None, expected: str, monkeypatch
     assert availability.accelerator(host) == expected
 
 
+def test_accelerator_precedence(monkeypatch: pytest.MonkeyPatch) -> None:
+    kvm_host = FakeHost("linux", kvm=YES)
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    assert availability.accelerator(kvm_host, "tcg") == "tcg"  # devenv.toml over the probe
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")
+    assert availability.accelerator(FakeHost("linux"), "tcg") == "kvm"  # the variable over devenv.toml
+
+
 @pytest.mark.parametrize(("machine", "arch"), [("AMD64", "x86_64"), ("arm64", "aarch64"), ("x86_64", "x86_64")])
 def test_arch_names(machine: str, arch: str) -> None:
     assert normalize_arch(machine) == arch
