@@ -28,11 +28,11 @@ from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, qemu_binary_name
 from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, NotSupported, StateError, Timeout
 from devenv.progress import CopyProgress, DownloadProgress
+from devenv.provision.keys import GUEST_USER
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
 
-GUEST_USER = "devenv"
 HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
 IMAGE_RECORD = "image.json"  # which base image (kernel, initrd, cmdline) this instance boots
 QEMU_LOG = "qemu.log"  # QEMU's own stdout/stderr

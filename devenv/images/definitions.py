@@ -25,15 +25,16 @@ from devenv.images.checksums import Digest
 ARCHES = ("x86_64", "aarch64")
 DEB_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
 SERIAL_CONSOLE = {"x86_64": "ttyS0", "aarch64": "ttyAMA0"}
-_ARCH_ALIASES = {"x86_64": "x86_64", "amd64": "x86_64", "x64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
 def normalize_arch(arch: str | None = None) -> str:
-    """`x86_64` or `aarch64` for `arch` (any common spelling), default the host's."""
+    """`x86_64` or `aarch64` for `arch` (any common spelling, by hostos's table), default the host's."""
+    from devenv import hostos
+
     raw = arch or platform.machine()
-    norm = _ARCH_ALIASES.get(raw.lower())
-    if norm is None:
+    norm = hostos.normalize_arch(raw)
+    if norm not in ARCHES:
         raise UsageError(f"unsupported architecture `{raw}`", f"use one of: {', '.join(ARCHES)}")
     return norm
 

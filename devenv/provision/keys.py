@@ -30,6 +30,7 @@ from pathlib import Path
 
 from devenv import paths
 from devenv.errors import StateError
+from devenv.transport.sshconfig import host_alias, known_hosts_line
 
 GUEST_USER = "devenv"
 
@@ -58,10 +59,6 @@ class InstanceKeys:
         return fingerprint(self.host_public)
 
 
-def known_hosts_alias(name: str) -> str:
-    return f"devenv-{name}"
-
-
 def fingerprint(public_key_line: str) -> str:
     blob = base64.b64decode(public_key_line.split()[1])
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
@@ -77,9 +74,9 @@ def ensure_keys(instance_dir: Path, name: str) -> InstanceKeys:
     paths.ensure_private_dir(instance_dir / paths.SSH_DIR)
     client_public = _ensure_pair(instance_dir / paths.SSH_KEY, instance_dir / paths.SSH_PUBKEY, f"devenv@{name}")
     host_public = _ensure_pair(instance_dir / paths.SSH_HOST_KEY, instance_dir / paths.SSH_HOST_PUBKEY, f"root@{name}")
-    alias = known_hosts_alias(name)
+    alias = host_alias(name)
     known_hosts = instance_dir / paths.SSH_KNOWN_HOSTS
-    line = known_hosts_line(alias, host_public)
+    line = known_hosts_line(name, host_public)
     current = known_hosts.read_text(encoding="utf-8") if known_hosts.exists() else None
     if current != line:
         _write_atomic(known_hosts, line.encode(), 0o600)
@@ -109,13 +106,8 @@ def load_keys(instance_dir: Path, name: str) -> InstanceKeys:
         host_key=instance_dir / paths.SSH_HOST_KEY,
         host_public=host_public,
         known_hosts=instance_dir / paths.SSH_KNOWN_HOSTS,
-        alias=known_hosts_alias(name),
+        alias=host_alias(name),
     )
-
-
-def known_hosts_line(alias: str, host_public: str) -> str:
-    key_type, key_b64 = host_public.split()[:2]
-    return f"{alias} {key_type} {key_b64}\n"
 
 
 def pinned_host_key(instance_dir: Path, name: str) -> tuple[str, str]:
@@ -123,26 +115,6 @@ def pinned_host_key(instance_dir: Path, name: str) -> tuple[str, str]:
     `transport.get_remote_server_key().get_name()` / `.get_base64()`."""
     keys = load_keys(instance_dir, name)
     return keys.host_key_type, keys.host_key_base64
-
-
-def openssh_options(instance_dir: Path, name: str) -> list[str]:
-    """`ssh` options that log in with the instance key and accept only the pinned host key."""
-    return [
-        "-i",
-        str(instance_dir / paths.SSH_KEY),
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        f"UserKnownHostsFile={instance_dir / paths.SSH_KNOWN_HOSTS}",
-        "-o",
-        "GlobalKnownHostsFile=/dev/null",
-        "-o",
-        f"HostKeyAlias={known_hosts_alias(name)}",
-        "-o",
-        "StrictHostKeyChecking=yes",
-        "-o",
-        f"User={GUEST_USER}",
-    ]
 
 
 def _ensure_pair(private_path: Path, public_path: Path, comment: str) -> str:

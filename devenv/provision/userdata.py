@@ -30,7 +30,6 @@ from devenv.guestagent import protocol
 from devenv.provision import assets, engines, hostenv
 from devenv.provision.keys import InstanceKeys
 
-GUEST_USER = "devenv"
 GUEST_UID = 1000
 LIB = engines.GUEST_LIB
 FIRSTBOOT = f"{LIB}/firstboot.sh"

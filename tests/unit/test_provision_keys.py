@@ -101,12 +101,17 @@ def test_paramiko_can_use_the_client_key_and_sees_the_pinned_host_key(tmp_path: 
     assert known.lookup("devenv-demo")["ssh-ed25519"].get_base64() == k.host_key_base64
 
 
-def test_openssh_options(tmp_path: Path) -> None:
-    opts = keys.openssh_options(tmp_path, "demo")
-    assert opts[:2] == ["-i", str(tmp_path / paths.SSH_KEY)]
-    assert "HostKeyAlias=devenv-demo" in opts
-    assert "StrictHostKeyChecking=yes" in opts
-    assert f"UserKnownHostsFile={tmp_path / paths.SSH_KNOWN_HOSTS}" in opts
+def test_ssh_config_uses_the_instance_keys_and_the_pin(tmp_path: Path) -> None:
+    """What plain `ssh` gets (devenv ssh-config) points at these files and this alias."""
+    from devenv.transport.sshconfig import SSHConfigEntry
+
+    k = keys.ensure_keys(tmp_path, "demo")
+    entry = SSHConfigEntry("demo", 2222, keys.GUEST_USER, k.client_key, k.known_hosts).render()
+    opts = [line.strip() for line in entry.splitlines()]
+    assert f"IdentityFile {tmp_path / paths.SSH_KEY}" in opts
+    assert f"HostKeyAlias {k.alias}" in opts and k.alias == "devenv-demo"
+    assert "StrictHostKeyChecking yes" in opts
+    assert f"UserKnownHostsFile {tmp_path / paths.SSH_KNOWN_HOSTS}" in opts
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="ssh-keygen check is for POSIX hosts")
