@@ -9,11 +9,9 @@ so a failed or interrupted create leaves nothing that looks like an instance.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,9 +42,10 @@ class Instance:
             return Status("broken", str(e))
 
     def event(self, kind: str, **fields: Any) -> None:
-        record = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "event": kind, **fields}
-        with open(self.dir / paths.EVENTS_LOG, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        """Into the same log as the host agent's events, by the same writer (one append per record)."""
+        from devenv.hostagent.events import EventLog
+
+        EventLog(self.dir / paths.EVENTS_LOG).emit(kind, **fields)
 
 
 def exists(name: str) -> bool:

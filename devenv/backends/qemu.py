@@ -512,14 +512,9 @@ class QemuBackend:
     # -- using a running instance ---------------------------------------------
 
     def _guest_cwd(self, inst: InstanceRef, cwd: str | None) -> str | None:
-        """The host cwd inside the guest, when a mount puts it at the same path; else the guest home."""
-        if cwd is None:
-            return None
-        for m in inst.config.mounts:
-            host = os.path.expanduser(m.location)
-            if (cwd == host or cwd.startswith(host.rstrip("/") + "/")) and not m.mount_point:
-                return cwd
-        return None
+        from devenv.hostagent.mounts import guest_cwd, mount_specs
+
+        return guest_cwd(mount_specs(inst.config.mounts), cwd)
 
     def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
         from devenv.hostagent import client

@@ -40,7 +40,7 @@ import paramiko
 from devenv import paths
 from devenv.errors import ConnectionFailed, DevenvError
 from devenv.guestagent import protocol
-from devenv.hostagent import wire
+from devenv.hostagent import mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
 from devenv.hostagent.forward import BridgeSet, Listener, bind_unix
@@ -653,14 +653,7 @@ class HostAgent:
                 client.close()
 
     def guest_cwd(self, cwd: str | None) -> str | None:
-        """The host cwd inside the guest when a mount puts it there (same rule as the QEMU backend)."""
-        if not cwd:
-            return None
-        for spec in self.opts.mounts:
-            root = spec.host_path.rstrip("/") or "/"
-            if cwd == root or cwd.startswith(root + "/"):
-                return spec.guest_path + cwd[len(root) :]
-        return None
+        return mounts.guest_cwd(self.opts.mounts, cwd)
 
 
 # --------------------------------------------------------------------------- fast exec

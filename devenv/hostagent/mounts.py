@@ -59,6 +59,20 @@ def mount_specs(mounts: Sequence[Any]) -> list[MountSpec]:
     return out
 
 
+def guest_cwd(specs: Sequence[MountSpec], cwd: str | None) -> str | None:
+    """The host folder `cwd` as the guest sees it through a mount; None (the guest home) when no mount holds it.
+
+    The one rule for `devenv exec`'s working directory, whichever path runs the command.
+    """
+    if not cwd:
+        return None
+    for spec in specs:
+        root = spec.host_path.rstrip("/") or "/"
+        if cwd == root or cwd.startswith(root + "/"):
+            return spec.guest_path + cwd[len(root) :]
+    return None
+
+
 def qemu_shares(mounts: Sequence[Any]) -> tuple[tuple[str, str, bool], ...]:
     """What qemuargs.VmSpec.shares should get for these mounts: (tag, host path, writable)."""
     return tuple((s.tag, s.host_path, s.writable) for s in mount_specs(mounts))

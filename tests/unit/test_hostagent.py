@@ -167,3 +167,22 @@ def test_hostagent_package_api_is_importable_without_paramiko() -> None:
     code = "import sys, devenv.hostagent, devenv.hostagent.client; print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('paramiko','typer'))))"
     out = subprocess.run([sys.executable, "-c", "import json; " + code], capture_output=True, text=True, check=True)
     assert json.loads(out.stdout) == []
+
+
+@pytest.mark.parametrize(
+    ("cwd", "expected"),
+    [
+        ("/home/ann/proj", "/home/ann/proj"),
+        ("/home/ann/proj/src", "/home/ann/proj/src"),
+        ("/home/ann/projX", None),
+        ("/srv/data/x", "/data/x"),
+        ("/elsewhere", None),
+        (None, None),
+    ],
+)
+def test_guest_cwd_is_one_rule_for_both_exec_paths(cwd: str | None, expected: str | None) -> None:
+    from devenv.config import Mount
+    from devenv.hostagent.mounts import guest_cwd, mount_specs
+
+    specs = mount_specs([Mount("/home/ann/proj", "", True), Mount("/srv/data", "/data", False)])
+    assert guest_cwd(specs, cwd) == expected
