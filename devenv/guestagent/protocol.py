@@ -27,6 +27,7 @@ from typing import Any, Protocol
 
 from devenv.errors import ConnectionFailed, Timeout
 from devenv.guestagent.agent import AGENT_VERSION, ENGINE_SOCKETS, PROTOCOL_VERSION
+from devenv.hostagent.wire import encode  # one JSON-lines encoder on the host side
 
 __all__ = [
     "AGENT_VERSION",
@@ -64,6 +65,7 @@ class AgentError(ConnectionFailed):
         super().__init__(f"guest agent: {method} failed: {message}", "")
         self.method = method
         self.code = code
+        self.reason = message  # the agent's own words, without the prefix
 
 
 @lru_cache(maxsize=1)
@@ -74,10 +76,6 @@ def agent_source() -> bytes:
 
 def agent_sha256() -> str:
     return hashlib.sha256(agent_source()).hexdigest()
-
-
-def encode(msg: Mapping[str, Any]) -> bytes:
-    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
 
 
 def decode(line: bytes) -> dict[str, Any]:

@@ -30,9 +30,10 @@ from devenv.paths import HOSTAGENT_LOG, HOSTAGENT_PID
 
 TYPE_CHECKING = False  # this package is imported on `devenv exec`'s hot path: pathlib/typing cost ms
 if TYPE_CHECKING:
-    import subprocess
     from pathlib import Path
     from typing import Any
+
+    from devenv.runner import Result
 
 CONTEXT_PREFIX = "devenv-"
 
@@ -174,12 +175,14 @@ def docker_env(inst_dir: Path) -> dict[str, str]:
     return {"DOCKER_HOST": f"unix://{engine_path(os.path.abspath(inst_dir))}"}
 
 
-def _docker(args: Sequence[str], docker: str) -> subprocess.CompletedProcess[str] | None:
-    import subprocess
+def _docker(args: Sequence[str], docker: str) -> Result | None:
+    """The docker CLI through the one runner; None when it is missing or hangs (the context is optional)."""
+    from devenv.errors import DevenvError
+    from devenv.runner import run
 
     try:
-        return subprocess.run([docker, *args], capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
+        return run([docker, *args], timeout=30)
+    except (DevenvError, OSError):
         return None
 
 

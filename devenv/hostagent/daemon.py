@@ -706,7 +706,7 @@ class ExecRequest:
             if e.code == "unknown_method":
                 session.can_spawn = False
                 return {"unavailable": True, "error": "the guest agent cannot spawn"}
-            _write_all(self.stderr_fd, f"devenv: {e.args[0].split(': ', 2)[-1]}\n".encode())
+            _write_all(self.stderr_fd, f"devenv: {e.reason}\n".encode())
             return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
         except DevenvError as e:
             return {"unavailable": True, "error": str(e)}

@@ -148,8 +148,6 @@ class Listener:
         self.bridges = bridges
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name=f"listen-{label}", daemon=True)
-        self.accepted = 0
-        self.failed = 0
 
     def start(self) -> Listener:
         self.sock.settimeout(ACCEPT_POLL)
@@ -168,7 +166,6 @@ class Listener:
                 log.warning("%s: accept failed: %s", self.label, e)
                 self._stop.wait(ACCEPT_POLL)
                 continue
-            self.accepted += 1
             client.settimeout(None)
             threading.Thread(target=self._serve, args=(client,), name=f"open-{self.label}", daemon=True).start()
 
@@ -176,7 +173,6 @@ class Listener:
         try:
             channel = self.opener()
         except Exception as e:  # one bad connection never takes the listener down
-            self.failed += 1
             log.info("%s: cannot open a channel for a new connection: %s", self.label, e)
             with contextlib.suppress(OSError):
                 client.close()
