@@ -110,6 +110,23 @@ make_busybox_rootfs() {
 # make_docker_archive ROOTFS OUT.tar NAME ARCH: the `docker save` layout
 # (manifest.json, config, one layer), which `ctr images import` and
 # `podman load` read without any registry.
+# import_local_image CLI: build $DEVENV_IMAGE from the guest's busybox with
+# `CLI import` (docker and podman take the same arguments), unless it exists.
+import_local_image() {
+    if "$1" image inspect "$DEVENV_IMAGE" >/dev/null 2>&1; then
+        log "$DEVENV_IMAGE exists"
+        return 0
+    fi
+    rootfs=$(mktemp -d)
+    if make_busybox_rootfs "$rootfs"; then
+        tar -C "$rootfs" -c . | "$1" import -c 'CMD ["/bin/sh"]' - "$DEVENV_IMAGE"
+        log "built $DEVENV_IMAGE"
+    else
+        log "WARNING: no busybox in this guest; $DEVENV_IMAGE not built (add busybox to the image)"
+    fi
+    rm -rf "$rootfs"
+}
+
 make_docker_archive() {
     rootfs=$1
     out=$2

@@ -13,16 +13,5 @@ systemctl enable docker.socket docker.service
 start_unit docker.service
 wait_for_socket /var/run/docker.sock 120
 
-if docker image inspect "$DEVENV_IMAGE" >/dev/null 2>&1; then
-    log "$DEVENV_IMAGE exists"
-else
-    rootfs=$(mktemp -d)
-    if make_busybox_rootfs "$rootfs"; then
-        tar -C "$rootfs" -c . | docker import -c 'CMD ["/bin/sh"]' - "$DEVENV_IMAGE"
-        log "built $DEVENV_IMAGE"
-    else
-        log "WARNING: no busybox in this guest; $DEVENV_IMAGE not built (add busybox to the image)"
-    fi
-    rm -rf "$rootfs"
-fi
+import_local_image docker
 log "docker ready: /var/run/docker.sock (group docker)"

@@ -27,16 +27,5 @@ printf 'export CONTAINER_HOST=unix://%s\n' "$SOCK" > /etc/profile.d/devenv-podma
 grep -q '^CONTAINER_HOST=' /etc/environment 2>/dev/null ||
     printf 'CONTAINER_HOST="unix://%s"\n' "$SOCK" >> /etc/environment
 
-if podman image exists "$DEVENV_IMAGE"; then
-    log "$DEVENV_IMAGE exists"
-else
-    rootfs=$(mktemp -d)
-    if make_busybox_rootfs "$rootfs"; then
-        tar -C "$rootfs" -c . | podman import -c 'CMD ["/bin/sh"]' - "$DEVENV_IMAGE"
-        log "built $DEVENV_IMAGE"
-    else
-        log "WARNING: no busybox in this guest; $DEVENV_IMAGE not built (add busybox to the image)"
-    fi
-    rm -rf "$rootfs"
-fi
+import_local_image podman
 log "podman ready: $SOCK (group podman, Docker API)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -104,3 +105,11 @@ def test_real_host_probe_does_not_raise() -> None:
     h = Host()
     for attr in ("kvm", "hvf", "whpx", "wsl_exe", "hyperv", "libvirt_socket", "qemu", "native_engine"):
         assert isinstance(getattr(h, attr), Probe)
+    # and they agree with the machine itself
+    import shutil
+
+    assert h.qemu.ok == bool(shutil.which(f"qemu-system-{h.arch}") and shutil.which("qemu-img"))
+    if h.system == "linux" and "DOCKER_HOST" not in os.environ:
+        from devenv.hostos import ping_unix
+
+        assert (h.engine is not None and h.engine.runtime == "docker") == ping_unix("/var/run/docker.sock")

@@ -152,3 +152,8 @@ def test_disk_size_has_headroom_and_a_floor() -> None:
 def test_mounts_under_reads_mountinfo(tmp_path: Path) -> None:
     assert build.mounts_under(tmp_path) == []
     assert "/" not in build.mounts_under(tmp_path)
+    if Path("/proc/self/mountinfo").exists():  # the real table: /proc is a mount point, and deepest comes first
+        under_proc = build.mounts_under(Path("/proc"))
+        assert under_proc[-1] == "/proc"
+        assert all(p.startswith("/proc") for p in under_proc)
+        assert [len(p) for p in under_proc] == sorted((len(p) for p in under_proc), reverse=True)
