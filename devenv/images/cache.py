@@ -26,7 +26,6 @@ from typing import Any
 
 from devenv import paths
 
-SOURCES = ("pulled", "built")
 RECORD_VERSION = 1
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from devenv.provision.userdata import FAILED_PREFIX, READY_LINE
+from devenv.provision.userdata import FAILED_PREFIX, PROVISION_LOG, READY_LINE
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Readiness:
             d = self.detail
             return (
                 f"provisioning failed in step `{d.get('step', '?')}` (exit code {d.get('rc', '?')}); "
-                f"see {d.get('log', '/var/log/devenv-provision.log')} in the guest"
+                f"see {d.get('log', PROVISION_LOG)} in the guest"
             )
         return "guest has not finished booting"
 

@@ -39,8 +39,6 @@ READY_UNIT = "/etc/systemd/system/devenv-ready.service"
 AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
 AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
 STATE_DIR = "/var/lib/devenv"
-PROVISIONED_MARKER = f"{STATE_DIR}/provisioned"
-FAILED_MARKER = f"{STATE_DIR}/failed"
 PROVISION_LOG = "/var/log/devenv-provision.log"
 READY_LINE = "DEVENV-READY"
 FAILED_PREFIX = "DEVENV-FAILED"
@@ -99,7 +97,7 @@ class SeedInputs:
     provision: tuple[Provision, ...] = ()
     timezone: str | None = None
     proxies: Mapping[str, str] = field(default_factory=dict)
-    uid: int = 1000
+    uid: int = GUEST_UID
 
 
 def inputs_for(
@@ -132,8 +130,8 @@ def guest_uid(host_uid: int | None = None) -> int:
     """
     if host_uid is None:
         getuid = getattr(os, "getuid", None)
-        host_uid = getuid() if getuid is not None else 1000
-    return host_uid if 500 <= host_uid < 60000 else 1000
+        host_uid = getuid() if getuid is not None else GUEST_UID
+    return host_uid if 500 <= host_uid < 60000 else GUEST_UID
 
 
 def guest_hostname(name: str) -> str:

@@ -29,6 +29,7 @@ import pytest
 from devenv import hostagent
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
+from devenv.provision.engines import LOCAL_IMAGE
 from tests.e2e.conftest import Devenv
 
 pytestmark = [
@@ -37,7 +38,7 @@ pytestmark = [
 ]
 
 DEVENV = [sys.executable, "-m", "devenv"]
-IMAGE = "devenv/busybox:latest"
+IMAGE = LOCAL_IMAGE  # built at first boot by provisioning
 NAME = "e2e"  # the shared VM of tests/e2e/conftest.py
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from devenv.provision.engines import LOCAL_IMAGE
 from tests.e2e.conftest import Devenv
 
 pytestmark = pytest.mark.e2e
@@ -57,7 +58,7 @@ def test_stdin_is_binary_safe(vm: VM) -> None:
 
 def test_docker_runs_the_local_image_in_the_guest(vm: VM) -> None:
     d, name, _ = vm
-    r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", "devenv/busybox:latest", "echo", "hi")
+    r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", LOCAL_IMAGE, "echo", "hi")
     assert r.stdout == b"hi\n"
 
 
