@@ -11,19 +11,18 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from devenv.hostagent.wire import LineReader, decode, encode, socket_str
 from devenv.paths import HOSTAGENT_SOCK
+from devenv.sigforward import forward_signals
 
 TYPE_CHECKING = False  # typing/pathlib/types cost milliseconds on the hot path: type checker only
 if TYPE_CHECKING:
     from pathlib import Path
-    from types import FrameType
     from typing import Any
 
     from devenv.hostagent.wire import Json
@@ -78,25 +77,15 @@ def state(inst_dir: Path | str, timeout: float = 3.0) -> Json:
     return result
 
 
-@contextlib.contextmanager
-def _forward_signals(sock: socket.socket) -> Iterator[None]:
+def _forward_signals(sock: socket.socket) -> contextlib.AbstractContextManager[None]:
     """While the command runs, ^C and SIGTERM become a request to signal the remote command."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     lock = threading.Lock()
 
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        name = "INT" if signum == signal.SIGINT else "TERM"
+    def send(name: str) -> None:
         with lock, contextlib.suppress(OSError):
             sock.sendall(encode({"op": "signal", "signal": name}))
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return forward_signals(send)
 
 
 def exec(  # the name is the operation, as in `devenv exec`

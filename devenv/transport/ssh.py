@@ -53,6 +53,7 @@ from paramiko.message import Message
 
 from devenv import paths
 from devenv.errors import CommandFailed, ConnectionFailed, DevenvError, InstanceNotFound, UsageError
+from devenv.sigforward import forward_signals
 from devenv.transport.cpspec import CopyPlan
 
 log = logging.getLogger(__name__)
@@ -1059,23 +1060,11 @@ def _resize_on_sigwinch(channel: paramiko.Channel, *fds: int) -> Iterator[None]:
         signal.signal(sigwinch, previous)
 
 
-@contextlib.contextmanager
-def _forward_signals(proc: RemoteProcess) -> Iterator[None]:
+def _forward_signals(proc: RemoteProcess) -> contextlib.AbstractContextManager[None]:
     """While a command runs, turn host SIGINT/SIGTERM into the same signal for the remote group."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def forward(signum: int, _frame: FrameType | None) -> None:
-        name = "INT" if signum == signal.SIGINT else "TERM"
-        threading.Thread(target=proc.signal, args=(name,), name=f"ssh-sig{name}", daemon=True).start()
-
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
+    return forward_signals(
+        lambda name: threading.Thread(target=proc.signal, args=(name,), name=f"ssh-sig{name}", daemon=True).start()
+    )
 
 
 def _write_all(fd: int, data: bytes) -> None:
