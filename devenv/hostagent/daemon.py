@@ -103,20 +103,40 @@ class GuestSession:
     def start(self) -> GuestSession:
         if self.agent.opts.mounts:  # independent of the guest agent: start them first, they take longest
             self._thread(self._mount_all, "mounts")
-        channel = self._open_guest_agent()
-        self.channel = channel
-        client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
-        try:
-            client.start()
-        except Exception:
-            channel.close()
-            raise
+        client = self._start_guest_agent()
         self.client = client
         self.can_spawn = True  # absent in an old agent: spawn then answers unknown_method
         self._thread(self._dispatch, "dispatch")
         result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
         self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
         return self
+
+    def _start_guest_agent(self) -> protocol.AgentClient:
+        """Connect to the guest agent; if its hello shows another version than ours, install ours and reconnect.
+
+        The hello carries the agent's protocol and sha256 (protocol.check_hello), so a
+        current agent costs no extra round trip.
+        """
+        ours = self.agent.opts.agent_command == protocol.serve_command()  # else a test's stand-in guest
+        for attempt in (1, 2):
+            channel = self._open_guest_agent()
+            client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
+            try:
+                reason = protocol.check_hello(client.start())
+                usable = True  # same protocol; at worst another build of the agent
+            except protocol.ProtocolError as e:
+                reason, usable = str(e), False
+            except Exception:
+                channel.close()
+                raise
+            if reason is None or (usable and (attempt == 2 or not ours)):
+                self.channel = channel
+                return client
+            channel.close()
+            if attempt == 2 or not ours:
+                raise ConnectionFailed(reason, "restart the instance with `devenv restart`")
+            self._install_guest_agent(reason)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _open_guest_agent(self) -> paramiko.Channel:
         """The guest agent's systemd socket when the guest has it, else the agent run on an exec channel.
@@ -126,7 +146,6 @@ class GuestSession:
         and the tests' stand-in guest (--agent-command).
         """
         if self.agent.opts.agent_command == protocol.serve_command():
-            self._ensure_guest_agent()
             try:
                 return open_streamlocal(self.transport, protocol.GUEST_SOCKET, timeout=15)
             except (ConnectionFailed, paramiko.SSHException, OSError, EOFError) as e:
@@ -135,11 +154,7 @@ class GuestSession:
         channel.exec_command(self.agent.opts.agent_command)
         return channel
 
-    def _ensure_guest_agent(self) -> None:
-        """Install this devenv's guest agent when the guest has another version (one round trip when current)."""
-        _, out, _ = self.run(f"sha256sum {protocol.GUEST_PATH} 2>/dev/null | cut -d' ' -f1", timeout=30)
-        if out.decode(errors="replace").strip() == protocol.agent_sha256():
-            return
+    def _install_guest_agent(self, reason: str) -> None:
         ch = self.transport.open_session(timeout=30)
         try:
             ch.settimeout(60)
@@ -151,7 +166,7 @@ class GuestSession:
             status = ch.recv_exit_status()
         finally:
             ch.close()
-        self.agent.events.emit("guest-agent-installed", exit_code=status)
+        self.agent.events.emit("guest-agent-installed", reason=reason, exit_code=status)
         if status != 0:
             raise ConnectionError(f"installing the guest agent failed with exit code {status}")
 

@@ -225,6 +225,20 @@ def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM)
         vm.guest("pkill -f 'http.server 9124'")
 
 
+def test_a_stale_guest_agent_is_replaced(vm: VM) -> None:
+    """Another build of the agent in the guest: the host sees it in the hello and installs its own."""
+    from devenv.guestagent import protocol
+
+    code, _, err = vm.guest(f"echo '# an older build' | sudo -n tee -a {protocol.GUEST_PATH} >/dev/null")
+    assert code == 0, err
+    hostagent.shutdown(vm.inst)
+    vm.cli("start")
+    installed = [e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "guest-agent-installed"]
+    assert installed and installed[-1]["exit_code"] == 0 and "differs" in installed[-1]["reason"]
+    code, out, _ = vm.guest(f"sha256sum {protocol.GUEST_PATH}")
+    assert (code, out.split()[0].decode()) == (0, protocol.agent_sha256())
+
+
 def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
     pid = int((vm.inst / "hostagent.pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
