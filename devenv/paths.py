@@ -44,6 +44,7 @@ SSH_HOST_PUBKEY = "ssh/ssh_host_ed25519_key.pub"
 SSH_KNOWN_HOSTS = "ssh/known_hosts"
 HOSTAGENT_PID = "hostagent.pid"
 HOSTAGENT_SOCK = "hostagent.sock"
+HOSTAGENT_TOKEN = "hostagent.token"  # the loopback TCP control channel: {"port", "token"}, 0600
 HOSTAGENT_LOG = "hostagent.log"
 EVENTS_LOG = "events.jsonl"
 SOCK_DIR = "sock"

@@ -16,7 +16,7 @@ import sys
 import threading
 from collections.abc import Mapping, Sequence
 
-from devenv.hostagent.wire import LineReader, decode, encode, socket_str
+from devenv.hostagent.wire import LineReader, decode, encode, read_token, socket_str
 from devenv.paths import HOSTAGENT_SOCK
 from devenv.sigforward import forward_signals
 
@@ -31,30 +31,58 @@ CONNECT_TIMEOUT = 2.0
 EXIT_AGENT_ERROR = 255  # what ssh returns when it cannot tell the command's own code
 
 
-def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> socket.socket | None:
-    """A connected control socket, or None when no agent listens (stale socket, never started)."""
+class Control:
+    """A connected control channel: the socket, and the token its first line must carry (TCP only)."""
+
+    def __init__(self, sock: socket.socket, token: str | None) -> None:
+        self.sock = sock
+        self.token = token
+
+    @property
+    def fd_passing(self) -> bool:
+        return self.token is None and hasattr(socket, "send_fds")
+
+    def first(self, msg: Json) -> bytes:
+        return encode(msg if self.token is None else {**msg, "token": self.token})
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> Control | None:
+    """The agent's control channel, or None when no agent listens (stale socket or token, never started).
+
+    The unix socket when there is one; else the loopback TCP port named in hostagent.token.
+    """
     path = socket_str(inst_dir, HOSTAGENT_SOCK)
-    if not os.path.exists(path):
+    if hasattr(socket, "AF_UNIX") and os.path.exists(path):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(path)
+            return Control(s, None)
+        except OSError:
+            s.close()
+    endpoint = read_token(inst_dir)
+    if endpoint is None:
         return None
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(timeout)
     try:
-        s.connect(path)
+        s = socket.create_connection(("127.0.0.1", endpoint[0]), timeout=timeout)
     except OSError:
-        s.close()
         return None
-    return s
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Control(s, endpoint[1])
 
 
 def request(inst_dir: Path | str, msg: Json, timeout: float = 5.0) -> Json | None:
     """One request, its final answer (or None when no agent answers in time)."""
-    s = connect(inst_dir, timeout)
-    if s is None:
+    c = connect(inst_dir, timeout)
+    if c is None:
         return None
     try:
-        s.settimeout(timeout)
-        s.sendall(encode(msg))
-        reader = LineReader(s)
+        c.sock.settimeout(timeout)
+        c.sock.sendall(c.first(msg))
+        reader = LineReader(c.sock)
         while True:
             line = reader.readline()
             if not line:
@@ -65,7 +93,7 @@ def request(inst_dir: Path | str, msg: Json, timeout: float = 5.0) -> Json | Non
     except (OSError, ValueError):
         return None
     finally:
-        s.close()
+        c.close()
 
 
 def state(inst_dir: Path | str, timeout: float = 3.0) -> Json:
@@ -77,15 +105,23 @@ def state(inst_dir: Path | str, timeout: float = 3.0) -> Json:
     return result
 
 
-def _forward_signals(sock: socket.socket) -> contextlib.AbstractContextManager[None]:
-    """While the command runs, ^C and SIGTERM become a request to signal the remote command."""
-    lock = threading.Lock()
+class _Sender:
+    """Lines up to the agent after the request (signals, stdin), one writer at a time."""
 
-    def send(name: str) -> None:
-        with lock, contextlib.suppress(OSError):
-            sock.sendall(encode({"op": "signal", "signal": name}))
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.lock = threading.Lock()
 
-    return forward_signals(send)
+    def send(self, msg: Json) -> bool:
+        with self.lock:
+            try:
+                self.sock.sendall(encode(msg))
+                return True
+            except OSError:
+                return False
+
+    def signal(self, name: str) -> None:
+        self.send({"op": "signal", "signal": name})
 
 
 def exec(  # the name is the operation, as in `devenv exec`
@@ -97,6 +133,7 @@ def exec(  # the name is the operation, as in `devenv exec`
     stdin_fd: int = 0,
     stdout_fd: int = 1,
     stderr_fd: int = 2,
+    stream: bool | None = None,
 ) -> int | None:
     """Run argv in the guest through the agent; the exit code, or None if no agent can run it.
 
@@ -105,33 +142,90 @@ def exec(  # the name is the operation, as in `devenv exec`
     command twice. `cwd` is the host's working directory: the agent maps it into
     the guest when a mount puts it there. stdin is forwarded unless it is a
     terminal (no PTY here: like `ssh host cmd`, use `devenv shell` for that).
+    The fds are handed to the agent where the channel can pass them, else their
+    data is streamed over it (`stream` forces either way).
     """
-    s = connect(inst_dir)
-    if s is None:
+    c = connect(inst_dir)
+    if c is None:
         return None
+    sent = False  # once the agent has the request, a failure must not make the caller run it again
     try:
         forward_stdin = not _isatty(stdin_fd)
         msg: Json = {"op": "exec", "argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": forward_stdin}
-        s.settimeout(None)
-        socket.send_fds(s, [encode(msg)], [stdin_fd, stdout_fd, stderr_fd])
-        reader = LineReader(s)
-        with _forward_signals(s):
+        c.sock.settimeout(None)
+        streamed = not c.fd_passing if stream is None else stream
+        sender = _Sender(c.sock)
+        if streamed:
+            msg["stream"] = True
+            c.sock.sendall(c.first(msg))
+            sent = True
+        else:
+            socket.send_fds(c.sock, [c.first(msg)], [stdin_fd, stdout_fd, stderr_fd])
+            sent = True
+        reader = LineReader(c.sock)
+        out_fds = {"stdout": stdout_fd, "stderr": stderr_fd}
+        broken: set[int] = set()  # a reader that went away (head, a closed pipe): drop the rest, as SIGPIPE would
+        with forward_signals(sender.signal):
             while True:
                 try:
                     line = reader.readline()
                 except InterruptedError:
                     continue
                 if not line:
-                    _say(stderr_fd, "devenv: lost the connection to the host agent while the command ran\n")
-                    return EXIT_AGENT_ERROR
+                    break
                 reply = decode(line)
+                if reply.get("started") and streamed and forward_stdin:  # only now: unstarted, stdin stays unread
+                    threading.Thread(target=_pump_stdin, args=(stdin_fd, sender), name="stdin", daemon=True).start()
+                    continue
+                if "out" in reply:
+                    fd = out_fds.get(str(reply["out"]), stderr_fd)
+                    if fd not in broken and not _write_out(fd, str(reply.get("data", ""))):
+                        broken.add(fd)
+                    continue
                 if not reply.get("final"):
                     continue
                 return _result(reply, stderr_fd)
     except (OSError, ValueError):
-        return None
+        if not sent:
+            return None
     finally:
-        s.close()
+        c.close()
+    _say(stderr_fd, "devenv: lost the connection to the host agent while the command ran\n")
+    return EXIT_AGENT_ERROR
+
+
+def _pump_stdin(fd: int, sender: _Sender) -> None:
+    """Stream mode: the caller's stdin up to the agent until EOF (a daemon thread: exit does not wait)."""
+    import base64
+
+    while True:
+        try:
+            data = os.read(fd, 256 * 1024)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not sender.send({"op": "stdin", "data": base64.b64encode(data).decode(), "eof": not data}) or not data:
+            return
+
+
+def _write_out(fd: int, data: str) -> bool:
+    """Stream mode: one chunk of the command's output to the caller's fd; False once that fd is gone."""
+    import base64
+
+    view = memoryview(base64.b64decode(data))
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:  # a non-blocking fd shared with the caller's shell
+            import select
+
+            select.select([], [fd], [], 1.0)
+            continue
+        except OSError:
+            return False
+        view = view[n:]
+    return True
 
 
 def _result(reply: Json, stderr_fd: int) -> int | None:

@@ -21,12 +21,14 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import hmac
 import logging
 import os
 import queue
 import select
 import signal
 import socket
+import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -43,7 +45,7 @@ from devenv.guestagent import protocol
 from devenv.hostagent import mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
-from devenv.hostagent.forward import BridgeSet, Listener, bind_unix
+from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
@@ -357,6 +359,7 @@ class HostAgent:
         self._mounts: dict[str, dict[str, Any]] = {}
         self._listeners: list[Listener] = []
         self._control: socket.socket | None = None
+        self._token: str | None = None  # set when the control channel is loopback TCP
         self._control_thread: threading.Thread | None = None
         self._pid_fd: int | None = None
         self._vm: tuple[int, str | None] | None = None
@@ -415,12 +418,20 @@ class HostAgent:
             "since_epoch": self._since,
             "last_error": self._last_error,
             "reconnects": self._reconnects,
+            "control": self._control_address(),
             "engine_socket": str(self.engine_path) if self.opts.engine_socket else None,
             "docker_host": f"unix://{self.engine_path}" if self.opts.engine_socket else None,
             "forwards": self.ports.snapshot(),
             "mounts": sorted(self._mounts.values(), key=lambda r: str(r["guest"])),
             "ignored_ports": list(self.opts.rejected_ports),
         }
+
+    def _control_address(self) -> str | None:
+        if self._control is None:
+            return None
+        if self._token is None:
+            return f"unix://{self.control_path}"
+        return f"tcp://127.0.0.1:{self._control.getsockname()[1]} (token in {paths.HOSTAGENT_TOKEN})"
 
     # -- lifecycle
     def run(self) -> int:
@@ -582,7 +593,10 @@ class HostAgent:
             with contextlib.suppress(OSError):
                 self._control.close()
             with contextlib.suppress(OSError):
-                self.control_path.unlink()
+                if self._token is None:
+                    self.control_path.unlink()
+                else:
+                    os.unlink(wire.token_str(self.inst_dir))
         for listener in self._listeners:
             listener.close()
         self.engine_bridges.close_all()
@@ -612,7 +626,15 @@ class HostAgent:
         self._listeners.append(Listener(sock, "engine", self.open_engine, self.engine_bridges).start())
 
     def _start_control(self) -> None:
-        self._control = bind_unix(self.control_path)
+        if wire.control_uses_tcp():
+            self._control, self._token = bind_control_tcp(self.inst_dir)
+            with contextlib.suppress(OSError):
+                if stat.S_ISSOCK(os.lstat(self.control_path).st_mode):
+                    self.control_path.unlink()  # a stale unix socket would be tried first
+        else:
+            with contextlib.suppress(OSError):
+                os.unlink(wire.token_str(self.inst_dir))
+            self._control = bind_unix(self.control_path)
         self._control.settimeout(TICK)
         self._control_thread = threading.Thread(target=self._control_loop, name="control", daemon=True)
         self._control_thread.start()
@@ -635,18 +657,28 @@ class HostAgent:
         fds: list[int] = []
         try:
             client.settimeout(30)
-            data, fds, _flags, _addr = socket.recv_fds(client, 65536, 3)
+            if self._token is None:
+                data, fds, _flags, _addr = socket.recv_fds(client, 65536, 3)
+            else:
+                data = client.recv(65536)
             reader = wire.LineReader(client)
             reader.buf = data
             line = reader.readline()
             msg = wire.decode(line)
+            if self._token is not None and not hmac.compare_digest(
+                str(msg.get("token", "")).encode(), self._token.encode()
+            ):
+                log.info("control client refused: wrong or missing token")
+                client.sendall(wire.encode({"final": True, "error": "wrong control token", "code": 77}))
+                return
             op = msg.get("op")
             if op == "exec":
-                if len(fds) != 3:
+                streamed = bool(msg.get("stream"))
+                if not streamed and len(fds) != 3:
                     client.sendall(wire.encode({"final": True, "error": "exec needs 3 file descriptors", "code": 255}))
                     return
                 client.settimeout(None)
-                reply = ExecRequest(self, client, reader, msg, fds).run()
+                reply = ExecRequest(self, client, reader, msg, None if streamed else fds).run()
                 fds = []  # closed by ExecRequest
             elif op == "state":
                 reply = {"state": self.state()}
@@ -675,33 +707,47 @@ class HostAgent:
 
 
 class ExecRequest:
-    """`devenv exec` over the control socket: the caller's fds pumped to a guest-agent spawn."""
+    """`devenv exec` over the control channel, pumped to a guest-agent spawn.
+
+    With the caller's three fds (unix socket + SCM_RIGHTS) output goes straight
+    to them; without (fds=None: stream mode, the TCP channel) output goes back
+    as {"out", "data"} lines and stdin comes as {"op": "stdin"} lines.
+    """
 
     def __init__(
-        self, agent: HostAgent, client: socket.socket, reader: wire.LineReader, msg: Mapping[str, Any], fds: list[int]
+        self,
+        agent: HostAgent,
+        client: socket.socket,
+        reader: wire.LineReader,
+        msg: Mapping[str, Any],
+        fds: list[int] | None,
     ) -> None:
         self.agent = agent
         self.client = client
         self.reader = reader
         self.msg = msg
-        self.stdin_fd, self.stdout_fd, self.stderr_fd = fds
+        self.fds = fds or []
+        self.stdin_fd, self.stdout_fd, self.stderr_fd = fds or (-1, -1, -1)
         self.done = threading.Event()
+        self._stdin_owned = False
 
     def run(self) -> dict[str, Any]:
-        self._stdin_owned = False
         try:
             return self._run()
         finally:
             self.done.set()
             # The stdin thread closes its fd itself: closing it here while it may still
             # select() on it could make it read whatever file gets that number next.
-            for fd in (
-                (self.stdout_fd, self.stderr_fd)
-                if self._stdin_owned
-                else (self.stdin_fd, self.stdout_fd, self.stderr_fd)
-            ):
+            for fd in self.fds[1:] if self._stdin_owned else self.fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+
+    def _emit(self, stream: str, data: bytes) -> None:
+        """Output of the command (or devenv's word about it) to the caller; OSError when the caller is gone."""
+        if not self.fds:
+            self.client.sendall(wire.encode({"out": stream, "data": base64.b64encode(data).decode()}))
+        else:
+            _write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
 
     def _run(self) -> dict[str, Any]:
         argv = self.msg.get("argv")
@@ -721,15 +767,17 @@ class ExecRequest:
             if e.code == "unknown_method":
                 session.can_spawn = False
                 return {"unavailable": True, "error": "the guest agent cannot spawn"}
-            _write_all(self.stderr_fd, f"devenv: {e.reason}\n".encode())
+            self._emit("stderr", f"devenv: {e.reason}\n".encode())
             return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
         except DevenvError as e:
             return {"unavailable": True, "error": str(e)}
         proc_id = result["process"]
         events = session.attach(proc_id)
         try:
+            if not self.fds:
+                self.client.sendall(wire.encode({"started": True}))
             threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
-            if want_stdin:
+            if want_stdin and self.fds:
                 self._stdin_owned = True
                 threading.Thread(target=self._stdin, args=(client, proc_id), name="exec-stdin", daemon=True).start()
             return self._output(events)
@@ -741,15 +789,15 @@ class ExecRequest:
         while True:
             kind, ev = events.get()
             if kind == "lost":
-                _write_all(self.stderr_fd, b"devenv: lost the connection to the guest while the command ran\n")
+                with contextlib.suppress(OSError):
+                    self._emit("stderr", b"devenv: lost the connection to the guest while the command ran\n")
                 return {"exit_code": 255}
             if ev.get("event") == "exit":
                 return {"exit_code": int(ev.get("exit_code", 255))}
             if broken:
                 continue
-            fd = self.stdout_fd if ev.get("stream") == "stdout" else self.stderr_fd
             try:
-                _write_all(fd, base64.b64decode(ev.get("data", "")))
+                self._emit("stdout" if ev.get("stream") == "stdout" else "stderr", base64.b64decode(ev.get("data", "")))
             except OSError:  # the reader went away (head, a closed pipe): drop the rest, as SIGPIPE would
                 broken = True
 
@@ -780,8 +828,13 @@ class ExecRequest:
                         client.call("kill", {"process": proc_id, "signal": "HUP"}, timeout=10)
                     return
                 msg = wire.decode(line)
-                if msg.get("op") == "signal" and not self.done.is_set():
+                if self.done.is_set():
+                    continue
+                if msg.get("op") == "signal":
                     client.call("kill", {"process": proc_id, "signal": str(msg.get("signal", "INT"))}, timeout=10)
+                elif msg.get("op") == "stdin" and not self.fds:  # stream mode: the caller's stdin, in order
+                    params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
+                    client.call("stdin", params, timeout=None)
         except (OSError, ValueError, DevenvError) as e:
             log.debug("exec signal reader ended: %s", e)
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import paramiko
 
+from devenv.paths import HOSTAGENT_TOKEN
+
 log = logging.getLogger(__name__)
 
 BUF = 256 * 1024
@@ -223,3 +225,33 @@ def bind_unix(path: Path) -> socket.socket:
         s.close()
         raise
     return s
+
+
+def bind_control_tcp(inst_dir: Path) -> tuple[socket.socket, str]:
+    """A loopback TCP listener for the control channel and its token, published in the 0600 hostagent.token.
+
+    For systems without unix sockets or fd passing (Windows). The token is what
+    keeps other local users out: they can reach 127.0.0.1 but not read the file
+    in the user's 0700 instance dir. Written to a temp name and renamed, so a
+    client never reads half a file.
+    """
+    import json
+    import secrets
+
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        s.listen(128)
+        token = secrets.token_hex(32)
+        final = inst_dir / HOSTAGENT_TOKEN
+        tmp = final.with_name(final.name + ".tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(json.dumps({"port": s.getsockname()[1], "token": token, "pid": os.getpid()}) + "\n")
+        os.replace(tmp, final)
+    except BaseException:
+        s.close()
+        raise
+    return s, token

@@ -11,6 +11,15 @@ descriptors on its request line, so output goes straight from the agent to the
 caller's terminal or pipe without a copy through the client; while it runs
 the client may send {"op": "signal", "signal": "INT"} lines on the same
 connection, and closing the connection early kills the remote command.
+
+Where there are no unix sockets or no fd passing (Windows), the agent listens
+on a loopback TCP port instead and writes {"port", "token"} to the 0600 file
+hostagent.token in the 0700 instance dir; every connection's first line must
+carry that token (anyone else on the machine can reach a loopback port, but
+cannot read the file). `exec` then runs in stream mode ({"stream": true}):
+output comes back as {"out": "stdout" | "stderr", "data": base64} lines and
+stdin goes up as {"op": "stdin", "data": base64, "eof": bool} lines.
+DEVENV_CONTROL=tcp forces the TCP channel on any system (the tests use it).
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import json
 import os
 import socket
 
-from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, SUN_PATH_MAX
+from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, HOSTAGENT_TOKEN, SUN_PATH_MAX
 
 TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -30,6 +39,26 @@ if TYPE_CHECKING:
 
 
 MAX_LINE = 1024 * 1024
+CONTROL_ENV = "DEVENV_CONTROL"
+
+
+def control_uses_tcp() -> bool:
+    """The agent's choice of control channel: loopback TCP + token on Windows (or when forced), else a unix socket."""
+    return os.name == "nt" or os.environ.get(CONTROL_ENV, "").strip().lower() == "tcp"
+
+
+def token_str(inst_dir: str | os.PathLike[str]) -> str:
+    return os.path.join(os.fspath(inst_dir), HOSTAGENT_TOKEN)
+
+
+def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
+    """(port, token) of a TCP control channel, or None when there is none (or the file is unreadable)."""
+    try:
+        with open(token_str(inst_dir), encoding="ascii") as f:
+            data = json.loads(f.read())
+        return int(data["port"]), str(data["token"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def encode(msg: Json) -> bytes:

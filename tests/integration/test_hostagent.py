@@ -359,28 +359,67 @@ def test_explicit_forward_from_config(make_env: Callable[..., Env]) -> None:
 
 
 def _exec(
-    env: Env, argv: list[str], stdin: bytes | None = None, cwd: str | None = None
+    env: Env, argv: list[str], stdin: bytes | None = None, cwd: str | None = None, stream: bool | None = None
 ) -> tuple[int | None, bytes, bytes]:
     """client.exec with real files as the three fds, as a shell would pass them."""
     d = env.inst.parent
     (d / "in").write_bytes(stdin or b"")
     with open(d / "in", "rb") as i, open(d / "out", "wb") as o, open(d / "err", "wb") as e:
         code = client.exec(
-            env.inst, argv, {"DEVENV_T": "v a l"}, cwd, stdin_fd=i.fileno(), stdout_fd=o.fileno(), stderr_fd=e.fileno()
+            env.inst,
+            argv,
+            {"DEVENV_T": "v a l"},
+            cwd,
+            stdin_fd=i.fileno(),
+            stdout_fd=o.fileno(),
+            stderr_fd=e.fileno(),
+            stream=stream,
         )
     return code, (d / "out").read_bytes(), (d / "err").read_bytes()
 
 
-def test_exec_streams_exit_code_env_and_stdin(make_env: Callable[..., Env]) -> None:
-    env = make_env()
-    assert _exec(env, ["sh", "-c", 'echo "$DEVENV_T"; echo oops >&2; exit 7']) == (7, b"v a l\n", b"oops\n")
+def _check_exec(env: Env, stream: bool | None) -> None:
+    assert _exec(env, ["sh", "-c", 'echo "$DEVENV_T"; echo oops >&2; exit 7'], stream=stream) == (
+        7,
+        b"v a l\n",
+        b"oops\n",
+    )
     blob = os.urandom(3 * 1024 * 1024)
-    code, out, _ = _exec(env, ["sha256sum"], stdin=blob)
+    code, out, _ = _exec(env, ["sha256sum"], stdin=blob, stream=stream)
     assert code == 0 and out.split()[0].decode() == hashlib.sha256(blob).hexdigest()
-    code, out, err = _exec(env, ["no-such-command-xyz"])
+    code, out, err = _exec(env, ["no-such-command-xyz"], stream=stream)
     assert code == 127 and out == b"" and b"no-such-command-xyz" in err
-    code, out, _ = _exec(env, ["sh", "-c", "head -c 5000000 /dev/zero"])
+    code, out, _ = _exec(env, ["sh", "-c", "head -c 5000000 /dev/zero"], stream=stream)
     assert code == 0 and out == b"\0" * 5000000
+
+
+@pytest.mark.parametrize("stream", [None, True], ids=["fd-passing", "stream-mode"])
+def test_exec_streams_exit_code_env_and_stdin(make_env: Callable[..., Env], stream: bool | None) -> None:
+    _check_exec(make_env(), stream)
+
+
+def test_tcp_control_channel_needs_the_token(make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows' control channel (loopback TCP + a 0600 token file), forced here with DEVENV_CONTROL=tcp."""
+    monkeypatch.setenv("DEVENV_CONTROL", "tcp")
+    env = make_env()
+    token_file = env.inst / "hostagent.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    info = json.loads(token_file.read_text())
+    assert len(info["token"]) == 64 and not hostagent.control_path(env.inst).exists()
+    st = env.state()
+    assert st["state"] == "connected" and st["control"].startswith(f"tcp://127.0.0.1:{info['port']} ")
+    _check_exec(env, None)  # the client finds the token file and streams: no fd passing over TCP
+    marker = env.inst.parent / "ran"
+    for token in ({}, {"token": "0" * 64}, {"token": info["token"][:-1]}):
+        with socket.create_connection(("127.0.0.1", info["port"]), timeout=5) as s:
+            msg = {"op": "exec", "argv": ["touch", str(marker)], "stream": True, **token}
+            s.sendall(json.dumps(msg).encode() + b"\n")
+            reply = json.loads(s.makefile("rb").readline())
+        assert reply == {"final": True, "error": "wrong control token", "code": 77}
+    assert not marker.exists()
+    assert _exec(env, ["touch", str(marker)])[0] == 0 and marker.exists()
+    assert hostagent.shutdown(env.inst) is True
+    assert not token_file.exists() and hostagent.state(env.inst)["alive"] is False
 
 
 def test_exec_maps_cwd_under_a_mount_only(make_env: Callable[..., Env], tmp_path: Path) -> None:
@@ -443,7 +482,11 @@ def test_reverse_sshfs_mount_both_ways_and_read_only(make_env: Callable[..., Env
             subprocess.run(["umount", "-l", str(g)], capture_output=True)
 
 
-def test_exec_forwards_sigint_to_the_remote_command(make_env: Callable[..., Env]) -> None:
+@pytest.mark.parametrize("control", ["unix", "tcp"])
+def test_exec_forwards_sigint_to_the_remote_command(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch, control: str
+) -> None:
+    monkeypatch.setenv("DEVENV_CONTROL", control)
     env = make_env()
     marker = env.inst.parent / "trapped"
     script = f"trap 'echo INT > {marker}; exit 42' INT; echo ready; while :; do sleep 0.1; done"
