@@ -497,7 +497,8 @@ class QemuBackend:
         details["agent"] = ha.get("state")
         details["docker_host"] = hostagent.docker_env(inst.dir)["DOCKER_HOST"]
         details["forwards"] = [
-            f"127.0.0.1:{f.get('host')} -> {f.get('guest_port')} ({f.get('status')}"
+            f"{f.get('host')} -> {f.get('guest_port')} ({f.get('status')}"
+            + (f" via {f.get('via')}" if f.get("via") else "")
             + (f": {f.get('reason')}" if f.get("reason") else "")
             + ")"
             for f in ha.get("forwards", [])

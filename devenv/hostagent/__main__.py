@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from devenv import paths
+from devenv.hostagent import usernet
 from devenv.hostagent.daemon import HostAgent, Options
 from devenv.hostagent.mounts import mount_specs
 from devenv.hostagent.ports import AUTO_MIN_PORT, config_forwards
@@ -30,6 +31,13 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--min-port", type=int, default=AUTO_MIN_PORT, help="lowest guest port forwarded automatically")
     p.add_argument("--ports-interval", type=float, default=0.5)
     p.add_argument("--bind-host", default="127.0.0.1", help="host loopback address for port forwards")
+    p.add_argument(
+        "--qmp",
+        type=Path,
+        default=None,
+        help=f"QEMU's QMP socket for user-mode-net forwards (default: INSTANCE_DIR/{paths.QMP_SOCK} if it exists; "
+        f"{usernet.ENV}=ssh: none)",
+    )
     a = p.parse_args(argv)
     inst_dir = a.inst_dir.absolute()
     opts = Options(
@@ -38,6 +46,9 @@ def parse(argv: list[str]) -> Options:
     if a.agent_command:
         opts.agent_command = a.agent_command
     opts.watch_pid_file = None if a.no_watch else (a.watch_pid_file or inst_dir / paths.QEMU_PID)
+    qmp = a.qmp or inst_dir / paths.QMP_SOCK
+    if usernet.wanted() and (a.qmp is not None or qmp.exists()):
+        opts.usernet_qmp = qmp
     runtime = "docker"
     cfg_file = inst_dir / paths.INSTANCE_CONFIG
     if cfg_file.is_file():

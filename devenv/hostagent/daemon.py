@@ -48,6 +48,7 @@ from devenv.hostagent.events import EventLog
 from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
+from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ class Options:
     explicit: dict[int, Forward] = field(default_factory=dict)
     mounts: list[MountSpec] = field(default_factory=list)
     rejected_ports: list[str] = field(default_factory=list)
+    usernet_qmp: Path | None = None  # QEMU's QMP socket: forwards of wildcard ports go through its user-mode net
 
 
 def _iso(t: float) -> str:
@@ -346,7 +348,10 @@ class HostAgent:
         self.opts = opts
         self.inst_dir = opts.inst_dir
         self.events = EventLog(opts.inst_dir / paths.EVENTS_LOG)
-        self.ports = PortManager(self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host)
+        self.usernet = self._usernet(opts)
+        self.ports = PortManager(
+            self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host, usernet=self.usernet
+        )
         self.engine_bridges = BridgeSet()
         self.conn: SSHConnection | None = None
         self._stop = threading.Event()
@@ -366,6 +371,16 @@ class HostAgent:
         self._clock = JumpDetector()
         self.control_path = wire.control_path(opts.inst_dir)
         self.engine_path = wire.engine_path(opts.inst_dir)
+
+    @staticmethod
+    def _usernet(opts: Options) -> UserNetForwarder | None:
+        if opts.usernet_qmp is None:
+            return None
+        try:
+            ssh_port = int((opts.inst_dir / paths.SSH_PORT).read_text().strip())
+        except (OSError, ValueError):
+            return None  # without SSH's own port known, clearing stale rules could cut the agent off
+        return UserNetForwarder(opts.usernet_qmp, keep_ports={ssh_port})
 
     # -- channels for the forwards
     def wait_session(self, timeout: float) -> GuestSession | None:
@@ -446,6 +461,10 @@ class HostAgent:
                 return 1
             self._start_control()
             self._start_engine()
+            if self.usernet is not None:
+                with contextlib.suppress(UserNetError):
+                    if stale := self.usernet.clear_stale(self.opts.bind_host):
+                        log.info("removed QEMU forwards a previous agent left: %s", stale)
             self.ports.reconcile()  # explicit forwards listen from the start
             self.events.emit("agent-started", pid=os.getpid())
             self._supervise()

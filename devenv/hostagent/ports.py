@@ -14,6 +14,11 @@ Policy (like Lima's default rules):
   any port number, always on, whether or not the guest listens yet.
 - Host side: always 127.0.0.1 only; a host port already taken gives a
   `forward-failed` event with the reason and is retried on the next change.
+- Path: an automatic forward of a port that listens on every guest address
+  goes through QEMU's own user-mode network when the agent has one
+  (usernet.py: ~3x the throughput); every other forward is a 127.0.0.1
+  listener of this process bridged through SSH direct-tcpip. A failed
+  QEMU rule falls back to SSH. `via` in the snapshot says which.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import paramiko
 
 from devenv.hostagent.events import EventLog
 from devenv.hostagent.forward import BridgeSet, Listener, bind_tcp
+from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +51,13 @@ class Forward:
     guest_port: int
     guest_host: str  # the address dialed from inside the guest (direct-tcpip target)
     source: str  # "auto" | "config"
+    on_nic: bool = False  # listens on every guest address: QEMU's user-mode network can reach it
 
 
 def auto_forwards(ports: Iterable[Mapping[str, Any]], min_port: int = AUTO_MIN_PORT) -> dict[int, Forward]:
     """Guest listening sockets (the guest agent's `ports` entries) -> forwards by host port."""
     dial: dict[int, str] = {}
+    wildcard: set[int] = set()
     for entry in ports:
         try:
             port = int(entry["port"])
@@ -62,7 +70,9 @@ def auto_forwards(ports: Iterable[Mapping[str, Any]], min_port: int = AUTO_MIN_P
             dial[port] = "127.0.0.1"  # IPv4 loopback reaches 0.0.0.0, dual-stack :: and 127.0.0.1
         elif address == "::1":
             dial.setdefault(port, "::1")
-    return {p: Forward(p, p, host, "auto") for p, host in sorted(dial.items())}
+        if address in WILDCARDS:
+            wildcard.add(port)
+    return {p: Forward(p, p, host, "auto", p in wildcard) for p, host in sorted(dial.items())}
 
 
 def config_forwards(entries: Iterable[Any]) -> tuple[dict[int, Forward], list[tuple[Any, str]]]:
@@ -81,6 +91,21 @@ def config_forwards(entries: Iterable[Any]) -> tuple[dict[int, Forward], list[tu
 Opener = Callable[[str, int], paramiko.Channel]
 
 
+class UserNetRule:
+    """An active forward held by QEMU (a hostfwd rule) rather than by a listener of ours."""
+
+    def __init__(self, forwarder: UserNetForwarder, host: str, host_port: int) -> None:
+        self.forwarder = forwarder
+        self.host = host
+        self.host_port = host_port
+
+    def close(self) -> None:
+        try:
+            self.forwarder.remove(self.host, self.host_port)
+        except UserNetError as e:  # QEMU gone: its rules went with it
+            log.info("removing the QEMU forward of port %d: %s", self.host_port, e)
+
+
 class PortManager:
     """The host's listeners, reconciled against config + the guest's current port list.
 
@@ -96,8 +121,10 @@ class PortManager:
         explicit: Mapping[int, Forward] | None = None,
         min_port: int = AUTO_MIN_PORT,
         bind_host: str = "127.0.0.1",
+        usernet: UserNetForwarder | None = None,
     ) -> None:
         self.events = events
+        self.usernet = usernet
         self.opener = opener
         self.explicit = dict(explicit or {})
         self.min_port = min_port
@@ -105,7 +132,7 @@ class PortManager:
         self.bridges = BridgeSet()
         self._lock = threading.RLock()
         self._guest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
-        self._active: dict[int, tuple[Forward, Listener]] = {}
+        self._active: dict[int, tuple[Forward, Listener | UserNetRule]] = {}
         self._failed: dict[int, tuple[Forward, str]] = {}
 
     # -- input from the guest
@@ -145,7 +172,7 @@ class PortManager:
                     continue
                 previous = self._failed.get(host_port)
                 try:
-                    sock = bind_tcp(host_port, self.bind_host)
+                    handle = self._open(fwd)
                 except OSError as e:
                     reason = f"host port {host_port} is not available: {e.strerror or e}"
                     if previous is None or previous != (fwd, reason):
@@ -155,9 +182,29 @@ class PortManager:
                     self._failed[host_port] = (fwd, reason)
                     continue
                 self._failed.pop(host_port, None)
-                listener = Listener(sock, f"tcp{host_port}", self._opener_for(fwd), self.bridges).start()
-                self._active[host_port] = (fwd, listener)
-                self.events.emit("forward-added", host_port=host_port, guest_port=fwd.guest_port, source=fwd.source)
+                self._active[host_port] = (fwd, handle)
+                self.events.emit(
+                    "forward-added", host_port=host_port, guest_port=fwd.guest_port, source=fwd.source, via=_via(handle)
+                )
+
+    def _open(self, fwd: Forward) -> Listener | UserNetRule:
+        """QEMU's user-mode network when it can reach the guest port, else our listener bridged over SSH.
+
+        Binding first proves the host port free either way (OSError: taken); for
+        QEMU the probe is closed just before QEMU binds the same port (it sets
+        SO_REUSEADDR, so nothing lingers in between). A refused QEMU rule falls
+        back to SSH.
+        """
+        sock = bind_tcp(fwd.host_port, self.bind_host)
+        if self.usernet is not None and fwd.on_nic:
+            sock.close()
+            try:
+                self.usernet.add(self.bind_host, fwd.host_port, fwd.guest_port)
+                return UserNetRule(self.usernet, self.bind_host, fwd.host_port)
+            except UserNetError as e:
+                log.info("QEMU could not forward port %d (%s); bridging it over SSH", fwd.host_port, e)
+            sock = bind_tcp(fwd.host_port, self.bind_host)
+        return Listener(sock, f"tcp{fwd.host_port}", self._opener_for(fwd), self.bridges).start()
 
     def _opener_for(self, fwd: Forward) -> Callable[[], paramiko.Channel]:
         def open_channel() -> paramiko.Channel:
@@ -174,8 +221,9 @@ class PortManager:
                     "guest_port": f.guest_port,
                     "source": f.source,
                     "status": "active",
+                    "via": _via(handle),
                 }
-                for p, (f, _) in self._active.items()
+                for p, (f, handle) in self._active.items()
             ]
             rows += [
                 {
@@ -194,10 +242,14 @@ class PortManager:
         with self._lock:
             active, self._active = self._active, {}
             self._failed.clear()
-        for _, listener in active.values():
+        for _, handle in active.values():
             with contextlib.suppress(Exception):
-                listener.close()
+                handle.close()
         self.bridges.close_all()
+
+
+def _via(handle: Listener | UserNetRule) -> str:
+    return "qemu" if isinstance(handle, UserNetRule) else "ssh"
 
 
 def _key(entry: Mapping[str, Any]) -> tuple[str, str, int]:

@@ -146,7 +146,10 @@ def test_published_port_is_forwarded_and_removed_when_the_container_stops(vm: VM
         status, body = wait_for(lambda: _try_get(18080, "/hostname"), 30, "HTTP on 127.0.0.1:18080")
         # busybox httpd serves the container's /etc/hostname: the container id's first 12 characters
         assert (status, body.strip()) == (200, r.stdout.strip()[:12].encode())
-        assert any(f["host_port"] == 18080 and f["status"] == "active" for f in vm.state()["forwards"])
+        # docker-proxy listens on 0.0.0.0 in the guest: QEMU's user-mode net carries it, not SSH
+        assert [(f["status"], f["via"]) for f in vm.state()["forwards"] if f["host_port"] == 18080] == [
+            ("active", "qemu")
+        ]
     finally:
         stopped = vm.docker("stop", "-t", "1", "hae2e-web")
         assert stopped.returncode == 0, stopped.stderr
@@ -164,14 +167,25 @@ def _try_get(port: int, path: str) -> tuple[int, bytes] | None:
         return None
 
 
+def _via(vm: VM, port: int) -> str | None:
+    return next((f.get("via") for f in vm.state()["forwards"] if f["host_port"] == port), None)
+
+
 def test_guest_listener_is_reachable_without_configuration(vm: VM) -> None:
-    code, _, err = vm.guest("cd /tmp && nohup python3 -m http.server 9123 >/dev/null 2>&1 & echo started")
+    """On every address (QEMU's user-mode net) and on the guest's loopback only (SSH direct-tcpip)."""
+    code, _, err = vm.guest(
+        "cd /tmp && (nohup python3 -m http.server 9123 >/dev/null 2>&1 &"
+        " nohup python3 -m http.server --bind 127.0.0.1 9125 >/dev/null 2>&1 &) && echo started"
+    )
     assert code == 0, err
     try:
-        status, body = wait_for(lambda: _try_get(9123, "/"), 20, "HTTP on 127.0.0.1:9123")
-        assert status == 200 and b"Directory listing" in body
+        for port, via in ((9123, "qemu"), (9125, "ssh")):
+            status, body = wait_for(lambda p=port: _try_get(p, "/"), 20, f"HTTP on 127.0.0.1:{port}")  # type: ignore[misc]
+            assert status == 200 and b"Directory listing" in body
+            assert _via(vm, port) == via
     finally:
-        vm.guest("pkill -f 'http.server 9123'")
+        vm.guest("pkill -f 'http.server'")
+    wait_for(lambda: _try_get(9123, "/") is None and _try_get(9125, "/") is None, 5, "both forwards gone")
 
 
 def test_project_folder_is_shared_both_ways(vm: VM) -> None:
@@ -193,9 +207,11 @@ def test_project_folder_is_shared_both_ways(vm: VM) -> None:
 
 
 def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM) -> None:
-    code, _, err = vm.guest("nohup python3 -m http.server 9124 >/dev/null 2>&1 & echo ok")
+    # bound to the guest's loopback: this forward rides on SSH, the connection being cut
+    code, _, err = vm.guest("nohup python3 -m http.server --bind 127.0.0.1 9124 >/dev/null 2>&1 & echo ok")
     assert code == 0, err
     wait_for(lambda: _try_get(9124, "/"), 20, "HTTP on 9124 before")
+    assert _via(vm, 9124) == "ssh"
     n_before = len([e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "disconnected"])
     # Restart sshd and kill every session (systemd's KillMode=process would keep ours alive),
     # from a transient unit so the command outlives the session it kills.
@@ -240,6 +256,9 @@ def test_a_stale_guest_agent_is_replaced(vm: VM) -> None:
 
 
 def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
+    code, _, err = vm.guest("nohup python3 -m http.server 9126 >/dev/null 2>&1 & echo ok")
+    assert code == 0, err
+    wait_for(lambda: _via(vm, 9126) == "qemu", 20, "a QEMU forward of 9126")
     pid = int((vm.inst / "hostagent.pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to be gone")
@@ -249,6 +268,14 @@ def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
     vm.cli("start")
     assert json.loads(vm.cli("status", "--json").stdout)["state"] == "running"
     assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+    # QEMU kept the dead agent's rule; the new agent cleared it and made its own (no "port taken")
+    try:
+        wait_for(lambda: _via(vm, 9126) == "qemu", 20, "9126 forwarded again")
+        assert _try_get(9126, "/") is not None
+        failed = [e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "forward-failed"]
+        assert not [e for e in failed if e["host_port"] == 9126], failed
+    finally:
+        vm.guest("pkill -f 'http.server 9126'")
 
 
 def test_agent_exits_when_the_vm_dies_and_start_recovers(vm: VM) -> None:
@@ -271,5 +298,13 @@ def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:
     assert st["state"] == "running", st
     assert st["details"]["docker_host"] == hostagent.docker_env(vm.inst)["DOCKER_HOST"]
     assert any(str(vm.project) in m and "mounted" in m for m in st["details"]["mounts"]), st["details"]
+    code, _, err = vm.guest("nohup python3 -m http.server 9127 >/dev/null 2>&1 & echo ok")
+    assert code == 0, err
+    try:
+        wait_for(lambda: _via(vm, 9127), 20, "a forward of 9127")
+        st = json.loads(vm.cli("status", "--json").stdout)
+        assert "127.0.0.1:9127 -> 9127 (active via qemu)" in st["details"]["forwards"], st["details"]
+    finally:
+        vm.guest("pkill -f 'http.server 9127'")
     out = vm.cli("docker-env").stdout.strip()
     assert out == f"export DOCKER_HOST={hostagent.docker_env(vm.inst)['DOCKER_HOST']}"

@@ -1,0 +1,98 @@
+"""Forwards made by QEMU's own user-mode network (hostfwd over QMP): no SSH, no crypto, no Python in the path.
+
+A guest port that listens on every address (0.0.0.0 or a dual-stack ::, which
+is what docker-proxy and most servers do) is reachable on the guest's NIC, so
+QEMU's slirp can connect to it directly: `hostfwd_add net0
+tcp:127.0.0.1:P-:P`. That runs about three times faster than a bridge through
+SSH direct-tcpip under TCG (benchmarks/bench_hostagent.py), because nothing is
+encrypted twice and the bytes never pass through this process. A port bound
+only to the guest's loopback is not on the NIC and still goes through SSH
+(ports.py decides which is which); so does every forward of a backend that is
+not QEMU. DEVENV_FORWARDS=ssh turns this off (to compare, or to debug).
+
+QEMU keeps the rules when this agent dies, so a new agent first removes the
+127.0.0.1 rules it finds (all but SSH's own) before it adds its own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+
+from devenv.backends.qmp import Qmp
+from devenv.errors import DevenvError
+
+log = logging.getLogger(__name__)
+
+NETDEV = "net0"  # the id qemuargs gives the user-mode netdev
+ENV = "DEVENV_FORWARDS"
+
+
+class UserNetError(Exception):
+    """QEMU refused a rule, or QMP could not be reached; the message says which."""
+
+
+def wanted() -> bool:
+    return os.environ.get(ENV, "").strip().lower() != "ssh"
+
+
+def parse_host_forwards(usernet: str) -> list[tuple[str, int, int]]:
+    """`info usernet` -> [(host address, host port, guest port)] of its HOST_FORWARD rules.
+
+    The rows look like `  TCP[HOST_FORWARD]  13   127.0.0.1 40001   10.0.2.15    22     0     0`.
+    """
+    rules = []
+    for line in usernet.splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[0] == "TCP[HOST_FORWARD]":
+            with contextlib.suppress(ValueError):
+                rules.append((fields[2], int(fields[3]), int(fields[5])))
+    return rules
+
+
+class UserNetForwarder:
+    """hostfwd rules of one QEMU process, each change over a short QMP connection.
+
+    Short, because QEMU serves one QMP client at a time and `devenv status` and
+    `stop` need it too.
+    """
+
+    def __init__(self, qmp_path: Path, keep_ports: set[int], netdev: str = NETDEV) -> None:
+        self.qmp_path = qmp_path
+        self.keep_ports = keep_ports
+        self.netdev = netdev
+
+    def _hmp(self, command: str) -> str:
+        try:
+            with Qmp(self.qmp_path, timeout=10) as q:
+                out = q.command("human-monitor-command", **{"command-line": command})
+        except (DevenvError, OSError, ValueError) as e:
+            raise UserNetError(f"QEMU's monitor did not answer: {e}") from None
+        return str(out or "")
+
+    def add(self, host: str, host_port: int, guest_port: int) -> None:
+        out = self._hmp(f"hostfwd_add {self.netdev} tcp:{host}:{host_port}-:{guest_port}").strip()
+        if out:  # HMP answers nothing on success, an error line otherwise
+            raise UserNetError(out)
+
+    def remove(self, host: str, host_port: int) -> None:
+        out = self._hmp(f"hostfwd_remove {self.netdev} tcp:{host}:{host_port}").strip()
+        if out and "removed" not in out.lower():
+            raise UserNetError(out)
+
+    def rules(self) -> list[tuple[str, int, int]]:
+        return parse_host_forwards(self._hmp("info usernet"))
+
+    def clear_stale(self, host: str) -> list[int]:
+        """Remove the rules a previous agent left on `host` (never SSH's own); the host ports removed."""
+        removed = []
+        for addr, host_port, _guest in self.rules():
+            if addr == host and host_port not in self.keep_ports:
+                try:
+                    self.remove(host, host_port)
+                    removed.append(host_port)
+                except UserNetError as e:
+                    log.info("could not remove the stale forward of host port %d: %s", host_port, e)
+        return removed

@@ -1,0 +1,123 @@
+"""QEMU user-mode-net forwards (hostfwd over QMP) against a real QEMU process.
+
+A paused QEMU with no disk and a user netdev `net0`, like the one qemuargs
+builds: hostfwd rules are real listening sockets of QEMU on the host, so the
+tests see them as a port that is taken, then free again.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.hostagent.events import EventLog, read_events
+from devenv.hostagent.ports import PortManager
+from devenv.hostagent.usernet import UserNetError, UserNetForwarder
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_taken(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@pytest.fixture
+def qemu(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    """(QMP socket, the SSH hostfwd port given on the command line)."""
+    sock = tmp_path / "qmp.sock"
+    ssh_port = free_port()
+    proc = subprocess.Popen(
+        ["qemu-system-x86_64", "-nodefaults", "-machine", "q35", "-accel", "tcg", "-display", "none", "-S",
+         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22", "-device", "virtio-net-pci,netdev=net0",
+         "-qmp", f"unix:{sock},server=on,wait=off"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.05)
+        yield sock, ssh_port
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_add_list_remove_and_a_taken_port(qemu: tuple[Path, int]) -> None:
+    sock, ssh_port = qemu
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    assert fw.rules() == [("127.0.0.1", ssh_port, 22)]  # parsed from QEMU's own `info usernet`
+    port = free_port()
+    fw.add("127.0.0.1", port, 8080)
+    assert port_taken(port)
+    assert sorted(fw.rules()) == sorted([("127.0.0.1", ssh_port, 22), ("127.0.0.1", port, 8080)])
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", other := free_port()))
+        holder.listen(1)
+        with pytest.raises(UserNetError, match="host forwarding rule"):
+            fw.add("127.0.0.1", other, 8080)
+    fw.remove("127.0.0.1", port)
+    assert not port_taken(port)
+    assert fw.rules() == [("127.0.0.1", ssh_port, 22)]
+
+
+def test_clear_stale_keeps_the_ssh_rule(qemu: tuple[Path, int]) -> None:
+    sock, ssh_port = qemu
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    left = [free_port(), free_port()]
+    for p in left:
+        fw.add("127.0.0.1", p, p)
+    assert sorted(fw.clear_stale("127.0.0.1")) == sorted(left)
+    assert fw.rules() == [("127.0.0.1", ssh_port, 22)] and not any(port_taken(p) for p in left)
+
+
+def test_unreachable_qmp_is_a_usernet_error(tmp_path: Path) -> None:
+    with pytest.raises(UserNetError, match="did not answer"):
+        UserNetForwarder(tmp_path / "none.sock", keep_ports=set()).add("127.0.0.1", 1, 1)
+
+
+def test_port_manager_hands_wildcard_ports_to_qemu(qemu: tuple[Path, int], tmp_path: Path) -> None:
+    """Wildcard listeners go to QEMU, loopback-only ones to an SSH bridge; removal frees the port."""
+    sock, ssh_port = qemu
+    events = EventLog(tmp_path / "events.jsonl")
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    wild, loop = free_port(), free_port()
+    pm = PortManager(events, opener=lambda h, p: None, min_port=1, usernet=fw)  # type: ignore[arg-type,return-value]
+    try:
+        pm.set_guest_ports(
+            [
+                {"proto": "tcp", "address": "0.0.0.0", "port": wild},
+                {"proto": "tcp", "address": "127.0.0.1", "port": loop},
+            ]
+        )
+        via = {r["host_port"]: r["via"] for r in pm.snapshot()}
+        assert via == {wild: "qemu", loop: "ssh"}
+        assert ("127.0.0.1", wild, wild) in fw.rules() and ("127.0.0.1", loop, loop) not in fw.rules()
+        pm.set_guest_ports([{"proto": "tcp", "address": "127.0.0.1", "port": loop}])
+        assert not port_taken(wild) and fw.rules() == [("127.0.0.1", ssh_port, 22)]
+        added = [e for e in read_events(tmp_path / "events.jsonl") if e["event"] == "forward-added"]
+        assert {(e["host_port"], e["via"]) for e in added} == {(wild, "qemu"), (loop, "ssh")}
+    finally:
+        pm.close()
+    assert not port_taken(loop)
