@@ -222,8 +222,21 @@ class QemuBackend:
             self._launch(inst, binary, accel)
         else:
             step(f"QEMU is already running (pid {pid})")
+        self._launch_agent_early(inst)
         self._wait_ready(inst, step, deadline_total)
         self._start_agent(inst, step)
+
+    def _launch_agent_early(self, inst: InstanceRef) -> None:
+        """Start the host agent while the guest boots: its login and guest agent overlap the wait.
+
+        The agent retries SSH until the guest answers, so by the time the guest
+        reports ready it is usually connected. A failure here is not final:
+        _start_agent launches it again and reports what went wrong.
+        """
+        from devenv import hostagent
+
+        with contextlib.suppress(hostagent.AgentStartError, OSError):
+            hostagent.launch(inst.dir, user=GUEST_USER, wait=0)
 
     def _start_agent(self, inst: InstanceRef, step: StepReporter) -> None:
         """The host agent holds the SSH connection: engine socket, forwards, mounts, fast exec."""
