@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
 IMAGE_RECORD = "image.json"  # which base image (kernel, initrd, cmdline) this instance boots
 QEMU_LOG = "qemu.log"  # QEMU's own stdout/stderr
+PROVISIONED = "provisioned"  # the guest reported ready once: its user, groups and agent unit exist
 SERIAL_TAIL = 25
 
 # Per-step timeouts, scaled up under TCG where everything is ~10x slower.
@@ -222,8 +223,11 @@ class QemuBackend:
             self._launch(inst, binary, accel)
         else:
             step(f"QEMU is already running (pid {pid})")
-        self._launch_agent_early(inst)
+        provisioned = inst.dir / PROVISIONED
+        if provisioned.exists():
+            self._launch_agent_early(inst)
         self._wait_ready(inst, step, deadline_total)
+        provisioned.touch()
         self._start_agent(inst, step)
 
     def _launch_agent_early(self, inst: InstanceRef) -> None:
@@ -231,7 +235,10 @@ class QemuBackend:
 
         The agent retries SSH until the guest answers, so by the time the guest
         reports ready it is usually connected. A failure here is not final:
-        _start_agent launches it again and reports what went wrong.
+        _start_agent launches it again and reports what went wrong. Never on
+        the first boot: cloud-init is still creating the user and its groups
+        then, and a session logged in before that would lack the engine's
+        socket group for as long as it lives.
         """
         from devenv import hostagent
 

@@ -72,7 +72,9 @@ def parse(argv: list[str]) -> Options:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("paramiko").setLevel(logging.WARNING)
+    # paramiko logs every refused handshake of a booting guest as an ERROR with a traceback;
+    # the agent reports connection failures itself, with the reason.
+    logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     opts = parse(sys.argv[1:] if argv is None else argv)
     return HostAgent(opts).run()
 

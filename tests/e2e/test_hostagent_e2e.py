@@ -128,6 +128,32 @@ def test_docker_run_prints_hi(vm: VM) -> None:
     assert (r.returncode, r.stdout) == (0, "hi\n"), r.stderr
 
 
+def test_containers_reach_out_through_the_guests_nat(vm: VM, tmp_path: Path) -> None:
+    """dockerd runs with iptables off (it saves ~10 s per boot); devenv's own MASQUERADE rule gives containers a way out.
+
+    The way out here is the host itself: QEMU's user-mode net shows the host's
+    127.0.0.1 to the guest as 10.0.2.2.
+    """
+    import http.server
+    import threading
+
+    token = os.urandom(8).hex()
+    (tmp_path / "token").write_text(token)
+    handler = lambda *a: http.server.SimpleHTTPRequestHandler(*a, directory=str(tmp_path))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        r = vm.docker("run", "--rm", IMAGE, "wget", "-qO-", f"http://10.0.2.2:{port}/token")
+        assert (r.returncode, r.stdout) == (0, token), r.stderr
+    finally:
+        server.shutdown()
+    code, out, err = vm.guest("cat /etc/docker/daemon.json; sudo -n iptables -t nat -S POSTROUTING")
+    assert code == 0, err
+    assert b'"iptables": false' in out
+    assert b"-A POSTROUTING -s 172.16.0.0/12 ! -d 172.16.0.0/12 -j MASQUERADE" in out
+
+
 def test_docker_stdin_and_half_close(vm: VM) -> None:
     """`docker run -i` sends stdin then closes its side; the answer must still arrive (half-close)."""
     env = {**os.environ, **hostagent.docker_env(vm.inst), "DOCKER_CONFIG": str(vm.home / "docker")}
