@@ -18,18 +18,16 @@ stopped by shutdown() (or by itself once the VM's QEMU process is gone).
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
 import sys
 import time
-from collections.abc import Sequence
 
 from devenv.hostagent.wire import control_path, engine_path
 from devenv.paths import HOSTAGENT_LOG, HOSTAGENT_PID
 
 TYPE_CHECKING = False  # this package is imported on `devenv exec`'s hot path: pathlib/typing cost ms
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
     from typing import Any
 
@@ -149,6 +147,8 @@ def launch(
 
 def shutdown(inst_dir: Path, timeout: float = 10.0) -> bool:
     """Stop the agent: a shutdown request, then SIGTERM, then SIGKILL. True when none runs any more."""
+    import contextlib
+    import signal
     from pathlib import Path
 
     from devenv.hostagent import client

@@ -9,12 +9,10 @@ SSH connection instead of failing.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import socket
 import sys
 import threading
-from collections.abc import Mapping, Sequence
 
 from devenv.hostagent.wire import LineReader, decode, encode, read_token, socket_str
 from devenv.paths import HOSTAGENT_SOCK
@@ -22,6 +20,7 @@ from devenv.sigforward import forward_signals
 
 TYPE_CHECKING = False  # typing/pathlib/types cost milliseconds on the hot path: type checker only
 if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
     from pathlib import Path
     from typing import Any
 
@@ -247,8 +246,10 @@ def _isatty(fd: int) -> bool:
 
 
 def _say(fd: int, text: str) -> None:
-    with contextlib.suppress(OSError):
+    try:
         os.write(fd, text.encode())
+    except OSError:  # contextlib.suppress would cost this hot path its import
+        return
 
 
 def main(argv: list[str]) -> int:

@@ -306,6 +306,7 @@ def test_guest_port_is_forwarded_then_removed(make_env: Callable[..., Env]) -> N
             "guest_port": port,
             "source": "auto",
             "status": "active",
+            "via": "ssh",  # no QEMU here (and ::1 is loopback-only anyway)
         }
         assert _ask(port, b"ping") == b"echo:ping"
     finally:
