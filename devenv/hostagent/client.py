@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 
-from devenv.hostagent.wire import LineReader, decode, encode, read_token, socket_str
+from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str
 from devenv.paths import HOSTAGENT_SOCK
 from devenv.sigforward import forward_signals
 
@@ -110,6 +110,7 @@ class _Sender:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.lock = threading.Lock()
+        self.window = threading.Semaphore(STDIN_WINDOW)  # stdin lines in flight, released by acks
 
     def send(self, msg: Json) -> bool:
         with self.lock:
@@ -120,7 +121,8 @@ class _Sender:
                 return False
 
     def signal(self, name: str) -> None:
-        self.send({"op": "signal", "signal": name})
+        """From a signal handler: never wait there (the stdin pump may hold the lock in a blocked send)."""
+        threading.Thread(target=self.send, args=({"op": "signal", "signal": name},), daemon=True).start()
 
 
 def exec(  # the name is the operation, as in `devenv exec`
@@ -176,6 +178,9 @@ def exec(  # the name is the operation, as in `devenv exec`
                 if reply.get("started") and streamed and forward_stdin:  # only now: unstarted, stdin stays unread
                     threading.Thread(target=_pump_stdin, args=(stdin_fd, sender), name="stdin", daemon=True).start()
                     continue
+                if "stdin_ack" in reply:
+                    sender.window.release()
+                    continue
                 if "out" in reply:
                     fd = out_fds.get(str(reply["out"]), stderr_fd)
                     if fd not in broken and not _write_out(fd, str(reply.get("data", ""))):
@@ -196,14 +201,19 @@ def exec(  # the name is the operation, as in `devenv exec`
 def _pump_stdin(fd: int, sender: _Sender) -> None:
     """Stream mode: the caller's stdin up to the agent until EOF (a daemon thread: exit does not wait)."""
     import base64
+    import select
 
     while True:
         try:
             data = os.read(fd, 256 * 1024)
         except InterruptedError:
             continue
+        except BlockingIOError:  # a non-blocking stdin shared with the caller's shell: wait, not EOF
+            select.select([fd], [], [], 1.0)
+            continue
         except OSError:
             data = b""
+        sender.window.acquire()
         if not sender.send({"op": "stdin", "data": base64.b64encode(data).decode(), "eof": not data}) or not data:
             return
 

@@ -697,8 +697,12 @@ class HostAgent:
                     client.sendall(wire.encode({"final": True, "error": "exec needs 3 file descriptors", "code": 255}))
                     return
                 client.settimeout(None)
-                reply = ExecRequest(self, client, reader, msg, None if streamed else fds).run()
+                request = ExecRequest(self, client, reader, msg, None if streamed else fds)
                 fds = []  # closed by ExecRequest
+                reply = request.run()
+                with request.send_lock:  # a stdin ack may still be on its way
+                    client.sendall(wire.encode({**reply, "final": True}))
+                return
             elif op == "state":
                 reply = {"state": self.state()}
             elif op == "ping":
@@ -749,6 +753,8 @@ class ExecRequest:
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds or (-1, -1, -1)
         self.done = threading.Event()
         self._stdin_owned = False
+        self._stdin_lines: queue.Queue[dict[str, Any] | None] | None = None
+        self.send_lock = threading.Lock()
 
     def run(self) -> dict[str, Any]:
         try:
@@ -761,10 +767,19 @@ class ExecRequest:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
+    def _send(self, msg: dict[str, Any]) -> None:
+        """Stream mode: one line to the caller (output and stdin acks come from two threads)."""
+        with self.send_lock:
+            self.client.sendall(wire.encode(msg))
+
+    def _ack_stdin(self) -> None:
+        with contextlib.suppress(OSError):
+            self._send({"stdin_ack": 1})
+
     def _emit(self, stream: str, data: bytes) -> None:
         """Output of the command (or devenv's word about it) to the caller; OSError when the caller is gone."""
         if not self.fds:
-            self.client.sendall(wire.encode({"out": stream, "data": base64.b64encode(data).decode()}))
+            self._send({"out": stream, "data": base64.b64encode(data).decode()})
         else:
             _write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
 
@@ -794,7 +809,12 @@ class ExecRequest:
         events = session.attach(proc_id)
         try:
             if not self.fds:
-                self.client.sendall(wire.encode({"started": True}))
+                self._send({"started": True})
+            if want_stdin and not self.fds:  # stream mode: stdin lines go through a queue of their own
+                self._stdin_lines = queue.Queue()  # the client keeps at most wire.STDIN_WINDOW lines unacked
+                threading.Thread(
+                    target=self._stdin_from_lines, args=(client, proc_id), name="exec-stdin", daemon=True
+                ).start()
             threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
             if want_stdin and self.fds:
                 self._stdin_owned = True
@@ -837,6 +857,36 @@ class ExecRequest:
             with contextlib.suppress(OSError):
                 os.close(self.stdin_fd)
 
+    def _stdin_from_lines(self, client: protocol.AgentClient, proc_id: Any) -> None:
+        """Stream mode: stdin lines to the guest in order, apart from the reader, so a full pipe never holds up ^C."""
+        lines = self._stdin_lines
+        assert lines is not None
+        try:
+            while True:
+                msg = lines.get()
+                if msg is None:
+                    return
+                params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
+                r = client.call("stdin", params, timeout=None)
+                self._ack_stdin()
+                if params["eof"] or (isinstance(r, dict) and r.get("closed")):
+                    self._stdin_lines = None  # the command closed its stdin: the rest is dropped, as a pipe would
+                    self._drain_stdin(lines)
+                    return
+        except (OSError, ValueError, DevenvError) as e:
+            self._stdin_lines = None
+            self._drain_stdin(lines)
+            log.debug("exec stdin ended: %s", e)
+
+    def _drain_stdin(self, lines: queue.Queue[dict[str, Any] | None]) -> None:
+        """Ack what was queued but will never be written, so the caller's window never stalls."""
+        while True:
+            try:
+                if lines.get_nowait() is not None:
+                    self._ack_stdin()
+            except queue.Empty:
+                return
+
     def _signals(self, client: protocol.AgentClient, proc_id: Any) -> None:
         """Signal requests from the caller; the caller vanishing (EOF) hangs the command up."""
         try:
@@ -851,11 +901,16 @@ class ExecRequest:
                     continue
                 if msg.get("op") == "signal":
                     client.call("kill", {"process": proc_id, "signal": str(msg.get("signal", "INT"))}, timeout=10)
-                elif msg.get("op") == "stdin" and not self.fds:  # stream mode: the caller's stdin, in order
-                    params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
-                    client.call("stdin", params, timeout=None)
+                elif msg.get("op") == "stdin":
+                    if (lines := self._stdin_lines) is not None:
+                        lines.put(msg)
+                    else:
+                        self._ack_stdin()  # stdin is closed: dropped, as a pipe would
         except (OSError, ValueError, DevenvError) as e:
             log.debug("exec signal reader ended: %s", e)
+        finally:
+            if (lines := self._stdin_lines) is not None:
+                lines.put(None)
 
 
 def _write_all(fd: int, data: bytes) -> None:

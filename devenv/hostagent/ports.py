@@ -195,7 +195,12 @@ class PortManager:
         SO_REUSEADDR, so nothing lingers in between). A refused QEMU rule falls
         back to SSH.
         """
-        sock = bind_tcp(fwd.host_port, self.bind_host)
+        try:
+            sock = bind_tcp(fwd.host_port, self.bind_host)
+        except OSError:
+            if not self._drop_leftover_rule(fwd.host_port):
+                raise
+            sock = bind_tcp(fwd.host_port, self.bind_host)
         if self.usernet is not None and fwd.on_nic:
             sock.close()
             try:
@@ -205,6 +210,19 @@ class PortManager:
                 log.info("QEMU could not forward port %d (%s); bridging it over SSH", fwd.host_port, e)
             sock = bind_tcp(fwd.host_port, self.bind_host)
         return Listener(sock, f"tcp{fwd.host_port}", self._opener_for(fwd), self.bridges).start()
+
+    def _drop_leftover_rule(self, host_port: int) -> bool:
+        """A QEMU rule of ours whose removal failed earlier holds the port: remove it now. True if one was."""
+        if self.usernet is None:
+            return False
+        try:
+            if not any(a == self.bind_host and p == host_port for a, p, _ in self.usernet.rules()):
+                return False
+            self.usernet.remove(self.bind_host, host_port)
+        except UserNetError as e:
+            log.info("could not remove the leftover QEMU forward of port %d: %s", host_port, e)
+            return False
+        return True
 
     def _opener_for(self, fwd: Forward) -> Callable[[], paramiko.Channel]:
         def open_channel() -> paramiko.Channel:

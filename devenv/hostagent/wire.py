@@ -18,7 +18,8 @@ hostagent.token in the 0700 instance dir; every connection's first line must
 carry that token (anyone else on the machine can reach a loopback port, but
 cannot read the file). `exec` then runs in stream mode ({"stream": true}):
 output comes back as {"out": "stdout" | "stderr", "data": base64} lines and
-stdin goes up as {"op": "stdin", "data": base64, "eof": bool} lines.
+stdin goes up as {"op": "stdin", "data": base64, "eof": bool} lines, at most
+STDIN_WINDOW of them not yet acknowledged by a {"stdin_ack": 1} line.
 DEVENV_CONTROL=tcp forces the TCP channel on any system (the tests use it).
 """
 
@@ -39,6 +40,9 @@ if TYPE_CHECKING:
 
 
 MAX_LINE = 1024 * 1024
+# Stream-mode stdin lines a client may have sent and not yet seen {"stdin_ack": 1} for. The
+# window keeps the agent's reader free for ^C however much stdin the command leaves unread.
+STDIN_WINDOW = 8
 CONTROL_ENV = "DEVENV_CONTROL"
 
 
@@ -56,9 +60,30 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     try:
         with open(token_str(inst_dir), encoding="ascii") as f:
             data = json.loads(f.read())
-        return int(data["port"]), str(data["token"])
+        port, token, pid = int(data["port"]), str(data["token"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+    # A file left by a killed agent names a port anyone may have bound since: never send a request there.
+    return (port, token) if _pid_alive(pid) else None
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":
+        import ctypes
+
+        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
+        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        kernel32.CloseHandle(handle)
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def encode(msg: Json) -> bytes:

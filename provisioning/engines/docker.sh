@@ -49,7 +49,8 @@ WantedBy=multi-user.target
 UNIT
     systemctl daemon-reload
     systemctl enable devenv-docker-nat.service
-    systemctl start devenv-docker-nat.service
+    # never let NAT keep the engine from starting: containers then only lack a way out
+    systemctl start devenv-docker-nat.service || log "WARNING: devenv-docker-nat.service failed; containers have no outbound NAT"
 }
 
 apparmor_fix_for_unit docker.service

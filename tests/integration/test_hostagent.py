@@ -503,6 +503,45 @@ def test_exec_forwards_sigint_to_the_remote_command(
     assert marker.read_text() == "INT\n"
 
 
+def test_stream_mode_sigint_while_stdin_is_left_unread(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """64 MiB of stdin the command never reads must not hold up ^C (the stdin window keeps the agent reading)."""
+    monkeypatch.setenv("DEVENV_CONTROL", "tcp")
+    env = make_env()
+    big = env.inst.parent / "big-stdin"
+    with open(big, "wb") as f:
+        f.truncate(64 * 1024 * 1024)
+    script = "trap 'exit 42' INT; echo ready; while :; do sleep 0.1; done"
+    with open(big, "rb") as stdin:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "devenv.hostagent.client", str(env.inst), "--", "sh", "-c", script],
+            stdout=subprocess.PIPE,
+            stdin=stdin,
+        )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == b"ready\n"
+    time.sleep(1.0)  # let the pipe to the command fill up
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 42
+    assert _exec(env, ["echo", "still fine"])[:2] == (0, b"still fine\n")
+
+
+def test_a_stale_token_file_is_never_used(tmp_path: Path) -> None:
+    """A killed agent's token file names a port anyone may hold now: the client sends nothing there."""
+    with socket.socket() as trap:
+        trap.bind(("127.0.0.1", 0))
+        trap.listen(1)
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        info = {"port": trap.getsockname()[1], "token": "a" * 64, "pid": dead.pid}
+        (tmp_path / "hostagent.token").write_text(json.dumps(info))
+        assert client.exec(tmp_path, ["true"]) is None
+        trap.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            trap.accept()
+
+
 def test_exec_without_an_agent_returns_none(tmp_path: Path) -> None:
     assert client.exec(tmp_path, ["true"]) is None
     assert hostagent.state(tmp_path)["alive"] is False

@@ -46,8 +46,14 @@ def test_auto_forward_policy(ports: list[dict[str, object]], expected: dict[int,
 def test_only_wildcard_listeners_are_on_the_guest_nic() -> None:
     """QEMU's user-mode net reaches the guest's NIC address: a port bound to loopback only is not there."""
     got = auto_forwards(
-        [p(8080, "0.0.0.0"), p(8081, "::", "tcp6"), p(8082, "127.0.0.1"), p(8083, "::1", "tcp6"), p(8084, "127.0.0.1")]
-        + [p(8084, "0.0.0.0")]
+        [
+            p(8080, "0.0.0.0"),
+            p(8081, "::", "tcp6"),
+            p(8082, "127.0.0.1"),
+            p(8083, "::1", "tcp6"),
+            p(8084, "127.0.0.1"),
+            p(8084, "0.0.0.0"),
+        ]
     )
     assert {k: f.on_nic for k, f in got.items()} == {8080: True, 8081: True, 8082: False, 8083: False, 8084: True}
     assert all(not f.on_nic for f in config_forwards([PortForward(guest=8080)])[0].values())
