@@ -57,12 +57,10 @@ def read_pid(inst_dir: Path) -> int | None:
 
 def pid_is_ours(pid: int, inst_dir: Path) -> bool:
     """Alive, and (where /proc exists) really our QEMU: a recycled pid is not our VM."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    from devenv.pidutil import pid_alive
+
+    if not pid_alive(pid):  # never os.kill(pid, 0): on Windows that terminates the process
         return False
-    except PermissionError:
-        pass  # alive but someone else's: checked below
     cmdline = Path(f"/proc/{pid}/cmdline")
     if cmdline.exists():
         try:

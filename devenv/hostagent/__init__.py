@@ -54,19 +54,19 @@ class AgentStartError(RuntimeError):
 
 def is_running(inst_dir: Path) -> bool:
     """True while an agent holds the lock on hostagent.pid (a recycled pid can never fake it)."""
-    import fcntl
+    from devenv.pidutil import try_lock, unlock
 
     try:
-        fd = os.open(os.path.join(inst_dir, HOSTAGENT_PID), os.O_RDONLY)
+        fd = os.open(os.path.join(inst_dir, HOSTAGENT_PID), os.O_RDONLY if os.name != "nt" else os.O_RDWR)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return True
+        if not try_lock(fd, exclusive=False):
+            return True
+        unlock(fd)
+        return False
     finally:
         os.close(fd)
-    return False
 
 
 def _pid(inst_dir: Path) -> int | None:
@@ -157,7 +157,7 @@ def shutdown(inst_dir: Path, timeout: float = 10.0) -> bool:
     if not is_running(inst_dir):
         return True
     client.request(inst_dir, {"op": "shutdown"}, timeout=2.0)
-    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+    for sig in (None, signal.SIGTERM, getattr(signal, "SIGKILL", signal.SIGTERM)):  # Windows: TERM is the kill
         pid = _pid(inst_dir)
         if sig is not None and pid is not None:
             with contextlib.suppress(OSError):

@@ -49,6 +49,7 @@ from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
+from devenv.pidutil import pid_alive, try_lock
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -576,12 +577,8 @@ class HostAgent:
 
     # -- pid file: an flock held for life, so "alive" never trusts a recycled pid
     def _lock_pidfile(self) -> bool:
-        import fcntl
-
         fd = os.open(self.inst_dir / paths.HOSTAGENT_PID, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        if not try_lock(fd):
             os.close(fd)
             return False
         os.ftruncate(fd, 0)
@@ -925,12 +922,8 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        pass
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie is gone, just not reaped

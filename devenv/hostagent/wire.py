@@ -64,26 +64,9 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # A file left by a killed agent names a port anyone may have bound since: never send a request there.
-    return (port, token) if _pid_alive(pid) else None
+    from devenv.pidutil import pid_alive
 
-
-def _pid_alive(pid: int) -> bool:
-    if os.name == "nt":
-        import ctypes
-
-        kernel32 = ctypes.windll.kernel32  # type: ignore[attr-defined]
-        handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
-        if not handle:
-            return False
-        kernel32.CloseHandle(handle)
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return (port, token) if pid_alive(pid) else None
 
 
 def encode(msg: Json) -> bytes:

@@ -39,6 +39,7 @@ from devenv.errors import BackendUnavailable, ImageError, PermissionProblem
 from devenv.images import cache, definitions
 from devenv.images.cache import ImageRecord
 from devenv.images.debian import StepFn
+from devenv.pidutil import pid_alive
 
 BUILDER_VERSION = 1
 BUILDERS = ("debian",)
@@ -288,12 +289,8 @@ def _remove_stale_work() -> None:
         pid_text = folder.name.rsplit("-", 1)[-1]
         if not pid_text.isdigit():
             continue
-        try:
-            os.kill(int(pid_text), 0)
-        except ProcessLookupError:
+        if not pid_alive(int(pid_text)):
             remove_tree(folder)
-        except PermissionError:
-            pass
 
 
 def mounts_under(folder: Path) -> list[str]:

@@ -1,0 +1,50 @@
+"""pid_alive and the pid-file lock on this (POSIX) host; the Windows branches cannot run here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from devenv.pidutil import pid_alive, try_lock, unlock
+
+
+def test_pid_alive_for_a_live_a_dead_and_an_impossible_pid() -> None:
+    assert pid_alive(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert not pid_alive(child.pid)
+    assert not pid_alive(0) and not pid_alive(-1)
+
+
+def test_pid_alive_does_not_disturb_the_process() -> None:
+    """The reason this module exists: probing must never signal or end the process."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        for _ in range(5):
+            assert pid_alive(child.pid)
+        assert child.poll() is None
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    path = tmp_path / "x.pid"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        assert try_lock(fd)
+        probe = (
+            "import os,sys; from devenv.pidutil import try_lock, unlock\n"
+            f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+            "ok = try_lock(fd, exclusive=False)\n"
+            "print('free' if ok else 'held')"
+        )
+        held = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        assert held.stdout.strip() == "held"
+        unlock(fd)
+        free = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+        assert free.stdout.strip() == "free"
+    finally:
+        os.close(fd)
