@@ -25,6 +25,7 @@ from pathlib import Path
 
 import paramiko
 
+from devenv.atomicfile import write_atomic
 from devenv.paths import HOSTAGENT_TOKEN
 
 log = logging.getLogger(__name__)
@@ -232,8 +233,8 @@ def bind_control_tcp(inst_dir: Path) -> tuple[socket.socket, str]:
 
     For systems without unix sockets or fd passing (Windows). The token is what
     keeps other local users out: they can reach 127.0.0.1 but not read the file
-    in the user's 0700 instance dir. Written to a temp name and renamed, so a
-    client never reads half a file.
+    in the user's 0700 instance dir. Written atomically, so a client never
+    reads half a file.
     """
     import json
     import secrets
@@ -243,14 +244,8 @@ def bind_control_tcp(inst_dir: Path) -> tuple[socket.socket, str]:
         s.bind(("127.0.0.1", 0))
         s.listen(128)
         token = secrets.token_hex(32)
-        final = inst_dir / HOSTAGENT_TOKEN
-        tmp = final.with_name(final.name + ".tmp")
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(json.dumps({"port": s.getsockname()[1], "token": token, "pid": os.getpid()}) + "\n")
-        os.replace(tmp, final)
+        info = {"port": s.getsockname()[1], "token": token, "pid": os.getpid()}
+        write_atomic(inst_dir / HOSTAGENT_TOKEN, (json.dumps(info) + "\n").encode(), 0o600)
     except BaseException:
         s.close()
         raise

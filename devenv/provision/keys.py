@@ -24,11 +24,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from devenv import paths
+from devenv.atomicfile import write_atomic
 from devenv.errors import StateError
 from devenv.transport.sshconfig import host_alias, known_hosts_line
 
@@ -79,7 +79,7 @@ def ensure_keys(instance_dir: Path, name: str) -> InstanceKeys:
     line = known_hosts_line(name, host_public)
     current = known_hosts.read_text(encoding="utf-8") if known_hosts.exists() else None
     if current != line:
-        _write_atomic(known_hosts, line.encode(), 0o600)
+        write_atomic(known_hosts, line.encode(), 0o600)
     return InstanceKeys(
         client_key=instance_dir / paths.SSH_KEY,
         client_public=client_public,
@@ -126,13 +126,13 @@ def _ensure_pair(private_path: Path, public_path: Path, comment: str) -> str:
         pem = key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
         )
-        _write_atomic(private_path, pem, 0o600)
+        write_atomic(private_path, pem, 0o600)
     elif os.name == "posix" and private_path.stat().st_mode & 0o077:
         os.chmod(private_path, 0o600)  # ssh refuses keys others can read
     public = _public_line(private_path, comment)
     existing = public_path.read_text(encoding="utf-8").strip() if public_path.exists() else None
     if existing is None or existing.split()[:2] != public.split()[:2]:
-        _write_atomic(public_path, (public + "\n").encode(), 0o644)
+        write_atomic(public_path, (public + "\n").encode(), 0o644)
     elif existing != public:
         public = existing  # same key, keep the comment the file already has
     return public
@@ -163,19 +163,3 @@ def _public_line(private_path: Path, comment: str) -> str:
                 return " ".join(parts)
         return line
     return f"{line} {comment}"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temporary file created with `mode` from the start, so a private
-    key is never readable by others, not even for a moment, and never half-written."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.chmod(tmp, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from devenv import paths
+from devenv.atomicfile import write_atomic
 from devenv.config import Config
 from devenv.errors import DevenvError
 from devenv.provision import keys as keys_mod
@@ -49,15 +49,9 @@ def build_seed_iso(path: Path, files: Mapping[str, bytes | str]) -> None:
         for name, content in files.items():
             data = content.encode() if isinstance(content, str) else content
             iso.add_fp(io.BytesIO(data), len(data), SEED_FILES[name], rr_name=name, joliet_path=f"/{name}")
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            os.chmod(tmp, 0o600)
-            with os.fdopen(fd, "wb") as out:
-                iso.write_fp(out)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        out = io.BytesIO()  # a seed is a few KiB
+        iso.write_fp(out)
+        write_atomic(path, out.getvalue(), 0o600)
     finally:
         iso.close()
 
