@@ -18,7 +18,7 @@ _WINDOWS_LOCK_OFFSET = 1 << 30
 
 
 def pid_alive(pid: int) -> bool:
-    """True while a process with this pid exists (even one we may not signal); never disturbs it."""
+    """True while a process with this pid runs (even one we may not signal); never disturbs it."""
     if pid <= 0:
         return False
     if os.name == "nt":
@@ -28,8 +28,17 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's, but alive
-    return True
+        pass  # someone else's, but there
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Exited but not reaped (a detached QEMU whose parent has not waited): gone for every purpose here."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            return f.read().rpartition(")")[2].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False  # no /proc (macOS): kill(0) said it exists
 
 
 def _windows_alive(pid: int) -> bool:

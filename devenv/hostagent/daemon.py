@@ -565,7 +565,7 @@ class HostAgent:
         except (OSError, ValueError):
             return None
         start = _proc_start(pid)
-        return (pid, start) if _pid_alive(pid) else None
+        return (pid, start) if pid_alive(pid) else None
 
     def _vm_alive(self) -> bool:
         if self.opts.watch_pid_file is None:
@@ -573,7 +573,7 @@ class HostAgent:
         if self._vm is None:
             return False
         pid, start = self._vm
-        return _pid_alive(pid) and _proc_start(pid) == start
+        return pid_alive(pid) and _proc_start(pid) == start
 
     # -- pid file: an flock held for life, so "alive" never trusts a recycled pid
     def _lock_pidfile(self) -> bool:
@@ -919,16 +919,6 @@ def _write_all(fd: int, data: bytes) -> None:
             select.select([], [fd], [], 1.0)
             continue
         view = view[n:]
-
-
-def _pid_alive(pid: int) -> bool:
-    if not pid_alive(pid):
-        return False
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"  # a zombie is gone, just not reaped
-    except (OSError, IndexError):
-        return True
 
 
 def _proc_start(pid: int) -> str | None:

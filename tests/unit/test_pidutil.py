@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 from devenv.pidutil import pid_alive, try_lock, unlock
 
@@ -16,6 +19,17 @@ def test_pid_alive_for_a_live_a_dead_and_an_impossible_pid() -> None:
     child.wait()
     assert not pid_alive(child.pid)
     assert not pid_alive(0) and not pid_alive(-1)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="zombies are told apart through /proc")
+def test_an_unreaped_child_is_not_alive() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 10
+    stat = Path(f"/proc/{child.pid}/stat")
+    while time.monotonic() < deadline and stat.read_text().rpartition(")")[2].split()[0] != "Z":
+        time.sleep(0.02)
+    assert not pid_alive(child.pid)  # exited, not yet waited for
+    child.wait()
 
 
 def test_pid_alive_does_not_disturb_the_process() -> None:
