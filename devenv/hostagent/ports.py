@@ -198,7 +198,7 @@ class PortManager:
         try:
             sock = bind_tcp(fwd.host_port, self.bind_host)
         except OSError:
-            if not self._drop_leftover_rule(fwd.host_port):
+            if self.usernet is None or not self.usernet.retry_leftover(self.bind_host, fwd.host_port):
                 raise
             sock = bind_tcp(fwd.host_port, self.bind_host)
         if self.usernet is not None and fwd.on_nic:
@@ -210,19 +210,6 @@ class PortManager:
                 log.info("QEMU could not forward port %d (%s); bridging it over SSH", fwd.host_port, e)
             sock = bind_tcp(fwd.host_port, self.bind_host)
         return Listener(sock, f"tcp{fwd.host_port}", self._opener_for(fwd), self.bridges).start()
-
-    def _drop_leftover_rule(self, host_port: int) -> bool:
-        """A QEMU rule of ours whose removal failed earlier holds the port: remove it now. True if one was."""
-        if self.usernet is None:
-            return False
-        try:
-            if not any(a == self.bind_host and p == host_port for a, p, _ in self.usernet.rules()):
-                return False
-            self.usernet.remove(self.bind_host, host_port)
-        except UserNetError as e:
-            log.info("could not remove the leftover QEMU forward of port %d: %s", host_port, e)
-            return False
-        return True
 
     def _opener_for(self, fwd: Forward) -> Callable[[], paramiko.Channel]:
         def open_channel() -> paramiko.Channel:

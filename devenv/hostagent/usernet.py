@@ -63,6 +63,7 @@ class UserNetForwarder:
         self.qmp_path = qmp_path
         self.keep_ports = keep_ports
         self.netdev = netdev
+        self.leftover: set[int] = set()  # host ports whose rule we failed to remove: QEMU may still hold them
 
     def _hmp(self, command: str) -> str:
         try:
@@ -78,9 +79,26 @@ class UserNetForwarder:
             raise UserNetError(out)
 
     def remove(self, host: str, host_port: int) -> None:
-        out = self._hmp(f"hostfwd_remove {self.netdev} tcp:{host}:{host_port}").strip()
-        if out and "removed" not in out.lower():
-            raise UserNetError(out)
+        """Remove a rule; a failure is remembered in `leftover`, for retry_leftover() before the port is reused."""
+        try:
+            out = self._hmp(f"hostfwd_remove {self.netdev} tcp:{host}:{host_port}").strip()
+            if out and "removed" not in out.lower():
+                raise UserNetError(out)
+        except UserNetError:
+            self.leftover.add(host_port)
+            raise
+        self.leftover.discard(host_port)
+
+    def retry_leftover(self, host: str, host_port: int) -> bool:
+        """Remove a rule an earlier remove() left behind; True when one was there and is gone now."""
+        if host_port not in self.leftover:
+            return False
+        try:
+            self.remove(host, host_port)
+        except UserNetError as e:
+            log.info("the QEMU forward of host port %d is still there: %s", host_port, e)
+            return False
+        return True
 
     def rules(self) -> list[tuple[str, int, int]]:
         return parse_host_forwards(self._hmp("info usernet"))
@@ -93,6 +111,6 @@ class UserNetForwarder:
                 try:
                     self.remove(host, host_port)
                     removed.append(host_port)
-                except UserNetError as e:
+                except UserNetError as e:  # remembered in leftover: retried before the port is used
                     log.info("could not remove the stale forward of host port %d: %s", host_port, e)
         return removed

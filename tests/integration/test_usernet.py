@@ -121,3 +121,24 @@ def test_port_manager_hands_wildcard_ports_to_qemu(qemu: tuple[Path, int], tmp_p
     finally:
         pm.close()
     assert not port_taken(loop)
+
+
+def test_a_rule_whose_removal_failed_is_removed_before_the_port_is_used_again(
+    qemu: tuple[Path, int], tmp_path: Path
+) -> None:
+    sock, ssh_port = qemu
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    port = free_port()
+    fw.add("127.0.0.1", port, port)
+    fw.qmp_path = tmp_path / "gone.sock"  # QMP unreachable for a moment: the removal fails
+    with pytest.raises(UserNetError):
+        fw.remove("127.0.0.1", port)
+    assert fw.leftover == {port} and port_taken(port)
+    fw.qmp_path = sock
+    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, usernet=fw)  # type: ignore[arg-type,return-value]
+    try:
+        pm.set_guest_ports([{"proto": "tcp", "address": "0.0.0.0", "port": port}])
+        assert [(r["host_port"], r["status"], r["via"]) for r in pm.snapshot()] == [(port, "active", "qemu")]
+        assert fw.leftover == set() and fw.rules().count(("127.0.0.1", port, port)) == 1
+    finally:
+        pm.close()
