@@ -14,7 +14,7 @@ import socket
 import sys
 import threading
 
-from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str
+from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str, write_all
 from devenv.paths import HOSTAGENT_SOCK
 from devenv.sigforward import forward_signals
 
@@ -222,18 +222,10 @@ def _write_out(fd: int, data: str) -> bool:
     """Stream mode: one chunk of the command's output to the caller's fd; False once that fd is gone."""
     import base64
 
-    view = memoryview(base64.b64decode(data))
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:  # a non-blocking fd shared with the caller's shell
-            import select
-
-            select.select([], [fd], [], 1.0)
-            continue
-        except OSError:
-            return False
-        view = view[n:]
+    try:
+        write_all(fd, base64.b64decode(data))
+    except OSError:
+        return False
     return True
 
 

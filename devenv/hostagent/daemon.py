@@ -747,6 +747,7 @@ class ExecRequest:
         self.reader = reader
         self.msg = msg
         self.fds = fds or []
+        self.streamed = fds is None  # no fds to write to: output and stdin travel as lines on `client`
         self.stdin_fd, self.stdout_fd, self.stderr_fd = fds or (-1, -1, -1)
         self.done = threading.Event()
         self._stdin_owned = False
@@ -775,10 +776,10 @@ class ExecRequest:
 
     def _emit(self, stream: str, data: bytes) -> None:
         """Output of the command (or devenv's word about it) to the caller; OSError when the caller is gone."""
-        if not self.fds:
+        if self.streamed:
             self._send({"out": stream, "data": base64.b64encode(data).decode()})
         else:
-            _write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
+            wire.write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
 
     def _run(self) -> dict[str, Any]:
         argv = self.msg.get("argv")
@@ -805,17 +806,17 @@ class ExecRequest:
         proc_id = result["process"]
         events = session.attach(proc_id)
         try:
-            if not self.fds:
-                self._send({"started": True})
-            if want_stdin and not self.fds:  # stream mode: stdin lines go through a queue of their own
-                self._stdin_lines = queue.Queue()  # the client keeps at most wire.STDIN_WINDOW lines unacked
-                threading.Thread(
-                    target=self._stdin_from_lines, args=(client, proc_id), name="exec-stdin", daemon=True
-                ).start()
+            if self.streamed:
+                self._send({"started": True})  # the client starts sending stdin only now
+            if want_stdin:
+                if self.streamed:  # stdin lines arrive with the signals: a queue and a writer of their own
+                    self._stdin_lines = queue.Queue()  # the client keeps at most wire.STDIN_WINDOW lines unacked
+                    pump: Callable[..., None] = self._stdin_from_lines
+                else:
+                    self._stdin_owned = True
+                    pump = self._stdin
+                threading.Thread(target=pump, args=(client, proc_id), name="exec-stdin", daemon=True).start()
             threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
-            if want_stdin and self.fds:
-                self._stdin_owned = True
-                threading.Thread(target=self._stdin, args=(client, proc_id), name="exec-stdin", daemon=True).start()
             return self._output(events)
         finally:
             session.detach(proc_id)
@@ -908,17 +909,6 @@ class ExecRequest:
         finally:
             if (lines := self._stdin_lines) is not None:
                 lines.put(None)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:  # the caller's fd is non-blocking (shared file description)
-            select.select([], [fd], [], 1.0)
-            continue
-        view = view[n:]
 
 
 def _proc_start(pid: int) -> str | None:

@@ -69,6 +69,20 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     return (port, token) if pid_alive(pid) else None
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """All of `data` to `fd`, also when the caller's fd is non-blocking (shared with its shell); OSError when gone."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            import select
+
+            select.select([], [fd], [], 1.0)
+            continue
+        view = view[n:]
+
+
 def encode(msg: Json) -> bytes:
     return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
 
