@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from devenv.backends.qmp import Qmp
+from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
 pytestmark = pytest.mark.integration
 
-QEMU = shutil.which("qemu-system-x86_64")
 
-
-@pytest.mark.skipif(QEMU is None, reason="qemu-system-x86_64 is not installed (ci/setup-linux.sh installs it)")
+@pytest.mark.skipif(QEMU is None, reason=MISSING)
 def test_query_status_and_quit(tmp_path: Path) -> None:
-    assert QEMU is not None
     sock = tmp_path / "qmp.sock"
-    proc = subprocess.Popen(
-        [QEMU, "-nodefaults", "-machine", "q35", "-accel", "tcg", "-display", "none", "-S",
-         "-qmp", f"unix:{sock},server=on,wait=off"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    proc = start_paused_qemu(sock)
     try:
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
         with Qmp(sock) as q:
             assert q.command("query-status")["status"] == "prelaunch"
             q.command("quit")

@@ -7,10 +7,7 @@ tests see them as a port that is taken, then free again.
 
 from __future__ import annotations
 
-import shutil
 import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,10 +16,11 @@ import pytest
 from devenv.hostagent.events import EventLog, read_events
 from devenv.hostagent.ports import PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
+from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="qemu-system-x86_64 is not installed"),
+    pytest.mark.skipif(QEMU is None, reason=MISSING),
 ]
 
 
@@ -46,18 +44,10 @@ def qemu(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     """(QMP socket, the SSH hostfwd port given on the command line)."""
     sock = tmp_path / "qmp.sock"
     ssh_port = free_port()
-    proc = subprocess.Popen(
-        ["qemu-system-x86_64", "-nodefaults", "-machine", "q35", "-accel", "tcg", "-display", "none", "-S",
-         "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22", "-device", "virtio-net-pci,netdev=net0",
-         "-qmp", f"unix:{sock},server=on,wait=off"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    proc = start_paused_qemu(
+        sock, "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{ssh_port}-:22", "-device", "virtio-net-pci,netdev=net0"
+    )
     try:
-        for _ in range(200):
-            if sock.exists():
-                break
-            time.sleep(0.05)
         yield sock, ssh_port
     finally:
         proc.kill()
