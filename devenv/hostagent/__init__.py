@@ -57,7 +57,7 @@ def is_running(inst_dir: Path) -> bool:
     from devenv.pidutil import try_lock, unlock
 
     try:
-        fd = os.open(os.path.join(inst_dir, HOSTAGENT_PID), os.O_RDONLY if os.name != "nt" else os.O_RDWR)
+        fd = os.open(os.path.join(inst_dir, HOSTAGENT_PID), os.O_RDONLY)  # LockFile needs read access only
     except OSError:
         return False
     try:

@@ -12,6 +12,7 @@ fuse3, libfuse3-3) that the fixture installs into the guest first.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -206,7 +207,7 @@ def test_guest_listener_is_reachable_without_configuration(vm: VM) -> None:
     assert code == 0, err
     try:
         for port, via in ((9123, "qemu"), (9125, "ssh")):
-            status, body = wait_for(lambda p=port: _try_get(p, "/"), 20, f"HTTP on 127.0.0.1:{port}")  # type: ignore[misc]
+            status, body = wait_for(functools.partial(_try_get, port, "/"), 20, f"HTTP on 127.0.0.1:{port}")
             assert status == 200 and b"Directory listing" in body
             assert _via(vm, port) == via
     finally:
