@@ -55,6 +55,7 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     set -e
     cd "$1"; shift
     /usr/bin/python3 -m venv .venv
+    .venv/bin/python -m pip install -q --upgrade "pip>=26" || true  # console scripts without `import re`
     .venv/bin/pip install -q -e ".[test]"
     exec .venv/bin/pytest -p no:cacheprovider "$@"
   ' _ "$work" "$@"

@@ -6,14 +6,17 @@ SSH directly) need the same thing; stdlib only, since the first is a hot path.
 
 from __future__ import annotations
 
-import signal
-import threading
+# signal.py's C half: signal.py wraps its numbers in enums, and enum costs the exec hot path ~9 ms
+import _signal  # type: ignore[import-not-found,unused-ignore]
 
 TYPE_CHECKING = False  # collections.abc/types/typing only for the type checker: this is the exec hot path
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import FrameType
     from typing import Any
+
+SIGINT: int = _signal.SIGINT
+SIGTERM: int = _signal.SIGTERM
 
 
 class forward_signals:  # lower case: used like a function, `with forward_signals(send):`
@@ -28,13 +31,16 @@ class forward_signals:  # lower case: used like a function, `with forward_signal
         self.previous: dict[int, Any] = {}
 
     def _handler(self, signum: int, _frame: FrameType | None) -> None:
-        self.send("INT" if signum == signal.SIGINT else "TERM")
+        self.send("INT" if signum == SIGINT else "TERM")
 
     def __enter__(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in (SIGINT, SIGTERM):
+            try:
+                self.previous[s] = _signal.signal(s, self._handler)
+            except ValueError:  # not the main thread: signals stay where they are
+                break
 
     def __exit__(self, *exc: object) -> None:
         for s, old in self.previous.items():
-            signal.signal(s, old)
+            _signal.signal(s, old)
         self.previous = {}

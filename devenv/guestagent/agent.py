@@ -40,6 +40,8 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
+import select
 import signal
 import socket
 import struct
@@ -260,6 +262,60 @@ def _b64decode(value: object, what: str) -> bytes:
         raise RequestError("bad_params", f"{what} is not valid base64") from None
 
 
+class Workers:
+    """Threads for requests, kept a while for the next one.
+
+    Every exec is a request on its own thread; starting a thread costs a TCG
+    guest ~3 ms, so a finished worker waits IDLE seconds for the next job
+    before it exits. Unbounded, like one thread per request: a watch_ports
+    subscription or a long exec holds its worker for as long as it runs.
+    """
+
+    IDLE = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Condition()
+        self._idle: list[queue.SimpleQueue[tuple[Any, tuple[Any, ...]]]] = []
+        self._busy = 0
+
+    def submit(self, fn: Any, *args: Any) -> None:
+        with self._lock:
+            self._busy += 1
+            slot = self._idle.pop() if self._idle else None
+        if slot is None:
+            slot = queue.SimpleQueue()
+            threading.Thread(target=self._loop, args=(slot,), daemon=True).start()
+        slot.put((fn, args))
+
+    def _loop(self, slot: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]]) -> None:
+        job: tuple[Any, tuple[Any, ...]] | None = slot.get()
+        while job is not None:
+            fn, args = job
+            with contextlib.suppress(Exception):  # the job answers its own errors (Agent._dispatch)
+                fn(*args)
+            with self._lock:
+                self._busy -= 1
+                self._lock.notify_all()
+                self._idle.append(slot)
+            job = self._next(slot)
+
+    def _next(self, slot: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]]) -> tuple[Any, tuple[Any, ...]] | None:
+        try:
+            return slot.get(timeout=self.IDLE)
+        except queue.Empty:
+            with self._lock:
+                if slot in self._idle:  # nobody took this worker meanwhile: it ends
+                    self._idle.remove(slot)
+                    return None
+            return slot.get()  # submit() took it just before the timeout: the job is on its way
+
+    def wait_idle(self) -> None:
+        """Until every submitted job has finished."""
+        with self._lock:
+            while self._busy:
+                self._lock.wait()
+
+
 class Agent:
     """The JSON-lines server: reads requests on one thread, answers from worker threads."""
 
@@ -271,7 +327,7 @@ class Agent:
         self._watches: dict[Any, threading.Event] = {}
         self._procs: set[subprocess.Popen[bytes]] = set()
         self._spawned: dict[Any, subprocess.Popen[bytes]] = {}
-        self._workers: set[threading.Thread] = set()
+        self._workers = Workers()
         self._closed = False
 
     # -- output
@@ -339,19 +395,9 @@ class Agent:
             self.fail(req_id, "unknown_method", f"unknown method `{method}`")
             return
         if method == "ping":  # answered in order, so a ping also tells that every earlier line was read
-            self._run(handler, req_id, params)
-            return
-        worker = threading.Thread(target=self._run, args=(handler, req_id, params), daemon=True)
-        with self._state_lock:
-            self._workers.add(worker)
-        worker.start()
-
-    def _run(self, handler: Any, req_id: Any, params: Json) -> None:
-        try:
             self._dispatch(handler, req_id, params)
-        finally:
-            with self._state_lock:
-                self._workers.discard(threading.current_thread())
+            return
+        self._workers.submit(self._dispatch, handler, req_id, params)
 
     def _dispatch(self, handler: Any, req_id: Any, params: Json) -> None:
         try:
@@ -373,9 +419,7 @@ class Agent:
         with self._state_lock:
             for stop in self._watches.values():
                 stop.set()
-            workers = list(self._workers)
-        for worker in workers:
-            worker.join()
+        self._workers.wait_idle()
 
     def _kill_all(self) -> None:
         with self._state_lock:
@@ -436,32 +480,8 @@ class Agent:
             self._spawned[req_id] = proc
         self.respond(req_id, {"process": req_id, "pid": proc.pid})
 
-        def pump(stream: Any, name: str) -> None:
-            fd = stream.fileno()
-            try:
-                while True:
-                    data = os.read(fd, CHUNK)
-                    if not data:
-                        break
-                    self.send(
-                        {
-                            "type": "event",
-                            "event": "output",
-                            "subscription": req_id,
-                            "stream": name,
-                            "data": base64.b64encode(data).decode(),
-                        }
-                    )
-            except OSError:
-                pass
-            finally:
-                stream.close()
-
-        err_thread = threading.Thread(target=pump, args=(proc.stderr, "stderr"), daemon=True)
-        err_thread.start()
         try:
-            pump(proc.stdout, "stdout")
-            err_thread.join()
+            self._pump_output(req_id, proc)
             code = proc.wait()
         finally:
             with self._state_lock:
@@ -480,6 +500,43 @@ class Agent:
             }
         )
         return None
+
+    def _pump_output(self, req_id: Any, proc: subprocess.Popen[bytes]) -> None:
+        """stdout and stderr as output events until both end, on this one thread (no second thread per exec)."""
+        names = {}
+        for stream, name in ((proc.stdout, "stdout"), (proc.stderr, "stderr")):
+            if stream is not None:
+                os.set_blocking(stream.fileno(), False)
+                names[stream.fileno()] = name
+        poller = select.poll()
+        for fd in names:
+            poller.register(fd, select.POLLIN)
+        try:
+            while names:
+                for fd, _mask in poller.poll():
+                    try:
+                        data = os.read(fd, CHUNK)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        data = b""
+                    if not data:
+                        poller.unregister(fd)
+                        del names[fd]
+                        continue
+                    self.send(
+                        {
+                            "type": "event",
+                            "event": "output",
+                            "subscription": req_id,
+                            "stream": names[fd],
+                            "data": base64.b64encode(data).decode(),
+                        }
+                    )
+        finally:
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
 
     def _spawned_proc(self, params: Json) -> subprocess.Popen[bytes]:
         with self._state_lock:

@@ -9,10 +9,9 @@ SSH connection instead of failing.
 
 from __future__ import annotations
 
+import _socket  # socket.py's C half: socket.py itself imports enum and selectors (~18 ms on a fresh interpreter)
 import os
-import socket
 import sys
-import threading
 
 from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str, write_all
 from devenv.paths import HOSTAGENT_SOCK
@@ -33,16 +32,23 @@ EXIT_AGENT_ERROR = 255  # what ssh returns when it cannot tell the command's own
 class Control:
     """A connected control channel: the socket, and the token its first line must carry (TCP only)."""
 
-    def __init__(self, sock: socket.socket, token: str | None) -> None:
+    def __init__(self, sock: _socket.socket, token: str | None) -> None:
         self.sock = sock
         self.token = token
 
     @property
     def fd_passing(self) -> bool:
-        return self.token is None and hasattr(socket, "send_fds")
+        return self.token is None and hasattr(_socket, "SCM_RIGHTS")
 
     def first(self, msg: Json) -> bytes:
         return encode(msg if self.token is None else {**msg, "token": self.token})
+
+    def send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
+        """`data` with the fds attached to its first byte (SCM_RIGHTS), as socket.send_fds does."""
+        rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)  # a C int array
+        sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
+        if sent < len(data):  # a long argv or env: the rest follows without fds
+            self.sock.sendall(data[sent:])
 
     def close(self) -> None:
         self.sock.close()
@@ -54,8 +60,8 @@ def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> Control |
     The unix socket when there is one; else the loopback TCP port named in hostagent.token.
     """
     path = socket_str(inst_dir, HOSTAGENT_SOCK)
-    if hasattr(socket, "AF_UNIX") and os.path.exists(path):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    if hasattr(_socket, "AF_UNIX") and os.path.exists(path):
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:
             s.connect(path)
@@ -65,12 +71,14 @@ def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> Control |
     endpoint = read_token(inst_dir)
     if endpoint is None:
         return None
+    import socket  # the TCP channel (Windows): create_connection's address handling is worth its import there
+
     try:
-        s = socket.create_connection(("127.0.0.1", endpoint[0]), timeout=timeout)
+        tcp = socket.create_connection(("127.0.0.1", endpoint[0]), timeout=timeout)
     except OSError:
         return None
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return Control(s, endpoint[1])
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return Control(tcp, endpoint[1])
 
 
 def request(inst_dir: Path | str, msg: Json, timeout: float = 5.0) -> Json | None:
@@ -105,24 +113,37 @@ def state(inst_dir: Path | str, timeout: float = 3.0) -> Json:
 
 
 class _Sender:
-    """Lines up to the agent after the request (signals, stdin), one writer at a time."""
+    """Lines up to the agent after the request (signals, stream-mode stdin), one writer at a time."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: _socket.socket, streamed: bool) -> None:
         self.sock = sock
-        self.lock = threading.Lock()
-        self.window = threading.Semaphore(STDIN_WINDOW)  # stdin lines in flight, released by acks
+        self.streamed = streamed
+        if streamed:  # a stdin pump thread writes too; with fds passed, signals are the only lines sent
+            import threading
+
+            self.lock = threading.Lock()
+            self.window = threading.Semaphore(STDIN_WINDOW)  # stdin lines in flight, released by acks
 
     def send(self, msg: Json) -> bool:
-        with self.lock:
-            try:
+        try:
+            if self.streamed:
+                with self.lock:
+                    self.sock.sendall(encode(msg))
+            else:
                 self.sock.sendall(encode(msg))
-                return True
-            except OSError:
-                return False
+            return True
+        except OSError:
+            return False
 
     def signal(self, name: str) -> None:
         """From a signal handler: never wait there (the stdin pump may hold the lock in a blocked send)."""
-        threading.Thread(target=self.send, args=({"op": "signal", "signal": name},), daemon=True).start()
+        msg = {"op": "signal", "signal": name}
+        if self.streamed:
+            import threading
+
+            threading.Thread(target=self.send, args=(msg,), daemon=True).start()
+        else:
+            self.send(msg)
 
 
 def exec(  # the name is the operation, as in `devenv exec`
@@ -142,7 +163,8 @@ def exec(  # the name is the operation, as in `devenv exec`
     the caller may fall back to a direct SSH connection without running the
     command twice. `cwd` is the host's working directory: the agent maps it into
     the guest when a mount puts it there. stdin is forwarded unless it is a
-    terminal (no PTY here: like `ssh host cmd`, use `devenv shell` for that).
+    terminal (no PTY here: like `ssh host cmd`, use `devenv shell` for that) or
+    /dev/null (the command then gets the guest's /dev/null).
     The fds are handed to the agent where the channel can pass them, else their
     data is streamed over it (`stream` forces either way).
     """
@@ -151,17 +173,17 @@ def exec(  # the name is the operation, as in `devenv exec`
         return None
     sent = False  # once the agent has the request, a failure must not make the caller run it again
     try:
-        forward_stdin = not _isatty(stdin_fd)
+        forward_stdin = _stdin_has_data(stdin_fd)
         msg: Json = {"op": "exec", "argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": forward_stdin}
         c.sock.settimeout(None)
         streamed = not c.fd_passing if stream is None else stream
-        sender = _Sender(c.sock)
+        sender = _Sender(c.sock, streamed)
         if streamed:
             msg["stream"] = True
             c.sock.sendall(c.first(msg))
             sent = True
         else:
-            socket.send_fds(c.sock, [c.first(msg)], [stdin_fd, stdout_fd, stderr_fd])
+            c.send_with_fds(c.first(msg), [stdin_fd, stdout_fd, stderr_fd])
             sent = True
         reader = LineReader(c.sock)
         out_fds = {"stdout": stdout_fd, "stderr": stderr_fd}
@@ -176,10 +198,13 @@ def exec(  # the name is the operation, as in `devenv exec`
                     break
                 reply = decode(line)
                 if reply.get("started") and streamed and forward_stdin:  # only now: unstarted, stdin stays unread
+                    import threading
+
                     threading.Thread(target=_pump_stdin, args=(stdin_fd, sender), name="stdin", daemon=True).start()
                     continue
                 if "stdin_ack" in reply:
-                    sender.window.release()
+                    if streamed:
+                        sender.window.release()
                     continue
                 if "out" in reply:
                     fd = out_fds.get(str(reply["out"]), stderr_fd)
@@ -240,9 +265,16 @@ def _result(reply: Json, stderr_fd: int) -> int | None:
     return int(code)
 
 
-def _isatty(fd: int) -> bool:
+def _stdin_has_data(fd: int) -> bool:
+    """Whether the command gets our stdin: not a terminal (no PTY here), and not /dev/null.
+
+    /dev/null reads as EOF at once, exactly like the guest's own /dev/null, which
+    costs no stdin pipe, no extra request and no round trip to close it.
+    """
     try:
-        return os.isatty(fd)
+        if os.isatty(fd):
+            return False
+        return not os.path.samestat(os.fstat(fd), os.stat(os.devnull))
     except OSError:
         return False
 

@@ -25,18 +25,20 @@ DEVENV_CONTROL=tcp forces the TCP channel on any system (the tests use it).
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 
 from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, HOSTAGENT_TOKEN, SUN_PATH_MAX
 
 TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from pathlib import Path
-    from typing import Any
+    from typing import Any, Protocol
 
     Json = dict[str, Any]
+
+    class Receiver(Protocol):
+        def recv(self, bufsize: int, /) -> bytes: ...
 
 
 MAX_LINE = 1024 * 1024
@@ -59,7 +61,7 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     """(port, token) of a TCP control channel, or None when there is none (or the file is unreadable)."""
     try:
         with open(token_str(inst_dir), encoding="ascii") as f:
-            data = json.loads(f.read())
+            data = _loads(f.read())
         port, token, pid = int(data["port"]), str(data["token"]), int(data["pid"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -83,12 +85,66 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
+class _ScanContext:
+    """What _json.make_scanner reads from a JSONDecoder: strict JSON, plain dicts and numbers."""
+
+    strict = True
+    object_hook = None
+    object_pairs_hook = None
+    array_hook = None
+    parse_float = float
+    parse_int = int
+    parse_constant = float  # NaN, Infinity, -Infinity, as json.loads reads them
+
+
+def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
+    """json.dumps(compact) and json.loads as the json package does them, minus its import.
+
+    `import json` costs `devenv exec` ~18 ms on a fresh interpreter because
+    json.decoder imports re (and re enum); the wire format needs neither. The
+    C accelerator _json is what json itself runs; the json package stays the
+    fallback where _json is missing or has another signature.
+    """
+    try:
+        import _json
+
+        make = _json.make_encoder(None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
+        scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed context, as in json.scanner
+    except (ImportError, TypeError, AttributeError):
+        import json
+
+        return (lambda msg: json.dumps(msg, separators=(",", ":"))), json.loads
+
+    def dumps(msg: Any) -> str:
+        return "".join(make(msg, 0))
+
+    def loads(text: str) -> Any:
+        try:
+            value, end = scan(text, 0)
+        except StopIteration:
+            end = -1
+        if end < 0 or text[end:].strip():
+            import json  # the slow path, for its error message
+
+            return json.loads(text)
+        return value
+
+    return dumps, loads
+
+
+def _unencodable(value: object) -> object:
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+_dumps, _loads = _codec()
+
+
 def encode(msg: Json) -> bytes:
-    return (json.dumps(msg, separators=(",", ":")) + "\n").encode()
+    return (_dumps(msg) + "\n").encode()
 
 
 def decode(line: bytes) -> Json:
-    msg = json.loads(line)
+    msg = _loads(line.decode())
     if not isinstance(msg, dict):
         raise ValueError("a control message must be a JSON object")
     return msg
@@ -140,7 +196,7 @@ def engine_path(inst_dir: str | os.PathLike[str]) -> Path:
 class LineReader:
     """Buffered line reading from a socket that may also be written to (no makefile: fds stay ours)."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: Receiver) -> None:
         self.sock = sock
         self.buf = b""
 

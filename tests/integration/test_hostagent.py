@@ -629,3 +629,44 @@ def test_docker_context_is_created_and_updated_never_selected(tmp_path: Path, mo
     current = subprocess.run(["docker", "context", "show"], capture_output=True, text=True, check=True).stdout.strip()
     assert current == "default"
     assert hostagent.remove_docker_context("ctx1")
+
+
+def test_long_argv_passes_whole_with_the_fds(make_env: Callable[..., Env]) -> None:
+    """A request line longer than one sendmsg can carry still arrives whole (the rest follows the fds)."""
+    env = make_env()
+    args = [c * 100_000 for c in "abcd"]
+    code, out, err = _exec(
+        env, ["sh", "-c", 'for a in "$@"; do printf "%s\\n" "${#a}${a%"${a#?}"}"; done', "sh", *args]
+    )
+    assert (code, err) == (0, b"")
+    assert out == b"100000a\n100000b\n100000c\n100000d\n"
+
+
+WARM_PATH_SPARE = {"socket", "selectors", "json", "re", "enum", "threading", "signal", "typing", "pathlib"}
+
+
+def test_warm_exec_imports_none_of_the_costly_stdlib(make_env: Callable[..., Env]) -> None:
+    """The fd-passing exec client runs without socket.py, json, re, enum, threading or signal (~40 ms together)."""
+    env = make_env()
+    code = "import sys\nfrom devenv.hostagent.client import main\nsys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", code, str(env.inst), "--", "sh", "-c", "echo hi; exit 3"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert (proc.returncode, proc.stdout) == (3, "hi\n")
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "devenv.hostagent.client" in imported
+    assert not imported & WARM_PATH_SPARE, sorted(imported & WARM_PATH_SPARE)
+
+
+def test_stdin_is_a_pipe_only_when_there_is_something_to_read(make_env: Callable[..., Env]) -> None:
+    """A /dev/null stdin becomes the guest's /dev/null (no pipe, no round trip); a file's data is piped."""
+    env = make_env()
+    probe = ["sh", "-c", "readlink /proc/self/fd/0; cat"]
+    with open(os.devnull, "rb") as null, open(env.inst.parent / "out", "wb") as o:
+        code = client.exec(env.inst, probe, {}, None, stdin_fd=null.fileno(), stdout_fd=o.fileno(), stderr_fd=2)
+    assert (code, (env.inst.parent / "out").read_bytes()) == (0, b"/dev/null\n")
+    code, out, _ = _exec(env, probe, stdin=b"data")
+    assert code == 0 and out.startswith(b"pipe:") and out.endswith(b"\ndata")
