@@ -74,6 +74,10 @@ class Config:
     disk: int = 20 * 1024**3
     runtime: str = "docker"
     accelerator: str = "auto"
+    # false: the guest kernel boots with `norandmaps`. Opt-in: it trades address-space
+    # randomisation in the guest for speed under TCG, where QEMU (before 8.x) translates
+    # every randomised process's code again (process start ~50 -> ~17 ms, boot ~20% faster).
+    aslr: bool = True
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortForward, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -95,6 +99,7 @@ FIELDS = {
     "disk",
     "runtime",
     "accelerator",
+    "aslr",
     "mounts",
     "ports",
     "env",
@@ -257,6 +262,10 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         if not isinstance(value, str) or not value.strip():
             raise ValueError('must be an image name such as "debian-12" or a path to a qcow2 file')
         return value
+    if key == "aslr":
+        if not isinstance(value, bool):
+            raise ValueError(f"must be true or false, not {value!r}")
+        return value
     if key == "cpus":
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 256:
             raise ValueError(f"must be a whole number from 1 to 256, not {value!r}")
@@ -399,6 +408,7 @@ def dump_toml(cfg: Config) -> str:
         f"disk = {_toml_str(format_size(cfg.disk))}",
         f"runtime = {_toml_str(cfg.runtime)}",
         f"accelerator = {_toml_str(cfg.accelerator)}",
+        f"aslr = {'true' if cfg.aslr else 'false'}",
     ]
     if cfg.env:
         inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
-from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, qemu_binary_name
+from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, kernel_cmdline, qemu_binary_name
 from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, NotSupported, StateError, Timeout
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
@@ -286,8 +286,8 @@ class QemuBackend:
                 "set DEVENV_HOME to a shorter directory, such as ~/.devenv",
             )
         arch = image.get("arch", self._arch())
-        cmdline = image.get("cmdline", "")
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
+        cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr)
         spec = VmSpec(
             name=inst.name,
             arch=arch,
@@ -302,10 +302,15 @@ class QemuBackend:
             pid_file=inst.dir / paths.QEMU_PID,
             kernel=Path(image["kernel"]) if image.get("kernel") else None,
             initrd=Path(image["initrd"]) if image.get("initrd") else None,
-            cmdline=cmdline.replace("{console}", console),
+            cmdline=cmdline,
             firmware=find_firmware(arch),
             shares=self._shares(inst, binary),
         )
+        if not inst.config.aslr and spec.kernel is None:
+            sys.stderr.write(
+                "devenv: warning: aslr = false needs an image whose kernel QEMU boots directly;"
+                " this one boots through its firmware, so the guest keeps address-space randomisation\n"
+            )
         argv = build_argv(spec, binary)
         (inst.dir / "qemu.argv").write_text(json.dumps(argv) + "\n")
         with open(inst.dir / QEMU_LOG, "wb") as log:

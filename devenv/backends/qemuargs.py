@@ -62,6 +62,12 @@ def find_firmware(arch: str) -> Path | None:
     return None
 
 
+def kernel_cmdline(image_cmdline: str, console: str, *, aslr: bool) -> str:
+    """The image's kernel command line for this boot; `norandmaps` when the instance opted out of ASLR."""
+    cmdline = image_cmdline.replace("{console}", console)
+    return cmdline if aslr else f"{cmdline} norandmaps".strip()
+
+
 def qemu_binary_name(arch: str) -> str:
     return f"qemu-system-{arch}"
 

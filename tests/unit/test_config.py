@@ -29,6 +29,8 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ('cpus = "two"', "F:1: field `cpus` must be a whole number from 1 to 256, not 'two'"),
         ("cpus = 0", "F:1: field `cpus` must be a whole number from 1 to 256, not 0"),
         ("cpus = true", "F:1: field `cpus` must be a whole number from 1 to 256, not True"),
+        ('aslr = "no"', "F:1: field `aslr` must be true or false, not 'no'"),
+        ("aslr = 0", "F:1: field `aslr` must be true or false, not 0"),
         ('memory = "-2GiB"', 'F:1: field `memory` must be a positive size, not "-2GiB"'),
         ('memory = "2 parsecs"', 'F:1: field `memory` must be a size such as "2GiB" or "2048MiB", not "2 parsecs"'),
         ("memory = 2048", 'F:1: field `memory` must be a size string such as "2GiB" or "2048MiB"'),
@@ -46,7 +48,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, aslr, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
         (
@@ -106,6 +108,7 @@ cpus = 4
 memory = "3GiB"
 disk = "40GiB"
 runtime = "podman"
+aslr = false
 env = { EDITOR = "vim", QUOTE = "a \\"b\\"" }
 
 [[mounts]]
@@ -121,7 +124,7 @@ mode = "user"
 script = "echo hi\\nexit 0"
 """,
     )
-    assert cfg.cpus == 4 and cfg.memory == 3 * 1024**3 and cfg.runtime == "podman"
+    assert cfg.cpus == 4 and cfg.memory == 3 * 1024**3 and cfg.runtime == "podman" and cfg.aslr is False
     assert cfg.mounts == (config.Mount("~/src", "", True),)
     assert cfg.ports == (config.PortForward(8080, 18080),)
     again = tmp_path / "again.toml"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devenv.backends.qemuargs import VmSpec, build_argv
+from devenv.backends.qemuargs import VmSpec, build_argv, kernel_cmdline
 
 
 def spec(**kw: object) -> VmSpec:
@@ -64,3 +64,10 @@ def test_aarch64_virt_with_firmware_and_9p_share() -> None:
     assert ("-machine", "virt,highmem=on") in p and ("-bios", "/fw.fd") in p
     assert ("-fsdev", "local,id=m0,path=/src,security_model=none,readonly=on") in p
     assert ("-device", "virtio-9p-pci,fsdev=m0,mount_tag=m0") in p
+
+
+def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked() -> None:
+    image = "root=/dev/vda console={console} quiet"
+    assert kernel_cmdline(image, "ttyS0", aslr=True) == "root=/dev/vda console=ttyS0 quiet"
+    assert kernel_cmdline(image, "ttyAMA0", aslr=False) == "root=/dev/vda console=ttyAMA0 quiet norandmaps"
+    assert kernel_cmdline("", "ttyS0", aslr=False) == "norandmaps"
