@@ -125,16 +125,23 @@ def test_status_and_list_report_running(vm: VM) -> None:
 
 
 def test_second_instance_runs_beside_the_first(vm: VM) -> None:
+    """Also the one instance that opts out of guest ASLR (aslr = false), beside the default one."""
     d, name, _ = vm
-    (d.project / "for-second.txt").write_text("over sshfs\n")
-    sshfs = Devenv(d.home, {**d.env, "DEVENV_MOUNT_TYPE": "sshfs"}, d.project)
-    sshfs.ok("start", "-n", "second", "--backend", "qemu", "--memory", "1GiB", "--cpus", "1")
+    project = d.project / "second"
+    project.mkdir()
+    (project / "devenv.toml").write_text('name = "second"\nbackend = "qemu"\naslr = false\n')
+    (project / "for-second.txt").write_text("over sshfs\n")
+    sshfs = Devenv(d.home, {**d.env, "DEVENV_MOUNT_TYPE": "sshfs"}, project)
+    sshfs.ok("start", "--memory", "1GiB", "--cpus", "1")
     try:
         assert d.ok("exec", "-n", "second", "--", "hostname").stdout.strip() == b"second"
         st = json.loads(d.ok("status", "-n", "second", "--json").stdout)
-        assert f"{d.project} (sshfs, mounted)" in st["details"]["mounts"], st["details"]
-        assert d.ok("exec", "-n", "second", "--", "cat", "for-second.txt").stdout == b"over sshfs\n"
+        assert f"{project} (sshfs, mounted)" in st["details"]["mounts"], st["details"]
+        assert sshfs.ok("exec", "--", "cat", "for-second.txt").stdout == b"over sshfs\n"
         assert d.ok("exec", "-n", name, "--", "hostname").stdout.strip() == name.encode()
+        aslr = ["cat", "/proc/sys/kernel/randomize_va_space"]
+        assert d.ok("exec", "-n", "second", "--", *aslr).stdout == b"0\n"
+        assert d.ok("exec", "-n", name, "--", *aslr).stdout == b"2\n"  # the default keeps it
         states = {r["name"]: r["state"] for r in json.loads(d.ok("list", "--json").stdout)}
         assert states == {name: "running", "second": "running"}
     finally:
