@@ -408,8 +408,9 @@ def dump_toml(cfg: Config) -> str:
         f"disk = {_toml_str(format_size(cfg.disk))}",
         f"runtime = {_toml_str(cfg.runtime)}",
         f"accelerator = {_toml_str(cfg.accelerator)}",
-        f"aslr = {'true' if cfg.aslr else 'false'}",
     ]
+    if not cfg.aslr:  # only when set: an older devenv can still read the copy of a default instance
+        lines.append("aslr = false")
     if cfg.env:
         inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())
         lines.append(f"env = {{ {inner} }}")

@@ -284,18 +284,30 @@ class Workers:
             slot = self._idle.pop() if self._idle else None
         if slot is None:
             slot = queue.SimpleQueue()
-            threading.Thread(target=self._loop, args=(slot,), daemon=True).start()
+            try:
+                threading.Thread(target=self._loop, args=(slot,), daemon=True).start()
+            except BaseException:
+                self._done()
+                raise
         slot.put((fn, args))
+
+    def _done(self) -> None:
+        with self._lock:
+            self._busy -= 1
+            self._lock.notify_all()
 
     def _loop(self, slot: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]]) -> None:
         job: tuple[Any, tuple[Any, ...]] | None = slot.get()
         while job is not None:
             fn, args = job
-            with contextlib.suppress(Exception):  # the job answers its own errors (Agent._dispatch)
-                fn(*args)
+            del job  # nothing of a finished request (an exec's params) stays referenced while idle
+            try:
+                with contextlib.suppress(Exception):  # the job answers its own errors (Agent._dispatch)
+                    fn(*args)
+            finally:
+                del fn, args
+                self._done()
             with self._lock:
-                self._busy -= 1
-                self._lock.notify_all()
                 self._idle.append(slot)
             job = self._next(slot)
 
@@ -329,6 +341,7 @@ class Agent:
         self._spawned: dict[Any, subprocess.Popen[bytes]] = {}
         self._workers = Workers()
         self._closed = False
+        self._stopping = False  # stdin ended: no new subscription may start
 
     # -- output
     def send(self, msg: Json) -> None:
@@ -417,6 +430,7 @@ class Agent:
         makes the next write fail, which kills what still runs (see send).
         """
         with self._state_lock:
+            self._stopping = True
             for stop in self._watches.values():
                 stop.set()
         self._workers.wait_idle()
@@ -445,6 +459,8 @@ class Agent:
         with self._state_lock:
             if req_id in self._watches:
                 raise RequestError("bad_params", f"subscription {req_id!r} exists already; use a new id")
+            if self._stopping:  # read before stdin ended, started after: it would poll forever
+                stop.set()
             self._watches[req_id] = stop
         current = listening_ports()
         self.respond(req_id, {"subscription": req_id, "ports": current})

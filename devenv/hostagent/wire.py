@@ -121,10 +121,10 @@ def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
     def loads(text: str) -> Any:
         try:
             value, end = scan(text, 0)
-        except StopIteration:
+        except Exception:  # StopIteration, or (3.11, json.decoder not loaded) a SystemError instead of its error
             end = -1
-        if end < 0 or text[end:].strip():
-            import json  # the slow path, for its error message
+        if end < 0 or text[end:].strip(" \t\n\r"):
+            import json  # the slow path: the json package raises the proper JSONDecodeError (a ValueError)
 
             return json.loads(text)
         return value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 import sys
 
 import pytest
@@ -55,3 +56,21 @@ def test_without_the_c_accelerator_the_json_package_serves(monkeypatch: pytest.M
     dumps, loads = wire._codec()
     assert dumps(SAMPLES[1]) == json.dumps(SAMPLES[1], separators=(",", ":"))
     assert loads(dumps(SAMPLES[2])) == SAMPLES[2]
+
+
+def test_a_cut_line_is_a_value_error_where_json_was_never_imported() -> None:
+    """The exec client never imports json; _json's own errors need it (3.11 raised SystemError instead)."""
+    code = (
+        "import sys\n"
+        "from devenv.hostagent import wire\n"
+        "assert 'json' not in sys.modules and 'json.decoder' not in sys.modules\n"
+        'for line in (b\'{"out":"stdout","data":"abc\', b\'{"a":"\\x01"}\', b\'{"a":1}\\x0b\'):\n'
+        "    try:\n"
+        "        wire.decode(line)\n"
+        "    except ValueError:\n"
+        "        continue\n"
+        "    raise SystemExit(f'accepted {line!r}')\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "ok\n", "")
