@@ -9,7 +9,6 @@ together, so one edit round fixes them all.
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from dataclasses import asdict, dataclass, field
@@ -206,6 +205,8 @@ class _Problems:
         self.items.append(f"{where}: field `{label}` {what}")
 
     def unknown(self, path: tuple[Any, ...], key: str, known: set[str]) -> None:
+        import difflib  # only for a did-you-mean
+
         close = difflib.get_close_matches(key, sorted(known), n=1)
         suggestion = f"; did you mean `{close[0]}`?" if close else f"; known fields: {', '.join(sorted(known))}"
         self.add((*path, key), f"is not a known field{suggestion}")

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import functools
 import os
-import platform
-import shutil
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,15 +39,27 @@ class Probe:
 
 
 def ping_unix(path: str, timeout: float = 1.0) -> bool:
-    """GET /_ping on a Docker-API unix socket (docker and podman both serve it)."""
+    """GET /_ping on a Docker-API unix socket (docker and podman both serve it).
+
+    socket.py's C half: socket.py itself costs `devenv list` ~8 ms (its enums and selectors).
+    """
+    import _socket
+
+    if not hasattr(_socket, "AF_UNIX"):
+        return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.settimeout(timeout)
-            s.connect(path)
-            s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
-            data = s.recv(4096)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     except OSError:
         return False
+    try:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+        data = s.recv(4096)
+    except OSError:
+        return False
+    finally:
+        s.close()
     return data.startswith(b"HTTP/1.") and b" 200 " in data.split(b"\r\n", 1)[0] + b" "
 
 
@@ -65,6 +74,8 @@ class Host:
 
     @functools.cached_property
     def arch(self) -> str:
+        import platform
+
         return normalize_arch(platform.machine())
 
     @functools.cached_property
@@ -121,7 +132,7 @@ class Host:
 
     @functools.cached_property
     def wsl_exe(self) -> Probe:
-        path = shutil.which("wsl.exe") or shutil.which("wsl")
+        path = _which("wsl.exe") or _which("wsl")
         if self.system == "windows" and path:
             return Probe(True, path)
         if self.system != "windows":
@@ -154,7 +165,7 @@ class Host:
 
     @functools.cached_property
     def qemu_binary(self) -> str | None:
-        return shutil.which(f"qemu-system-{self.arch}")
+        return _which(f"qemu-system-{self.arch}")
 
     @functools.cached_property
     def qemu(self) -> Probe:
@@ -165,7 +176,7 @@ class Host:
         }.get(self.system, "sudo apt-get install qemu-system-x86 qemu-utils (or your distribution's qemu package)")
         if not binary:
             return Probe(False, f"qemu-system-{self.arch} was not found on PATH", fix)
-        if not shutil.which("qemu-img"):
+        if not _which("qemu-img"):
             return Probe(False, "qemu-img was not found on PATH", fix)
         out = _quiet([binary, "--version"]) or ""
         version = out.splitlines()[0] if out else "unknown version"
@@ -183,7 +194,7 @@ class Host:
         for sock in _podman_sockets():
             if ping_unix(sock):
                 return Engine("podman", f"unix://{sock}")
-        if shutil.which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
+        if _which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
             return Engine("podman", "")
         return None
 
@@ -200,6 +211,12 @@ class Host:
             "no docker or podman engine answers on this host",
             "sudo systemctl start docker (or install podman), or use --backend qemu",
         )
+
+
+def _which(name: str) -> str | None:
+    import shutil  # ~4 ms with its own imports; most commands never look a program up
+
+    return shutil.which(name)
 
 
 def _podman_sockets() -> list[str]:

@@ -10,8 +10,6 @@ so a failed or interrupted create leaves nothing that looks like an instance.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -130,6 +128,9 @@ def with_project_mount(cfg: Config, folder: Path) -> Config:
 
 def create(name: str, cfg: Config, step: StepReporter) -> Instance:
     """Make the instance directory and let the backend prepare it; all or nothing."""
+    import shutil
+    import tempfile
+
     config.validate_name(name)
     if exists(name):
         raise StateError(f"instance `{name}` already exists", f"start it with `devenv start -n {name}`")
@@ -179,6 +180,8 @@ def stop(name: str, force: bool) -> Instance:
 
 def delete(name: str, force: bool) -> None:
     """Remove the instance directory, and nothing else: never the cached base image."""
+    import shutil
+
     inst = get(name)
     state = inst.status().state
     if state in ("running", "starting", "degraded") and not force:

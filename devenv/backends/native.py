@@ -9,9 +9,6 @@ command's exit code is returned, and a signal death becomes 128+N.
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -105,6 +102,9 @@ class NativeBackend:
 
 def run_foreground(argv: list[str], env: dict[str, str], cwd: str | None) -> int:
     """Run a child on our terminal; Ctrl-C reaches it (same process group), not us."""
+    import signal
+    import subprocess  # here, not at the top: `devenv list` loads this module and never runs a child
+
     try:
         proc = subprocess.Popen(argv, env=env, cwd=cwd)
     except FileNotFoundError:
@@ -120,6 +120,8 @@ def run_foreground(argv: list[str], env: dict[str, str], cwd: str | None) -> int
 
 
 def _local_copy(src: Path, dst: Path) -> None:
+    import shutil
+
     if src.is_dir():
         target = dst / src.name if dst.is_dir() else dst
         shutil.copytree(src, target, dirs_exist_ok=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-import traceback
 from collections.abc import Callable
 
 from devenv.errors import DevenvError, ExitCode
@@ -31,6 +30,8 @@ def guarded(fn: Callable[[], int | None]) -> int:
         return fn() or 0
     except DevenvError as e:
         if _debug():
+            import traceback
+
             traceback.print_exc()
         report(e.message, e.hint)
         return int(e.exit_code)
@@ -46,6 +47,8 @@ def guarded(fn: Callable[[], int | None]) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:
         if _debug():
+            import traceback
+
             traceback.print_exc()
         report(
             f"internal error: {type(e).__name__}: {e}",

@@ -6,7 +6,6 @@ same whichever parser ran. Each function calls into the package and renders.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,6 +20,12 @@ from devenv.errors import UsageError
 
 def _out(text: str) -> None:
     sys.stdout.write(text + ("" if text.endswith("\n") else "\n"))
+
+
+def _out_json(data: Any, **options: Any) -> None:
+    import json  # only for --json: `devenv list` without it is a hot path
+
+    _out(json.dumps(data, indent=2, **options))
 
 
 def _warn(text: str) -> None:
@@ -115,7 +120,7 @@ def list_instances(as_json: bool) -> int:
         else:
             rows.append(_row(item))
     if as_json:
-        _out(json.dumps(rows, indent=2))
+        _out_json(rows)
         return 0
     if not rows:
         _out("no instances; create one with `devenv start`")
@@ -145,7 +150,7 @@ def status(name: str | None, as_json: bool) -> int:
     st = inst.status()
     row = _row(inst) | {"state": st.state, "reason": st.reason, "details": st.details}
     if as_json:
-        _out(json.dumps(row, indent=2, default=str))
+        _out_json(row, default=str)
         return 0
     _out(f"{inst.name}: {st.state}" + (f" ({st.reason})" if st.reason else ""))
     for key in ("backend", "image", "runtime", "cpus"):
@@ -254,7 +259,7 @@ def doctor(as_json: bool) -> int:
         "backends": rows,
     }
     if as_json:
-        _out(json.dumps(info, indent=2))
+        _out_json(info)
         return 0
     wsl = " (inside WSL)" if host.is_wsl else ""
     _out(f"host: {host.system} {host.arch}{wsl}; default backend: {info['default_backend']}")
@@ -292,7 +297,7 @@ def image_list(as_json: bool) -> int:
             }
             for r in rows
         ]
-        _out(json.dumps(data, indent=2))
+        _out_json(data)
         return 0
     table = [("NAME", "ARCH", "SIZE", "SOURCE", "CACHED", "DESCRIPTION")]
     for r in rows:

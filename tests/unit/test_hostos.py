@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -113,3 +114,35 @@ def test_real_host_probe_does_not_raise() -> None:
         from devenv.hostos import ping_unix
 
         assert (h.engine is not None and h.engine.runtime == "docker") == ping_unix("/var/run/docker.sock")
+
+
+@pytest.mark.parametrize(
+    ("answer", "alive"), [(b"HTTP/1.1 200 OK\r\n\r\nOK", True), (b"HTTP/1.1 500 Boom\r\n\r\n", False)]
+)
+def test_ping_unix_reads_the_status_line(tmp_path: Path, answer: bytes, alive: bool) -> None:
+    import socket
+    import threading
+
+    from devenv.hostos import ping_unix
+
+    path = str(tmp_path / "engine.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    got: list[bytes] = []
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            got.append(conn.recv(4096))
+            conn.sendall(answer)
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        assert ping_unix(path) is alive
+        t.join(5)
+        assert got and got[0].startswith(b"GET /_ping HTTP/1.0\r\n")
+    finally:
+        server.close()
+    assert ping_unix(str(tmp_path / "missing.sock")) is False
