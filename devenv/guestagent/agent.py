@@ -29,8 +29,10 @@ A second mode, `agent.py bridge SOCKET`, copies stdin to a unix socket in the
 guest and the socket to stdout (binary, half-close kept), so one SSH exec
 channel carries e.g. the Docker API without sshd's streamlocal forwarding.
 
-The agent is started on demand (no systemd unit): the SSH channel is its
-lifetime, so nothing is left running when the host goes away.
+One agent runs per host connection: systemd's socket unit (Accept=yes, see
+provisioning/systemd) starts it for each connection to its socket, or the host
+starts it on an SSH exec channel in a guest without the unit. Either way the
+connection is its lifetime, so nothing is left running when the host goes away.
 """
 
 from __future__ import annotations
