@@ -584,6 +584,9 @@ class SSHConnection:
 
     def _connect_once(self, pkey: paramiko.PKey) -> paramiko.Transport:
         sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
+        # Requests and events are small packets: Nagle would hold one back until the
+        # previous one is acknowledged (OpenSSH sets this too for interactive sessions).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A larger window and packets: fewer round trips and less per-packet Python work on
         # bulk transfers (engine socket, port forwards). AES-GCM first: one pass in OpenSSL
         # instead of AES-CTR plus an HMAC computed per packet.

@@ -63,6 +63,7 @@ def test_connect_is_lazy_idempotent_and_closed_by_the_context_manager(sshd: SSHD
         assert not c.connected
         assert c.run(["echo", "hi"]).stdout == b"hi\n"
         first = c.transport
+        assert first.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)  # small requests never wait on Nagle
         assert c.connect() is c
         assert c.transport is first
     assert not c.connected
