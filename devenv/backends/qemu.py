@@ -80,6 +80,28 @@ def ssh_banner(port: int, timeout: float = 2.0) -> bool:
         return False
 
 
+def sshd_timeout_hint(serial: Path, name: str) -> str:
+    """What to do when the guest's sshd never answered; an empty console means the kernel hung early.
+
+    With `quiet` on the kernel command line the first console line comes from
+    userspace, so a console still empty at the deadline points at the kernel
+    (seen under TCG: both vCPUs spinning in the kernel, nothing written to the disk).
+    """
+    try:
+        silent = serial.stat().st_size == 0
+    except OSError:
+        silent = True
+    if silent:
+        return (
+            "the console stayed empty, so the guest kernel hung early in boot (TCG guests do, rarely): "
+            f"boot it again with `devenv stop --force -n {name}` and `devenv start -n {name}`"
+        )
+    return (
+        "the guest may be stuck in boot: read the console above; "
+        "under TCG a first boot takes minutes (DEVENV_QEMU_ACCEL shows which accelerator is used)"
+    )
+
+
 def _has_9p(binary: str) -> bool:
     from devenv.runner import run
 
@@ -406,8 +428,7 @@ class QemuBackend:
                 raise self._fail(
                     inst,
                     f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
-                    "the guest may be stuck in boot: read the console above; "
-                    "under TCG a first boot takes minutes (DEVENV_QEMU_ACCEL shows which accelerator is used)",
+                    sshd_timeout_hint(inst.dir / paths.SERIAL_LOG, inst.name),
                 )
             time.sleep(0.2)
 

@@ -71,3 +71,16 @@ def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked()
     assert kernel_cmdline(image, "ttyS0", aslr=True) == "root=/dev/vda console=ttyS0 quiet"
     assert kernel_cmdline(image, "ttyAMA0", aslr=False) == "root=/dev/vda console=ttyAMA0 quiet norandmaps"
     assert kernel_cmdline("", "ttyS0", aslr=False) == "norandmaps"
+
+
+def test_an_empty_console_at_the_sshd_deadline_points_at_an_early_kernel_hang(tmp_path: Path) -> None:
+    from devenv.backends.qemu import sshd_timeout_hint
+
+    serial = tmp_path / "serial.log"
+    for state in ("missing", "empty"):
+        if state == "empty":
+            serial.write_text("")
+        hint = sshd_timeout_hint(serial, "dev")
+        assert "kernel hung early" in hint and "devenv stop --force -n dev" in hint, state
+    serial.write_text("Debian GNU/Linux 12 dev ttyS0\n")
+    assert "read the console above" in sshd_timeout_hint(serial, "dev")
