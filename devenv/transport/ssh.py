@@ -8,6 +8,10 @@ Design decisions (see docs of each piece for detail):
 - Boot: `connect()` retries short TCP connects with backoff until a deadline,
   but gives a started handshake a generous timeout: under TCG a handshake can
   take seconds and killing it early only restarts the wait (MACHINE-NOTES).
+  The wait for sshd's banner is the exception: QEMU's user-mode net accepts the
+  host side of a forwarded port before the guest answers, and a connection made
+  while the guest's network is still down never gets one (its SYN was lost), so
+  the first banner wait is short (10 s) and doubles with each failed attempt.
 - Lazy and idempotent: every operation connects on first use; a transport that
   dropped is re-established once per operation, never in a loop.
 - exec: streams stdin/stdout/stderr concurrently with threads (portable, no
@@ -465,6 +469,7 @@ class SSHConnection:
         reconnect_timeout: float = 30.0,
         tcp_timeout: float = 3.0,
         handshake_timeout: float = 60.0,
+        banner_timeout: float = 10.0,
         keepalive: int = 15,
     ) -> None:
         self.target = target
@@ -472,6 +477,7 @@ class SSHConnection:
         self.reconnect_timeout = reconnect_timeout
         self.tcp_timeout = tcp_timeout
         self.handshake_timeout = handshake_timeout
+        self.banner_timeout = banner_timeout
         self.keepalive = keepalive
         self._pinned = parse_pinned_keys(target.host_key)
         self._pkey: paramiko.PKey | None = None
@@ -548,11 +554,12 @@ class SSHConnection:
         deadline = time.monotonic() + timeout
         delay = 0.25
         attempt = 0
+        banner = min(self.banner_timeout, self.handshake_timeout)
         pkey = self._private_key()
         while True:
             attempt += 1
             try:
-                transport = self._connect_once(pkey)
+                transport = self._connect_once(pkey, banner)
                 log.debug("connected to %s after %d attempt(s)", self.target.label, attempt)
                 return transport
             except HostKeyMismatch:
@@ -563,8 +570,11 @@ class SSHConnection:
                     f"({', '.join(_host_key_types(self._pinned))}): {e}",
                     _MISMATCH_HINT,
                 ) from None
-            except (OSError, EOFError, paramiko.SSHException) as e:
-                last: BaseException = e
+            except (EOFError, paramiko.SSHException) as e:  # TCP got through: sshd may just be slow
+                last = e
+                banner = min(banner * 2, self.handshake_timeout)
+            except OSError as e:
+                last = e
             remaining = deadline - time.monotonic()
             log.debug("connect attempt %d to %s failed: %s", attempt, self.target.label, _why(last))
             if remaining <= 0:
@@ -582,7 +592,7 @@ class SSHConnection:
             "check that the instance is running (`devenv status`) and see its serial.log",
         )
 
-    def _connect_once(self, pkey: paramiko.PKey) -> paramiko.Transport:
+    def _connect_once(self, pkey: paramiko.PKey, banner_timeout: float) -> paramiko.Transport:
         sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
         # Requests and events are small packets: Nagle would hold one back until the
         # previous one is acknowledged (OpenSSH sets this too for interactive sessions).
@@ -594,8 +604,9 @@ class SSHConnection:
         try:
             options = transport.get_security_options()
             options.ciphers = _prefer(options.ciphers, ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com"))
-            # Generous: a slow handshake is progress, and killing it restarts the wait.
-            transport.banner_timeout = self.handshake_timeout
+            # Generous: a slow handshake is progress, and killing it restarts the wait. The banner
+            # wait is shorter: no banner at all means a connection lost on the way (see the module doc).
+            transport.banner_timeout = banner_timeout
             transport.handshake_timeout = self.handshake_timeout
             transport.auth_timeout = self.handshake_timeout
             transport.get_security_options().key_types = _host_key_types(self._pinned)

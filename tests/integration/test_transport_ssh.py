@@ -5,6 +5,7 @@ Skipped, with the reason, only when sshd or ssh-keygen is not installed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
@@ -68,6 +69,61 @@ def test_connect_is_lazy_idempotent_and_closed_by_the_context_manager(sshd: SSHD
         assert c.transport is first
     assert not c.connected
     assert not first.is_active()
+
+
+class _LateGuestPort:
+    """A forwarded port as QEMU's user-mode net offers it during boot.
+
+    Connections accepted in the first `silent_for` seconds are held open and
+    never answered (their SYN to the guest was lost); later ones reach sshd.
+    """
+
+    def __init__(self, sshd_port: int, silent_for: float) -> None:
+        self.sshd_port = sshd_port
+        self.until = time.monotonic() + silent_for
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if time.monotonic() < self.until:
+                self.held.append(client)
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.sshd_port))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._copy, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _copy(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.listener.close()
+        for c in self.held:
+            c.close()
+
+
+def test_a_connection_lost_during_boot_is_retried_soon_not_after_the_handshake_timeout(sshd: SSHDInfo) -> None:
+    """No banner on a connection made while the guest's network was down: retry after 1 s, 2 s, ..., not 60 s."""
+    port = _LateGuestPort(sshd.port, silent_for=2.0)
+    try:
+        t0 = time.monotonic()
+        with SSHConnection(target_for(sshd, port=port.port), boot_timeout=60, banner_timeout=1.0) as c:
+            assert c.run(["echo", "up"]).stdout == b"up\n"
+        assert time.monotonic() - t0 < 20  # one silent connection with the old 60 s banner wait took 60 s
+        assert port.held  # the test did hold a connection silently
+    finally:
+        port.close()
 
 
 def test_host_key_mismatch_is_rejected_with_a_clear_message(sshd: SSHDInfo, tmp_path: Path) -> None:
