@@ -74,7 +74,7 @@ class Config:
     runtime: str = "docker"
     accelerator: str = "auto"
     # false: the guest kernel boots with `norandmaps`. Opt-in: it trades address-space
-    # randomisation in the guest for speed under TCG, where QEMU (before 8.x) translates
+    # randomisation in the guest for speed under TCG, where QEMU (7.2, as measured) translates
     # every randomised process's code again (process start ~50 -> ~17 ms, boot ~20% faster).
     aslr: bool = True
     mounts: tuple[Mount, ...] = ()
