@@ -13,7 +13,8 @@ import _socket  # socket.py's C half: socket.py itself imports enum and selector
 import os
 import sys
 
-from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str, write_all
+from devenv.fdio import write_all
+from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str
 from devenv.paths import HOSTAGENT_SOCK
 from devenv.sigforward import forward_signals
 

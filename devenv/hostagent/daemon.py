@@ -41,6 +41,7 @@ import paramiko
 
 from devenv import paths
 from devenv.errors import ConnectionFailed, DevenvError
+from devenv.fdio import write_all
 from devenv.guestagent import protocol
 from devenv.hostagent import mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
@@ -49,7 +50,7 @@ from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
-from devenv.pidutil import pid_alive, try_lock
+from devenv.pidutil import process_start, try_lock
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -564,8 +565,8 @@ class HostAgent:
             pid = int(f.read_text().strip())
         except (OSError, ValueError):
             return None
-        start = _proc_start(pid)
-        return (pid, start) if pid_alive(pid) else None
+        start = process_start(pid)
+        return None if start is None else (pid, start)
 
     def _vm_alive(self) -> bool:
         if self.opts.watch_pid_file is None:
@@ -573,7 +574,7 @@ class HostAgent:
         if self._vm is None:
             return False
         pid, start = self._vm
-        return pid_alive(pid) and _proc_start(pid) == start
+        return process_start(pid) == start
 
     # -- pid file: an flock held for life, so "alive" never trusts a recycled pid
     def _lock_pidfile(self) -> bool:
@@ -696,11 +697,10 @@ class HostAgent:
                 client.settimeout(None)
                 request = ExecRequest(self, client, reader, msg, None if streamed else fds)
                 fds = []  # closed by ExecRequest
-                reply = request.run()
-                with request.send_lock:  # a stdin ack may still be on its way
-                    client.sendall(wire.encode({**reply, "final": True}))
+                request.send({**request.run(), "final": True})  # a stdin ack may still be on its way
                 return
-            elif op == "state":
+            reply: dict[str, Any]
+            if op == "state":
                 reply = {"state": self.state()}
             elif op == "ping":
                 reply = {"pong": True}
@@ -752,6 +752,7 @@ class ExecRequest:
         self.done = threading.Event()
         self._stdin_owned = False
         self._stdin_lines: queue.Queue[dict[str, Any] | None] | None = None
+        self._stdin_lock = threading.Lock()  # _stdin_lines is closed and filled from two threads
         self.send_lock = threading.Lock()
 
     def run(self) -> dict[str, Any]:
@@ -765,21 +766,21 @@ class ExecRequest:
                 with contextlib.suppress(OSError):
                     os.close(fd)
 
-    def _send(self, msg: dict[str, Any]) -> None:
-        """Stream mode: one line to the caller (output and stdin acks come from two threads)."""
+    def send(self, msg: dict[str, Any]) -> None:
+        """One line to the caller (stream mode: output and stdin acks come from two threads)."""
         with self.send_lock:
             self.client.sendall(wire.encode(msg))
 
     def _ack_stdin(self) -> None:
         with contextlib.suppress(OSError):
-            self._send({"stdin_ack": 1})
+            self.send({"stdin_ack": 1})
 
     def _emit(self, stream: str, data: bytes) -> None:
         """Output of the command (or devenv's word about it) to the caller; OSError when the caller is gone."""
         if self.streamed:
-            self._send({"out": stream, "data": base64.b64encode(data).decode()})
+            self.send({"out": stream, "data": base64.b64encode(data).decode()})
         else:
-            wire.write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
+            write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
 
     def _run(self) -> dict[str, Any]:
         argv = self.msg.get("argv")
@@ -807,7 +808,7 @@ class ExecRequest:
         events = session.attach(proc_id)
         try:
             if self.streamed:
-                self._send({"started": True})  # the client starts sending stdin only now
+                self.send({"started": True})  # the client starts sending stdin only now
             if want_stdin:
                 if self.streamed:  # stdin lines arrive with the signals: a queue and a writer of their own
                     self._stdin_lines = queue.Queue()  # the client keeps at most wire.STDIN_WINDOW lines unacked
@@ -860,30 +861,37 @@ class ExecRequest:
         lines = self._stdin_lines
         assert lines is not None
         try:
-            while True:
-                msg = lines.get()
-                if msg is None:
-                    return
+            while (msg := lines.get()) is not None:
                 params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
                 r = client.call("stdin", params, timeout=None)
                 self._ack_stdin()
                 if params["eof"] or (isinstance(r, dict) and r.get("closed")):
-                    self._stdin_lines = None  # the command closed its stdin: the rest is dropped, as a pipe would
-                    self._drain_stdin(lines)
-                    return
+                    return  # the command closed its stdin: the rest is dropped, as a pipe would
         except (OSError, ValueError, DevenvError) as e:
-            self._stdin_lines = None
-            self._drain_stdin(lines)
             log.debug("exec stdin ended: %s", e)
+        finally:
+            self._close_stdin_lines(lines)
 
-    def _drain_stdin(self, lines: queue.Queue[dict[str, Any] | None]) -> None:
-        """Ack what was queued but will never be written, so the caller's window never stalls."""
+    def _close_stdin_lines(self, lines: queue.Queue[dict[str, Any] | None]) -> None:
+        """No more stdin lines are queued; ack what was queued but will never be written, so the window never stalls."""
+        with self._stdin_lock:  # after this no line reaches the queue (see _queue_stdin)
+            self._stdin_lines = None
         while True:
             try:
                 if lines.get_nowait() is not None:
                     self._ack_stdin()
             except queue.Empty:
                 return
+
+    def _queue_stdin(self, msg: dict[str, Any] | None) -> None:
+        """A stdin line (None: the caller is gone) for the writer; dropped and acked once stdin is closed."""
+        with self._stdin_lock:
+            lines = self._stdin_lines
+            if lines is not None:
+                lines.put(msg)
+                return
+        if msg is not None:
+            self._ack_stdin()  # as a pipe would drop it
 
     def _signals(self, client: protocol.AgentClient, proc_id: Any) -> None:
         """Signal requests from the caller; the caller vanishing (EOF) hangs the command up."""
@@ -900,21 +908,8 @@ class ExecRequest:
                 if msg.get("op") == "signal":
                     client.call("kill", {"process": proc_id, "signal": str(msg.get("signal", "INT"))}, timeout=10)
                 elif msg.get("op") == "stdin":
-                    if (lines := self._stdin_lines) is not None:
-                        lines.put(msg)
-                    else:
-                        self._ack_stdin()  # stdin is closed: dropped, as a pipe would
+                    self._queue_stdin(msg)
         except (OSError, ValueError, DevenvError) as e:
             log.debug("exec signal reader ended: %s", e)
         finally:
-            if (lines := self._stdin_lines) is not None:
-                lines.put(None)
-
-
-def _proc_start(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/PID/stat) to tell a recycled pid apart."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
-            return f.read().rpartition(")")[2].split()[19]
-    except (OSError, IndexError):
-        return None
+            self._queue_stdin(None)

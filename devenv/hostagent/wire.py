@@ -71,27 +71,13 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     return (port, token) if pid_alive(pid) else None
 
 
-def write_all(fd: int, data: bytes) -> None:
-    """All of `data` to `fd`, also when the caller's fd is non-blocking (shared with its shell); OSError when gone."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            import select
-
-            select.select([], [fd], [], 1.0)
-            continue
-        view = view[n:]
-
-
 class _ScanContext:
     """What _json.make_scanner reads from a JSONDecoder: strict JSON, plain dicts and numbers."""
 
     strict = True
     object_hook = None
     object_pairs_hook = None
-    array_hook = None
+    array_hook = None  # read from Python 3.15 on
     parse_float = float
     parse_int = int
     parse_constant = float  # NaN, Infinity, -Infinity, as json.loads reads them

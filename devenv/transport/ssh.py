@@ -57,6 +57,7 @@ from paramiko.message import Message
 
 from devenv import paths
 from devenv.errors import CommandFailed, ConnectionFailed, DevenvError, InstanceNotFound, UsageError
+from devenv.fdio import write_all
 from devenv.sigforward import forward_signals
 from devenv.transport.cpspec import CopyPlan
 
@@ -1081,13 +1082,6 @@ def _forward_signals(proc: RemoteProcess) -> contextlib.AbstractContextManager[N
     )
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
-
-
 def _interact(channel: paramiko.Channel, in_fd: int, out_fd: int) -> None:
     """Copy keys to the channel and output to the terminal until the remote side closes."""
     if os.name == "nt":  # select() takes no console handles on Windows: a reader thread instead
@@ -1096,7 +1090,7 @@ def _interact(channel: paramiko.Channel, in_fd: int, out_fd: int) -> None:
         feeder = threading.Thread(target=_pump_stdin, args=(channel, stdin, stop), daemon=True)
         feeder.start()
         try:
-            _pump_out(channel.recv, lambda data: _write_all(out_fd, data))
+            _pump_out(channel.recv, lambda data: write_all(out_fd, data))
         finally:
             stop.set()
         return
@@ -1108,7 +1102,7 @@ def _interact(channel: paramiko.Channel, in_fd: int, out_fd: int) -> None:
             data = channel.recv(_CHUNK)
             if not data:
                 return
-            _write_all(out_fd, data)
+            write_all(out_fd, data)
         if stdin_open and in_fd in ready:
             try:
                 keys = os.read(in_fd, 4096)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv.pidutil import pid_alive, try_lock, unlock
+from devenv.pidutil import pid_alive, process_start, try_lock, unlock
 
 
 def test_pid_alive_for_a_live_a_dead_and_an_impossible_pid() -> None:
@@ -62,3 +62,19 @@ def test_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
         assert free.stdout.strip() == "free"
     finally:
         os.close(fd)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/stat"), reason="start times come from /proc")
+def test_process_start_tells_processes_apart_and_is_none_once_gone() -> None:
+    ours = process_start(os.getpid())
+    assert ours and ours == process_start(os.getpid())  # stable for one process
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        theirs = process_start(child.pid)
+        assert theirs  # set for a live process
+        assert theirs == Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19]
+    finally:
+        child.kill()
+        child.wait()
+    assert process_start(child.pid) is None
+    assert process_start(0) is None
