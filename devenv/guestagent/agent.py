@@ -293,8 +293,10 @@ class Workers:
                 raise
         slot.put((fn, args))
 
-    def _done(self) -> None:
+    def _done(self, idle: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]] | None = None) -> None:
         with self._lock:
+            if idle is not None:
+                self._idle.append(idle)
             self._busy -= 1
             self._lock.notify_all()
 
@@ -306,11 +308,11 @@ class Workers:
             try:
                 with contextlib.suppress(Exception):  # the job answers its own errors (Agent._dispatch)
                     fn(*args)
-            finally:
-                del fn, args
+            except BaseException:
                 self._done()
-            with self._lock:
-                self._idle.append(slot)
+                raise
+            del fn, args
+            self._done(idle=slot)  # idle before wait_idle() returns: the next job reuses this thread
             job = self._next(slot)
 
     def _next(self, slot: queue.SimpleQueue[tuple[Any, tuple[Any, ...]]]) -> tuple[Any, tuple[Any, ...]] | None:
