@@ -536,6 +536,7 @@ def test_a_stale_token_file_is_never_used(tmp_path: Path) -> None:
         dead.wait()
         info = {"port": trap.getsockname()[1], "token": "a" * 64, "pid": dead.pid}
         (tmp_path / "hostagent.token").write_text(json.dumps(info))
+        assert client.connect(tmp_path, timeout=1.0) is None  # first: a regression fails here, never hangs in exec
         assert client.exec(tmp_path, ["true"]) is None
         trap.settimeout(0.2)
         with pytest.raises(TimeoutError):
