@@ -25,8 +25,24 @@ from typing import TYPE_CHECKING, Any
 
 from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
-from devenv.backends.qemuargs import VmSpec, build_argv, find_firmware, kernel_cmdline, qemu_binary_name
-from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, NotSupported, StateError, Timeout
+from devenv.backends.qemuargs import (
+    VmSpec,
+    build_argv,
+    find_firmware,
+    kernel_cmdline,
+    microvm_tcg_cmdline,
+    qemu_binary_name,
+    resolve_machine,
+)
+from devenv.errors import (
+    BackendUnavailable,
+    CommandFailed,
+    ConfigError,
+    DevenvError,
+    NotSupported,
+    StateError,
+    Timeout,
+)
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
 
@@ -100,6 +116,45 @@ def sshd_timeout_hint(serial: Path, name: str) -> str:
         "the guest may be stuck in boot: read the console above; "
         "under TCG a first boot takes minutes (DEVENV_QEMU_ACCEL shows which accelerator is used)"
     )
+
+
+def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo", cpufreq: str = "/sys/devices/system/cpu/cpu0/cpufreq") -> int | None:
+    """The host's TSC rate in kHz, which is the rate of a TCG guest's TSC (QEMU reads the host's counter).
+
+    Known without privileges only on an x86_64 Linux host whose `cpu MHz` in
+    /proc/cpuinfo is the kernel's TSC calibration: a constant TSC, and neither
+    frequency scaling nor APERF/MPERF (with either, `cpu MHz` is the core's
+    current clock). That is the usual virtual machine or CI runner, where TCG is
+    what runs; elsewhere None.
+    """
+    if os.path.exists(cpufreq):
+        return None
+    try:
+        with open(cpuinfo, encoding="utf-8") as f:
+            first = f.read().split("\n\n", 1)[0]
+    except OSError:
+        return None
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
+    flags = set(fields.get("flags", "").split())
+    if "constant_tsc" not in flags or "aperfmperf" in flags:
+        return None
+    try:
+        mhz = float(fields.get("cpu MHz", ""))
+    except ValueError:
+        return None
+    return round(mhz * 1000) if mhz > 0 else None
+
+
+def _line_of(path: Path, key: str) -> str:
+    """`path:LINE` of a top-level `key = ...` in a config file, or just the path."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return str(path)
+    for number, line in enumerate(lines, 1):
+        if line.partition("=")[0].strip() == key:
+            return f"{path}:{number}"
+    return str(path)
 
 
 def _has_9p(binary: str) -> bool:
@@ -310,6 +365,26 @@ class QemuBackend:
         arch = image.get("arch", self._arch())
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
         cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr)
+        try:
+            machine = resolve_machine(inst.config.machine, arch, direct_kernel=bool(image.get("kernel")))
+        except ValueError as e:
+            raise ConfigError(
+                [f"{_line_of(inst.dir / paths.INSTANCE_CONFIG, 'machine')}: machine = {inst.config.machine!r}: {e}"],
+                "delete and re-create the instance with another `machine` in devenv.toml"
+                ' ("auto" is the default), or use an image devenv built (those boot their kernel directly)',
+            ) from None
+        if machine == "microvm" and accel == "tcg":
+            khz = host_tsc_khz()
+            if khz is None:
+                raise ConfigError(
+                    [
+                        f'{_line_of(inst.dir / paths.INSTANCE_CONFIG, "machine")}: machine = "microvm" under TCG'
+                        " needs the host's TSC rate, which this host does not tell (microvm has no timer the guest"
+                        " kernel can measure it against under TCG)"
+                    ],
+                    'use a hardware accelerator, or re-create the instance with machine = "q35" (the default)',
+                )
+            cmdline = f"{cmdline} {microvm_tcg_cmdline(khz)}".strip()
         spec = VmSpec(
             name=inst.name,
             arch=arch,
@@ -327,6 +402,7 @@ class QemuBackend:
             cmdline=cmdline,
             firmware=find_firmware(arch),
             shares=self._shares(inst, binary),
+            machine=machine,
         )
         if not inst.config.aslr and spec.kernel is None:
             sys.stderr.write(

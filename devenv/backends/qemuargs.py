@@ -2,7 +2,9 @@
 
 Kept free of I/O so each choice (machine, accelerator, devices) is unit-tested
 as data. The choices, and why:
-- q35 on x86_64 (no floppy for cloud-init to probe; PCIe), virt on aarch64.
+- q35 on x86_64 (no floppy for cloud-init to probe; PCIe), virt on aarch64;
+  microvm on x86_64 when asked (`machine = "microvm"`): no PCI and no
+  firmware, only virtio-mmio devices, so it needs an image QEMU boots directly.
 - `-nodefaults -no-user-config`: only the devices listed here exist.
 - TCG gets a bounded translation cache (tb-size) so QEMU's RSS stays near the
   guest's size; CPU `max` under TCG, `host` under hardware acceleration.
@@ -30,6 +32,7 @@ AARCH64_FIRMWARE = (
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
 TCG_TB_SIZE_MB = 256
+_MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,21 @@ class VmSpec:
     firmware: Path | None = None
     extra_hostfwd: tuple[tuple[int, int], ...] = field(default=())  # (host port, guest port)
     shares: tuple[tuple[str, str, bool], ...] = field(default=())  # (tag, host path, writable) via virtio-9p
+    machine: str = ""  # "": the arch's default (resolve_machine)
+
+
+def resolve_machine(requested: str, arch: str, *, direct_kernel: bool) -> str:
+    """The QEMU machine type for `machine = requested`; ValueError (the reason) when it cannot run here."""
+    if requested in ("", "auto"):
+        return "q35" if arch == "x86_64" else "virt"
+    wanted = _MACHINE_ARCH.get(requested)
+    if wanted is None:
+        raise ValueError(f"unknown machine type {requested!r}; one of auto, {', '.join(_MACHINE_ARCH)}")
+    if wanted != arch:
+        raise ValueError(f"machine {requested!r} is for {wanted} guests; this image is {arch}")
+    if requested == "microvm" and not direct_kernel:
+        raise ValueError("microvm has no firmware to boot a disk: it needs an image with a kernel and initrd")
+    return requested
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -68,18 +86,40 @@ def kernel_cmdline(image_cmdline: str, console: str, *, aslr: bool) -> str:
     return cmdline if aslr else f"{cmdline} norandmaps".strip()
 
 
+def microvm_tcg_cmdline(tsc_khz: int) -> str:
+    """Kernel arguments a microvm guest needs under TCG, given the host's TSC rate in kHz.
+
+    microvm has no HPET and no ACPI PM timer. Under TCG the kernel's PIT
+    calibration of the TSC is too slow to succeed reliably, and with no other
+    reference the kernel falls back to a delay-loop calibration that waited for
+    a timer tick forever in about one boot in three here (nothing on the console
+    after "Marking TSC unstable due to could not calculate TSC khz"). A TCG
+    guest's TSC is the host's counter, so its rate is known: tsc_early_khz skips
+    the calibration, and tsc=reliable keeps the TSC as the clocksource (else an
+    AMD-flavoured `-cpu max` without constant_tsc is declared unsynchronised and
+    the guest clock falls back to 4 ms jiffies).
+    """
+    return f"tsc_early_khz={tsc_khz} tsc=reliable"
+
+
 def qemu_binary_name(arch: str) -> str:
     return f"qemu-system-{arch}"
 
 
 def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     accel = spec.accel
+    machine = spec.machine or resolve_machine("auto", spec.arch, direct_kernel=spec.kernel is not None)
+    # microvm has no PCI bus: the same devices on virtio-mmio (`-device virtio-*-device`)
+    bus = "device" if machine == "microvm" else "pci"
     argv = [binary or qemu_binary_name(spec.arch), "-name", f"devenv-{spec.name},process=devenv-{spec.name}"]
     argv += ["-nodefaults", "-no-user-config", "-display", "none"]
-    if spec.arch == "x86_64":
-        argv += ["-machine", "q35"]
-    else:
+    if machine == "virt":
         argv += ["-machine", "virt" + (",highmem=on" if accel != "tcg" else "")]
+    elif machine == "microvm":
+        # ACPI on: QMP's system_powerdown reaches the guest as a power button (the GED device)
+        argv += ["-machine", "microvm,acpi=on"]
+    else:
+        argv += ["-machine", machine]
     argv += ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}" if accel == "tcg" else accel]
     argv += ["-cpu", "max" if accel == "tcg" else "host"]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M"]
@@ -91,18 +131,26 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
             argv += ["-initrd", str(spec.initrd)]
         if spec.cmdline:
             argv += ["-append", spec.cmdline]
-    argv += ["-drive", f"if=virtio,file={spec.disk},format=qcow2,discard=unmap,cache=writeback"]
+    # the disk first: it is /dev/vda, the root the image's command line names
+    argv += _drive("disk0", f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback", bus)
     if spec.cidata is not None:
-        argv += ["-drive", f"if=virtio,file={spec.cidata},format=raw,readonly=on"]
+        argv += _drive("cidata", f"file={spec.cidata},format=raw,readonly=on", bus)
     fwd = [f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
     fwd += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in spec.extra_hostfwd]
-    argv += ["-netdev", ",".join(["user,id=net0", *fwd]), "-device", "virtio-net-pci,netdev=net0"]
-    argv += ["-device", "virtio-rng-pci", "-device", "virtio-balloon-pci,free-page-reporting=on"]
+    argv += ["-netdev", ",".join(["user,id=net0", *fwd]), "-device", f"virtio-net-{bus},netdev=net0"]
+    argv += ["-device", f"virtio-rng-{bus}", "-device", f"virtio-balloon-{bus},free-page-reporting=on"]
     for tag, path, writable in spec.shares:
         ro = "" if writable else ",readonly=on"
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro}"]
-        argv += ["-device", f"virtio-9p-pci,fsdev={tag},mount_tag={tag}"]
+        argv += ["-device", f"virtio-9p-{bus},fsdev={tag},mount_tag={tag}"]
     argv += ["-chardev", f"file,id=serial0,path={spec.serial_log}", "-serial", "chardev:serial0"]
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     argv += ["-pidfile", str(spec.pid_file)]
     return argv
+
+
+def _drive(node: str, options: str, bus: str) -> list[str]:
+    """A virtio disk: `if=virtio` means virtio-blk-pci, so microvm names its mmio device itself."""
+    if bus == "pci":
+        return ["-drive", f"if=virtio,{options}"]
+    return ["-drive", f"if=none,id={node},{options}", "-device", f"virtio-blk-device,drive={node}"]

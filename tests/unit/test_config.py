@@ -31,6 +31,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpus = true", "F:1: field `cpus` must be a whole number from 1 to 256, not True"),
         ('aslr = "no"', "F:1: field `aslr` must be true or false, not 'no'"),
         ("aslr = 0", "F:1: field `aslr` must be true or false, not 0"),
+        ('machine = "pc"', "F:1: field `machine` must be one of auto, q35, microvm, virt, not 'pc'"),
         ('memory = "-2GiB"', 'F:1: field `memory` must be a positive size, not "-2GiB"'),
         ('memory = "2 parsecs"', 'F:1: field `memory` must be a size such as "2GiB" or "2048MiB", not "2 parsecs"'),
         ("memory = 2048", 'F:1: field `memory` must be a size string such as "2GiB" or "2048MiB"'),
@@ -48,7 +49,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, aslr, backend, cpus, disk, env, image, memory, mounts, name, ports, provision, runtime",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
         (
@@ -108,6 +109,7 @@ cpus = 4
 memory = "3GiB"
 disk = "40GiB"
 runtime = "podman"
+machine = "microvm"
 aslr = false
 env = { EDITOR = "vim", QUOTE = "a \\"b\\"" }
 
@@ -125,6 +127,7 @@ script = "echo hi\\nexit 0"
 """,
     )
     assert cfg.cpus == 4 and cfg.memory == 3 * 1024**3 and cfg.runtime == "podman" and cfg.aslr is False
+    assert cfg.machine == "microvm"
     assert cfg.mounts == (config.Mount("~/src", "", True),)
     assert cfg.ports == (config.PortForward(8080, 18080),)
     again = tmp_path / "again.toml"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from devenv.backends.qemuargs import VmSpec, build_argv, kernel_cmdline
+import pytest
+
+from devenv.backends.qemuargs import VmSpec, build_argv, kernel_cmdline, resolve_machine
 
 
 def spec(**kw: object) -> VmSpec:
@@ -66,6 +68,54 @@ def test_aarch64_virt_with_firmware_and_9p_share() -> None:
     assert ("-device", "virtio-9p-pci,fsdev=m0,mount_tag=m0") in p
 
 
+def test_microvm_puts_every_device_on_virtio_mmio() -> None:
+    argv = build_argv(spec(machine="microvm", kernel=Path("/c/vmlinuz"), shares=(("m0", "/src", True),)))
+    p = pairs(argv)
+    assert ("-machine", "microvm,acpi=on") in p
+    devices = [v for k, v in p if k == "-device"]
+    assert not [d for d in devices if "-pci" in d], devices  # microvm has no PCI bus
+    assert devices == [
+        "virtio-blk-device,drive=disk0",
+        "virtio-blk-device,drive=cidata",
+        "virtio-net-device,netdev=net0",
+        "virtio-rng-device",
+        "virtio-balloon-device,free-page-reporting=on",
+        "virtio-9p-device,fsdev=m0,mount_tag=m0",
+    ]
+    drives = [v for k, v in p if k == "-drive"]
+    # the disk is created first, so the guest sees it as /dev/vda (the root the image names)
+    assert drives[0] == "if=none,id=disk0,file=/i/disk.qcow2,format=qcow2,discard=unmap,cache=writeback"
+    assert drives[1] == "if=none,id=cidata,file=/i/cidata.iso,format=raw,readonly=on"
+
+
+@pytest.mark.parametrize(
+    ("requested", "arch", "kernel", "expected"),
+    [
+        ("auto", "x86_64", False, "q35"),
+        ("auto", "aarch64", False, "virt"),
+        ("q35", "x86_64", False, "q35"),
+        ("microvm", "x86_64", True, "microvm"),
+        ("virt", "aarch64", True, "virt"),
+    ],
+)
+def test_resolve_machine(requested: str, arch: str, kernel: bool, expected: str) -> None:
+    assert resolve_machine(requested, arch, direct_kernel=kernel) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "arch", "kernel", "reason"),
+    [
+        ("microvm", "x86_64", False, "needs an image with a kernel and initrd"),
+        ("microvm", "aarch64", True, "is for x86_64 guests; this image is aarch64"),
+        ("virt", "x86_64", True, "is for aarch64 guests; this image is x86_64"),
+        ("pc", "x86_64", True, "unknown machine type 'pc'"),
+    ],
+)
+def test_resolve_machine_refuses_what_cannot_boot(requested: str, arch: str, kernel: bool, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        resolve_machine(requested, arch, direct_kernel=kernel)
+
+
 def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked() -> None:
     image = "root=/dev/vda console={console} quiet"
     assert kernel_cmdline(image, "ttyS0", aslr=True) == "root=/dev/vda console=ttyS0 quiet"
@@ -84,3 +134,53 @@ def test_an_empty_console_at_the_sshd_deadline_points_at_an_early_kernel_hang(tm
         assert "kernel hung early" in hint and "devenv stop --force -n dev" in hint, state
     serial.write_text("Debian GNU/Linux 12 dev ttyS0\n")
     assert "read the console above" in sshd_timeout_hint(serial, "dev")
+
+
+def test_microvm_under_tcg_is_told_the_tsc_rate() -> None:
+    from devenv.backends.qemuargs import microvm_tcg_cmdline
+
+    assert microvm_tcg_cmdline(2445432) == "tsc_early_khz=2445432 tsc=reliable"
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+model name\t: AMD EPYC
+cpu MHz\t\t: 2445.432
+flags\t\t: fpu tsc {flags} lm
+
+processor\t: 1
+cpu MHz\t\t: 1200.000
+"""
+
+
+@pytest.mark.parametrize(
+    ("flags", "cpufreq", "expected"),
+    [
+        ("constant_tsc nonstop_tsc", False, 2445432),
+        ("constant_tsc", True, None),  # frequency scaling: `cpu MHz` is the current clock
+        ("constant_tsc aperfmperf", False, None),  # measured effective clock, not the TSC
+        ("nonstop_tsc", False, None),  # the TSC rate may change
+    ],
+)
+def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
+    tmp_path: Path, flags: str, cpufreq: bool, expected: int | None
+) -> None:
+    from devenv.backends.qemu import host_tsc_khz
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(CPUINFO.format(flags=flags))
+    freq = tmp_path / "cpufreq"
+    if cpufreq:
+        freq.mkdir()
+    assert host_tsc_khz(str(cpuinfo), str(freq)) == expected
+    assert host_tsc_khz(str(tmp_path / "missing"), str(freq)) is None
+
+
+def test_a_machine_error_names_the_line_of_the_instance_config(tmp_path: Path) -> None:
+    from devenv.backends.qemu import _line_of
+
+    copy = tmp_path / "devenv.toml"
+    copy.write_text('name = "x"\nbackend = "qemu"\nmachine = "microvm"\n')
+    assert _line_of(copy, "machine") == f"{copy}:3"
+    assert _line_of(copy, "aslr") == str(copy)
+    assert _line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
