@@ -145,6 +145,36 @@ def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo", cpufreq: str = "/sys/devices/sy
     return round(mhz * 1000) if mhz > 0 else None
 
 
+def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str | None) -> tuple[str, str]:
+    """The QEMU machine type and the kernel arguments it needs, or a ConfigError naming the config line.
+
+    accel None (at create, before an accelerator is chosen) checks the image only; the
+    instance directory is still a temporary one then, so the message names no file.
+    """
+    setting = f"field `machine` = {json.dumps(inst.config.machine)}"
+    where = "devenv.toml" if accel is None else _line_of(inst.dir / paths.INSTANCE_CONFIG, "machine")
+    try:
+        machine = resolve_machine(inst.config.machine, arch, direct_kernel=direct_kernel)
+    except ValueError as e:
+        raise ConfigError(
+            [f"{where}: {setting}: {e}"],
+            'delete and re-create the instance without `machine` (the default, "auto", picks q35 or virt),'
+            " or on an image that ships its kernel (debian-12, ubuntu-24.04)",
+        ) from None
+    if machine != "microvm" or accel != "tcg":
+        return machine, ""
+    khz = host_tsc_khz()
+    if khz is None:
+        raise ConfigError(
+            [
+                f"{where}: {setting} under TCG needs the host's TSC rate, which this host does not tell"
+                " (microvm has no timer the guest kernel can measure it against under TCG)"
+            ],
+            'use a hardware accelerator, or re-create the instance with machine = "q35" (the default)',
+        )
+    return machine, microvm_tcg_cmdline(khz)
+
+
 def _line_of(path: Path, key: str) -> str:
     """`path:LINE` of a top-level `key = ...` in a config file, or just the path."""
     try:
@@ -260,6 +290,7 @@ class QemuBackend:
         record = catalog.resolve(
             inst.config.image, self._arch(), progress=DownloadProgress(f"pulling {inst.config.image}")
         )
+        _machine(inst, record.arch, record.kernel is not None, accel=None)  # before any disk exists
         step(f"create a {inst.config.disk // 1024**3} GiB overlay disk on {record.name}")
         overlay.create_overlay(record.disk, inst.dir / paths.DISK, inst.config.disk)
         image = {
@@ -292,6 +323,8 @@ class QemuBackend:
         deadline_total = _accel_timeout(accel)
         pid = self._running_pid(inst)
         if pid is None:
+            image = self._image(inst)  # refuse a machine this image or host cannot boot before changing anything
+            _machine(inst, image.get("arch", self._arch()), bool(image.get("kernel")), accel)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
             step(f"start QEMU ({accel})")
@@ -365,26 +398,8 @@ class QemuBackend:
         arch = image.get("arch", self._arch())
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
         cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr)
-        try:
-            machine = resolve_machine(inst.config.machine, arch, direct_kernel=bool(image.get("kernel")))
-        except ValueError as e:
-            raise ConfigError(
-                [f"{_line_of(inst.dir / paths.INSTANCE_CONFIG, 'machine')}: machine = {inst.config.machine!r}: {e}"],
-                "delete and re-create the instance with another `machine` in devenv.toml"
-                ' ("auto" is the default), or use an image devenv built (those boot their kernel directly)',
-            ) from None
-        if machine == "microvm" and accel == "tcg":
-            khz = host_tsc_khz()
-            if khz is None:
-                raise ConfigError(
-                    [
-                        f'{_line_of(inst.dir / paths.INSTANCE_CONFIG, "machine")}: machine = "microvm" under TCG'
-                        " needs the host's TSC rate, which this host does not tell (microvm has no timer the guest"
-                        " kernel can measure it against under TCG)"
-                    ],
-                    'use a hardware accelerator, or re-create the instance with machine = "q35" (the default)',
-                )
-            cmdline = f"{cmdline} {microvm_tcg_cmdline(khz)}".strip()
+        machine, extra = _machine(inst, arch, bool(image.get("kernel")), accel)
+        cmdline = f"{cmdline} {extra}".strip()
         spec = VmSpec(
             name=inst.name,
             arch=arch,

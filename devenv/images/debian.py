@@ -30,7 +30,8 @@ from devenv.runner import run
 StepFn = Callable[[str], None]
 
 MIB = 1024**2
-_REQUIRED_INITRD_MODULES = ("virtio_blk.ko", "virtio_pci.ko", "ext4.ko")
+# the root disk's driver, its bus on q35/virt (PCI) and on microvm (mmio), its filesystem
+_REQUIRED_INITRD_MODULES = ("virtio_blk.ko", "virtio_pci.ko", "virtio_mmio.ko", "ext4.ko")
 
 
 def configure_script() -> Path:

@@ -6,7 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from devenv.backends.base import InstanceRef
 from devenv.backends.qemuargs import VmSpec, build_argv, kernel_cmdline, resolve_machine
+from devenv.config import Config
+from devenv.errors import ConfigError
 
 
 def spec(**kw: object) -> VmSpec:
@@ -136,12 +139,6 @@ def test_an_empty_console_at_the_sshd_deadline_points_at_an_early_kernel_hang(tm
     assert "read the console above" in sshd_timeout_hint(serial, "dev")
 
 
-def test_microvm_under_tcg_is_told_the_tsc_rate() -> None:
-    from devenv.backends.qemuargs import microvm_tcg_cmdline
-
-    assert microvm_tcg_cmdline(2445432) == "tsc_early_khz=2445432 tsc=reliable"
-
-
 CPUINFO = """processor\t: 0
 vendor_id\t: AuthenticAMD
 model name\t: AMD EPYC
@@ -184,3 +181,34 @@ def test_a_machine_error_names_the_line_of_the_instance_config(tmp_path: Path) -
     assert _line_of(copy, "machine") == f"{copy}:3"
     assert _line_of(copy, "aslr") == str(copy)
     assert _line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
+
+
+def _ref(tmp_path: Path, machine: str) -> InstanceRef:
+    (tmp_path / "devenv.toml").write_text(f'name = "m"\nbackend = "qemu"\nmachine = "{machine}"\n')
+    return InstanceRef("m", tmp_path, Config(name="m", backend="qemu", machine=machine))
+
+
+def test_microvm_under_tcg_gets_the_hosts_tsc_rate_on_its_kernel_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devenv.backends import qemu
+
+    monkeypatch.setattr(qemu, "host_tsc_khz", lambda: 2445432)
+    inst = _ref(tmp_path, "microvm")
+    assert qemu._machine(inst, "x86_64", True, "tcg") == ("microvm", "tsc_early_khz=2445432 tsc=reliable")
+    assert qemu._machine(inst, "x86_64", True, "kvm") == ("microvm", "")  # kvm-clock needs no help
+    assert qemu._machine(_ref(tmp_path, "auto"), "x86_64", True, "tcg") == ("q35", "")
+
+
+def test_microvm_is_refused_before_boot_where_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devenv.backends import qemu
+
+    monkeypatch.setattr(qemu, "host_tsc_khz", lambda: None)
+    inst = _ref(tmp_path, "microvm")
+    with pytest.raises(ConfigError) as e:
+        qemu._machine(inst, "x86_64", True, "tcg")
+    assert e.value.message.startswith(f'{tmp_path / "devenv.toml"}:3: field `machine` = "microvm" under TCG')
+    assert "q35" in e.value.hint and e.value.exit_code == 65
+    with pytest.raises(ConfigError) as e:
+        qemu._machine(inst, "x86_64", False, None)  # at create: an image without a kernel
+    assert e.value.message.startswith('devenv.toml: field `machine` = "microvm": microvm has no firmware')
