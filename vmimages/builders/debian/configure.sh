@@ -48,7 +48,7 @@ post() {
 /dev/vda  /  ext4  defaults,discard,errors=remount-ro  0  0
 EOF
     # Any initrd rebuilt later inside the guest must still find a virtio root.
-    for m in virtio_pci virtio_blk virtio_net ext4; do
+    for m in virtio_pci virtio_mmio virtio_blk virtio_net ext4; do
         grep -qx "$m" /etc/initramfs-tools/modules || echo "$m" >> /etc/initramfs-tools/modules
     done
     echo devenv > /etc/hostname
