@@ -189,6 +189,8 @@ def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
         env=d.env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
+        # a terminal's ^C: a CI run started as a background job would hand down SIGINT ignored
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     assert proc.stderr is not None
     seen = b""
