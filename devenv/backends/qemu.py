@@ -323,12 +323,14 @@ class QemuBackend:
         deadline_total = _accel_timeout(accel)
         pid = self._running_pid(inst)
         if pid is None:
-            image = self._image(inst)  # refuse a machine this image or host cannot boot before changing anything
-            _machine(inst, image.get("arch", self._arch()), bool(image.get("kernel")), accel)
+            image = self._image(inst)
+            arch = image.get("arch", self._arch())
+            # a machine this image or host cannot boot is refused before anything changes
+            machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
             step(f"start QEMU ({accel})")
-            self._launch(inst, binary, accel)
+            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
         else:
             step(f"QEMU is already running (pid {pid})")
         provisioned = inst.dir / PROVISIONED
@@ -380,8 +382,16 @@ class QemuBackend:
             step(f"docker context devenv-{inst.name}")
             hostagent.ensure_docker_context(inst.name, inst.dir)
 
-    def _launch(self, inst: InstanceRef, binary: str, accel: str) -> None:
-        image = self._image(inst)
+    def _launch(
+        self,
+        inst: InstanceRef,
+        binary: str,
+        accel: str,
+        image: dict[str, str],
+        arch: str,
+        machine: str,
+        extra_cmdline: str,
+    ) -> None:
         for stale in (paths.QMP_SOCK, paths.QEMU_PID):
             (inst.dir / stale).unlink(missing_ok=True)
         serial = inst.dir / paths.SERIAL_LOG
@@ -395,11 +405,9 @@ class QemuBackend:
                 f"the instance path is too long for a unix socket: {qmp}",
                 "set DEVENV_HOME to a shorter directory, such as ~/.devenv",
             )
-        arch = image.get("arch", self._arch())
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
         cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr)
-        machine, extra = _machine(inst, arch, bool(image.get("kernel")), accel)
-        cmdline = f"{cmdline} {extra}".strip()
+        cmdline = f"{cmdline} {extra_cmdline}".strip()
         spec = VmSpec(
             name=inst.name,
             arch=arch,
