@@ -215,6 +215,15 @@ class _Problems:
         self.add((*path, key), f"is not a known field{suggestion}")
 
 
+def line_of(path: Path, key: str) -> str:
+    """`path:LINE` of a top-level key, for errors found after loading (such as a machine the image cannot boot)."""
+    try:
+        line = _Locator(path.read_text(encoding="utf-8")).line(key)
+    except OSError:
+        line = None
+    return f"{path}:{line}" if line else str(path)
+
+
 def load_file(path: Path) -> Config:
     """Parse and validate one devenv.toml; raise ConfigError listing every problem."""
     import tomllib

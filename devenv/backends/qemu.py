@@ -122,7 +122,9 @@ def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo", cpufreq: str = "/sys/devices/sy
     """The host's TSC rate in kHz, which is the rate of a TCG guest's TSC (QEMU reads the host's counter).
 
     Known without privileges only on an x86_64 Linux host whose `cpu MHz` in
-    /proc/cpuinfo is the kernel's TSC calibration: a constant TSC, and neither
+    /proc/cpuinfo is the TSC's rate: a constant TSC whose rate the kernel was
+    told rather than measured (tsc_known_freq: CPUID or the hypervisor; a
+    measured cpu_khz can be off from the TSC by a few percent), and neither
     frequency scaling nor APERF/MPERF (with either, `cpu MHz` is the core's
     current clock). That is the usual virtual machine or CI runner, where TCG is
     what runs; elsewhere None.
@@ -136,7 +138,7 @@ def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo", cpufreq: str = "/sys/devices/sy
         return None
     fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in first.splitlines())}
     flags = set(fields.get("flags", "").split())
-    if "constant_tsc" not in flags or "aperfmperf" in flags:
+    if not {"constant_tsc", "tsc_known_freq"} <= flags or "aperfmperf" in flags:
         return None
     try:
         mhz = float(fields.get("cpu MHz", ""))
@@ -145,46 +147,39 @@ def host_tsc_khz(cpuinfo: str = "/proc/cpuinfo", cpufreq: str = "/sys/devices/sy
     return round(mhz * 1000) if mhz > 0 else None
 
 
-def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str | None) -> tuple[str, str]:
+def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str, *, creating: bool) -> tuple[str, str]:
     """The QEMU machine type and the kernel arguments it needs, or a ConfigError naming the config line.
 
-    accel None (at create, before an accelerator is chosen) checks the image only; the
-    instance directory is still a temporary one then, so the message names no file.
+    While creating, the instance directory is a temporary one that goes with the
+    error, so the message names the project's devenv.toml instead of a line in it.
     """
-    setting = f"field `machine` = {json.dumps(inst.config.machine)}"
-    where = "devenv.toml" if accel is None else _line_of(inst.dir / paths.INSTANCE_CONFIG, "machine")
+    from devenv import config
+
+    where = "devenv.toml" if creating else config.line_of(inst.dir / paths.INSTANCE_CONFIG, "machine")
+    setting = f"{where}: field `machine` = {json.dumps(inst.config.machine)}"
+    change = (
+        "remove `machine` from devenv.toml" if creating else "delete the instance, remove `machine` from devenv.toml"
+    )
+    change += ' (the default, "auto", picks q35 on x86_64 and virt on aarch64)'
     try:
         machine = resolve_machine(inst.config.machine, arch, direct_kernel=direct_kernel)
     except ValueError as e:
-        raise ConfigError(
-            [f"{where}: {setting}: {e}"],
-            'delete and re-create the instance without `machine` (the default, "auto", picks q35 or virt),'
-            " or on an image that ships its kernel (debian-12, ubuntu-24.04)",
-        ) from None
+        hint = change
+        if "kernel" in str(e):
+            hint += ", or use an image QEMU boots directly (debian-12 built by `devenv image build`, ubuntu-24.04)"
+        raise ConfigError([f"{setting}: {e}"], hint + " and start again") from None
     if machine != "microvm" or accel != "tcg":
         return machine, ""
     khz = host_tsc_khz()
     if khz is None:
         raise ConfigError(
             [
-                f"{where}: {setting} under TCG needs the host's TSC rate, which this host does not tell"
+                f"{setting} under TCG needs the host's TSC rate, which this host does not tell"
                 " (microvm has no timer the guest kernel can measure it against under TCG)"
             ],
-            'use a hardware accelerator, or re-create the instance with machine = "q35" (the default)',
+            f"use a hardware accelerator, or {change} and start again",
         )
     return machine, microvm_tcg_cmdline(khz)
-
-
-def _line_of(path: Path, key: str) -> str:
-    """`path:LINE` of a top-level `key = ...` in a config file, or just the path."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return str(path)
-    for number, line in enumerate(lines, 1):
-        if line.partition("=")[0].strip() == key:
-            return f"{path}:{number}"
-    return str(path)
 
 
 def _has_9p(binary: str) -> bool:
@@ -290,7 +285,7 @@ class QemuBackend:
         record = catalog.resolve(
             inst.config.image, self._arch(), progress=DownloadProgress(f"pulling {inst.config.image}")
         )
-        _machine(inst, record.arch, record.kernel is not None, accel=None)  # before any disk exists
+        _machine(inst, record.arch, record.kernel is not None, self._accel(inst), creating=True)  # before any disk
         step(f"create a {inst.config.disk // 1024**3} GiB overlay disk on {record.name}")
         overlay.create_overlay(record.disk, inst.dir / paths.DISK, inst.config.disk)
         image = {
@@ -326,7 +321,7 @@ class QemuBackend:
             image = self._image(inst)
             arch = image.get("arch", self._arch())
             # a machine this image or host cannot boot is refused before anything changes
-            machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel)
+            machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
             step(f"start QEMU ({accel})")

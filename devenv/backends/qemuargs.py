@@ -32,7 +32,7 @@ AARCH64_FIRMWARE = (
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
 TCG_TB_SIZE_MB = 256
-_MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}
+MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}  # config.MACHINES is "auto" + these
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ def resolve_machine(requested: str, arch: str, *, direct_kernel: bool) -> str:
     """The QEMU machine type for `machine = requested`; ValueError (the reason) when it cannot run here."""
     if requested in ("", "auto"):
         return "q35" if arch == "x86_64" else "virt"
-    wanted = _MACHINE_ARCH.get(requested)
+    wanted = MACHINE_ARCH.get(requested)
     if wanted is None:
-        raise ValueError(f"unknown machine type {requested!r}; one of auto, {', '.join(_MACHINE_ARCH)}")
+        raise ValueError(f"unknown machine type {requested!r}; one of auto, {', '.join(MACHINE_ARCH)}")
     if wanted != arch:
         raise ValueError(f"machine {requested!r} is for {wanted} guests; this image is {arch}")
     if requested == "microvm" and not direct_kernel:

@@ -6,7 +6,8 @@ Steps (each one reported through the step callback):
   2. `chroot ROOT apt-get install --no-install-recommends` the engines; podman
      fails to configure inside debootstrap's --include, apt resolves it.
   3. Copy out the kernel and initrd for direct kernel boot, after checking the
-     initrd carries virtio_blk, virtio_pci and ext4 (root=/dev/vda must mount).
+     initrd carries virtio_blk, virtio_pci, virtio_mmio (microvm) and ext4
+     (root=/dev/vda must mount).
   4. vmimages/builders/debian/configure.sh: boot-path hygiene (see the script).
   5. mkfs.ext4 -d ROOT on a sparse raw file (no loop mounts, no partition
      table), then qemu-img convert to qcow2.

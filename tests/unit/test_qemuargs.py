@@ -153,10 +153,11 @@ cpu MHz\t\t: 1200.000
 @pytest.mark.parametrize(
     ("flags", "cpufreq", "expected"),
     [
-        ("constant_tsc nonstop_tsc", False, 2445432),
-        ("constant_tsc", True, None),  # frequency scaling: `cpu MHz` is the current clock
-        ("constant_tsc aperfmperf", False, None),  # measured effective clock, not the TSC
-        ("nonstop_tsc", False, None),  # the TSC rate may change
+        ("constant_tsc nonstop_tsc tsc_known_freq", False, 2445432),
+        ("constant_tsc tsc_known_freq", True, None),  # frequency scaling: `cpu MHz` is the current clock
+        ("constant_tsc tsc_known_freq aperfmperf", False, None),  # measured effective clock, not the TSC
+        ("nonstop_tsc tsc_known_freq", False, None),  # the TSC rate may change
+        ("constant_tsc", False, None),  # a measured cpu_khz, which can be off from the TSC
     ],
 )
 def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
@@ -174,13 +175,21 @@ def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
 
 
 def test_a_machine_error_names_the_line_of_the_instance_config(tmp_path: Path) -> None:
-    from devenv.backends.qemu import _line_of
+    from devenv.config import line_of
 
     copy = tmp_path / "devenv.toml"
-    copy.write_text('name = "x"\nbackend = "qemu"\nmachine = "microvm"\n')
-    assert _line_of(copy, "machine") == f"{copy}:3"
-    assert _line_of(copy, "aslr") == str(copy)
-    assert _line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
+    copy.write_text('name = "x"\nmachine = "microvm"\n\n[[provision]]\nscript = "true"\n')
+    assert line_of(copy, "machine") == f"{copy}:2"
+    assert line_of(copy, "script") == str(copy)  # only top-level keys
+    assert line_of(copy, "aslr") == str(copy)
+    assert line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
+
+
+def test_the_config_and_the_command_line_know_the_same_machines() -> None:
+    from devenv.backends.qemuargs import MACHINE_ARCH
+    from devenv.config import MACHINES
+
+    assert ("auto", *MACHINE_ARCH) == MACHINES
 
 
 def _ref(tmp_path: Path, machine: str) -> InstanceRef:
@@ -195,9 +204,10 @@ def test_microvm_under_tcg_gets_the_hosts_tsc_rate_on_its_kernel_line(
 
     monkeypatch.setattr(qemu, "host_tsc_khz", lambda: 2445432)
     inst = _ref(tmp_path, "microvm")
-    assert qemu._machine(inst, "x86_64", True, "tcg") == ("microvm", "tsc_early_khz=2445432 tsc=reliable")
-    assert qemu._machine(inst, "x86_64", True, "kvm") == ("microvm", "")  # kvm-clock needs no help
-    assert qemu._machine(_ref(tmp_path, "auto"), "x86_64", True, "tcg") == ("q35", "")
+    machine = qemu._machine(inst, "x86_64", True, "tcg", creating=False)
+    assert machine == ("microvm", "tsc_early_khz=2445432 tsc=reliable")
+    assert qemu._machine(inst, "x86_64", True, "kvm", creating=False) == ("microvm", "")  # kvm-clock needs no help
+    assert qemu._machine(_ref(tmp_path, "auto"), "x86_64", True, "tcg", creating=True) == ("q35", "")
 
 
 def test_microvm_is_refused_before_boot_where_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -206,9 +216,17 @@ def test_microvm_is_refused_before_boot_where_it_cannot_run(tmp_path: Path, monk
     monkeypatch.setattr(qemu, "host_tsc_khz", lambda: None)
     inst = _ref(tmp_path, "microvm")
     with pytest.raises(ConfigError) as e:
-        qemu._machine(inst, "x86_64", True, "tcg")
+        qemu._machine(inst, "x86_64", True, "tcg", creating=False)
     assert e.value.message.startswith(f'{tmp_path / "devenv.toml"}:3: field `machine` = "microvm" under TCG')
-    assert "q35" in e.value.hint and e.value.exit_code == 65
+    assert e.value.hint.startswith("use a hardware accelerator, or delete the instance") and e.value.exit_code == 65
+    with pytest.raises(ConfigError) as e:  # at create, under TCG too: refused before any disk exists
+        qemu._machine(inst, "x86_64", True, "tcg", creating=True)
+    assert e.value.message.startswith('devenv.toml: field `machine` = "microvm" under TCG')
+    assert "delete" not in e.value.hint  # nothing was made yet
     with pytest.raises(ConfigError) as e:
-        qemu._machine(inst, "x86_64", False, None)  # at create: an image without a kernel
+        qemu._machine(inst, "x86_64", False, "kvm", creating=True)  # an image without a kernel
     assert e.value.message.startswith('devenv.toml: field `machine` = "microvm": microvm has no firmware')
+    assert "devenv image build" in e.value.hint
+    with pytest.raises(ConfigError) as e:
+        qemu._machine(inst, "aarch64", True, "hvf", creating=True)
+    assert "is for x86_64 guests" in e.value.message and "image" not in e.value.hint
