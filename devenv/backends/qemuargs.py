@@ -92,7 +92,7 @@ def microvm_tcg_cmdline(tsc_khz: int) -> str:
     microvm has no HPET and no ACPI PM timer. Under TCG the kernel's PIT
     calibration of the TSC is too slow to succeed reliably, and with no other
     reference the kernel falls back to a delay-loop calibration that waited for
-    a timer tick forever in about one boot in three here (nothing on the console
+    a timer tick forever in 5 of 10 raw boots here (nothing on the console
     after "Marking TSC unstable due to could not calculate TSC khz"). A TCG
     guest's TSC is the host's counter, so its rate is known: tsc_early_khz skips
     the calibration, and tsc=reliable keeps the TSC as the clocksource (else an
