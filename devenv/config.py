@@ -20,7 +20,6 @@ from devenv.errors import ConfigError, UsageError
 
 RUNTIMES = ("docker", "podman", "containerd")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
-MACHINES = ("auto", "q35", "microvm", "virt")  # QEMU machine types; auto: q35 on x86_64, virt on aarch64
 DEFAULT_IMAGE = "debian-12"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 NAME_MAX = 63  # one DNS label: the name becomes the guest's hostname
@@ -266,12 +265,13 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
             raise ValueError(e.message.removeprefix("name ")) from None
     if key in ("backend", "runtime", "accelerator", "machine"):
         from devenv import backends
+        from devenv.backends.qemuargs import MACHINE_ARCH
 
         allowed = {
             "backend": ("auto", *backends.names()),
             "runtime": RUNTIMES,
             "accelerator": ACCELERATORS,
-            "machine": MACHINES,
+            "machine": ("auto", *MACHINE_ARCH),  # auto: q35 on x86_64, virt on aarch64
         }[key]
         if value not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")

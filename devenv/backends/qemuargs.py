@@ -32,7 +32,8 @@ AARCH64_FIRMWARE = (
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
 TCG_TB_SIZE_MB = 256
-MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}  # config.MACHINES is "auto" + these
+# the machine types devenv.toml accepts besides "auto", and the guest arch each runs
+MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}
 
 
 @dataclass(frozen=True)
