@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import (
+    NeedsDirectKernel,
     VmSpec,
     build_argv,
     find_firmware,
@@ -165,7 +166,7 @@ def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str, *, c
         machine = resolve_machine(inst.config.machine, arch, direct_kernel=direct_kernel)
     except ValueError as e:
         hint = change
-        if "kernel" in str(e):
+        if isinstance(e, NeedsDirectKernel):
             hint += ", or use an image QEMU boots directly (debian-12 built by `devenv image build`, ubuntu-24.04)"
         raise ConfigError([f"{setting}: {e}"], hint + " and start again") from None
     if machine != "microvm" or accel != "tcg":

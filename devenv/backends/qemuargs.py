@@ -58,6 +58,10 @@ class VmSpec:
     machine: str = ""  # "": the arch's default (resolve_machine)
 
 
+class NeedsDirectKernel(ValueError):
+    """The machine boots only an image QEMU starts directly (it has no firmware to boot a disk)."""
+
+
 def resolve_machine(requested: str, arch: str, *, direct_kernel: bool) -> str:
     """The QEMU machine type for `machine = requested`; ValueError (the reason) when it cannot run here."""
     if requested in ("", "auto"):
@@ -68,7 +72,7 @@ def resolve_machine(requested: str, arch: str, *, direct_kernel: bool) -> str:
     if wanted != arch:
         raise ValueError(f"machine {requested!r} is for {wanted} guests; this image is {arch}")
     if requested == "microvm" and not direct_kernel:
-        raise ValueError("microvm has no firmware to boot a disk: it needs an image with a kernel and initrd")
+        raise NeedsDirectKernel("microvm has no firmware to boot a disk: it needs an image with a kernel and initrd")
     return requested
 
 

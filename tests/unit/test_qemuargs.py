@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemuargs import VmSpec, build_argv, kernel_cmdline, resolve_machine
+from devenv.backends.qemuargs import NeedsDirectKernel, VmSpec, build_argv, kernel_cmdline, resolve_machine
 from devenv.config import Config
 from devenv.errors import ConfigError
 
@@ -115,8 +115,9 @@ def test_resolve_machine(requested: str, arch: str, kernel: bool, expected: str)
     ],
 )
 def test_resolve_machine_refuses_what_cannot_boot(requested: str, arch: str, kernel: bool, reason: str) -> None:
-    with pytest.raises(ValueError, match=reason):
+    with pytest.raises(ValueError, match=reason) as e:
         resolve_machine(requested, arch, direct_kernel=kernel)
+    assert isinstance(e.value, NeedsDirectKernel) == (not kernel)  # the one refusal another image would cure
 
 
 def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked() -> None:
