@@ -19,29 +19,19 @@ _WINDOWS_LOCK_OFFSET = 1 << 30
 
 def pid_alive(pid: int) -> bool:
     """True while a process with this pid runs (even one we may not signal); never disturbs it."""
-    return _probe(pid) is not None
+    return process_start(pid) is not None
 
 
 def process_start(pid: int) -> str | None:
     """A live process's start time (field 22 of /proc/PID/stat), to tell a recycled pid apart; None when gone.
 
     "" for a live process where there is no /proc (nothing to compare there).
-    """
-    fields = _probe(pid)
-    if fields is None:
-        return None
-    return fields[19] if len(fields) > 19 else ""
-
-
-def _probe(pid: int) -> list[str] | None:
-    """None when no such process runs; else its /proc/PID/stat fields after the name ([] without /proc).
-
     One read of the stat file serves both the zombie check and the start time.
     """
     if pid <= 0:
         return None
     if os.name == "nt":
-        return [] if _windows_alive(pid) else None
+        return "" if _windows_alive(pid) else None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -52,9 +42,11 @@ def _probe(pid: int) -> list[str] | None:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
             fields = f.read().rpartition(")")[2].split()
     except OSError:
-        return []  # no /proc (macOS): kill(0) said it exists
+        return ""  # no /proc (macOS): kill(0) said it exists
     # A zombie (exited, not reaped: a detached QEMU whose parent has not waited) is gone for every purpose here.
-    return None if fields[:1] == ["Z"] else fields
+    if fields[:1] == ["Z"]:
+        return None
+    return fields[19] if len(fields) > 19 else ""
 
 
 def _windows_alive(pid: int) -> bool:
@@ -82,14 +74,10 @@ def try_lock(fd: int, exclusive: bool = True) -> bool:
     if os.name == "nt":
         import msvcrt
 
-        here = os.lseek(fd, 0, os.SEEK_CUR)  # msvcrt locks at the file position: move there and back
         try:
-            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
+            _windows_locking(fd, msvcrt.LK_NBLCK)  # type: ignore[attr-defined]
         except OSError:
             return False
-        finally:
-            os.lseek(fd, here, os.SEEK_SET)
         return True
     import fcntl
 
@@ -104,13 +92,20 @@ def unlock(fd: int) -> None:
     if os.name == "nt":
         import msvcrt
 
-        here = os.lseek(fd, 0, os.SEEK_CUR)
-        try:
-            os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-            msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)  # type: ignore[attr-defined]
-        finally:
-            os.lseek(fd, here, os.SEEK_SET)
+        _windows_locking(fd, msvcrt.LK_UNLCK)  # type: ignore[attr-defined]
         return
     import fcntl
 
     fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def _windows_locking(fd: int, mode: int) -> None:
+    """msvcrt.locking on the lock byte: it acts at the file position, so move there and back."""
+    import msvcrt
+
+    here = os.lseek(fd, 0, os.SEEK_CUR)
+    try:
+        os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
+        msvcrt.locking(fd, mode, 1)  # type: ignore[attr-defined]
+    finally:
+        os.lseek(fd, here, os.SEEK_SET)

@@ -73,6 +73,7 @@ def test_process_start_tells_processes_apart_and_is_none_once_gone() -> None:
         theirs = process_start(child.pid)
         assert theirs  # set for a live process
         assert theirs == Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2].split()[19]
+        assert theirs != ours  # the child started later: a field shared by both processes is not the start time
     finally:
         child.kill()
         child.wait()
