@@ -162,3 +162,12 @@ def test_project_file_is_found_in_a_parent(tmp_path: Path) -> None:
     deep = tmp_path / "a" / "b"
     deep.mkdir(parents=True)
     assert config.find_project_config(deep) == tmp_path / "devenv.toml"
+
+
+def test_line_of_names_a_top_level_key_for_errors_found_after_loading(tmp_path: Path) -> None:
+    copy = tmp_path / "devenv.toml"
+    copy.write_text('name = "x"\nmachine = "microvm"\n\n[[provision]]\nscript = "true"\n')
+    assert config.line_of(copy, "machine") == f"{copy}:2"
+    assert config.line_of(copy, "script") == str(copy)  # only top-level keys
+    assert config.line_of(copy, "aslr") == str(copy)
+    assert config.line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")

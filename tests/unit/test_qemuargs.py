@@ -175,17 +175,6 @@ def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
     assert host_tsc_khz(str(tmp_path / "missing"), str(freq)) is None
 
 
-def test_a_machine_error_names_the_line_of_the_instance_config(tmp_path: Path) -> None:
-    from devenv.config import line_of
-
-    copy = tmp_path / "devenv.toml"
-    copy.write_text('name = "x"\nmachine = "microvm"\n\n[[provision]]\nscript = "true"\n')
-    assert line_of(copy, "machine") == f"{copy}:2"
-    assert line_of(copy, "script") == str(copy)  # only top-level keys
-    assert line_of(copy, "aslr") == str(copy)
-    assert line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
-
-
 def test_the_config_accepts_every_machine_the_command_line_knows(tmp_path: Path) -> None:
     from devenv import config
     from devenv.backends.qemuargs import MACHINE_ARCH
