@@ -26,7 +26,8 @@ if [ "$(id -u)" != 0 ]; then
   fi
 fi
 
-# Runtime needs: qemu + qemu-img (VM backends), openssh client (ssh-config users).
+# Runtime needs: qemu + qemu-img (VM backends), openssh client (ssh-config users), a C
+# compiler for the native `devenv` launcher (devenv/launcher; without one devenv is all Python).
 # Test and image-build needs: debootstrap, e2fsprogs (mkfs.ext4 -d), openssh-server
 # (the transport tests run a real sshd), socat, docker.io (a real engine for the
 # native backend and the real docker CLI), python3-venv.
@@ -34,7 +35,7 @@ fi
 # rootfs), python3-yaml and cloud-init's own dependencies (schema check of the
 # user-data against Debian's cloud-init, unpacked, never installed on the host).
 packages=(
-  qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps
+  qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps gcc libc6-dev
   docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch

@@ -10,8 +10,8 @@ bash ci/setup-linux.sh --engine
 
 log() { printf '==> %s\n' "$*" >&2; }
 
-log "ruff check";   .venv/bin/ruff check devenv tests benchmarks
-log "ruff format";  .venv/bin/ruff format --check devenv tests benchmarks
+log "ruff check";   .venv/bin/ruff check devenv tests benchmarks hatch_build.py
+log "ruff format";  .venv/bin/ruff format --check devenv tests benchmarks hatch_build.py
 log "mypy";         .venv/bin/mypy devenv
 
 # The built guest image is cached outside the repo, so later runs skip the build.

@@ -233,6 +233,36 @@ def test_project_folder_is_shared_both_ways(vm: VM) -> None:
     assert (d / "out").read_text().strip() == str(vm.project)
 
 
+def _installed_devenv() -> Path:
+    """The `devenv` command of this install; skipped unless it is the native launcher (required in CI on Linux)."""
+    path = Path(sys.executable).with_name("devenv")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return path
+    if os.environ.get("CI"):
+        pytest.fail(f"{path} is not the native launcher; ci/setup-linux.sh installs gcc so that it is built")
+    pytest.skip(f"{path} is the Python CLI here (no C compiler at install)")
+
+
+def test_the_installed_devenv_command_serves_exec_natively(vm: VM) -> None:
+    """What a user types: `devenv exec` through the native launcher, other commands through devenv-py."""
+    devenv = _installed_devenv()
+
+    def run(*args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
+            [devenv, *args], input=stdin, capture_output=True, env=vm.env, cwd=vm.project, timeout=120
+        )
+
+    r = run("exec", "--", "sh", "-c", "pwd; echo err >&2; exit 7")
+    assert (r.returncode, r.stdout, r.stderr) == (7, f"{vm.project}\n".encode(), b"err\n")  # the mounted project
+    data = os.urandom(10 * 1024 * 1024)
+    r = run("exec", "--", "wc", "-c", stdin=data)
+    assert (r.returncode, r.stdout.strip()) == (0, str(len(data)).encode())
+    r = run("status", "--json")  # handed to the Python CLI beside it
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "running"
+
+
 def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM) -> None:
     # bound to the guest's loopback: this forward rides on SSH, the connection being cut
     code, _, err = vm.guest("nohup python3 -m http.server --bind 127.0.0.1 9124 >/dev/null 2>&1 & echo ok")

@@ -25,6 +25,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +40,7 @@ from devenv.guestagent import agent as guest_agent
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
 from tests.integration.sshd_fixture import SSHDServer, _descendants, ssh_tools_available
+from tests.launcher_build import built_launcher
 
 pytestmark = [
     pytest.mark.integration,
@@ -671,3 +673,49 @@ def test_stdin_is_a_pipe_only_when_there_is_something_to_read(make_env: Callable
     assert (code, (env.inst.parent / "out").read_bytes()) == (0, b"/dev/null\n")
     code, out, _ = _exec(env, probe, stdin=b"data")
     assert code == 0 and out.startswith(b"pipe:") and out.endswith(b"\ndata")
+
+
+def test_native_launcher_runs_exec_through_the_real_agent(make_env: Callable[..., Env], tmp_path: Path) -> None:
+    """launcher.c against the real host agent: output, exit code, binary stdin, ^C, and the agent's own errors.
+
+    Nothing is beside the launcher, so a hand-over to the Python CLI would fail
+    with 70: every result here came from the launcher's own request.
+    """
+    launcher = built_launcher(tmp_path / "native")
+    env = make_env()
+    home = Path(tempfile.mkdtemp(prefix="dn-", dir="/tmp"))  # short: the socket path must fit sun_path
+    try:
+        (home / "instances").mkdir()
+        (home / "instances" / "t").symlink_to(env.inst)
+        run_env = {**os.environ, "DEVENV_HOME": str(home)}
+
+        def run(*argv: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+            return subprocess.run(
+                [launcher, "exec", "-n", "t", "--", *argv], input=stdin, capture_output=True, env=run_env, timeout=60
+            )
+
+        r = run("sh", "-c", "echo out; echo err >&2; exit 7")
+        assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+        blob = os.urandom(3 * 1024 * 1024)
+        r = run("sha256sum", stdin=blob)
+        assert (r.returncode, r.stdout.split()[0].decode()) == (0, hashlib.sha256(blob).hexdigest())
+        r = run("no-such-command-xyz")
+        assert r.returncode == 127 and b"no-such-command-xyz" in r.stderr
+        r = run("printf", "%s", "caf\u00e9 \udcff")  # not UTF-8 on the way in: the same bytes come out
+        assert r.stdout == "caf\u00e9 \udcff".encode("utf-8", "surrogateescape")
+
+        marker = tmp_path / "trapped"
+        script = f"trap 'echo INT > {marker}; exit 42' INT; echo ready; while :; do sleep 0.1; done"
+        proc = subprocess.Popen(
+            [launcher, "exec", "-n", "t", "--", "sh", "-c", script],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=run_env,
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"ready\n"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(15) == 42
+        assert marker.read_text() == "INT\n"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)

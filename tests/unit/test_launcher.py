@@ -29,6 +29,7 @@ import pytest
 from devenv import paths
 from devenv.cli.entry import _quick_name
 from devenv.launcher import build
+from tests.launcher_build import built_launcher
 
 STAND_IN = """#!/bin/sh
 for a in "$@"; do printf '%s\\0' "$a"; done > "$LAUNCHER_TEST_RECORD"
@@ -38,17 +39,10 @@ exit 3
 
 @pytest.fixture(scope="module")
 def launcher(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if build.compiler() is None:
-        if os.environ.get("CI"):
-            pytest.fail("no C compiler; ci/setup-linux.sh installs gcc")
-        pytest.skip("no C compiler here: devenv is the Python CLI itself on such a host")
-    built, why = build.build(tmp_path_factory.mktemp("launcher-build"))
-    assert built is not None, why
-    bindir = tmp_path_factory.mktemp("bin")
-    shutil.copy(built, bindir / "devenv")
-    (bindir / build.PYTHON_CLI).write_text(STAND_IN)
-    (bindir / build.PYTHON_CLI).chmod(0o755)
-    return bindir / "devenv"
+    path = built_launcher(tmp_path_factory.mktemp("launcher"))
+    (path.parent / build.PYTHON_CLI).write_text(STAND_IN)
+    (path.parent / build.PYTHON_CLI).chmod(0o755)
+    return path
 
 
 @dataclass
