@@ -8,3 +8,37 @@ compiler, on Windows, or with DEVENV_NATIVE_LAUNCHER=0 at install, `devenv` is
 the Python CLI itself. Both behave the same; `devenv doctor` says which one
 this install has.
 """
+
+from __future__ import annotations
+
+import os
+import sys
+
+NATIVE_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # ELF, Mach-O 64-bit, universal
+
+
+def installed() -> dict[str, str | None]:
+    """Which `devenv` command this install has: {"kind": "native" | "python", "path", "fix"}."""
+    dirs = []
+    if os.path.basename(sys.argv[0]) in ("devenv", "devenv-py"):
+        dirs.append(os.path.dirname(os.path.realpath(sys.argv[0])))
+    import sysconfig
+
+    dirs.append(sysconfig.get_path("scripts"))
+    for d in dirs:
+        path = os.path.join(d, "devenv")
+        try:
+            with open(path, "rb") as f:
+                magic = f.read(4)
+        except OSError:
+            continue
+        if magic in NATIVE_MAGIC and os.path.exists(os.path.join(d, "devenv-py")):
+            return {"kind": "native", "path": path, "fix": None}
+        return {"kind": "python", "path": path, "fix": _fix()}
+    return {"kind": "python", "path": None, "fix": _fix()}
+
+
+def _fix() -> str | None:
+    if os.name == "nt":
+        return None  # the Python CLI is the launcher there
+    return "install a C compiler (cc), then reinstall devenv: pip install --force-reinstall --no-deps devenv"

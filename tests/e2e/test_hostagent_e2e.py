@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from devenv import hostagent
+from devenv import hostagent, launcher
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
 from devenv.provision.engines import LOCAL_IMAGE
@@ -235,14 +235,12 @@ def test_project_folder_is_shared_both_ways(vm: VM) -> None:
 
 def _installed_devenv() -> Path:
     """The `devenv` command of this install; skipped unless it is the native launcher (required in CI on Linux)."""
-    path = Path(sys.executable).with_name("devenv")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
-        return path
+    info = launcher.installed()
+    if info["kind"] == "native" and info["path"]:
+        return Path(info["path"])
     if os.environ.get("CI"):
-        pytest.fail(f"{path} is not the native launcher; ci/setup-linux.sh installs gcc so that it is built")
-    pytest.skip(f"{path} is the Python CLI here (no C compiler at install)")
+        pytest.fail(f"{info['path']} is not the native launcher; ci/setup-linux.sh installs gcc so that it is built")
+    pytest.skip(f"{info['path']} is the Python CLI here (no C compiler at install)")
 
 
 def test_the_installed_devenv_command_serves_exec_natively(vm: VM) -> None:

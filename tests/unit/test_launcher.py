@@ -420,3 +420,28 @@ def test_default_home_is_the_xdg_data_dir(ctx: Ctx, xdg: str | None, monkeypatch
     assert ctx.run("exec", "--", "true").code == 0
     agent.close()
     assert agent.request is not None
+
+
+def test_installed_tells_the_native_launcher_from_the_python_cli(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devenv import launcher as launcher_info
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "devenv-py").write_text("#!/usr/bin/python3\n")
+    monkeypatch.setattr(sys, "argv", [str(bindir / "devenv-py"), "doctor"])
+    (bindir / "devenv").write_bytes(b"\x7fELF\x02\x01\x01")
+    assert launcher_info.installed() == {"kind": "native", "path": str(bindir / "devenv"), "fix": None}
+    (bindir / "devenv").write_text("#!/usr/bin/python3\nimport sys\n")
+    info = launcher_info.installed()
+    assert (info["kind"], info["path"]) == ("python", str(bindir / "devenv"))
+    assert info["fix"] is not None and "C compiler" in info["fix"]
+
+
+def test_opting_out_at_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(build.OPT_OUT_ENV, "0")
+    assert build.wanted() == f"{build.OPT_OUT_ENV}=0"
+    assert build.build(Path("/nonexistent")) == (None, f"{build.OPT_OUT_ENV}=0")
+    monkeypatch.setenv(build.OPT_OUT_ENV, "1")
+    assert build.wanted() is None or os.name == "nt"
