@@ -8,9 +8,14 @@ Target (issue 4): `devenv exec` at most 0.5x the OpenSSH time. Rows, median and 
   the process the CLI fast path becomes once it calls hostagent.client.exec():
   a fresh interpreter, the stdlib-only client, fds passed to the host agent,
   which runs the command through the guest agent already running in the guest.
-- devenv-exec: `devenv exec -n NAME -- true`, the command a user types (the
-  console script pip wrote; pip >= 26 writes one that does not import re). The
-  target is judged on this row.
+- devenv-py-exec: `devenv-py exec -n NAME -- true`, the Python CLI's own fast
+  path (what `devenv` is where no C compiler was there at install, and on
+  Windows): the console script pip wrote (pip >= 26 writes one that does not
+  import re), then the client above.
+- devenv-exec: `devenv exec -n NAME -- true`, the command a user types. Where
+  the install built it, that is the native launcher (devenv/launcher), which
+  sends the same request without starting Python. The target is judged on
+  this row.
 
 All three run with stdin from /dev/null. devenv's modules should be compiled
 (ci/setup-linux.sh runs compileall: an editable install has no .pyc files, and
@@ -32,7 +37,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from devenv import hostagent, paths
+from devenv import hostagent, launcher, paths
 
 
 def timed(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
@@ -53,6 +58,8 @@ def main() -> int:
     args = ap.parse_args()
     inst = paths.instance_dir(args.name)
     devenv = [str(Path(sys.executable).with_name("devenv"))]
+    python_cli = Path(sys.executable).with_name("devenv-py")
+    kind = launcher.installed()["kind"]
     st = hostagent.launch(inst, wait=120)
     if st.get("state") != "connected":
         raise SystemExit(f"the host agent is not connected: {st}")
@@ -72,6 +79,11 @@ def main() -> int:
             for label, argv in (
                 ("openssh-controlmaster", [*ssh, host, "true"]),
                 ("hostagent-client", [sys.executable, "-m", "devenv.hostagent.client", str(inst), "--", "true"]),
+                *(
+                    [("devenv-py-exec", [str(python_cli), "exec", "-n", args.name, "--", "true"])]
+                    if kind == "native"
+                    else []
+                ),
                 ("devenv-exec", [*devenv, "exec", "-n", args.name, "--", "true"]),
             ):
                 timed(argv, 2)  # warm caches
@@ -79,7 +91,7 @@ def main() -> int:
     finally:
         subprocess.run([*ssh, "-O", "exit", host], capture_output=True)
     base = statistics.median(rows["openssh-controlmaster"])
-    print(f"warm exec of `true` in {args.name} ({len(rows['openssh-controlmaster'])} runs each, ms)")
+    print(f"warm exec of `true` in {args.name} ({len(rows['openssh-controlmaster'])} runs each, ms; devenv is {kind})")
     print(f"{'path':<24}{'median':>9}{'min':>9}{'x openssh':>11}")
     for label, xs in rows.items():
         med = statistics.median(xs)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+AGENT_UNAVAILABLE_ENV = "_DEVENV_AGENT_UNAVAILABLE"  # set by devenv/launcher/launcher.c (ASKED_ENV)
+
 
 def _fast(argv: list[str]) -> int | None:
     """Handle a hot command, or return None to hand argv to the full parser."""
@@ -56,7 +58,9 @@ def _fast_exec(args: list[str]) -> int | None:
         i += 1
     else:
         command = []
-    if command:
+    # The native launcher asked this instance's agent already and it could not run the command.
+    asked = os.environ.pop(AGENT_UNAVAILABLE_ENV, None) is not None
+    if command and not asked:
         code = _exec_through_agent(name, command, workdir)
         if code is not None:
             return code

@@ -45,6 +45,7 @@
 
 #ifdef __APPLE__
 #include <mach-o/dyld.h>
+#include <stdint.h>
 #endif
 
 #define FALLBACK (-1)       /* not handled here: run the Python CLI */
@@ -52,6 +53,9 @@
 #define SUN_PATH_MAX 104     /* devenv.paths.SUN_PATH_MAX: longer paths live in a short dir (Python knows it) */
 #define MAX_LINE (1024 * 1024) /* devenv.hostagent.wire.MAX_LINE */
 #define PY_CLI "devenv-py"
+/* Set for the Python CLI when this agent already answered "unavailable" (after waiting for its guest
+ * session): Python then goes straight to its SSH path instead of asking, and waiting, again. */
+#define ASKED_ENV "_DEVENV_AGENT_UNAVAILABLE"
 #define LAUNCHER_VERSION "1"
 
 #ifdef MSG_NOSIGNAL
@@ -861,6 +865,7 @@ static int exec_through_agent(const char *socket_path, char **command, const cha
         }
         if (r.unavailable) {
             code = FALLBACK; /* the agent started nothing: Python's own path runs it */
+            setenv(ASKED_ENV, "1", 1);
         } else if (r.has_exit_code) {
             code = (int)(r.exit_code & 0xff);
         } else {
@@ -978,6 +983,7 @@ static int run_python_cli(char **argv) {
 }
 
 int main(int argc, char **argv) {
+    unsetenv(ASKED_ENV); /* only ever meant for the devenv-py this program runs */
     if (argc == 2 && strcmp(argv[1], "--launcher-version") == 0) {
         fputs("devenv launcher " LAUNCHER_VERSION "\n", stdout); /* build.py's check that it runs; doctor's probe */
         return 0;

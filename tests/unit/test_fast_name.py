@@ -42,3 +42,19 @@ def test_explicit_and_environment(home: Path, monkeypatch: pytest.MonkeyPatch) -
 
 def test_str_paths_agree_with_paths(home: Path) -> None:
     assert paths.instance_dir_str("n") == str(paths.instance_dir("n"))
+
+
+def test_exec_skips_an_agent_the_launcher_already_asked(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native launcher got "unavailable" (after the agent's wait): Python goes straight to SSH."""
+    import os
+
+    from devenv.cli import commands, entry
+
+    asked: list[object] = []
+    monkeypatch.setattr(entry, "_exec_through_agent", lambda *a: asked.append(a) or 0)
+    monkeypatch.setattr(commands, "exec_", lambda name, command, workdir: 5)
+    monkeypatch.setenv(entry.AGENT_UNAVAILABLE_ENV, "1")
+    assert entry.main(["exec", "-n", "x", "--", "true"]) == 5
+    assert asked == [] and entry.AGENT_UNAVAILABLE_ENV not in os.environ  # not passed on to anything else
+    assert entry.main(["exec", "-n", "x", "--", "true"]) == 0
+    assert len(asked) == 1

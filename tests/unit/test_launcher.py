@@ -27,12 +27,13 @@ from typing import Any
 import pytest
 
 from devenv import paths
-from devenv.cli.entry import _quick_name
+from devenv.cli.entry import AGENT_UNAVAILABLE_ENV, _quick_name
 from devenv.launcher import build
 from tests.launcher_build import built_launcher
 
 STAND_IN = """#!/bin/sh
 for a in "$@"; do printf '%s\\0' "$a"; done > "$LAUNCHER_TEST_RECORD"
+printf '%s' "${_DEVENV_AGENT_UNAVAILABLE-unset}" > "$LAUNCHER_TEST_RECORD.asked"
 exit 3
 """
 
@@ -64,6 +65,7 @@ class Ctx:
     def run(self, *args: str | bytes, stdin: bytes | None = None, cwd: Path | None = None) -> Run:
         record = self.tmp / "handed-over"
         record.unlink(missing_ok=True)
+        record.with_name("handed-over.asked").unlink(missing_ok=True)
         (self.tmp / "in").write_bytes(stdin or b"")
         with (
             open(self.tmp / "in", "rb") if stdin is not None else open(os.devnull, "rb") as i,
@@ -245,6 +247,13 @@ def test_unavailable_hands_over_to_the_python_cli(ctx: Ctx) -> None:
     agent.close()
     assert agent.request is not None  # asked first, and nothing was started
     assert (r.code, r.handed_over) == (3, ["exec", "-n", "default", "--", "true"])
+    assert (ctx.tmp / "handed-over.asked").read_text() == "1"  # Python does not ask (and wait) again
+
+
+def test_only_the_launcher_sets_the_asked_flag(ctx: Ctx) -> None:
+    ctx.env[AGENT_UNAVAILABLE_ENV] = "1"  # left over in the caller's environment: dropped
+    assert ctx.run("status").handed_over == ["status"]
+    assert (ctx.tmp / "handed-over.asked").read_text() == "unset"
 
 
 def test_sigint_goes_to_the_remote_command(ctx: Ctx) -> None:
