@@ -45,9 +45,11 @@ class LauncherMetadataHook(MetadataHookInterface):
 
 class LauncherBuildHook(BuildHookInterface):
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if "devenv-py" not in self.metadata.core.scripts:
+            return  # the metadata made the Python CLI `devenv`: no launcher, whatever a rebuild would say now
         path = launcher(self.root)
-        if path is None:
-            return
+        if path is None:  # the metadata promised one: a wheel without any `devenv` must not be made
+            raise RuntimeError("the native launcher was built for the metadata but cannot be built again")
         build_data["shared_scripts"][str(path)] = "devenv"
         build_data["pure_python"] = False
         build_data["infer_tag"] = True

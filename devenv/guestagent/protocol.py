@@ -54,6 +54,10 @@ GUEST_PYTHON = "python3"
 GUEST_SOCKET = "/run/devenv/guestagent.sock"  # systemd socket unit: one agent per connection (provisioning/systemd)
 
 
+class NotSent(ConnectionFailed):
+    """The connection was closed before the request went out: the guest never saw it, so it is safe to retry."""
+
+
 class ProtocolError(ConnectionFailed):
     """The other end did not speak the agent protocol (or a different version of it)."""
 
@@ -212,7 +216,7 @@ class AgentClient:
         slot: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
         with self._lock:
             if self._closed:
-                raise ConnectionFailed("guest agent connection is closed", "is the instance still running?")
+                raise NotSent("guest agent connection is closed", "is the instance still running?")
             req_id = next(self._ids)
             self._pending[req_id] = slot
             self._wfile.write(encode({"id": req_id, "method": method, "params": dict(params or {})}))

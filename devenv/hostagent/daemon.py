@@ -802,8 +802,12 @@ class ExecRequest:
                 return {"unavailable": True, "error": "the guest agent cannot spawn"}
             self._emit("stderr", f"devenv: {e.reason}\n".encode())
             return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
-        except DevenvError as e:
-            return {"unavailable": True, "error": str(e)}
+        except protocol.NotSent as e:
+            return {"unavailable": True, "error": str(e)}  # the guest never saw it: the caller may run it over SSH
+        except DevenvError as e:  # sent, no answer: it may be running, so it must not be run a second time
+            with contextlib.suppress(OSError):
+                self._emit("stderr", f"devenv: {e}; the command may have started in the guest\n".encode())
+            return {"exit_code": 255}
         proc_id = result["process"]
         events = session.attach(proc_id)
         try:

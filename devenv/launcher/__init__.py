@@ -39,6 +39,6 @@ def installed() -> dict[str, str | None]:
 
 
 def _fix() -> str | None:
-    if os.name == "nt":
-        return None  # the Python CLI is the launcher there
-    return "install a C compiler (cc), then reinstall devenv: pip install --force-reinstall --no-deps devenv"
+    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+        return None  # the Python CLI is `devenv` there
+    return "install a C compiler (cc), then: pip install --force-reinstall --no-deps --no-cache-dir devenv"

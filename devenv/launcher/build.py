@@ -13,18 +13,22 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("launcher.c")
 OPT_OUT_ENV = "DEVENV_NATIVE_LAUNCHER"  # "0" at install: `devenv` is the Python CLI itself
 PYTHON_CLI = "devenv-py"  # the Python CLI's console script beside the launcher (launcher.c's PY_CLI)
 FLAGS = ["-std=c99", "-O2"]
+# Linux: linked statically where the C library allows, so a wheel carried to another machine (an older
+# glibc, musl) still has a `devenv` that starts; else dynamically, for this machine.
+LINUX_STATIC = ["-static"]
 
 
 def wanted() -> str | None:
     """Why no launcher is built on this host (None: try)."""
-    if os.name == "nt":
-        return "Windows: the Python CLI is `devenv`"
+    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+        return f"{sys.platform}: the Python CLI is `devenv` here"
     if os.environ.get(OPT_OUT_ENV, "").strip() == "0":
         return f"{OPT_OUT_ENV}=0"
     return None
@@ -52,7 +56,11 @@ def compiler() -> list[str] | None:
 
 
 def build(out_dir: Path) -> tuple[Path | None, str]:
-    """The compiled launcher in out_dir (reused while launcher.c is unchanged), or None and the reason."""
+    """The compiled launcher in out_dir (reused while launcher.c is unchanged), or None and the reason.
+
+    Never raises: a launcher that cannot be built leaves the Python CLI as `devenv`.
+    A read-only out_dir (a read-only source tree) builds in a temporary folder instead.
+    """
     reason = wanted()
     if reason is not None:
         return None, reason
@@ -60,21 +68,29 @@ def build(out_dir: Path) -> tuple[Path | None, str]:
     if cc is None:
         return None, "no C compiler (cc, gcc, clang or $CC)"
     digest = hashlib.sha256(SOURCE.read_bytes() + " ".join(cc + FLAGS).encode()).hexdigest()[:16]
-    target = out_dir / digest / "devenv"
-    if target.is_file() and _works(target):
-        return target, f"built earlier with {cc[0]}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name("devenv.tmp")
     try:
-        r = subprocess.run([*cc, *FLAGS, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"{cc[0]} failed to run: {e}"
-    if r.returncode != 0 or not tmp.is_file():
-        return None, f"{cc[0]} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"
-    if not _works(tmp):
-        return None, "the compiled launcher does not run here"
-    os.replace(tmp, target)
-    return target, f"built with {cc[0]}"
+        target = out_dir / digest / "devenv"
+        if target.is_file() and _works(target):
+            return target, f"built earlier with {cc[0]}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        target = Path(tempfile.mkdtemp(prefix="devenv-launcher-")) / "devenv"
+    tmp = target.with_name("devenv.tmp")
+    attempts = [FLAGS + LINUX_STATIC, FLAGS] if sys.platform.startswith("linux") else [FLAGS]
+    why = ""
+    for flags in attempts:
+        try:
+            r = subprocess.run([*cc, *flags, "-o", str(tmp), str(SOURCE)], capture_output=True, text=True, timeout=120)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return None, f"{cc[0]} failed to run: {e}"
+        if r.returncode == 0 and tmp.is_file() and _works(tmp):
+            try:
+                os.replace(tmp, target)
+            except OSError as e:
+                return None, f"cannot keep the launcher: {e}"
+            return target, f"built with {cc[0]} {' '.join(flags)}"
+        why = f"{cc[0]} {' '.join(flags)} failed ({r.returncode}): {(r.stderr or r.stdout).strip()[-500:]}"
+    return None, why or "the compiled launcher does not run here"
 
 
 def _works(path: Path) -> bool:

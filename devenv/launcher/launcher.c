@@ -32,7 +32,9 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <langinfo.h>
 #include <limits.h>
+#include <locale.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,26 +268,44 @@ static int parse_string(struct parser *ps, struct buf *out) {
     return 0;
 }
 
-/* A JSON number that is an integer, or 0 when it is not one. */
+static int digit(const struct parser *ps) { return ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9'; }
+
+/* A JSON number (RFC 8259 grammar); *is_int when it has no fraction or exponent. 0 when malformed. */
 static int parse_int(struct parser *ps, long *out, int *is_int) {
     const char *start = ps->p;
     if (ps->p < ps->end && *ps->p == '-')
         ps->p++;
-    const char *digits = ps->p;
-    while (ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9')
-        ps->p++;
-    if (ps->p == digits)
+    if (!digit(ps))
         return 0;
+    if (*ps->p == '0')
+        ps->p++; /* no leading zeros */
+    else
+        while (digit(ps))
+            ps->p++;
     *is_int = 1;
-    while (ps->p < ps->end && strchr("0123456789.eE+-", *ps->p) != NULL) {
-        *is_int = 0; /* a fraction or exponent: a number, not an exit code */
+    if (ps->p < ps->end && *ps->p == '.') {
         ps->p++;
+        if (!digit(ps))
+            return 0;
+        while (digit(ps))
+            ps->p++;
+        *is_int = 0;
+    }
+    if (ps->p < ps->end && (*ps->p == 'e' || *ps->p == 'E')) {
+        ps->p++;
+        if (ps->p < ps->end && (*ps->p == '+' || *ps->p == '-'))
+            ps->p++;
+        if (!digit(ps))
+            return 0;
+        while (digit(ps))
+            ps->p++;
+        *is_int = 0;
     }
     if (*is_int) {
         char tmp[24];
         size_t n = (size_t)(ps->p - start);
         if (n >= sizeof tmp) {
-            *is_int = 0;
+            *is_int = 0; /* too large for an exit code: a number all the same */
             return 1;
         }
         memcpy(tmp, start, n);
@@ -683,7 +703,7 @@ static int devenv_home(char *out, size_t cap) {
 
 /* ------------------------------------------------------------ the exec request */
 
-static int control_fd = -1;
+static volatile sig_atomic_t control_fd = -1;
 
 static void send_signal_line(int signum) {
     static const char intr[] = "{\"op\":\"signal\",\"signal\":\"INT\"}\n";
@@ -742,7 +762,132 @@ static int send_all(int fd, const char *p, size_t n) {
 }
 
 /*
- * The request is built and sent here; FALLBACK only while nothing was sent.
+ * Python reads sys.argv with the filesystem encoding: UTF-8 on macOS, in a
+ * UTF-8 or C/POSIX locale, or with PYTHONUTF8=1; only then do bytes >= 0x80
+ * mean here what they mean there. Asked only when such a byte occurs.
+ */
+static int utf8_argv(void) {
+#if defined(__APPLE__)
+    return 1;
+#else
+    const char *mode = getenv("PYTHONUTF8");
+    if (mode != NULL && strcmp(mode, "1") == 0)
+        return 1;
+    const char *name = setlocale(LC_CTYPE, "");
+    if (name == NULL || strcmp(name, "C") == 0 || strcmp(name, "POSIX") == 0)
+        return 1;
+    const char *codeset = nl_langinfo(CODESET);
+    return codeset != NULL && (strcmp(codeset, "UTF-8") == 0 || strcmp(codeset, "utf8") == 0);
+#endif
+}
+
+static int high_bytes(const char *s) {
+    for (; *s; s++)
+        if ((unsigned char)*s >= 0x80)
+            return 1;
+    return 0;
+}
+
+/* The request line, or NULL (FALLBACK) when Python should build it. */
+static int build_request(struct buf *req, char **command, const char *workdir) {
+    int high = high_bytes(workdir);
+    for (char **a = command; *a; a++)
+        high |= high_bytes(*a);
+    if (high && !utf8_argv())
+        return 0;
+    buf_puts(req, "{\"op\":\"exec\",\"argv\":[");
+    for (char **a = command; *a; a++) {
+        if (a != command)
+            buf_puts(req, ",");
+        json_str(req, *a);
+    }
+    buf_puts(req, "],\"env\":{},\"cwd\":");
+    json_str(req, workdir);
+    buf_puts(req, stdin_has_data() ? ",\"stdin\":true}\n" : ",\"stdin\":false}\n");
+    /* The agent drops a longer line and the connection with it; Python then runs the command over SSH. */
+    return !req->failed && req->len <= MAX_LINE;
+}
+
+/* The request and its three fds (SCM_RIGHTS on the first part); 0 when it did not all go. */
+static int send_request(int s, const struct buf *req) {
+    int fds[3] = {0, 1, 2};
+    union {
+        struct cmsghdr align;
+        char space[CMSG_SPACE(sizeof fds)];
+    } control;
+    memset(&control, 0, sizeof control);
+    struct iovec iov = {req->data, req->len};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof msg);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.space;
+    msg.msg_controllen = sizeof control.space;
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(sizeof fds);
+    memcpy(CMSG_DATA(cm), fds, sizeof fds);
+    ssize_t sent;
+    do
+        sent = sendmsg(s, &msg, SEND_FLAGS);
+    while (sent < 0 && errno == EINTR);
+    if (sent < 0)
+        return 0;
+    /* A long argv: the rest follows without fds. Until its newline arrives the agent starts nothing. */
+    return send_all(s, req->data + sent, req->len - (size_t)sent);
+}
+
+/* Lines from the agent until the final one: the exit code, FALLBACK for "unavailable", -2 when the line never came. */
+static int read_final(int s) {
+    struct buf in = {0};
+    char chunk[65536];
+    int code = -2;
+    for (;;) {
+        char *nl = in.data ? memchr(in.data, '\n', in.len) : NULL;
+        if (nl == NULL) {
+            if (in.len > MAX_LINE)
+                break;
+            ssize_t n = recv(s, chunk, sizeof chunk, 0);
+            if (n < 0 && errno == EINTR)
+                continue; /* a forwarded signal */
+            if (n <= 0)
+                break;
+            buf_put(&in, chunk, (size_t)n);
+            if (in.failed)
+                break;
+            continue;
+        }
+        size_t len = (size_t)(nl - in.data);
+        struct reply r;
+        memset(&r, 0, sizeof r);
+        int parsed = parse_reply(in.data, len, &r);
+        memmove(in.data, nl + 1, in.len - len - 1);
+        in.len -= len + 1;
+        if (parsed && !r.final) { /* stream-mode lines never come with fds passed; anything else is not for us */
+            free(r.error.data);
+            continue;
+        }
+        if (parsed && r.unavailable) {
+            code = FALLBACK; /* the agent started nothing: Python's own path runs it */
+            setenv(ASKED_ENV, "1", 1);
+        } else if (parsed && r.has_exit_code) {
+            code = (int)(r.exit_code & 0xff);
+        } else if (parsed) {
+            say("devenv: ");
+            say(r.error.len ? r.error.data : "the host agent failed to run the command");
+            say("\n");
+            code = r.has_code ? (int)(r.code & 0xff) : EXIT_AGENT_ERROR;
+        }
+        free(r.error.data);
+        break;
+    }
+    free(in.data);
+    return code;
+}
+
+/*
+ * The request is built and sent here; FALLBACK only while nothing was started.
  * Once the agent holds the request, every outcome is this program's exit code.
  */
 static int exec_through_agent(const char *socket_path, char **command, const char *workdir) {
@@ -755,20 +900,11 @@ static int exec_through_agent(const char *socket_path, char **command, const cha
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) < 0)
             return FALLBACK; /* a closed std fd cannot be passed: Python's SSH path copes */
-
     struct buf req = {0};
-    buf_puts(&req, "{\"op\":\"exec\",\"argv\":[");
-    for (char **a = command; *a; a++) {
-        if (a != command)
-            buf_puts(&req, ",");
-        json_str(&req, *a);
-    }
-    buf_puts(&req, "],\"env\":{},\"cwd\":");
-    json_str(&req, workdir);
-    buf_puts(&req, stdin_has_data() ? ",\"stdin\":true}\n" : ",\"stdin\":false}\n");
-    if (req.failed)
+    if (!build_request(&req, command, workdir)) {
+        free(req.data);
         return FALLBACK;
-
+    }
     int s = socket(AF_UNIX, SOCK_STREAM, 0);
     if (s < 0) {
         free(req.data);
@@ -789,99 +925,38 @@ static int exec_through_agent(const char *socket_path, char **command, const cha
         return FALLBACK; /* no agent listens: Python starts one or uses SSH */
     }
 
-    int fds[3] = {0, 1, 2};
-    union {
-        struct cmsghdr align;
-        char space[CMSG_SPACE(sizeof fds)];
-    } control;
-    memset(&control, 0, sizeof control);
-    struct iovec iov = {req.data, req.len};
-    struct msghdr msg;
-    memset(&msg, 0, sizeof msg);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.space;
-    msg.msg_controllen = sizeof control.space;
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(cm), fds, sizeof fds);
-
-    ssize_t sent;
-    do
-        sent = sendmsg(s, &msg, SEND_FLAGS);
-    while (sent < 0 && errno == EINTR);
-    if (sent < 0) {
-        close(s);
-        free(req.data);
-        return FALLBACK;
-    }
-
-    /* The agent holds the request: from here on a signal goes to the remote command (forward_signals). */
+    /*
+     * ^C from here on goes to the remote command (forward_signals). Held back
+     * while the request is on its way, so a signal line never lands inside it
+     * and a ^C right now is forwarded once the agent has the request.
+     */
+    sigset_t both, old_mask;
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    sigprocmask(SIG_BLOCK, &both, &old_mask);
     control_fd = s;
     struct sigaction sa, old_int, old_term;
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = send_signal_line;
-    sigemptyset(&sa.sa_mask);
-    sa.sa_flags = 0; /* no SA_RESTART: a read returns EINTR and goes on */
+    sa.sa_mask = both; /* INT and TERM never interleave their lines */
+    sa.sa_flags = 0;   /* no SA_RESTART: a read returns EINTR and goes on */
     sigaction(SIGINT, &sa, &old_int);
     sigaction(SIGTERM, &sa, &old_term);
 
-    int ok = send_all(s, req.data + sent, req.len - (size_t)sent); /* a long argv: the rest follows without fds */
+    int sent = send_request(s, &req);
     free(req.data);
-
-    struct buf in = {0};
-    char chunk[65536];
-    int code = -2; /* -2: the connection broke before the final line */
-    while (ok) {
-        char *nl = in.data ? memchr(in.data, '\n', in.len) : NULL;
-        if (nl == NULL) {
-            if (in.len > MAX_LINE)
-                break;
-            ssize_t n = recv(s, chunk, sizeof chunk, 0);
-            if (n < 0 && errno == EINTR)
-                continue;
-            if (n <= 0)
-                break;
-            buf_put(&in, chunk, (size_t)n);
-            if (in.failed)
-                break;
-            continue;
-        }
-        size_t len = (size_t)(nl - in.data);
-        struct reply r;
-        memset(&r, 0, sizeof r);
-        int parsed = parse_reply(in.data, len, &r);
-        memmove(in.data, nl + 1, in.len - len - 1);
-        in.len -= len + 1;
-        if (!parsed) {
-            free(r.error.data);
-            break;
-        }
-        if (!r.final) { /* stream-mode lines never come with fds passed; anything else is not for us */
-            free(r.error.data);
-            continue;
-        }
-        if (r.unavailable) {
-            code = FALLBACK; /* the agent started nothing: Python's own path runs it */
-            setenv(ASKED_ENV, "1", 1);
-        } else if (r.has_exit_code) {
-            code = (int)(r.exit_code & 0xff);
-        } else {
-            say("devenv: ");
-            say(r.error.len ? r.error.data : "the host agent failed to run the command");
-            say("\n");
-            code = r.has_code ? (int)(r.code & 0xff) : EXIT_AGENT_ERROR;
-        }
-        free(r.error.data);
-        break;
+    int code = FALLBACK; /* not all sent: the agent started nothing (no newline), Python runs it */
+    if (sent) {
+        sigprocmask(SIG_SETMASK, &old_mask, NULL);
+        code = read_final(s);
+        sigprocmask(SIG_BLOCK, &both, NULL);
     }
-    free(in.data);
     control_fd = -1;
     close(s);
     sigaction(SIGINT, &old_int, NULL);
     sigaction(SIGTERM, &old_term, NULL);
+    sigprocmask(SIG_SETMASK, &old_mask, NULL); /* a ^C held back while handing over now takes its usual effect */
     if (code == -2) {
         say("devenv: lost the connection to the host agent while the command ran\n");
         return EXIT_AGENT_ERROR;
@@ -949,11 +1024,21 @@ static int own_dir(char *out, size_t cap, const char *argv0) {
     uint32_t size = sizeof self;
     have = _NSGetExecutablePath(self, &size) == 0;
 #endif
-    if (!have) {
-        if (strchr(argv0, '/') == NULL)
-            return 0;
-        snprintf(self, sizeof self, "%s", argv0);
+    if (!have && strchr(argv0, '/') != NULL) {
+        have = snprintf(self, sizeof self, "%s", argv0) < (int)sizeof self;
+    } else if (!have) { /* run from PATH without /proc: the first PATH entry holding an executable argv0 */
+        const char *path = getenv("PATH");
+        while (path != NULL && *path && !have) {
+            const char *colon = strchr(path, ':');
+            size_t n = colon ? (size_t)(colon - path) : strlen(path);
+            if (n > 0 && (int)n < (int)sizeof self - 2 &&
+                snprintf(self, sizeof self, "%.*s/%s", (int)n, path, argv0) < (int)sizeof self)
+                have = access(self, X_OK) == 0;
+            path = colon ? colon + 1 : NULL;
+        }
     }
+    if (!have)
+        return 0;
     if (realpath(self, real) == NULL)
         return 0;
     char *slash = strrchr(real, '/');
@@ -984,6 +1069,11 @@ static int run_python_cli(char **argv) {
 
 int main(int argc, char **argv) {
     unsetenv(ASKED_ENV); /* only ever meant for the devenv-py this program runs */
+    struct sigaction ign, old_pipe;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGPIPE, &ign, &old_pipe); /* a closed stderr is an EPIPE to ignore, as in Python, not a death */
     if (argc == 2 && strcmp(argv[1], "--launcher-version") == 0) {
         fputs("devenv launcher " LAUNCHER_VERSION "\n", stdout); /* build.py's check that it runs; doctor's probe */
         return 0;
@@ -991,5 +1081,6 @@ int main(int argc, char **argv) {
     int code = fast_exec(argc, argv);
     if (code != FALLBACK)
         return code;
+    sigaction(SIGPIPE, &old_pipe, NULL);
     return run_python_cli(argv);
 }

@@ -12,6 +12,8 @@ import pytest
 
 from devenv import hostagent
 from devenv.config import Mount, PortForward
+from devenv.errors import ConnectionFailed, Timeout
+from devenv.guestagent.protocol import NotSent
 from devenv.hostagent import client, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog, read_events
@@ -202,3 +204,51 @@ def test_guest_cwd_is_one_rule_for_both_exec_paths(cwd: str | None, expected: st
 
     specs = mount_specs([Mount("/home/ann/proj", "", True), Mount("/srv/data", "/data", False)])
     assert guest_cwd(specs, cwd) == expected
+
+
+class _Refusing:
+    """A guest-agent client whose spawn fails the given way."""
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def call(self, method: str, params: object, timeout: float | None = None) -> object:
+        raise self.exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "reply", "said"),
+    [
+        (NotSent("guest agent connection is closed", ""), "unavailable", b""),
+        (
+            Timeout("guest agent did not answer `spawn` within 60 s"),
+            {"exit_code": 255},
+            b"devenv: guest agent did not answer `spawn` within 60 s; the command may have started in the guest\n",
+        ),
+        (ConnectionFailed("guest agent connection closed during `spawn`", ""), {"exit_code": 255}, None),
+    ],
+    ids=["not-sent", "no-answer", "closed-after-sending"],
+)
+def test_a_spawn_the_guest_may_have_seen_is_never_run_again(
+    exc: Exception, reply: object, said: bytes | None, tmp_path: Path
+) -> None:
+    """Only a request that never left may fall back to SSH ("unavailable"); one that went out ends here."""
+    from types import SimpleNamespace
+
+    from devenv.hostagent.daemon import ExecRequest
+
+    session = SimpleNamespace(client=_Refusing(exc), can_spawn=True)
+    agent = SimpleNamespace(wait_session=lambda timeout: session, opts=SimpleNamespace(env={}), guest_cwd=lambda c: c)
+    fds = [
+        os.open(os.devnull, os.O_RDONLY),
+        os.open(os.devnull, os.O_WRONLY),
+        os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT),
+    ]
+    msg = {"op": "exec", "argv": ["true"], "env": {}, "cwd": None, "stdin": False}
+    result = ExecRequest(agent, None, None, msg, fds).run()  # type: ignore[arg-type]
+    if reply == "unavailable":
+        assert result["unavailable"] is True and (tmp_path / "err").read_bytes() == b""
+    else:
+        assert result == reply
+        err = (tmp_path / "err").read_bytes()
+        assert err == said if said is not None else err.endswith(b"; the command may have started in the guest\n")

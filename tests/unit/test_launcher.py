@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,9 @@ from devenv import paths
 from devenv.cli.entry import AGENT_UNAVAILABLE_ENV, _quick_name
 from devenv.launcher import build
 from tests.launcher_build import built_launcher
+
+# A failure in the recording agent's thread fails the test that caused it.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
 STAND_IN = """#!/bin/sh
 for a in "$@"; do printf '%s\\0' "$a"; done > "$LAUNCHER_TEST_RECORD"
@@ -97,12 +101,20 @@ class Ctx:
 class Agent:
     """One connection's worth of the host agent's control socket: the request, its fds, scripted replies."""
 
-    def __init__(self, path: Path, replies: list[bytes] | None, write: bytes = b"", wait_for: str | None = None):
+    def __init__(
+        self,
+        path: Path,
+        replies: list[bytes] | None,
+        write: bytes = b"",
+        wait_for: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.replies = [b'{"exit_code":0,"final":true}\n'] if replies is None else replies
         self.write = write
         self.wait_for = wait_for  # an op the launcher must send before the replies go out
+        self.delay = delay  # seconds between accepting and reading: a long request waits in send()
         self.request: dict[str, Any] | None = None
         self.fd_ids: list[tuple[int, int]] = []
         self.later: list[dict[str, Any]] = []
@@ -126,20 +138,27 @@ class Agent:
                 return
         conn.settimeout(20)
         with conn:
+            time.sleep(self.delay)
             data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 20, 3)
-            while not data.endswith(b"\n"):
-                data += conn.recv(1 << 20)
-            self.request = json.loads(data)
+            while b"\n" not in data:
+                more = conn.recv(1 << 20)
+                if not more:
+                    return  # the launcher left mid-request: nothing to run
+                data += more
+            line, _, data = data.partition(b"\n")
+            self.request = json.loads(line)
             self.fd_ids = [(os.fstat(fd).st_dev, os.fstat(fd).st_ino) for fd in fds]
             if self.write and len(fds) == 3:
                 os.write(fds[1], self.write)
             for fd in fds:
                 os.close(fd)
             if self.wait_for:
-                buf = b""
-                while b"\n" not in buf:
-                    buf += conn.recv(4096)
-                self.later.append(json.loads(buf))
+                while b"\n" not in data:
+                    more = conn.recv(4096)
+                    if not more:
+                        return
+                    data += more
+                self.later.append(json.loads(data.partition(b"\n")[0]))
             for line in self.replies:
                 conn.sendall(line)
 
@@ -313,10 +332,59 @@ def test_shell_completion_is_the_python_clis(ctx: Ctx) -> None:
     assert r.handed_over == ["exec", "--", "true"] and agent.request is None
 
 
-def test_a_socket_path_too_long_for_sun_path_is_left_to_python(ctx: Ctx) -> None:
-    deep = ctx.home / ("d" * 80)
-    ctx.env["DEVENV_HOME"] = str(deep)
-    assert ctx.run("exec", "--", "true").handed_over == ["exec", "--", "true"]
+@pytest.mark.parametrize("length", [103, 104, 107])
+def test_a_socket_path_too_long_for_sun_path_is_left_to_python(ctx: Ctx, length: int) -> None:
+    """paths.SUN_PATH_MAX (104, macOS's limit): from there on Python keeps the socket in a short dir."""
+    tail = "/instances/default/hostagent.sock"
+    home = ctx.home / ("d" * (length - len(str(ctx.home)) - 1 - len(tail)))
+    assert len(str(home) + tail) == length
+    ctx.env["DEVENV_HOME"] = str(home)
+    agent = Agent(Path(str(home) + tail), None)  # Linux binds up to 107 bytes: a natural-path agent listens
+    r = ctx.run("exec", "--", "true")
+    agent.close()
+    if length < 104:
+        assert (r.code, r.handed_over) == (0, None) and agent.request is not None
+    else:
+        assert r.handed_over == ["exec", "--", "true"] and agent.request is None
+
+
+def test_a_request_longer_than_the_agents_line_limit_is_left_to_python(ctx: Ctx) -> None:
+    """The agent drops lines over wire.MAX_LINE with the connection; Python then runs the command over SSH."""
+    agent = ctx.listen()
+    big = ["x" * 110_000] * 10  # one argument may hold 128 KiB on Linux
+    r = ctx.run("exec", "--", "echo", *big)
+    agent.close()
+    assert agent.request is None and r.handed_over == ["exec", "--", "echo", *big]
+
+
+def test_sigint_while_a_long_request_is_sent_arrives_after_it(ctx: Ctx) -> None:
+    """^C held back until the whole request is out: the agent reads it intact, then the signal line."""
+    agent = ctx.listen(replies=[b'{"exit_code":130,"final":true}\n'], wait_for="signal", delay=1.0)
+    long = ["y" * 100_000] * 9  # more than the socket buffers hold: the launcher waits in send()
+    proc = subprocess.Popen(
+        [ctx.launcher, "exec", "--", "echo", *long], stdin=subprocess.DEVNULL, cwd=ctx.project, env=ctx.env
+    )
+    time.sleep(0.4)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(15) == 130
+    agent.close()
+    assert agent.request is not None and agent.request["argv"] == ["echo", *long]
+    assert agent.later == [{"op": "signal", "signal": "INT"}]
+
+
+def test_a_closed_stderr_does_not_kill_the_launcher(ctx: Ctx) -> None:
+    """The agent's error goes to a stderr nobody reads any more: the exit code still comes through."""
+    agent = ctx.listen(replies=[b'{"error":"boom","code":5,"final":true}\n'])
+    r_fd, w_fd = os.pipe()
+    os.close(r_fd)
+    try:
+        code = subprocess.run(
+            [ctx.launcher, "exec", "--", "true"], stdin=subprocess.DEVNULL, stderr=w_fd, cwd=ctx.project, env=ctx.env
+        ).returncode
+    finally:
+        os.close(w_fd)
+    agent.close()
+    assert code == 5
 
 
 def test_missing_python_cli_is_a_clear_error(ctx: Ctx, tmp_path: Path) -> None:
