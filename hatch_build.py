@@ -30,24 +30,25 @@ def _build_module(root: str) -> ModuleType:
     return module
 
 
-def launcher(root: str) -> Path | None:
+def launcher(root: str) -> tuple[Path | None, str]:
+    """The compiled launcher (or None) and the Python CLI's console script name."""
     build = _build_module(root)
     path, why = build.build(Path(root) / "build" / "launcher")
     print(f"devenv: native launcher: {path if path else 'not built'} ({why})", file=sys.stderr)
-    return path
+    return path, build.PYTHON_CLI
 
 
 class LauncherMetadataHook(MetadataHookInterface):
     def update(self, metadata: dict[str, Any]) -> None:
-        name = "devenv-py" if launcher(self.root) else "devenv"
-        metadata["scripts"] = {name: ENTRY}
+        path, python_cli = launcher(self.root)
+        metadata["scripts"] = {python_cli if path else "devenv": ENTRY}
 
 
 class LauncherBuildHook(BuildHookInterface):
     def initialize(self, version: str, build_data: dict[str, Any]) -> None:
-        if "devenv-py" not in self.metadata.core.scripts:
+        if "devenv" in self.metadata.core.scripts:
             return  # the metadata made the Python CLI `devenv`: no launcher, whatever a rebuild would say now
-        path = launcher(self.root)
+        path, _ = launcher(self.root)
         if path is None:  # the metadata promised one: a wheel without any `devenv` must not be made
             raise RuntimeError("the native launcher was built for the metadata but cannot be built again")
         build_data["shared_scripts"][str(path)] = "devenv"

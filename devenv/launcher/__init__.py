@@ -14,13 +14,15 @@ from __future__ import annotations
 import os
 import sys
 
+from devenv.launcher.build import PYTHON_CLI, native_platform
+
 NATIVE_MAGIC = (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe")  # ELF, Mach-O 64-bit, universal
 
 
 def installed() -> dict[str, str | None]:
     """Which `devenv` command this install has: {"kind": "native" | "python", "path", "fix"}."""
     dirs = []
-    if os.path.basename(sys.argv[0]) in ("devenv", "devenv-py"):
+    if os.path.basename(sys.argv[0]) in ("devenv", PYTHON_CLI):
         dirs.append(os.path.dirname(os.path.realpath(sys.argv[0])))
     import sysconfig
 
@@ -32,13 +34,13 @@ def installed() -> dict[str, str | None]:
                 magic = f.read(4)
         except OSError:
             continue
-        if magic in NATIVE_MAGIC and os.path.exists(os.path.join(d, "devenv-py")):
+        if magic in NATIVE_MAGIC and os.path.exists(os.path.join(d, PYTHON_CLI)):
             return {"kind": "native", "path": path, "fix": None}
         return {"kind": "python", "path": path, "fix": _fix()}
     return {"kind": "python", "path": None, "fix": _fix()}
 
 
 def _fix() -> str | None:
-    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+    if not native_platform():
         return None  # the Python CLI is `devenv` there
     return "install a C compiler (cc), then: pip install --force-reinstall --no-deps --no-cache-dir devenv"

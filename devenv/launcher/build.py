@@ -25,9 +25,14 @@ FLAGS = ["-std=c99", "-O2"]
 LINUX_STATIC = ["-static"]
 
 
+def native_platform() -> bool:
+    """Linux and macOS: where launcher.c is written for (its own path, fd passing, the data dir)."""
+    return sys.platform.startswith("linux") or sys.platform == "darwin"
+
+
 def wanted() -> str | None:
     """Why no launcher is built on this host (None: try)."""
-    if not (sys.platform.startswith("linux") or sys.platform == "darwin"):
+    if not native_platform():
         return f"{sys.platform}: the Python CLI is `devenv` here"
     if os.environ.get(OPT_OUT_ENV, "").strip() == "0":
         return f"{OPT_OUT_ENV}=0"

@@ -1053,7 +1053,7 @@ static int run_python_cli(char **argv) {
     char target[PATH_MAX + 16];
     if (!own_dir(dir, sizeof dir, argv[0])) {
         say("devenv: error: cannot tell where this devenv is installed\n"
-            "hint: run the Python CLI directly: python3 -m devenv ...\n");
+            "  hint: run the Python CLI directly: python3 -m devenv ...\n");
         return 70;
     }
     snprintf(target, sizeof target, "%s/" PY_CLI, dir);
@@ -1063,7 +1063,7 @@ static int run_python_cli(char **argv) {
     say(target);
     say(": ");
     say(strerror(err));
-    say("\nhint: reinstall devenv (pip install --force-reinstall devenv), or run python3 -m devenv ...\n");
+    say("\n  hint: reinstall devenv (pip install --force-reinstall devenv), or run python3 -m devenv ...\n");
     return 70;
 }
 

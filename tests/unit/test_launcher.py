@@ -395,7 +395,7 @@ def test_missing_python_cli_is_a_clear_error(ctx: Ctx, tmp_path: Path) -> None:
     r = ctx.run("status")
     assert r.code == 70
     assert r.err.startswith(f"devenv: error: cannot run {alone}/devenv-py: No such file".encode())
-    assert b"\nhint: " in r.err
+    assert b"\n  hint: reinstall devenv" in r.err
 
 
 def test_found_through_a_symlink(ctx: Ctx, tmp_path: Path) -> None:
