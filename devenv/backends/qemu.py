@@ -46,7 +46,6 @@ from devenv.errors import (
 )
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
-from devenv.transport.dial import dial_answering
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -96,19 +95,6 @@ def ssh_banner(port: int, timeout: float = 2.0) -> bool:
             return s.recv(64).startswith(b"SSH-")
     except OSError:
         return False
-
-
-def _speaks_ssh(sock: socket.socket) -> bool:
-    """The first bytes a server sent (dial_answering saw some) are an SSH banner; closes the socket."""
-    with sock:
-        sock.settimeout(5.0)
-        got = b""
-        try:
-            while len(got) < 4 and (chunk := sock.recv(4 - len(got))):
-                got += chunk
-        except OSError:
-            return False
-        return got == b"SSH-"
 
 
 def sshd_timeout_hint(serial: Path, name: str) -> str:
@@ -531,20 +517,15 @@ class QemuBackend:
         alive = self._alive_check(inst)
 
         step("boot: waiting for the guest's sshd")
-        while True:  # fresh connections raced (dial_answering): seen within ~1 s of sshd answering
-            try:
-                sock = dial_answering("127.0.0.1", port, max(0.1, deadline - time.monotonic()), tick=alive)
-            except OSError:
-                sock = None
-            if sock is not None and _speaks_ssh(sock):
-                break
+        while not ssh_banner(port, timeout=5.0):
+            alive()
             if time.monotonic() > deadline:
                 raise self._fail(
                     inst,
                     f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
                     sshd_timeout_hint(inst.dir / paths.SERIAL_LOG, inst.name),
                 )
-            time.sleep(0.2)  # something else answered on the port: look again
+            time.sleep(0.2)
 
         step("guest ready: provisioning (cloud-init on first boot) and engine start")
         serial = inst.dir / paths.SERIAL_LOG

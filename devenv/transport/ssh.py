@@ -11,8 +11,7 @@ Design decisions (see docs of each piece for detail):
   The wait for sshd's banner is the exception: QEMU's user-mode net accepts the
   host side of a forwarded port before the guest answers, and a connection made
   while the guest's network is still down never gets one (its SYN was lost), so
-  each attempt races fresh connections (devenv.transport.dial) and the
-  handshake starts on the first one whose banner arrived.
+  the first banner wait is short (10 s) and doubles with each failed attempt.
 - Lazy and idempotent: every operation connects on first use; a transport that
   dropped is re-established once per operation, never in a loop.
 - exec: streams stdin/stdout/stderr concurrently with threads (portable, no
@@ -61,7 +60,6 @@ from devenv.errors import CommandFailed, ConnectionFailed, DevenvError, Instance
 from devenv.fdio import write_all
 from devenv.sigforward import forward_signals
 from devenv.transport.cpspec import CopyPlan
-from devenv.transport.dial import dial_answering
 
 log = logging.getLogger(__name__)
 
@@ -470,6 +468,7 @@ class SSHConnection:
         *,
         boot_timeout: float = 120.0,
         reconnect_timeout: float = 30.0,
+        tcp_timeout: float = 3.0,
         handshake_timeout: float = 60.0,
         banner_timeout: float = 10.0,
         keepalive: int = 15,
@@ -477,6 +476,7 @@ class SSHConnection:
         self.target = target
         self.boot_timeout = boot_timeout
         self.reconnect_timeout = reconnect_timeout
+        self.tcp_timeout = tcp_timeout
         self.handshake_timeout = handshake_timeout
         self.banner_timeout = banner_timeout
         self.keepalive = keepalive
@@ -555,13 +555,12 @@ class SSHConnection:
         deadline = time.monotonic() + timeout
         delay = 0.25
         attempt = 0
+        banner = min(self.banner_timeout, self.handshake_timeout)
         pkey = self._private_key()
         while True:
             attempt += 1
             try:
-                left = max(0.1, deadline - time.monotonic())
-                sock = dial_answering(self.target.host, self.target.port, left, patience=self.handshake_timeout)
-                transport = self._connect_once(pkey, sock)
+                transport = self._connect_once(pkey, banner)
                 log.debug("connected to %s after %d attempt(s)", self.target.label, attempt)
                 return transport
             except HostKeyMismatch:
@@ -572,8 +571,9 @@ class SSHConnection:
                     f"({', '.join(_host_key_types(self._pinned))}): {e}",
                     _MISMATCH_HINT,
                 ) from None
-            except (EOFError, paramiko.SSHException) as e:  # the banner came: sshd may just be slow
+            except (EOFError, paramiko.SSHException) as e:  # TCP got through: sshd may just be slow
                 last = e
+                banner = min(banner * 2, self.handshake_timeout)
             except OSError as e:
                 last = e
             remaining = deadline - time.monotonic()
@@ -593,8 +593,8 @@ class SSHConnection:
             "check that the instance is running (`devenv status`) and see its serial.log",
         )
 
-    def _connect_once(self, pkey: paramiko.PKey, sock: socket.socket) -> paramiko.Transport:
-        """The handshake and login on a connection whose server has already sent its banner."""
+    def _connect_once(self, pkey: paramiko.PKey, banner_timeout: float) -> paramiko.Transport:
+        sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
         # Requests and events are small packets: Nagle would hold one back until the
         # previous one is acknowledged (OpenSSH sets this too for interactive sessions).
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -605,9 +605,9 @@ class SSHConnection:
         try:
             options = transport.get_security_options()
             options.ciphers = _prefer(options.ciphers, ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com"))
-            # Generous: a slow handshake is progress, and killing it restarts the wait. The banner is
-            # already there (dial_answering), so its wait is only for the rest of its line.
-            transport.banner_timeout = self.banner_timeout
+            # Generous: a slow handshake is progress, and killing it restarts the wait. The banner
+            # wait is shorter: no banner at all means a connection lost on the way (see the module doc).
+            transport.banner_timeout = banner_timeout
             transport.handshake_timeout = self.handshake_timeout
             transport.auth_timeout = self.handshake_timeout
             transport.get_security_options().key_types = _host_key_types(self._pinned)
