@@ -46,6 +46,7 @@ from devenv.errors import (
 )
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
+from devenv.provision.readiness import console_readiness, ssh_banner, wait_for_sshd
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -85,16 +86,6 @@ def pid_is_ours(pid: int, inst_dir: Path) -> bool:
         except OSError:
             return False
     return True
-
-
-def ssh_banner(port: int, timeout: float = 2.0) -> bool:
-    """The guest's sshd answers with its banner: cheap, no paramiko, no login."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-            s.settimeout(timeout)
-            return s.recv(64).startswith(b"SSH-")
-    except OSError:
-        return False
 
 
 def sshd_timeout_hint(serial: Path, name: str) -> str:
@@ -509,28 +500,23 @@ class QemuBackend:
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
     def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float) -> None:
-        from devenv.provision import scan_console
-
         port = self._port(inst)
         assert port is not None
         deadline = time.monotonic() + budget
         alive = self._alive_check(inst)
 
         step("boot: waiting for the guest's sshd")
-        while not ssh_banner(port, timeout=5.0):
-            alive()
-            if time.monotonic() > deadline:
-                raise self._fail(
-                    inst,
-                    f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
-                    sshd_timeout_hint(inst.dir / paths.SERIAL_LOG, inst.name),
-                )
-            time.sleep(0.2)
+        serial = inst.dir / paths.SERIAL_LOG
+        if not wait_for_sshd(serial, port, deadline, tick=alive):
+            raise self._fail(
+                inst,
+                f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
+                sshd_timeout_hint(serial, inst.name),
+            )
 
         step("guest ready: provisioning (cloud-init on first boot) and engine start")
-        serial = inst.dir / paths.SERIAL_LOG
         while True:
-            readiness = scan_console(serial.read_text(errors="replace") if serial.exists() else "")
+            readiness = console_readiness(serial)
             if readiness.failed:
                 raise self._fail(
                     inst,
@@ -604,8 +590,6 @@ class QemuBackend:
         hostagent.remove_docker_context(inst.name)
 
     def status(self, inst: InstanceRef) -> Status:
-        from devenv.provision import scan_console
-
         pid = self._running_pid(inst)
         wanted = (inst.dir / paths.STARTED_MARKER).exists()
         if pid is None:
@@ -618,8 +602,7 @@ class QemuBackend:
             return Status("stopped")
         port = self._port(inst)
         details: dict[str, object] = {"pid": pid, "ssh": f"127.0.0.1:{port}"}
-        serial = inst.dir / paths.SERIAL_LOG
-        readiness = scan_console(serial.read_text(errors="replace") if serial.exists() else "")
+        readiness = console_readiness(inst.dir / paths.SERIAL_LOG)
         if readiness.failed:
             return Status("broken", readiness.describe(), details)
         if not readiness.ready:

@@ -51,6 +51,7 @@ from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, pre
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import process_start, try_lock
+from devenv.provision.readiness import wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,10 @@ def _iso(t: float) -> str:
 
 
 # --------------------------------------------------------------------------- per-transport state
+
+
+class _Stopped(Exception):
+    """The agent stops, or the VM went away, while waiting for the guest to boot."""
 
 
 class GuestSession:
@@ -508,6 +513,8 @@ class HostAgent:
         if self.conn is not None:
             self.conn.close()
         port = int((self.inst_dir / paths.SSH_PORT).read_text().strip())
+        if self._reconnects == 0 and self._state != "reconnecting":
+            self._await_boot(port)
         target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user)
         conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
         self.conn = conn
@@ -525,6 +532,26 @@ class HostAgent:
         self._set_state("connected")
         self.events.emit("connected", reconnect=reconnect, ssh_port=port)
         self._reconnects += 1 if reconnect else 0
+
+    def _await_boot(self, port: int) -> None:
+        """The first login of this agent waits for the guest to say its sshd is up.
+
+        Launched while the guest boots, an agent that dialled at once got a
+        connection QEMU's user-mode net held without an answer, and sat on it
+        for the banner wait (~10 s after sshd was up, measured). The console's
+        readiness line (QEMU: serial.log, fresh each boot) says when; a guest
+        whose console is silent is probed instead (readiness.wait_for_sshd).
+        """
+        serial = self.inst_dir / paths.SERIAL_LOG
+        if not serial.exists():
+            return  # not a QEMU guest: no console to read
+
+        def stop_early() -> None:
+            if self._stop.is_set() or not self._vm_alive():
+                raise _Stopped
+
+        with contextlib.suppress(_Stopped):
+            wait_for_sshd(serial, port, time.monotonic() + self.opts.connect_timeout * 3, tick=stop_early)
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:
         with self._cond:

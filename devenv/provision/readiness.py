@@ -9,11 +9,22 @@ every boot (provisioning/cloud-init/firstboot.sh):
 
 The backend truncates (or notes the size of) serial.log before each boot and
 calls scan_console() on what was written since.
+
+On every boot after the first the line comes right after sshd started
+(devenv-ready.service runs After=ssh.service), which makes it the signal to
+log in on: a connection made earlier, while the guest's network is still
+down, is held by QEMU's user-mode net without an answer, and waiting on it
+cost a start up to ~10 s after sshd was up (wait_for_sshd).
 """
 
 from __future__ import annotations
 
+import select
+import socket
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from devenv.provision.userdata import FAILED_PREFIX, PROVISION_LOG, READY_LINE
 
@@ -55,3 +66,71 @@ def scan_console(text: str) -> Readiness:
             fields = dict(p.split("=", 1) for p in line[idx + len(FAILED_PREFIX) :].split() if "=" in p)
             return Readiness(ready=False, failed=True, detail=fields)
     return NOT_YET
+
+
+def console_readiness(serial: Path) -> Readiness:
+    try:
+        return scan_console(serial.read_text(errors="replace"))
+    except OSError:
+        return NOT_YET
+
+
+def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
+    """The guest's sshd answers with its banner: cheap, no paramiko, no login."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+PROBE_EVERY = 3.0  # seconds between banner probes while the console says nothing
+
+
+def wait_for_sshd(
+    serial: Path, port: int, deadline: float, tick: Callable[[], None] = lambda: None, probe_timeout: float = 5.0
+) -> bool:
+    """True once the guest's sshd is known to be up, False at the deadline (time.monotonic()).
+
+    Up means the console's readiness line (either kind: the failure line
+    comes after sshd too, and the caller reads it) or an SSH banner. The
+    console is read every 0.2 s; meanwhile one banner probe at a time waits
+    up to probe_timeout, a new one PROBE_EVERY seconds after the last, for
+    guests whose console stays silent until then (the first boot, before
+    provisioning ends; an image without devenv-ready.service). `tick` may
+    raise to stop the wait (the VM died).
+    """
+    probe: socket.socket | None = None
+    probe_until = next_probe = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            tick()
+            if console_readiness(serial).done:
+                return True
+            now = time.monotonic()
+            if probe is None and now >= next_probe:
+                try:
+                    probe = socket.create_connection(("127.0.0.1", port), timeout=1.0)
+                    probe.setblocking(False)
+                    probe_until = now + probe_timeout
+                except OSError:
+                    next_probe = now + PROBE_EVERY
+            if probe is None:
+                time.sleep(0.2)
+                continue
+            readable, _, _ = select.select([probe], [], [], 0.2)
+            if readable or time.monotonic() > probe_until:
+                try:
+                    banner = probe.recv(64) if readable else b""
+                except OSError:
+                    banner = b""
+                probe.close()
+                probe = None
+                if banner.startswith(b"SSH-"):
+                    return True
+                next_probe = time.monotonic() + PROBE_EVERY
+        return False
+    finally:
+        if probe is not None:
+            probe.close()

@@ -1,0 +1,88 @@
+"""wait_for_sshd: the console's readiness line is the signal to log in; a silent console is probed instead.
+
+The port is a real loopback listener that behaves as QEMU's user-mode net does
+while the guest boots: it accepts and never answers.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv.provision.readiness import wait_for_sshd
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """Accepts every connection and holds it without a byte."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+
+    def loop() -> None:
+        while True:
+            try:
+                held.append(listener.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=loop, daemon=True).start()
+    yield listener.getsockname()[1]
+    listener.close()
+    for c in held:
+        c.close()
+
+
+def _later(path: Path, text: str, after: float) -> None:
+    def write() -> None:
+        time.sleep(after)
+        with open(path, "a") as f:
+            f.write(text)
+
+    threading.Thread(target=write, daemon=True).start()
+
+
+@pytest.mark.parametrize("line", ["DEVENV-READY\r\n", "DEVENV-FAILED step=engine rc=1 log=/x\n"])
+def test_the_console_line_ends_the_wait_whatever_the_port_does(tmp_path: Path, silent_port: int, line: str) -> None:
+    serial = tmp_path / "serial.log"
+    serial.write_text("[    1.0] booting\n")
+    _later(serial, line, 1.0)
+    t0 = time.monotonic()
+    assert wait_for_sshd(serial, silent_port, time.monotonic() + 30) is True
+    assert 1.0 <= time.monotonic() - t0 < 1.8  # within a console read, not after the held probe's timeout
+
+
+def test_a_silent_console_falls_back_to_the_banner(tmp_path: Path) -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def answer() -> None:
+        c, _ = server.accept()
+        c.sendall(b"SSH-2.0-test\r\n")
+        c.close()
+
+    threading.Thread(target=answer, daemon=True).start()
+    try:
+        assert wait_for_sshd(tmp_path / "no-console.log", server.getsockname()[1], time.monotonic() + 10) is True
+    finally:
+        server.close()
+
+
+def test_nothing_answers_until_the_deadline(tmp_path: Path, silent_port: int) -> None:
+    t0 = time.monotonic()
+    assert wait_for_sshd(tmp_path / "serial.log", silent_port, time.monotonic() + 1.5, probe_timeout=0.5) is False
+    assert time.monotonic() - t0 < 3.0
+
+
+def test_tick_stops_the_wait(tmp_path: Path, silent_port: int) -> None:
+    class Gone(Exception):
+        pass
+
+    def tick() -> None:
+        raise Gone
+
+    with pytest.raises(Gone):
+        wait_for_sshd(tmp_path / "serial.log", silent_port, time.monotonic() + 30, tick=tick)
