@@ -37,7 +37,9 @@ NAT
     cat > /etc/systemd/system/devenv-docker-nat.service <<'UNIT'
 [Unit]
 Description=devenv: outbound NAT for containers (dockerd runs with iptables off)
-After=network.target
+# After the engine, not beside it: its iptables runs cost ~3 s of CPU under TCG, which
+# `devenv start` (waiting for dockerd) pays when they compete; containers need NAT only later.
+After=network.target docker.service
 
 [Service]
 Type=oneshot
