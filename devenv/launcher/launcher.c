@@ -271,7 +271,7 @@ static int parse_string(struct parser *ps, struct buf *out) {
 static int digit(const struct parser *ps) { return ps->p < ps->end && *ps->p >= '0' && *ps->p <= '9'; }
 
 /* A JSON number (RFC 8259 grammar); *is_int when it has no fraction or exponent. 0 when malformed. */
-static int parse_int(struct parser *ps, long *out, int *is_int) {
+static int parse_number(struct parser *ps, long *out, int *is_int) {
     const char *start = ps->p;
     if (ps->p < ps->end && *ps->p == '-')
         ps->p++;
@@ -381,7 +381,7 @@ static int skip_value(struct parser *ps) {
     case 'n':
         return literal(ps, "null");
     default:
-        return parse_int(ps, &ignored, &is_int);
+        return parse_number(ps, &ignored, &is_int);
     }
 }
 
@@ -421,7 +421,7 @@ static int parse_reply(const char *line, size_t len, struct reply *r) {
             long v = 0;
             int exit = k[0] == 'e';
             if (ps.p < ps.end && (*ps.p == '-' || (*ps.p >= '0' && *ps.p <= '9'))) {
-                if (!parse_int(&ps, &v, &is_int))
+                if (!parse_number(&ps, &v, &is_int))
                     goto bad;
                 if (is_int) {
                     *(exit ? &r->has_exit_code : &r->has_code) = 1;
@@ -696,7 +696,6 @@ static int devenv_home(char *out, size_t cap) {
     return snprintf(out, cap, "%s%sLibrary/Application Support/devenv", home, home[strlen(home) - 1] == '/' ? "" : "/") <
            (int)cap;
 #else
-    (void)tmp;
     return 0;
 #endif
 }
@@ -1001,9 +1000,10 @@ static int fast_exec(int argc, char **argv) {
     char socket_path[PATH_MAX * 2];
     if (!instance_name(name, resolved, sizeof resolved) || !devenv_home(home, sizeof home))
         return FALLBACK;
+    /* SUN_PATH_MAX (macOS's sun_path) is below Linux's 108 too, so whatever fits here fits sockaddr_un */
     if (snprintf(socket_path, sizeof socket_path, "%s/instances/%s/hostagent.sock", home, resolved) >=
             (int)sizeof socket_path ||
-        strlen(socket_path) >= SUN_PATH_MAX || strlen(socket_path) >= sizeof(((struct sockaddr_un *)0)->sun_path))
+        strlen(socket_path) >= SUN_PATH_MAX)
         return FALLBACK; /* Python keeps such sockets in a short per-user dir */
     return exec_through_agent(socket_path, command, workdir);
 }
