@@ -513,7 +513,8 @@ class HostAgent:
         if self.conn is not None:
             self.conn.close()
         port = int((self.inst_dir / paths.SSH_PORT).read_text().strip())
-        if self._reconnects == 0 and self._state != "reconnecting":
+        reconnect = self._reconnects > 0 or self._state == "reconnecting"
+        if not reconnect:
             self._await_boot(port)
         target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user)
         conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
@@ -525,7 +526,6 @@ class HostAgent:
         except BaseException:
             session.close()
             raise
-        reconnect = self._reconnects > 0 or self._state == "reconnecting"
         with self._cond:
             self._session = session
         self._last_error = None
