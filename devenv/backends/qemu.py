@@ -46,7 +46,7 @@ from devenv.errors import (
 )
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
-from devenv.provision.readiness import console_readiness, ssh_banner, wait_for_sshd
+from devenv.provision.readiness import ConsoleWatch, console_readiness, ssh_banner, wait_for_sshd
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -507,7 +507,8 @@ class QemuBackend:
 
         step("boot: waiting for the guest's sshd")
         serial = inst.dir / paths.SERIAL_LOG
-        if not wait_for_sshd(serial, port, deadline, tick=alive):
+        console = ConsoleWatch(serial)
+        if not wait_for_sshd(console, port, deadline, tick=alive):
             raise self._fail(
                 inst,
                 f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
@@ -516,7 +517,7 @@ class QemuBackend:
 
         step("guest ready: provisioning (cloud-init on first boot) and engine start")
         while True:
-            readiness = console_readiness(serial)
+            readiness = console.poll()
             if readiness.failed:
                 raise self._fail(
                     inst,

@@ -51,7 +51,7 @@ from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, pre
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import process_start, try_lock
-from devenv.provision.readiness import wait_for_sshd
+from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -551,7 +551,7 @@ class HostAgent:
                 raise _Stopped
 
         with contextlib.suppress(_Stopped):
-            wait_for_sshd(serial, port, time.monotonic() + self.opts.connect_timeout * 3, tick=stop_early)
+            wait_for_sshd(ConsoleWatch(serial), port, time.monotonic() + self.opts.connect_timeout * 3, tick=stop_early)
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:
         with self._cond:

@@ -19,6 +19,7 @@ cost a start up to ~10 s after sshd was up (wait_for_sshd).
 
 from __future__ import annotations
 
+import os
 import select
 import socket
 import time
@@ -75,10 +76,38 @@ def console_readiness(serial: Path) -> Readiness:
         return NOT_YET
 
 
-def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
+class ConsoleWatch:
+    """One boot's console log, polled while it grows: each poll reads only what was added since the last."""
+
+    def __init__(self, serial: Path) -> None:
+        self.serial = serial
+        self._offset = 0
+        self._tail = b""  # a line not finished yet: scanned again with what completes it
+        self._result = NOT_YET
+
+    def poll(self) -> Readiness:
+        if self._result.done:
+            return self._result
+        try:
+            with open(self.serial, "rb") as f:
+                if os.fstat(f.fileno()).st_size < self._offset:  # a new file in its place: start over
+                    self._offset, self._tail = 0, b""
+                f.seek(self._offset)
+                data = f.read()
+        except OSError:
+            return NOT_YET
+        self._offset += len(data)
+        done, _, self._tail = (self._tail + data).rpartition(b"\n")
+        found = scan_console((done + b"\n" + self._tail).decode(errors="replace"))
+        if found.done:
+            self._result = found
+        return found
+
+
+def ssh_banner(port: int, timeout: float = 2.0) -> bool:
     """The guest's sshd answers with its banner: cheap, no paramiko, no login."""
     try:
-        with socket.create_connection((host, port), timeout=timeout) as s:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
             s.settimeout(timeout)
             return s.recv(64).startswith(b"SSH-")
     except OSError:
@@ -89,7 +118,11 @@ PROBE_EVERY = 3.0  # seconds between banner probes while the console says nothin
 
 
 def wait_for_sshd(
-    serial: Path, port: int, deadline: float, tick: Callable[[], None] = lambda: None, probe_timeout: float = 5.0
+    console: ConsoleWatch,
+    port: int,
+    deadline: float,
+    tick: Callable[[], None] = lambda: None,
+    probe_timeout: float = 5.0,
 ) -> bool:
     """True once the guest's sshd is known to be up, False at the deadline (time.monotonic()).
 
@@ -106,7 +139,7 @@ def wait_for_sshd(
     try:
         while time.monotonic() < deadline:
             tick()
-            if console_readiness(serial).done:
+            if console.poll().done:
                 return True
             now = time.monotonic()
             if probe is None and now >= next_probe:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv.provision.readiness import wait_for_sshd
+from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 
 
 @pytest.fixture
@@ -52,7 +52,7 @@ def test_the_console_line_ends_the_wait_whatever_the_port_does(tmp_path: Path, s
     serial.write_text("[    1.0] booting\n")
     _later(serial, line, 1.0)
     t0 = time.monotonic()
-    assert wait_for_sshd(serial, silent_port, time.monotonic() + 30) is True
+    assert wait_for_sshd(ConsoleWatch(serial), silent_port, time.monotonic() + 30) is True
     assert 1.0 <= time.monotonic() - t0 < 1.8  # within a console read, not after the held probe's timeout
 
 
@@ -66,14 +66,16 @@ def test_a_silent_console_falls_back_to_the_banner(tmp_path: Path) -> None:
 
     threading.Thread(target=answer, daemon=True).start()
     try:
-        assert wait_for_sshd(tmp_path / "no-console.log", server.getsockname()[1], time.monotonic() + 10) is True
+        console = ConsoleWatch(tmp_path / "no-console.log")
+        assert wait_for_sshd(console, server.getsockname()[1], time.monotonic() + 10) is True
     finally:
         server.close()
 
 
 def test_nothing_answers_until_the_deadline(tmp_path: Path, silent_port: int) -> None:
     t0 = time.monotonic()
-    assert wait_for_sshd(tmp_path / "serial.log", silent_port, time.monotonic() + 1.5, probe_timeout=0.5) is False
+    console = ConsoleWatch(tmp_path / "serial.log")
+    assert wait_for_sshd(console, silent_port, time.monotonic() + 1.5, probe_timeout=0.5) is False
     assert time.monotonic() - t0 < 3.0
 
 
@@ -85,4 +87,21 @@ def test_tick_stops_the_wait(tmp_path: Path, silent_port: int) -> None:
         raise Gone
 
     with pytest.raises(Gone):
-        wait_for_sshd(tmp_path / "serial.log", silent_port, time.monotonic() + 30, tick=tick)
+        wait_for_sshd(ConsoleWatch(tmp_path / "serial.log"), silent_port, time.monotonic() + 30, tick=tick)
+
+
+def test_the_console_watch_reads_only_what_was_added_and_finds_a_line_split_across_reads(tmp_path: Path) -> None:
+    serial = tmp_path / "serial.log"
+    serial.write_bytes(b"[    1.0] kernel noise\r\nDEVENV-RE")
+    watch = ConsoleWatch(serial)
+    assert not watch.poll().done
+    with open(serial, "ab") as f:
+        f.write(b"ADY\r\n")
+    assert watch.poll().ready
+    serial.write_bytes(b"")  # later writes change nothing: the boot's answer is kept
+    assert watch.poll().ready
+    rotated = ConsoleWatch(tmp_path / "next.log")
+    (tmp_path / "next.log").write_bytes(b"a long first boot line\n" * 10)
+    assert not rotated.poll().done
+    (tmp_path / "next.log").write_bytes(b"DEVENV-FAILED step=engine rc=3 log=/x\n")  # shorter: a new file
+    assert rotated.poll().detail == {"step": "engine", "rc": "3", "log": "/x"}
