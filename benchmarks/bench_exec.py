@@ -38,6 +38,7 @@ import time
 from pathlib import Path
 
 from devenv import hostagent, launcher, paths
+from devenv.launcher import build
 
 
 def timed(argv: list[str], runs: int, env: dict[str, str] | None = None) -> list[float]:
@@ -58,7 +59,7 @@ def main() -> int:
     args = ap.parse_args()
     inst = paths.instance_dir(args.name)
     devenv = [str(Path(sys.executable).with_name("devenv"))]
-    python_cli = Path(sys.executable).with_name("devenv-py")
+    python_cli = Path(sys.executable).with_name(build.PYTHON_CLI)
     kind = launcher.installed()["kind"]
     st = hostagent.launch(inst, wait=120)
     if st.get("state") != "connected":
