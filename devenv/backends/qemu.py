@@ -46,7 +46,13 @@ from devenv.errors import (
 )
 from devenv.progress import CopyProgress, DownloadProgress
 from devenv.provision.keys import GUEST_USER
-from devenv.provision.readiness import ConsoleWatch, console_readiness, ssh_banner, wait_for_sshd
+from devenv.provision.readiness import (
+    ANNOUNCED_FIRST_PROBE,
+    ConsoleWatch,
+    console_readiness,
+    ssh_banner,
+    wait_for_sshd,
+)
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -323,7 +329,7 @@ class QemuBackend:
         provisioned = inst.dir / PROVISIONED
         if provisioned.exists():
             self._launch_agent_early(inst)
-        self._wait_ready(inst, step, deadline_total)
+        self._wait_ready(inst, step, deadline_total, announces=provisioned.exists())
         provisioned.touch()
         self._start_agent(inst, step)
 
@@ -393,7 +399,7 @@ class QemuBackend:
                 "set DEVENV_HOME to a shorter directory, such as ~/.devenv",
             )
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
-        cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr)
+        cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr, accel=accel)
         cmdline = f"{cmdline} {extra_cmdline}".strip()
         spec = VmSpec(
             name=inst.name,
@@ -499,7 +505,13 @@ class QemuBackend:
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
-    def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float) -> None:
+    def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool) -> None:
+        """Until the guest's console says it is ready (or failed), within budget seconds.
+
+        `announces`: the guest was provisioned, so devenv-ready.service prints
+        the readiness line right after sshd starts and probing the port would
+        only cost the guest an sshd child (readiness.ANNOUNCED_FIRST_PROBE).
+        """
         port = self._port(inst)
         assert port is not None
         deadline = time.monotonic() + budget
@@ -508,7 +520,8 @@ class QemuBackend:
         step("boot: waiting for the guest's sshd")
         serial = inst.dir / paths.SERIAL_LOG
         console = ConsoleWatch(serial)
-        if not wait_for_sshd(console, port, deadline, tick=alive):
+        first_probe = ANNOUNCED_FIRST_PROBE if announces else 0.0
+        if not wait_for_sshd(console, port, deadline, tick=alive, first_probe_after=first_probe):
             raise self._fail(
                 inst,
                 f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",

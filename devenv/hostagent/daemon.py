@@ -51,7 +51,7 @@ from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, pre
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import process_start, try_lock
-from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
+from devenv.provision.readiness import ANNOUNCED_FIRST_PROBE, ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -540,7 +540,11 @@ class HostAgent:
         connection QEMU's user-mode net held without an answer, and sat on it
         for the banner wait (~10 s after sshd was up, measured). The console's
         readiness line (QEMU: serial.log, fresh each boot) says when; a guest
-        whose console is silent is probed instead (readiness.wait_for_sshd).
+        whose console is silent is probed instead (readiness.wait_for_sshd),
+        but not before ANNOUNCED_FIRST_PROBE, which is past this wait's end:
+        the agent is launched during a boot only for a provisioned guest,
+        which announces, and otherwise after the line. A guest that stays
+        silent is dialled at the end of the wait, as on a reconnect.
         """
         serial = self.inst_dir / paths.SERIAL_LOG
         if not serial.exists():
@@ -551,7 +555,13 @@ class HostAgent:
                 raise _Stopped
 
         with contextlib.suppress(_Stopped):
-            wait_for_sshd(ConsoleWatch(serial), port, time.monotonic() + self.opts.connect_timeout * 3, tick=stop_early)
+            wait_for_sshd(
+                ConsoleWatch(serial),
+                port,
+                time.monotonic() + self.opts.connect_timeout * 3,
+                tick=stop_early,
+                first_probe_after=ANNOUNCED_FIRST_PROBE,
+            )
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:
         with self._cond:

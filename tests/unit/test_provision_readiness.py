@@ -72,6 +72,49 @@ def test_a_silent_console_falls_back_to_the_banner(tmp_path: Path) -> None:
         server.close()
 
 
+class CountingSshd:
+    """Answers every connection with a banner and counts them: each is an sshd child in a real guest."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port: int = self.server.getsockname()[1]
+        self.accepted: list[float] = []
+        threading.Thread(target=self._loop, daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                c, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted.append(time.monotonic())
+            c.sendall(b"SSH-2.0-test\r\n")
+            c.close()
+
+
+def test_an_announcing_guest_is_not_probed_when_its_console_speaks_in_time(tmp_path: Path) -> None:
+    sshd = CountingSshd()
+    serial = tmp_path / "serial.log"
+    serial.write_text("")
+    _later(serial, "DEVENV-READY\r\n", 0.6)
+    try:
+        assert wait_for_sshd(ConsoleWatch(serial), sshd.port, time.monotonic() + 10, first_probe_after=5.0) is True
+        assert sshd.accepted == []
+    finally:
+        sshd.server.close()
+
+
+def test_a_silent_announcing_guest_is_probed_after_the_delay(tmp_path: Path) -> None:
+    sshd = CountingSshd()
+    t0 = time.monotonic()
+    try:
+        console = ConsoleWatch(tmp_path / "silent.log")
+        assert wait_for_sshd(console, sshd.port, time.monotonic() + 10, first_probe_after=1.0) is True
+        assert len(sshd.accepted) == 1 and sshd.accepted[0] - t0 >= 1.0
+    finally:
+        sshd.server.close()
+
+
 def test_nothing_answers_until_the_deadline(tmp_path: Path, silent_port: int) -> None:
     t0 = time.monotonic()
     console = ConsoleWatch(tmp_path / "serial.log")

@@ -122,9 +122,20 @@ def test_resolve_machine_refuses_what_cannot_boot(requested: str, arch: str, ker
 
 def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked() -> None:
     image = "root=/dev/vda console={console} quiet"
-    assert kernel_cmdline(image, "ttyS0", aslr=True) == "root=/dev/vda console=ttyS0 quiet"
-    assert kernel_cmdline(image, "ttyAMA0", aslr=False) == "root=/dev/vda console=ttyAMA0 quiet norandmaps"
-    assert kernel_cmdline("", "ttyS0", aslr=False) == "norandmaps"
+    assert kernel_cmdline(image, "ttyS0", aslr=True, accel="kvm") == "root=/dev/vda console=ttyS0 quiet"
+    assert kernel_cmdline(image, "ttyAMA0", aslr=False, accel="hvf") == "root=/dev/vda console=ttyAMA0 quiet norandmaps"
+    assert kernel_cmdline("", "ttyS0", aslr=False, accel="whpx") == "norandmaps"
+
+
+def test_kernel_cmdline_skips_crypto_self_tests_and_kvm_only_under_tcg() -> None:
+    image = "root=/dev/vda console={console}"
+    tcg = (
+        "cryptomgr.notests=1 module_blacklist=kvm,kvm_amd,kvm_intel,powernow_k8,aesni_intel,"
+        "sha1_ssse3,sha256_ssse3,sha512_ssse3,pcspkr,psmouse,serio_raw,i2c_i801,lpc_ich,iTCO_wdt"
+    )
+    assert kernel_cmdline(image, "ttyS0", aslr=True, accel="tcg") == f"root=/dev/vda console=ttyS0 {tcg}"
+    assert kernel_cmdline("", "ttyS0", aslr=False, accel="tcg") == f"norandmaps {tcg}"
+    assert "notests" not in kernel_cmdline(image, "ttyS0", aslr=True, accel="kvm")
 
 
 def test_an_empty_console_at_the_sshd_deadline_points_at_an_early_kernel_hang(tmp_path: Path) -> None:
