@@ -93,8 +93,11 @@ def find_firmware(arch: str) -> Path | None:
 #   emulated CPU offers against test vectors in emulated AVX (aesni_intel:
 #   1.97 s with them, 0.43 s without). They check an implementation against
 #   the CPU; nothing in a dev VM uses in-kernel AES.
-# - module_blacklist: what udev loads for the emulated CPU and the q35 chipset
-#   that an emulated, headless guest cannot use:
+# - modprobe.blacklist (read by libkmod, so udev does not even open the
+#   module; the kernel's own module_blacklist= refuses a module only after
+#   reading it in, on every attempt; an explicit `modprobe NAME` still
+#   works): what udev loads for the emulated CPU and the q35 chipset that an
+#   emulated, headless guest cannot use:
 #   kvm, kvm_amd, kvm_intel   `-cpu max` offers SVM: kvm_amd took 3.6 s, for a
 #                             nested hypervisor that would itself be emulated
 #                             (`-cpu max,svm=off` instead left systemd unable
@@ -109,7 +112,7 @@ TCG_MODULE_BLACKLIST = (
     "kvm,kvm_amd,kvm_intel,powernow_k8,aesni_intel,sha1_ssse3,sha256_ssse3,sha512_ssse3,"
     "pcspkr,psmouse,serio_raw,i2c_i801,lpc_ich,iTCO_wdt"
 )
-TCG_KERNEL_ARGS = f"cryptomgr.notests=1 module_blacklist={TCG_MODULE_BLACKLIST}"
+TCG_KERNEL_ARGS = f"cryptomgr.notests=1 modprobe.blacklist={TCG_MODULE_BLACKLIST}"
 
 
 def kernel_cmdline(image_cmdline: str, console: str, *, aslr: bool, accel: str) -> str:

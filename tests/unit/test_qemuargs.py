@@ -130,7 +130,7 @@ def test_kernel_cmdline_fills_the_console_and_opts_out_of_aslr_only_when_asked()
 def test_kernel_cmdline_skips_crypto_self_tests_and_kvm_only_under_tcg() -> None:
     image = "root=/dev/vda console={console}"
     tcg = (
-        "cryptomgr.notests=1 module_blacklist=kvm,kvm_amd,kvm_intel,powernow_k8,aesni_intel,"
+        "cryptomgr.notests=1 modprobe.blacklist=kvm,kvm_amd,kvm_intel,powernow_k8,aesni_intel,"
         "sha1_ssse3,sha256_ssse3,sha512_ssse3,pcspkr,psmouse,serio_raw,i2c_i801,lpc_ich,iTCO_wdt"
     )
     assert kernel_cmdline(image, "ttyS0", aslr=True, accel="tcg") == f"root=/dev/vda console=ttyS0 {tcg}"
