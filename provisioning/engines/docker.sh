@@ -64,8 +64,25 @@ preload_docker_modules() {
         > /etc/modules-load.d/devenv-docker.conf
 }
 
+# docker.service is ordered after containerd.service, which is Type=notify: so
+# dockerd's Go start-up (2.5 s under TCG before its first log line) began only
+# once containerd's had ended (4.3 s from "Starting" to ready). As Type=exec,
+# containerd counts as started once it is executed, the two start side by side
+# on the guest's two CPUs, and dockerd's client waits for containerd's socket
+# itself (it retries the dial for up to 60 s). Measured in alternating boots of
+# one instance under TCG: basic.target to dockerd answering 9.8 s (median of
+# 3) against 11.5 s. NotifyAccess=main: containerd's READY=1 is not logged as
+# unexpected. Its ExecStartPre (`modprobe overlay`, one more process on that
+# path) goes too: systemd-modules-load has loaded overlay already.
+start_containerd_beside_docker() {
+    mkdir -p /etc/systemd/system/containerd.service.d
+    printf '# devenv: see provisioning/engines/docker.sh\n[Service]\nType=exec\nNotifyAccess=main\nExecStartPre=\n' \
+        > /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf
+}
+
 apparmor_fix_for_unit docker.service
 preload_docker_modules
+start_containerd_beside_docker
 add_user_to_group docker
 configure_docker_network
 systemctl daemon-reload
