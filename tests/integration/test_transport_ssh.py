@@ -29,6 +29,7 @@ from devenv.transport.ssh import HostKeyMismatch, SSHConnection, SSHTarget
 from devenv.transport.sshconfig import SSHConfigEntry, known_hosts_line
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import SSHDInfo, SSHDServer, keygen, ssh_tools_available
+from tests.loopback import Listener
 
 # The fixtures, under the names the tests ask for.
 sshd_server = sshd_fixture.sshd_server
@@ -81,23 +82,17 @@ class _LateGuestPort:
     def __init__(self, sshd_port: int, silent_for: float) -> None:
         self.sshd_port = sshd_port
         self.until = time.monotonic() + silent_for
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.held: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
+        self.listener = Listener(self._serve)
+        self.port = self.listener.port
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if time.monotonic() < self.until:
-                self.held.append(client)
-                continue
-            upstream = socket.create_connection(("127.0.0.1", self.sshd_port))
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._copy, args=(a, b), daemon=True).start()
+    def _serve(self, client: socket.socket) -> None:
+        if time.monotonic() < self.until:
+            self.held.append(client)
+            return
+        upstream = socket.create_connection(("127.0.0.1", self.sshd_port))
+        for a, b in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._copy, args=(a, b), daemon=True).start()
 
     @staticmethod
     def _copy(src: socket.socket, dst: socket.socket) -> None:
@@ -109,8 +104,6 @@ class _LateGuestPort:
 
     def close(self) -> None:
         self.listener.close()
-        for c in self.held:
-            c.close()
 
 
 def test_a_connection_lost_during_boot_is_retried_soon_not_after_the_handshake_timeout(sshd: SSHDInfo) -> None:

@@ -6,7 +6,6 @@ while the guest boots: it accepts and never answers.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -15,26 +14,14 @@ from pathlib import Path
 import pytest
 
 from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
+from tests.loopback import Listener, answer_banner, hold_silently
 
 
 @pytest.fixture
 def silent_port() -> Iterator[int]:
     """Accepts every connection and holds it without a byte."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    held: list[socket.socket] = []
-
-    def loop() -> None:
-        while True:
-            try:
-                held.append(listener.accept()[0])
-            except OSError:
-                return
-
-    threading.Thread(target=loop, daemon=True).start()
-    yield listener.getsockname()[1]
-    listener.close()
-    for c in held:
-        c.close()
+    with Listener(hold_silently) as port:
+        yield port.port
 
 
 def _later(path: Path, text: str, after: float) -> None:
@@ -57,62 +44,26 @@ def test_the_console_line_ends_the_wait_whatever_the_port_does(tmp_path: Path, s
 
 
 def test_a_silent_console_falls_back_to_the_banner(tmp_path: Path) -> None:
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def answer() -> None:
-        c, _ = server.accept()
-        c.sendall(b"SSH-2.0-test\r\n")
-        c.close()
-
-    threading.Thread(target=answer, daemon=True).start()
-    try:
+    with Listener(answer_banner) as sshd:
         console = ConsoleWatch(tmp_path / "no-console.log")
-        assert wait_for_sshd(console, server.getsockname()[1], time.monotonic() + 10) is True
-    finally:
-        server.close()
-
-
-class CountingSshd:
-    """Answers every connection with a banner and counts them: each is an sshd child in a real guest."""
-
-    def __init__(self) -> None:
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port: int = self.server.getsockname()[1]
-        self.accepted: list[float] = []
-        threading.Thread(target=self._loop, daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                c, _ = self.server.accept()
-            except OSError:
-                return
-            self.accepted.append(time.monotonic())
-            c.sendall(b"SSH-2.0-test\r\n")
-            c.close()
+        assert wait_for_sshd(console, sshd.port, time.monotonic() + 10) is True
 
 
 def test_an_announcing_guest_is_not_probed_when_its_console_speaks_in_time(tmp_path: Path) -> None:
-    sshd = CountingSshd()
     serial = tmp_path / "serial.log"
     serial.write_text("")
     _later(serial, "DEVENV-READY\r\n", 0.6)
-    try:
+    with Listener(answer_banner) as sshd:
         assert wait_for_sshd(ConsoleWatch(serial), sshd.port, time.monotonic() + 10, first_probe_after=5.0) is True
         assert sshd.accepted == []
-    finally:
-        sshd.server.close()
 
 
 def test_a_silent_announcing_guest_is_probed_after_the_delay(tmp_path: Path) -> None:
-    sshd = CountingSshd()
     t0 = time.monotonic()
-    try:
+    with Listener(answer_banner) as sshd:
         console = ConsoleWatch(tmp_path / "silent.log")
         assert wait_for_sshd(console, sshd.port, time.monotonic() + 10, first_probe_after=1.0) is True
         assert len(sshd.accepted) == 1 and sshd.accepted[0] - t0 >= 1.0
-    finally:
-        sshd.server.close()
 
 
 def test_nothing_answers_until_the_deadline(tmp_path: Path, silent_port: int) -> None:
