@@ -327,9 +327,10 @@ class QemuBackend:
         else:
             step(f"QEMU is already running (pid {pid})")
         provisioned = inst.dir / PROVISIONED
-        if provisioned.exists():
+        announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
+        if announces:
             self._launch_agent_early(inst)
-        self._wait_ready(inst, step, deadline_total, announces=provisioned.exists())
+        self._wait_ready(inst, step, deadline_total, announces=announces)
         provisioned.touch()
         self._start_agent(inst, step)
 

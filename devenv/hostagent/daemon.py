@@ -23,6 +23,7 @@ import base64
 import contextlib
 import hmac
 import logging
+import math
 import os
 import queue
 import select
@@ -51,7 +52,7 @@ from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, pre
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import process_start, try_lock
-from devenv.provision.readiness import ANNOUNCED_FIRST_PROBE, ConsoleWatch, wait_for_sshd
+from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -540,11 +541,10 @@ class HostAgent:
         connection QEMU's user-mode net held without an answer, and sat on it
         for the banner wait (~10 s after sshd was up, measured). The console's
         readiness line (QEMU: serial.log, fresh each boot) says when; a guest
-        whose console is silent is probed instead (readiness.wait_for_sshd),
-        but not before ANNOUNCED_FIRST_PROBE, which is past this wait's end:
-        the agent is launched during a boot only for a provisioned guest,
-        which announces, and otherwise after the line. A guest that stays
-        silent is dialled at the end of the wait, as on a reconnect.
+        that stays silent is dialled at the end of the wait, as on a reconnect.
+        The port is never probed here: the agent is launched during a boot
+        only for a provisioned guest, which announces, and otherwise after the
+        line was seen, so a probe would only cost the guest an sshd child.
         """
         serial = self.inst_dir / paths.SERIAL_LOG
         if not serial.exists():
@@ -560,7 +560,7 @@ class HostAgent:
                 port,
                 time.monotonic() + self.opts.connect_timeout * 3,
                 tick=stop_early,
-                first_probe_after=ANNOUNCED_FIRST_PROBE,
+                first_probe_after=math.inf,
             )
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:

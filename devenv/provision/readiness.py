@@ -141,7 +141,7 @@ def wait_for_sshd(
     guests whose console stays silent until then (the first boot, before
     provisioning ends; an image without devenv-ready.service). The first
     probe waits first_probe_after seconds (ANNOUNCED_FIRST_PROBE for a guest
-    that announces). `tick` may raise to stop the wait (the VM died).
+    that announces; math.inf: the console alone). `tick` may raise to stop the wait (the VM died).
     """
     probe: socket.socket | None = None
     probe_until = time.monotonic()

@@ -6,6 +6,7 @@ while the guest boots: it accepts and never answers.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -64,6 +65,14 @@ def test_a_silent_announcing_guest_is_probed_after_the_delay(tmp_path: Path) -> 
         console = ConsoleWatch(tmp_path / "silent.log")
         assert wait_for_sshd(console, sshd.port, time.monotonic() + 10, first_probe_after=1.0) is True
         assert len(sshd.accepted) == 1 and sshd.accepted[0] - t0 >= 1.0
+
+
+def test_an_infinite_delay_never_probes(tmp_path: Path) -> None:
+    """The host agent's boot wait: the console alone, then the deadline; sshd never sees a connection."""
+    with Listener(answer_banner) as sshd:
+        console = ConsoleWatch(tmp_path / "silent.log")
+        assert wait_for_sshd(console, sshd.port, time.monotonic() + 1.0, first_probe_after=math.inf) is False
+        assert sshd.accepted == []
 
 
 def test_nothing_answers_until_the_deadline(tmp_path: Path, silent_port: int) -> None:
