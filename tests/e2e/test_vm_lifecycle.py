@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from devenv.backends.qemu import host_tsc_khz
+from devenv.backends.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLIST
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.e2e.conftest import Devenv
 
@@ -61,6 +62,25 @@ def test_docker_runs_the_local_image_in_the_guest(vm: VM) -> None:
     d, name, _ = vm
     r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", LOCAL_IMAGE, "echo", "hi")
     assert r.stdout == b"hi\n"
+
+
+def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
+    """What qemuargs and docker.sh set for start's speed holds in the real guest, not only on its command line."""
+    d, name, _ = vm
+    cmdline = d.ok("exec", "-n", name, "--", "cat", "/proc/cmdline").stdout.decode()
+    loaded = d.ok("exec", "-n", name, "--", "cat", "/proc/modules").stdout.decode()
+    modules = {line.split()[0] for line in loaded.splitlines()}
+    if d.env["DEVENV_QEMU_ACCEL"] == "tcg":
+        assert TCG_KERNEL_ARGS in cmdline, cmdline
+        notests = d.ok("exec", "-n", name, "--", "cat", "/sys/module/cryptomgr/parameters/notests").stdout
+        assert notests == b"Y\n"
+        assert not modules & set(TCG_MODULE_BLACKLIST.split(",")), modules  # udev loaded none of them
+    else:
+        assert "cryptomgr.notests" not in cmdline, cmdline
+    assert {"overlay", "bridge", "xfrm_user"} <= modules  # loaded at sysinit (and used by dockerd)
+    show = ["exec", "-n", name, "--", "systemctl", "show", "--value", "containerd.service", "-p"]
+    assert d.ok(*show, "Type").stdout == b"exec\n"  # dockerd starts beside it
+    assert d.ok(*show, "ExecStartPre").stdout.strip() == b""
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
