@@ -32,6 +32,8 @@ from devenv.hostagent.wire import encode  # one JSON-lines encoder on the host s
 __all__ = [
     "AGENT_VERSION",
     "ENGINE_SOCKETS",
+    "GUEST_DIR",
+    "GUEST_LAUNCH",
     "GUEST_PATH",
     "PROTOCOL_VERSION",
     "AgentClient",
@@ -49,8 +51,19 @@ __all__ = [
     "serve_command",
 ]
 
-GUEST_PATH = "/usr/local/lib/devenv/guestagent.py"  # where provisioning installs it (root-owned, 0755)
+GUEST_DIR = "/usr/local/lib/devenv"
+GUEST_PATH = f"{GUEST_DIR}/guestagent.py"  # where provisioning installs it (root-owned, 0755)
 GUEST_PYTHON = "python3"
+# How the agent is started (serve_command, and the systemd unit in provisioning/systemd):
+# imported, not run as a script, so Python uses the bytecode that provisioning and
+# install_command() compile next to it (a script is compiled again at every start);
+# -I -S: no site-packages scan and no PYTHON* variables, for a stdlib-only file. Under
+# TCG the agent's start fell from ~0.8 s to ~0.6 s of guest CPU with these, measured
+# in the guest; an agent starts at every host connection, beside the engine's start.
+GUEST_LAUNCH = (
+    f"{GUEST_PYTHON} -I -S -c \"import sys; sys.path.insert(0, '{GUEST_DIR}'); "
+    'import guestagent; sys.exit(guestagent.main(sys.argv[1:]))"'
+)
 GUEST_SOCKET = "/run/devenv/guestagent.sock"  # systemd socket unit: one agent per connection (provisioning/systemd)
 
 
@@ -127,7 +140,7 @@ def check_hello(hello: Hello) -> str | None:
 
 
 def serve_command() -> str:
-    return f"{GUEST_PYTHON} {GUEST_PATH}"
+    return GUEST_LAUNCH
 
 
 def bridge_command(socket_path: str) -> str:
@@ -136,11 +149,15 @@ def bridge_command(socket_path: str) -> str:
 
 
 def install_command() -> str:
-    """Shell command that installs agent_source() (sent on stdin) atomically; the guest user has sudo."""
+    """Shell command that installs agent_source() (sent on stdin) atomically; the guest user has sudo.
+
+    Then compiles it, as provisioning does: GUEST_LAUNCH imports the file, and
+    the guest user cannot write the bytecode cache in the root-owned directory.
+    """
     tmp = GUEST_PATH + ".new"
     return (
-        f"sudo -n sh -c 'mkdir -p {Path(GUEST_PATH).parent.as_posix()} && cat > {tmp} && "
-        f"chmod 0755 {tmp} && mv -f {tmp} {GUEST_PATH}'"
+        f"sudo -n sh -c 'mkdir -p {GUEST_DIR} && cat > {tmp} && "
+        f"chmod 0755 {tmp} && mv -f {tmp} {GUEST_PATH} && {GUEST_PYTHON} -m py_compile {GUEST_PATH}'"
     )
 
 

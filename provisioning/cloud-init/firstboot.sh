@@ -83,6 +83,9 @@ mkdir -p /etc/systemd/system/devenv-ready.service.d
 printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.service.d/engine.conf
 step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket'
 step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
+# compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
+# devenv user, who cannot write the bytecode cache in this root-owned directory
+step guestagent-bytecode python3 -m py_compile "$LIB/guestagent.py"
 step guestagent python3 "$LIB/guestagent.py" --version
 for script in "$LIB"/provision/*.sh; do
     [ -e "$script" ] || continue

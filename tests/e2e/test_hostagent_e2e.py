@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from devenv import hostagent, launcher
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
 from devenv.provision.engines import LOCAL_IMAGE
+from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
 
 pytestmark = [
@@ -309,6 +311,8 @@ def test_a_stale_guest_agent_is_replaced(vm: VM) -> None:
     assert installed and installed[-1]["exit_code"] == 0 and "differs" in installed[-1]["reason"]
     code, out, _ = vm.guest(f"sha256sum {protocol.GUEST_PATH}")
     assert (code, out.split()[0].decode()) == (0, protocol.agent_sha256())
+    code, out, _ = vm.guest(f"python3 -c {shlex.quote(FRESH_CHECK)} {protocol.GUEST_PATH}")
+    assert (code, out) == (0, b"True\n")  # the reinstalled agent starts from bytecode again
 
 
 def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import signal
 import stat
 import subprocess
@@ -21,7 +22,9 @@ import pytest
 
 from devenv.backends.qemu import host_tsc_khz
 from devenv.backends.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLIST
+from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
+from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
 
 pytestmark = pytest.mark.e2e
@@ -81,6 +84,11 @@ def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
     show = ["exec", "-n", name, "--", "systemctl", "show", "--value", "containerd.service", "-p"]
     assert d.ok(*show, "Type").stdout == b"exec\n"  # dockerd starts beside it
     assert d.ok(*show, "ExecStartPre").stdout.strip() == b""
+    # the guest agent (exec's parent here) was imported from the bytecode provisioning compiled
+    agent_argv = d.ok("exec", "-n", name, "--", "sh", "-c", 'tr "\\0" "\\n" < /proc/$PPID/cmdline').stdout
+    assert agent_argv.decode().splitlines() == shlex.split("/usr/bin/" + protocol.GUEST_LAUNCH)
+    fresh = d.ok("exec", "-n", name, "--", "python3", "-c", FRESH_CHECK, protocol.GUEST_PATH).stdout
+    assert fresh == b"True\n", fresh
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from devenv.guestagent import agent, protocol
+from tests.bytecode import FRESH_CHECK
 
 pytestmark = [
     pytest.mark.integration,
@@ -314,3 +315,47 @@ def test_bridge_command_runs_through_a_shell(sock_path: Path) -> None:
     out = subprocess.run(["sh", "-c", command], input=b"hello", capture_output=True, timeout=30).stdout
     server.close()
     assert out == b"hello<bye>"
+
+
+def _as_installed(command: str, lib: Path) -> str:
+    """A guest command with the guest's directory, python and sudo swapped for this host's."""
+    command = command.replace(protocol.GUEST_DIR, str(lib)).replace("sudo -n sh -c", "sh -c")
+    return command.replace(protocol.GUEST_PYTHON + " ", sys.executable + " ")
+
+
+def test_an_installed_agent_is_compiled_and_launched_from_its_bytecode(tmp_path: Path) -> None:
+    """install_command() then GUEST_LAUNCH, as the host runs them over SSH, into a directory of ours.
+
+    The launch imports the file, so Python uses the bytecode install compiled
+    (the guest user could not write it at start-up: the directory is root's).
+    """
+    lib = tmp_path / "lib"
+    install = subprocess.run(
+        ["sh", "-c", _as_installed(protocol.install_command(), lib)],
+        input=protocol.agent_source(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert install.returncode == 0, install.stderr
+    installed = lib / "guestagent.py"
+    assert installed.read_bytes() == protocol.agent_source()
+    assert installed.stat().st_mode & 0o777 == 0o755
+    fresh = subprocess.run([sys.executable, "-c", FRESH_CHECK, str(installed)], capture_output=True, timeout=30)
+    assert fresh.stdout == b"True\n", fresh.stdout
+    lib.chmod(0o555)  # as in the guest: the agent may not write next to itself
+    try:
+        p = subprocess.Popen(
+            ["sh", "-c", _as_installed(protocol.serve_command(), lib)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        assert p.stdin and p.stdout
+        c = protocol.AgentClient(p.stdout, p.stdin)
+        hello = c.start()
+        assert (hello.sha256, protocol.check_hello(hello)) == (protocol.agent_sha256(), None)
+        assert c.call("ping", {}, timeout=30)["pong"] is True
+        c.close()
+        assert p.wait(timeout=30) == 0
+    finally:
+        lib.chmod(0o755)
+    assert sorted(q.name for q in lib.iterdir()) == ["__pycache__", "guestagent.py"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shlex
 import socket
 import struct
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devenv.guestagent import agent, protocol
+from devenv.provision.assets import provisioning_dir
 
 
 def test_protocol_constants_come_from_the_agent() -> None:
@@ -64,11 +66,23 @@ def test_client_refuses_another_protocol_version() -> None:
 
 
 def test_commands_are_shell_safe() -> None:
-    assert protocol.serve_command() == "python3 /usr/local/lib/devenv/guestagent.py"
+    assert protocol.serve_command() == (
+        "python3 -I -S -c \"import sys; sys.path.insert(0, '/usr/local/lib/devenv'); "
+        'import guestagent; sys.exit(guestagent.main(sys.argv[1:]))"'
+    )
+    assert shlex.split(protocol.serve_command())[:3] == ["python3", "-I", "-S"]
     assert protocol.bridge_command("/run/my dir/x.sock") == (
         "python3 /usr/local/lib/devenv/guestagent.py bridge '/run/my dir/x.sock'"
     )
-    assert "sudo -n" in protocol.install_command() and protocol.GUEST_PATH in protocol.install_command()
+    install = protocol.install_command()
+    assert install.startswith("sudo -n sh -c '") and install.endswith(f"python3 -m py_compile {protocol.GUEST_PATH}'")
+
+
+def test_the_agents_unit_launches_it_as_the_host_does() -> None:
+    """The socket unit's agent and an exec channel's agent start the same way (imported, -I -S)."""
+    unit = (provisioning_dir() / "systemd" / "devenv-guestagent@.service").read_text()
+    exec_start = [line.removeprefix("ExecStart=") for line in unit.splitlines() if line.startswith("ExecStart=")]
+    assert exec_start == ["/usr/bin/" + protocol.GUEST_LAUNCH]
 
 
 def _hex_word(raw: bytes) -> str:
