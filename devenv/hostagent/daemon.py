@@ -48,7 +48,7 @@ from devenv.hostagent import mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
 from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
-from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, prepare_script, sshfs_command
+from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, mount_command, read_mount_kind
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import process_start, try_lock
@@ -309,31 +309,33 @@ class GuestSession:
         if not os.path.isdir(spec.host_path):
             self.agent.mount_state(spec, "failed", reason=f"{spec.host_path} is not a directory on the host")
             return
-        code, out, err = self.run(prepare_script(spec))
-        kind = out.decode(errors="replace").strip().splitlines()[-1:] if code == 0 else []
-        if not kind:
-            reason = err.decode(errors="replace").strip()[-300:] or f"exit code {code}"
-            self.agent.mount_state(spec, "failed", reason=f"preparing the mount point failed: {reason}")
-            return
-        if kind[0] == "9p":
-            self.agent.mount_state(spec, "mounted", type="9p")
-            return
-        if kind[0] != "sshfs":
-            self.agent.mount_state(
-                spec,
-                "failed",
-                reason="the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
-            )
-            return
         server = find_sftp_server()
-        if server is None:
-            self.agent.mount_state(spec, "failed", reason="no sftp-server on the host (install openssh)")
-            return
         ch = self.transport.open_session(timeout=30)
-        ch.exec_command(sshfs_command(spec))
-        mount = SshfsMount(spec, ch, server)
+        ch.exec_command(mount_command(spec, sshfs=server is not None))
+        kind, err = read_mount_kind(ch, MOUNT_WAIT)
+        if kind != "sshfs" or server is None:
+            ended = ch.status_event.wait(5)  # it has ended, unless it said nothing
+            ch.close()
+            if kind == "9p":
+                self.agent.mount_state(spec, "mounted", type="9p")
+            elif kind == "none":
+                self.agent.mount_state(
+                    spec,
+                    "failed",
+                    reason="the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
+                )
+            elif kind == "sshfs":
+                self.agent.mount_state(spec, "failed", reason="no sftp-server on the host (install openssh)")
+            else:
+                said = err.decode(errors="replace").strip()[-300:]
+                said = said or (f"exit code {ch.exit_status}" if ended else f"no answer within {MOUNT_WAIT:.0f} s")
+                self.agent.mount_state(spec, "failed", reason=f"preparing the mount point failed: {said}")
+            return
+        mount = SshfsMount(spec, ch, server, stderr=err)
         self._mounts.append(mount)
         deadline = time.monotonic() + MOUNT_WAIT
+        while not mount.talking.wait(0.1) and mount.alive and time.monotonic() < deadline:
+            pass  # asking before sshfs checked the folder would only cost the guest a shell
         g = spec.guest_path.replace("'", "'\\''")
         while time.monotonic() < deadline and not self.dead.is_set():
             if not mount.alive:

@@ -31,6 +31,7 @@ import pytest
 from devenv import hostagent, launcher
 from devenv.hostagent import client
 from devenv.hostagent.events import read_events
+from devenv.provision import userdata
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
@@ -222,6 +223,8 @@ def test_project_folder_is_shared_both_ways(vm: VM) -> None:
         lambda: [m for m in vm.state()["mounts"] if m["state"] in ("mounted", "failed")], 60, "the project mount"
     )
     assert mounts[0]["state"] == "mounted", mounts
+    # 9p when the guest user has the host user's uid (userdata.guest_uid), else reverse sshfs (root here)
+    assert mounts[0]["type"] == ("9p" if userdata.guest_uid() == os.getuid() else "sshfs"), mounts
     (vm.project / "from-host.txt").write_text("written on the host\n")
     code, out, err = vm.guest(
         f"cat {vm.project}/from-host.txt && echo written in the guest > {vm.project}/from-guest.txt"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from devenv.guestagent.protocol import NotSent
 from devenv.hostagent import client, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog, read_events
-from devenv.hostagent.mounts import mount_specs, prepare_script, qemu_shares, sshfs_command
+from devenv.hostagent.mounts import MOUNT_MARKER, mount_command, mount_specs, qemu_shares, read_mount_kind
 from devenv.hostagent.ports import Forward, auto_forwards, config_forwards
 
 
@@ -138,13 +140,73 @@ def test_mount_specs_same_path_by_default_and_9p_tags() -> None:
     assert qemu_shares([Mount("/src/proj", writable=True)]) == (("devenv0", "/src/proj", True),)
 
 
-def test_sshfs_and_prepare_commands_quote_paths_and_honour_read_only() -> None:
+def _mount_script(command: str) -> str:
+    """The root script inside mount_command()'s `exec sudo -n sh -c SCRIPT`."""
+    words = shlex.split(command)
+    assert words[:5] == ["exec", "sudo", "-n", "sh", "-c"] and len(words) == 6
+    return words[5]
+
+
+def test_mount_command_is_one_sudo_and_quotes_paths_and_honours_read_only() -> None:
     ro, rw = mount_specs([Mount("/a b"), Mount("/c", writable=True)])
-    assert sshfs_command(ro) == "exec sudo -n sshfs -f -o slave,allow_other,ro :'/a b' '/a b'"
-    assert sshfs_command(rw) == "exec sudo -n sshfs -f -o slave,allow_other :/c /c"
-    script = prepare_script(ro)
+    script = _mount_script(mount_command(ro))
+    assert "sudo" not in script  # everything in it runs under the one sudo
+    assert "umount -l '/a b'" in script and "mkdir -p '/a b'" in script
     assert "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap,ro devenv0 '/a b'" in script
-    assert "umount -l '/a b'" in script
+    assert script.splitlines()[-1] == "exec sshfs -f -o slave,allow_other,ro :'/a b' '/a b'"
+    assert _mount_script(mount_command(rw)).splitlines()[-1] == "exec sshfs -f -o slave,allow_other :/c /c"
+    assert _mount_script(mount_command(rw, sshfs=False)).splitlines()[-1] == "exit 0"
+
+
+def _run_mount_script(tmp_path: Path, sshfs: bool) -> tuple[str, subprocess.CompletedProcess[bytes]]:
+    """mount_command()'s script run by a real sh, as root in a guest without a 9p share for it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("mountpoint", "grep", "mkdir"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    if sshfs:  # stands in for sshfs: records its arguments
+        (bin_dir / "sshfs").write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/sshfs.args\n')
+        (bin_dir / "sshfs").chmod(0o755)
+    guest = tmp_path / "mnt point"
+    spec = mount_specs([Mount("/host dir", mount_point=str(guest))])[0]
+    env = {"PATH": str(bin_dir)}
+    r = subprocess.run(["/bin/sh", "-c", _mount_script(mount_command(spec))], env=env, capture_output=True, timeout=30)
+    assert guest.is_dir()
+    return str(guest), r
+
+
+def test_mount_script_announces_sshfs_then_becomes_it(tmp_path: Path) -> None:
+    guest, r = _run_mount_script(tmp_path, sshfs=True)
+    assert (r.returncode, r.stderr) == (0, f"{MOUNT_MARKER}sshfs\n".encode())
+    args = (tmp_path / "sshfs.args").read_text().splitlines()
+    assert args == ["-f", "-o", "slave,allow_other,ro", ":/host dir", guest]
+
+
+def test_mount_script_says_none_without_sshfs(tmp_path: Path) -> None:
+    _, r = _run_mount_script(tmp_path, sshfs=False)
+    assert (r.returncode, r.stderr) == (0, f"{MOUNT_MARKER}none\n".encode())
+
+
+class _Stderr:
+    """The two channel methods read_mount_kind uses, fed in chunks."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = list(chunks)
+        self.timeouts: list[float | None] = []
+
+    def settimeout(self, t: float | None) -> None:
+        self.timeouts.append(t)
+
+    def recv_stderr(self, n: int) -> bytes:
+        return self.chunks.pop(0) if self.chunks else b""
+
+
+def test_read_mount_kind_across_chunks_keeps_other_stderr() -> None:
+    ch = _Stderr(b"sudo: a warning\ndevenv-mo", b"unt:ssh", b"fs\nsshfs: early\n")
+    assert read_mount_kind(ch, 20.0) == ("sshfs", b"sudo: a warning\nsshfs: early\n")  # type: ignore[arg-type]
+    assert ch.timeouts == [20.0, None]  # the channel is left without a timeout for sshfs's quiet hours
+    failed = _Stderr(b"sudo: a password is required\n")
+    assert read_mount_kind(failed, 20.0) == (None, b"sudo: a password is required\n")  # type: ignore[arg-type]
 
 
 def test_client_without_agent_returns_none_and_not_alive(tmp_path: Path) -> None:
