@@ -80,9 +80,27 @@ start_containerd_beside_docker() {
         > /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf
 }
 
+# This containerd serves dockerd alone, which uses neither its CRI plugin (the
+# kubelet's API: CNI watchers, a streaming server, state recovery) nor the
+# aufs, btrfs, zfs and devmapper snapshotters (probing aufs runs modprobe). Docker's own
+# containerd.io package disables CRI for the same reason. In the guest under TCG,
+# containerd's CPU until it serves fell from 0.79-0.86 s to 0.56-0.61 s, and
+# "booted in" from 0.4 s to 0.2 s. Only Debian's stock file (version 2, no
+# disabled_plugins line) is changed; any other choice stands.
+trim_containerd_plugins() {
+    conf=/etc/containerd/config.toml
+    [ -f "$conf" ] && grep -qx 'version = 2' "$conf" || return 0
+    grep -q '^disabled_plugins' "$conf" && return 0
+    plugins='"io.containerd.grpc.v1.cri"'
+    for s in aufs btrfs zfs devmapper; do plugins="$plugins, \"io.containerd.snapshotter.v1.$s\""; done
+    sed -i "/^version = 2\$/a disabled_plugins = [$plugins]" "$conf"
+    systemctl try-restart containerd.service  # running already: this boot's containerd reads it too
+}
+
 apparmor_fix_for_unit docker.service
 preload_docker_modules
 start_containerd_beside_docker
+trim_containerd_plugins
 add_user_to_group docker
 configure_docker_network
 systemctl daemon-reload
