@@ -553,9 +553,17 @@ class QemuBackend:
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:
             if self._running_pid(inst) is None:
+                message = "the QEMU process exited while the guest was booting"
+                if not tail(inst.dir / QEMU_LOG):
+                    # QEMU reports its own errors there before it exits: silence means a signal
+                    # (a crash, the OOM killer). Seen once here: QEMU 7.2 segfaulted under TCG.
+                    message += (
+                        f", and {inst.dir / QEMU_LOG} is empty: it was killed or crashed"
+                        " (the host's kernel log, `dmesg`, names a segfault or the OOM killer)"
+                    )
                 raise self._fail(
                     inst,
-                    "the QEMU process exited while the guest was booting",
+                    message,
                     f"`devenv start -n {inst.name}` boots it again; the console above may say why it stopped",
                     StateError,
                 )

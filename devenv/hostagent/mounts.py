@@ -99,8 +99,9 @@ def mount_command(spec: MountSpec, *, sshfs: bool = True) -> str:
     which (MOUNT_MARKER + 9p, sshfs, or none when the guest has no sshfs).
     `sshfs=False` (the host has no sftp-server) stops after that line. Under
     TCG every sudo costs the guest ~0.35 s of CPU and every channel a shell,
-    while the engine is still starting beside it: the mount point, the 9p mount
-    and sshfs each had their own before.
+    while the engine is still starting beside it; before, creating the mount
+    point, mounting 9p and starting sshfs each took a sudo of their own, and
+    sshfs a second channel.
     """
     g = shlex.quote(spec.guest_path)
     ro = "" if spec.writable else ",ro"

@@ -1,0 +1,34 @@
+"""What `devenv start` says when QEMU goes away during the boot wait (no QEMU needed)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devenv.backends.base import InstanceRef
+from devenv.backends.qemu import QEMU_LOG, QemuBackend
+from devenv.config import Config
+from devenv.errors import StateError
+
+
+def _exit_message(inst_dir: Path) -> str:
+    inst = InstanceRef("dev", inst_dir, Config())  # no pid file: the QEMU process is gone
+    with pytest.raises(StateError) as err:
+        QemuBackend()._alive_check(inst)()
+    return str(err.value)
+
+
+def test_a_qemu_that_left_no_message_is_said_to_be_killed_or_crashed(tmp_path: Path) -> None:
+    (tmp_path / QEMU_LOG).write_text("")
+    message = _exit_message(tmp_path)
+    assert message.startswith("the QEMU process exited while the guest was booting, and ")
+    assert f"{tmp_path / QEMU_LOG} is empty: it was killed or crashed" in message
+    assert "dmesg" in message
+
+
+def test_a_qemu_that_said_why_is_quoted_instead(tmp_path: Path) -> None:
+    (tmp_path / QEMU_LOG).write_text("qemu-system-x86_64: -fsdev local,id=devenv0: cannot open /gone\n")
+    message = _exit_message(tmp_path)
+    assert message.startswith("the QEMU process exited while the guest was booting\nQEMU said:\n")
+    assert "cannot open /gone" in message and "killed or crashed" not in message
