@@ -251,12 +251,25 @@ class QemuBackend:
         pid = read_pid(inst.dir)
         return pid if pid is not None and pid_is_ours(pid, inst.dir) else None
 
-    def _fail(self, inst: InstanceRef, message: str, hint: str, cls: type[DevenvError] = Timeout) -> DevenvError:
+    def _fail(
+        self, inst: InstanceRef, message: str, hint: str, cls: type[DevenvError] = Timeout, *, exited: bool = False
+    ) -> DevenvError:
+        """The error with QEMU's own log and the console's last lines.
+
+        `exited`: QEMU is gone. It reports its own errors in qemu.log before it
+        exits, so an empty log means a signal: a crash or the OOM killer (seen
+        once here: QEMU 7.2 segfaulted under TCG right after launch).
+        """
         serial = tail(inst.dir / paths.SERIAL_LOG)
         qemu_log = tail(inst.dir / QEMU_LOG, 8)
         parts = [message]
         if qemu_log:
             parts.append(f"QEMU said:\n{qemu_log}")
+        elif exited:
+            parts[0] += (
+                f", and {inst.dir / QEMU_LOG} is empty: it was killed or crashed"
+                " (the host's kernel log, `dmesg`, names a segfault or the OOM killer)"
+            )
         if serial:
             parts.append(f"last lines of the serial console ({inst.dir / paths.SERIAL_LOG}):\n{serial}")
         return cls("\n".join(parts), hint)
@@ -444,6 +457,7 @@ class QemuBackend:
                     f"QEMU exited with code {code} right after it started",
                     "check the accelerator (DEVENV_QEMU_ACCEL=tcg forces software emulation) and the log above",
                     CommandFailed,
+                    exited=True,
                 )
             if (inst.dir / paths.QEMU_PID).exists() and qmp.exists():
                 return
@@ -553,19 +567,12 @@ class QemuBackend:
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:
             if self._running_pid(inst) is None:
-                message = "the QEMU process exited while the guest was booting"
-                if not tail(inst.dir / QEMU_LOG):
-                    # QEMU reports its own errors there before it exits: silence means a signal
-                    # (a crash, the OOM killer). Seen once here: QEMU 7.2 segfaulted under TCG.
-                    message += (
-                        f", and {inst.dir / QEMU_LOG} is empty: it was killed or crashed"
-                        " (the host's kernel log, `dmesg`, names a segfault or the OOM killer)"
-                    )
                 raise self._fail(
                     inst,
-                    message,
+                    "the QEMU process exited while the guest was booting",
                     f"`devenv start -n {inst.name}` boots it again; the console above may say why it stopped",
                     StateError,
+                    exited=True,
                 )
 
         return check

@@ -32,3 +32,10 @@ def test_a_qemu_that_said_why_is_quoted_instead(tmp_path: Path) -> None:
     message = _exit_message(tmp_path)
     assert message.startswith("the QEMU process exited while the guest was booting\nQEMU said:\n")
     assert "cannot open /gone" in message and "killed or crashed" not in message
+
+
+def test_a_wait_that_timed_out_with_qemu_running_does_not_call_it_a_crash(tmp_path: Path) -> None:
+    (tmp_path / QEMU_LOG).write_text("")
+    inst = InstanceRef("dev", tmp_path, Config())
+    err = QemuBackend()._fail(inst, "the guest's sshd did not answer within 600 s", "hint")
+    assert str(err) == "the guest's sshd did not answer within 600 s"
