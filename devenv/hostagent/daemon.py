@@ -27,6 +27,7 @@ import math
 import os
 import queue
 import select
+import shlex
 import signal
 import socket
 import stat
@@ -313,34 +314,32 @@ class GuestSession:
         ch = self.transport.open_session(timeout=30)
         ch.exec_command(mount_command(spec, sshfs=server is not None))
         kind, err = read_mount_kind(ch, MOUNT_WAIT)
-        if kind != "sshfs" or server is None:
-            ended = ch.status_event.wait(5)  # it has ended, unless it said nothing
-            ch.close()
-            if kind == "9p":
-                self.agent.mount_state(spec, "mounted", type="9p")
-            elif kind == "none":
-                self.agent.mount_state(
-                    spec,
-                    "failed",
-                    reason="the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
-                )
-            elif kind == "sshfs":
-                self.agent.mount_state(spec, "failed", reason="no sftp-server on the host (install openssh)")
-            else:
-                said = err.decode(errors="replace").strip()[-300:]
-                said = said or (f"exit code {ch.exit_status}" if ended else f"no answer within {MOUNT_WAIT:.0f} s")
-                self.agent.mount_state(spec, "failed", reason=f"preparing the mount point failed: {said}")
+        if kind == "sshfs" and server is not None:
+            self._await_sshfs(SshfsMount(spec, ch, server, stderr=err))
             return
-        mount = SshfsMount(spec, ch, server, stderr=err)
+        ended = ch.status_event.wait(5)  # it has ended, unless it said nothing
+        ch.close()
+        if kind == "9p":
+            self.agent.mount_state(spec, "mounted", type="9p")
+            return
+        said = err.decode(errors="replace").strip()[-300:]
+        said = said or (f"exit code {ch.exit_status}" if ended else f"no answer within {MOUNT_WAIT:.0f} s")
+        reason = {
+            "none": "the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
+            "sshfs": "no sftp-server on the host (install openssh)",
+        }.get(kind or "", f"preparing the mount point failed: {said}")
+        self.agent.mount_state(spec, "failed", reason=reason)
+
+    def _await_sshfs(self, mount: SshfsMount) -> None:
+        spec = mount.spec
         self._mounts.append(mount)
         deadline = time.monotonic() + MOUNT_WAIT
         while not mount.talking.wait(0.1) and mount.alive and time.monotonic() < deadline:
             pass  # asking before sshfs checked the folder would only cost the guest a shell
-        g = spec.guest_path.replace("'", "'\\''")
         while time.monotonic() < deadline and not self.dead.is_set():
             if not mount.alive:
                 break
-            code, _, _ = self.run(f"mountpoint -q '{g}'", timeout=15)
+            code, _, _ = self.run(f"mountpoint -q {shlex.quote(spec.guest_path)}", timeout=15)
             if code == 0:
                 self.agent.mount_state(spec, "mounted", type="sshfs")
                 return
