@@ -58,3 +58,15 @@ def test_exec_skips_an_agent_the_launcher_already_asked(home: Path, monkeypatch:
     assert asked == [] and entry.AGENT_UNAVAILABLE_ENV not in os.environ  # not passed on to anything else
     assert entry.main(["exec", "-n", "x", "--", "true"]) == 0
     assert len(asked) == 1
+
+
+def test_leaving_early_flushes_what_python_buffered_and_keeps_the_exit_code() -> None:
+    """_leave skips the interpreter's teardown: stdio still gets out, and 300 becomes 44 as sys.exit(300) would."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from devenv.cli.entry import _leave; sys.stdout.write('out'); sys.stderr.write('err'); _leave(300)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30, check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (300 & 0xFF, b"out", b"err")

@@ -4,8 +4,11 @@ Its peer in these tests is a recording control socket: a real unix socket
 that takes the request and its three descriptors the way the host agent does,
 answers what the test scripts, and keeps what it received. Where the launcher
 must hand over to the Python CLI, a `devenv-py` stand-in beside it records its
-arguments. tests/integration/test_hostagent.py runs the same launcher against
-the real host agent; tests/e2e against a real guest.
+arguments. The tests that fix what the caller sees of an exec (the request,
+its fds, exit codes and messages) run against the Python CLI's fast path as
+well, through the console script pip writes: both programs must answer alike.
+tests/integration/test_hostagent.py runs the same launcher against the real
+host agent; tests/e2e against a real guest.
 """
 
 from __future__ import annotations
@@ -170,34 +173,60 @@ class Agent:
         self.path.unlink(missing_ok=True)
 
 
-@pytest.fixture
-def ctx(launcher: Path, tmp_path: Path) -> Iterator[Ctx]:
+def _ctx(program: Path, tmp_path: Path) -> Iterator[Ctx]:
     home = Path(tempfile.mkdtemp(prefix="dl-", dir="/tmp"))  # short: the socket path must fit sun_path
     project = tmp_path / "work"
     project.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("DEVENV_INSTANCE", "XDG_DATA_HOME")}
     env["DEVENV_HOME"] = str(home)
-    yield Ctx(launcher, home, project, tmp_path, env)
+    yield Ctx(program, home, project, tmp_path, env)
     shutil.rmtree(home, ignore_errors=True)
 
 
-def test_request_carries_argv_cwd_and_the_callers_fds(ctx: Ctx) -> None:
-    agent = ctx.listen(replies=[b'{"exit_code":7,"final":true}\n'], write=b"from the agent\n")
-    r = ctx.run("exec", "--", "sh", "-c", "exit 7")
+@pytest.fixture
+def ctx(launcher: Path, tmp_path: Path) -> Iterator[Ctx]:
+    yield from _ctx(launcher, tmp_path)
+
+
+# What pip writes as the `devenv-py` (or `devenv`) console script for entry point devenv.cli.entry:main.
+CONSOLE_SCRIPT = f"""#!{sys.executable}
+import sys
+from devenv.cli.entry import main
+if __name__ == "__main__":
+    sys.argv[0] = sys.argv[0].removesuffix(".exe")
+    sys.exit(main())
+"""
+
+
+@pytest.fixture(params=["launcher", "python-cli"])
+def either(request: pytest.FixtureRequest, launcher: Path, tmp_path: Path) -> Iterator[Ctx]:
+    """The native launcher, then the Python CLI's console script: the same exec contract."""
+    program = launcher
+    if request.param == "python-cli":
+        program = tmp_path / "bin" / "devenv"
+        program.parent.mkdir()
+        program.write_text(CONSOLE_SCRIPT)
+        program.chmod(0o755)
+    yield from _ctx(program, tmp_path)
+
+
+def test_request_carries_argv_cwd_and_the_callers_fds(either: Ctx) -> None:
+    agent = either.listen(replies=[b'{"exit_code":7,"final":true}\n'], write=b"from the agent\n")
+    r = either.run("exec", "--", "sh", "-c", "exit 7")
     agent.close()
     assert (r.code, r.out, r.err, r.handed_over) == (7, b"from the agent\n", b"", None)
     assert agent.request == {
         "op": "exec",
         "argv": ["sh", "-c", "exit 7"],
         "env": {},
-        "cwd": os.path.realpath(ctx.project),  # getcwd() resolves links (macOS: /var -> /private/var)
+        "cwd": os.path.realpath(either.project),  # getcwd() resolves links (macOS: /var -> /private/var)
         "stdin": False,
     }
-    out, err = os.stat(ctx.tmp / "out"), os.stat(ctx.tmp / "err")
+    out, err = os.stat(either.tmp / "out"), os.stat(either.tmp / "err")
     assert agent.fd_ids[1:] == [(out.st_dev, out.st_ino), (err.st_dev, err.st_ino)]
 
 
-def test_argv_bytes_arrive_as_python_would_read_them(ctx: Ctx) -> None:
+def test_argv_bytes_arrive_as_python_would_read_them(either: Ctx) -> None:
     """Not UTF-8 -> \\udcXX (surrogateescape), quotes, controls and non-ASCII text as they are."""
     raw = [
         b"caf\xc3\xa9",
@@ -208,8 +237,8 @@ def test_argv_bytes_arrive_as_python_would_read_them(ctx: Ctx) -> None:
         b"\xf0\x9f\x90\x8d",
         b"\xed\xa0\x80",
     ]
-    agent = ctx.listen()
-    r = ctx.run("exec", "--", *raw)
+    agent = either.listen()
+    r = either.run("exec", "--", *raw)
     agent.close()
     assert r.code == 0 and agent.request is not None
     assert agent.request["argv"] == [os.fsdecode(a) for a in raw]
@@ -224,17 +253,17 @@ def test_argv_bytes_arrive_as_python_would_read_them(ctx: Ctx) -> None:
         (["--workdir="], None),  # `workdir or os.getcwd()`
     ],
 )
-def test_workdir_flags(ctx: Ctx, flags: list[str], cwd: str | None) -> None:
-    agent = ctx.listen()
-    assert ctx.run("exec", *flags, "--", "pwd").code == 0
+def test_workdir_flags(either: Ctx, flags: list[str], cwd: str | None) -> None:
+    agent = either.listen()
+    assert either.run("exec", *flags, "--", "pwd").code == 0
     agent.close()
-    assert agent.request is not None and agent.request["cwd"] == (cwd or os.path.realpath(ctx.project))
+    assert agent.request is not None and agent.request["cwd"] == (cwd or os.path.realpath(either.project))
 
 
-def test_stdin_is_offered_only_when_it_has_data(ctx: Ctx) -> None:
+def test_stdin_is_offered_only_when_it_has_data(either: Ctx) -> None:
     for stdin, expected in ((None, False), (b"data", True)):
-        agent = ctx.listen()
-        assert ctx.run("exec", "--", "cat", stdin=stdin).code == 0
+        agent = either.listen()
+        assert either.run("exec", "--", "cat", stdin=stdin).code == 0
         agent.close()
         assert agent.request is not None and agent.request["stdin"] is expected
 
@@ -253,9 +282,9 @@ def test_stdin_is_offered_only_when_it_has_data(ctx: Ctx) -> None:
     ],
     ids=["error", "bare-final", "skips-non-final", "wraps", "unicode-error", "closed", "bad-json", "no-final"],
 )
-def test_answers_become_exit_codes_and_messages(ctx: Ctx, replies: list[bytes], code: int, err: bytes) -> None:
-    agent = ctx.listen(replies=replies)
-    r = ctx.run("exec", "--", "true")
+def test_answers_become_exit_codes_and_messages(either: Ctx, replies: list[bytes], code: int, err: bytes) -> None:
+    agent = either.listen(replies=replies)
+    r = either.run("exec", "--", "true")
     agent.close()
     assert (r.code, r.err, r.handed_over) == (code, err, None)
 
