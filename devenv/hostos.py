@@ -245,13 +245,16 @@ def current() -> Host:
     return Host()
 
 
-def default_backend(host: Host) -> str:
+def default_backend(host: Host, arch: str = "auto") -> str:
     """The one place that decides which backend a new instance uses by default.
 
     Linux: the native engine when one answers (no VM needed), else QEMU.
     Inside a WSL distro the same rule holds (an engine in the distro is native).
     macOS: QEMU (hvf). Windows: WSL2 when wsl.exe exists, else Hyper-V.
+    A guest `arch` other than the host's: QEMU everywhere, the one backend that emulates a CPU.
     """
+    if arch not in ("auto", host.arch):
+        return "qemu"
     if host.system == "linux":
         if host.native_engine.ok:
             return "native"

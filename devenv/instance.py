@@ -95,11 +95,26 @@ def resolve_config(name: str, overrides: dict[str, Any], project: Path | None) -
     if cfg.backend == "auto":
         from devenv.hostos import current, default_backend
 
-        cfg = replace(cfg, backend=default_backend(current()))
+        cfg = replace(cfg, backend=default_backend(current(), cfg.arch))
+    _check_arch(cfg, project)
     folder = project.parent if project is not None else Path.cwd()
     if backends.load(cfg.backend).features.vm:
         cfg = with_project_mount(cfg, folder)
     return cfg
+
+
+def _check_arch(cfg: Config, project: Path | None) -> None:
+    """Only QEMU runs a guest of another architecture than the host's: the others use the host's CPU."""
+    from devenv.hostos import current
+
+    host_arch = current().arch
+    if cfg.arch in ("auto", host_arch) or cfg.backend == "qemu":
+        return
+    where = config.line_of(project, "arch") if project is not None else "arch"
+    raise ConfigError(
+        [f"{where}: field `arch` = {cfg.arch!r} needs the qemu backend, not {cfg.backend!r}"],
+        f'set backend = "qemu" (it emulates {cfg.arch} on this {host_arch} host), or remove `arch`',
+    )
 
 
 # Guest paths a same-path mount must never cover: it would hide the guest's own system.

@@ -29,15 +29,19 @@ def qemu(host: Host) -> Probe:
     return Probe(True, f"{q.detail}; accelerator {accel}")
 
 
-def accelerator(host: Host, configured: str = "auto") -> str:
+def accelerator(host: Host, configured: str = "auto", guest_arch: str | None = None) -> str:
     """The accelerator to use: DEVENV_QEMU_ACCEL, else devenv.toml's, else hvf, kvm, whpx, tcg.
 
     The variable wins over the config for hosts where a probe says yes but the
     accelerator does not work (nested KVM that hangs at boot, for example).
+    A guest of another architecture than the host's gets tcg unless one of them
+    names something else (which the backend then refuses).
     """
     for choice in (os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower(), configured):
         if choice and choice != "auto":
             return choice
+    if guest_arch is not None and guest_arch != host.arch:
+        return "tcg"
     if host.hvf.ok:
         return "hvf"
     if host.kvm.ok:

@@ -180,6 +180,24 @@ def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str, *, c
     return machine, microvm_tcg_cmdline(khz)
 
 
+def _foreign_qemu_fix(arch: str, system: str) -> str:
+    if system == "macos":
+        return "brew install qemu"
+    if system == "windows":
+        return "winget install SoftwareFreedomConservancy.QEMU"
+    if arch == "aarch64":
+        return "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)"
+    return "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)"
+
+
+def _firmware_fix(system: str) -> str:
+    if system == "macos":
+        return "brew install qemu (it ships edk2-aarch64-code.fd)"
+    if system == "windows":
+        return "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)"
+    return "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)"
+
+
 def _has_9p(binary: str) -> bool:
     from devenv.runner import run
 
@@ -219,16 +237,29 @@ class QemuBackend:
 
     # -- helpers --------------------------------------------------------------
 
-    def _accel(self, inst: InstanceRef) -> str:
+    def _accel(self, inst: InstanceRef, arch: str) -> str:
+        """The accelerator for a guest of `arch`: hvf, kvm and whpx run only the host's own architecture."""
+        from devenv import config
         from devenv.backends.availability import accelerator
         from devenv.hostos import current
 
-        return accelerator(current(), inst.config.accelerator)
+        host = current()
+        accel = accelerator(host, inst.config.accelerator, arch)
+        if arch != host.arch and accel != "tcg":
+            forced = os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower() == accel
+            where = "DEVENV_QEMU_ACCEL" if forced else config.line_of(inst.dir / paths.INSTANCE_CONFIG, "accelerator")
+            raise ConfigError(
+                [f"{where}: accelerator {accel!r} cannot run this {arch} guest on a {host.arch} host"],
+                f"{'unset DEVENV_QEMU_ACCEL' if forced else 'remove `accelerator` from devenv.toml'}:"
+                f" another architecture is emulated (tcg), which auto picks",
+            )
+        return accel
 
-    def _arch(self) -> str:
+    def _arch(self, inst: InstanceRef) -> str:
+        """The guest's architecture: devenv.toml's `arch`, by default the host's."""
         from devenv.hostos import current
 
-        return current().arch
+        return current().arch if inst.config.arch == "auto" else inst.config.arch
 
     def _image(self, inst: InstanceRef) -> dict[str, str]:
         try:
@@ -291,12 +322,12 @@ class QemuBackend:
         from devenv.images import catalog, overlay
         from devenv.provision import prepare_seed
 
-        self._check_qemu()
+        arch = self._arch(inst)
+        self._check_qemu(arch)
         step(f"find image {inst.config.image}")
-        record = catalog.resolve(
-            inst.config.image, self._arch(), progress=DownloadProgress(f"pulling {inst.config.image}")
-        )
-        _machine(inst, record.arch, record.kernel is not None, self._accel(inst), creating=True)  # before any disk
+        record = catalog.resolve(inst.config.image, arch, progress=DownloadProgress(f"pulling {inst.config.image}"))
+        accel = self._accel(inst, record.arch)
+        _machine(inst, record.arch, record.kernel is not None, accel, creating=True)  # before any disk
         step(f"create a {inst.config.disk // 1024**3} GiB overlay disk on {record.name}")
         overlay.create_overlay(record.disk, inst.dir / paths.DISK, inst.config.disk)
         image = {
@@ -311,26 +342,33 @@ class QemuBackend:
         step("generate SSH keys and the cloud-init seed")
         prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
 
-    def _check_qemu(self) -> str:
-        binary = shutil.which(qemu_binary_name(self._arch()))
+    def _check_qemu(self, arch: str) -> str:
+        from devenv.hostos import current
+
+        binary = shutil.which(qemu_binary_name(arch))
         if binary is None or shutil.which("qemu-img") is None:
             from devenv.backends.availability import qemu
-            from devenv.hostos import current
 
-            probe = qemu(current())
+            host = current()
+            if arch != host.arch and shutil.which("qemu-img") is not None:
+                raise BackendUnavailable(
+                    f"{qemu_binary_name(arch)} was not found on PATH: it runs {arch} guests",
+                    _foreign_qemu_fix(arch, host.system),
+                )
+            probe = qemu(host)
             raise BackendUnavailable(probe.detail or "QEMU is not installed", probe.fix)
         return binary
 
     def start(self, inst: InstanceRef, step: StepReporter) -> None:
         from devenv.provision import prepare_seed
 
-        binary = self._check_qemu()
-        accel = self._accel(inst)
+        image = self._image(inst)
+        arch = image.get("arch") or self._arch(inst)
+        binary = self._check_qemu(arch)
+        accel = self._accel(inst, arch)
         deadline_total = _accel_timeout(accel)
         pid = self._running_pid(inst)
         if pid is None:
-            image = self._image(inst)
-            arch = image.get("arch", self._arch())
             # a machine this image or host cannot boot is refused before anything changes
             machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
             step("prepare the cloud-init seed")
@@ -430,7 +468,7 @@ class QemuBackend:
             kernel=Path(image["kernel"]) if image.get("kernel") else None,
             initrd=Path(image["initrd"]) if image.get("initrd") else None,
             cmdline=cmdline,
-            firmware=find_firmware(arch),
+            firmware=self._firmware(arch, direct_kernel=bool(image.get("kernel"))),
             shares=self._shares(inst, binary),
             machine=machine,
         )
@@ -463,6 +501,26 @@ class QemuBackend:
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    @staticmethod
+    def _firmware(arch: str, *, direct_kernel: bool) -> Path | None:
+        """UEFI for an aarch64 guest that boots from its disk (a pulled cloud image).
+
+        A kernel QEMU starts itself needs none: QEMU's own boot code and device
+        tree start it, seconds sooner under TCG than EDK2 would.
+        """
+        if arch != "aarch64" or direct_kernel:
+            return None
+        firmware = find_firmware(arch)
+        if firmware is None:
+            from devenv.backends.qemuargs import AARCH64_FIRMWARE
+            from devenv.hostos import current
+
+            raise BackendUnavailable(
+                "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(AARCH64_FIRMWARE) + ")",
+                _firmware_fix(current().system),
+            )
+        return firmware
 
     def _check_engine(self, inst: InstanceRef) -> None:
         """Through the forwarded socket when the engine speaks the Docker API: proves the whole path."""

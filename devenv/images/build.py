@@ -21,8 +21,14 @@ PermissionProblem whose hint says to run with sudo or to `devenv image pull`.
 Rootless building (mmdebstrap --mode=unshare) was not adopted: it needs
 mmdebstrap, subordinate uid ranges and unprivileged user namespaces, and the
 chroot steps would then need an unshare wrapper too; the pull path covers
-normal users. Building for another architecture than the host's (which would
-need qemu-user-static and binfmt_misc) is refused for the same reason.
+normal users.
+
+Another architecture than the host's (an arm64 image on an x86_64 host, the
+image an Apple Silicon Mac boots) builds the same way once the kernel runs
+that architecture's programs through qemu-user: a binfmt_misc handler with
+the F flag (Debian's qemu-user-static registers `qemu-aarch64` so), which
+keeps working inside the chroot. Without one the build is refused before
+anything starts, with the package to install.
 """
 
 from __future__ import annotations
@@ -106,16 +112,37 @@ def _read_build(folder: Path) -> ImageRecord | None:
     return record if record.complete() else None
 
 
+BINFMT_DIR = "/proc/sys/fs/binfmt_misc"
+
+
+def foreign_arch_runs(arch: str, binfmt_dir: str = BINFMT_DIR) -> bool:
+    """Whether the kernel runs `arch` programs inside a chroot: an enabled qemu-user handler with the F flag.
+
+    F ("fix binary") makes the kernel open the interpreter when it is
+    registered, so it need not exist inside the chroot being built.
+    """
+    try:
+        with open(os.path.join(binfmt_dir, f"qemu-{arch}"), encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return False
+    flags = next((line.partition(":")[2].strip() for line in lines if line.startswith("flags:")), "")
+    return bool(lines) and lines[0] == "enabled" and "F" in flags
+
+
 def _check_host(arch: str) -> None:
     if not sys.platform.startswith("linux"):
         raise ImageError(
             "building an image needs a Linux host (debootstrap and chroot)",
             "download the official image instead: `devenv image pull debian-12`",
         )
-    if arch != definitions.normalize_arch(None):
+    host = definitions.normalize_arch(None)
+    if arch != host and not foreign_arch_runs(arch):
         raise ImageError(
-            f"building a {arch} image on a {definitions.normalize_arch(None)} host is not supported",
-            f"pull it instead: `devenv image pull debian-12 --arch {arch}`",
+            f"building a {arch} image on a {host} host needs {arch} programs to run here through qemu-user"
+            f" (no enabled binfmt_misc handler {BINFMT_DIR}/qemu-{arch} with the F flag)",
+            f"install it: `apt-get install qemu-user-static binfmt-support`, or pull the image instead:"
+            f" `devenv image pull debian-12 --arch {arch}`",
         )
     if os.geteuid() != 0:
         raise PermissionProblem(

@@ -49,9 +49,13 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
+        (
+            'arch = "riscv64"',
+            "F:1: field `arch` must be one of auto, x86_64, aarch64 (or amd64, arm64), not 'riscv64'",
+        ),
         (
             "\n\n[[ports]]\nguest = 70000\n",
             "F:4: field `ports[0].guest` must be a port number from 1 to 65535, not 70000",
@@ -110,6 +114,7 @@ memory = "3GiB"
 disk = "40GiB"
 runtime = "podman"
 machine = "microvm"
+arch = "arm64"
 aslr = false
 env = { EDITOR = "vim", QUOTE = "a \\"b\\"" }
 
@@ -127,7 +132,7 @@ script = "echo hi\\nexit 0"
 """,
     )
     assert cfg.cpus == 4 and cfg.memory == 3 * 1024**3 and cfg.runtime == "podman" and cfg.aslr is False
-    assert cfg.machine == "microvm"
+    assert cfg.machine == "microvm" and cfg.arch == "aarch64"  # stored by its one name
     assert cfg.mounts == (config.Mount("~/src", "", True),)
     assert cfg.ports == (config.PortForward(8080, 18080),)
     again = tmp_path / "again.toml"

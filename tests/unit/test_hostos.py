@@ -34,6 +34,29 @@ YES = Probe(True, "yes")
 )
 def test_default_backend(host: FakeHost, expected: str) -> None:
     assert default_backend(host) == expected
+    assert default_backend(host, "auto") == default_backend(host, host.arch) == expected
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        FakeHost("linux", native_engine=YES),  # the host's engine runs x86_64 containers: not what was asked
+        FakeHost("macos", "aarch64", hvf=YES),
+        FakeHost("windows", wsl_exe=YES),
+    ],
+)
+def test_a_guest_of_another_arch_defaults_to_qemu(host: FakeHost) -> None:
+    other = "x86_64" if host.arch == "aarch64" else "aarch64"
+    assert default_backend(host, other) == "qemu"
+
+
+def test_a_guest_of_another_arch_gets_tcg_unless_something_is_forced(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    mac = FakeHost("macos", "aarch64", hvf=YES)
+    assert availability.accelerator(mac, "auto", "aarch64") == "hvf"
+    assert availability.accelerator(mac, "auto", "x86_64") == "tcg"  # an Intel guest on Apple Silicon
+    assert availability.accelerator(FakeHost("linux", kvm=YES), "auto", "aarch64") == "tcg"
+    assert availability.accelerator(mac, "hvf", "x86_64") == "hvf"  # forced: the backend refuses it, by name
 
 
 @pytest.mark.parametrize(

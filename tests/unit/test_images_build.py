@@ -59,11 +59,32 @@ def test_not_root_gets_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "devenv image pull debian-12" in info.value.hint
 
 
-def test_other_arch_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_other_arch_without_qemu_user_is_refused_with_the_package_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(build.sys, "platform", "linux")
     monkeypatch.setattr(build.definitions, "normalize_arch", lambda a=None: a or "x86_64")
-    with pytest.raises(ImageError, match="building a aarch64 image on a x86_64 host is not supported"):
+    monkeypatch.setattr(build, "foreign_arch_runs", lambda arch: False)
+    with pytest.raises(ImageError, match="building a aarch64 image on a x86_64 host needs aarch64 programs") as info:
         build.build("debian-12", "aarch64", mirror=MIRROR)
+    assert "apt-get install qemu-user-static binfmt-support" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    ("content", "runs"),
+    [
+        ("enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\noffset 0\n", True),
+        ("enabled\ninterpreter /usr/bin/qemu-aarch64-static\nflags: F\n", True),
+        ("disabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\nflags: PF\n", False),
+        ("enabled\ninterpreter /usr/bin/qemu-aarch64\nflags: P\n", False),  # not in the chroot: F missing
+        (None, False),
+    ],
+    ids=["debian-qemu-user-static", "F-only", "disabled", "no-F", "no-handler"],
+)
+def test_foreign_arch_runs_reads_the_binfmt_handler(tmp_path: Path, content: str | None, runs: bool) -> None:
+    if content is not None:
+        (tmp_path / "qemu-aarch64").write_text(content)
+    assert build.foreign_arch_runs("aarch64", str(tmp_path)) is runs
 
 
 def _fake_rootfs(
