@@ -144,16 +144,25 @@ def list_instances(as_json: bool) -> int:
     return 0
 
 
+def _guest_arch(inst: instance.Instance) -> str:
+    """devenv.toml's `arch`; for auto, the host's (what every backend but an emulating QEMU runs)."""
+    if inst.config.arch != "auto":
+        return inst.config.arch
+    from devenv.hostos import current
+
+    return current().arch
+
+
 def status(name: str | None, as_json: bool) -> int:
     n, _ = name_of(name)
     inst = instance.get(n)
     st = inst.status()
-    row = _row(inst) | {"state": st.state, "reason": st.reason, "details": st.details}
+    row = _row(inst) | {"arch": _guest_arch(inst), "state": st.state, "reason": st.reason, "details": st.details}
     if as_json:
         _out_json(row, default=str)
         return 0
     _out(f"{inst.name}: {st.state}" + (f" ({st.reason})" if st.reason else ""))
-    for key in ("backend", "image", "runtime", "cpus"):
+    for key in ("backend", "image", "arch", "runtime", "cpus"):
         _out(f"  {key}: {row[key]}")
     _out(f"  memory: {format_size(row['memory'])}")
     _out(f"  disk: {format_size(row['disk'])}")

@@ -39,11 +39,16 @@ class ImageInfo:
 
 
 def list_images(arch: str | None = None, *, all_arches: bool = False) -> list[ImageInfo]:
-    """Defined images for `arch` (default the host's; every arch with all_arches), plus cached extras."""
+    """Defined images for `arch` (default the host's; every arch with all_arches), plus every cached one.
+
+    A cached image of another arch (built or pulled for an `arch = ...` guest) is listed too.
+    """
     wanted = definitions.ARCHES if all_arches else (definitions.normalize_arch(arch),)
     rows: list[ImageInfo] = []
     seen: set[tuple[str, str]] = set()
+    described: dict[str, tuple[str, bool]] = {}
     for definition in definitions.load_all():
+        described[definition.name] = (definition.description, bool(definition.builder))
         for a in wanted:
             if a not in definition.arches:
                 continue
@@ -51,8 +56,9 @@ def list_images(arch: str | None = None, *, all_arches: bool = False) -> list[Im
             rows.append(_row(definition.name, a, definition.description, bool(definition.builder), record))
             seen.add((definition.name, a))
     for record in cache.list_records():
-        if (record.name, record.arch) not in seen and (all_arches or record.arch in wanted):
-            rows.append(_row(record.name, record.arch, "(no definition)", False, record))
+        if (record.name, record.arch) not in seen:
+            description, buildable = described.get(record.name, ("(no definition)", False))
+            rows.append(_row(record.name, record.arch, description, buildable, record))
     return rows
 
 

@@ -71,7 +71,21 @@ def test_list_all_arches_and_undefined_cached_images() -> None:
     assert [(r.name, r.description, r.cached) for r in rows if r.name == "old-image"] == [
         ("old-image", "(no definition)", True)
     ]
-    assert "old-image" not in [r.name for r in catalog.list_images("x86_64")]
+    # the host's list shows a cached image of another arch too: it is on disk, and `devenv image rm` needs its name
+    assert [(r.name, r.arch) for r in catalog.list_images("x86_64") if r.name == "old-image"] == [
+        ("old-image", "aarch64")
+    ]
+
+
+def test_the_hosts_list_shows_a_cached_image_of_another_arch_with_its_definition() -> None:
+    cached_image("debian-12", "built", arch="aarch64")
+    rows = [(r.name, r.arch, r.cached, r.buildable) for r in catalog.list_images("x86_64")]
+    assert rows == [
+        ("debian-12", "x86_64", False, True),
+        ("fedora-45", "x86_64", False, False),
+        ("ubuntu-24.04", "x86_64", False, False),
+        ("debian-12", "aarch64", True, True),
+    ]
 
 
 def test_resolve_prefers_the_cache() -> None:

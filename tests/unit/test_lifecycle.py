@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import stat
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from devenv.errors import ExitCode
+from devenv.hostos import normalize_arch
 from tests.conftest import tree
 
 pytestmark = pytest.mark.usefixtures("fake")
@@ -28,6 +30,7 @@ def test_start_creates_then_status_stop_start_delete(home: Path, cli: Any) -> No
 
     st = json.loads(cli("status", "-n", "web", "--json").out)
     assert (st["state"], st["cpus"], st["details"]["starts"]) == ("running", 3, 1)
+    assert st["arch"] == normalize_arch(platform.machine())  # arch = "auto": the host's
 
     assert cli("stop", "-n", "web").code == 0
     assert json.loads(cli("status", "-n", "web", "--json").out)["state"] == "stopped"
