@@ -163,7 +163,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     else:
         argv += ["-machine", machine]
     argv += ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}" if accel == "tcg" else accel]
-    argv += ["-cpu", "max" if accel == "tcg" else "host"]
+    argv += ["-cpu", _cpu(spec.arch, accel)]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M"]
     if spec.firmware is not None:
         argv += ["-bios", str(spec.firmware)]
@@ -189,6 +189,22 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     argv += ["-pidfile", str(spec.pid_file)]
     return argv
+
+
+def _cpu(arch: str, accel: str) -> str:
+    """The host's CPU where hardware runs the guest; else QEMU's `max`, every feature it emulates.
+
+    For aarch64 under TCG, `max` signs pointers with the architected QARMA5
+    cipher, which QEMU 7.2 emulates in software at every signed call and
+    return; pauth-impdef keeps pointer authentication for the guest, with an
+    IMPLEMENTATION DEFINED algorithm QEMU computes cheaply (QEMU's own advice
+    for emulation speed). Measured on an x86_64 host (debian-12 arm64, a
+    provisioned instance, two alternating starts each): `devenv start` 108.6
+    and 106.5 s with plain `max` (84 s to sshd), 42.2 and 46.5 s with it.
+    """
+    if accel != "tcg":
+        return "host"
+    return "max,pauth-impdef=on" if arch == "aarch64" else "max"
 
 
 def _drive(node: str, options: str, bus: str) -> list[str]:

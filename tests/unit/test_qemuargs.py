@@ -62,6 +62,12 @@ def test_forwards_bind_loopback_only() -> None:
     assert netdev == "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22,hostfwd=tcp:127.0.0.1:18080-:8080"
 
 
+def test_aarch64_under_tcg_signs_pointers_with_the_cheap_algorithm() -> None:
+    assert ("-cpu", "max,pauth-impdef=on") in pairs(build_argv(spec(arch="aarch64", accel="tcg")))
+    assert ("-machine", "virt") in pairs(build_argv(spec(arch="aarch64", accel="tcg")))  # no highmem under TCG
+    assert ("-cpu", "host") in pairs(build_argv(spec(arch="aarch64", accel="hvf")))
+
+
 def test_aarch64_virt_with_firmware_and_9p_share() -> None:
     argv = build_argv(spec(arch="aarch64", accel="hvf", firmware=Path("/fw.fd"), shares=(("m0", "/src", False),)))
     p = pairs(argv)
