@@ -63,6 +63,7 @@ PING_EVERY = 5.0
 PING_TIMEOUT = 10.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
 EXEC_WAIT = 30.0  # how long `devenv exec` waits for a reconnect before giving up
+LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
 MOUNT_WAIT = 20.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
 
@@ -706,6 +707,8 @@ class HostAgent:
                     return
                 time.sleep(TICK)
                 continue
+            if self._token is not None:  # TCP: each answer line goes out now, not after the previous one's ACK
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve_control, args=(client,), name="control-client", daemon=True).start()
 
     def _serve_control(self, client: socket.socket) -> None:
@@ -754,11 +757,33 @@ class HostAgent:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if self._token is not None:
+                _close_tcp_client(client)
             with contextlib.suppress(OSError):
                 client.close()
 
     def guest_cwd(self, cwd: str | None) -> str | None:
         return mounts.guest_cwd(self.opts.mounts, cwd)
+
+
+def _close_tcp_client(client: socket.socket) -> None:
+    """Let a TCP client read our last line before the socket closes.
+
+    Closing a TCP socket with input still unread (a stdin EOF line or a signal
+    the client sent as its command ended) makes the kernel answer with a RST,
+    and what was still queued to go out, the final line with the exit code,
+    is lost: the client then reports a lost connection for a command that
+    finished. So: end our side (FIN after the queued data), then read and
+    drop what the client still sends until it closes, at most LINGER seconds.
+    A unix socket has no such reset.
+    """
+    try:
+        client.shutdown(socket.SHUT_WR)
+        client.settimeout(LINGER)
+        while client.recv(65536):
+            pass
+    except OSError:
+        return
 
 
 # --------------------------------------------------------------------------- fast exec

@@ -6,8 +6,11 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -314,3 +317,47 @@ def test_a_spawn_the_guest_may_have_seen_is_never_run_again(
         assert result == reply
         err = (tmp_path / "err").read_bytes()
         assert err == said if said is not None else err.endswith(b"; the command may have started in the guest\n")
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        near = socket.create_connection(listener.getsockname(), timeout=10)
+        far, _ = listener.accept()
+    return near, far
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["lingering-close", "plain-close"])
+def test_a_tcp_control_client_gets_the_last_lines_despite_input_left_unread(graceful: bool) -> None:
+    """What the host agent must do for Windows' TCP control channel, and what plain close() did instead.
+
+    The client's last line (a stdin EOF, sent as its command ended) may still
+    be unread when the agent is done: close() then resets the connection and
+    drops the answer lines not yet sent (without TCP_NODELAY a small line
+    waits for the previous one's ACK). In CI that showed as "lost the
+    connection to the host agent" (ECONNRESET) for an exit 7.
+    """
+    from devenv.hostagent.daemon import _close_tcp_client
+
+    client, agent = _tcp_pair()
+    with client, agent:
+        client.sendall(b'{"op":"stdin","data":"","eof":true}\n')  # never read by the agent
+        time.sleep(0.2)
+        agent.sendall(b'{"out":"stderr","data":"b29wcwo="}\n')
+        agent.sendall(b'{"exit_code":7,"final":true}\n')
+        closer = threading.Thread(target=_close_tcp_client if graceful else lambda s: None, args=(agent,))
+        closer.start()
+        if not graceful:
+            agent.close()
+        got = b""
+        try:
+            while chunk := client.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            got += b"<reset>"
+        client.close()  # as hostagent.client does after the final line: the agent's drain ends at once
+        closer.join(10)
+        assert not closer.is_alive()
+    if graceful:
+        assert got == b'{"out":"stderr","data":"b29wcwo="}\n{"exit_code":7,"final":true}\n'
+    else:  # what the lingering close avoids: a reset, which loses whatever the agent had not yet sent
+        assert got.endswith(b"<reset>"), got
