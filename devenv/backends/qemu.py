@@ -180,22 +180,29 @@ def _machine(inst: InstanceRef, arch: str, direct_kernel: bool, accel: str, *, c
     return machine, microvm_tcg_cmdline(khz)
 
 
-def _foreign_qemu_fix(arch: str, system: str) -> str:
-    if system == "macos":
-        return "brew install qemu"
-    if system == "windows":
-        return "winget install SoftwareFreedomConservancy.QEMU"
-    if arch == "aarch64":
-        return "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)"
-    return "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)"
+# How to install what a guest of another arch needs, by host system ("linux": Debian's names, then Fedora's).
+_INSTALL_HINTS = {
+    "qemu-system-aarch64": {
+        "macos": "brew install qemu",
+        "windows": "winget install SoftwareFreedomConservancy.QEMU",
+        "linux": "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)",
+    },
+    "qemu-system-x86_64": {
+        "macos": "brew install qemu",
+        "windows": "winget install SoftwareFreedomConservancy.QEMU",
+        "linux": "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)",
+    },
+    "aarch64 firmware": {
+        "macos": "brew install qemu (it ships edk2-aarch64-code.fd)",
+        "windows": "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)",
+        "linux": "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)",
+    },
+}
 
 
-def _firmware_fix(system: str) -> str:
-    if system == "macos":
-        return "brew install qemu (it ships edk2-aarch64-code.fd)"
-    if system == "windows":
-        return "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)"
-    return "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)"
+def _install_hint(what: str, system: str) -> str:
+    hints = _INSTALL_HINTS[what]
+    return hints.get(system, hints["linux"])
 
 
 def _has_9p(binary: str) -> bool:
@@ -353,7 +360,7 @@ class QemuBackend:
             if arch != host.arch and shutil.which("qemu-img") is not None:
                 raise BackendUnavailable(
                     f"{qemu_binary_name(arch)} was not found on PATH: it runs {arch} guests",
-                    _foreign_qemu_fix(arch, host.system),
+                    _install_hint(qemu_binary_name(arch), host.system),
                 )
             probe = qemu(host)
             raise BackendUnavailable(probe.detail or "QEMU is not installed", probe.fix)
@@ -518,7 +525,7 @@ class QemuBackend:
 
             raise BackendUnavailable(
                 "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(AARCH64_FIRMWARE) + ")",
-                _firmware_fix(current().system),
+                _install_hint("aarch64 firmware", current().system),
             )
         return firmware
 
