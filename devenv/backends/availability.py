@@ -29,6 +29,9 @@ def qemu(host: Host) -> Probe:
     return Probe(True, f"{q.detail}; accelerator {accel}")
 
 
+ACCEL_ENV = "DEVENV_QEMU_ACCEL"
+
+
 def accelerator(host: Host, configured: str = "auto", guest_arch: str | None = None) -> str:
     """The accelerator to use: DEVENV_QEMU_ACCEL, else devenv.toml's, else hvf, kvm, whpx, tcg.
 
@@ -37,18 +40,20 @@ def accelerator(host: Host, configured: str = "auto", guest_arch: str | None = N
     A guest of another architecture than the host's gets tcg unless one of them
     names something else (which the backend then refuses).
     """
-    for choice in (os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower(), configured):
+    return accelerator_choice(host, configured, guest_arch)[0]
+
+
+def accelerator_choice(host: Host, configured: str = "auto", guest_arch: str | None = None) -> tuple[str, str]:
+    """accelerator() and who chose it: ACCEL_ENV, "config", or "auto" (the probes)."""
+    for choice, source in ((os.environ.get(ACCEL_ENV, "").strip().lower(), ACCEL_ENV), (configured, "config")):
         if choice and choice != "auto":
-            return choice
+            return choice, source
     if guest_arch is not None and guest_arch != host.arch:
-        return "tcg"
-    if host.hvf.ok:
-        return "hvf"
-    if host.kvm.ok:
-        return "kvm"
-    if host.whpx.ok:
-        return "whpx"
-    return "tcg"
+        return "tcg", "auto"
+    for accel, probe in (("hvf", host.hvf), ("kvm", host.kvm), ("whpx", host.whpx)):
+        if probe.ok:
+            return accel, "auto"
+    return "tcg", "auto"
 
 
 def libvirt(host: Host) -> Probe:

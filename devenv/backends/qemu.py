@@ -247,17 +247,17 @@ class QemuBackend:
     def _accel(self, inst: InstanceRef, arch: str) -> str:
         """The accelerator for a guest of `arch`: hvf, kvm and whpx run only the host's own architecture."""
         from devenv import config
-        from devenv.backends.availability import accelerator
+        from devenv.backends.availability import ACCEL_ENV, accelerator_choice
         from devenv.hostos import current
 
         host = current()
-        accel = accelerator(host, inst.config.accelerator, arch)
-        if arch != host.arch and accel != "tcg":
-            forced = os.environ.get("DEVENV_QEMU_ACCEL", "").strip().lower() == accel
-            where = "DEVENV_QEMU_ACCEL" if forced else config.line_of(inst.dir / paths.INSTANCE_CONFIG, "accelerator")
+        accel, source = accelerator_choice(host, inst.config.accelerator, arch)
+        if arch != host.arch and accel != "tcg":  # only a setting can have named another (auto gives tcg)
+            by_env = source == ACCEL_ENV
+            where = ACCEL_ENV if by_env else config.line_of(inst.dir / paths.INSTANCE_CONFIG, "accelerator")
             raise ConfigError(
                 [f"{where}: accelerator {accel!r} cannot run this {arch} guest on a {host.arch} host"],
-                f"{'unset DEVENV_QEMU_ACCEL' if forced else 'remove `accelerator` from devenv.toml'}:"
+                f"{f'unset {ACCEL_ENV}' if by_env else 'remove `accelerator` from devenv.toml'}:"
                 f" another architecture is emulated (tcg), which auto picks",
             )
         return accel

@@ -57,6 +57,10 @@ def test_a_guest_of_another_arch_gets_tcg_unless_something_is_forced(monkeypatch
     assert availability.accelerator(mac, "auto", "x86_64") == "tcg"  # an Intel guest on Apple Silicon
     assert availability.accelerator(FakeHost("linux", kvm=YES), "auto", "aarch64") == "tcg"
     assert availability.accelerator(mac, "hvf", "x86_64") == "hvf"  # forced: the backend refuses it, by name
+    assert availability.accelerator_choice(mac, "hvf", "x86_64") == ("hvf", "config")
+    assert availability.accelerator_choice(mac, "auto", "aarch64") == ("hvf", "auto")
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", "KVM ")
+    assert availability.accelerator_choice(mac, "hvf", "x86_64") == ("kvm", "DEVENV_QEMU_ACCEL")
 
 
 @pytest.mark.parametrize(
