@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from devenv import paths
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import (
+    AARCH64_FIRMWARE,
     NeedsDirectKernel,
     VmSpec,
     build_argv,
@@ -353,11 +354,12 @@ class QemuBackend:
         from devenv.hostos import current
 
         binary = shutil.which(qemu_binary_name(arch))
-        if binary is None or shutil.which("qemu-img") is None:
+        has_img = shutil.which("qemu-img") is not None
+        if binary is None or not has_img:
             from devenv.backends.availability import qemu
 
             host = current()
-            if arch != host.arch and shutil.which("qemu-img") is not None:
+            if arch != host.arch and has_img:
                 raise BackendUnavailable(
                     f"{qemu_binary_name(arch)} was not found on PATH: it runs {arch} guests",
                     _install_hint(qemu_binary_name(arch), host.system),
@@ -520,7 +522,6 @@ class QemuBackend:
             return None
         firmware = find_firmware(arch)
         if firmware is None:
-            from devenv.backends.qemuargs import AARCH64_FIRMWARE
             from devenv.hostos import current
 
             raise BackendUnavailable(

@@ -707,13 +707,14 @@ class HostAgent:
                     return
                 time.sleep(TICK)
                 continue
-            if self._token is not None:  # TCP: each answer line goes out now, not after the previous one's ACK
-                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve_control, args=(client,), name="control-client", daemon=True).start()
 
     def _serve_control(self, client: socket.socket) -> None:
         fds: list[int] = []
+        tcp = self._token is not None
         try:
+            if tcp:  # each answer line goes out now, not after the previous one's ACK
+                client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.settimeout(30)
             if self._token is None:
                 data, fds, _flags, _addr = socket.recv_fds(client, 65536, 3)
@@ -757,7 +758,7 @@ class HostAgent:
             for fd in fds:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-            if self._token is not None:
+            if tcp:
                 _close_tcp_client(client)
             with contextlib.suppress(OSError):
                 client.close()
