@@ -134,14 +134,15 @@ def main() -> int:
     raw: list[float] = []
     ours: list[float] = []
     try:
+        boots = {
+            "raw": lambda: raw.append(raw_boot(inst_dir, ssh_config, args.name)),
+            "devenv": lambda: ours.append(devenv_boot(args.name)),
+        }
         for i in range(args.rounds):
-            if i % 2 == 0:
-                raw.append(raw_boot(inst_dir, ssh_config, args.name))
-                ours.append(devenv_boot(args.name))
-            else:
-                ours.append(devenv_boot(args.name))
-                raw.append(raw_boot(inst_dir, ssh_config, args.name))
-            first = "raw" if i % 2 == 0 else "devenv"
+            order = ("raw", "devenv") if i % 2 == 0 else ("devenv", "raw")
+            for kind in order:
+                boots[kind]()
+            first = order[0]
             print(
                 f"round {i + 1} ({first} first): raw {raw[-1]:.1f} s, devenv {ours[-1]:.1f} s, "
                 f"ratio {ours[-1] / raw[-1]:.2f}",
