@@ -2,14 +2,17 @@
 
 Steps (each one reported through the step callback):
   1. debootstrap --variant=minbase SUITE ROOT MIRROR with the definition's
-     --include list (the kernel, systemd, sshd, python3, cloud-init, ...).
-  2. `chroot ROOT apt-get install --no-install-recommends` the engines; podman
-     fails to configure inside debootstrap's --include, apt resolves it.
-  3. Copy out the kernel and initrd for direct kernel boot, after checking the
+     --include list but its kernel (systemd, sshd, python3, cloud-init, ...).
+  2. vmimages/builders/debian/configure.sh pre: the image's initramfs rules,
+     among others (see the script).
+  3. `chroot ROOT apt-get install --no-install-recommends` the kernel, so its
+     one initrd follows those rules, and the engines; podman fails to
+     configure inside debootstrap's --include, apt resolves it.
+  4. Copy out the kernel and initrd for direct kernel boot, after checking the
      initrd carries virtio_blk, virtio_pci, virtio_mmio (microvm) and ext4
      (root=/dev/vda must mount).
-  4. vmimages/builders/debian/configure.sh: boot-path hygiene (see the script).
-  5. mkfs.ext4 -d ROOT on a sparse raw file (no loop mounts, no partition
+  5. configure.sh post: boot-path hygiene (see the script).
+  6. mkfs.ext4 -d ROOT on a sparse raw file (no loop mounts, no partition
      table), then qemu-img convert to qcow2.
 
 Nothing is mounted by this module. debootstrap mounts /proc and /sys inside the
@@ -43,6 +46,17 @@ def packages(spec: BuildSpec, arch: str) -> list[str]:
     return [p.format(deb_arch=DEB_ARCH[arch]) for p in spec.packages]
 
 
+def split_kernel(names: list[str]) -> tuple[list[str], list[str]]:
+    """(the rest, the kernel packages): the kernel is installed after configure.sh's pre phase.
+
+    Its postinst makes the initrd; installed by debootstrap, that would be
+    Debian's MODULES=most one, made before the image's own initramfs rules
+    exist, and made again (emulated, minutes for a foreign arch) once they do.
+    """
+    kernel = [n for n in names if n.startswith("linux-image-")]
+    return [n for n in names if n not in kernel], kernel
+
+
 def cmdline(spec: BuildSpec, arch: str) -> str:
     return spec.cmdline.format(console=SERIAL_CONSOLE[arch])
 
@@ -57,7 +71,7 @@ def debootstrap(root: Path, spec: BuildSpec, arch: str, mirror: str) -> None:
         "--variant=minbase",
         f"--arch={DEB_ARCH[arch]}",
         "--components=main",
-        f"--include={','.join(packages(spec, arch))}",
+        f"--include={','.join(split_kernel(packages(spec, arch))[0])}",
         spec.suite,
         str(root),
         mirror,
@@ -128,7 +142,7 @@ def extract_boot_files(root: Path, out: Path) -> tuple[Path, Path]:
     if missing:
         raise ImageError(
             f"the initrd {initrd.name} lacks {', '.join(missing)}; root=/dev/vda would not mount",
-            "set MODULES=most in /etc/initramfs-tools/initramfs.conf of the image (Debian's default)",
+            "list them in /etc/initramfs-tools/modules of the image (vmimages/builders/debian/configure.sh, pre)",
         )
     out_kernel, out_initrd = out / "vmlinuz", out / "initrd.img"
     shutil.copyfile(kernel, out_kernel)
@@ -217,12 +231,13 @@ def build_rootfs(
     env: dict[str, str],
     step: StepFn,
 ) -> tuple[Path, Path]:
-    """Steps 1-4: a configured root folder in `root`; kernel and initrd copied to `out`."""
+    """Steps 1-5: a configured root folder in `root`; kernel and initrd copied to `out`."""
     step(f"debootstrap {spec.suite} ({DEB_ARCH[arch]}) from {mirror}")
     debootstrap(root, spec, arch, mirror)
     run_configure(root, "pre", env)
-    step(f"install engines: {' '.join(spec.engine_packages) or 'none'}")
-    apt_install(root, list(spec.engine_packages))
+    kernel_packages = split_kernel(packages(spec, arch))[1]
+    step(f"install the kernel and engines: {' '.join([*kernel_packages, *spec.engine_packages]) or 'none'}")
+    apt_install(root, [*kernel_packages, *spec.engine_packages])
     step("extract kernel and initrd")
     kernel, initrd = extract_boot_files(root, out)
     step("configure boot, network, cloud-init, sshd; disable engines; shrink")

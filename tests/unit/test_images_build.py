@@ -178,3 +178,12 @@ def test_mounts_under_reads_mountinfo(tmp_path: Path) -> None:
         assert under_proc[-1] == "/proc"
         assert all(p.startswith("/proc") for p in under_proc)
         assert [len(p) for p in under_proc] == sorted((len(p) for p in under_proc), reverse=True)
+
+
+def test_the_kernel_is_installed_after_the_initramfs_rules() -> None:
+    spec = build._spec(definitions.load("debian-12"))
+    rest, kernel = debian.split_kernel(debian.packages(spec, "aarch64"))
+    assert kernel == ["linux-image-arm64"]
+    assert "initramfs-tools" in rest and "systemd-sysv" in rest
+    assert not any(name.startswith("linux-image-") for name in rest)
+    assert debian.split_kernel(["busybox"]) == (["busybox"], [])

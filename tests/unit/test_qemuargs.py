@@ -137,7 +137,7 @@ def test_kernel_cmdline_skips_crypto_self_tests_and_kvm_only_under_tcg() -> None
     image = "root=/dev/vda console={console}"
     tcg = (
         "cryptomgr.notests=1 modprobe.blacklist=kvm,kvm_amd,kvm_intel,powernow_k8,aesni_intel,"
-        "sha1_ssse3,sha256_ssse3,sha512_ssse3,pcspkr,psmouse,serio_raw,i2c_i801,lpc_ich,iTCO_wdt"
+        "sha1_ssse3,sha256_ssse3,sha512_ssse3,pcspkr,psmouse,serio_raw,i2c_i801,lpc_ich,iTCO_wdt,ahci"
     )
     assert kernel_cmdline(image, "ttyS0", aslr=True, accel="tcg") == f"root=/dev/vda console=ttyS0 {tcg}"
     assert kernel_cmdline("", "ttyS0", aslr=False, accel="tcg") == f"norandmaps {tcg}"
