@@ -145,6 +145,16 @@ def test_initrd_holds_what_mounts_root_and_little_else(built: ImageRecord, raw: 
     assert "MODULES=list" in debugfs(raw, "cat /etc/initramfs-tools/conf.d/devenv.conf").splitlines()
 
 
+def test_initrd_udev_names_devices_without_a_coldplug(built: ImageRecord) -> None:
+    assert built.initrd is not None
+    data = gzip.decompress(built.initrd.read_bytes())
+    top = data.split(b"scripts/init-top/udev\0", 1)[1][:2000]
+    assert b"systemd-udevd --daemon" in top  # the disk and NIC the listed modules bring up get named
+    assert b"udevadm trigger" not in top and b"udevadm settle" not in top
+    bottom = data.split(b"scripts/init-bottom/udev\0", 1)[1][:2000]  # udev's own script
+    assert b"udevadm control --exit" in bottom and b"mount -n -o move /dev" in bottom
+
+
 def test_e2scrub_does_not_run_at_boot(raw: Path) -> None:
     enabled = debugfs(raw, "ls -p /etc/systemd/system/default.target.wants") + debugfs(
         raw, "ls -p /etc/systemd/system/timers.target.wants"

@@ -50,6 +50,27 @@ EOF
     for m in virtio_pci virtio_mmio virtio_blk ext4 crc32c_generic virtio_net; do
         grep -qx "$m" /etc/initramfs-tools/modules || echo "$m" >> /etc/initramfs-tools/modules
     done
+    # udevd in the initrd without its coldplug: udev's init-top script
+    # triggers an "add" for every device and waits for them all (emulated:
+    # seconds), for nothing the initrd needs (the modules above are loaded by
+    # name; devtmpfs makes /dev/vda). udevd still runs, so the devices those
+    # modules bring up (the disk, the NIC) are named and recorded in /run/udev,
+    # which the booted system keeps: networkd can configure the NIC at once
+    # instead of after the booted udev's own coldplug. This file takes the
+    # place of udev's script of the same name (initramfs-tools copies
+    # /etc/initramfs-tools/scripts after /usr/share's); udev's init-bottom
+    # script stops udevd and moves /dev onto the root as before.
+    mkdir -p /etc/initramfs-tools/scripts/init-top
+    cat > /etc/initramfs-tools/scripts/init-top/udev <<'EOF'
+#!/bin/sh
+# devenv: udev's init-top script without the coldplug; see vmimages/builders/debian/configure.sh
+case "$1" in prereqs) exit 0 ;; esac
+if [ -w /sys/kernel/uevent_helper ]; then
+    echo > /sys/kernel/uevent_helper
+fi
+SYSTEMD_LOG_LEVEL=notice /lib/systemd/systemd-udevd --daemon --resolve-names=never
+EOF
+    chmod 0755 /etc/initramfs-tools/scripts/init-top/udev
 }
 
 unit_exists() {
