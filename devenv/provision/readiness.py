@@ -10,11 +10,13 @@ every boot (provisioning/cloud-init/firstboot.sh):
 The backend truncates (or notes the size of) serial.log before each boot and
 calls scan_console() on what was written since.
 
-On every boot after the first the line comes right after sshd started
-(devenv-ready.service runs After=ssh.service), which makes it the signal to
-log in on: a connection made earlier, while the guest's network is still
-down, is held by QEMU's user-mode net without an answer, and waiting on it
-cost a start up to ~10 s after sshd was up (wait_for_sshd).
+On every boot after the first the line comes right after sshd started and
+the guest's network is configured (devenv-ready.service runs After=ssh.service
+network-online.target), which makes it the signal to log in on: a connection
+made earlier, while the guest's network is still down, is held by QEMU's
+user-mode net without an answer, and waiting on it cost a start up to ~10 s
+after sshd was up (wait_for_sshd). sshd can be up before the network: the
+NIC's DHCP lease is not on its path.
 """
 
 from __future__ import annotations

@@ -47,6 +47,9 @@ def test_ready_unit_runs_the_announcer() -> None:
     unit = (assets.provisioning_dir() / "systemd/devenv-ready.service").read_text()
     assert "ExecStart=/bin/sh /usr/local/lib/devenv/firstboot.sh announce" in unit
     assert "ConditionPathExists=|/var/lib/devenv/provisioned" in unit
+    # the host dials on the line: sshd and the guest's network must both be up by then
+    assert "After=ssh.service network-online.target" in unit.splitlines()
+    assert "Wants=network-online.target" in unit.splitlines()
 
 
 def _sh(snippet: str, *args: str) -> subprocess.CompletedProcess[str]:
