@@ -65,13 +65,13 @@ def _apt_env() -> list[str]:
     return ["/usr/bin/env", "DEBIAN_FRONTEND=noninteractive", "LC_ALL=C.UTF-8", "LANG=C.UTF-8"]
 
 
-def debootstrap(root: Path, spec: BuildSpec, arch: str, mirror: str) -> None:
+def debootstrap(root: Path, spec: BuildSpec, arch: str, mirror: str, include: list[str]) -> None:
     argv = [
         "debootstrap",
         "--variant=minbase",
         f"--arch={DEB_ARCH[arch]}",
         "--components=main",
-        f"--include={','.join(split_kernel(packages(spec, arch))[0])}",
+        f"--include={','.join(include)}",
         spec.suite,
         str(root),
         mirror,
@@ -233,11 +233,12 @@ def build_rootfs(
 ) -> tuple[Path, Path]:
     """Steps 1-5: a configured root folder in `root`; kernel and initrd copied to `out`."""
     step(f"debootstrap {spec.suite} ({DEB_ARCH[arch]}) from {mirror}")
-    debootstrap(root, spec, arch, mirror)
+    base_packages, kernel_packages = split_kernel(packages(spec, arch))
+    debootstrap(root, spec, arch, mirror, base_packages)
     run_configure(root, "pre", env)
-    kernel_packages = split_kernel(packages(spec, arch))[1]
-    step(f"install the kernel and engines: {' '.join([*kernel_packages, *spec.engine_packages]) or 'none'}")
-    apt_install(root, [*kernel_packages, *spec.engine_packages])
+    after_pre = [*kernel_packages, *spec.engine_packages]
+    step(f"install the kernel and engines: {' '.join(after_pre) or 'none'}")
+    apt_install(root, after_pre)
     step("extract kernel and initrd")
     kernel, initrd = extract_boot_files(root, out)
     step("configure boot, network, cloud-init, sshd; disable engines; shrink")
