@@ -69,6 +69,27 @@ BOOT_TIMEOUT = {"tcg": 420.0, "default": 180.0}
 STOP_TIMEOUT = 90.0
 
 
+class AcceleratorFailed(CommandFailed):
+    """QEMU exited right after launch and its log names the accelerator: nothing booted, TCG may."""
+
+
+def _accelerator_error(log: Path, accel: str) -> str | None:
+    """QEMU's first error line when its output names `accel` (kvm, hvf, whpx), else None.
+
+    The line that names it is often an assertion deep in QEMU's source
+    (`kvm_buf_set_msrs: Assertion ...`); the first line is what went wrong
+    (`failed to set MSR 0x10a to 0x69`). Warnings (a CPU feature the host lacks) are skipped.
+    """
+    try:
+        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+    except OSError:
+        return None
+    if not any(accel in line.lower() for line in lines):
+        return None
+    errors = [line for line in lines if "warning:" not in line]
+    return (errors or lines)[0]
+
+
 def _accel_timeout(accel: str) -> float:
     return BOOT_TIMEOUT["tcg"] if accel == "tcg" else BOOT_TIMEOUT["default"]
 
@@ -246,7 +267,13 @@ class QemuBackend:
     # -- helpers --------------------------------------------------------------
 
     def _accel(self, inst: InstanceRef, arch: str) -> str:
-        """The accelerator for a guest of `arch`: hvf, kvm and whpx run only the host's own architecture."""
+        return self._accel_choice(inst, arch)[0]
+
+    def _accel_choice(self, inst: InstanceRef, arch: str) -> tuple[str, str]:
+        """The accelerator for a guest of `arch` and who chose it (see accelerator_choice).
+
+        hvf, kvm and whpx run only the host's own architecture.
+        """
         from devenv import config
         from devenv.backends.availability import ACCEL_ENV, accelerator_choice
         from devenv.hostos import current
@@ -261,7 +288,7 @@ class QemuBackend:
                 f"{f'unset {ACCEL_ENV}' if by_env else 'remove `accelerator` from devenv.toml'}:"
                 f" another architecture is emulated (tcg), which auto picks",
             )
-        return accel
+        return accel, source
 
     def _arch(self, inst: InstanceRef) -> str:
         """The guest's architecture: devenv.toml's `arch`, by default the host's."""
@@ -374,18 +401,18 @@ class QemuBackend:
         image = self._image(inst)
         arch = image.get("arch") or self._arch(inst)
         binary = self._check_qemu(arch)
-        accel = self._accel(inst, arch)
-        deadline_total = _accel_timeout(accel)
+        accel, source = self._accel_choice(inst, arch)
         pid = self._running_pid(inst)
         if pid is None:
             # a machine this image or host cannot boot is refused before anything changes
             machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
-            step(f"start QEMU ({accel})")
-            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
+            accel = self._launch_or_fall_back(inst, step, binary, image, arch, (accel, source), machine, extra_cmdline)
         else:
             step(f"QEMU is already running (pid {pid})")
+            accel = self._running_accel(inst) or accel
+        deadline_total = _accel_timeout(accel)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
@@ -393,6 +420,30 @@ class QemuBackend:
         self._wait_ready(inst, step, deadline_total, announces=announces)
         provisioned.touch()
         self._start_agent(inst, step)
+
+    def _launch_or_fall_back(
+        self,
+        inst: InstanceRef,
+        step: StepReporter,
+        binary: str,
+        image: dict[str, str],
+        arch: str,
+        choice: tuple[str, str],
+        machine: str,
+        extra_cmdline: str,
+    ) -> str:
+        """Launch QEMU under the chosen accelerator, or under TCG when one auto picked crashes it; which ran."""
+        accel, source = choice
+        step(f"start QEMU ({accel})")
+        try:
+            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
+        except AcceleratorFailed as e:
+            if source != "auto":
+                raise
+            accel = self._fall_back_to_tcg(inst, step, accel, e)
+            machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
+            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
+        return accel
 
     def _launch_agent_early(self, inst: InstanceRef) -> None:
         """Start the host agent while the guest boots: its login and guest agent overlap the wait.
@@ -499,17 +550,57 @@ class QemuBackend:
         while time.monotonic() < deadline:
             code = proc.poll()
             if code is not None:
+                crashed = accel != "tcg" and _accelerator_error(inst.dir / QEMU_LOG, accel) is not None
+                cls = AcceleratorFailed if crashed else CommandFailed
                 raise self._fail(
                     inst,
                     f"QEMU exited with code {code} right after it started",
                     "check the accelerator (DEVENV_QEMU_ACCEL=tcg forces software emulation) and the log above",
-                    CommandFailed,
+                    cls,
                     exited=True,
                 )
             if (inst.dir / paths.QEMU_PID).exists() and qmp.exists():
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    @staticmethod
+    def _fall_back_to_tcg(inst: InstanceRef, step: StepReporter, accel: str, failure: AcceleratorFailed) -> str:
+        """An accelerator auto picked crashed QEMU at once: boot under TCG, and say so.
+
+        /dev/kvm can exist and open yet fail at the first vCPU (a cloud VM without
+        working nested virtualisation; seen here: "failed to set MSR"). Lima and
+        Colima stop there; a slow guest that boots beats a fast one that does not.
+        A setting that names the accelerator is never overridden (source "config"
+        or the environment): the error stands. Each start tries the accelerator
+        again, so a host that gets fixed is fast again without anyone noticing.
+        """
+        from devenv.backends.availability import ACCEL_ENV
+
+        mark_failed = getattr(step, "fail", None)  # devenv.cli.ui.Steps: the attempt shows as failed
+        if callable(mark_failed):
+            mark_failed()
+        log = inst.dir / QEMU_LOG
+        kept = inst.dir / (QEMU_LOG + ".accel")
+        reason = _accelerator_error(log, accel) or failure.message.splitlines()[0]
+        os.replace(log, kept)
+        sys.stderr.write(
+            f"devenv: warning: QEMU stopped at once under {accel}, which devenv picked: {reason}\n"
+            f"  booting under tcg (software emulation, slower) instead; QEMU's whole output is in {kept}.\n"
+            f'  To have this fail instead, set `accelerator = "{accel}"` in devenv.toml or {ACCEL_ENV}={accel}.\n'
+        )
+        step("start QEMU (tcg)")
+        return "tcg"
+
+    @staticmethod
+    def _running_accel(inst: InstanceRef) -> str | None:
+        """The accelerator the running QEMU was launched with (qemu.argv), which may be a fallback's tcg."""
+        try:
+            argv = json.loads((inst.dir / "qemu.argv").read_text())
+            value = argv[argv.index("-accel") + 1]
+        except (OSError, ValueError, IndexError, TypeError, AttributeError):
+            return None
+        return str(value).partition(",")[0] or None
 
     @staticmethod
     def _firmware(arch: str, *, direct_kernel: bool) -> Path | None:

@@ -24,6 +24,10 @@ class Steps:
             sys.stderr.write(f"  … {name}")
             sys.stderr.flush()
 
+    def fail(self) -> None:
+        """The current step failed, yet the work goes on (a fallback): the next step begins after it."""
+        self._finish("✗")
+
     def _finish(self, mark: str) -> None:
         if self.current is None or self.quiet:
             self.current = None

@@ -1,0 +1,144 @@
+"""An accelerator auto picked that crashes QEMU at once: `devenv start` boots under TCG and says so.
+
+The QEMU here is a stand-in script: it prints what QEMU 7.2 printed on these
+CI machines under `-accel kvm` (recorded: /dev/kvm opens, nested KVM fails at
+the first vCPU), and under tcg it does what a started QEMU does for devenv
+(pid file, QMP socket). tests/integration/test_qemu_accel_fallback.py runs the
+real QEMU where its KVM crashes like this.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv import paths
+from devenv.backends.base import InstanceRef
+from devenv.backends.qemu import QEMU_LOG, AcceleratorFailed, QemuBackend, _accelerator_error
+from devenv.cli.ui import Steps
+from devenv.config import Config
+from devenv.errors import CommandFailed
+
+# What qemu-system-x86_64 7.2 wrote and how it ended (SIGABRT, code -6) under -accel kvm on this CI machine.
+RECORDED_KVM_CRASH = (
+    "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n"
+    "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs:"
+    " Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n"
+)
+
+STAND_IN = textwrap.dedent(
+    f"""\
+    #!{sys.executable}
+    import os, socket, sys, time
+    argv = sys.argv[1:]
+    accel = argv[argv.index("-accel") + 1].partition(",")[0]
+    with open(os.environ["STAND_IN_CALLS"], "a") as calls:
+        calls.write(accel + "\\n")
+    if accel in os.environ.get("STAND_IN_CRASH", "").split(","):
+        sys.stderr.write(os.environ.get("STAND_IN_TEXT") or {RECORDED_KVM_CRASH!r})
+        sys.stderr.flush()
+        os.abort()
+    qmp = argv[argv.index("-qmp") + 1].removeprefix("unix:").partition(",")[0]
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(qmp)
+    server.listen(1)
+    with open(argv[argv.index("-pidfile") + 1], "w") as pid:
+        pid.write(f"{{os.getpid()}}\\n")
+    time.sleep(60)
+    """
+)
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
+    """The stand-in QEMU and the file where it records the accelerator of each launch."""
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_text(STAND_IN)
+    binary.chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("STAND_IN_CALLS", str(calls))
+    monkeypatch.setenv("STAND_IN_CRASH", "kvm")
+    monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")  # no 9p probe of the binary
+    yield binary, calls
+
+
+@pytest.fixture
+def inst(tmp_path: Path) -> Iterator[InstanceRef]:
+    d = tmp_path / "dev"
+    d.mkdir()
+    ref = InstanceRef("dev", d, Config(mounts=[]))
+    yield ref
+    pid_file = d / paths.QEMU_PID
+    if pid_file.exists():
+        os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def _launch(inst: InstanceRef, binary: Path, choice: tuple[str, str], steps: Steps) -> str:
+    image = {"arch": "x86_64"}
+    return QemuBackend()._launch_or_fall_back(inst, steps, str(binary), image, "x86_64", choice, "q35", "")
+
+
+def test_a_kvm_auto_picked_that_crashes_qemu_is_replaced_by_tcg(
+    inst: InstanceRef, stand_in: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary, calls = stand_in
+    with Steps() as steps:
+        used = _launch(inst, binary, ("kvm", "auto"), steps)
+    assert used == "tcg"
+    assert calls.read_text().split() == ["kvm", "tcg"]
+    argv = json.loads((inst.dir / "qemu.argv").read_text())
+    assert argv[argv.index("-accel") + 1].startswith("tcg")
+    assert QemuBackend._running_accel(inst) == "tcg"  # what a later `devenv start` of the running VM reads
+    assert (inst.dir / paths.QEMU_PID).exists()
+    err = capsys.readouterr().err
+    assert "✗ start QEMU (kvm)" in err and "✓ start QEMU (tcg)" in err
+    assert "QEMU stopped at once under kvm, which devenv picked: qemu-system-x86_64: error: failed to set MSR" in err
+    assert 'accelerator = "kvm"' in err and "DEVENV_QEMU_ACCEL=kvm" in err
+    kept = inst.dir / (QEMU_LOG + ".accel")
+    assert f"QEMU's whole output is in {kept}" in err
+    assert "kvm_buf_set_msrs" in kept.read_text()  # the crash's own output is kept for the user
+
+
+@pytest.mark.parametrize("source", ["config", "DEVENV_QEMU_ACCEL"])
+def test_an_accelerator_the_user_named_is_never_replaced(
+    inst: InstanceRef, stand_in: tuple[Path, Path], source: str
+) -> None:
+    binary, calls = stand_in
+    with pytest.raises(AcceleratorFailed) as e, Steps(quiet=True) as steps:
+        _launch(inst, binary, ("kvm", source), steps)
+    assert calls.read_text().split() == ["kvm"]
+    assert "QEMU exited with code -6 right after it started" in str(e.value)
+    assert "failed to set MSR" in str(e.value) and "DEVENV_QEMU_ACCEL=tcg" in e.value.hint
+    assert not (inst.dir / paths.QEMU_PID).exists()
+
+
+def test_a_crash_that_does_not_name_the_accelerator_is_not_retried(
+    inst: InstanceRef, stand_in: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad disk or option fails under TCG just the same: one clear error, not two launches."""
+    binary, calls = stand_in
+    monkeypatch.setenv("STAND_IN_TEXT", "qemu-system-x86_64: -drive if=virtio,file=/x/disk.qcow2: Permission denied\n")
+    with pytest.raises(CommandFailed) as e, Steps(quiet=True) as steps:
+        _launch(inst, binary, ("kvm", "auto"), steps)
+    assert not isinstance(e.value, AcceleratorFailed)
+    assert calls.read_text().split() == ["kvm"]
+    assert "Permission denied" in str(e.value)
+
+
+def test_the_reason_is_the_first_error_line_not_a_warning(tmp_path: Path) -> None:
+    log = tmp_path / QEMU_LOG
+    log.write_text(
+        "qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.pni\n" + RECORDED_KVM_CRASH
+    )
+    assert _accelerator_error(log, "kvm") == "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69"
+    assert _accelerator_error(log, "hvf") is None
+    log.write_text("qemu-system-x86_64: -accel hvf: Could not access HVF\n")  # names it on its only line
+    assert _accelerator_error(log, "hvf") == "qemu-system-x86_64: -accel hvf: Could not access HVF"
+    assert _accelerator_error(tmp_path / "missing.log", "kvm") is None
