@@ -38,6 +38,20 @@ class Probe:
     fix: str = ""
 
 
+def qemu_error_line(output: str, accel: str) -> str | None:
+    """QEMU's first error line when its output names `accel` (kvm, hvf, whpx), else None.
+
+    The line that names it is often an assertion deep in QEMU's source
+    (`kvm_buf_set_msrs: Assertion ...`); the first line is what went wrong
+    (`failed to set MSR 0x10a to 0x69`). Warnings (a CPU feature the host lacks) are skipped.
+    """
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    if not any(accel in line.lower() for line in lines):
+        return None
+    errors = [line for line in lines if "warning:" not in line]
+    return (errors or lines)[0]
+
+
 def ping_unix(path: str, timeout: float = 1.0) -> bool:
     """GET /_ping on a Docker-API unix socket (docker and podman both serve it).
 
@@ -181,6 +195,40 @@ class Host:
         out = _quiet([binary, "--version"]) or ""
         version = out.splitlines()[0] if out else "unknown version"
         return Probe(True, version)
+
+    @functools.cached_property
+    def hardware_accelerator_runs(self) -> Probe:
+        """Whether QEMU keeps running under the hardware accelerator the probes found (for doctor: up to ~1 s).
+
+        /dev/kvm can open and still fail at the first vCPU (a cloud VM whose nested
+        virtualisation is broken), which only a launch shows. QEMU runs devenv's
+        CPU model (`host`) on an empty machine; alive after the wait means it runs.
+        """
+        probes = (("hvf", self.hvf), ("kvm", self.kvm), ("whpx", self.whpx))
+        accel = next((name for name, probe in probes if probe.ok), None)
+        binary = self.qemu_binary
+        if accel is None or binary is None:
+            return Probe(True, "no hardware accelerator to launch")
+        import subprocess
+
+        machine = "virt" if self.arch == "aarch64" else "q35"
+        argv = [binary, "-nodefaults", "-display", "none", "-machine", machine, "-accel", accel, "-cpu", "host"]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        except OSError as e:
+            return Probe(False, f"{binary} did not start: {e}")
+        try:
+            out, _ = proc.communicate(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            return Probe(True, f"QEMU runs under {accel}")
+        reason = qemu_error_line(out.decode(errors="replace"), accel) or f"exit code {proc.returncode}"
+        return Probe(
+            False,
+            f"QEMU stops at once under {accel} ({reason})",
+            f"`devenv start` boots under tcg instead by itself; fix {accel} on this host for full speed",
+        )
 
     @functools.cached_property
     def engine(self) -> Engine | None:

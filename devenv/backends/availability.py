@@ -25,8 +25,24 @@ def qemu(host: Host) -> Probe:
     q = host.qemu
     if not q.ok:
         return q
-    accel = accelerator(host)
+    accel, fallback = launch_accelerator(host)
+    if fallback is not None:
+        return Probe(True, f"{q.detail}; accelerator {accel}: {fallback.detail}", fallback.fix)
     return Probe(True, f"{q.detail}; accelerator {accel}")
+
+
+def launch_accelerator(host: Host) -> tuple[str, Probe | None]:
+    """What `devenv start` ends up running under, for doctor (it launches QEMU once: up to ~1 s).
+
+    auto's pick, unless QEMU stops at once under it: then tcg, as start falls
+    back, and the failed probe saying why.
+    """
+    accel, source = accelerator_choice(host)
+    if source == "auto" and accel != "tcg" and host.qemu.ok:
+        runs = host.hardware_accelerator_runs
+        if not runs.ok:
+            return "tcg", runs
+    return accel, None
 
 
 ACCEL_ENV = "DEVENV_QEMU_ACCEL"

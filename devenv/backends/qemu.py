@@ -74,20 +74,13 @@ class AcceleratorFailed(CommandFailed):
 
 
 def _accelerator_error(log: Path, accel: str) -> str | None:
-    """QEMU's first error line when its output names `accel` (kvm, hvf, whpx), else None.
+    """QEMU's first error line in its log when that names `accel` (see hostos.qemu_error_line)."""
+    from devenv.hostos import qemu_error_line
 
-    The line that names it is often an assertion deep in QEMU's source
-    (`kvm_buf_set_msrs: Assertion ...`); the first line is what went wrong
-    (`failed to set MSR 0x10a to 0x69`). Warnings (a CPU feature the host lacks) are skipped.
-    """
     try:
-        lines = [line.strip() for line in log.read_text(errors="replace").splitlines() if line.strip()]
+        return qemu_error_line(log.read_text(errors="replace"), accel)
     except OSError:
         return None
-    if not any(accel in line.lower() for line in lines):
-        return None
-    errors = [line for line in lines if "warning:" not in line]
-    return (errors or lines)[0]
 
 
 def _accel_timeout(accel: str) -> float:

@@ -250,7 +250,7 @@ def docker_env(name: str | None, shell_kind: str) -> int:
 
 def doctor(as_json: bool) -> int:
     from devenv import backends
-    from devenv.backends.availability import CHECKS, accelerator
+    from devenv.backends.availability import CHECKS, launch_accelerator
     from devenv.hostos import current, default_backend
     from devenv.launcher import installed
 
@@ -266,7 +266,7 @@ def doctor(as_json: bool) -> int:
     info = {
         "host": {"system": host.system, "arch": host.arch, "wsl": host.is_wsl},
         "default_backend": default_backend(host),
-        "qemu_accelerator": accelerator(host),
+        "qemu_accelerator": launch_accelerator(host)[0],
         "backends": rows,
         "launcher": launcher,
     }
@@ -279,7 +279,7 @@ def doctor(as_json: bool) -> int:
     for r in rows:
         mark = "ok " if r["available"] else "no "
         _out(f"  {mark} {r['backend'].ljust(width)}  {r['detail']}")
-        if not r["available"] and r["fix"]:
+        if r["fix"]:  # an available row has one when it works around something (a fallback)
             _out(f"      {''.ljust(width)}  fix: {r['fix']}")
     if launcher["kind"] == "native":
         _out(f"launcher: native ({launcher['path']}): a warm `devenv exec` starts no Python")

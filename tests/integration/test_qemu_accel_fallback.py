@@ -22,6 +22,7 @@ from devenv.backends.qemu import QEMU_LOG, QemuBackend
 from devenv.backends.qmp import Qmp
 from devenv.cli.ui import Steps
 from devenv.config import Config
+from devenv.hostos import Host
 from tests.integration.qemu_fixture import MISSING, QEMU
 
 pytestmark = pytest.mark.integration
@@ -90,3 +91,14 @@ def test_qemu_whose_kvm_crashes_runs_under_tcg_instead(
         if pid_file.exists():
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
             time.sleep(0.1)
+
+
+@pytest.mark.skipif(QEMU is None, reason=MISSING)
+def test_doctor_probe_sees_the_same_crash() -> None:
+    crash = _kvm_crashes_qemu()
+    if crash is None:
+        pytest.skip("QEMU does not crash under KVM on this host")
+    runs = Host().hardware_accelerator_runs
+    assert runs.ok is False
+    first_error = next(line.strip() for line in crash.splitlines() if line.strip() and "warning:" not in line)
+    assert runs.detail == f"QEMU stops at once under kvm ({first_error})"

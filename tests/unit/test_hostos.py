@@ -13,7 +13,7 @@ import pytest
 from devenv import backends
 from devenv.backends import availability
 from devenv.errors import BackendUnavailable, UsageError
-from devenv.hostos import Probe, default_backend, normalize_arch
+from devenv.hostos import Probe, default_backend, normalize_arch, qemu_error_line
 from devenv.testing import FakeHost
 
 YES = Probe(True, "yes")
@@ -125,6 +125,36 @@ def test_doctor_lists_every_backend_with_reason_and_fix(cli: Any, monkeypatch: p
     text = cli("doctor").out
     assert text.splitlines()[0] == "host: linux x86_64; default backend: qemu"
     assert "  ok  qemu" in text
+
+
+def test_doctor_names_tcg_when_qemu_stops_at_once_under_the_accelerator_found(
+    cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crash = Probe(False, "QEMU stops at once under kvm (failed to set MSR 0x10a to 0x69)", "start falls back")
+    host = FakeHost("linux", qemu=Probe(True, "QEMU 9"), kvm=YES, hardware_accelerator_runs=crash)
+    monkeypatch.setattr("devenv.hostos.current", lambda: host)
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    info = json.loads(cli("doctor", "--json").out)
+    assert info["qemu_accelerator"] == "tcg"
+    rows = {r["backend"]: r for r in info["backends"]}
+    assert rows["qemu"]["available"] is True
+    assert rows["qemu"]["detail"] == f"QEMU 9; accelerator tcg: {crash.detail}"
+    assert "fix: start falls back" in cli("doctor").out
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")  # named: start would not fall back, and doctor says kvm
+    assert json.loads(cli("doctor", "--json").out)["qemu_accelerator"] == "kvm"
+
+
+def test_qemu_error_line_is_the_first_error_not_a_warning() -> None:
+    out = (
+        "qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.pni\n"
+        "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n"
+        "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs: Assertion failed.\n"
+    )
+    assert qemu_error_line(out, "kvm") == "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69"
+    assert qemu_error_line(out, "hvf") is None
+    assert (
+        qemu_error_line("qemu: -accel hvf: Could not access HVF\n", "hvf") == "qemu: -accel hvf: Could not access HVF"
+    )
 
 
 def test_real_host_probe_does_not_raise() -> None:
