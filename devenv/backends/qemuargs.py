@@ -159,6 +159,10 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     argv = [binary or qemu_binary_name(spec.arch), "-name", f"devenv-{spec.name},process=devenv-{spec.name}"]
     argv += ["-nodefaults", "-no-user-config", "-display", "none"]
     if machine == "virt":
+        # highmem=on is QEMU's default, spelled out for hvf/kvm: since QEMU 7.0 virt sizes its memory map to the
+        # host's IPA (36 bits on an M1), so it boots there; highmem=off would cap RAM at 3 GiB ("Addressing
+        # limited to 32 bits"). QEMU < 7.0 on an M1 refuses it ("less PA bits (36) than requested"); Lima
+        # dropped highmem=off for 7.0+ the same way (lima-vm/lima#703). Not run on a Mac here.
         argv += ["-machine", "virt" + (",highmem=on" if accel != "tcg" else "")]
     elif machine == "microvm":
         # ACPI on: QMP's system_powerdown reaches the guest as a power button (the GED device)
