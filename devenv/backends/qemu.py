@@ -66,6 +66,7 @@ SERIAL_TAIL = 25
 
 # Per-step timeouts, scaled up under TCG where everything is ~10x slower.
 BOOT_TIMEOUT = {"tcg": 420.0, "default": 180.0}
+SILENT_BOOT_LIMIT = 60.0  # s: a console still empty this long under kvm/hvf/whpx is a guest that does not run
 STOP_TIMEOUT = 90.0
 
 
@@ -410,7 +411,7 @@ class QemuBackend:
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
             self._launch_agent_early(inst)
-        self._wait_ready(inst, step, deadline_total, announces=announces)
+        self._wait_ready(inst, step, deadline_total, announces=announces, accel=accel)
         provisioned.touch()
         self._start_agent(inst, step)
 
@@ -670,7 +671,9 @@ class QemuBackend:
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
-    def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool) -> None:
+    def _wait_ready(
+        self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool, accel: str = "tcg"
+    ) -> None:
         """Until the guest's console says it is ready (or failed), within budget seconds.
 
         `announces`: the guest was provisioned, so devenv-ready.service prints
@@ -686,7 +689,8 @@ class QemuBackend:
         serial = inst.dir / paths.SERIAL_LOG
         console = ConsoleWatch(serial)
         first_probe = ANNOUNCED_FIRST_PROBE if announces else 0.0
-        if not wait_for_sshd(console, port, deadline, tick=alive, first_probe_after=first_probe):
+        tick = alive if accel == "tcg" else self._silence_check(inst, alive, accel)
+        if not wait_for_sshd(console, port, deadline, tick=tick, first_probe_after=first_probe):
             raise self._fail(
                 inst,
                 f"the guest's sshd did not answer on 127.0.0.1:{port} within {budget:.0f} s",
@@ -713,6 +717,40 @@ class QemuBackend:
                     "cloud-init may still be running or stuck: read the console above",
                 )
             time.sleep(0.2)
+
+    def _silence_check(self, inst: InstanceRef, alive: Callable[[], None], accel: str) -> Callable[[], None]:
+        """`alive`, and a Timeout once the console has stayed empty for SILENT_BOOT_LIMIT s under `accel`.
+
+        Under a hardware accelerator the guest's first console line (systemd's,
+        or the firmware's) comes within seconds. A console still empty after a
+        minute is a guest that does not run: a KVM that opens but hangs its
+        guests (nested virtualisation; seen on these CI machines with QEMU's
+        default CPU model). Saying so then beats the 180 s boot budget.
+        """
+        serial = inst.dir / paths.SERIAL_LOG
+        began = time.monotonic()
+
+        def check() -> None:
+            alive()
+            if time.monotonic() - began < SILENT_BOOT_LIMIT:
+                return
+            try:
+                if serial.stat().st_size > 0:
+                    return
+            except OSError:
+                pass
+            from devenv.backends.availability import ACCEL_ENV
+
+            raise self._fail(
+                inst,
+                f"the guest printed nothing on its console in {SILENT_BOOT_LIMIT:.0f} s under {accel},"
+                " where a guest's first line comes within seconds: it is not running",
+                f"{accel} may not run guests on this host (nested virtualisation often cannot):"
+                f" `devenv stop --force -n {inst.name}`, then `{ACCEL_ENV}=tcg devenv start -n {inst.name}`"
+                ' (or accelerator = "tcg" in devenv.toml)',
+            )
+
+        return check
 
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:

@@ -149,6 +149,81 @@ def test_wrong_pinned_key_is_refused(vm: VM, tmp_path: Path) -> None:
     assert b"Host key verification failed" in r.stderr
 
 
+def _read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
+    import select
+
+    deadline = time.monotonic() + timeout
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed its side
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return pattern in buf
+
+
+def _set_winsize(fd: int, rows: int, cols: int) -> None:
+    import fcntl
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
+    """`devenv shell` as a user types it: a login shell on a PTY in the guest that follows the window's size."""
+    import fcntl
+    import pty
+    import termios
+
+    d, name, _ = vm
+    master, slave = pty.openpty()
+    _set_winsize(master, 30, 100)
+    before = termios.tcgetattr(slave)
+
+    def make_controlling_tty() -> None:
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+    child = subprocess.Popen(
+        [sys.executable, "-m", "devenv", "shell", "-n", name],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=d.project,
+        env={**d.env, "TERM": "xterm"},
+        start_new_session=True,
+        preexec_fn=make_controlling_tty,
+    )
+    buf = bytearray()
+    try:
+        os.write(master, b"echo READY-$((40+2)) $(id -un) $(tty)\r")
+        assert _read_until(master, b"READY-42", 120, buf), buf.decode(errors="replace")
+        assert _read_until(master, b"/dev/pts/", 10, buf), buf.decode(errors="replace")
+        os.write(master, b"stty size\r")
+        assert _read_until(master, b"30 100", 20, buf), buf.decode(errors="replace")
+        _set_winsize(master, 40, 120)  # SIGWINCH in the CLI -> a window-change request to the guest
+        time.sleep(1)
+        os.write(master, b"stty size; exit 3\r")
+        code = child.wait(60)
+        _read_until(master, b"40 120", 2, buf)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    text = buf.decode(errors="replace")
+    after = termios.tcgetattr(slave)
+    os.close(slave)
+    os.close(master)
+    assert code == 3, text
+    assert "READY-42 devenv /dev/pts/" in text, text
+    assert "40 120" in text, text
+    assert after == before  # raw mode undone: the user's terminal is as it was
+
+
 def test_status_and_list_report_running(vm: VM) -> None:
     d, name, _ = vm
     st = json.loads(d.ok("status", "-n", name, "--json").stdout)

@@ -39,3 +39,31 @@ def test_a_wait_that_timed_out_with_qemu_running_does_not_call_it_a_crash(tmp_pa
     inst = InstanceRef("dev", tmp_path, Config())
     err = QemuBackend()._fail(inst, "the guest's sshd did not answer within 600 s", "hint")
     assert str(err) == "the guest's sshd did not answer within 600 s"
+
+
+def test_a_console_silent_for_a_minute_under_kvm_is_a_guest_that_does_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Seen here: with QEMU's default CPU model this host's KVM hangs its guest with nothing on the console."""
+    from devenv.backends import qemu
+    from devenv.errors import Timeout
+
+    inst = InstanceRef("dev", tmp_path, Config())
+    serial = tmp_path / "serial.log"
+    serial.write_text("")
+    calls: list[int] = []
+    monkeypatch.setattr(qemu, "SILENT_BOOT_LIMIT", 0.0)
+    check = QemuBackend()._silence_check(inst, lambda: calls.append(1), "kvm")
+    with pytest.raises(Timeout) as err:
+        check()
+    assert calls == [1]  # QEMU's liveness is still checked first
+    assert str(err.value).startswith("the guest printed nothing on its console in 0 s under kvm")
+    assert "DEVENV_QEMU_ACCEL=tcg devenv start -n dev" in err.value.hint
+    serial.write_text("SELinux:  Could not open policy file\n")  # the first line of a booting devenv guest
+    check()  # a guest that printed is left to the boot budget
+
+
+def test_the_silence_limit_waits_its_time_first(tmp_path: Path) -> None:
+    inst = InstanceRef("dev", tmp_path, Config())
+    (tmp_path / "serial.log").write_text("")
+    QemuBackend()._silence_check(inst, lambda: None, "hvf")()  # just begun: no verdict yet
