@@ -70,6 +70,11 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
   usermod -aG docker,tty "$user" 2>/dev/null || true  # the engine socket; a pty for the shell test
   # Desktops' udev makes /dev/fuse 0666 (FUSE mounts as a user); this machine has no udev.
   [ -c /dev/fuse ] && chmod 0666 /dev/fuse
+  # Likewise /dev/kvm is root:kvm 0660 there, and a developer is in `kvm`: the user's auto accelerator
+  # then meets this host's KVM, which opens but crashes QEMU (tests/integration/test_qemu_accel_fallback.py).
+  if [ -c /dev/kvm ]; then
+    if groupadd -r -f kvm && chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; then usermod -aG kvm "$user"; fi
+  fi
   chmod 0755 "$DEVENV_CACHE"
   work=/tmp/devenv-ci-user
   rm -rf "$work"
