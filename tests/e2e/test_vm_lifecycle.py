@@ -26,6 +26,7 @@ from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
+from tests.ptyutil import read_until, set_winsize
 
 pytestmark = pytest.mark.e2e
 
@@ -149,31 +150,6 @@ def test_wrong_pinned_key_is_refused(vm: VM, tmp_path: Path) -> None:
     assert b"Host key verification failed" in r.stderr
 
 
-def _read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
-    import select
-
-    deadline = time.monotonic() + timeout
-    while pattern not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:  # the child closed its side
-                break
-            if not chunk:
-                break
-            buf += chunk
-    return pattern in buf
-
-
-def _set_winsize(fd: int, rows: int, cols: int) -> None:
-    import fcntl
-    import struct
-    import termios
-
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
 def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
     """`devenv shell` as a user types it: a login shell on a PTY in the guest that follows the window's size."""
     import fcntl
@@ -182,7 +158,7 @@ def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
 
     d, name, _ = vm
     master, slave = pty.openpty()
-    _set_winsize(master, 30, 100)
+    set_winsize(master, 30, 100)
     before = termios.tcgetattr(slave)
 
     def make_controlling_tty() -> None:
@@ -201,15 +177,15 @@ def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
     buf = bytearray()
     try:
         os.write(master, b"echo READY-$((40+2)) $(id -un) $(tty)\r")
-        assert _read_until(master, b"READY-42", 120, buf), buf.decode(errors="replace")
-        assert _read_until(master, b"/dev/pts/", 10, buf), buf.decode(errors="replace")
+        assert read_until(master, b"READY-42", 120, buf), buf.decode(errors="replace")
+        assert read_until(master, b"/dev/pts/", 10, buf), buf.decode(errors="replace")
         os.write(master, b"stty size\r")
-        assert _read_until(master, b"30 100", 20, buf), buf.decode(errors="replace")
-        _set_winsize(master, 40, 120)  # SIGWINCH in the CLI -> a window-change request to the guest
+        assert read_until(master, b"30 100", 20, buf), buf.decode(errors="replace")
+        set_winsize(master, 40, 120)  # SIGWINCH in the CLI -> a window-change request to the guest
         time.sleep(1)
         os.write(master, b"stty size; exit 3\r")
         code = child.wait(60)
-        _read_until(master, b"40 120", 2, buf)
+        read_until(master, b"40 120", 2, buf)
     finally:
         if child.poll() is None:
             child.kill()

@@ -30,6 +30,7 @@ from devenv.transport.sshconfig import SSHConfigEntry, known_hosts_line
 from tests.integration import sshd_fixture
 from tests.integration.sshd_fixture import SSHDInfo, SSHDServer, keygen, ssh_tools_available
 from tests.loopback import Listener
+from tests.ptyutil import read_until, set_winsize
 
 # The fixtures, under the names the tests ask for.
 sshd_server = sshd_fixture.sshd_server
@@ -330,31 +331,6 @@ SHELL_CHILD = textwrap.dedent(
 )
 
 
-def _set_winsize(fd: int, rows: int, cols: int) -> None:
-    import fcntl
-    import struct
-    import termios
-
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
-    import select
-
-    deadline = time.monotonic() + timeout
-    while pattern not in buf and time.monotonic() < deadline:
-        ready, _, _ = select.select([fd], [], [], 0.1)
-        if ready:
-            try:
-                chunk = os.read(fd, 4096)
-            except OSError:
-                return pattern in buf
-            if not chunk:
-                break
-            buf += chunk
-    return pattern in buf
-
-
 @pytest.mark.skipif(sys.platform == "win32", reason="needs a POSIX pty")
 def test_interactive_shell_on_a_pty(sshd_server: SSHDServer, sshd: SSHDInfo) -> None:
     if not sshd_server.pty_supported:
@@ -365,7 +341,7 @@ def test_interactive_shell_on_a_pty(sshd_server: SSHDServer, sshd: SSHDInfo) -> 
     import termios
 
     master, slave = pty.openpty()
-    _set_winsize(master, 30, 100)
+    set_winsize(master, 30, 100)
     arg = json.dumps(
         {
             "host": sshd.host,
@@ -393,14 +369,14 @@ def test_interactive_shell_on_a_pty(sshd_server: SSHDServer, sshd: SSHDInfo) -> 
     try:
         # The login shell's first output means raw mode is on and the remote PTY is up.
         os.write(master, b"echo READY-$((40+2))\r")
-        assert _read_until(master, b"READY-42", 20, buf), buf.decode(errors="replace")
+        assert read_until(master, b"READY-42", 20, buf), buf.decode(errors="replace")
         os.write(master, b"stty size\r")
-        assert _read_until(master, b"30 100", 10, buf), buf.decode(errors="replace")
-        _set_winsize(master, 40, 120)  # -> SIGWINCH in the child -> resize_pty
+        assert read_until(master, b"30 100", 10, buf), buf.decode(errors="replace")
+        set_winsize(master, 40, 120)  # -> SIGWINCH in the child -> resize_pty
         time.sleep(0.5)
         os.write(master, b"stty size; echo hi; exit 3\r")
-        assert _read_until(master, b"RESTORED=", 20, buf), buf.decode(errors="replace")
-        _read_until(master, b"\n", 2, buf)
+        assert read_until(master, b"RESTORED=", 20, buf), buf.decode(errors="replace")
+        read_until(master, b"\n", 2, buf)
         code = child.wait(10)
     finally:
         if child.poll() is None:

@@ -1,0 +1,31 @@
+"""Driving a program on a pseudo-terminal from a test: its window size, and reading until a pattern."""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+
+def set_winsize(fd: int, rows: int, cols: int) -> None:
+    import fcntl  # POSIX only, and this module is imported by tests collected on every platform
+    import struct
+    import termios
+
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def read_until(fd: int, pattern: bytes, timeout: float, buf: bytearray) -> bool:
+    """Read `fd` into `buf` until `pattern` is in it (True), the other side closes, or `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while pattern not in buf and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            try:
+                chunk = os.read(fd, 4096)
+            except OSError:  # the child closed its side
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return pattern in buf
