@@ -223,7 +223,9 @@ class Host:
             proc.kill()
             proc.communicate()
             return Probe(True, f"QEMU runs under {accel}")
-        reason = qemu_error_line(out.decode(errors="replace"), accel) or f"exit code {proc.returncode}"
+        reason = qemu_error_line(out.decode(errors="replace"), accel)
+        if reason is None:  # not the accelerator's fault, as `devenv start` judges it: it would not fall back
+            return Probe(True, f"QEMU left the probe with exit code {proc.returncode}, not naming {accel}")
         return Probe(
             False,
             f"QEMU stops at once under {accel} ({reason})",
