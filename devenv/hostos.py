@@ -196,23 +196,31 @@ class Host:
         version = out.splitlines()[0] if out else "unknown version"
         return Probe(True, version)
 
-    @functools.cached_property
-    def hardware_accelerator_runs(self) -> Probe:
-        """Whether QEMU keeps running under the hardware accelerator the probes found (for doctor: up to ~1 s).
+    def accelerator_runs(self, accel: str) -> Probe:
+        """Whether QEMU keeps running under `accel` (kvm, hvf, whpx) for a second: for doctor, which waits that long.
 
         /dev/kvm can open and still fail at the first vCPU (a cloud VM whose nested
-        virtualisation is broken), which only a launch shows. QEMU runs devenv's
-        CPU model (`host`) on an empty machine; alive after the wait means it runs.
+        virtualisation is broken), which only a launch shows. QEMU gets devenv's
+        machine and CPU model on an empty machine; alive after the wait means it runs.
+        Blamed on `accel` only when QEMU's output names it, as `devenv start` judges.
+        Asked once per accelerator: doctor's qemu row and its JSON read the same answer.
         """
-        probes = (("hvf", self.hvf), ("kvm", self.kvm), ("whpx", self.whpx))
-        accel = next((name for name, probe in probes if probe.ok), None)
+        known: dict[str, Probe] = self.__dict__.setdefault("_accelerator_runs", {})
+        if accel not in known:
+            known[accel] = self._launch_under(accel)
+        return known[accel]
+
+    def _launch_under(self, accel: str) -> Probe:
         binary = self.qemu_binary
-        if accel is None or binary is None:
-            return Probe(True, "no hardware accelerator to launch")
+        if binary is None:
+            return Probe(True, f"no QEMU to launch under {accel}")
         import subprocess
 
-        machine = "virt" if self.arch == "aarch64" else "q35"
-        argv = [binary, "-nodefaults", "-display", "none", "-machine", machine, "-accel", accel, "-cpu", "host"]
+        from devenv.backends.qemuargs import cpu_model, resolve_machine
+
+        machine = resolve_machine("auto", self.arch, direct_kernel=False)
+        argv = [binary, "-nodefaults", "-display", "none", "-machine", machine, "-accel", accel]
+        argv += ["-cpu", cpu_model(self.arch, accel)]
         try:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         except OSError as e:

@@ -39,7 +39,7 @@ def launch_accelerator(host: Host) -> tuple[str, Probe | None]:
     """
     accel, source = accelerator_choice(host)
     if source == "auto" and accel != "tcg" and host.qemu.ok:
-        runs = host.hardware_accelerator_runs
+        runs = host.accelerator_runs(accel)
         if not runs.ok:
             return "tcg", runs
     return accel, None

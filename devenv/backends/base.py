@@ -6,7 +6,7 @@ operation a backend cannot do raises NotSupported naming the backend.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -41,8 +41,13 @@ class Status:
     details: dict[str, object] = field(default_factory=dict)
 
 
-# step(name) is called as each long step begins; the CLI renders it.
-StepReporter = Callable[[str], None]
+class StepReporter(Protocol):
+    """step(name) as each long step begins; the CLI renders it (devenv.cli.ui.Steps)."""
+
+    def __call__(self, name: str, /) -> None: ...
+
+    def fail(self) -> None:
+        """The current step failed and the work goes on another way (a fallback)."""
 
 
 @dataclass

@@ -73,6 +73,10 @@ STOP_TIMEOUT = 90.0
 class AcceleratorFailed(CommandFailed):
     """QEMU exited right after launch and its log names the accelerator: nothing booted, TCG may."""
 
+    def __init__(self, message: str, hint: str, reason: str) -> None:
+        super().__init__(message, hint)
+        self.reason = reason  # QEMU's first error line
+
 
 def _accelerator_error(log: Path, accel: str) -> str | None:
     """QEMU's first error line in its log when that names `accel` (see hostos.qemu_error_line)."""
@@ -434,7 +438,7 @@ class QemuBackend:
         except AcceleratorFailed as e:
             if source != "auto":
                 raise
-            accel = self._fall_back_to_tcg(inst, step, accel, e)
+            accel = self._fall_back_to_tcg(inst, step, accel, e.reason)
             machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
             self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
         return accel
@@ -544,22 +548,22 @@ class QemuBackend:
         while time.monotonic() < deadline:
             code = proc.poll()
             if code is not None:
-                crashed = accel != "tcg" and _accelerator_error(inst.dir / QEMU_LOG, accel) is not None
-                cls = AcceleratorFailed if crashed else CommandFailed
-                raise self._fail(
+                failed = self._fail(
                     inst,
                     f"QEMU exited with code {code} right after it started",
                     "check the accelerator (DEVENV_QEMU_ACCEL=tcg forces software emulation) and the log above",
-                    cls,
+                    CommandFailed,
                     exited=True,
                 )
+                reason = _accelerator_error(inst.dir / QEMU_LOG, accel) if accel != "tcg" else None
+                raise AcceleratorFailed(failed.message, failed.hint, reason) if reason else failed
             if (inst.dir / paths.QEMU_PID).exists() and qmp.exists():
                 return
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
 
     @staticmethod
-    def _fall_back_to_tcg(inst: InstanceRef, step: StepReporter, accel: str, failure: AcceleratorFailed) -> str:
+    def _fall_back_to_tcg(inst: InstanceRef, step: StepReporter, accel: str, reason: str) -> str:
         """An accelerator auto picked crashed QEMU at once: boot under TCG, and say so.
 
         /dev/kvm can exist and open yet fail at the first vCPU (a cloud VM without
@@ -571,13 +575,9 @@ class QemuBackend:
         """
         from devenv.backends.availability import ACCEL_ENV
 
-        mark_failed = getattr(step, "fail", None)  # devenv.cli.ui.Steps: the attempt shows as failed
-        if callable(mark_failed):
-            mark_failed()
-        log = inst.dir / QEMU_LOG
+        step.fail()
         kept = inst.dir / (QEMU_LOG + ".accel")
-        reason = _accelerator_error(log, accel) or failure.message.splitlines()[0]
-        os.replace(log, kept)
+        os.replace(inst.dir / QEMU_LOG, kept)
         sys.stderr.write(
             f"devenv: warning: QEMU stopped at once under {accel}, which devenv picked: {reason}\n"
             f"  booting under tcg (software emulation, slower) instead; QEMU's whole output is in {kept}.\n"
@@ -671,9 +671,7 @@ class QemuBackend:
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
-    def _wait_ready(
-        self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool, accel: str = "tcg"
-    ) -> None:
+    def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool, accel: str) -> None:
         """Until the guest's console says it is ready (or failed), within budget seconds.
 
         `announces`: the guest was provisioned, so devenv-ready.service prints

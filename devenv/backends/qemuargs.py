@@ -170,7 +170,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     else:
         argv += ["-machine", machine]
     argv += ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}" if accel == "tcg" else accel]
-    argv += ["-cpu", _cpu(spec.arch, accel)]
+    argv += ["-cpu", cpu_model(spec.arch, accel)]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M"]
     if spec.firmware is not None:
         argv += ["-bios", str(spec.firmware)]
@@ -198,7 +198,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     return argv
 
 
-def _cpu(arch: str, accel: str) -> str:
+def cpu_model(arch: str, accel: str) -> str:
     """The host's CPU where hardware runs the guest; else QEMU's `max`, every feature it emulates.
 
     For aarch64 under TCG, `max` signs pointers with the architected QARMA5

@@ -25,7 +25,7 @@ class Steps:
             sys.stderr.flush()
 
     def fail(self) -> None:
-        """The current step failed, yet the work goes on (a fallback): the next step begins after it."""
+        """The current step failed, yet the work goes on (a fallback): shown ✗, the next step begins after it."""
         self._finish("✗")
 
     def _finish(self, mark: str) -> None:

@@ -107,7 +107,7 @@ class FakeHost(Host):
             self.__dict__[attr] = no
         self.__dict__["engine"] = None
         self.__dict__["qemu_binary"] = None
-        self.__dict__["hardware_accelerator_runs"] = Probe(True, "a fake host's accelerator runs")
+        self.__dict__["accelerator_runs"] = lambda accel: Probe(True, f"a fake host's {accel} runs")
         for key, value in probes.items():
             self.__dict__[key] = value
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from devenv.cli.ui import Steps
 from devenv.hostos import Host
 
 pytestmark = pytest.mark.integration
@@ -109,6 +110,6 @@ def test_native_without_engine_says_how_to_fix(tmp_path: Path, monkeypatch: pyte
 
     backend = NativeBackend(FakeHost("linux"))
     with pytest.raises(BackendUnavailable) as e:
-        backend.start(InstanceRef("x", tmp_path, Config(backend="native")), lambda s: None)
+        backend.start(InstanceRef("x", tmp_path, Config(backend="native")), Steps(quiet=True))
     assert e.value.message == "no docker engine answers on this host"
     assert "systemctl start docker" in e.value.hint and "--backend qemu" in e.value.hint

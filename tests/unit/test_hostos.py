@@ -131,7 +131,13 @@ def test_doctor_names_tcg_when_qemu_stops_at_once_under_the_accelerator_found(
     cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crash = Probe(False, "QEMU stops at once under kvm (failed to set MSR 0x10a to 0x69)", "start falls back")
-    host = FakeHost("linux", qemu=Probe(True, "QEMU 9"), kvm=YES, hardware_accelerator_runs=crash)
+    asked: list[str] = []
+
+    def accelerator_runs(accel: str) -> Probe:
+        asked.append(accel)
+        return crash
+
+    host = FakeHost("linux", qemu=Probe(True, "QEMU 9"), kvm=YES, accelerator_runs=accelerator_runs)
     monkeypatch.setattr("devenv.hostos.current", lambda: host)
     monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
     info = json.loads(cli("doctor", "--json").out)
@@ -139,6 +145,7 @@ def test_doctor_names_tcg_when_qemu_stops_at_once_under_the_accelerator_found(
     rows = {r["backend"]: r for r in info["backends"]}
     assert rows["qemu"]["available"] is True
     assert rows["qemu"]["detail"] == f"QEMU 9; accelerator tcg: {crash.detail}"
+    assert set(asked) == {"kvm"}  # the accelerator auto picked is the one launched
     assert "fix: start falls back" in cli("doctor").out
     monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")  # named: start would not fall back, and doctor says kvm
     assert json.loads(cli("doctor", "--json").out)["qemu_accelerator"] == "kvm"
@@ -155,6 +162,28 @@ def test_qemu_error_line_is_the_first_error_not_a_warning() -> None:
     assert (
         qemu_error_line("qemu: -accel hvf: Could not access HVF\n", "hvf") == "qemu: -accel hvf: Could not access HVF"
     )
+
+
+def test_accelerator_runs_launches_qemu_once_per_accelerator(tmp_path: Path) -> None:
+    """doctor's qemu row and its JSON both ask: a real launch (a script standing in for QEMU) happens once."""
+    from devenv.hostos import Host
+
+    launches = tmp_path / "launches"
+    qemu = tmp_path / "qemu-system-x86_64"
+    qemu.write_text(f"#!/bin/sh\necho \"$@\" >> {launches}\necho 'qemu: error: kvm: failed' >&2\nexit 1\n")
+    qemu.chmod(0o755)
+    host = Host()
+    host.__dict__.update(arch="x86_64", qemu_binary=str(qemu))
+    first = host.accelerator_runs("kvm")
+    assert host.accelerator_runs("kvm") is first
+    assert first == Probe(
+        False,
+        "QEMU stops at once under kvm (qemu: error: kvm: failed)",
+        "`devenv start` boots under tcg instead by itself; fix kvm on this host for full speed",
+    )
+    assert launches.read_text().splitlines() == [
+        "-nodefaults -display none -machine q35 -accel kvm -cpu host"  # devenv's own machine and CPU model
+    ]
 
 
 def test_real_host_probe_does_not_raise() -> None:
