@@ -68,7 +68,21 @@ class Lifecycle(Protocol):
 
 
 class Executor(Protocol):
-    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int: ...
+    def exec(
+        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+    ) -> int:
+        """Run argv in the instance; its exit code. `env` wins over devenv.toml's env.
+
+        `cwd` is the directory `-w` named in the instance, used as it is; None
+        follows the host's working directory: where a mount puts it in a VM,
+        else the guest home (hostagent.mounts.guest_cwd).
+
+        `ask_agent=False`: the host agent already answered "unavailable" for this
+        very command (the native launcher asked), so asking again would only wait
+        its reconnect timeout a second time.
+        """
+        ...
+
     def shell(self, inst: InstanceRef) -> int: ...
 
 

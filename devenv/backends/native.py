@@ -65,7 +65,9 @@ class NativeBackend:
             return Status("broken", f"the local {runtime} engine does not answer")
         return Status("running", details={"engine": engine.endpoint or engine.runtime})
 
-    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+    def exec(
+        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+    ) -> int:
         if not argv:
             raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
         full_env = {**os.environ, **inst.config.env, **env}
@@ -107,7 +109,9 @@ def run_foreground(argv: list[str], env: dict[str, str], cwd: str | None) -> int
 
     try:
         proc = subprocess.Popen(argv, env=env, cwd=cwd)
-    except FileNotFoundError:
+    except FileNotFoundError as e:
+        if cwd is not None and e.filename == cwd:
+            raise UsageError(f"-w {cwd}: no such directory", "give a directory that exists") from None
         raise UsageError(f"command not found: {argv[0]}", "check the command name and PATH") from None
     except PermissionError:
         raise UsageError(f"permission denied: {argv[0]}", "is the file executable?") from None

@@ -37,7 +37,9 @@ class PendingBackend:
     def status(self, inst: InstanceRef) -> Status:
         return Status("broken", f"backend `{self.name}`: {self.missing}")
 
-    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+    def exec(
+        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+    ) -> int:
         raise self._no("exec")
 
     def shell(self, inst: InstanceRef) -> int:

@@ -855,10 +855,13 @@ class QemuBackend:
 
         return guest_cwd(mount_specs(inst.config.mounts), cwd)
 
-    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+    def exec(
+        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+    ) -> int:
         from devenv.hostagent import client
 
-        code = client.exec(inst.dir, list(argv), env, cwd)
+        here = os.getcwd()
+        code = client.exec(inst.dir, list(argv), env, here, workdir=cwd) if ask_agent else None
         if code is not None:
             return code
         with self.connection(inst) as conn:
@@ -866,7 +869,7 @@ class QemuBackend:
             return conn.exec(
                 list(argv),
                 env={**inst.config.env, **env},
-                cwd=self._guest_cwd(inst, cwd),
+                cwd=cwd or self._guest_cwd(inst, here),
                 stdin=stdin,
                 stdout=sys.stdout.buffer,
                 stderr=sys.stderr.buffer,

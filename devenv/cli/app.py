@@ -141,9 +141,13 @@ def exec_(
     command: Annotated[list[str] | None, typer.Argument(help="The command, after `--`.")] = None,
     name: Name = None,
     workdir: Annotated[str | None, typer.Option("-w", "--workdir", help="Working directory.")] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("-e", "--env", help="Set NAME=VALUE for the command; NAME alone passes the host's value."),
+    ] = None,
 ) -> None:
-    """Run a command in the instance: devenv exec -- CMD ARGS..."""
-    _run(lambda: commands.exec_(name, list(command or []), workdir))
+    """Run a command in the instance: devenv exec [-e NAME=VALUE]... -- CMD ARGS..."""
+    _run(lambda: commands.exec_(name, list(command or []), workdir, list(env or [])))
 
 
 @app.command()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,13 +172,32 @@ def status(name: str | None, as_json: bool) -> int:
     return 0
 
 
-def exec_(name: str | None, argv: list[str], workdir: str | None = None) -> int:
+def exec_(
+    name: str | None,
+    argv: list[str],
+    workdir: str | None = None,
+    env_flags: Sequence[str] = (),
+    ask_agent: bool = True,
+) -> int:
+    from devenv.cli import envflags
+
+    env, bad = envflags.parse(env_flags, os.environ)
+    if bad:
+        raise UsageError(
+            f"-e {bad[0]}: `{bad[0].partition('=')[0]}` is not an environment variable name",
+            "names are letters, digits and _, not starting with a digit: -e NAME=VALUE, or -e NAME for the host's",
+        )
+    if workdir and not workdir.startswith("/"):
+        raise UsageError(
+            f"-w {workdir}: the working directory must be an absolute path in the instance",
+            f"for example: -w /{workdir.lstrip('./')}; without -w the command runs where you are (when mounted)",
+        )
     if not argv:
         raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
     n, _ = name_of(name)
     inst = instance.get(n)
     instance.require_running(inst)
-    return inst.backend().exec(inst.ref, argv, {}, workdir or os.getcwd())
+    return inst.backend().exec(inst.ref, argv, env, workdir or None, ask_agent=ask_agent)
 
 
 def shell(name: str | None) -> int:

@@ -40,15 +40,18 @@ def _fast(argv: list[str], whole_process: bool = False) -> int | None:
 def _fast_exec(args: list[str], whole_process: bool = False) -> int | None:
     name: str | None = None
     workdir: str | None = None
+    env_flags: list[str] = []
     i = 0
     while i < len(args):
         a = args[i]
         if a == "--":
             command = args[i + 1 :]
             break
-        if a in ("-n", "--name", "-w", "--workdir") and i + 1 < len(args):
+        if a in ("-n", "--name", "-w", "--workdir", "-e", "--env") and i + 1 < len(args):
             if a in ("-n", "--name"):
                 name = args[i + 1]
+            elif a in ("-e", "--env"):
+                env_flags.append(args[i + 1])
             else:
                 workdir = args[i + 1]
             i += 2
@@ -57,6 +60,8 @@ def _fast_exec(args: list[str], whole_process: bool = False) -> int | None:
             name = a.partition("=")[2]
         elif a.startswith("--workdir="):
             workdir = a.partition("=")[2]
+        elif a.startswith("--env="):
+            env_flags.append(a.partition("=")[2])
         else:
             return None  # --help, unknown flags, or a command without `--`: let typer explain
         i += 1
@@ -65,7 +70,11 @@ def _fast_exec(args: list[str], whole_process: bool = False) -> int | None:
     # The native launcher asked this instance's agent already and it could not run the command.
     asked = os.environ.pop(AGENT_UNAVAILABLE_ENV, None) is not None
     if command and not asked:
-        code = _exec_through_agent(name, command, workdir)
+        from devenv.cli import envflags
+
+        env, bad = envflags.parse(env_flags, os.environ)
+        relative = workdir is not None and workdir != "" and not workdir.startswith("/")
+        code = None if bad or relative else _exec_through_agent(name, command, workdir or None, env)
         if code is not None:
             if whole_process:
                 _leave(code)
@@ -73,7 +82,7 @@ def _fast_exec(args: list[str], whole_process: bool = False) -> int | None:
     from devenv.cli import commands
     from devenv.cli.boundary import guarded
 
-    return guarded(lambda: commands.exec_(name, command, workdir))
+    return guarded(lambda: commands.exec_(name, command, workdir, env_flags, ask_agent=not asked))
 
 
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -133,7 +142,7 @@ def _quick_name(explicit: str | None) -> str | None:
     return "default"
 
 
-def _exec_through_agent(name: str | None, command: list[str], workdir: str | None) -> int | None:
+def _exec_through_agent(name: str | None, command: list[str], workdir: str | None, env: dict[str, str]) -> int | None:
     """The warm path: the running instance's host agent runs the command; None to fall back."""
     resolved = _quick_name(name)
     if resolved is None:
@@ -142,7 +151,7 @@ def _exec_through_agent(name: str | None, command: list[str], workdir: str | Non
     from devenv.hostagent import client
 
     try:
-        return client.exec(paths.instance_dir_str(resolved), command, {}, workdir or os.getcwd())
+        return client.exec(paths.instance_dir_str(resolved), command, env, os.getcwd(), workdir=workdir)
     except KeyboardInterrupt:
         return 130
 

@@ -153,6 +153,7 @@ def exec(  # the name is the operation, as in `devenv exec`
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     *,
+    workdir: str | None = None,
     stdin_fd: int = 0,
     stdout_fd: int = 1,
     stderr_fd: int = 2,
@@ -163,7 +164,8 @@ def exec(  # the name is the operation, as in `devenv exec`
     None means nothing was started (no agent, or it cannot exec right now), so
     the caller may fall back to a direct SSH connection without running the
     command twice. `cwd` is the host's working directory: the agent maps it into
-    the guest when a mount puts it there. stdin is forwarded unless it is a
+    the guest when a mount puts it there. `workdir` (`-w`) names a guest
+    directory instead, used as it is. stdin is forwarded unless it is a
     terminal (no PTY here: like `ssh host cmd`, use `devenv shell` for that) or
     /dev/null (the command then gets the guest's /dev/null).
     The fds are handed to the agent where the channel can pass them, else their
@@ -176,6 +178,8 @@ def exec(  # the name is the operation, as in `devenv exec`
     try:
         forward_stdin = _stdin_has_data(stdin_fd)
         msg: Json = {"op": "exec", "argv": list(argv), "env": dict(env or {}), "cwd": cwd, "stdin": forward_stdin}
+        if workdir:
+            msg["workdir"] = workdir
         c.sock.settimeout(None)
         streamed = not c.fd_passing if stream is None else stream
         sender = _Sender(c.sock, streamed)

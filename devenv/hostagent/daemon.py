@@ -855,7 +855,11 @@ class ExecRequest:
             return {"unavailable": True, "error": "the host agent is not connected to the guest"}
         env_in = self.msg.get("env") or {}
         env = {**self.agent.opts.env, **{str(k): str(v) for k, v in dict(env_in).items()}}
-        cwd = self.agent.guest_cwd(self.msg.get("cwd") if isinstance(self.msg.get("cwd"), str) else None)
+        workdir = self.msg.get("workdir")
+        if isinstance(workdir, str) and workdir:
+            cwd: str | None = workdir  # `-w`: a guest directory, as it is
+        else:
+            cwd = self.agent.guest_cwd(self.msg.get("cwd") if isinstance(self.msg.get("cwd"), str) else None)
         want_stdin = bool(self.msg.get("stdin"))
         client = session.client
         try:

@@ -9,7 +9,8 @@
  * costs ~1 ms. It does exactly what devenv/cli/entry.py's fast path and
  * devenv/hostagent/client.py's fd-passing exec do, and nothing else:
  *
- *   devenv exec [-n NAME | --name NAME | --name=NAME | -w DIR | --workdir DIR | --workdir=DIR]... -- CMD...
+ *   devenv exec [-n NAME | --name NAME | --name=NAME | -w DIR | --workdir DIR | --workdir=DIR |
+ *                -e NAME[=VALUE] | --env NAME[=VALUE] | --env=NAME[=VALUE]]... -- CMD...
  *
  * resolves the instance name as entry._quick_name does, connects to
  * INSTANCE_DIR/hostagent.sock, sends {"op":"exec",...} with its stdin, stdout
@@ -787,21 +788,72 @@ static int high_bytes(const char *s) {
     return 0;
 }
 
+/* devenv.cli.envflags.valid_name, over the bytes before `=` (or the end). */
+static int env_name_char(char c, int first) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_' || (!first && c >= '0' && c <= '9');
+}
+
+static int env_name_ok(const char *flag) {
+    if (!env_name_char(flag[0], 1))
+        return 0;
+    for (const char *p = flag + 1; *p && *p != '='; p++)
+        if (!env_name_char(*p, 0))
+            return 0;
+    return 1;
+}
+
+/* One `-e` flag as envflags.parse reads it: NAME=VALUE, or NAME and the host's value (none: skipped). */
+static void env_entry(const char *flag, struct buf *name, const char **value) {
+    const char *eq = strchr(flag, '=');
+    name->len = 0;
+    buf_put(name, flag, eq ? (size_t)(eq - flag) : strlen(flag));
+    buf_put(name, "", 1);
+    *value = eq ? eq + 1 : name->failed ? NULL : getenv(name->data);
+}
+
 /* The request line, or NULL (FALLBACK) when Python should build it. */
-static int build_request(struct buf *req, char **command, const char *workdir) {
-    int high = high_bytes(workdir);
+static int build_request(struct buf *req, char **command, const char *cwd, const char *workdir, const char **env_flags,
+                         int n_env) {
+    struct buf name = {0};
+    const char *value;
+    int high = high_bytes(cwd) || (workdir != NULL && high_bytes(workdir));
     for (char **a = command; *a; a++)
         high |= high_bytes(*a);
-    if (high && !utf8_argv())
+    for (int i = 0; i < n_env; i++) {
+        env_entry(env_flags[i], &name, &value);
+        high |= value != NULL && high_bytes(value);
+    }
+    if (high && !utf8_argv()) {
+        free(name.data);
         return 0;
+    }
     buf_puts(req, "{\"op\":\"exec\",\"argv\":[");
     for (char **a = command; *a; a++) {
         if (a != command)
             buf_puts(req, ",");
         json_str(req, *a);
     }
-    buf_puts(req, "],\"env\":{},\"cwd\":");
-    json_str(req, workdir);
+    buf_puts(req, "],\"env\":{");
+    int first = 1;
+    for (int i = 0; i < n_env; i++) { /* a name given twice: the agent's JSON reader keeps the last, as a dict update does */
+        env_entry(env_flags[i], &name, &value);
+        if (value == NULL)
+            continue;
+        if (!first)
+            buf_puts(req, ",");
+        first = 0;
+        json_str(req, name.failed ? "" : name.data);
+        buf_puts(req, ":");
+        json_str(req, value);
+    }
+    req->failed |= name.failed;
+    free(name.data);
+    buf_puts(req, "},\"cwd\":");
+    json_str(req, cwd);
+    if (workdir != NULL) { /* -w: a guest directory, used as it is */
+        buf_puts(req, ",\"workdir\":");
+        json_str(req, workdir);
+    }
     buf_puts(req, stdin_has_data() ? ",\"stdin\":true}\n" : ",\"stdin\":false}\n");
     /* The agent drops a longer line and the connection with it; Python then runs the command over SSH. */
     return !req->failed && req->len <= MAX_LINE;
@@ -889,18 +941,16 @@ static int read_final(int s) {
  * The request is built and sent here; FALLBACK only while nothing was started.
  * Once the agent holds the request, every outcome is this program's exit code.
  */
-static int exec_through_agent(const char *socket_path, char **command, const char *workdir) {
+static int exec_through_agent(const char *socket_path, char **command, const char *workdir, const char **env_flags,
+                              int n_env) {
     char cwd[PATH_MAX];
-    if (workdir == NULL) {
-        if (getcwd(cwd, sizeof cwd) == NULL)
-            return FALLBACK;
-        workdir = cwd;
-    }
+    if (getcwd(cwd, sizeof cwd) == NULL)
+        return FALLBACK;
     for (int fd = 0; fd < 3; fd++)
         if (fcntl(fd, F_GETFD) < 0)
             return FALLBACK; /* a closed std fd cannot be passed: Python's SSH path copes */
     struct buf req = {0};
-    if (!build_request(&req, command, workdir)) {
+    if (!build_request(&req, command, cwd, workdir, env_flags, n_env)) {
         free(req.data);
         return FALLBACK;
     }
@@ -967,6 +1017,10 @@ static int exec_through_agent(const char *socket_path, char **command, const cha
 static int fast_exec(int argc, char **argv) {
     const char *name = NULL, *workdir = NULL;
     char **command = NULL;
+    const char **env_flags = malloc(sizeof *env_flags * (size_t)(argc > 0 ? argc : 1));
+    int n_env = 0;
+    if (env_flags == NULL)
+        return FALLBACK;
     for (char **e = environ; *e; e++)
         if (strncmp(*e, "_DEVENV_COMPLETE", 16) == 0)
             return FALLBACK;
@@ -982,18 +1036,27 @@ static int fast_exec(int argc, char **argv) {
             name = argv[++i];
         } else if ((strcmp(a, "-w") == 0 || strcmp(a, "--workdir") == 0) && i + 1 < argc) {
             workdir = argv[++i];
+        } else if ((strcmp(a, "-e") == 0 || strcmp(a, "--env") == 0) && i + 1 < argc) {
+            env_flags[n_env++] = argv[++i];
         } else if (strncmp(a, "--name=", 7) == 0) {
             name = a + 7;
         } else if (strncmp(a, "--workdir=", 10) == 0) {
             workdir = a + 10;
+        } else if (strncmp(a, "--env=", 6) == 0) {
+            env_flags[n_env++] = a + 6;
         } else {
             return FALLBACK; /* --help, an unknown flag, or a command without `--`: typer explains */
         }
     }
     if (command == NULL || *command == NULL)
         return FALLBACK;
+    for (int i = 0; i < n_env; i++)
+        if (!env_name_ok(env_flags[i]))
+            return FALLBACK; /* Python says what is wrong with it */
     if (workdir != NULL && workdir[0] == '\0')
-        workdir = NULL; /* `workdir or os.getcwd()` */
+        workdir = NULL; /* `workdir or None`: where the caller is */
+    if (workdir != NULL && workdir[0] != '/')
+        return FALLBACK; /* a relative -w: Python says what is wrong with it */
 
     char resolved[64];
     char home[PATH_MAX];
@@ -1005,7 +1068,7 @@ static int fast_exec(int argc, char **argv) {
             (int)sizeof socket_path ||
         strlen(socket_path) >= SUN_PATH_MAX)
         return FALLBACK; /* Python keeps such sockets in a short per-user dir */
-    return exec_through_agent(socket_path, command, workdir);
+    return exec_through_agent(socket_path, command, workdir, env_flags, n_env);
 }
 
 /* ------------------------------------------------------------ the Python CLI */

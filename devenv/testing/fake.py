@@ -57,12 +57,14 @@ class FakeBackend:
             return Status("broken", str(state["broken"]))
         return Status("running" if state.get("running") else "stopped", details={"starts": state.get("starts", 0)})
 
-    def exec(self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None) -> int:
+    def exec(
+        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+    ) -> int:
         if not self._load(inst).get("running"):
             raise StateError("fake VM is not running")
         log = inst.dir / "exec.log"
         with open(log, "a") as f:
-            f.write(json.dumps({"argv": list(argv), "cwd": cwd}) + "\n")
+            f.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd, "ask_agent": ask_agent}) + "\n")
         if argv[:1] == ["exit"]:
             return int(argv[1])
         return 0

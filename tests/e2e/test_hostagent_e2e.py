@@ -257,8 +257,8 @@ def test_the_installed_devenv_command_serves_exec_natively(vm: VM) -> None:
         env = vm.env if python else {**vm.env, "PYTHONHOME": "/nonexistent"}
         return subprocess.run([devenv, *args], input=stdin, capture_output=True, env=env, cwd=vm.project, timeout=120)
 
-    r = run("exec", "--", "sh", "-c", "pwd; echo err >&2; exit 7")
-    assert (r.returncode, r.stdout, r.stderr) == (7, f"{vm.project}\n".encode(), b"err\n")  # the mounted project
+    r = run("exec", "-e", "GREETING=hi there", "--", "sh", "-c", 'pwd; echo "$GREETING" >&2; exit 7')
+    assert (r.returncode, r.stdout, r.stderr) == (7, f"{vm.project}\n".encode(), b"hi there\n")  # the mounted project
     data = os.urandom(10 * 1024 * 1024)
     r = run("exec", "--", "wc", "-c", stdin=data)
     assert (r.returncode, r.stdout.strip()) == (0, str(len(data)).encode())

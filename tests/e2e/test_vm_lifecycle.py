@@ -53,6 +53,29 @@ def test_exec_returns_the_remote_exit_code(vm: VM) -> None:
     assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
 
 
+@pytest.mark.parametrize("path", ["host agent", "ssh"])
+def test_exec_sets_env_and_workdir(vm: VM, path: str) -> None:
+    """-e NAME=VALUE, -e NAME (the host's value; none: unset) and -w, through the agent and over plain SSH."""
+    from devenv.cli.entry import AGENT_UNAVAILABLE_ENV
+
+    d, name, _ = vm
+    env = {**d.env, "FROM_HOST": "host's value"}
+    env.pop("NOT_ON_HOST", None)
+    if path == "ssh":
+        env[AGENT_UNAVAILABLE_ENV] = "1"  # as after the launcher's "unavailable": Python's own SSH connection
+    script = 'printf "%s|%s|%s|%s" "$A" "$FROM_HOST" "${NOT_ON_HOST-unset}" "$(pwd)"'
+    flags = ["-e", "A=x 'y' $z", "-e", "FROM_HOST", "-e", "NOT_ON_HOST", "-w", "/tmp"]
+    r = subprocess.run(
+        [sys.executable, "-m", "devenv", "exec", "-n", name, *flags, "--", "sh", "-c", script],
+        capture_output=True,
+        env=env,
+        cwd=d.project,
+        timeout=120,
+        check=False,
+    )
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"x 'y' $z|host's value|unset|/tmp", b"")
+
+
 def test_stdin_is_binary_safe(vm: VM) -> None:
     d, name, _ = vm
     data = os.urandom(10 * 1024 * 1024)

@@ -362,7 +362,12 @@ def test_explicit_forward_from_config(make_env: Callable[..., Env]) -> None:
 
 
 def _exec(
-    env: Env, argv: list[str], stdin: bytes | None = None, cwd: str | None = None, stream: bool | None = None
+    env: Env,
+    argv: list[str],
+    stdin: bytes | None = None,
+    cwd: str | None = None,
+    stream: bool | None = None,
+    workdir: str | None = None,
 ) -> tuple[int | None, bytes, bytes]:
     """client.exec with real files as the three fds, as a shell would pass them."""
     d = env.inst.parent
@@ -373,6 +378,7 @@ def _exec(
             argv,
             {"DEVENV_T": "v a l"},
             cwd,
+            workdir=workdir,
             stdin_fd=i.fileno(),
             stdout_fd=o.fileno(),
             stderr_fd=e.fileno(),
@@ -434,6 +440,11 @@ def test_exec_maps_cwd_under_a_mount_only(make_env: Callable[..., Env], tmp_path
         assert _exec(env, ["pwd"], cwd=str(proj / "sub"))[1] == f"{tmp_path / 'gproj' / 'sub'}\n".encode()
     code, out, _ = _exec(env, ["pwd"], cwd="/nonexistent-on-purpose")
     assert code == 0 and out.strip() == os.path.expanduser("~").encode()  # not under a mount: the guest home
+    guest_only = tmp_path / "guest-only"
+    guest_only.mkdir()
+    assert _exec(env, ["pwd"], cwd=str(proj / "sub"), workdir=str(guest_only)) == (0, f"{guest_only}\n".encode(), b"")
+    code, out, err = _exec(env, ["pwd"], cwd=str(proj), workdir="/nonexistent-on-purpose")
+    assert (code, out, err) == (127, b"", b"devenv: /nonexistent-on-purpose: No such file or directory\n")
 
 
 def _sudo_ok() -> bool:

@@ -51,11 +51,15 @@ def test_exec_skips_an_agent_the_launcher_already_asked(home: Path, monkeypatch:
     from devenv.cli import commands, entry
 
     asked: list[object] = []
+    slow_path: list[bool] = []
     monkeypatch.setattr(entry, "_exec_through_agent", lambda *a: asked.append(a) or 0)
-    monkeypatch.setattr(commands, "exec_", lambda name, command, workdir: 5)
+    monkeypatch.setattr(
+        commands, "exec_", lambda name, command, workdir, env_flags, ask_agent: slow_path.append(ask_agent) or 5
+    )
     monkeypatch.setenv(entry.AGENT_UNAVAILABLE_ENV, "1")
     assert entry.main(["exec", "-n", "x", "--", "true"]) == 5
     assert asked == [] and entry.AGENT_UNAVAILABLE_ENV not in os.environ  # not passed on to anything else
+    assert slow_path == [False]  # nor does the backend ask the agent again (and wait out its timeout twice)
     assert entry.main(["exec", "-n", "x", "--", "true"]) == 0
     assert len(asked) == 1
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -317,6 +318,40 @@ def test_a_spawn_the_guest_may_have_seen_is_never_run_again(
         assert result == reply
         err = (tmp_path / "err").read_bytes()
         assert err == said if said is not None else err.endswith(b"; the command may have started in the guest\n")
+
+
+@pytest.mark.parametrize(
+    ("extra", "guest_dir"),
+    [
+        ({}, "mapped:/host/proj"),  # where the caller is, through the mounts
+        ({"workdir": "/srv/app"}, "/srv/app"),  # -w: a guest directory, as it is
+        ({"workdir": ""}, "mapped:/host/proj"),
+    ],
+    ids=["cwd", "workdir", "empty-workdir"],
+)
+def test_exec_runs_in_the_workdir_asked_for_else_the_mapped_cwd(
+    extra: dict[str, str], guest_dir: str, tmp_path: Path
+) -> None:
+    from types import SimpleNamespace
+
+    from devenv.hostagent.daemon import ExecRequest
+
+    calls: list[tuple[str, Any]] = []
+
+    def call(method: str, params: Any, timeout: float | None = None) -> object:
+        calls.append((method, params))
+        raise NotSent("recorded", "")  # the request ends here, as "unavailable"
+
+    session = SimpleNamespace(client=SimpleNamespace(call=call), can_spawn=True)
+    agent = SimpleNamespace(
+        wait_session=lambda timeout: session, opts=SimpleNamespace(env={"T": "toml"}), guest_cwd=lambda c: f"mapped:{c}"
+    )
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY), os.open(os.devnull, os.O_WRONLY)]
+    msg = {"op": "exec", "argv": ["pwd"], "env": {"T": "flag", "A": "1"}, "cwd": "/host/proj", "stdin": False, **extra}
+    assert ExecRequest(agent, None, None, msg, fds).run()["unavailable"] is True  # type: ignore[arg-type]
+    assert calls == [
+        ("spawn", {"argv": ["pwd"], "env": {"T": "flag", "A": "1"}, "cwd": guest_dir, "stdin": False}),
+    ]
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:

@@ -245,19 +245,84 @@ def test_argv_bytes_arrive_as_python_would_read_them(either: Ctx) -> None:
 
 
 @pytest.mark.parametrize(
-    ("flags", "cwd"),
+    ("flags", "workdir"),
     [
         (["-w", "/srv/x"], "/srv/x"),
         (["--workdir", "/srv/y"], "/srv/y"),
         (["--workdir=/srv/z"], "/srv/z"),
-        (["--workdir="], None),  # `workdir or os.getcwd()`
+        (["--workdir="], None),  # `workdir or None`: where the caller is
     ],
 )
-def test_workdir_flags(either: Ctx, flags: list[str], cwd: str | None) -> None:
+def test_workdir_flags(either: Ctx, flags: list[str], workdir: str | None) -> None:
+    """-w names a guest directory, sent beside the caller's cwd (which the agent maps only without -w)."""
     agent = either.listen()
     assert either.run("exec", *flags, "--", "pwd").code == 0
     agent.close()
-    assert agent.request is not None and agent.request["cwd"] == (cwd or os.path.realpath(either.project))
+    assert agent.request is not None and agent.request["cwd"] == os.path.realpath(either.project)
+    assert agent.request.get("workdir") == workdir
+
+
+@pytest.mark.parametrize("flag", ["src", "./src", "~/src"])
+def test_a_relative_workdir_is_a_usage_error_and_nothing_runs(either: Ctx, flag: str) -> None:
+    agent = either.listen()
+    r = either.run("exec", "-w", flag, "--", "pwd")
+    agent.close()
+    assert agent.request is None
+    if either.launcher.read_bytes().startswith(b"#!"):  # the Python CLI's console script
+        assert r.code == 64 and b"must be an absolute path in the instance" in r.err, r.err
+    else:
+        assert (r.code, r.handed_over) == (3, ["exec", "-w", flag, "--", "pwd"])
+
+
+@pytest.mark.parametrize(
+    ("flags", "env"),
+    [
+        (["-e", "A=1"], {"A": "1"}),
+        (["--env", "B=two words"], {"B": "two words"}),
+        (["--env=C=3"], {"C": "3"}),
+        (["-e", "URL=a=b&c"], {"URL": "a=b&c"}),  # the first `=` ends the name
+        (["-e", "EMPTY="], {"EMPTY": ""}),
+        (["-e", "FROM_HOST"], {"FROM_HOST": "host value"}),  # NAME alone: the host's value
+        (["-e", "NOT_ON_HOST"], {}),  # ...and nothing when the host has none, as `docker run -e`
+        (["-e", "A=1", "-e", "A=2"], {"A": "2"}),  # the last one wins
+        (["-e", '_x9=\u00e9\t"q"\n'], {"_x9": '\u00e9\t"q"\n'}),
+        (["-e", "A=1", "-w", "/srv", "-e", "B=2"], {"A": "1", "B": "2"}),
+    ],
+    ids=["short", "long", "long=", "eq-in-value", "empty", "host", "host-unset", "last-wins", "escapes", "mixed"],
+)
+def test_env_flags(either: Ctx, flags: list[str], env: dict[str, str]) -> None:
+    either.env["FROM_HOST"] = "host value"
+    either.env.pop("NOT_ON_HOST", None)
+    agent = either.listen()
+    r = either.run("exec", *flags, "--", "env")
+    agent.close()
+    assert (r.code, r.handed_over) == (0, None)
+    assert agent.request is not None and agent.request["env"] == env
+
+
+def test_env_value_bytes_arrive_as_python_would_read_them(either: Ctx) -> None:
+    """The host's own value, not UTF-8, comes through as os.environ holds it (surrogateescape)."""
+    raw = b"caf\xc3\xa9 \xff"
+    either.env["RAW"] = os.fsdecode(raw)
+    agent = either.listen()
+    assert either.run("exec", "-e", "RAW", "-e", b"SET=" + raw, "--", "env").code == 0
+    agent.close()
+    assert agent.request is not None and agent.request["env"] == {"RAW": os.fsdecode(raw), "SET": os.fsdecode(raw)}
+
+
+@pytest.mark.parametrize("flag", ["1X=1", "=v", "", "A-B=1", "caf\u00e9=1", "A B"])
+def test_a_bad_env_name_is_a_usage_error_and_nothing_runs(either: Ctx, flag: str) -> None:
+    """The launcher leaves it to the Python CLI, which says what is wrong (exit 64) without asking the agent."""
+    agent = either.listen()
+    r = either.run("exec", "-e", "OK=1", "-e", flag, "--", "true")
+    agent.close()
+    assert agent.request is None
+    if either.launcher.read_bytes().startswith(b"#!"):  # the Python CLI's console script
+        assert r.code == 64
+        assert r.err.decode().startswith(f"devenv: error: -e {flag}: `{flag.partition('=')[0]}` is not an environment")
+        assert b"-e NAME=VALUE" in r.err and b"Traceback" not in r.err
+    else:
+        assert (r.code, r.handed_over) == (3, ["exec", "-e", "OK=1", "-e", flag, "--", "true"])
 
 
 def test_stdin_is_offered_only_when_it_has_data(either: Ctx) -> None:

@@ -57,7 +57,33 @@ def test_exec_returns_the_commands_exit_code(home: Path, cli: Any) -> None:
     assert cli("exec", "--", "exit", "7").code == 7
     assert cli("exec", "--", "exit", "0").code == 0
     log = (home / "instances" / "default" / "exec.log").read_text().splitlines()
-    assert json.loads(log[0]) == {"argv": ["exit", "7"], "cwd": os.getcwd()}
+    assert json.loads(log[0]) == {"argv": ["exit", "7"], "env": {}, "cwd": None, "ask_agent": True}  # where we are
+
+
+def test_exec_env_flags_reach_the_backend(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devenv.cli.entry import AGENT_UNAVAILABLE_ENV
+
+    cli("start", "--backend", "fake")
+    monkeypatch.setenv("FROM_HOST", "h")
+    monkeypatch.delenv("NOT_ON_HOST", raising=False)
+    ran = cli("exec", "-e", "A=1", "--env", "FROM_HOST", "-e", "NOT_ON_HOST", "--env=B=x=y", "-w", "/w", "--", "true")
+    assert ran.code == 0, ran.err
+    monkeypatch.setenv(AGENT_UNAVAILABLE_ENV, "1")  # the native launcher asked the agent already
+    assert cli("exec", "--", "true").code == 0
+    log = [json.loads(line) for line in (home / "instances" / "default" / "exec.log").read_text().splitlines()]
+    assert log == [
+        {"argv": ["true"], "env": {"A": "1", "FROM_HOST": "h", "B": "x=y"}, "cwd": "/w", "ask_agent": True},
+        {"argv": ["true"], "env": {}, "cwd": None, "ask_agent": False},
+    ]
+
+
+@pytest.mark.parametrize("flags", [["-e", "9LIVES=1"], ["--env=A.B=1"], ["-e", "=x"]])
+def test_a_bad_env_flag_is_a_usage_error_before_anything_runs(home: Path, cli: Any, flags: list[str]) -> None:
+    cli("start", "--backend", "fake")
+    ran = cli("exec", *flags, "--", "true")
+    assert ran.code == ExitCode.USAGE
+    assert "is not an environment variable name" in ran.err and "hint: names are letters" in ran.err
+    assert not (home / "instances" / "default" / "exec.log").exists()
 
 
 def test_exec_on_a_stopped_instance_is_a_state_error(home: Path, cli: Any) -> None:
