@@ -49,6 +49,37 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else ""
 
 
+def command_line(pid: int) -> bytes | None:
+    """A process's command line, to tell our own process from one that got a recycled pid.
+
+    Linux: /proc/PID/cmdline (arguments NUL-separated). Elsewhere on POSIX (macOS,
+    the BSDs): `ps -ww -o command=`, arguments space-separated and never cut.
+    b"" when there is no such process; None when this host cannot say (Windows).
+    """
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        if os.path.isdir("/proc/self"):
+            return b""  # /proc is there, the process is not
+    except OSError:
+        return None
+    return None if os.name == "nt" else ps_command_line(pid)
+
+
+def ps_command_line(pid: int) -> bytes | None:
+    """`ps`'s view of a command line (the no-/proc path of command_line); None when ps cannot run."""
+    import subprocess
+
+    try:
+        proc = subprocess.run(
+            ["ps", "-ww", "-o", "command=", "-p", str(pid)], capture_output=True, timeout=10, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout.strip() if proc.returncode == 0 else b""
+
+
 def _windows_alive(pid: int) -> bool:
     import ctypes
 

@@ -100,18 +100,17 @@ def read_pid(inst_dir: Path) -> int | None:
 
 
 def pid_is_ours(pid: int, inst_dir: Path) -> bool:
-    """Alive, and (where /proc exists) really our QEMU: a recycled pid is not our VM."""
-    from devenv.pidutil import pid_alive
+    """Alive, and really our QEMU: a pid left in qemu.pid by a crash or a host reboot may be anyone's now.
+
+    Our QEMU's command line names this instance's QMP socket. Only Windows
+    cannot show another process's command line; there a live pid counts.
+    """
+    from devenv.pidutil import command_line, pid_alive
 
     if not pid_alive(pid):  # never os.kill(pid, 0): on Windows that terminates the process
         return False
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            return str(inst_dir / paths.QMP_SOCK).encode() in cmdline.read_bytes()
-        except OSError:
-            return False
-    return True
+    cmdline = command_line(pid)
+    return cmdline is None or os.fsencode(inst_dir / paths.QMP_SOCK) in cmdline
 
 
 def sshd_timeout_hint(serial: Path, name: str) -> str:
@@ -781,9 +780,13 @@ class QemuBackend:
             q.command("quit")
         if self._wait_exit(inst, pid, 10):
             return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-        self._wait_exit(inst, pid, 10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # gone, or not ours to kill: said below
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: SIGTERM is TerminateProcess
+        if not self._wait_exit(inst, pid, 10):
+            raise StateError(
+                f"QEMU (pid {pid}) of `{inst.name}` did not stop, even when killed",
+                f"see `ps -p {pid}`; it may be stuck in the kernel (a hung disk or device)",
+            )
 
     def _wait_exit(self, inst: InstanceRef, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -56,7 +56,14 @@ from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_OPEN
 from paramiko.message import Message
 
 from devenv import paths
-from devenv.errors import CommandFailed, ConnectionFailed, DevenvError, InstanceNotFound, UsageError
+from devenv.errors import (
+    CommandFailed,
+    ConnectionFailed,
+    DevenvError,
+    InstanceNotFound,
+    PermissionProblem,
+    UsageError,
+)
 from devenv.fdio import write_all
 from devenv.sigforward import forward_signals
 from devenv.transport.cpspec import CopyPlan
@@ -982,7 +989,33 @@ def _file_progress(progress: Progress | None, label: str) -> Callable[[int, int]
     return callback
 
 
+def _copy_failed(e: OSError, what: str) -> DevenvError:
+    """An SFTP or host file error, named with both paths: a user's mistake, not a devenv bug.
+
+    paramiko's SFTP errors carry the errno (ENOENT, EACCES) but no path, so the
+    caller names the file it was working on.
+    """
+    reason = e.strerror or str(e) or type(e).__name__
+    if isinstance(e, PermissionError):
+        return PermissionProblem(
+            f"cannot copy {what}: {reason}",
+            "in the guest devenv reads and writes as its user `devenv`: pick a place it may write "
+            "(its home, /tmp), or copy there and move it with `devenv exec -- sudo mv ...`",
+        )
+    if isinstance(e, FileNotFoundError):
+        return InstanceNotFound(f"cannot copy {what}: {reason}", "the folder a copy goes into must exist already")
+    hint = "check both paths (a file where a folder goes?) and the free space"
+    return CommandFailed(f"cannot copy {what}: {reason}", hint)
+
+
 def _put_tree(sftp: paramiko.SFTPClient, src: Path, dest: str, progress: Progress | None) -> None:
+    try:
+        _put_node(sftp, src, dest, progress)
+    except OSError as e:
+        raise _copy_failed(e, f"{src} to {dest} in the guest") from None
+
+
+def _put_node(sftp: paramiko.SFTPClient, src: Path, dest: str, progress: Progress | None) -> None:
     st = src.lstat()
     if stat.S_ISLNK(st.st_mode):
         with contextlib.suppress(OSError):
@@ -1005,6 +1038,15 @@ def _put_tree(sftp: paramiko.SFTPClient, src: Path, dest: str, progress: Progres
 
 
 def _get_tree(
+    sftp: paramiko.SFTPClient, src: str, attrs: paramiko.SFTPAttributes, dest: Path, progress: Progress | None
+) -> None:
+    try:
+        _get_node(sftp, src, attrs, dest, progress)
+    except OSError as e:
+        raise _copy_failed(e, f"{src} in the guest to {dest}") from None
+
+
+def _get_node(
     sftp: paramiko.SFTPClient, src: str, attrs: paramiko.SFTPAttributes, dest: Path, progress: Progress | None
 ) -> None:
     mode = attrs.st_mode or 0

@@ -146,6 +146,21 @@ def test_cp_a_folder_in_and_back_unchanged(vm: VM, tmp_path: Path) -> None:
     assert _snapshot(back) == _snapshot(src)
 
 
+def test_cp_to_a_missing_or_forbidden_place_says_so(vm: VM, tmp_path: Path) -> None:
+    """The guest user may not write /root; a missing folder is not created: each a message, a hint, a code."""
+    d, name, _ = vm
+    (tmp_path / "f").write_text("x")
+    for args, code, said in [
+        ((str(tmp_path / "f"), f"{name}:/root/f"), 77, f"cannot copy {tmp_path / 'f'} to /root/f in the guest"),
+        ((str(tmp_path / "f"), f"{name}:/no/such/dir/f"), 66, "to /no/such/dir/f in the guest: No such file"),
+        ((f"{name}:/etc/hostname", str(tmp_path / "no" / "f")), 66, "cannot copy /etc/hostname in the guest to"),
+    ]:
+        r = d.run("cp", *args)
+        err = r.stderr.decode()
+        assert (r.returncode, said in err, "hint:" in err, "Traceback" in err) == (code, True, True, False), err
+    assert not (tmp_path / "no").exists()
+
+
 def test_plain_openssh_uses_ssh_config(vm: VM, tmp_path: Path) -> None:
     d, name, _ = vm
     cfg = tmp_path / "ssh_config"

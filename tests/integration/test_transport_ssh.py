@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv.errors import ConnectionFailed, UsageError
+from devenv.errors import ConnectionFailed, DevenvError, UsageError
 from devenv.transport.cpspec import parse_copy_args
 from devenv.transport.ssh import HostKeyMismatch, SSHConnection, SSHTarget
 from devenv.transport.sshconfig import SSHConfigEntry, known_hosts_line
@@ -461,6 +461,25 @@ def test_copy_missing_source(conn: SSHConnection, tmp_path: Path) -> None:
         conn.copy_from_guest("/nonexistent/x", tmp_path)
     with pytest.raises(InstanceNotFound, match="no such file or directory on the host"):
         conn.copy_to_guest(tmp_path / "nope", str(tmp_path))
+
+
+def test_copy_into_a_missing_or_forbidden_place_is_a_clear_error(conn: SSHConnection, tmp_path: Path) -> None:
+    """Not a traceback or "a bug in devenv" (exit 70): the paths, the reason, a hint and a distinct code."""
+    from devenv.errors import ExitCode
+
+    (tmp_path / "f").write_text("x")
+    cases = [
+        (lambda: conn.copy_to_guest(tmp_path / "f", str(tmp_path / "no" / "dir" / "f")), ExitCode.NOT_FOUND),
+        (lambda: conn.copy_from_guest(str(tmp_path / "f"), tmp_path / "no" / "dir" / "f"), ExitCode.NOT_FOUND),
+    ]
+    if os.geteuid() != 0:  # root writes anywhere; CI runs this as an ordinary user
+        cases.append((lambda: conn.copy_to_guest(tmp_path / "f", "/root/f"), ExitCode.PERMISSION))
+    for copy, code in cases:
+        with pytest.raises(DevenvError) as caught:
+            copy()
+        assert caught.value.exit_code == code
+        assert str(caught.value).startswith(f"cannot copy {tmp_path / 'f'}"), caught.value
+        assert caught.value.hint
 
 
 # ---------------------------------------------------------------- ssh-config for plain ssh

@@ -79,3 +79,25 @@ def test_process_start_tells_processes_apart_and_is_none_once_gone() -> None:
         child.wait()
     assert process_start(child.pid) is None
     assert process_start(0) is None
+
+
+@pytest.mark.parametrize("source", ["command_line", "ps_command_line"])
+def test_a_command_line_tells_our_process_from_a_recycled_pid(source: str, tmp_path: Path) -> None:
+    """What qemu.pid_is_ours compares: /proc on Linux, ps (the macOS path) run here too."""
+    from devenv import pidutil
+    from devenv.backends.qemu import pid_is_ours
+
+    read = getattr(pidutil, source)
+    marker = str(tmp_path / "inst dir" / "qmp.sock")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "someone else"])
+    try:
+        assert marker.encode() in read(child.pid)
+        assert marker.encode() not in read(stranger.pid)
+        assert pid_is_ours(child.pid, tmp_path / "inst dir")
+        assert not pid_is_ours(stranger.pid, tmp_path / "inst dir")  # alive, but not our VM: never stopped or killed
+    finally:
+        for p in (child, stranger):
+            p.kill()
+            p.wait()
+    assert read(child.pid) == b""  # gone
