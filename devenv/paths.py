@@ -36,6 +36,7 @@ SERIAL_LOG = "serial.log"
 QEMU_PID = "qemu.pid"
 QMP_SOCK = "qmp.sock"
 SSH_PORT = "ssh.port"
+SSH_CONFIG = "ssh.config"  # `devenv ssh-config`, kept current for an `Include` in ~/.ssh/config
 SSH_DIR = "ssh"
 SSH_KEY = "ssh/id_ed25519"
 SSH_PUBKEY = "ssh/id_ed25519.pub"

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv import paths
+from devenv.atomicfile import write_atomic
 from devenv.backends.base import Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import (
     AARCH64_FIRMWARE,
@@ -239,6 +240,35 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def port_free(port: int) -> bool:
+    """Could QEMU's user-mode net listen on 127.0.0.1:port now? It binds with SO_REUSEADDR, so do we.
+
+    Not on Windows, where SO_REUSEADDR would let the bind share a port in use.
+    """
+    with socket.socket() as s:
+        if os.name != "nt":
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def ssh_port_for(inst_dir: Path) -> int:
+    """The SSH port the instance had last time while it is free, else a new one.
+
+    So `devenv ssh-config` pasted into ~/.ssh/config, or an editor's
+    remote-SSH host, stays right across restarts (ssh.config is rewritten
+    each start all the same).
+    """
+    try:
+        previous = int((inst_dir / paths.SSH_PORT).read_text().strip())
+    except (OSError, ValueError):
+        previous = 0
+    return previous if 1024 <= previous <= 65535 and port_free(previous) else free_port()
 
 
 def tail(path: Path, lines: int = SERIAL_TAIL) -> str:
@@ -499,8 +529,9 @@ class QemuBackend:
         serial = inst.dir / paths.SERIAL_LOG
         if serial.exists():
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
-        port = free_port()
+        port = ssh_port_for(inst.dir)
         (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
+        write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
         qmp = inst.dir / paths.QMP_SOCK
         if not paths.socket_path_fits(qmp):
             raise StateError(
@@ -820,7 +851,11 @@ class QemuBackend:
                 )
             return Status("stopped")
         port = self._port(inst)
-        details: dict[str, object] = {"pid": pid, "ssh": f"127.0.0.1:{port}"}
+        details: dict[str, object] = {
+            "pid": pid,
+            "ssh": f"127.0.0.1:{port}",
+            "ssh_config": str(inst.dir / paths.SSH_CONFIG),
+        }
         readiness = console_readiness(inst.dir / paths.SERIAL_LOG)
         if readiness.failed:
             return Status("broken", readiness.describe(), details)
@@ -905,11 +940,14 @@ class QemuBackend:
         return hostagent.docker_env(inst.dir)
 
     def ssh_config(self, inst: InstanceRef) -> str:
-        from devenv.transport.sshconfig import SSHConfigEntry
-
         port = self._port(inst)
         if port is None:
             raise StateError(f"instance `{inst.name}` has not been started yet", f"devenv start -n {inst.name}")
+        return self._ssh_config_text(inst, port)
+
+    def _ssh_config_text(self, inst: InstanceRef, port: int) -> str:
+        from devenv.transport.sshconfig import SSHConfigEntry
+
         entry = SSHConfigEntry(
             name=inst.name,
             port=port,

@@ -169,6 +169,15 @@ def test_plain_openssh_uses_ssh_config(vm: VM, tmp_path: Path) -> None:
         ["ssh", "-F", str(cfg), f"devenv-{name}", "echo", "via-openssh"], capture_output=True, timeout=120, check=False
     )
     assert (r.returncode, r.stdout) == (0, b"via-openssh\n"), r.stderr
+    # The file start keeps current, reached as a user's ~/.ssh/config would: `Include` with a glob.
+    kept = Path(json.loads(d.ok("status", "-n", name, "--json").stdout)["details"]["ssh_config"])
+    assert kept.read_bytes() == cfg.read_bytes() and stat.S_IMODE(kept.stat().st_mode) == 0o600
+    user_config = tmp_path / "user_ssh_config"
+    user_config.write_text(f'Include "{d.home}/instances/*/ssh.config"\n')
+    r = subprocess.run(
+        ["ssh", "-F", str(user_config), f"devenv-{name}", "echo", "via-include"], capture_output=True, timeout=120
+    )
+    assert (r.returncode, r.stdout) == (0, b"via-include\n"), r.stderr
 
 
 def test_wrong_pinned_key_is_refused(vm: VM, tmp_path: Path) -> None:
@@ -302,12 +311,15 @@ def test_second_instance_runs_beside_the_first(vm: VM) -> None:
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     d, name, _ = vm
     d.ok("exec", "-n", name, "--", "sh", "-c", "echo persisted > ~/keep.txt && sync")
+    ssh_config = d.ok("ssh-config", "-n", name).stdout
     d.ok("stop", "-n", name, timeout=300)
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "stopped"
     r = d.run("exec", "-n", name, "--", "true")
     assert r.returncode == 67 and b"is stopped" in r.stderr
     d.ok("start", "-n", name)
     assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/keep.txt").stdout == b"persisted\n"
+    # The same port again: a block pasted into ~/.ssh/config (or an editor's remote host) still works.
+    assert d.ok("ssh-config", "-n", name).stdout == ssh_config
 
 
 def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
