@@ -185,15 +185,15 @@ def start(name: str, overrides: dict[str, Any], project: Path | None, step: Step
     return inst, warnings
 
 
-def stop(name: str, force: bool) -> Instance:
+def stop(name: str, force: bool, step: StepReporter) -> Instance:
     inst = get(name)
-    inst.backend().stop(inst.ref, force)
+    inst.backend().stop(inst.ref, force, step)
     (inst.dir / paths.STARTED_MARKER).unlink(missing_ok=True)
     inst.event("stopped", force=force)
     return inst
 
 
-def delete(name: str, force: bool) -> None:
+def delete(name: str, force: bool, step: StepReporter) -> None:
     """Remove the instance directory, and nothing else: never the cached base image."""
     import shutil
 
@@ -207,7 +207,7 @@ def delete(name: str, force: bool) -> None:
     backend = inst.backend()
     if state != "stopped":
         try:
-            backend.stop(inst.ref, True)
+            backend.stop(inst.ref, True, step)
         except DevenvError:
             if state != "broken":
                 raise  # a broken instance may be beyond stopping; deleting it is what the user asked

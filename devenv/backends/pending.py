@@ -28,7 +28,7 @@ class PendingBackend:
     def start(self, inst: InstanceRef, step: StepReporter) -> None:
         raise self._no("start")
 
-    def stop(self, inst: InstanceRef, force: bool) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
         raise self._no("stop")
 
     def delete(self, inst: InstanceRef) -> None:

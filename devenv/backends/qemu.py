@@ -793,24 +793,35 @@ class QemuBackend:
 
         return check
 
-    def stop(self, inst: InstanceRef, force: bool) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+        """ACPI power-down and a wait, so the guest's disk is clean; then QMP quit; then a kill.
+
+        `force` starts at quit. Each stage is a step, so a 90 s wait for a guest
+        that ignores the power button is never a silent one.
+        """
         from devenv import hostagent
         from devenv.backends.qmp import Qmp
 
+        step("stop the host agent")
         hostagent.shutdown(inst.dir)
         pid = self._running_pid(inst)
         if pid is None:
             return
         qmp = inst.dir / paths.QMP_SOCK
         if not force:
+            step(f"ACPI power-down; up to {STOP_TIMEOUT:.0f} s for the guest to shut down")
             with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
                 q.command("system_powerdown")
             if self._wait_exit(inst, pid, STOP_TIMEOUT):
                 return
+            step.fail()
+        step("QEMU quit (QMP)")
         with contextlib.suppress(DevenvError, OSError), Qmp(qmp, timeout=3) as q:
             q.command("quit")
         if self._wait_exit(inst, pid, 10):
             return
+        step.fail()
+        step(f"kill QEMU (pid {pid})")
         with contextlib.suppress(ProcessLookupError, PermissionError):  # gone, or not ours to kill: said below
             os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: SIGTERM is TerminateProcess
         if not self._wait_exit(inst, pid, 10):

@@ -74,15 +74,16 @@ def start(name: str | None, flags: dict[str, Any]) -> int:
 
 def stop(name: str | None, force: bool) -> int:
     n, _ = name_of(name)
-    inst = instance.stop(n, force)
+    with Steps() as step:
+        inst = instance.stop(n, force, step)
     _out(f"instance `{inst.name}` is stopped")
     return 0
 
 
 def restart(name: str | None) -> int:
     n, project = name_of(name)
-    instance.stop(n, False)
     with Steps() as step:
+        instance.stop(n, False, step)
         instance.start(n, {}, project, step)
     _out(f"instance `{n}` is running")
     return 0
@@ -90,7 +91,8 @@ def restart(name: str | None) -> int:
 
 def delete(name: str | None, force: bool) -> int:
     n, _ = name_of(name)
-    instance.delete(n, force)
+    with Steps() as step:
+        instance.delete(n, force, step)
     _out(f"instance `{n}` deleted")
     return 0
 

@@ -8,7 +8,11 @@ from types import TracebackType
 
 
 class Steps:
-    """Use as a context manager; call it with each step's name as the step begins."""
+    """Use as a context manager; call it with each step's name as the step begins.
+
+    On a terminal a step is one line, `… name` redrawn as `✓ name  1.2s`; elsewhere
+    the start and the end are a line each.
+    """
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -20,8 +24,10 @@ class Steps:
         self._finish("✓")
         self.current = name
         self.began = time.monotonic()
-        if self.tty and not self.quiet:
-            sys.stderr.write(f"  … {name}")
+        if not self.quiet:
+            # Without a terminal (CI, a pipe, a log) the line cannot be redrawn, so the start gets a line
+            # of its own: what a long wait is waiting on shows while it waits, not only after.
+            sys.stderr.write(f"  … {name}" + ("" if self.tty else "\n"))
             sys.stderr.flush()
 
     def fail(self) -> None:

@@ -45,7 +45,8 @@ class FakeBackend:
         starts = state.get("starts", 0)
         self._save(inst, running=True, starts=int(starts) + 1 if isinstance(starts, int) else 1)
 
-    def stop(self, inst: InstanceRef, force: bool) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+        step("power off the fake VM")
         self._save(inst, running=False, forced=force)
 
     def delete(self, inst: InstanceRef) -> None:

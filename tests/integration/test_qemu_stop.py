@@ -1,0 +1,108 @@
+"""`devenv stop`'s three stages on a real QEMU that has no guest OS to answer the power button.
+
+A paused QEMU (tests/integration/qemu_fixture.py) ignores ACPI power-down, as a
+hung or busy guest would, so stop must give up waiting, quit through QMP, and,
+when QEMU does not even answer QMP (stopped with SIGSTOP here), kill it. Each
+stage is a step the user sees. STOP_TIMEOUT is shortened; the stages are the
+backend's own.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv import paths
+from devenv.backends import qemu
+from devenv.backends.base import InstanceRef
+from devenv.backends.qemu import QemuBackend
+from devenv.config import Config
+from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
+
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(QEMU is None, reason=MISSING)]
+
+
+class Recorder:
+    """A StepReporter that keeps what the user would see."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def __call__(self, name: str) -> None:
+        self.seen.append(name)
+
+    def fail(self) -> None:
+        self.seen.append("✗")
+
+
+@pytest.fixture
+def vm() -> Iterator[tuple[InstanceRef, subprocess.Popen[bytes]]]:
+    d = Path(tempfile.mkdtemp(prefix="qs-", dir="/tmp"))  # short: the QMP socket path must fit sun_path
+    proc = start_paused_qemu(d / paths.QMP_SOCK, "-pidfile", str(d / paths.QEMU_PID))
+    deadline = time.monotonic() + 10
+    while not (d / paths.QEMU_PID).exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield InstanceRef("t", d, Config(mounts=[])), proc
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGCONT)
+        proc.kill()
+    proc.wait(10)
+    for f in d.iterdir():
+        f.unlink()
+    d.rmdir()
+
+
+def _gone(proc: subprocess.Popen[bytes]) -> bool:
+    try:
+        return proc.wait(5) is not None
+    except ChildProcessError:  # reaped by stop itself (the CLI's own child)
+        return True
+
+
+def test_a_guest_that_ignores_the_power_button_is_quit_through_qmp(
+    vm: tuple[InstanceRef, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    inst, proc = vm
+    monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
+    steps = Recorder()
+    started = time.monotonic()
+    QemuBackend().stop(inst, False, steps)
+    assert _gone(proc) and time.monotonic() - started < 10
+    assert steps.seen == [
+        "stop the host agent",
+        "ACPI power-down; up to 1 s for the guest to shut down",
+        "✗",
+        "QEMU quit (QMP)",
+    ]
+
+
+def test_force_skips_the_wait_and_a_qemu_deaf_to_qmp_is_killed(
+    vm: tuple[InstanceRef, subprocess.Popen[bytes]],
+) -> None:
+    inst, proc = vm
+    os.kill(proc.pid, signal.SIGSTOP)  # alive, holding its sockets, answering nothing
+    steps = Recorder()
+    QemuBackend().stop(inst, True, steps)
+    assert _gone(proc)
+    assert steps.seen == ["stop the host agent", "QEMU quit (QMP)", "✗", f"kill QEMU (pid {proc.pid})"]
+
+
+def test_a_stranger_with_the_recorded_pid_is_left_alone(tmp_path: Path) -> None:
+    """qemu.pid names a live process that is not this instance's QEMU (a pid reused after a crash)."""
+    stranger = subprocess.Popen(["sleep", "30"])
+    try:
+        (tmp_path / paths.QEMU_PID).write_text(f"{stranger.pid}\n")
+        steps = Recorder()
+        QemuBackend().stop(InstanceRef("t", tmp_path, Config(mounts=[])), True, steps)
+        assert steps.seen == ["stop the host agent"]  # nothing of ours runs: nothing to stop
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
