@@ -114,6 +114,37 @@ def pid_is_ours(pid: int, inst_dir: Path) -> bool:
     return cmdline is None or os.fsencode(inst_dir / paths.QMP_SOCK) in cmdline
 
 
+# QMP run states (query-status) in which the guest does not run although QEMU does, and what to say.
+# Left out: running; prelaunch and the migration states, which are QEMU's own business.
+STOPPED_RUN_STATES = {
+    "paused": "the VM is paused (QEMU's `stop`, or a debugger)",
+    "io-error": "QEMU paused the VM because a disk write failed: is the host's disk full?",
+    "suspended": "the guest suspended itself to RAM",
+    "internal-error": "QEMU stopped the VM on an internal error (see qemu.log)",
+    "guest-panicked": "the guest kernel panicked (see the console log)",
+    "watchdog": "the guest's watchdog fired",
+    "shutdown": "the guest shut down but QEMU stays",
+}
+RESUMABLE = {"paused", "io-error", "suspended"}  # QMP `cont` (or system_wakeup) lets these run on
+
+
+def vm_run_state(qmp: Path, timeout: float = 2.0) -> str | None:
+    """QEMU's own word on the VM (QMP query-status), None when QMP does not answer."""
+    from devenv.backends.qmp import Qmp
+
+    try:
+        with Qmp(qmp, timeout=timeout) as q:
+            status = q.command("query-status").get("status")
+    except (DevenvError, OSError, AttributeError):
+        return None
+    return status if isinstance(status, str) else None
+
+
+def powered_off_by_guest(serial: Path) -> bool:
+    """The console's last kernel line says the guest powered itself off (`poweroff` inside), not a crash."""
+    return tail(serial, 3).rstrip().endswith(("reboot: Power down", "reboot: System halted"))
+
+
 def sshd_timeout_hint(serial: Path, name: str) -> str:
     """What to do when the guest's sshd never answered; an empty console means the kernel hung early.
 
@@ -439,6 +470,7 @@ class QemuBackend:
         else:
             step(f"QEMU is already running (pid {pid})")
             accel = self._running_accel(inst) or accel
+            self._resume_if_stopped(inst, step)
         deadline_total = _accel_timeout(accel)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
@@ -447,6 +479,28 @@ class QemuBackend:
         self._wait_ready(inst, step, deadline_total, announces=announces, accel=accel)
         provisioned.touch()
         self._start_agent(inst, step)
+
+    def _resume_if_stopped(self, inst: InstanceRef, step: StepReporter) -> None:
+        """A VM QEMU paused (a full disk, `stop`, a suspend) runs on from where it was: nothing is lost."""
+        from devenv.backends.qmp import Qmp
+
+        qmp = inst.dir / paths.QMP_SOCK
+        state = vm_run_state(qmp)
+        if state not in RESUMABLE:
+            return
+        step(f"resume the VM ({state})")
+        with Qmp(qmp) as q:
+            q.command("system_wakeup" if state == "suspended" else "cont")
+        deadline = time.monotonic() + 10
+        while (now := vm_run_state(qmp)) in RESUMABLE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if now != "running":
+            raise StateError(
+                f"the VM of `{inst.name}` does not run on: QEMU says `{now}`",
+                "io-error: free space on the host disk and run `devenv start` again"
+                if now == "io-error"
+                else f"see `devenv logs -n {inst.name}`",
+            )
 
     def _launch_or_fall_back(
         self,
@@ -854,6 +908,8 @@ class QemuBackend:
         pid = self._running_pid(inst)
         wanted = (inst.dir / paths.STARTED_MARKER).exists()
         if pid is None:
+            if wanted and powered_off_by_guest(inst.dir / paths.SERIAL_LOG):
+                return Status("stopped", "the guest powered itself off; `devenv start` boots it again")
             if wanted:
                 return Status(
                     "broken",
@@ -867,6 +923,11 @@ class QemuBackend:
             "ssh": f"127.0.0.1:{port}",
             "ssh_config": str(inst.dir / paths.SSH_CONFIG),
         }
+        run_state = vm_run_state(inst.dir / paths.QMP_SOCK)
+        if run_state in STOPPED_RUN_STATES:
+            details["qemu_status"] = run_state
+            then = "`devenv start` resumes it" if run_state in RESUMABLE else "`devenv stop && devenv start` boots it"
+            return Status("broken", f"{STOPPED_RUN_STATES[run_state]}; {then}", details)
         readiness = console_readiness(inst.dir / paths.SERIAL_LOG)
         if readiness.failed:
             return Status("broken", readiness.describe(), details)

@@ -106,3 +106,26 @@ def test_a_stranger_with_the_recorded_pid_is_left_alone(tmp_path: Path) -> None:
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
+    vm: tuple[InstanceRef, subprocess.Popen[bytes]],
+) -> None:
+    """Status asks QEMU itself: a paused VM (here QMP `stop`; a full host disk gives io-error) is not "running"."""
+    from devenv.backends.qmp import Qmp
+
+    inst, _ = vm
+    qmp = inst.dir / paths.QMP_SOCK
+    with Qmp(qmp) as q:
+        q.command("cont")  # out of -S's prelaunch
+        q.command("stop")
+    assert qemu.vm_run_state(qmp) == "paused"
+    st = QemuBackend().status(inst)
+    assert (st.state, st.details["qemu_status"]) == ("broken", "paused")
+    assert st.reason == "the VM is paused (QEMU's `stop`, or a debugger); `devenv start` resumes it"
+    steps = Recorder()
+    QemuBackend()._resume_if_stopped(inst, steps)
+    assert steps.seen == ["resume the VM (paused)"] and qemu.vm_run_state(qmp) == "running"
+    QemuBackend()._resume_if_stopped(inst, steps)  # running: nothing to do
+    assert steps.seen == ["resume the VM (paused)"]
+    assert qemu.vm_run_state(inst.dir / "no-such.sock") is None

@@ -67,3 +67,34 @@ def test_the_silence_limit_waits_its_time_first(tmp_path: Path) -> None:
     inst = InstanceRef("dev", tmp_path, Config())
     (tmp_path / "serial.log").write_text("")
     QemuBackend()._silence_check(inst, lambda: None, "hvf")()  # just begun: no verdict yet
+
+
+@pytest.mark.parametrize(
+    ("console", "powered_off"),
+    [
+        ("[  OK  ] Reached target poweroff.target - System Power Off.\n[   41.2] reboot: Power down\n", True),
+        ("Debian GNU/Linux 12 devenv ttyS0\n\nreboot: System halted\n\n", True),
+        ("[   12.0] Kernel panic - not syncing: Fatal exception\n", False),
+        ("[   3.1] reboot: Power down\n[   3.5] random: crng init done\nlogin:\n", False),  # an older line
+        ("", False),
+    ],
+    ids=["poweroff", "halt", "panic", "not-last", "empty"],
+)
+def test_a_guest_that_powered_itself_off_is_told_from_a_crash(tmp_path: Path, console: str, powered_off: bool) -> None:
+    from devenv.backends.qemu import powered_off_by_guest
+
+    serial = tmp_path / "serial.log"
+    serial.write_text(console)
+    assert powered_off_by_guest(serial) is powered_off
+
+
+def test_status_after_a_poweroff_inside_the_guest_is_stopped_not_broken(tmp_path: Path) -> None:
+    from devenv import paths
+
+    (tmp_path / paths.STARTED_MARKER).touch()  # the user wanted it running
+    inst = InstanceRef("t", tmp_path, Config(mounts=[]))
+    (tmp_path / paths.SERIAL_LOG).write_text("[   41.2] reboot: Power down\n")
+    assert QemuBackend().status(inst).state == "stopped"
+    (tmp_path / paths.SERIAL_LOG).write_text("[   41.2] Out of memory: Killed process 1 (systemd)\n")
+    st = QemuBackend().status(inst)
+    assert st.state == "broken" and "killed or crashed" in st.reason
