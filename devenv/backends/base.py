@@ -69,7 +69,14 @@ class Lifecycle(Protocol):
 
 class Executor(Protocol):
     def exec(
-        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+        self,
+        inst: InstanceRef,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        ask_agent: bool = True,
+        tty: bool = False,
     ) -> int:
         """Run argv in the instance; its exit code. `env` wins over devenv.toml's env.
 
@@ -79,7 +86,8 @@ class Executor(Protocol):
 
         `ask_agent=False`: the host agent already answered "unavailable" for this
         very command (the native launcher asked), so asking again would only wait
-        its reconnect timeout a second time.
+        its reconnect timeout a second time. `tty`: on a PTY of its own, with
+        the terminal in raw mode (`devenv exec -t`, as `ssh -t`).
         """
         ...
 

@@ -66,7 +66,14 @@ class NativeBackend:
         return Status("running", details={"engine": engine.endpoint or engine.runtime})
 
     def exec(
-        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+        self,
+        inst: InstanceRef,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        ask_agent: bool = True,
+        tty: bool = False,
     ) -> int:
         if not argv:
             raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")

@@ -38,7 +38,14 @@ class PendingBackend:
         return Status("broken", f"backend `{self.name}`: {self.missing}")
 
     def exec(
-        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+        self,
+        inst: InstanceRef,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        ask_agent: bool = True,
+        tty: bool = False,
     ) -> int:
         raise self._no("exec")
 

@@ -966,11 +966,21 @@ class QemuBackend:
         return guest_cwd(mount_specs(inst.config.mounts), cwd)
 
     def exec(
-        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+        self,
+        inst: InstanceRef,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        ask_agent: bool = True,
+        tty: bool = False,
     ) -> int:
         from devenv.hostagent import client
 
         here = os.getcwd()
+        if tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
+            with self.connection(inst) as conn:
+                return conn.shell(list(argv), env={**inst.config.env, **env}, cwd=cwd or self._guest_cwd(inst, here))
         code = client.exec(inst.dir, list(argv), env, here, workdir=cwd) if ask_agent else None
         if code is not None:
             return code
@@ -986,8 +996,9 @@ class QemuBackend:
             )
 
     def shell(self, inst: InstanceRef) -> int:
+        """The guest's login shell, in the folder you are in when a mount puts it in the guest (as Lima does)."""
         with self.connection(inst) as conn:
-            return conn.shell(env=dict(inst.config.env))
+            return conn.shell(env=dict(inst.config.env), cwd=self._guest_cwd(inst, os.getcwd()))
 
     def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
         with self.connection(inst) as conn:

@@ -145,9 +145,12 @@ def exec_(
         list[str] | None,
         typer.Option("-e", "--env", help="Set NAME=VALUE for the command; NAME alone passes the host's value."),
     ] = None,
+    tty: Annotated[
+        bool, typer.Option("-t", "--tty", help="Run it on a terminal of its own (editors, top, a REPL), as ssh -t.")
+    ] = False,
 ) -> None:
     """Run a command in the instance: devenv exec [-e NAME=VALUE]... -- CMD ARGS..."""
-    _run(lambda: commands.exec_(name, list(command or []), workdir, list(env or [])))
+    _run(lambda: commands.exec_(name, list(command or []), workdir, list(env or []), tty=tty))
 
 
 @app.command()

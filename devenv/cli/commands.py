@@ -180,6 +180,7 @@ def exec_(
     workdir: str | None = None,
     env_flags: Sequence[str] = (),
     ask_agent: bool = True,
+    tty: bool = False,
 ) -> int:
     from devenv.cli import envflags
 
@@ -196,10 +197,12 @@ def exec_(
         )
     if not argv:
         raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
+    if tty and not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UsageError("-t needs a terminal on stdin and stdout", "run it from a terminal, or drop -t to pipe data")
     n, _ = name_of(name)
     inst = instance.get(n)
     instance.require_running(inst)
-    return inst.backend().exec(inst.ref, argv, env, workdir or None, ask_agent=ask_agent)
+    return inst.backend().exec(inst.ref, argv, env, workdir or None, ask_agent=ask_agent, tty=tty)
 
 
 def shell(name: str | None) -> int:

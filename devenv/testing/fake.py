@@ -59,13 +59,20 @@ class FakeBackend:
         return Status("running" if state.get("running") else "stopped", details={"starts": state.get("starts", 0)})
 
     def exec(
-        self, inst: InstanceRef, argv: Sequence[str], env: dict[str, str], cwd: str | None, *, ask_agent: bool = True
+        self,
+        inst: InstanceRef,
+        argv: Sequence[str],
+        env: dict[str, str],
+        cwd: str | None,
+        *,
+        ask_agent: bool = True,
+        tty: bool = False,
     ) -> int:
         if not self._load(inst).get("running"):
             raise StateError("fake VM is not running")
         log = inst.dir / "exec.log"
         with open(log, "a") as f:
-            f.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd, "ask_agent": ask_agent}) + "\n")
+            f.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd, "ask_agent": ask_agent, "tty": tty}) + "\n")
         if argv[:1] == ["exit"]:
             return int(argv[1])
         return 0

@@ -230,7 +230,9 @@ def build_script(
         if not _ENV_NAME.match(key):
             raise UsageError(f"invalid environment variable name `{key}`", "names are letters, digits and _")
         lines.append(f"export {key}={shlex.quote(value)}")
-    if cwd is not None:
+    if cwd is not None and command is None:
+        lines.append(f"cd -- {shlex.quote(cwd)} 2>/dev/null || cd")  # a shell opens all the same, at home
+    elif cwd is not None:
         lines.append(f"cd -- {shlex.quote(cwd)} || exit 1")
     if command is None:
         lines.append('exec "${SHELL:-/bin/sh}" -l' if login_shell else 'exec "${SHELL:-/bin/sh}"')

@@ -223,9 +223,10 @@ def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
     )
     buf = bytearray()
     try:
-        os.write(master, b"echo READY-$((40+2)) $(id -un) $(tty)\r")
+        os.write(master, b"echo READY-$((40+2)) $(id -un) $(tty) IN-$(pwd)-\r")
         assert read_until(master, b"READY-42", 120, buf), buf.decode(errors="replace")
         assert read_until(master, b"/dev/pts/", 10, buf), buf.decode(errors="replace")
+        assert read_until(master, f"IN-{d.project}-".encode(), 10, buf), buf.decode(errors="replace")  # mounted
         os.write(master, b"stty size\r")
         assert read_until(master, b"30 100", 20, buf), buf.decode(errors="replace")
         set_winsize(master, 40, 120)  # SIGWINCH in the CLI -> a window-change request to the guest
@@ -245,6 +246,45 @@ def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
     assert "READY-42 devenv /dev/pts/" in text, text
     assert "40 120" in text, text
     assert after == before  # raw mode undone: the user's terminal is as it was
+
+
+def test_exec_t_runs_the_command_on_a_terminal_of_its_own(vm: VM) -> None:
+    """`devenv exec -t` as `ssh -t`: a PTY of the window's size, raw mode undone after, the command's exit code."""
+    import pty
+    import termios
+
+    d, name, _ = vm
+    master, slave = pty.openpty()
+    set_winsize(master, 25, 90)
+    before = termios.tcgetattr(slave)
+    script = 'printf \'T-%s-%s-\\n\' "$(tty)" "$(stty size)"; read line; echo GOT-$line; exit 5'
+    child = subprocess.Popen(
+        [sys.executable, "-m", "devenv", "exec", "-t", "-n", name, "--", "sh", "-c", script],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        cwd=d.project,
+        env={**d.env, "TERM": "xterm"},
+        start_new_session=True,
+    )
+    buf = bytearray()
+    try:
+        assert read_until(master, b"T-/dev/pts/", 120, buf), buf.decode(errors="replace")
+        assert read_until(master, b"-25 90-", 10, buf), buf.decode(errors="replace")
+        os.write(master, b"typed\r")  # the terminal's input reaches the command
+        assert read_until(master, b"GOT-typed", 20, buf), buf.decode(errors="replace")
+        code = child.wait(60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    after = termios.tcgetattr(slave)
+    os.close(slave)
+    os.close(master)
+    assert code == 5
+    assert after == before
+    r = d.run("exec", "-t", "-n", name, "--", "true")  # no terminal here
+    assert r.returncode == 64 and b"-t needs a terminal" in r.stderr
 
 
 def test_status_and_list_report_running(vm: VM) -> None:

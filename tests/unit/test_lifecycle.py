@@ -57,7 +57,13 @@ def test_exec_returns_the_commands_exit_code(home: Path, cli: Any) -> None:
     assert cli("exec", "--", "exit", "7").code == 7
     assert cli("exec", "--", "exit", "0").code == 0
     log = (home / "instances" / "default" / "exec.log").read_text().splitlines()
-    assert json.loads(log[0]) == {"argv": ["exit", "7"], "env": {}, "cwd": None, "ask_agent": True}  # where we are
+    assert json.loads(log[0]) == {
+        "argv": ["exit", "7"],
+        "env": {},
+        "cwd": None,
+        "ask_agent": True,
+        "tty": False,
+    }  # where we are
 
 
 def test_exec_env_flags_reach_the_backend(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -72,8 +78,14 @@ def test_exec_env_flags_reach_the_backend(home: Path, cli: Any, monkeypatch: pyt
     assert cli("exec", "--", "true").code == 0
     log = [json.loads(line) for line in (home / "instances" / "default" / "exec.log").read_text().splitlines()]
     assert log == [
-        {"argv": ["true"], "env": {"A": "1", "FROM_HOST": "h", "B": "x=y"}, "cwd": "/w", "ask_agent": True},
-        {"argv": ["true"], "env": {}, "cwd": None, "ask_agent": False},
+        {
+            "argv": ["true"],
+            "env": {"A": "1", "FROM_HOST": "h", "B": "x=y"},
+            "cwd": "/w",
+            "ask_agent": True,
+            "tty": False,
+        },
+        {"argv": ["true"], "env": {}, "cwd": None, "ask_agent": False, "tty": False},
     ]
 
 

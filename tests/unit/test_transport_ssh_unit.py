@@ -36,7 +36,7 @@ def test_script_runs_in_a_posix_shell() -> None:
 def test_script_for_a_string_and_for_a_shell() -> None:
     assert build_script("ls | wc -l", report_pid=False) == "ls | wc -l"
     assert build_script(None, cwd="/x", report_pid=False, login_shell=True) == (
-        'cd -- /x || exit 1\nexec "${SHELL:-/bin/sh}" -l'
+        'cd -- /x 2>/dev/null || cd\nexec "${SHELL:-/bin/sh}" -l'
     )
     assert describe(["a", "b c"]) == "a 'b c'"
 
