@@ -63,6 +63,8 @@ def accelerator_choice(host: Host, configured: str = "auto", guest_arch: str | N
     """accelerator() and who chose it: ACCEL_ENV, "config", or "auto" (the probes)."""
     for choice, source in ((os.environ.get(ACCEL_ENV, "").strip().lower(), ACCEL_ENV), (configured, "config")):
         if choice and choice != "auto":
+            if source == ACCEL_ENV:
+                _check_accel_env(choice)
             return choice, source
     if guest_arch is not None and guest_arch != host.arch:
         return "tcg", "auto"
@@ -70,6 +72,18 @@ def accelerator_choice(host: Host, configured: str = "auto", guest_arch: str | N
         if probe.ok:
             return accel, "auto"
     return "tcg", "auto"
+
+
+def _check_accel_env(value: str) -> None:
+    """devenv.toml's accelerator is checked with the file; the variable is checked here, before QEMU sees it."""
+    from devenv.config import ACCELERATORS
+    from devenv.errors import UsageError
+
+    if value not in ACCELERATORS:
+        raise UsageError(
+            f"{ACCEL_ENV}={value} is not an accelerator",
+            f"use one of {', '.join(ACCELERATORS)}, or unset {ACCEL_ENV}",
+        )
 
 
 def libvirt(host: Host) -> Probe:

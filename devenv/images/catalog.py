@@ -106,7 +106,7 @@ def remove(name: str, arch: str | None = None) -> list[Path]:
         names = ", ".join(users)
         raise StateError(
             f"image `{name}` is in use by instance{'s' if len(users) > 1 else ''} {names}",
-            f"delete {'them' if len(users) > 1 else 'it'} first: `devenv delete {users[0]}`",
+            f"delete {'them' if len(users) > 1 else 'it'} first: `devenv delete -n {users[0]}`",
         )
     others = {p.resolve() for r in cache.list_records() if (r.name, r.arch) != (name, arch) for p in r.files()}
     cache.remove_record(name, arch)

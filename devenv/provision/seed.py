@@ -23,7 +23,7 @@ from pathlib import Path
 from devenv import paths
 from devenv.atomicfile import write_atomic
 from devenv.config import Config
-from devenv.errors import DevenvError
+from devenv.errors import ConfigError
 from devenv.provision import keys as keys_mod
 from devenv.provision import userdata
 
@@ -122,8 +122,12 @@ def prepare_seed(
             "user-data": userdata.render_user_data(inputs),
             "meta-data": userdata.render_meta_data(cfg.name, keys.host_public),
         }
-    except ValueError as e:
-        raise DevenvError(f"cannot write the cloud-init seed for `{cfg.name}`: {e}") from None
+    except ValueError as e:  # text that cannot be written as UTF-8 (a lone surrogate from undecodable bytes)
+        raise ConfigError(
+            [f"cannot write the cloud-init seed for `{cfg.name}`: {e}"],
+            "a value from devenv.toml, a provision script or the host (git identity, time zone) is not valid "
+            "UTF-8; fix it and run `devenv start` again",
+        ) from None
     iso = instance_dir / paths.CIDATA
     build_seed_iso(iso, files)
     return SeedResult(

@@ -212,6 +212,6 @@ def test_rm_refuses_while_an_instance_uses_the_image(
     with pytest.raises(StateError) as info:
         catalog.remove("debian-12")
     assert info.value.message == "image `debian-12` is in use by instance web"
-    assert info.value.hint == "delete it first: `devenv delete web`"
+    assert info.value.hint == "delete it first: `devenv delete -n web`"
     assert cache.read_record("debian-12", "x86_64") == built
     assert os.path.exists(built.disk)

@@ -104,3 +104,21 @@ def test_a_missing_emulator_for_the_guests_arch_names_its_package(
         QemuBackend()._check_qemu("aarch64")
     assert info.value.message == "qemu-system-aarch64 was not found on PATH: it runs aarch64 guests"
     assert info.value.hint.startswith("sudo apt-get install qemu-system-arm qemu-efi-aarch64")
+
+
+@pytest.mark.parametrize("value", ["kvmm", "hax", "tcg,kvm"])
+def test_a_mistyped_accel_variable_is_a_usage_error_before_qemu_runs(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    from devenv.backends.availability import accelerator_choice
+    from devenv.errors import ExitCode, UsageError
+    from devenv.hostos import Host
+
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", value)
+    with pytest.raises(UsageError) as info:
+        accelerator_choice(Host())
+    assert info.value.exit_code == ExitCode.USAGE
+    assert str(info.value) == f"DEVENV_QEMU_ACCEL={value} is not an accelerator"
+    assert "auto, kvm, hvf, whpx, tcg" in info.value.hint
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", " TCG ")
+    assert accelerator_choice(Host()) == ("tcg", "DEVENV_QEMU_ACCEL")

@@ -329,3 +329,16 @@ def test_guest_uid_follows_the_host_user(host: int, guest: int) -> None:
     from devenv.provision.userdata import guest_uid
 
     assert guest_uid(host) == guest
+
+
+def test_text_that_is_not_utf8_is_a_config_error_and_no_seed_is_written(tmp_path: Path) -> None:
+    """A host value read with surrogateescape (undecodable bytes) cannot go into user-data: said, with a hint."""
+    from devenv.errors import ConfigError, ExitCode
+
+    cfg = make_config(env={"NAME": "caf\udce9"})
+    with pytest.raises(ConfigError) as info:
+        seed.prepare_seed(tmp_path / "inst", cfg, environ={})
+    assert info.value.exit_code == ExitCode.CONFIG
+    assert str(info.value).startswith("cannot write the cloud-init seed for `demo`: ")
+    assert "not valid UTF-8" in info.value.hint
+    assert not (tmp_path / "inst" / "cidata.iso").exists()
