@@ -14,7 +14,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -413,8 +412,26 @@ def test_delete_removes_the_instance_dir_and_nothing_else(vm: VM) -> None:
     r = d.run("delete", "-n", name)
     assert r.returncode == 67, "deleting a running instance needs --force"
     d.ok("stop", "-n", name, timeout=300)
+    from devenv import paths
+
+    cache = paths.cache_dir()  # the test runs with the CLI's environment
+    assert Path(base).resolve().is_relative_to(cache.resolve())
+    others = {root: _listing(root, skip=inst_dir) for root in (d.home, cache, d.project)}
+    base_digest = hashlib.sha256(Path(base).read_bytes()).hexdigest()
     d.ok("delete", "-n", name)
     assert not inst_dir.exists()
     assert (d.home / "instances").is_dir()
-    assert Path(base).is_file(), "the cached base image stays"
-    assert tempfile.gettempdir()
+    for root, before in others.items():  # the rest of devenv's home, the image cache, the mounted project
+        assert _listing(root, skip=inst_dir) == before, f"delete changed something under {root}"
+    assert hashlib.sha256(Path(base).read_bytes()).hexdigest() == base_digest, "the cached base image stays as it was"
+
+
+def _listing(root: Path, skip: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root but `skip`, with its mode and (for files) size."""
+    out: dict[str, tuple[int, int]] = {}
+    for p in root.rglob("*"):
+        if p == skip or skip in p.parents:
+            continue
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (st.st_mode, st.st_size if stat.S_ISREG(st.st_mode) else 0)
+    return out
