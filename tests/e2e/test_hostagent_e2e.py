@@ -302,16 +302,24 @@ def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM)
         vm.guest("pkill -f 'http.server 9124'")
 
 
-def test_a_stale_guest_agent_is_replaced(vm: VM) -> None:
-    """Another build of the agent in the guest: the host sees it in the hello and installs its own."""
+@pytest.mark.parametrize(
+    ("change", "said"),
+    [
+        ("echo '# an older build' | sudo -n tee -a {path} >/dev/null", "differs from the one this devenv ships"),
+        ("sudo -n sed -i 's/^PROTOCOL_VERSION = .*/PROTOCOL_VERSION = 0/' {path}", "guest agent speaks protocol 0"),
+    ],
+    ids=["another-build", "another-protocol"],
+)
+def test_a_stale_guest_agent_is_replaced(vm: VM, change: str, said: str) -> None:
+    """Another build, or another protocol, of the agent in the guest: the host sees it in the hello and installs its own."""
     from devenv.guestagent import protocol
 
-    code, _, err = vm.guest(f"echo '# an older build' | sudo -n tee -a {protocol.GUEST_PATH} >/dev/null")
+    code, _, err = vm.guest(change.format(path=protocol.GUEST_PATH))
     assert code == 0, err
     hostagent.shutdown(vm.inst)
     vm.cli("start")
     installed = [e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "guest-agent-installed"]
-    assert installed and installed[-1]["exit_code"] == 0 and "differs" in installed[-1]["reason"]
+    assert installed and installed[-1]["exit_code"] == 0 and said in installed[-1]["reason"], installed[-1:]
     code, out, _ = vm.guest(f"sha256sum {protocol.GUEST_PATH}")
     assert (code, out.split()[0].decode()) == (0, protocol.agent_sha256())
     code, out, _ = vm.guest(f"python3 -c {shlex.quote(FRESH_CHECK)} {protocol.GUEST_PATH}")
