@@ -861,8 +861,11 @@ class SSHConnection:
             raise InstanceNotFound(f"no such file or directory on the host: {host_path}")
         sftp = self.sftp()
         dest = _guest_path(guest_path)
-        if _remote_is_dir(sftp, dest):
-            dest = posixpath.join(dest, src.name)
+        try:
+            if _remote_is_dir(sftp, dest):
+                dest = posixpath.join(dest, src.name)
+        except OSError as e:  # a folder on the way the guest user may not enter
+            raise _copy_failed(e, f"{src} to {dest} in the guest") from None
         _put_tree(sftp, src, dest, progress)
         return dest
 
@@ -876,9 +879,14 @@ class SSHConnection:
             attrs = sftp.lstat(src)
         except FileNotFoundError:
             raise InstanceNotFound(f"no such file or directory in {self.target.label}: {guest_path}") from None
+        except OSError as e:
+            raise _copy_failed(e, f"{src} in the guest to {host_path}") from None
         dest = Path(os.path.expanduser(os.fspath(host_path)))
-        if dest.is_dir():
-            dest = dest / posixpath.basename(src.rstrip("/") or "/")
+        try:
+            if dest.is_dir():
+                dest = dest / posixpath.basename(src.rstrip("/") or "/")
+        except OSError as e:
+            raise _copy_failed(e, f"{src} in the guest to {dest}") from None
         _get_tree(sftp, src, attrs, dest, progress)
         return dest
 

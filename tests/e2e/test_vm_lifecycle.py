@@ -374,7 +374,7 @@ def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
     )
     assert proc.stderr is not None
     seen = b""
-    while b"start QEMU" not in seen:  # printed as the next step (waiting for sshd) begins
+    while "✓ start QEMU".encode() not in seen:  # QEMU runs: the wait for the guest's sshd begins
         line = proc.stderr.readline()
         assert line, f"devenv start ended early: {seen!r}"
         seen += line
