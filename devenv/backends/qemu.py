@@ -288,6 +288,15 @@ def port_free(port: int) -> bool:
         return True
 
 
+def _ssh_port_was_taken(log: Path, port: int) -> bool:
+    """QEMU's log says it could not listen on the SSH forward's port (another program has it)."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return False
+    return "Could not set up host forwarding rule" in text and f"127.0.0.1:{port}-:22" in text
+
+
 def ssh_port_for(inst_dir: Path) -> int:
     """The SSH port the instance had last time while it is free, else a new one.
 
@@ -569,6 +578,33 @@ class QemuBackend:
             hostagent.ensure_docker_context(inst.name, inst.dir)
 
     def _launch(
+        self,
+        inst: InstanceRef,
+        binary: str,
+        accel: str,
+        image: dict[str, str],
+        arch: str,
+        machine: str,
+        extra_cmdline: str,
+    ) -> None:
+        """_launch_once, again on a new SSH port when another program took the chosen one meanwhile.
+
+        The port is found free, released, and only then bound by QEMU: a second
+        `devenv start` (or anything else) may take it in between.
+        """
+        for attempt in range(3):
+            try:
+                self._launch_once(inst, binary, accel, image, arch, machine, extra_cmdline)
+                return
+            except AcceleratorFailed:
+                raise
+            except CommandFailed:
+                port = self._port(inst)
+                if attempt == 2 or port is None or not _ssh_port_was_taken(inst.dir / QEMU_LOG, port):
+                    raise
+                (inst.dir / paths.SSH_PORT).unlink(missing_ok=True)  # ssh_port_for then picks a new one
+
+    def _launch_once(
         self,
         inst: InstanceRef,
         binary: str,

@@ -129,3 +129,41 @@ def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
     QemuBackend()._resume_if_stopped(inst, steps)  # running: nothing to do
     assert steps.seen == ["resume the VM (paused)"]
     assert qemu.vm_run_state(inst.dir / "no-such.sock") is None
+
+
+def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real QEMU refuses the hostfwd of a port someone else listens on; start picks another and goes on."""
+    import socket
+
+    d = Path(tempfile.mkdtemp(prefix="qp-", dir="/tmp"))
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(d / paths.DISK), "64M"], check=True)
+    (d / paths.CIDATA).write_bytes(b"\0" * 2048)
+    inst = InstanceRef("t", d, Config(mounts=[]))
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    real = qemu.ssh_port_for
+    picks: list[int] = []
+
+    def first_the_taken_port(inst_dir: Path) -> int:
+        picks.append(real(inst_dir) if picks else port)  # as if someone took it after the check
+        return picks[-1]
+
+    monkeypatch.setattr(qemu, "ssh_port_for", first_the_taken_port)
+    monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")
+    assert QEMU is not None
+    try:
+        QemuBackend()._launch(inst, QEMU, "tcg", {"arch": "x86_64"}, "x86_64", "q35", "")
+        assert picks[0] == port and picks[1] != port and len(picks) == 2
+        assert (d / paths.SSH_PORT).read_text().strip() == str(picks[1])
+        assert f"Port {picks[1]}" in (d / paths.SSH_CONFIG).read_text()
+        assert qemu.vm_run_state(d / paths.QMP_SOCK) == "running"
+    finally:
+        taken.close()
+        QemuBackend().stop(inst, True, Recorder())
+        for f in sorted(d.rglob("*"), reverse=True):
+            f.unlink() if not f.is_dir() else f.rmdir()
+        d.rmdir()
