@@ -1,10 +1,10 @@
-"""`devenv stop`'s three stages on a real QEMU that has no guest OS to answer the power button.
+"""A real QEMU at the edges of its life: stop's three stages, a paused VM, an SSH port taken meanwhile.
 
 A paused QEMU (tests/integration/qemu_fixture.py) ignores ACPI power-down, as a
 hung or busy guest would, so stop must give up waiting, quit through QMP, and,
 when QEMU does not even answer QMP (stopped with SIGSTOP here), kill it. Each
 stage is a step the user sees. STOP_TIMEOUT is shortened; the stages are the
-backend's own.
+backend's own. No guest OS boots in any of these: each takes seconds.
 """
 
 from __future__ import annotations
