@@ -69,6 +69,7 @@ SERIAL_TAIL = 25
 BOOT_TIMEOUT = {"tcg": 420.0, "default": 180.0}
 SILENT_BOOT_LIMIT = 60.0  # s: a console still empty this long under kvm/hvf/whpx is a guest that does not run
 STOP_TIMEOUT = 90.0
+MOUNT_WAIT = 90.0  # start waits this long for the mounts, then warns and leaves them to the host agent
 
 
 class AcceleratorFailed(CommandFailed):
@@ -570,9 +571,14 @@ class QemuBackend:
         if inst.config.mounts:
             step(f"mount {', '.join(m.location for m in inst.config.mounts)}")
             st = self._wait_mounts(inst, st, len(inst.config.mounts))
-        failed = [m for m in st.get("mounts", []) if m.get("state") == "failed"]
-        for m in failed:
-            sys.stderr.write(f"devenv: warning: mount {m.get('guest')} failed: {m.get('reason', '')}\n")
+        for m in st.get("mounts", []):
+            if m.get("state") == "failed":
+                sys.stderr.write(f"devenv: warning: mount {m.get('guest')} failed: {m.get('reason', '')}\n")
+            elif m.get("state") != "mounted":  # _wait_mounts gave up waiting: the agent goes on trying
+                sys.stderr.write(
+                    f"devenv: warning: mount {m.get('guest')} is still {m.get('state')} after {MOUNT_WAIT:.0f} s;"
+                    f" `devenv status -n {inst.name}` shows when it is there\n"
+                )
         if engine(inst.config.runtime).docker_api:
             step(f"docker context devenv-{inst.name}")
             hostagent.ensure_docker_context(inst.name, inst.dir)
@@ -762,7 +768,7 @@ class QemuBackend:
         """Start returns once every mount is in place (or has failed): the project folder is there."""
         from devenv import hostagent
 
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + MOUNT_WAIT
         while time.monotonic() < deadline:
             done = [m for m in st.get("mounts", []) if m.get("state") in ("mounted", "failed")]
             if len(done) >= want:
