@@ -10,7 +10,9 @@ Imported on the warm exec path, so it uses no `re` (~5 ms); the launcher
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+TYPE_CHECKING = False  # collections.abc (~1.3 ms) and typing (~7 ms) only for the type checker: hot path
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
 
 _FIRST = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _REST = _FIRST | frozenset("0123456789")
