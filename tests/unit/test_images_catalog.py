@@ -144,7 +144,7 @@ def test_rm_refuses_while_an_instance_is_layered_on_it(tmp_path: Path) -> None:
     with pytest.raises(StateError) as info:
         catalog.remove("debian-12", "x86_64")
     assert info.value.message == "image `debian-12` is in use by instances a, b"
-    assert info.value.hint == "delete them first: `devenv delete a`"
+    assert info.value.hint == "delete them first: `devenv delete -n a`"
     assert record.disk.exists()
     assert cache.read_record("debian-12", "x86_64") == record
 
