@@ -59,11 +59,9 @@ def command_line(pid: int) -> bytes | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read()
-    except FileNotFoundError:
-        if os.path.isdir("/proc/self"):
-            return b""  # /proc is there, the process is not
     except OSError:
-        return None
+        if os.path.isdir("/proc/self"):
+            return b""  # gone, or hidden from us (hidepid): either way not a process of ours
     return None if os.name == "nt" else ps_command_line(pid)
 
 

@@ -25,7 +25,12 @@ def qemu(host: Host) -> Probe:
     q = host.qemu
     if not q.ok:
         return q
-    accel, fallback = launch_accelerator(host)
+    from devenv.errors import UsageError
+
+    try:
+        accel, fallback = launch_accelerator(host)
+    except UsageError as e:  # a mistyped DEVENV_QEMU_ACCEL: doctor's row says so, the rest of the report stands
+        return Probe(False, f"{q.detail}; {e.message}", e.hint)
     if fallback is not None:
         return Probe(True, f"{q.detail}; accelerator {accel}: {fallback.detail}", fallback.fix)
     return Probe(True, f"{q.detail}; accelerator {accel}")

@@ -289,6 +289,14 @@ def port_free(port: int) -> bool:
         return True
 
 
+def _cwd_or_none() -> str | None:
+    """The host's working directory; None when it was deleted under us (the command runs in the guest home)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 def _ssh_port_was_taken(log: Path, port: int) -> bool:
     """QEMU's log says it could not listen on the SSH forward's port (another program has it)."""
     try:
@@ -481,6 +489,9 @@ class QemuBackend:
             step(f"QEMU is already running (pid {pid})")
             accel = self._running_accel(inst) or accel
             self._resume_if_stopped(inst, step)
+            port = self._port(inst)
+            if port is not None:  # (re)written for one started before devenv kept the file
+                write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
         deadline_total = _accel_timeout(accel)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
@@ -496,6 +507,11 @@ class QemuBackend:
 
         qmp = inst.dir / paths.QMP_SOCK
         state = vm_run_state(qmp)
+        if state in STOPPED_RUN_STATES and state not in RESUMABLE:  # waiting for a boot would never end
+            raise StateError(
+                f"{STOPPED_RUN_STATES[state]}: QEMU says `{state}`",
+                f"`devenv stop -n {inst.name} && devenv start -n {inst.name}` boots it again",
+            )
         if state not in RESUMABLE:
             return
         step(f"resume the VM ({state})")
@@ -904,6 +920,13 @@ class QemuBackend:
         if pid is None:
             return
         qmp = inst.dir / paths.QMP_SOCK
+        run_state = vm_run_state(qmp)
+        if not force and run_state in ("paused", "suspended"):  # let it run, so it can shut down cleanly
+            step(f"resume the VM ({run_state}) to shut it down")
+            with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
+                q.command("system_wakeup" if run_state == "suspended" else "cont")
+        elif run_state in STOPPED_RUN_STATES:
+            force = True  # io-error, a panic: the guest cannot act on the power button
         if not force:
             step(f"ACPI power-down; up to {STOP_TIMEOUT:.0f} s for the guest to shut down")
             with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
@@ -966,10 +989,11 @@ class QemuBackend:
             "ssh_config": str(inst.dir / paths.SSH_CONFIG),
         }
         run_state = vm_run_state(inst.dir / paths.QMP_SOCK)
-        if run_state in STOPPED_RUN_STATES:
+        if run_state in STOPPED_RUN_STATES:  # QEMU runs, the guest does not: never "running"
             details["qemu_status"] = run_state
-            then = "`devenv start` resumes it" if run_state in RESUMABLE else "`devenv stop && devenv start` boots it"
-            return Status("broken", f"{STOPPED_RUN_STATES[run_state]}; {then}", details)
+            if run_state in RESUMABLE:  # nothing lost yet: degraded, so delete still asks for --force
+                return Status("degraded", f"{STOPPED_RUN_STATES[run_state]}; `devenv start` resumes it", details)
+            return Status("broken", f"{STOPPED_RUN_STATES[run_state]}; `devenv stop && devenv start` boots it", details)
         readiness = console_readiness(inst.dir / paths.SERIAL_LOG)
         if readiness.failed:
             return Status("broken", readiness.describe(), details)
@@ -1019,7 +1043,7 @@ class QemuBackend:
     ) -> int:
         from devenv.hostagent import client
 
-        here = os.getcwd()
+        here = _cwd_or_none()
         if tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
             with self.connection(inst) as conn:
                 return conn.shell(list(argv), env={**inst.config.env, **env}, cwd=cwd or self._guest_cwd(inst, here))
@@ -1040,7 +1064,7 @@ class QemuBackend:
     def shell(self, inst: InstanceRef) -> int:
         """The guest's login shell, in the folder you are in when a mount puts it in the guest (as Lima does)."""
         with self.connection(inst) as conn:
-            return conn.shell(env=dict(inst.config.env), cwd=self._guest_cwd(inst, os.getcwd()))
+            return conn.shell(env=dict(inst.config.env), cwd=self._guest_cwd(inst, _cwd_or_none()))
 
     def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
         with self.connection(inst) as conn:

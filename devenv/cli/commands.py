@@ -276,6 +276,7 @@ def docker_env(name: str | None, shell_kind: str) -> int:
 def doctor(as_json: bool) -> int:
     from devenv import backends
     from devenv.backends.availability import CHECKS, launch_accelerator
+    from devenv.errors import UsageError
     from devenv.hostos import current, default_backend
     from devenv.launcher import installed
 
@@ -288,10 +289,14 @@ def doctor(as_json: bool) -> int:
             continue  # a test double registered at run time has no host requirements
         probe = check(host)
         rows.append({"backend": name, "available": probe.ok, "detail": probe.detail, "fix": probe.fix})
+    try:
+        qemu_accelerator: str | None = launch_accelerator(host)[0]
+    except UsageError:  # the qemu row says why
+        qemu_accelerator = None
     info = {
         "host": {"system": host.system, "arch": host.arch, "wsl": host.is_wsl},
         "default_backend": default_backend(host),
-        "qemu_accelerator": launch_accelerator(host)[0],
+        "qemu_accelerator": qemu_accelerator,
         "backends": rows,
         "launcher": launcher,
     }

@@ -151,7 +151,11 @@ def _exec_through_agent(name: str | None, command: list[str], workdir: str | Non
     from devenv.hostagent import client
 
     try:
-        return client.exec(paths.instance_dir_str(resolved), command, env, os.getcwd(), workdir=workdir)
+        try:
+            here: str | None = os.getcwd()
+        except OSError:  # deleted under us: no host folder to map, the guest home (or -w) it is
+            here = None
+        return client.exec(paths.instance_dir_str(resolved), command, env, here, workdir=workdir)
     except KeyboardInterrupt:
         return 130
 

@@ -23,7 +23,7 @@ import sys
 import time
 
 from devenv.hostagent.wire import control_path, engine_path
-from devenv.paths import HOSTAGENT_LOG, HOSTAGENT_PID
+from devenv.paths import EVENTS_LOG, HOSTAGENT_LOG, HOSTAGENT_PID
 
 TYPE_CHECKING = False  # this package is imported on `devenv exec`'s hot path: pathlib/typing cost ms
 if TYPE_CHECKING:
@@ -100,6 +100,29 @@ def log_tail(inst_dir: Path, lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
+def code_version(root: str | None = None) -> str:
+    """A digest of devenv's own sources: the host agent reports the one it started with.
+
+    An agent left running by another devenv build (an upgrade while the VM ran)
+    speaks an older control protocol, which may ignore what a newer CLI asks
+    (exec's `workdir`, say); `start` replaces it. All of devenv counts, since the
+    daemon runs the transport and the guest agent's protocol too (~70 files, ~2 ms).
+    """
+    import hashlib
+
+    base = root or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = hashlib.sha256()
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(filenames):
+            if name.endswith((".py", ".c")):
+                path = os.path.join(dirpath, name)
+                digest.update(os.path.relpath(path, base).encode() + b"\0")
+                with open(path, "rb") as f:
+                    digest.update(f.read())
+    return digest.hexdigest()[:16]
+
+
 def launch(
     inst_dir: Path,
     *,
@@ -118,6 +141,13 @@ def launch(
     from pathlib import Path
 
     inst_dir = Path(inst_dir).absolute()
+    if is_running(inst_dir):
+        running = state(inst_dir, timeout=2.0)
+        if running.get("state") != "unresponsive" and running.get("code") != code_version():
+            from devenv.hostagent.events import EventLog
+
+            EventLog(inst_dir / EVENTS_LOG).emit("host-agent-replaced", reason="started by another devenv build")
+            shutdown(inst_dir)
     if not is_running(inst_dir):
         argv = [python or sys.executable, "-m", "devenv.hostagent", str(inst_dir), "--user", user, *extra_args]
         with open(inst_dir / HOSTAGENT_LOG, "ab") as logf:

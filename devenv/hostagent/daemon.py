@@ -41,7 +41,7 @@ from typing import Any
 
 import paramiko
 
-from devenv import paths
+from devenv import hostagent, paths
 from devenv.errors import ConnectionFailed, DevenvError
 from devenv.fdio import write_all
 from devenv.guestagent import protocol
@@ -357,6 +357,7 @@ class HostAgent:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
         self.inst_dir = opts.inst_dir
+        self.code = hostagent.code_version()  # the sources this process runs: `start` replaces an agent of others
         self.events = EventLog(opts.inst_dir / paths.EVENTS_LOG)
         self.usernet = self._usernet(opts)
         self.ports = PortManager(
@@ -437,6 +438,7 @@ class HostAgent:
         return {
             "alive": True,
             "pid": os.getpid(),
+            "code": self.code,
             "state": self._state,
             "degraded": self._state != "connected",
             "since": _iso(self._since),

@@ -245,6 +245,12 @@ def build_script(
     return "\n".join(lines)
 
 
+def _wire(script: str) -> bytes:
+    """The exec request's bytes: text from the host's argv or environment that was not UTF-8 (held as
+    surrogate escapes, as os.fsdecode does) goes to the guest as the bytes it was, as the agent path does."""
+    return script.encode("utf-8", "surrogateescape")
+
+
 def describe(command: Command | None) -> str:
     if command is None:
         return "(login shell)"
@@ -709,7 +715,7 @@ class SSHConnection:
         """Start a command; stream with the returned process's channel. See exec() for the usual path."""
         script = build_script(command, env=env, cwd=cwd, report_pid=report_pid)
         channel = self.open_session()
-        self._request(channel, f"starting `{describe(command)}`", lambda: channel.exec_command(script))
+        self._request(channel, f"starting `{describe(command)}`", lambda: channel.exec_command(_wire(script)))
         proc = RemoteProcess(self, channel, describe(command))
         if not report_pid:
             proc._set_pid(None)
@@ -821,7 +827,7 @@ class SSHConnection:
                 self._request(channel, "starting a shell", channel.invoke_shell)
             else:
                 script = build_script(command, env=env, cwd=cwd, report_pid=False, login_shell=True)
-                self._request(channel, f"starting `{describe(command)}`", lambda: channel.exec_command(script))
+                self._request(channel, f"starting `{describe(command)}`", lambda: channel.exec_command(_wire(script)))
             with _raw_terminal(in_fd), _resize_on_sigwinch(channel, out_fd, in_fd):
                 _interact(channel, in_fd, out_fd)
             channel.status_event.wait(self.handshake_timeout)
@@ -1006,11 +1012,13 @@ def _copy_failed(e: OSError, what: str) -> DevenvError:
     caller names the file it was working on.
     """
     reason = e.strerror or str(e) or type(e).__name__
+    if isinstance(e, PermissionError) and e.filename:  # Python's own file calls name the host path
+        return PermissionProblem(f"cannot copy {what}: {e.filename}: {reason}", "check that path's permissions")
     if isinstance(e, PermissionError):
         return PermissionProblem(
             f"cannot copy {what}: {reason}",
-            "in the guest devenv reads and writes as its user `devenv`: pick a place it may write "
-            "(its home, /tmp), or copy there and move it with `devenv exec -- sudo mv ...`",
+            "in the guest devenv reads and writes as its user `devenv`: pick a place it may use "
+            "(its home, /tmp), or go through it with `devenv exec -- sudo cp ...`",
         )
     if isinstance(e, FileNotFoundError):
         return InstanceNotFound(f"cannot copy {what}: {reason}", "the folder a copy goes into must exist already")

@@ -186,6 +186,21 @@ def make_env(server: SSHDServer, tmp_path: Path) -> Iterator[Callable[..., Env]]
             server.start()
 
 
+def test_start_replaces_an_agent_left_by_another_devenv_build(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgrade while the VM ran: the old agent would ignore what the new CLI asks; launch replaces it, once."""
+    env = make_env()
+    first = env.state()
+    assert first["code"] == hostagent.code_version()
+    assert env.launch()["pid"] == first["pid"]  # the same build: kept, forwards and mounts untouched
+    monkeypatch.setattr(hostagent, "code_version", lambda root=None: "another-build")
+    st = env.launch()
+    assert st["state"] == "connected" and st["pid"] != first["pid"]
+    replaced = [e for e in env.events() if e["event"] == "host-agent-replaced"]
+    assert len(replaced) == 1 and replaced[0]["reason"] == "started by another devenv build"
+
+
 def test_launch_connects_and_writes_pid_socket_and_events(make_env: Callable[..., Env]) -> None:
     env = make_env()
     st = env.state()

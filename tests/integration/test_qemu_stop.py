@@ -121,7 +121,7 @@ def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
         q.command("stop")
     assert qemu.vm_run_state(qmp) == "paused"
     st = QemuBackend().status(inst)
-    assert (st.state, st.details["qemu_status"]) == ("broken", "paused")
+    assert (st.state, st.details["qemu_status"]) == ("degraded", "paused")  # not running; delete wants --force
     assert st.reason == "the VM is paused (QEMU's `stop`, or a debugger); `devenv start` resumes it"
     steps = Recorder()
     QemuBackend()._resume_if_stopped(inst, steps)
@@ -167,3 +167,25 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
         for f in sorted(d.rglob("*"), reverse=True):
             f.unlink() if not f.is_dir() else f.rmdir()
         d.rmdir()
+
+
+def test_stop_lets_a_paused_vm_run_so_it_can_shut_down_cleanly(
+    vm: tuple[InstanceRef, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devenv.backends.qmp import Qmp
+
+    inst, proc = vm
+    with Qmp(inst.dir / paths.QMP_SOCK) as q:
+        q.command("cont")
+        q.command("stop")
+    monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
+    steps = Recorder()
+    QemuBackend().stop(inst, False, steps)
+    assert _gone(proc)
+    assert steps.seen == [
+        "stop the host agent",
+        "resume the VM (paused) to shut it down",
+        "ACPI power-down; up to 1 s for the guest to shut down",  # no guest OS here to act on it
+        "✗",
+        "QEMU quit (QMP)",
+    ]

@@ -229,6 +229,15 @@ def test_env_and_cwd(conn: SSHConnection, tmp_path: Path) -> None:
     assert b"missing" in missing.stderr
 
 
+def test_bytes_that_are_not_utf8_arrive_as_they_were(conn: SSHConnection) -> None:
+    """A host value read with surrogateescape (os.environ, argv) reaches the guest as its original bytes."""
+    raw = b"caf\xe9 \xff"
+    result = conn.run(["printf", "%s|%s", "$V", os.fsdecode(raw)], env={"V": os.fsdecode(raw)})
+    assert (result.exit_code, result.stdout) == (0, b"$V|" + raw)
+    result = conn.run(["sh", "-c", 'printf "%s" "$V"'], env={"V": os.fsdecode(raw)})
+    assert result.stdout == raw
+
+
 def test_env_name_is_validated(conn: SSHConnection) -> None:
     with pytest.raises(UsageError, match="invalid environment variable name `A;B`"):
         conn.run("true", env={"A;B": "x"})

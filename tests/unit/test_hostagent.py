@@ -396,3 +396,21 @@ def test_a_tcp_control_client_gets_the_last_lines_despite_input_left_unread(grac
         assert got == b'{"out":"stderr","data":"b29wcwo="}\n{"exit_code":7,"final":true}\n'
     else:  # what the lingering close avoids: a reset, which loses whatever the agent had not yet sent
         assert got.endswith(b"<reset>"), got
+
+
+def test_code_version_follows_every_source_file(tmp_path: Path) -> None:
+    """What `start` compares with the running agent's: any .py or .c edited, added or renamed changes it."""
+    (tmp_path / "pkg" / "__pycache__").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_text("x = 1\n")
+    (tmp_path / "launcher.c").write_text("int main(void) { return 0; }\n")
+    first = hostagent.code_version(str(tmp_path))
+    assert hostagent.code_version(str(tmp_path)) == first
+    (tmp_path / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"compiled")
+    (tmp_path / "notes.txt").write_text("not code")
+    assert hostagent.code_version(str(tmp_path)) == first  # bytecode and other files do not count
+    (tmp_path / "pkg" / "a.py").write_text("x = 2\n")
+    second = hostagent.code_version(str(tmp_path))
+    assert second != first
+    (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "b.py")
+    assert hostagent.code_version(str(tmp_path)) not in (first, second)
+    assert hostagent.code_version() == hostagent.code_version()  # devenv's own tree

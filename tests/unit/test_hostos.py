@@ -151,6 +151,21 @@ def test_doctor_names_tcg_when_qemu_stops_at_once_under_the_accelerator_found(
     assert json.loads(cli("doctor", "--json").out)["qemu_accelerator"] == "kvm"
 
 
+def test_doctor_reports_a_mistyped_accel_variable_in_the_qemu_row(cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest of the report stands: one row says what is wrong and how to fix it."""
+    host = FakeHost("linux", qemu=Probe(True, "QEMU 9"), kvm=YES, native_engine=YES)
+    monkeypatch.setattr("devenv.hostos.current", lambda: host)
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvmm")
+    ran = cli("doctor", "--json")
+    assert ran.code == 0, ran.err
+    info = json.loads(ran.out)
+    rows = {r["backend"]: r for r in info["backends"]}
+    assert info["qemu_accelerator"] is None and rows["native"]["available"] is True
+    assert rows["qemu"]["available"] is False
+    assert rows["qemu"]["detail"] == "QEMU 9; DEVENV_QEMU_ACCEL=kvmm is not an accelerator"
+    assert "unset DEVENV_QEMU_ACCEL" in rows["qemu"]["fix"]
+
+
 def test_qemu_error_line_is_the_first_error_not_a_warning() -> None:
     out = (
         "qemu-system-x86_64: warning: host doesn't support requested feature: CPUID.01H:ECX.pni\n"

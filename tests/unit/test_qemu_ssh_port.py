@@ -42,7 +42,6 @@ def test_a_port_left_in_time_wait_is_still_free_for_qemu(tmp_path: Path) -> None
 
 
 def test_garbage_or_privileged_ports_are_not_reused(tmp_path: Path) -> None:
-    for text in ("", "x", "22", "70000", "-1"):
+    for text in ("", "x", "22", "1023", "70000", "-1"):
         (tmp_path / paths.SSH_PORT).write_text(text)
-        assert 1024 <= ssh_port_for(tmp_path) <= 65535
-        assert str(ssh_port_for(tmp_path)) != text
+        assert 1024 <= ssh_port_for(tmp_path) <= 65535  # 22 and 1023 would need root: never taken over
