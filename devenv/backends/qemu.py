@@ -72,6 +72,13 @@ STOP_TIMEOUT = 90.0
 MOUNT_WAIT = 90.0  # start waits this long for the mounts, then warns and leaves them to the host agent
 
 
+class GuestSilent(Timeout):
+    """The console stayed empty under a hardware accelerator: the guest does not run there, TCG may."""
+
+
+ACCEL_HUNG = "accel-hung"  # in the instance dir: the accelerator auto picked hung this guest; tcg from then on
+
+
 class AcceleratorFailed(CommandFailed):
     """QEMU exited right after launch and its log names the accelerator: nothing booted, TCG may."""
 
@@ -289,6 +296,24 @@ def port_free(port: int) -> bool:
         return True
 
 
+class _Quiet:
+    """A StepReporter that shows nothing: stopping a guest that never ran is part of the fallback's step."""
+
+    def __call__(self, name: str) -> None:
+        pass
+
+    def fail(self) -> None:
+        pass
+
+
+def _hung_before(inst_dir: Path) -> str | None:
+    """The accelerator auto picked that once left this instance's guest silent (see ACCEL_HUNG)."""
+    try:
+        return (inst_dir / ACCEL_HUNG).read_text().strip() or None
+    except OSError:
+        return None
+
+
 def _cwd_or_none() -> str | None:
     """The host's working directory; None when it was deleted under us (the command runs in the guest home)."""
     try:
@@ -356,6 +381,8 @@ class QemuBackend:
 
         host = current()
         accel, source = accelerator_choice(host, inst.config.accelerator, arch)
+        if source == "auto" and accel != "tcg" and _hung_before(inst.dir) == accel:
+            return "tcg", "auto"  # it hung this guest before: not another minute of silence per start
         if arch != host.arch and accel != "tcg":  # only a setting can have named another (auto gives tcg)
             by_env = source == ACCEL_ENV
             where = ACCEL_ENV if by_env else config.line_of(inst.dir / paths.INSTANCE_CONFIG, "accelerator")
@@ -497,7 +524,13 @@ class QemuBackend:
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
             self._launch_agent_early(inst)
-        self._wait_ready(inst, step, deadline_total, announces=announces, accel=accel)
+        try:
+            self._wait_ready(inst, step, deadline_total, announces=announces, accel=accel)
+        except GuestSilent:
+            if source != "auto" or accel == "tcg":
+                raise  # named in devenv.toml or the environment: the error stands
+            self._silent_to_tcg(inst, step, binary, image, arch, accel)
+            self._wait_ready(inst, step, _accel_timeout("tcg"), announces=announces, accel="tcg")
         provisioned.touch()
         self._start_agent(inst, step)
 
@@ -728,6 +761,35 @@ class QemuBackend:
         step("start QEMU (tcg)")
         return "tcg"
 
+    def _silent_to_tcg(
+        self, inst: InstanceRef, step: StepReporter, binary: str, image: dict[str, str], arch: str, accel: str
+    ) -> None:
+        """The guest never printed a line under the accelerator auto picked: QEMU runs, the guest does not.
+
+        Seen on cloud VMs whose KVM opens and runs QEMU but never its guest. The
+        guest never reached userspace, so stopping it loses nothing. This start
+        and every later one of the instance boot under tcg (ACCEL_HUNG remembers:
+        a minute of silence per start would be a tax); removing that file, or
+        naming the accelerator, tries it again.
+        """
+        from devenv.backends.availability import ACCEL_ENV
+
+        step.fail()
+        (inst.dir / ACCEL_HUNG).write_text(f"{accel}\n")
+        self.stop(inst, True, _Quiet())
+        for log in (paths.SERIAL_LOG, QEMU_LOG):
+            with contextlib.suppress(OSError):
+                os.replace(inst.dir / log, inst.dir / (log + ".accel"))
+        sys.stderr.write(
+            f"devenv: warning: the guest printed nothing in {SILENT_BOOT_LIMIT:.0f} s under {accel}, which devenv"
+            " picked: it does not run there\n"
+            f"  booting under tcg (software emulation, slower) instead, now and at every start of `{inst.name}`;\n"
+            f"  to try {accel} again remove {inst.dir / ACCEL_HUNG}, or set {ACCEL_ENV}={accel}.\n"
+        )
+        step("start QEMU (tcg)")
+        machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), "tcg", creating=False)
+        self._launch(inst, binary, "tcg", image, arch, machine, extra_cmdline)
+
     @staticmethod
     def _running_accel(inst: InstanceRef) -> str | None:
         """The accelerator the running QEMU was launched with (qemu.argv), which may be a fallback's tcg."""
@@ -888,6 +950,7 @@ class QemuBackend:
                 f"{accel} may not run guests on this host (nested virtualisation often cannot):"
                 f" `devenv stop --force -n {inst.name}`, then `{ACCEL_ENV}=tcg devenv start -n {inst.name}`"
                 ' (or accelerator = "tcg" in devenv.toml)',
+                GuestSilent,
             )
 
         return check

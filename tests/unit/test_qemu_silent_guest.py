@@ -1,0 +1,113 @@
+"""A guest that stays silent under the accelerator auto picked: start boots it under TCG from then on.
+
+Seen on these CI machines: /dev/kvm opens and QEMU runs under `-accel kvm`, but
+the guest never prints a line (a vCPU spinning at 100 %). The QEMU here is a
+stand-in that does what that QEMU did for devenv (pid file, a QMP socket that
+answers and quits, no console output); the whole start, kvm silent then tcg
+booted, was run by hand against the real QEMU on such a machine (the README's
+accelerator paragraph has the figures).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from devenv import paths
+from devenv.backends import qemu
+from devenv.backends.base import InstanceRef
+from devenv.backends.qemu import ACCEL_HUNG, QEMU_LOG, QemuBackend
+from devenv.cli.ui import Steps
+from devenv.config import Config
+from devenv.hostos import Probe
+from devenv.testing import FakeHost
+
+STAND_IN = textwrap.dedent(
+    f"""\
+    #!{sys.executable}
+    import json, os, socket, sys
+    argv = sys.argv[1:]
+    with open(os.environ["STAND_IN_CALLS"], "a") as calls:
+        calls.write(argv[argv.index("-accel") + 1].partition(",")[0] + "\\n")
+    qmp = argv[argv.index("-qmp") + 1].removeprefix("unix:").partition(",")[0]
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(qmp)
+    server.listen(1)
+    with open(argv[argv.index("-pidfile") + 1], "w") as pid:
+        pid.write(f"{{os.getpid()}}\\n")
+    while True:  # QMP: a greeting, then an empty return for every command; `quit` ends QEMU
+        conn, _ = server.accept()
+        f = conn.makefile("rwb")
+        f.write(b'{{"QMP": {{"version": {{}}, "capabilities": []}}}}\\n'); f.flush()
+        for line in f:
+            f.write(b'{{"return": {{}}}}\\n'); f.flush()
+            if json.loads(line).get("execute") == "quit":
+                sys.exit(0)
+    """
+)
+
+
+@pytest.fixture
+def inst(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[InstanceRef, Path, Path]]:
+    binary = tmp_path / "qemu-system-x86_64"
+    binary.write_text(STAND_IN)
+    binary.chmod(0o755)
+    calls = tmp_path / "calls"
+    monkeypatch.setenv("STAND_IN_CALLS", str(calls))
+    monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")  # no 9p probe of the binary
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
+    d = Path(os.path.realpath(tmp_path)) / "dev"
+    d.mkdir()
+    yield InstanceRef("dev", d, Config(mounts=[])), binary, calls
+    pid_file = d / paths.QEMU_PID
+    if pid_file.exists():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+def test_a_silent_guest_is_stopped_remembered_and_booted_under_tcg(
+    inst: tuple[InstanceRef, Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    ref, binary, calls = inst
+    image = {"arch": "x86_64"}
+    backend = QemuBackend()
+    with Steps() as steps:
+        backend._launch(ref, str(binary), "kvm", image, "x86_64", "q35", "")
+        first = qemu.read_pid(ref.dir)
+        (ref.dir / paths.SERIAL_LOG).write_text("")  # not one line: the guest never ran
+        steps("boot: waiting for the guest's sshd")
+        backend._silent_to_tcg(ref, steps, str(binary), image, "x86_64", "kvm")
+    assert calls.read_text().split() == ["kvm", "tcg"]
+    second = qemu.read_pid(ref.dir)
+    assert first is not None and second is not None and second != first
+    assert not qemu.pid_is_ours(first, ref.dir)  # the silent one was quit, not left spinning
+    assert qemu.pid_is_ours(second, ref.dir)
+    assert (ref.dir / ACCEL_HUNG).read_text() == "kvm\n"
+    assert (ref.dir / (paths.SERIAL_LOG + ".accel")).exists() and (ref.dir / (QEMU_LOG + ".accel")).exists()
+    err = capsys.readouterr().err
+    assert "✗ boot: waiting for the guest's sshd" in err and "✓ start QEMU (tcg)" in err
+    assert "the guest printed nothing in 60 s under kvm, which devenv picked" in err
+    assert f"to try kvm again remove {ref.dir / ACCEL_HUNG}, or set DEVENV_QEMU_ACCEL=kvm" in err
+
+
+def test_the_remembered_hang_picks_tcg_only_for_auto(
+    inst: tuple[InstanceRef, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref, _, _ = inst
+    monkeypatch.setattr("devenv.hostos.current", lambda: FakeHost("linux", kvm=Probe(True, "usable")))
+    backend = QemuBackend()
+    assert backend._accel_choice(ref, "x86_64") == ("kvm", "auto")
+    (ref.dir / ACCEL_HUNG).write_text("kvm\n")
+    assert backend._accel_choice(ref, "x86_64") == ("tcg", "auto")  # no minute of silence per start
+    monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")  # named: tried, and its error would stand
+    assert backend._accel_choice(ref, "x86_64") == ("kvm", "DEVENV_QEMU_ACCEL")
+    monkeypatch.delenv("DEVENV_QEMU_ACCEL")
+    (ref.dir / ACCEL_HUNG).unlink()
+    assert backend._accel_choice(ref, "x86_64") == ("kvm", "auto")  # removed: kvm is tried again
