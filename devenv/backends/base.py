@@ -67,28 +67,24 @@ class Lifecycle(Protocol):
     def status(self, inst: InstanceRef) -> Status: ...
 
 
+@dataclass(frozen=True)
+class ExecRequest:
+    """One `devenv exec`: a value, so a new option reaches every backend without a new signature."""
+
+    argv: Sequence[str]
+    env: dict[str, str] = field(default_factory=dict)  # wins over devenv.toml's env
+    # -w: a directory in the instance, used as it is; None follows the host's working directory
+    # (in a VM: where a mount puts it, else the guest home; hostagent.mounts.guest_cwd)
+    cwd: str | None = None
+    # False: the host agent already answered "unavailable" for this very command (the native
+    # launcher asked), so asking again would only wait out its reconnect timeout a second time
+    ask_agent: bool = True
+    tty: bool = False  # on a PTY of its own, the terminal in raw mode (`devenv exec -t`, as `ssh -t`)
+
+
 class Executor(Protocol):
-    def exec(
-        self,
-        inst: InstanceRef,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str | None,
-        *,
-        ask_agent: bool = True,
-        tty: bool = False,
-    ) -> int:
-        """Run argv in the instance; its exit code. `env` wins over devenv.toml's env.
-
-        `cwd` is the directory `-w` named in the instance, used as it is; None
-        follows the host's working directory: where a mount puts it in a VM,
-        else the guest home (hostagent.mounts.guest_cwd).
-
-        `ask_agent=False`: the host agent already answered "unavailable" for this
-        very command (the native launcher asked), so asking again would only wait
-        its reconnect timeout a second time. `tty`: on a PTY of its own, with
-        the terminal in raw mode (`devenv exec -t`, as `ssh -t`).
-        """
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
+        """Run the request's command in the instance; its exit code."""
         ...
 
     def shell(self, inst: InstanceRef) -> int: ...

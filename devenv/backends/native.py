@@ -9,11 +9,10 @@ command's exit code is returned, and a signal death becomes 128+N.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 from devenv import paths
-from devenv.backends.base import Features, InstanceRef, Status, StepReporter
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
 from devenv.errors import BackendUnavailable, NotSupported, UsageError
 from devenv.hostos import Engine, Host, current
 
@@ -65,23 +64,15 @@ class NativeBackend:
             return Status("broken", f"the local {runtime} engine does not answer")
         return Status("running", details={"engine": engine.endpoint or engine.runtime})
 
-    def exec(
-        self,
-        inst: InstanceRef,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str | None,
-        *,
-        ask_agent: bool = True,
-        tty: bool = False,
-    ) -> int:
-        if not argv:
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
+        """On the host itself: the command is on the caller's terminal already, so `tty` needs nothing."""
+        if not req.argv:
             raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
-        full_env = {**os.environ, **inst.config.env, **env}
+        full_env = {**os.environ, **inst.config.env, **req.env}
         engine = self.host.engine
         if engine and engine.endpoint and inst.config.runtime == "docker":
             full_env.setdefault("DOCKER_HOST", engine.endpoint)
-        return run_foreground(list(argv), full_env, cwd)
+        return run_foreground(list(req.argv), full_env, req.cwd)
 
     def shell(self, inst: InstanceRef) -> int:
         return run_foreground([os.environ.get("SHELL", "/bin/sh")], {**os.environ, **inst.config.env}, None)

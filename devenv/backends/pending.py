@@ -6,10 +6,9 @@ naming the backend and the missing part. Nothing pretends to work.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 
-from devenv.backends.base import Features, InstanceRef, Status, StepReporter
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
 from devenv.errors import NotSupported
 
 
@@ -37,16 +36,7 @@ class PendingBackend:
     def status(self, inst: InstanceRef) -> Status:
         return Status("broken", f"backend `{self.name}`: {self.missing}")
 
-    def exec(
-        self,
-        inst: InstanceRef,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str | None,
-        *,
-        ask_agent: bool = True,
-        tty: bool = False,
-    ) -> int:
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
         raise self._no("exec")
 
     def shell(self, inst: InstanceRef) -> int:

@@ -19,13 +19,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from devenv import paths
 from devenv.atomicfile import write_atomic
-from devenv.backends.base import Features, InstanceRef, Status, StepReporter
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
 from devenv.backends.qemuargs import (
     AARCH64_FIRMWARE,
     NeedsDirectKernel,
@@ -642,41 +642,9 @@ class QemuBackend:
         machine: str,
         extra_cmdline: str,
     ) -> None:
-        """_launch_once, again on a new SSH port when another program took the chosen one meanwhile.
-
-        The port is found free, released, and only then bound by QEMU: a second
-        `devenv start` (or anything else) may take it in between.
-        """
-        for attempt in range(3):
-            try:
-                self._launch_once(inst, binary, accel, image, arch, machine, extra_cmdline)
-                return
-            except AcceleratorFailed:
-                raise
-            except CommandFailed:
-                port = self._port(inst)
-                if attempt == 2 or port is None or not _ssh_port_was_taken(inst.dir / QEMU_LOG, port):
-                    raise
-                (inst.dir / paths.SSH_PORT).unlink(missing_ok=True)  # ssh_port_for then picks a new one
-
-    def _launch_once(
-        self,
-        inst: InstanceRef,
-        binary: str,
-        accel: str,
-        image: dict[str, str],
-        arch: str,
-        machine: str,
-        extra_cmdline: str,
-    ) -> None:
-        for stale in (paths.QMP_SOCK, paths.QEMU_PID):
-            (inst.dir / stale).unlink(missing_ok=True)
         serial = inst.dir / paths.SERIAL_LOG
         if serial.exists():
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
-        port = ssh_port_for(inst.dir)
-        (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
-        write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
         qmp = inst.dir / paths.QMP_SOCK
         if not paths.socket_path_fits(qmp):
             raise StateError(
@@ -686,31 +654,50 @@ class QemuBackend:
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
         cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr, accel=accel)
         cmdline = f"{cmdline} {extra_cmdline}".strip()
-        spec = VmSpec(
-            name=inst.name,
-            arch=arch,
-            accel=accel,
-            cpus=inst.config.cpus,
-            memory=inst.config.memory,
-            disk=inst.dir / paths.DISK,
-            cidata=inst.dir / paths.CIDATA,
-            ssh_port=port,
-            serial_log=serial,
-            qmp_socket=qmp,
-            pid_file=inst.dir / paths.QEMU_PID,
-            kernel=Path(image["kernel"]) if image.get("kernel") else None,
-            initrd=Path(image["initrd"]) if image.get("initrd") else None,
-            cmdline=cmdline,
-            firmware=self._firmware(arch, direct_kernel=bool(image.get("kernel"))),
-            shares=self._shares(inst, binary),
-            machine=machine,
-        )
-        if not inst.config.aslr and spec.kernel is None:
+        if not inst.config.aslr and not image.get("kernel"):
             sys.stderr.write(
                 "devenv: warning: aslr = false needs an image whose kernel QEMU boots directly;"
                 " this one boots through its firmware, so the guest keeps address-space randomisation\n"
             )
-        argv = build_argv(spec, binary)
+        # The SSH port is found free, released, and only then bound by QEMU: another program (a second
+        # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
+        for attempt in range(3):
+            port = ssh_port_for(inst.dir)
+            (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
+            write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
+            spec = VmSpec(
+                name=inst.name,
+                arch=arch,
+                accel=accel,
+                cpus=inst.config.cpus,
+                memory=inst.config.memory,
+                disk=inst.dir / paths.DISK,
+                cidata=inst.dir / paths.CIDATA,
+                ssh_port=port,
+                serial_log=serial,
+                qmp_socket=qmp,
+                pid_file=inst.dir / paths.QEMU_PID,
+                kernel=Path(image["kernel"]) if image.get("kernel") else None,
+                initrd=Path(image["initrd"]) if image.get("initrd") else None,
+                cmdline=cmdline,
+                firmware=self._firmware(arch, direct_kernel=bool(image.get("kernel"))),
+                shares=self._shares(inst, binary),
+                machine=machine,
+            )
+            try:
+                self._run_qemu(inst, build_argv(spec, binary), accel)
+                return
+            except AcceleratorFailed:
+                raise
+            except CommandFailed:
+                if attempt == 2 or not _ssh_port_was_taken(inst.dir / QEMU_LOG, port):
+                    raise
+                (inst.dir / paths.SSH_PORT).unlink()  # ssh_port_for then picks a new one
+
+    def _run_qemu(self, inst: InstanceRef, argv: list[str], accel: str) -> None:
+        """QEMU detached from the CLI, until its pid file and QMP socket are there (or it exited)."""
+        for stale in (paths.QMP_SOCK, paths.QEMU_PID):
+            (inst.dir / stale).unlink(missing_ok=True)
         (inst.dir / "qemu.argv").write_text(json.dumps(argv) + "\n")
         with open(inst.dir / QEMU_LOG, "wb") as log:
             kwargs: dict[str, object] = {}
@@ -719,6 +706,7 @@ class QemuBackend:
             else:
                 kwargs["start_new_session"] = True  # survives the CLI and its Ctrl-C
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, **kwargs)  # type: ignore[call-overload]
+        qmp = inst.dir / paths.QMP_SOCK
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             code = proc.poll()
@@ -1094,31 +1082,24 @@ class QemuBackend:
 
         return guest_cwd(mount_specs(inst.config.mounts), cwd)
 
-    def exec(
-        self,
-        inst: InstanceRef,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str | None,
-        *,
-        ask_agent: bool = True,
-        tty: bool = False,
-    ) -> int:
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
         from devenv.hostagent import client
 
         here = _cwd_or_none()
-        if tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
+        argv, env = list(req.argv), {**inst.config.env, **req.env}
+        cwd = req.cwd or self._guest_cwd(inst, here)
+        if req.tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
             with self.connection(inst) as conn:
-                return conn.shell(list(argv), env={**inst.config.env, **env}, cwd=cwd or self._guest_cwd(inst, here))
-        code = client.exec(inst.dir, list(argv), env, here, workdir=cwd) if ask_agent else None
+                return conn.shell(argv, env=env, cwd=cwd)
+        code = client.exec(inst.dir, argv, req.env, here, workdir=req.cwd) if req.ask_agent else None
         if code is not None:
             return code
         with self.connection(inst) as conn:
             stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
             return conn.exec(
-                list(argv),
-                env={**inst.config.env, **env},
-                cwd=cwd or self._guest_cwd(inst, here),
+                argv,
+                env=env,
+                cwd=cwd,
                 stdin=stdin,
                 stdout=sys.stdout.buffer,
                 stderr=sys.stderr.buffer,

@@ -202,7 +202,9 @@ def exec_(
     n, _ = name_of(name)
     inst = instance.get(n)
     instance.require_running(inst)
-    return inst.backend().exec(inst.ref, argv, env, workdir or None, ask_agent=ask_agent, tty=tty)
+    from devenv.backends.base import ExecRequest
+
+    return inst.backend().exec(inst.ref, ExecRequest(argv, env, workdir or None, ask_agent=ask_agent, tty=tty))
 
 
 def shell(name: str | None) -> int:

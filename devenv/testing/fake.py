@@ -6,14 +6,15 @@ run by a test) sees what an earlier one did, just like a real backend.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from devenv import backends
-from devenv.backends.base import Features, InstanceRef, Status, StepReporter
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
 from devenv.errors import BackendUnavailable, StateError
 from devenv.hostos import Engine, Host, Probe
 
@@ -58,23 +59,14 @@ class FakeBackend:
             return Status("broken", str(state["broken"]))
         return Status("running" if state.get("running") else "stopped", details={"starts": state.get("starts", 0)})
 
-    def exec(
-        self,
-        inst: InstanceRef,
-        argv: Sequence[str],
-        env: dict[str, str],
-        cwd: str | None,
-        *,
-        ask_agent: bool = True,
-        tty: bool = False,
-    ) -> int:
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
         if not self._load(inst).get("running"):
             raise StateError("fake VM is not running")
         log = inst.dir / "exec.log"
         with open(log, "a") as f:
-            f.write(json.dumps({"argv": list(argv), "env": env, "cwd": cwd, "ask_agent": ask_agent, "tty": tty}) + "\n")
-        if argv[:1] == ["exit"]:
-            return int(argv[1])
+            f.write(json.dumps({**dataclasses.asdict(req), "argv": list(req.argv)}) + "\n")
+        if list(req.argv[:1]) == ["exit"]:
+            return int(req.argv[1])
         return 0
 
     def shell(self, inst: InstanceRef) -> int:

@@ -25,7 +25,7 @@ from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
-from tests.ptyutil import read_until, set_winsize
+from tests.ptyutil import read_until, set_winsize, spawn_on_pty
 
 pytestmark = pytest.mark.e2e
 
@@ -198,28 +198,12 @@ def test_wrong_pinned_key_is_refused(vm: VM, tmp_path: Path) -> None:
 
 def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
     """`devenv shell` as a user types it: a login shell on a PTY in the guest that follows the window's size."""
-    import fcntl
-    import pty
     import termios
 
     d, name, _ = vm
-    master, slave = pty.openpty()
-    set_winsize(master, 30, 100)
+    argv = [sys.executable, "-m", "devenv", "shell", "-n", name]
+    child, master, slave = spawn_on_pty(argv, 30, 100, cwd=d.project, env={**d.env, "TERM": "xterm"})
     before = termios.tcgetattr(slave)
-
-    def make_controlling_tty() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    child = subprocess.Popen(
-        [sys.executable, "-m", "devenv", "shell", "-n", name],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd=d.project,
-        env={**d.env, "TERM": "xterm"},
-        start_new_session=True,
-        preexec_fn=make_controlling_tty,
-    )
     buf = bytearray()
     try:
         os.write(master, b"echo READY-$((40+2)) $(id -un) $(tty) IN-$(pwd)-\r")
@@ -249,23 +233,13 @@ def test_shell_is_an_interactive_pty_in_the_guest(vm: VM) -> None:
 
 def test_exec_t_runs_the_command_on_a_terminal_of_its_own(vm: VM) -> None:
     """`devenv exec -t` as `ssh -t`: a PTY of the window's size, raw mode undone after, the command's exit code."""
-    import pty
     import termios
 
     d, name, _ = vm
-    master, slave = pty.openpty()
-    set_winsize(master, 25, 90)
-    before = termios.tcgetattr(slave)
     script = 'printf \'T-%s-%s-\\n\' "$(tty)" "$(stty size)"; read line; echo GOT-$line; exit 5'
-    child = subprocess.Popen(
-        [sys.executable, "-m", "devenv", "exec", "-t", "-n", name, "--", "sh", "-c", script],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        cwd=d.project,
-        env={**d.env, "TERM": "xterm"},
-        start_new_session=True,
-    )
+    argv = [sys.executable, "-m", "devenv", "exec", "-t", "-n", name, "--", "sh", "-c", script]
+    child, master, slave = spawn_on_pty(argv, 25, 90, cwd=d.project, env={**d.env, "TERM": "xterm"})
+    before = termios.tcgetattr(slave)
     buf = bytearray()
     try:
         assert read_until(master, b"T-/dev/pts/", 120, buf), buf.decode(errors="replace")

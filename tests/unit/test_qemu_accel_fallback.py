@@ -1,9 +1,9 @@
 """An accelerator auto picked that crashes QEMU at once: `devenv start` boots under TCG and says so.
 
-The QEMU here is a stand-in script: it prints what QEMU 7.2 printed on these
-CI machines under `-accel kvm` (recorded: /dev/kvm opens, nested KVM fails at
-the first vCPU), and under tcg it does what a started QEMU does for devenv
-(pid file, QMP socket). tests/integration/test_qemu_accel_fallback.py runs the
+The QEMU here is a stand-in script (tests/qemu_stand_in.py): it prints what
+QEMU 7.2 printed on these CI machines under `-accel kvm` (recorded: /dev/kvm
+opens, nested KVM fails at the first vCPU), and under tcg it does what a
+started QEMU does for devenv (pid file, QMP socket). tests/integration/test_qemu_accel_fallback.py runs the
 real QEMU where its KVM crashes like this.
 """
 
@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,48 +23,14 @@ from devenv.backends.qemu import QEMU_LOG, AcceleratorFailed, QemuBackend, _acce
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.errors import CommandFailed
-
-# What qemu-system-x86_64 7.2 wrote and how it ended (SIGABRT, code -6) under -accel kvm on this CI machine.
-RECORDED_KVM_CRASH = (
-    "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69\n"
-    "qemu-system-x86_64: ../../target/i386/kvm/kvm.c:3183: kvm_buf_set_msrs:"
-    " Assertion `ret == cpu->kvm_msr_buf->nmsrs' failed.\n"
-)
-
-STAND_IN = textwrap.dedent(
-    f"""\
-    #!{sys.executable}
-    import os, socket, sys, time
-    argv = sys.argv[1:]
-    accel = argv[argv.index("-accel") + 1].partition(",")[0]
-    with open(os.environ["STAND_IN_CALLS"], "a") as calls:
-        calls.write(accel + "\\n")
-    if accel in os.environ.get("STAND_IN_CRASH", "").split(","):
-        sys.stderr.write(os.environ.get("STAND_IN_TEXT") or {RECORDED_KVM_CRASH!r})
-        sys.stderr.flush()
-        os.abort()
-    qmp = argv[argv.index("-qmp") + 1].removeprefix("unix:").partition(",")[0]
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(qmp)
-    server.listen(1)
-    with open(argv[argv.index("-pidfile") + 1], "w") as pid:
-        pid.write(f"{{os.getpid()}}\\n")
-    time.sleep(60)
-    """
-)
+from tests import qemu_stand_in
+from tests.qemu_stand_in import RECORDED_KVM_CRASH
 
 
 @pytest.fixture
 def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
-    """The stand-in QEMU and the file where it records the accelerator of each launch."""
-    binary = tmp_path / "qemu-system-x86_64"
-    binary.write_text(STAND_IN)
-    binary.chmod(0o755)
-    calls = tmp_path / "calls"
-    monkeypatch.setenv("STAND_IN_CALLS", str(calls))
-    monkeypatch.setenv("STAND_IN_CRASH", "kvm")
-    monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")  # no 9p probe of the binary
-    yield binary, calls
+    """The stand-in QEMU (crashing under kvm) and the file where it records the accelerator of each launch."""
+    yield qemu_stand_in.install(tmp_path, monkeypatch, crash="kvm")
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 Seen on these CI machines: /dev/kvm opens and QEMU runs under `-accel kvm`, but
 the guest never prints a line (a vCPU spinning at 100 %). The QEMU here is a
-stand-in that does what that QEMU did for devenv (pid file, a QMP socket that
-answers and quits, no console output); the whole start, kvm silent then tcg
+stand-in (tests/qemu_stand_in.py) that does what that QEMU did for devenv (pid
+file, a QMP socket that answers and quits, no console output); the whole start, kvm silent then tcg
 booted, was run by hand against the real QEMU on such a machine (the README's
 accelerator paragraph has the figures).
 """
@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,40 +26,12 @@ from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.hostos import Probe
 from devenv.testing import FakeHost
-
-STAND_IN = textwrap.dedent(
-    f"""\
-    #!{sys.executable}
-    import json, os, socket, sys
-    argv = sys.argv[1:]
-    with open(os.environ["STAND_IN_CALLS"], "a") as calls:
-        calls.write(argv[argv.index("-accel") + 1].partition(",")[0] + "\\n")
-    qmp = argv[argv.index("-qmp") + 1].removeprefix("unix:").partition(",")[0]
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(qmp)
-    server.listen(1)
-    with open(argv[argv.index("-pidfile") + 1], "w") as pid:
-        pid.write(f"{{os.getpid()}}\\n")
-    while True:  # QMP: a greeting, then an empty return for every command; `quit` ends QEMU
-        conn, _ = server.accept()
-        f = conn.makefile("rwb")
-        f.write(b'{{"QMP": {{"version": {{}}, "capabilities": []}}}}\\n'); f.flush()
-        for line in f:
-            f.write(b'{{"return": {{}}}}\\n'); f.flush()
-            if json.loads(line).get("execute") == "quit":
-                sys.exit(0)
-    """
-)
+from tests import qemu_stand_in
 
 
 @pytest.fixture
 def inst(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[InstanceRef, Path, Path]]:
-    binary = tmp_path / "qemu-system-x86_64"
-    binary.write_text(STAND_IN)
-    binary.chmod(0o755)
-    calls = tmp_path / "calls"
-    monkeypatch.setenv("STAND_IN_CALLS", str(calls))
-    monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")  # no 9p probe of the binary
+    binary, calls = qemu_stand_in.install(tmp_path, monkeypatch)
     monkeypatch.delenv("DEVENV_QEMU_ACCEL", raising=False)
     d = Path(os.path.realpath(tmp_path)) / "dev"
     d.mkdir()
