@@ -193,7 +193,7 @@ def exec_(
     if workdir and not workdir.startswith("/"):
         raise UsageError(
             f"-w {workdir}: the working directory must be an absolute path in the instance",
-            f"for example: -w /{workdir.lstrip('./')}; without -w the command runs where you are (when mounted)",
+            f"for example: -w /{workdir.lstrip('./~')}; without -w the command runs where you are (when mounted)",
         )
     if not argv:
         raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")

@@ -5,7 +5,7 @@ dropped when the host has none, so a script can name a variable it may not
 have. Later flags win, and every flag wins over devenv.toml's `env` table.
 
 Imported on the warm exec path, so it uses no `re` (~5 ms); the launcher
-(devenv/launcher/launcher.c, env_flag) applies the same rules.
+(devenv/launcher/launcher.c: env_name_ok, env_entry) applies the same rules.
 """
 
 from __future__ import annotations
