@@ -655,12 +655,13 @@ def _popen(
             bufsize=bufsize,
             start_new_session=True,
         )
-    except FileNotFoundError as e:
-        missing = cwd if cwd and e.filename == cwd else argv[0]
-        raise RequestError("not_found", f"{missing}: {e.strerror}") from None
-    except PermissionError as e:
-        raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
     except OSError as e:
+        if cwd and e.filename == cwd:  # the working directory, not the command: the caller says "exit 1", as cd does
+            raise RequestError("bad_cwd", f"{cwd}: {e.strerror}") from None
+        if isinstance(e, FileNotFoundError):
+            raise RequestError("not_found", f"{argv[0]}: {e.strerror}") from None
+        if isinstance(e, PermissionError):
+            raise RequestError("permission_denied", f"{argv[0]}: {e.strerror}") from None
         raise RequestError("exec_failed", f"{argv[0]}: {e.strerror or e}") from None
 
 

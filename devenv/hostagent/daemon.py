@@ -871,6 +871,7 @@ class ExecRequest:
                 session.can_spawn = False
                 return {"unavailable": True, "error": "the guest agent cannot spawn"}
             self._emit("stderr", f"devenv: {e.reason}\n".encode())
+            # as a shell reports them: 127 no such command, 126 not executable, 1 anything else (a -w cd failing)
             return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
         except protocol.NotSent as e:
             return {"unavailable": True, "error": str(e)}  # the guest never saw it: the caller may run it over SSH

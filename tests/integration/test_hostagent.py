@@ -458,8 +458,9 @@ def test_exec_maps_cwd_under_a_mount_only(make_env: Callable[..., Env], tmp_path
     guest_only = tmp_path / "guest-only"
     guest_only.mkdir()
     assert _exec(env, ["pwd"], cwd=str(proj / "sub"), workdir=str(guest_only)) == (0, f"{guest_only}\n".encode(), b"")
+    assert _exec(env, ["pwd"], cwd=str(proj), workdir="/etc/hostname")[:2] == (1, b"")  # a file, not a folder
     code, out, err = _exec(env, ["pwd"], cwd=str(proj), workdir="/nonexistent-on-purpose")
-    assert (code, out, err) == (127, b"", b"devenv: /nonexistent-on-purpose: No such file or directory\n")
+    assert (code, out, err) == (1, b"", b"devenv: /nonexistent-on-purpose: No such file or directory\n")  # as cd
 
 
 def _sudo_ok() -> bool:
