@@ -73,6 +73,15 @@ def test_exec_sets_env_and_workdir(vm: VM, path: str) -> None:
         check=False,
     )
     assert (r.returncode, r.stdout, r.stderr) == (0, b"x 'y' $z|host's value|unset|/tmp", b"")
+    r = subprocess.run(
+        [sys.executable, "-m", "devenv", "exec", "-n", name, "-w", "/no/such/dir", "--", "pwd"],
+        capture_output=True,
+        env=env,
+        cwd=d.project,
+        timeout=120,
+        check=False,
+    )
+    assert (r.returncode, r.stdout) == (1, b"") and b"/no/such/dir" in r.stderr, r.stderr  # as `cd` fails, both paths
 
 
 def test_stdin_is_binary_safe(vm: VM) -> None:
