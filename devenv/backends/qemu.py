@@ -296,16 +296,6 @@ def port_free(port: int) -> bool:
         return True
 
 
-class _Quiet:
-    """A StepReporter that shows nothing: stopping a guest that never ran is part of the fallback's step."""
-
-    def __call__(self, name: str) -> None:
-        pass
-
-    def fail(self) -> None:
-        pass
-
-
 def _hung_before(inst_dir: Path) -> str | None:
     """The accelerator auto picked that once left this instance's guest silent (see ACCEL_HUNG)."""
     try:
@@ -518,7 +508,7 @@ class QemuBackend:
             self._resume_if_stopped(inst, step)
             port = self._port(inst)
             if port is not None:  # (re)written for one started before devenv kept the file
-                write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
+                self._write_ssh_config(inst, port)
         deadline_total = _accel_timeout(accel)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
@@ -580,9 +570,8 @@ class QemuBackend:
         except AcceleratorFailed as e:
             if source != "auto":
                 raise
-            accel = self._fall_back_to_tcg(inst, step, accel, e.reason)
-            machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
-            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
+            self._fall_back_to_tcg(inst, step, binary, image, arch, accel, e.reason)
+            return "tcg"
         return accel
 
     def _launch_agent_early(self, inst: InstanceRef) -> None:
@@ -663,8 +652,7 @@ class QemuBackend:
         # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
         for attempt in range(3):
             port = ssh_port_for(inst.dir)
-            (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
-            write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
+            self._write_ssh_config(inst, port)
             spec = VmSpec(
                 name=inst.name,
                 arch=arch,
@@ -725,8 +713,16 @@ class QemuBackend:
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
 
-    @staticmethod
-    def _fall_back_to_tcg(inst: InstanceRef, step: StepReporter, accel: str, reason: str) -> str:
+    def _fall_back_to_tcg(
+        self,
+        inst: InstanceRef,
+        step: StepReporter,
+        binary: str,
+        image: dict[str, str],
+        arch: str,
+        accel: str,
+        reason: str,
+    ) -> None:
         """An accelerator auto picked crashed QEMU at once: boot under TCG, and say so.
 
         /dev/kvm can exist and open yet fail at the first vCPU (a cloud VM without
@@ -740,14 +736,12 @@ class QemuBackend:
 
         step.fail()
         kept = inst.dir / (QEMU_LOG + ".accel")
-        os.replace(inst.dir / QEMU_LOG, kept)
-        sys.stderr.write(
-            f"devenv: warning: QEMU stopped at once under {accel}, which devenv picked: {reason}\n"
+        self._relaunch_under_tcg(
+            inst, step, binary, image, arch,
+            f"QEMU stopped at once under {accel}, which devenv picked: {reason}\n"
             f"  booting under tcg (software emulation, slower) instead; QEMU's whole output is in {kept}.\n"
-            f'  To have this fail instead, set `accelerator = "{accel}"` in devenv.toml or {ACCEL_ENV}={accel}.\n'
-        )
-        step("start QEMU (tcg)")
-        return "tcg"
+            f'  To have this fail instead, set `accelerator = "{accel}"` in devenv.toml or {ACCEL_ENV}={accel}.',
+        )  # fmt: skip
 
     def _silent_to_tcg(
         self, inst: InstanceRef, step: StepReporter, binary: str, image: dict[str, str], arch: str, accel: str
@@ -764,16 +758,23 @@ class QemuBackend:
 
         step.fail()
         (inst.dir / ACCEL_HUNG).write_text(f"{accel}\n")
-        self.stop(inst, True, _Quiet())
+        self.stop(inst, True, step)  # its steps show: the silent QEMU is quit (or killed) before the relaunch
+        self._relaunch_under_tcg(
+            inst, step, binary, image, arch,
+            f"the guest printed nothing in {SILENT_BOOT_LIMIT:.0f} s under {accel}, which devenv picked:"
+            " it does not run there\n"
+            f"  booting under tcg (software emulation, slower) instead, now and at every start of `{inst.name}`;\n"
+            f"  to try {accel} again remove {inst.dir / ACCEL_HUNG}, or set {ACCEL_ENV}={accel}.",
+        )  # fmt: skip
+
+    def _relaunch_under_tcg(
+        self, inst: InstanceRef, step: StepReporter, binary: str, image: dict[str, str], arch: str, why: str
+    ) -> None:
+        """What both fallbacks share: the failed run's logs kept as *.accel, one warning, QEMU again under tcg."""
         for log in (paths.SERIAL_LOG, QEMU_LOG):
             with contextlib.suppress(OSError):
                 os.replace(inst.dir / log, inst.dir / (log + ".accel"))
-        sys.stderr.write(
-            f"devenv: warning: the guest printed nothing in {SILENT_BOOT_LIMIT:.0f} s under {accel}, which devenv"
-            " picked: it does not run there\n"
-            f"  booting under tcg (software emulation, slower) instead, now and at every start of `{inst.name}`;\n"
-            f"  to try {accel} again remove {inst.dir / ACCEL_HUNG}, or set {ACCEL_ENV}={accel}.\n"
-        )
+        sys.stderr.write(f"devenv: warning: {why}\n")
         step("start QEMU (tcg)")
         machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), "tcg", creating=False)
         self._launch(inst, binary, "tcg", image, arch, machine, extra_cmdline)
@@ -1137,6 +1138,11 @@ class QemuBackend:
         if port is None:
             raise StateError(f"instance `{inst.name}` has not been started yet", f"devenv start -n {inst.name}")
         return self._ssh_config_text(inst, port)
+
+    def _write_ssh_config(self, inst: InstanceRef, port: int) -> None:
+        """The port QEMU forwards to the guest's sshd, and ssh.config for an `Include` (both kept current)."""
+        (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
+        write_atomic(inst.dir / paths.SSH_CONFIG, self._ssh_config_text(inst, port).encode())
 
     def _ssh_config_text(self, inst: InstanceRef, port: int) -> str:
         from devenv.transport.sshconfig import SSHConfigEntry
