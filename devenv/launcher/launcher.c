@@ -814,26 +814,18 @@ static void env_entry(const char *flag, struct buf *name, const char **value) {
 /* The request line, or NULL (FALLBACK) when Python should build it. */
 static int build_request(struct buf *req, char **command, const char *cwd, const char *workdir, const char **env_flags,
                          int n_env) {
-    struct buf name = {0};
-    const char *value;
+    /* One pass writes the line; a byte >= 0x80 anywhere asks utf8_argv() once at the end. */
     int high = high_bytes(cwd) || (workdir != NULL && high_bytes(workdir));
-    for (char **a = command; *a; a++)
-        high |= high_bytes(*a);
-    for (int i = 0; i < n_env; i++) {
-        env_entry(env_flags[i], &name, &value);
-        high |= value != NULL && high_bytes(value);
-    }
-    if (high && !utf8_argv()) {
-        free(name.data);
-        return 0;
-    }
     buf_puts(req, "{\"op\":\"exec\",\"argv\":[");
     for (char **a = command; *a; a++) {
         if (a != command)
             buf_puts(req, ",");
         json_str(req, *a);
+        high |= high_bytes(*a);
     }
     buf_puts(req, "],\"env\":{");
+    struct buf name = {0};
+    const char *value;
     int first = 1;
     for (int i = 0; i < n_env; i++) { /* a name given twice: the agent's JSON reader keeps the last, as a dict update does */
         env_entry(env_flags[i], &name, &value);
@@ -845,6 +837,7 @@ static int build_request(struct buf *req, char **command, const char *cwd, const
         json_str(req, name.failed ? "" : name.data);
         buf_puts(req, ":");
         json_str(req, value);
+        high |= high_bytes(value);
     }
     req->failed |= name.failed;
     free(name.data);
@@ -855,6 +848,8 @@ static int build_request(struct buf *req, char **command, const char *cwd, const
         json_str(req, workdir);
     }
     buf_puts(req, stdin_has_data() ? ",\"stdin\":true}\n" : ",\"stdin\":false}\n");
+    if (high && !utf8_argv())
+        return 0; /* Python reads such bytes its own way: it builds the request */
     /* The agent drops a longer line and the connection with it; Python then runs the command over SSH. */
     return !req->failed && req->len <= MAX_LINE;
 }
