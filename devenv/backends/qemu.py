@@ -20,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +78,16 @@ class GuestSilent(Timeout):
 
 
 ACCEL_HUNG = "accel-hung"  # in the instance dir: the accelerator auto picked hung this guest; tcg from then on
+
+
+@dataclass(frozen=True)
+class _Boot:
+    """What every QEMU launch of one start shares, the first one and a fallback's."""
+
+    inst: InstanceRef
+    binary: str
+    image: dict[str, str]
+    arch: str
 
 
 class AcceleratorFailed(CommandFailed):
@@ -493,7 +504,7 @@ class QemuBackend:
 
         image = self._image(inst)
         arch = image.get("arch") or self._arch(inst)
-        binary = self._check_qemu(arch)
+        boot = _Boot(inst, self._check_qemu(arch), image, arch)
         accel, source = self._accel_choice(inst, arch)
         pid = self._running_pid(inst)
         if pid is None:
@@ -501,7 +512,7 @@ class QemuBackend:
             machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=HOST_ADDRESS)
-            accel = self._launch_or_fall_back(inst, step, binary, image, arch, (accel, source), machine, extra_cmdline)
+            accel = self._launch_or_fall_back(boot, step, (accel, source), machine, extra_cmdline)
         else:
             step(f"QEMU is already running (pid {pid})")
             accel = self._running_accel(inst) or accel
@@ -519,7 +530,7 @@ class QemuBackend:
         except GuestSilent:
             if source != "auto" or accel == "tcg":
                 raise  # named in devenv.toml or the environment: the error stands
-            self._silent_to_tcg(inst, step, binary, image, arch, accel)
+            self._silent_to_tcg(boot, step, accel)
             self._wait_ready(inst, step, _accel_timeout("tcg"), announces=announces, accel="tcg")
         provisioned.touch()
         self._start_agent(inst, step)
@@ -552,25 +563,17 @@ class QemuBackend:
             )
 
     def _launch_or_fall_back(
-        self,
-        inst: InstanceRef,
-        step: StepReporter,
-        binary: str,
-        image: dict[str, str],
-        arch: str,
-        choice: tuple[str, str],
-        machine: str,
-        extra_cmdline: str,
+        self, boot: _Boot, step: StepReporter, choice: tuple[str, str], machine: str, extra_cmdline: str
     ) -> str:
         """Launch QEMU under the chosen accelerator, or under TCG when one auto picked crashes it; which ran."""
         accel, source = choice
         step(f"start QEMU ({accel})")
         try:
-            self._launch(inst, binary, accel, image, arch, machine, extra_cmdline)
+            self._launch(boot, accel, machine, extra_cmdline)
         except AcceleratorFailed as e:
             if source != "auto":
                 raise
-            self._fall_back_to_tcg(inst, step, binary, image, arch, accel, e.reason)
+            self._fall_back_to_tcg(boot, step, accel, e.reason)
             return "tcg"
         return accel
 
@@ -621,16 +624,8 @@ class QemuBackend:
             step(f"docker context devenv-{inst.name}")
             hostagent.ensure_docker_context(inst.name, inst.dir)
 
-    def _launch(
-        self,
-        inst: InstanceRef,
-        binary: str,
-        accel: str,
-        image: dict[str, str],
-        arch: str,
-        machine: str,
-        extra_cmdline: str,
-    ) -> None:
+    def _launch(self, boot: _Boot, accel: str, machine: str, extra_cmdline: str) -> None:
+        inst, binary, image, arch = boot.inst, boot.binary, boot.image, boot.arch
         serial = inst.dir / paths.SERIAL_LOG
         if serial.exists():
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
@@ -713,16 +708,7 @@ class QemuBackend:
             time.sleep(0.05)
         raise self._fail(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
 
-    def _fall_back_to_tcg(
-        self,
-        inst: InstanceRef,
-        step: StepReporter,
-        binary: str,
-        image: dict[str, str],
-        arch: str,
-        accel: str,
-        reason: str,
-    ) -> None:
+    def _fall_back_to_tcg(self, boot: _Boot, step: StepReporter, accel: str, reason: str) -> None:
         """An accelerator auto picked crashed QEMU at once: boot under TCG, and say so.
 
         /dev/kvm can exist and open yet fail at the first vCPU (a cloud VM without
@@ -735,17 +721,15 @@ class QemuBackend:
         from devenv.backends.availability import ACCEL_ENV
 
         step.fail()
-        kept = inst.dir / (QEMU_LOG + ".accel")
+        kept = boot.inst.dir / (QEMU_LOG + ".accel")
         self._relaunch_under_tcg(
-            inst, step, binary, image, arch,
+            boot, step,
             f"QEMU stopped at once under {accel}, which devenv picked: {reason}\n"
             f"  booting under tcg (software emulation, slower) instead; QEMU's whole output is in {kept}.\n"
             f'  To have this fail instead, set `accelerator = "{accel}"` in devenv.toml or {ACCEL_ENV}={accel}.',
         )  # fmt: skip
 
-    def _silent_to_tcg(
-        self, inst: InstanceRef, step: StepReporter, binary: str, image: dict[str, str], arch: str, accel: str
-    ) -> None:
+    def _silent_to_tcg(self, boot: _Boot, step: StepReporter, accel: str) -> None:
         """The guest never printed a line under the accelerator auto picked: QEMU runs, the guest does not.
 
         Seen on cloud VMs whose KVM opens and runs QEMU but never its guest. The
@@ -756,28 +740,27 @@ class QemuBackend:
         """
         from devenv.backends.availability import ACCEL_ENV
 
+        inst = boot.inst
         step.fail()
         (inst.dir / ACCEL_HUNG).write_text(f"{accel}\n")
         self.stop(inst, True, step)  # its steps show: the silent QEMU is quit (or killed) before the relaunch
         self._relaunch_under_tcg(
-            inst, step, binary, image, arch,
+            boot, step,
             f"the guest printed nothing in {SILENT_BOOT_LIMIT:.0f} s under {accel}, which devenv picked:"
             " it does not run there\n"
             f"  booting under tcg (software emulation, slower) instead, now and at every start of `{inst.name}`;\n"
             f"  to try {accel} again remove {inst.dir / ACCEL_HUNG}, or set {ACCEL_ENV}={accel}.",
         )  # fmt: skip
 
-    def _relaunch_under_tcg(
-        self, inst: InstanceRef, step: StepReporter, binary: str, image: dict[str, str], arch: str, why: str
-    ) -> None:
+    def _relaunch_under_tcg(self, boot: _Boot, step: StepReporter, why: str) -> None:
         """What both fallbacks share: the failed run's logs kept as *.accel, one warning, QEMU again under tcg."""
         for log in (paths.SERIAL_LOG, QEMU_LOG):
             with contextlib.suppress(OSError):
-                os.replace(inst.dir / log, inst.dir / (log + ".accel"))
+                os.replace(boot.inst.dir / log, boot.inst.dir / (log + ".accel"))
         sys.stderr.write(f"devenv: warning: {why}\n")
         step("start QEMU (tcg)")
-        machine, extra_cmdline = _machine(inst, arch, bool(image.get("kernel")), "tcg", creating=False)
-        self._launch(inst, binary, "tcg", image, arch, machine, extra_cmdline)
+        machine, extra_cmdline = _machine(boot.inst, boot.arch, bool(boot.image.get("kernel")), "tcg", creating=False)
+        self._launch(boot, "tcg", machine, extra_cmdline)
 
     @staticmethod
     def _running_accel(inst: InstanceRef) -> str | None:

@@ -18,7 +18,7 @@ import pytest
 
 from devenv import paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QEMU_LOG, QemuBackend
+from devenv.backends.qemu import QEMU_LOG, QemuBackend, _Boot
 from devenv.backends.qmp import Qmp
 from devenv.cli.ui import Steps
 from devenv.config import Config
@@ -76,9 +76,8 @@ def test_qemu_whose_kvm_crashes_runs_under_tcg_instead(
     assert QEMU is not None
     try:
         with Steps() as steps:
-            used = QemuBackend()._launch_or_fall_back(
-                inst, steps, QEMU, {"arch": "x86_64"}, "x86_64", ("kvm", "auto"), "q35", ""
-            )
+            boot = _Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64")
+            used = QemuBackend()._launch_or_fall_back(boot, steps, ("kvm", "auto"), "q35", "")
         assert used == "tcg"
         with Qmp(tmp_path / paths.QMP_SOCK) as q:
             assert q.command("query-kvm")["enabled"] is False  # the running QEMU itself says it emulates

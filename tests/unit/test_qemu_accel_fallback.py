@@ -19,7 +19,7 @@ import pytest
 
 from devenv import paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QEMU_LOG, AcceleratorFailed, QemuBackend, _accelerator_error
+from devenv.backends.qemu import QEMU_LOG, AcceleratorFailed, QemuBackend, _accelerator_error, _Boot
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.errors import CommandFailed
@@ -45,8 +45,8 @@ def inst(tmp_path: Path) -> Iterator[InstanceRef]:
 
 
 def _launch(inst: InstanceRef, binary: Path, choice: tuple[str, str], steps: Steps) -> str:
-    image = {"arch": "x86_64"}
-    return QemuBackend()._launch_or_fall_back(inst, steps, str(binary), image, "x86_64", choice, "q35", "")
+    boot = _Boot(inst, str(binary), {"arch": "x86_64"}, "x86_64")
+    return QemuBackend()._launch_or_fall_back(boot, steps, choice, "q35", "")
 
 
 def test_a_kvm_auto_picked_that_crashes_qemu_is_replaced_by_tcg(

@@ -46,14 +46,14 @@ def test_a_silent_guest_is_stopped_remembered_and_booted_under_tcg(
     inst: tuple[InstanceRef, Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     ref, binary, calls = inst
-    image = {"arch": "x86_64"}
+    boot = qemu._Boot(ref, str(binary), {"arch": "x86_64"}, "x86_64")
     backend = QemuBackend()
     with Steps() as steps:
-        backend._launch(ref, str(binary), "kvm", image, "x86_64", "q35", "")
+        backend._launch(boot, "kvm", "q35", "")
         first = qemu.read_pid(ref.dir)
         (ref.dir / paths.SERIAL_LOG).write_text("")  # not one line: the guest never ran
         steps("boot: waiting for the guest's sshd")
-        backend._silent_to_tcg(ref, steps, str(binary), image, "x86_64", "kvm")
+        backend._silent_to_tcg(boot, steps, "kvm")
     assert calls.read_text().split() == ["kvm", "tcg"]
     second = qemu.read_pid(ref.dir)
     assert first is not None and second is not None and second != first
