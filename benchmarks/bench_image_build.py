@@ -30,7 +30,7 @@ from devenv.images import build, cache, overlay
 MILESTONES = {
     "kernel: init runs": re.compile(r"Run /init as init process|Freeing unused kernel image"),
     "userspace: systemd starts": re.compile(r"systemd\[1\]: systemd \d+|Welcome to"),
-    "filesystem resized (cloud-init)": re.compile(r"EXT4-fs \(vda\): resized filesystem"),
+    "filesystem resized (cloud-init)": re.compile(r"EXT4-fs \(vd[a-z]\): resized filesystem"),
     "sshd started": re.compile(r"Started .*ssh\.service|Started ssh\.service"),
     "multi-user.target": re.compile(r"Reached target .*multi-user\.target"),
     "login prompt": re.compile(r"login: "),

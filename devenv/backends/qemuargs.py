@@ -180,7 +180,8 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
             argv += ["-initrd", str(spec.initrd)]
         if spec.cmdline:
             argv += ["-append", spec.cmdline]
-    # the disk first: it is /dev/vda, the root the image's command line names
+    # the disk first, usually /dev/vda; built images name root by label, since the
+    # guest's virtio_blk may bind the cidata ISO first
     argv += _drive("disk0", f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback", bus)
     if spec.cidata is not None:
         argv += _drive("cidata", f"file={spec.cidata},format=raw,readonly=on", bus)

@@ -10,7 +10,7 @@ Steps (each one reported through the step callback):
      configure inside debootstrap's --include, apt resolves it.
   4. Copy out the kernel and initrd for direct kernel boot, after checking the
      initrd carries virtio_blk, virtio_pci, virtio_mmio (microvm) and ext4
-     (root=/dev/vda must mount).
+     (root=LABEL=devenv-root must mount).
   5. configure.sh post: boot-path hygiene (see the script).
   6. mkfs.ext4 -d ROOT on a sparse raw file (no loop mounts, no partition
      table), then qemu-img convert to qcow2.
@@ -34,6 +34,9 @@ from devenv.runner import run
 StepFn = Callable[[str], None]
 
 MIB = 1024**2
+# The root filesystem's label: the kernel command line and the image's fstab
+# name root by it (vmimages/debian-12.toml says why not /dev/vda).
+ROOT_LABEL = "devenv-root"
 # the root disk's driver, its bus on q35/virt (PCI) and on microvm (mmio), its filesystem
 _REQUIRED_INITRD_MODULES = ("virtio_blk.ko", "virtio_pci.ko", "virtio_mmio.ko", "ext4.ko")
 
@@ -141,7 +144,7 @@ def extract_boot_files(root: Path, out: Path) -> tuple[Path, Path]:
     missing = [m for m in _REQUIRED_INITRD_MODULES if m not in names]
     if missing:
         raise ImageError(
-            f"the initrd {initrd.name} lacks {', '.join(missing)}; root=/dev/vda would not mount",
+            f"the initrd {initrd.name} lacks {', '.join(missing)}; the root disk would not mount",
             "list them in /etc/initramfs-tools/modules of the image (vmimages/builders/debian/configure.sh, pre)",
         )
     out_kernel, out_initrd = out / "vmlinuz", out / "initrd.img"
@@ -209,7 +212,7 @@ def make_disk(root: Path, work: Path, dest: Path, *, compress: bool = True) -> i
         f.truncate(size)
     try:
         run(
-            ["mkfs.ext4", "-q", "-F", "-L", "devenv-root", "-m", "1", "-d", str(root), str(raw)],
+            ["mkfs.ext4", "-q", "-F", "-L", ROOT_LABEL, "-m", "1", "-d", str(root), str(raw)],
             check=True,
             hint="mkfs.ext4 -d needs e2fsprogs >= 1.43",
         )

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import gzip
 import os
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -18,8 +20,9 @@ from pathlib import Path
 import pytest
 
 from devenv.errors import StateError
-from devenv.images import build, cache, catalog, overlay
+from devenv.images import build, cache, catalog, debian, overlay
 from devenv.images.cache import ImageRecord
+from devenv.provision.seed import build_seed_iso
 from devenv.runner import run
 
 pytestmark = pytest.mark.integration
@@ -61,7 +64,7 @@ def test_build_produces_disk_kernel_initrd_and_index(built: ImageRecord) -> None
     assert built.kernel is not None and built.kernel.stat().st_size > 4_000_000
     assert built.initrd is not None and built.initrd.stat().st_size > 4_000_000
     assert built.kernel.stat().st_mode & 0o004, "qemu as a normal user must read the kernel"
-    assert built.cmdline.startswith("root=/dev/vda rw console=ttyS0")
+    assert built.cmdline.startswith("root=LABEL=devenv-root rw console=ttyS0")
     assert "apparmor=0" in built.cmdline
     assert built.disk.is_relative_to(cache.builds_dir())
     assert cache.read_record("debian-12", "x86_64") == built
@@ -112,9 +115,50 @@ def test_cloud_init_uses_nocloud_only(raw: Path) -> None:
 
 def test_root_is_the_whole_virtio_disk(raw: Path) -> None:
     fstab = debugfs(raw, "cat /etc/fstab")
-    assert any(line.split()[:3] == ["/dev/vda", "/", "ext4"] for line in fstab.splitlines() if line.strip())
+    assert any(line.split()[:3] == ["LABEL=devenv-root", "/", "ext4"] for line in fstab.splitlines() if line.strip())
     modules = debugfs(raw, "cat /etc/initramfs-tools/modules").split()
     assert {"virtio_blk", "virtio_pci", "virtio_mmio"} <= set(modules)  # q35/virt and microvm
+
+
+def test_root_is_found_by_label_when_the_seed_iso_is_vda(built: ImageRecord, tmp_path: Path) -> None:
+    """The kernel names virtio disks in the order virtio_blk binds them, which can race the PCI scan.
+
+    Seen in CI: the cidata ISO became /dev/vda and the initrd stopped at
+    "mounting /dev/vda on /root failed: No such device". Here the ISO is put
+    first on purpose, on a real QEMU (TCG): root must still mount, as vdb. The
+    boot stops in the initrd's shell just after mounting root (break=bottom).
+    """
+    assert built.kernel is not None and built.initrd is not None
+    assert f"root=LABEL={debian.ROOT_LABEL} " in built.cmdline
+    seed = tmp_path / "cidata.iso"
+    build_seed_iso(seed, {"meta-data": "instance-id: label-test\n", "user-data": "#cloud-config\n"})
+    disk = overlay.create_overlay(built.disk, tmp_path / "disk.qcow2", 4 * GIB)
+    console = tmp_path / "serial.log"
+    cmdline = " ".join(w for w in built.cmdline.split() if w != "quiet") + " break=bottom"
+    qemu = subprocess.Popen(
+        ["qemu-system-x86_64", "-nodefaults", "-no-user-config", "-display", "none",
+         "-machine", "q35", "-accel", "tcg", "-cpu", "max", "-m", "512M",
+         "-kernel", str(built.kernel), "-initrd", str(built.initrd), "-append", cmdline,
+         "-drive", f"if=virtio,file={seed},format=raw,readonly=on",
+         "-drive", f"if=virtio,file={disk},format=qcow2",
+         "-serial", f"file:{console}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        text = ""
+        while "(initramfs)" not in text and time.monotonic() < deadline and qemu.poll() is None:
+            time.sleep(0.5)
+            text = console.read_text(errors="replace") if console.exists() else ""
+    finally:
+        qemu.kill()
+        _, err = qemu.communicate(timeout=30)
+    assert "(initramfs)" in text, f"no initrd shell within 180 s; QEMU said {err!r}; console:\n{text[-3000:]}"
+    vda = re.search(r"\[vda\] (\d+) 512-byte logical blocks", text)
+    assert vda is not None and int(vda.group(1)) * 512 < 16 * 1024**2, "the seed ISO, not the disk, must be vda here"
+    assert "Failed to mount" not in text, text[-3000:]
+    assert "EXT4-fs (vdb): mounted filesystem" in text, text[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ def test_inputs_name_everything_that_shapes_the_image() -> None:
     assert data["suite"] == "bookworm"
     assert "linux-image-amd64" in data["packages"]  # type: ignore[operator]
     assert data["engine_packages"] == ["docker.io", "podman", "containerd"]
-    assert data["cmdline"] == "root=/dev/vda rw console=ttyS0 apparmor=0 fsck.mode=skip quiet"
+    assert data["cmdline"] == "root=LABEL=devenv-root rw console=ttyS0 apparmor=0 fsck.mode=skip quiet"
     assert len(str(data["configure_sha256"])) == 64
 
 

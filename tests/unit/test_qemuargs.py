@@ -92,7 +92,7 @@ def test_microvm_puts_every_device_on_virtio_mmio() -> None:
         "virtio-9p-device,fsdev=m0,mount_tag=m0",
     ]
     drives = [v for k, v in p if k == "-drive"]
-    # the disk is created first, so the guest sees it as /dev/vda (the root the image names)
+    # the disk is created first (usually /dev/vda; images name root by label, see debian-12.toml)
     assert drives[0] == "if=none,id=disk0,file=/i/disk.qcow2,format=qcow2,discard=unmap,cache=writeback"
     assert drives[1] == "if=none,id=cidata,file=/i/cidata.iso,format=raw,readonly=on"
 

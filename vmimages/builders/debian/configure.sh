@@ -35,7 +35,7 @@ APT::Install-Recommends "false";
 APT::Install-Suggests "false";
 EOF
 
-    # --- initrd: only what finds and mounts root=/dev/vda (the virtio disk on
+    # --- initrd: only what finds and mounts root (the virtio disk on
     # PCI or, on microvm, mmio; ext4 and its checksum) and the virtio NIC, not
     # Debian's MODULES=most. This runs before the kernel is installed, so its
     # one initrd generation is the small one. Measured under TCG: MODULES=most
@@ -53,7 +53,7 @@ EOF
     # udevd in the initrd without its coldplug: udev's init-top script
     # triggers an "add" for every device and waits for them all (emulated:
     # seconds), for nothing the initrd needs (the modules above are loaded by
-    # name; devtmpfs makes /dev/vda). udevd still runs, so the devices those
+    # name; devtmpfs makes /dev/vd*; the initrd's blkid finds root's label). udevd still runs, so the devices those
     # modules bring up (the disk, the NIC) are named and recorded in /run/udev,
     # which the booted system keeps: networkd can configure the NIC at once
     # instead of after the booted udev's own coldplug. This file takes the
@@ -80,10 +80,12 @@ unit_exists() {
 post() {
     # --- Disk: the whole virtio disk is one ext4 filesystem (no partitions), so
     # cloud-init's resize_rootfs grows it with resize2fs after the host grows
-    # the overlay; there is nothing for growpart to do.
+    # the overlay; there is nothing for growpart to do. It is named by its
+    # label (mkfs.ext4 -L devenv-root), as on the kernel command line: which
+    # virtio disk is vda depends on the order the driver binds them.
     cat > /etc/fstab <<'EOF'
 # devenv: root is the whole virtio disk, no partition table.
-/dev/vda  /  ext4  defaults,discard,errors=remount-ro  0  0
+LABEL=devenv-root  /  ext4  defaults,discard,errors=remount-ro  0  0
 EOF
     echo devenv > /etc/hostname
     echo 'LANG=C.UTF-8' > /etc/default/locale
