@@ -22,7 +22,7 @@ import pytest
 from devenv import paths
 from devenv.backends import qemu
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QemuBackend
+from devenv.backends.qemu import QemuBackend, _Boot
 from devenv.config import Config
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
@@ -156,7 +156,7 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
     monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")
     assert QEMU is not None
     try:
-        QemuBackend()._launch(inst, QEMU, "tcg", {"arch": "x86_64"}, "x86_64", "q35", "")
+        QemuBackend()._launch(_Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
         assert picks[0] == port and picks[1] != port and len(picks) == 2
         assert (d / paths.SSH_PORT).read_text().strip() == str(picks[1])
         assert f"Port {picks[1]}" in (d / paths.SSH_CONFIG).read_text()
