@@ -70,6 +70,7 @@ SERIAL_TAIL = 25
 BOOT_TIMEOUT = {"tcg": 420.0, "default": 180.0}
 SILENT_BOOT_LIMIT = 60.0  # s: a console still empty this long under kvm/hvf/whpx is a guest that does not run
 STOP_TIMEOUT = 90.0
+POWER_BUTTON_EVERY = 5.0  # s between presses while stop waits: one made during early boot is lost
 MOUNT_WAIT = 90.0  # start waits this long for the mounts, then warns and leaves them to the host agent
 
 
@@ -964,9 +965,7 @@ class QemuBackend:
             force = True  # io-error, a panic: the guest cannot act on the power button
         if not force:
             step(f"ACPI power-down; up to {STOP_TIMEOUT:.0f} s for the guest to shut down")
-            with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
-                q.command("system_powerdown")
-            if self._wait_exit(inst, pid, STOP_TIMEOUT):
+            if self._power_down(inst, pid, qmp):
                 return
             step.fail()
         step("QEMU quit (QMP)")
@@ -983,6 +982,26 @@ class QemuBackend:
                 f"QEMU (pid {pid}) of `{inst.name}` did not stop, even when killed",
                 f"see `ps -p {pid}`; it may be stuck in the kernel (a hung disk or device)",
             )
+
+    def _power_down(self, inst: InstanceRef, pid: int, qmp: Path) -> bool:
+        """Press the power button every POWER_BUTTON_EVERY s until QEMU exits; False after STOP_TIMEOUT.
+
+        A guest hears the button only once something listens for it (systemd-logind):
+        a press during early boot is lost, and a single press then waited out the
+        whole timeout (seen: `devenv stop` just after a Ctrl-C'd start, 90 s).
+        Pressing again while the guest shuts down does nothing more.
+        """
+        from devenv.backends.qmp import Qmp
+
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while True:
+            with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
+                q.command("system_powerdown")
+            left = deadline - time.monotonic()
+            if self._wait_exit(inst, pid, min(POWER_BUTTON_EVERY, max(left, 0.0))):
+                return True
+            if time.monotonic() >= deadline:
+                return False
 
     def _wait_exit(self, inst: InstanceRef, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -500,6 +500,8 @@ class HostAgent:
                     self._connect()
                     backoff = BACKOFF_MIN
                     next_ping = time.monotonic() + PING_EVERY
+                except _Stopped:
+                    continue  # told to stop, or the VM is gone: the loop's checks say which
                 except Exception as e:
                     self._last_error = f"{type(e).__name__}: {e}"
                     log.info("connect failed (%s); retrying in %.1f s", self._last_error, backoff)
@@ -558,14 +560,13 @@ class HostAgent:
             if self._stop.is_set() or not self._vm_alive():
                 raise _Stopped
 
-        with contextlib.suppress(_Stopped):
-            wait_for_sshd(
-                ConsoleWatch(serial),
-                port,
-                time.monotonic() + self.opts.connect_timeout * 3,
-                tick=stop_early,
-                first_probe_after=math.inf,
-            )
+        wait_for_sshd(  # _Stopped goes up to _supervise: no login is tried for an agent told to stop
+            ConsoleWatch(serial),
+            port,
+            time.monotonic() + self.opts.connect_timeout * 3,
+            tick=stop_early,
+            first_probe_after=math.inf,
+        )
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:
         with self._cond:

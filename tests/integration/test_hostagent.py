@@ -626,6 +626,24 @@ def test_exits_when_the_vm_process_is_gone(make_env: Callable[..., Env]) -> None
     assert env.events("agent-stopped")
 
 
+def test_shutdown_while_waiting_for_the_boot_is_prompt(make_env: Callable[..., Env]) -> None:
+    """`devenv stop` just after a start: the agent waits for the console's line and must not dial after all.
+
+    It used to leave that wait and log in anyway, into a guest whose sshd was
+    not up, until SIGTERM and then SIGKILL each waited 5 s: 10 s of every such stop.
+    """
+    env = make_env(launch=False)
+    (env.inst / "serial.log").write_text("[    0.000000] Linux version 6.1.0\n")  # booting, no readiness line
+    env.server.stop()  # a login would hang on the retries, as on a guest still booting
+    st = hostagent.launch(env.inst, user=env.server.user, wait=1.0, extra_args=env.extra)
+    assert st["alive"] and st["state"] != "connected"
+    started = time.monotonic()
+    assert hostagent.shutdown(env.inst) is True
+    took = time.monotonic() - started
+    assert took < 3.0, f"shutdown took {took:.1f} s"
+    assert env.events("agent-stopped") and not env.events("connected")
+
+
 def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
     env = make_env()
     path = str(hostagent.control_path(env.inst))

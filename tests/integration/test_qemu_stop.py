@@ -9,8 +9,10 @@ backend's own. No guest OS boots in any of these: each takes seconds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -81,6 +83,50 @@ def test_a_guest_that_ignores_the_power_button_is_quit_through_qmp(
         "✗",
         "QEMU quit (QMP)",
     ]
+
+
+def test_the_power_button_is_pressed_again_while_stop_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A press made before the guest listens for it (early boot) is lost: stop presses again every few seconds.
+
+    QEMU reports each press as a POWERDOWN event; a second QMP monitor, which
+    stop does not use, counts them.
+    """
+    d = Path(tempfile.mkdtemp(prefix="qs-", dir="/tmp"))
+    watch = d / "watch.sock"
+    proc = start_paused_qemu(
+        d / paths.QMP_SOCK, "-pidfile", str(d / paths.QEMU_PID), "-qmp", f"unix:{watch},server=on,wait=off"
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not ((d / paths.QEMU_PID).exists() and watch.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with socket.socket(socket.AF_UNIX) as mon:
+            mon.settimeout(10)
+            mon.connect(str(watch))
+            replies = mon.makefile("rb")
+            replies.readline()  # the greeting
+            mon.sendall(b'{"execute": "qmp_capabilities"}\n')
+            assert b'"return"' in replies.readline()
+            monkeypatch.setattr(qemu, "STOP_TIMEOUT", 3.0)
+            monkeypatch.setattr(qemu, "POWER_BUTTON_EVERY", 1.0)
+            steps = Recorder()
+            QemuBackend().stop(InstanceRef("t", d, Config(mounts=[])), False, steps)
+            assert _gone(proc)
+            assert steps.seen[:3] == [
+                "stop the host agent",
+                "ACPI power-down; up to 3 s for the guest to shut down",
+                "✗",
+            ]
+            events = [json.loads(line) for line in replies.readlines()]  # until QEMU quit and closed it
+        presses = [e for e in events if e.get("event") == "POWERDOWN"]
+        assert len(presses) >= 3, events
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
 
 
 def test_force_skips_the_wait_and_a_qemu_deaf_to_qmp_is_killed(
