@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devenv import backends, config, paths
+from devenv import backends, config, oplock, paths
 from devenv.backends.base import Backend, InstanceRef, Status, StepReporter
 from devenv.config import Config
 from devenv.errors import ConfigError, DevenvError, InstanceNotFound, StateError
@@ -179,17 +179,19 @@ def start(name: str, overrides: dict[str, Any], project: Path | None, step: Step
             )
     else:
         inst = create(name, resolve_config(name, overrides, project), step)
-    inst.backend().start(inst.ref, step)
-    (inst.dir / paths.STARTED_MARKER).touch()
-    inst.event("started")
+    with oplock.hold(inst.dir, "start", step):
+        inst.backend().start(inst.ref, step)
+        (inst.dir / paths.STARTED_MARKER).touch()
+        inst.event("started")
     return inst, warnings
 
 
 def stop(name: str, force: bool, step: StepReporter) -> Instance:
     inst = get(name)
-    inst.backend().stop(inst.ref, force, step)
-    (inst.dir / paths.STARTED_MARKER).unlink(missing_ok=True)
-    inst.event("stopped", force=force)
+    with oplock.hold(inst.dir, "stop", step, interrupt_start=True):  # a stop wins over a start still waiting
+        inst.backend().stop(inst.ref, force, step)
+        (inst.dir / paths.STARTED_MARKER).unlink(missing_ok=True)
+        inst.event("stopped", force=force)
     return inst
 
 
@@ -205,14 +207,15 @@ def delete(name: str, force: bool, step: StepReporter) -> None:
             f"stop it first with `devenv stop -n {name}`, or delete it anyway with `devenv delete --force -n {name}`",
         )
     backend = inst.backend()
-    if state != "stopped":
-        try:
-            backend.stop(inst.ref, True, step)
-        except DevenvError:
-            if state != "broken":
-                raise  # a broken instance may be beyond stopping; deleting it is what the user asked
-    backend.delete(inst.ref)
-    shutil.rmtree(inst.dir)
+    with oplock.hold(inst.dir, "delete", step, interrupt_start=force):
+        if state != "stopped":
+            try:
+                backend.stop(inst.ref, True, step)
+            except DevenvError:
+                if state != "broken":
+                    raise  # a broken instance may be beyond stopping; deleting it is what the user asked
+        backend.delete(inst.ref)
+    shutil.rmtree(inst.dir)  # after the lock's file is closed: Windows removes no open file
 
 
 def require_running(inst: Instance) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shlex
 import signal
 import stat
@@ -367,6 +368,44 @@ def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
     st = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert st["state"] == "starting", st
     assert "devenv start" in str(st["reason"])
+    d.ok("start", "-n", name)
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
+
+
+def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm: VM) -> None:
+    """The user gives up on a start from another terminal: stop wins at once, the guest powers itself off.
+
+    The guest is in early boot, before anything listens for the power button;
+    stop presses it again until it is heard. Before: the start relaunched the
+    host agent behind stop's back and failed, stopping the agent took 10 s and
+    the single press waited out 90 s.
+    """
+    d, name, _ = vm
+    d.ok("stop", "-n", name, timeout=300)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "devenv", "start", "-n", name],
+        env=d.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    assert proc.stderr is not None
+    seen = b""
+    while "✓ start QEMU".encode() not in seen:
+        line = proc.stderr.readline()
+        assert line, f"devenv start ended early: {seen!r}"
+        seen += line
+    began = time.monotonic()
+    stop = d.ok("stop", "-n", name, timeout=300).stderr.decode()
+    took = time.monotonic() - began
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err  # interrupted, as by a Ctrl-C
+    assert f"✓ interrupt `devenv start` (pid {proc.pid})" in stop, stop
+    agent = re.search(r"✓ stop the host agent\s+([\d.]+)s", stop)
+    assert agent is not None and float(agent.group(1)) < 3.0, stop
+    assert "✓ ACPI power-down" in stop and "QEMU quit" not in stop, stop  # it shut itself down: a clean disk
+    assert took < 90, stop
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "stopped"
     d.ok("start", "-n", name)
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 

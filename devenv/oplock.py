@@ -1,0 +1,94 @@
+"""One start, stop or delete of an instance at a time; a stop wins over a start still running.
+
+Two commands on one instance used to race: a `devenv stop` while a `devenv
+start` still waited for the boot stopped the host agent, the start launched it
+again into a guest that was shutting down, and then failed with the agent's log.
+
+The lock is an flock on `op.lock` in the instance directory, held for the whole
+operation. The kernel drops it when its holder exits, so a crash, a kill or a
+Ctrl-C leaves no stale lock behind. The holder writes its pid and what it does
+into the file, so a second command can say who holds it.
+
+- stop (and delete --force) interrupt a start that holds the instance, as a
+  Ctrl-C in its terminal would (SIGINT, then SIGTERM for a start that ignores
+  it, e.g. one run in the background by a shell without job control), wait
+  for it to let go, and go on: the user asked for the instance to stop. The
+  start exits 130 and leaves the state a Ctrl-C leaves, which stop handles.
+  Windows has no signal for another console's process, so there the busy
+  instance is an error as below.
+- Any other command that finds the instance busy gets a StateError naming the
+  holder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from devenv import paths
+from devenv.backends.base import StepReporter
+from devenv.errors import StateError
+from devenv.pidutil import try_lock, unlock
+
+LET_GO_WAIT = 30.0  # s for an interrupted start to exit
+TERM_AFTER = 5.0  # s after SIGINT before SIGTERM
+
+
+@contextlib.contextmanager
+def hold(inst_dir: Path, doing: str, step: StepReporter, *, interrupt_start: bool = False) -> Iterator[None]:
+    """Hold the instance for `doing` (start, stop, delete) until the block ends."""
+    path = inst_dir / paths.OP_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if not try_lock(fd):
+            holder = _holder(path)
+            if not (interrupt_start and holder is not None and holder[1] == "start" and _interrupt(fd, holder, step)):
+                name = inst_dir.name
+                who = f"`devenv {holder[1]}` (pid {holder[0]})" if holder else "another devenv command"
+                raise StateError(
+                    f"instance `{name}` is busy: {who} is working on it",
+                    "wait for it to finish (or stop it with Ctrl-C), then run this again",
+                )
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, f"{os.getpid()} {doing}\n".encode())
+        try:
+            yield
+        finally:
+            unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _holder(path: Path) -> tuple[int, str] | None:
+    """(pid, what it does) as the holder wrote it; None when unreadable (it may not have written yet)."""
+    try:
+        pid, doing = path.read_text().split()
+        return int(pid), doing
+    except (OSError, ValueError):
+        return None
+
+
+def _interrupt(fd: int, holder: tuple[int, str], step: StepReporter) -> bool:
+    """Interrupt the start holding the lock; True once this process holds it instead."""
+    if os.name == "nt":
+        return False
+    pid = holder[0]
+    step(f"interrupt `devenv start` (pid {pid})")
+    began = time.monotonic()
+    sent: list[signal.Signals] = []
+    while time.monotonic() - began < LET_GO_WAIT:
+        want = signal.SIGINT if time.monotonic() - began < TERM_AFTER else signal.SIGTERM
+        if want not in sent:
+            sent.append(want)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, want)
+        if try_lock(fd):
+            return True
+        time.sleep(0.1)
+    step.fail()
+    return False
