@@ -82,13 +82,13 @@ def _interrupt(fd: int, holder: tuple[int, str], step: StepReporter) -> bool:
     began = time.monotonic()
     sent: list[signal.Signals] = []
     while time.monotonic() - began < LET_GO_WAIT:
+        if try_lock(fd):  # first: a start that just finished is not signalled for nothing
+            return True
         want = signal.SIGINT if time.monotonic() - began < TERM_AFTER else signal.SIGTERM
         if want not in sent:
             sent.append(want)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, want)
-        if try_lock(fd):
-            return True
         time.sleep(0.1)
     step.fail()
     return False
