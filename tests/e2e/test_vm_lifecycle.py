@@ -345,8 +345,8 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     assert d.ok("ssh-config", "-n", name).stdout == ssh_config
 
 
-def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
-    d, name, _ = vm
+def _start_until_qemu_runs(d: Devenv, name: str) -> subprocess.Popen[bytes]:
+    """`devenv start` of the stopped VM, once QEMU runs and the wait for the guest's sshd begins."""
     d.ok("stop", "-n", name, timeout=300)
     proc = subprocess.Popen(
         [sys.executable, "-m", "devenv", "start", "-n", name],
@@ -358,10 +358,16 @@ def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
     )
     assert proc.stderr is not None
     seen = b""
-    while "✓ start QEMU".encode() not in seen:  # QEMU runs: the wait for the guest's sshd begins
+    while "✓ start QEMU".encode() not in seen:
         line = proc.stderr.readline()
         assert line, f"devenv start ended early: {seen!r}"
         seen += line
+    return proc
+
+
+def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
+    d, name, _ = vm
+    proc = _start_until_qemu_runs(d, name)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -381,20 +387,7 @@ def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm
     the single press waited out 90 s.
     """
     d, name, _ = vm
-    d.ok("stop", "-n", name, timeout=300)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "devenv", "start", "-n", name],
-        env=d.env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
-    )
-    assert proc.stderr is not None
-    seen = b""
-    while "✓ start QEMU".encode() not in seen:
-        line = proc.stderr.readline()
-        assert line, f"devenv start ended early: {seen!r}"
-        seen += line
+    proc = _start_until_qemu_runs(d, name)
     began = time.monotonic()
     stop = d.ok("stop", "-n", name, timeout=300).stderr.decode()
     took = time.monotonic() - began

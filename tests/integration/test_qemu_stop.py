@@ -27,21 +27,9 @@ from devenv.backends.base import InstanceRef
 from devenv.backends.qemu import QemuBackend, _Boot
 from devenv.config import Config
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
+from tests.steprecorder import StepRecorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(QEMU is None, reason=MISSING)]
-
-
-class Recorder:
-    """A StepReporter that keeps what the user would see."""
-
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def __call__(self, name: str) -> None:
-        self.seen.append(name)
-
-    def fail(self) -> None:
-        self.seen.append("✗")
 
 
 @pytest.fixture
@@ -73,7 +61,7 @@ def test_a_guest_that_ignores_the_power_button_is_quit_through_qmp(
 ) -> None:
     inst, proc = vm
     monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
-    steps = Recorder()
+    steps = StepRecorder()
     started = time.monotonic()
     QemuBackend().stop(inst, False, steps)
     assert _gone(proc) and time.monotonic() - started < 10
@@ -109,7 +97,7 @@ def test_the_power_button_is_pressed_again_while_stop_waits(monkeypatch: pytest.
             assert b'"return"' in replies.readline()
             monkeypatch.setattr(qemu, "STOP_TIMEOUT", 3.0)
             monkeypatch.setattr(qemu, "POWER_BUTTON_EVERY", 1.0)
-            steps = Recorder()
+            steps = StepRecorder()
             QemuBackend().stop(InstanceRef("t", d, Config(mounts=[])), False, steps)
             assert _gone(proc)
             assert steps.seen[:3] == [
@@ -134,7 +122,7 @@ def test_force_skips_the_wait_and_a_qemu_deaf_to_qmp_is_killed(
 ) -> None:
     inst, proc = vm
     os.kill(proc.pid, signal.SIGSTOP)  # alive, holding its sockets, answering nothing
-    steps = Recorder()
+    steps = StepRecorder()
     QemuBackend().stop(inst, True, steps)
     assert _gone(proc)
     assert steps.seen == ["stop the host agent", "QEMU quit (QMP)", "✗", f"kill QEMU (pid {proc.pid})"]
@@ -145,7 +133,7 @@ def test_a_stranger_with_the_recorded_pid_is_left_alone(tmp_path: Path) -> None:
     stranger = subprocess.Popen(["sleep", "30"])
     try:
         (tmp_path / paths.QEMU_PID).write_text(f"{stranger.pid}\n")
-        steps = Recorder()
+        steps = StepRecorder()
         QemuBackend().stop(InstanceRef("t", tmp_path, Config(mounts=[])), True, steps)
         assert steps.seen == ["stop the host agent"]  # nothing of ours runs: nothing to stop
         assert stranger.poll() is None
@@ -169,7 +157,7 @@ def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
     st = QemuBackend().status(inst)
     assert (st.state, st.details["qemu_status"]) == ("degraded", "paused")  # not running; delete wants --force
     assert st.reason == "the VM is paused (QEMU's `stop`, or a debugger); `devenv start` resumes it"
-    steps = Recorder()
+    steps = StepRecorder()
     QemuBackend()._resume_if_stopped(inst, steps)
     assert steps.seen == ["resume the VM (paused)"] and qemu.vm_run_state(qmp) == "running"
     QemuBackend()._resume_if_stopped(inst, steps)  # running: nothing to do
@@ -209,7 +197,7 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
         assert qemu.vm_run_state(d / paths.QMP_SOCK) == "running"
     finally:
         taken.close()
-        QemuBackend().stop(inst, True, Recorder())
+        QemuBackend().stop(inst, True, StepRecorder())
         for f in sorted(d.rglob("*"), reverse=True):
             f.unlink() if not f.is_dir() else f.rmdir()
         d.rmdir()
@@ -225,7 +213,7 @@ def test_stop_lets_a_paused_vm_run_so_it_can_shut_down_cleanly(
         q.command("cont")
         q.command("stop")
     monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
-    steps = Recorder()
+    steps = StepRecorder()
     QemuBackend().stop(inst, False, steps)
     assert _gone(proc)
     assert steps.seen == [

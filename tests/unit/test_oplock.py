@@ -20,6 +20,7 @@ import pytest
 
 from devenv import oplock, paths
 from devenv.errors import StateError
+from tests.steprecorder import StepRecorder
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="a stop interrupts a start with POSIX signals")
 
@@ -38,17 +39,6 @@ HOLDER = textwrap.dedent(
         sys.exit(130)
     """
 )
-
-
-class Steps:
-    def __init__(self) -> None:
-        self.seen: list[str] = []
-
-    def __call__(self, name: str) -> None:
-        self.seen.append(name)
-
-    def fail(self) -> None:
-        self.seen.append("✗")
 
 
 @pytest.fixture
@@ -75,7 +65,7 @@ def hold_in_another_process(inst: Path, doing: str, made: list[subprocess.Popen[
 
 def test_a_second_command_is_told_who_holds_the_instance(tmp_path: Path, holders: list[subprocess.Popen[str]]) -> None:
     pid = hold_in_another_process(tmp_path, "start", holders)
-    with pytest.raises(StateError) as e, oplock.hold(tmp_path, "start", Steps()):
+    with pytest.raises(StateError) as e, oplock.hold(tmp_path, "start", StepRecorder()):
         pass
     assert e.value.message == f"instance `{tmp_path.name}` is busy: `devenv start` (pid {pid}) is working on it"
     assert "Ctrl-C" in e.value.hint
@@ -84,7 +74,7 @@ def test_a_second_command_is_told_who_holds_the_instance(tmp_path: Path, holders
 
 def test_a_stop_interrupts_a_start_and_goes_on(tmp_path: Path, holders: list[subprocess.Popen[str]]) -> None:
     pid = hold_in_another_process(tmp_path, "start", holders)
-    steps = Steps()
+    steps = StepRecorder()
     with oplock.hold(tmp_path, "stop", steps, interrupt_start=True):
         assert holders[0].wait(5) == 130  # its KeyboardInterrupt, as from a Ctrl-C
         assert (tmp_path / paths.OP_LOCK).read_text() == f"{os.getpid()} stop\n"
@@ -97,7 +87,7 @@ def test_a_start_deaf_to_sigint_gets_sigterm(
     hold_in_another_process(tmp_path, "start", holders, how="deaf")
     monkeypatch.setattr(oplock, "TERM_AFTER", 0.5)
     started = time.monotonic()
-    with oplock.hold(tmp_path, "stop", Steps(), interrupt_start=True):
+    with oplock.hold(tmp_path, "stop", StepRecorder(), interrupt_start=True):
         assert holders[0].wait(5) == -signal.SIGTERM
     assert time.monotonic() - started < 5
 
@@ -106,7 +96,7 @@ def test_a_stop_never_interrupts_another_stop(tmp_path: Path, holders: list[subp
     pid = hold_in_another_process(tmp_path, "stop", holders)
     with (
         pytest.raises(StateError, match=f"`devenv stop` \\(pid {pid}\\)"),
-        oplock.hold(tmp_path, "stop", Steps(), interrupt_start=True),
+        oplock.hold(tmp_path, "stop", StepRecorder(), interrupt_start=True),
     ):
         pass
     assert holders[0].poll() is None
@@ -116,7 +106,7 @@ def test_a_holder_killed_outright_leaves_no_lock(tmp_path: Path, holders: list[s
     hold_in_another_process(tmp_path, "start", holders)
     holders[0].kill()  # SIGKILL: no cleanup ran; the kernel drops the flock
     holders[0].wait(5)
-    steps = Steps()
+    steps = StepRecorder()
     with oplock.hold(tmp_path, "start", steps):
         pass
     assert steps.seen == []  # nothing to interrupt, nothing to wait for
