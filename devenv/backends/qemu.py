@@ -148,6 +148,14 @@ STOPPED_RUN_STATES = {
 RESUMABLE = {"paused", "io-error", "suspended"}  # QMP `cont` (or system_wakeup) lets these run on
 
 
+def resume_vm(qmp: Path, state: str) -> None:
+    """Let a VM in one of the RESUMABLE states run on: a suspended guest is woken, a paused one continued."""
+    from devenv.backends.qmp import Qmp
+
+    with Qmp(qmp) as q:
+        q.command("system_wakeup" if state == "suspended" else "cont")
+
+
 def vm_run_state(qmp: Path, timeout: float = 2.0) -> str | None:
     """QEMU's own word on the VM (QMP query-status), None when QMP does not answer."""
     from devenv.backends.qmp import Qmp
@@ -538,7 +546,6 @@ class QemuBackend:
 
     def _resume_if_stopped(self, inst: InstanceRef, step: StepReporter) -> None:
         """A VM QEMU paused (a full disk, `stop`, a suspend) runs on from where it was: nothing is lost."""
-        from devenv.backends.qmp import Qmp
 
         qmp = inst.dir / paths.QMP_SOCK
         state = vm_run_state(qmp)
@@ -550,8 +557,7 @@ class QemuBackend:
         if state not in RESUMABLE:
             return
         step(f"resume the VM ({state})")
-        with Qmp(qmp) as q:
-            q.command("system_wakeup" if state == "suspended" else "cont")
+        resume_vm(qmp, state)
         deadline = time.monotonic() + 10
         while (now := vm_run_state(qmp)) in RESUMABLE and time.monotonic() < deadline:
             time.sleep(0.2)
@@ -959,8 +965,8 @@ class QemuBackend:
         run_state = vm_run_state(qmp)
         if not force and run_state in ("paused", "suspended"):  # let it run, so it can shut down cleanly
             step(f"resume the VM ({run_state}) to shut it down")
-            with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
-                q.command("system_wakeup" if run_state == "suspended" else "cont")
+            with contextlib.suppress(DevenvError, OSError):
+                resume_vm(qmp, run_state)
         elif run_state in STOPPED_RUN_STATES:
             force = True  # io-error, a panic: the guest cannot act on the power button
         if not force:
@@ -1090,13 +1096,14 @@ class QemuBackend:
 
         here = _cwd_or_none()
         argv, env = list(req.argv), {**inst.config.env, **req.env}
-        cwd = req.cwd or self._guest_cwd(inst, here)
         if req.tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
             with self.connection(inst) as conn:
-                return conn.shell(argv, env=env, cwd=cwd)
+                return conn.shell(argv, env=env, cwd=req.cwd or self._guest_cwd(inst, here))
+        # the host agent maps the host folder itself; the mapping is made here only for plain SSH
         code = client.exec(inst.dir, argv, req.env, here, workdir=req.cwd) if req.ask_agent else None
         if code is not None:
             return code
+        cwd = req.cwd or self._guest_cwd(inst, here)
         with self.connection(inst) as conn:
             stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
             return conn.exec(
