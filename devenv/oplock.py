@@ -32,7 +32,7 @@ from pathlib import Path
 from devenv import paths
 from devenv.backends.base import StepReporter
 from devenv.errors import StateError
-from devenv.pidutil import try_lock, unlock
+from devenv.pidutil import claim, unlock
 
 LET_GO_WAIT = 30.0  # s for an interrupted start to exit
 TERM_AFTER = 5.0  # s after SIGINT before SIGTERM
@@ -42,25 +42,22 @@ TERM_AFTER = 5.0  # s after SIGINT before SIGTERM
 def hold(inst_dir: Path, doing: str, step: StepReporter, *, interrupt_start: bool = False) -> Iterator[None]:
     """Hold the instance for `doing` (start, stop, delete) until the block ends."""
     path = inst_dir / paths.OP_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    mine = f"{os.getpid()} {doing}\n"
+    fd = claim(path, mine)
+    if fd is None:
+        holder = _holder(path)
+        if interrupt_start and holder is not None and holder[1] == "start":
+            fd = _interrupt(path, mine, holder[0], step)
+        if fd is None:
+            who = f"`devenv {holder[1]}` (pid {holder[0]})" if holder else "another devenv command"
+            raise StateError(
+                f"instance `{inst_dir.name}` is busy: {who} is working on it",
+                "wait for it to finish (or stop it with Ctrl-C), then run this again",
+            )
     try:
-        if not try_lock(fd):
-            holder = _holder(path)
-            if not (interrupt_start and holder is not None and holder[1] == "start" and _interrupt(fd, holder, step)):
-                name = inst_dir.name
-                who = f"`devenv {holder[1]}` (pid {holder[0]})" if holder else "another devenv command"
-                raise StateError(
-                    f"instance `{name}` is busy: {who} is working on it",
-                    "wait for it to finish (or stop it with Ctrl-C), then run this again",
-                )
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, f"{os.getpid()} {doing}\n".encode())
-        try:
-            yield
-        finally:
-            unlock(fd)
+        yield
     finally:
+        unlock(fd)
         os.close(fd)
 
 
@@ -73,17 +70,16 @@ def _holder(path: Path) -> tuple[int, str] | None:
         return None
 
 
-def _interrupt(fd: int, holder: tuple[int, str], step: StepReporter) -> bool:
-    """Interrupt the start holding the lock; True once this process holds it instead."""
+def _interrupt(path: Path, mine: str, pid: int, step: StepReporter) -> int | None:
+    """Interrupt the start (pid) holding the lock; the lock's fd once this process holds it instead."""
     if os.name == "nt":
-        return False
-    pid = holder[0]
+        return None
     step(f"interrupt `devenv start` (pid {pid})")
     began = time.monotonic()
     sent: list[signal.Signals] = []
     while time.monotonic() - began < LET_GO_WAIT:
-        if try_lock(fd):  # first: a start that just finished is not signalled for nothing
-            return True
+        if (fd := claim(path, mine)) is not None:  # first: a start that just finished is not signalled for nothing
+            return fd
         want = signal.SIGINT if time.monotonic() - began < TERM_AFTER else signal.SIGTERM
         if want not in sent:
             sent.append(want)
@@ -91,4 +87,4 @@ def _interrupt(fd: int, holder: tuple[int, str], step: StepReporter) -> bool:
                 os.kill(pid, want)
         time.sleep(0.1)
     step.fail()
-    return False
+    return None

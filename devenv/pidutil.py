@@ -117,6 +117,22 @@ def try_lock(fd: int, exclusive: bool = True) -> bool:
     return True
 
 
+def claim(path: str | os.PathLike[str], content: str) -> int | None:
+    """An exclusive, non-blocking lock on `path` (made 0600) with `content` written in; its fd, or None when held.
+
+    The kernel drops the lock when the holder exits, so a crash leaves nothing
+    stale; the content (a pid, what it does) lets another process name the holder.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    if not try_lock(fd):
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    os.write(fd, content.encode())
+    return fd
+
+
 def unlock(fd: int) -> None:
     if os.name == "nt":
         import msvcrt

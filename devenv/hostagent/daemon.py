@@ -52,7 +52,7 @@ from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, mount_command, read_mount_kind
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.usernet import UserNetError, UserNetForwarder
-from devenv.pidutil import process_start, try_lock
+from devenv.pidutil import claim, process_start
 from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
@@ -620,14 +620,8 @@ class HostAgent:
 
     # -- pid file: an flock held for life, so "alive" never trusts a recycled pid
     def _lock_pidfile(self) -> bool:
-        fd = os.open(self.inst_dir / paths.HOSTAGENT_PID, os.O_RDWR | os.O_CREAT, 0o600)
-        if not try_lock(fd):
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._pid_fd = fd
-        return True
+        self._pid_fd = claim(self.inst_dir / paths.HOSTAGENT_PID, f"{os.getpid()}\n")
+        return self._pid_fd is not None
 
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
