@@ -39,6 +39,43 @@ start_unit() {
     fi
 }
 
+# early_unit UNIT AFTER WANTS: UNIT as its package ships it, started as soon as
+# systemd starts jobs instead of after basic.target. /etc/systemd/system/UNIT
+# is the packaged file with its [Unit] After= and Wants= replaced by AFTER and
+# WANTS (a drop-in can add ordering but never remove it), DefaultDependencies=no,
+# and the shutdown ordering default dependencies would have given it. The rest
+# (ExecStart, limits, Delegate, [Install]) stays the package's. Why, for the
+# engines: provisioning/engines/docker.sh, start_engine_early.
+early_unit() {
+    unit=$1
+    src=""
+    for dir in /lib/systemd/system /usr/lib/systemd/system; do
+        if [ -f "$dir/$unit" ]; then
+            src="$dir/$unit"
+            break
+        fi
+    done
+    if [ -z "$src" ]; then
+        log "no packaged $unit: its ordering is left as it is"
+        return 0
+    fi
+    out=/etc/systemd/system/$unit
+    awk -v unit="$unit" -v src="$src" -v after="$2" -v wants="$3" '
+        /^\[/ { section = $0 }
+        section == "[Unit]" && /^(After|Wants|DefaultDependencies)=/ { next }
+        { print }
+        $0 == "[Unit]" {
+            print "# devenv: " src " with only this ordering; see provisioning/engines/common.sh (early_unit)"
+            print "DefaultDependencies=no"
+            if (after != "") print "After=" after
+            if (wants != "") print "Wants=" wants
+            print "Conflicts=shutdown.target"
+            print "Before=shutdown.target"
+        }
+    ' "$src" > "$out.devenv-new"
+    mv "$out.devenv-new" "$out"
+}
+
 apparmor_enabled() {
     [ -d /sys/kernel/security/apparmor ] &&
         [ "$(cat /sys/module/apparmor/parameters/enabled 2>/dev/null)" = Y ]

@@ -117,6 +117,12 @@ def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
     show = ["exec", "-n", name, "--", "systemctl", "show", "--value", "containerd.service", "-p"]
     assert d.ok(*show, "Type").stdout == b"exec\n"  # dockerd starts beside it
     assert d.ok(*show, "ExecStartPre").stdout.strip() == b""
+    for unit in ("containerd.service", "docker.service"):  # both start as soon as systemd starts jobs
+        props = ["exec", "-n", name, "--", "systemctl", "show", "--value", unit, "-p"]
+        after = set(d.ok(*props, "After").stdout.decode().split())
+        assert not after & {"basic.target", "sysinit.target", "network.target", "network-online.target"}, after
+        assert d.ok(*props, "DefaultDependencies").stdout == b"no\n"
+    assert b"/usr/local/lib/devenv/resolv-stub.sh" in d.ok(*show[:-2], "docker.service", "-p", "ExecStartPre").stdout
     plugins = d.ok("exec", "-n", name, "--", "sudo", "-n", "ctr", "plugins", "ls").stdout.decode()
     loaded = {tuple(line.split()[:2]) for line in plugins.splitlines()[1:]}
     assert ("io.containerd.snapshotter.v1", "overlayfs") in loaded, plugins
@@ -127,6 +133,24 @@ def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
     assert agent_argv.decode().splitlines() == shlex.split("/usr/bin/" + protocol.GUEST_LAUNCH)
     fresh = d.ok("exec", "-n", name, "--", "python3", "-c", FRESH_CHECK, protocol.GUEST_PATH).stdout
     assert fresh == b"True\n", fresh
+
+
+def test_resolv_stub_makes_resolved_s_stub_readable_and_never_replaces_it(vm: VM) -> None:
+    """What dockerd reads when it starts before systemd-resolved: run in a mount namespace of the real guest."""
+    d, name, _ = vm
+    script = (
+        "mount -t tmpfs none /run/systemd/resolve; cat /etc/resolv.conf >/dev/null 2>&1 || echo unreadable;"
+        " sh /usr/local/lib/devenv/resolv-stub.sh; grep nameserver /etc/resolv.conf;"
+        " echo 'nameserver 192.0.2.1' > /run/systemd/resolve/stub-resolv.conf;"
+        " sh /usr/local/lib/devenv/resolv-stub.sh; grep nameserver /etc/resolv.conf"
+    )
+    r = d.ok("exec", "-n", name, "--", "sudo", "-n", "unshare", "-m", "sh", "-c", script)
+    assert r.stdout == b"unreadable\nnameserver 127.0.0.53\nnameserver 192.0.2.1\n", r.stderr
+
+
+def _container_nameservers(d: Devenv, name: str) -> list[str]:
+    r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", LOCAL_IMAGE, "cat", "/etc/resolv.conf")
+    return [line.split()[1] for line in r.stdout.decode().splitlines() if line.startswith("nameserver ")]
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -341,6 +365,10 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     assert r.returncode == 67 and b"is stopped" in r.stderr
     d.ok("start", "-n", name)
     assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/keep.txt").stdout == b"persisted\n"
+    # dockerd started before systemd-resolved in this boot: containers still get the guest's upstream DNS
+    upstream = d.ok("exec", "-n", name, "--", "cat", "/run/systemd/resolve/resolv.conf").stdout.decode()
+    servers = [line.split()[1] for line in upstream.splitlines() if line.startswith("nameserver ")]
+    assert servers and _container_nameservers(d, name) == servers, upstream
     # The same port again: a block pasted into ~/.ssh/config (or an editor's remote host) still works.
     assert d.ok("ssh-config", "-n", name).stdout == ssh_config
 
