@@ -60,7 +60,7 @@ early_unit() {
         return 0
     fi
     out=/etc/systemd/system/$unit
-    awk -v unit="$unit" -v src="$src" -v after="$2" -v wants="$3" '
+    awk -v src="$src" -v after="$2" -v wants="$3" '
         /^\[/ { section = $0 }
         section == "[Unit]" && /^(After|Wants|DefaultDependencies)=/ { next }
         { print }

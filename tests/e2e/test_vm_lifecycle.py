@@ -114,15 +114,17 @@ def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
     else:
         assert "cryptomgr.notests" not in cmdline, cmdline
     assert {"overlay", "bridge", "xfrm_user"} <= modules  # loaded at sysinit (and used by dockerd)
-    show = ["exec", "-n", name, "--", "systemctl", "show", "--value", "containerd.service", "-p"]
-    assert d.ok(*show, "Type").stdout == b"exec\n"  # dockerd starts beside it
-    assert d.ok(*show, "ExecStartPre").stdout.strip() == b""
+
+    def prop(unit: str, name_: str) -> str:
+        return d.ok("exec", "-n", name, "--", "systemctl", "show", "--value", unit, "-p", name_).stdout.decode()
+
+    assert prop("containerd.service", "Type") == "exec\n"  # dockerd starts beside it
+    assert prop("containerd.service", "ExecStartPre").strip() == ""
     for unit in ("containerd.service", "docker.service"):  # both start as soon as systemd starts jobs
-        props = ["exec", "-n", name, "--", "systemctl", "show", "--value", unit, "-p"]
-        after = set(d.ok(*props, "After").stdout.decode().split())
+        after = set(prop(unit, "After").split())
         assert not after & {"basic.target", "sysinit.target", "network.target", "network-online.target"}, after
-        assert d.ok(*props, "DefaultDependencies").stdout == b"no\n"
-    assert b"/usr/local/lib/devenv/resolv-stub.sh" in d.ok(*show[:-2], "docker.service", "-p", "ExecStartPre").stdout
+        assert prop(unit, "DefaultDependencies") == "no\n"
+    assert "/usr/local/lib/devenv/resolv-stub.sh" in prop("docker.service", "ExecStartPre")
     plugins = d.ok("exec", "-n", name, "--", "sudo", "-n", "ctr", "plugins", "ls").stdout.decode()
     loaded = {tuple(line.split()[:2]) for line in plugins.splitlines()[1:]}
     assert ("io.containerd.snapshotter.v1", "overlayfs") in loaded, plugins
@@ -148,9 +150,8 @@ def test_resolv_stub_makes_resolved_s_stub_readable_and_never_replaces_it(vm: VM
     assert r.stdout == b"unreadable\nnameserver 127.0.0.53\nnameserver 192.0.2.1\n", r.stderr
 
 
-def _container_nameservers(d: Devenv, name: str) -> list[str]:
-    r = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", LOCAL_IMAGE, "cat", "/etc/resolv.conf")
-    return [line.split()[1] for line in r.stdout.decode().splitlines() if line.startswith("nameserver ")]
+def _nameservers(resolv_conf: bytes) -> list[str]:
+    return [line.split()[1] for line in resolv_conf.decode().splitlines() if line.startswith("nameserver ")]
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, bytes | None]]:
@@ -366,9 +367,11 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     d.ok("start", "-n", name)
     assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/keep.txt").stdout == b"persisted\n"
     # dockerd started before systemd-resolved in this boot: containers still get the guest's upstream DNS
-    upstream = d.ok("exec", "-n", name, "--", "cat", "/run/systemd/resolve/resolv.conf").stdout.decode()
-    servers = [line.split()[1] for line in upstream.splitlines() if line.startswith("nameserver ")]
-    assert servers and _container_nameservers(d, name) == servers, upstream
+    upstream = _nameservers(d.ok("exec", "-n", name, "--", "cat", "/run/systemd/resolve/resolv.conf").stdout)
+    in_container = d.ok("exec", "-n", name, "--", "docker", "run", "--rm", LOCAL_IMAGE, "cat", "/etc/resolv.conf")
+    assert upstream and _nameservers(in_container.stdout) == upstream, in_container.stdout
+    dockerd_log = d.ok("exec", "-n", name, "--", "sudo", "-n", "journalctl", "-b", "-u", "docker.service", "-o", "cat")
+    assert b"detected 127.0.0.53 nameserver" in dockerd_log.stdout  # its own choice, made when it started
     # The same port again: a block pasted into ~/.ssh/config (or an editor's remote host) still works.
     assert d.ok("ssh-config", "-n", name).stdout == ssh_config
 
