@@ -536,18 +536,15 @@ class QemuBackend:
                 self._write_ssh_config(inst, port)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
-        deadline_total = _accel_timeout(accel, first_boot=not announces)
         if announces:
             self._launch_agent_early(inst)
         try:
-            self._wait_ready(inst, step, deadline_total, announces=announces, accel=accel)
+            self._wait_ready(inst, step, announces=announces, accel=accel)
         except GuestSilent:
             if source != "auto" or accel == "tcg":
                 raise  # named in devenv.toml or the environment: the error stands
             self._silent_to_tcg(boot, step, accel)
-            self._wait_ready(
-                inst, step, _accel_timeout("tcg", first_boot=not announces), announces=announces, accel="tcg"
-            )
+            self._wait_ready(inst, step, announces=announces, accel="tcg")
         provisioned.touch()
         self._start_agent(inst, step)
 
@@ -861,15 +858,18 @@ class QemuBackend:
 
         return qemu_shares(inst.config.mounts) if _has_9p(binary) else ()
 
-    def _wait_ready(self, inst: InstanceRef, step: StepReporter, budget: float, *, announces: bool, accel: str) -> None:
-        """Until the guest's console says it is ready (or failed), within budget seconds.
+    def _wait_ready(self, inst: InstanceRef, step: StepReporter, *, announces: bool, accel: str) -> None:
+        """Until the guest's console says it is ready (or failed), within the boot budget for `accel`.
 
         `announces`: the guest was provisioned, so devenv-ready.service prints
         the readiness line right after sshd starts and probing the port would
         only cost the guest an sshd child (readiness.ANNOUNCED_FIRST_PROBE).
+        One that does not is on its first boot, which provisions too and gets
+        the longer budget.
         """
         port = self._port(inst)
         assert port is not None
+        budget = _accel_timeout(accel, first_boot=not announces)
         deadline = time.monotonic() + budget
         alive = self._alive_check(inst)
 
