@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from devenv import hostagent, paths
-from devenv.backends.qmp import Qmp
+from devenv.backends.drivers.qmp import Qmp
 
 GUEST_PORT = 47001  # listens on 0.0.0.0
 LOOPBACK_PORT = 47002  # listens on the guest's 127.0.0.1 only

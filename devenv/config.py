@@ -268,11 +268,11 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         except UsageError as e:
             raise ValueError(e.message.removeprefix("name ")) from None
     if key in ("backend", "runtime", "accelerator", "machine"):
-        from devenv import backends
-        from devenv.backends.qemuargs import MACHINE_ARCH
+        from devenv import registry
+        from devenv.machines import MACHINE_ARCH
 
         allowed = {
-            "backend": ("auto", *backends.names()),
+            "backend": ("auto", *registry.names()),
             "runtime": RUNTIMES,
             "accelerator": ACCELERATORS,
             "machine": ("auto", *MACHINE_ARCH),  # auto: q35 on x86_64, virt on aarch64

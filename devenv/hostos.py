@@ -216,7 +216,7 @@ class Host:
             return Probe(True, f"no QEMU to launch under {accel}")
         import subprocess
 
-        from devenv.backends.qemuargs import cpu_model, resolve_machine
+        from devenv.machines import cpu_model, resolve_machine
 
         machine = resolve_machine("auto", self.arch, direct_kernel=False)
         argv = [binary, "-nodefaults", "-display", "none", "-machine", machine, "-accel", accel]

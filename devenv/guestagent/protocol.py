@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from devenv.errors import ConnectionFailed, Timeout
 from devenv.guestagent.agent import AGENT_VERSION, ENGINE_SOCKETS, PROTOCOL_VERSION
-from devenv.hostagent.wire import encode  # one JSON-lines encoder on the host side
+from devenv.jsonlines import encode  # one JSON-lines encoder on the host side
 
 __all__ = [
     "AGENT_VERSION",

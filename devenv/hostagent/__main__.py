@@ -1,8 +1,10 @@
 """`python -m devenv.hostagent INSTANCE_DIR [options]`: the agent process (see daemon.py).
 
-Options exist for tests and unusual setups; `devenv start` passes none but --user.
-Everything else comes from the instance directory: ssh.port, the key and pinned
-host key in ssh/, the resolved devenv.toml (runtime, ports, mounts, env).
+`devenv start` passes what differs per hypervisor (backends/vm/agent.py makes
+it from the driver's answers): where sshd answers, the VM process to exit
+with, the console to read, the fast port path. Everything else comes from the
+instance directory: the key and pinned host key in ssh/, the resolved
+devenv.toml (runtime, ports, mounts, env). The other options are for tests.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sys
 from pathlib import Path
 
 from devenv import paths
-from devenv.hostagent import usernet
+from devenv.hostagent import fastports
 from devenv.hostagent.daemon import HostAgent, Options
 from devenv.hostagent.mounts import mount_specs
 from devenv.hostagent.ports import AUTO_MIN_PORT, config_forwards
@@ -26,29 +28,37 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--agent-command", default=None, help="guest command that serves the guest agent protocol")
     p.add_argument("--engine-socket", default=None, help="guest engine socket (default: from the runtime)")
     p.add_argument("--no-engine", action="store_true", help="do not forward an engine socket")
-    p.add_argument("--watch-pid-file", type=Path, default=None, help=f"default: INSTANCE_DIR/{paths.QEMU_PID}")
-    p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process")
+    p.add_argument("--ssh-host", default="127.0.0.1", help="where the guest's sshd answers")
+    p.add_argument("--ssh-port", type=int, default=None, help=f"default: read INSTANCE_DIR/{paths.SSH_PORT}")
+    p.add_argument("--watch-pid-file", type=Path, default=None, help="the VM's pid file: exit with that process")
+    p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process (the default)")
+    p.add_argument("--console", type=Path, default=None, help="the guest's console log, read for its readiness line")
+    p.add_argument("--no-mounts", action="store_true", help="mount nothing (the guest sees the host's files already)")
     p.add_argument("--min-port", type=int, default=AUTO_MIN_PORT, help="lowest guest port forwarded automatically")
     p.add_argument("--ports-interval", type=float, default=0.5)
     p.add_argument("--bind-host", default="127.0.0.1", help="host loopback address for port forwards")
     p.add_argument(
-        "--qmp",
-        type=Path,
-        default=None,
-        help=f"QEMU's QMP socket for user-mode-net forwards (default: INSTANCE_DIR/{paths.QMP_SOCK} if it exists; "
-        f"{usernet.ENV}=ssh: none)",
+        "--fast-ports",
+        default="",
+        help=f"the driver's fast port path, module:function (fastports.py; {fastports.ENV}=ssh: none)",
     )
     a = p.parse_args(argv)
     inst_dir = a.inst_dir.absolute()
     opts = Options(
-        inst_dir=inst_dir, user=a.user, min_port=a.min_port, ports_interval=a.ports_interval, bind_host=a.bind_host
+        inst_dir=inst_dir,
+        user=a.user,
+        min_port=a.min_port,
+        ports_interval=a.ports_interval,
+        bind_host=a.bind_host,
+        ssh_host=a.ssh_host,
+        ssh_port=a.ssh_port,
+        console=a.console,
     )
     if a.agent_command:
         opts.agent_command = a.agent_command
-    opts.watch_pid_file = None if a.no_watch else (a.watch_pid_file or inst_dir / paths.QEMU_PID)
-    qmp = a.qmp or inst_dir / paths.QMP_SOCK
-    if usernet.wanted() and (a.qmp is not None or qmp.exists()):
-        opts.usernet_qmp = qmp
+    opts.watch_pid_file = None if a.no_watch else a.watch_pid_file
+    if a.fast_ports and fastports.wanted():
+        opts.fast_ports = a.fast_ports
     runtime = "docker"
     cfg_file = inst_dir / paths.INSTANCE_CONFIG
     if cfg_file.is_file():
@@ -59,7 +69,7 @@ def parse(argv: list[str]) -> Options:
         opts.env = dict(cfg.env)
         opts.explicit, rejected = config_forwards(cfg.ports)
         opts.rejected_ports = [f"{e.guest}/{e.protocol}: {why}" for e, why in rejected]
-        opts.mounts = mount_specs(cfg.mounts)
+        opts.mounts = [] if a.no_mounts else mount_specs(cfg.mounts)
     if not a.no_engine:
         if a.engine_socket:
             opts.engine_socket = a.engine_socket

@@ -3,7 +3,7 @@
 Threads, each with one job (all daemon threads, all ended by shutdown()):
 - main: the supervisor. Connects, notices a dead transport or guest agent
   (transport inactive, agent channel at EOF, or a ping unanswered for 10 s),
-  reconnects with backoff (0.5 s doubling to 5 s), watches the VM's QEMU pid
+  reconnects with backoff (0.5 s doubling to 5 s), watches the VM's process
   (the agent exits with it) and the host clock.
 - control: accepts on hostagent.sock; one short-lived thread per client.
 - one accept thread per listener (engine socket, each forwarded port), and two
@@ -45,13 +45,13 @@ from devenv import hostagent, paths
 from devenv.errors import ConnectionFailed, DevenvError
 from devenv.fdio import write_all
 from devenv.guestagent import protocol
-from devenv.hostagent import mounts, wire
+from devenv.hostagent import fastports, mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
+from devenv.hostagent.fastports import FastPortError
 from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
 from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, mount_command, read_mount_kind
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
-from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from devenv.pidutil import claim, process_start
 from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
@@ -75,6 +75,9 @@ class Options:
     agent_command: str = field(default_factory=protocol.serve_command)
     engine_socket: str | None = None  # guest path; None: from the instance's runtime
     watch_pid_file: Path | None = None  # the VM's pid file; None: do not watch
+    ssh_host: str = "127.0.0.1"  # where the guest's sshd answers
+    ssh_port: int | None = None  # None: read INSTANCE_DIR/ssh.port at each connect
+    console: Path | None = None  # the guest's console log, read for its readiness line before the first login
     ports_interval: float = 0.5
     min_port: int = AUTO_MIN_PORT
     bind_host: str = "127.0.0.1"  # tests on a host that is its own "guest" use 127.0.0.2
@@ -83,7 +86,7 @@ class Options:
     explicit: dict[int, Forward] = field(default_factory=dict)
     mounts: list[MountSpec] = field(default_factory=list)
     rejected_ports: list[str] = field(default_factory=list)
-    usernet_qmp: Path | None = None  # QEMU's QMP socket: forwards of wildcard ports go through its user-mode net
+    fast_ports: str = ""  # the driver's fast port path ("module:function", fastports.py); "": SSH only
 
 
 def _iso(t: float) -> str:
@@ -359,9 +362,9 @@ class HostAgent:
         self.inst_dir = opts.inst_dir
         self.code = hostagent.code_version()  # the sources this process runs: `start` replaces an agent of others
         self.events = EventLog(opts.inst_dir / paths.EVENTS_LOG)
-        self.usernet = self._usernet(opts)
+        self.fast = fastports.load(opts.fast_ports, opts.inst_dir) if opts.fast_ports else None
         self.ports = PortManager(
-            self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host, usernet=self.usernet
+            self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host, fast=self.fast
         )
         self.engine_bridges = BridgeSet()
         self.conn: SSHConnection | None = None
@@ -382,16 +385,6 @@ class HostAgent:
         self._clock = JumpDetector()
         self.control_path = wire.control_path(opts.inst_dir)
         self.engine_path = wire.engine_path(opts.inst_dir)
-
-    @staticmethod
-    def _usernet(opts: Options) -> UserNetForwarder | None:
-        if opts.usernet_qmp is None:
-            return None
-        try:
-            ssh_port = int((opts.inst_dir / paths.SSH_PORT).read_text().strip())
-        except (OSError, ValueError):
-            return None  # without SSH's own port known, clearing stale rules could cut the agent off
-        return UserNetForwarder(opts.usernet_qmp, keep_ports={ssh_port})
 
     # -- channels for the forwards
     def wait_session(self, timeout: float) -> GuestSession | None:
@@ -473,10 +466,10 @@ class HostAgent:
                 return 1
             self._start_control()
             self._start_engine()
-            if self.usernet is not None:
-                with contextlib.suppress(UserNetError):
-                    if stale := self.usernet.clear_stale(self.opts.bind_host):
-                        log.info("removed QEMU forwards a previous agent left: %s", stale)
+            if self.fast is not None:
+                with contextlib.suppress(FastPortError):
+                    if stale := self.fast.clear_stale(self.opts.bind_host):
+                        log.info("removed %s forwards a previous agent left: %s", self.fast.via, stale)
             self.ports.reconcile()  # explicit forwards listen from the start
             self.events.emit("agent-started", pid=os.getpid())
             self._supervise()
@@ -489,7 +482,7 @@ class HostAgent:
         next_ping = time.monotonic() + PING_EVERY
         while not self._stop.is_set():
             if not self._vm_alive():
-                self.events.emit("agent-exit", reason="the VM's QEMU process is gone")
+                self.events.emit("agent-exit", reason="the VM's process is gone")
                 return
             s = self._session
             if s is not None and not s.alive():
@@ -519,11 +512,11 @@ class HostAgent:
     def _connect(self) -> None:
         if self.conn is not None:
             self.conn.close()
-        port = int((self.inst_dir / paths.SSH_PORT).read_text().strip())
+        port = self.opts.ssh_port or int((self.inst_dir / paths.SSH_PORT).read_text().strip())
         reconnect = self._reconnects > 0 or self._state == "reconnecting"
         if not reconnect:
             self._await_boot(port)
-        target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user)
+        target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host)
         conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
         self.conn = conn
         conn.connect(self.opts.connect_timeout)
@@ -546,15 +539,15 @@ class HostAgent:
         Launched while the guest boots, an agent that dialled at once got a
         connection QEMU's user-mode net held without an answer, and sat on it
         for the banner wait (~10 s after sshd was up, measured). The console's
-        readiness line (QEMU: serial.log, fresh each boot) says when; a guest
-        that stays silent is dialled at the end of the wait, as on a reconnect.
+        readiness line (--console; QEMU's serial.log is fresh each boot) says when;
+        a guest that stays silent is dialled at the end of the wait, as on a reconnect.
         The port is never probed here: the agent is launched during a boot
         only for a provisioned guest, which announces, and otherwise after the
         line was seen, so a probe would only cost the guest an sshd child.
         """
-        serial = self.inst_dir / paths.SERIAL_LOG
-        if not serial.exists():
-            return  # not a QEMU guest: no console to read
+        serial = self.opts.console
+        if serial is None or not serial.exists():
+            return  # no console to read: dial at once
 
         def stop_early() -> None:
             if self._stop.is_set() or not self._vm_alive():
@@ -566,6 +559,7 @@ class HostAgent:
             time.monotonic() + self.opts.connect_timeout * 3,
             tick=stop_early,
             first_probe_after=math.inf,
+            host=self.opts.ssh_host,
         )
 
     def _drop_session(self, s: GuestSession, reason: str) -> None:

@@ -15,10 +15,10 @@ Policy (like Lima's default rules):
 - Host side: always 127.0.0.1 only; a host port already taken gives a
   `forward-failed` event with the reason and is retried on the next change.
 - Path: an automatic forward of a port that listens on every guest address
-  goes through QEMU's own user-mode network when the agent has one
-  (usernet.py: ~3x the throughput); every other forward is a 127.0.0.1
-  listener of this process bridged through SSH direct-tcpip. A failed
-  QEMU rule falls back to SSH. `via` in the snapshot says which.
+  goes through the driver's fast port path when it has one (fastports.py;
+  QEMU's own user-mode network: ~3x the throughput); every other forward is
+  a 127.0.0.1 listener of this process bridged through SSH direct-tcpip. A
+  refused fast rule falls back to SSH. `via` in the snapshot says which.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from typing import Any
 import paramiko
 
 from devenv.hostagent.events import EventLog
+from devenv.hostagent.fastports import FastPortError, FastPorts
 from devenv.hostagent.forward import BridgeSet, Listener, bind_tcp
-from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Forward:
     guest_port: int
     guest_host: str  # the address dialed from inside the guest (direct-tcpip target)
     source: str  # "auto" | "config"
-    on_nic: bool = False  # listens on every guest address: QEMU's user-mode network can reach it
+    on_nic: bool = False  # listens on every guest address: a fast port path (QEMU's user-mode net) can reach it
 
 
 def auto_forwards(ports: Iterable[Mapping[str, Any]], min_port: int = AUTO_MIN_PORT) -> dict[int, Forward]:
@@ -91,10 +91,10 @@ def config_forwards(entries: Iterable[Any]) -> tuple[dict[int, Forward], list[tu
 Opener = Callable[[str, int], paramiko.Channel]
 
 
-class UserNetRule:
-    """An active forward held by QEMU (a hostfwd rule) rather than by a listener of ours."""
+class FastRule:
+    """An active forward held by the hypervisor (QEMU: a hostfwd rule) rather than by a listener of ours."""
 
-    def __init__(self, forwarder: UserNetForwarder, host: str, host_port: int) -> None:
+    def __init__(self, forwarder: FastPorts, host: str, host_port: int) -> None:
         self.forwarder = forwarder
         self.host = host
         self.host_port = host_port
@@ -102,8 +102,8 @@ class UserNetRule:
     def close(self) -> None:
         try:
             self.forwarder.remove(self.host, self.host_port)
-        except UserNetError as e:  # QEMU gone: its rules went with it
-            log.info("removing the QEMU forward of port %d: %s", self.host_port, e)
+        except FastPortError as e:  # the VM gone: its rules went with it
+            log.info("removing the %s forward of port %d: %s", self.forwarder.via, self.host_port, e)
 
 
 class PortManager:
@@ -121,10 +121,10 @@ class PortManager:
         explicit: Mapping[int, Forward] | None = None,
         min_port: int = AUTO_MIN_PORT,
         bind_host: str = "127.0.0.1",
-        usernet: UserNetForwarder | None = None,
+        fast: FastPorts | None = None,
     ) -> None:
         self.events = events
-        self.usernet = usernet
+        self.fast = fast
         self.opener = opener
         self.explicit = dict(explicit or {})
         self.min_port = min_port
@@ -132,7 +132,7 @@ class PortManager:
         self.bridges = BridgeSet()
         self._lock = threading.RLock()
         self._guest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
-        self._active: dict[int, tuple[Forward, Listener | UserNetRule]] = {}
+        self._active: dict[int, tuple[Forward, Listener | FastRule]] = {}
         self._failed: dict[int, tuple[Forward, str]] = {}
 
     # -- input from the guest
@@ -187,27 +187,27 @@ class PortManager:
                     "forward-added", host_port=host_port, guest_port=fwd.guest_port, source=fwd.source, via=_via(handle)
                 )
 
-    def _open(self, fwd: Forward) -> Listener | UserNetRule:
-        """QEMU's user-mode network when it can reach the guest port, else our listener bridged over SSH.
+    def _open(self, fwd: Forward) -> Listener | FastRule:
+        """The fast port path when it can reach the guest port, else our listener bridged over SSH.
 
         Binding first proves the host port free either way (OSError: taken); for
-        QEMU the probe is closed just before QEMU binds the same port (it sets
-        SO_REUSEADDR, so nothing lingers in between). A refused QEMU rule falls
-        back to SSH.
+        the fast path the probe is closed just before the hypervisor binds the
+        same port (QEMU sets SO_REUSEADDR, so nothing lingers in between). A
+        refused fast rule falls back to SSH.
         """
         try:
             sock = bind_tcp(fwd.host_port, self.bind_host)
         except OSError:
-            if self.usernet is None or not self.usernet.retry_leftover(self.bind_host, fwd.host_port):
+            if self.fast is None or not self.fast.retry_leftover(self.bind_host, fwd.host_port):
                 raise
             sock = bind_tcp(fwd.host_port, self.bind_host)
-        if self.usernet is not None and fwd.on_nic:
+        if self.fast is not None and fwd.on_nic:
             sock.close()
             try:
-                self.usernet.add(self.bind_host, fwd.host_port, fwd.guest_port)
-                return UserNetRule(self.usernet, self.bind_host, fwd.host_port)
-            except UserNetError as e:
-                log.info("QEMU could not forward port %d (%s); bridging it over SSH", fwd.host_port, e)
+                self.fast.add(self.bind_host, fwd.host_port, fwd.guest_port)
+                return FastRule(self.fast, self.bind_host, fwd.host_port)
+            except FastPortError as e:
+                log.info("%s could not forward port %d (%s); bridging it over SSH", self.fast.via, fwd.host_port, e)
             sock = bind_tcp(fwd.host_port, self.bind_host)
         return Listener(sock, f"tcp{fwd.host_port}", self._opener_for(fwd), self.bridges).start()
 
@@ -253,8 +253,8 @@ class PortManager:
         self.bridges.close_all()
 
 
-def _via(handle: Listener | UserNetRule) -> str:
-    return "qemu" if isinstance(handle, UserNetRule) else "ssh"
+def _via(handle: Listener | FastRule) -> str:
+    return handle.forwarder.via if isinstance(handle, FastRule) else "ssh"
 
 
 def _key(entry: Mapping[str, Any]) -> tuple[str, str, int]:

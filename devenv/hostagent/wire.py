@@ -27,15 +27,17 @@ from __future__ import annotations
 
 import os
 
+from devenv.jsonlines import decode as decode
+from devenv.jsonlines import encode as encode
+from devenv.jsonlines import loads as _loads
 from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, HOSTAGENT_TOKEN, SUN_PATH_MAX
 
 TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
 if TYPE_CHECKING:
-    from collections.abc import Callable
     from pathlib import Path
-    from typing import Any, Protocol
+    from typing import Protocol
 
-    Json = dict[str, Any]
+    from devenv.jsonlines import Json as Json
 
     class Receiver(Protocol):
         def recv(self, bufsize: int, /) -> bytes: ...
@@ -69,71 +71,6 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     from devenv.pidutil import pid_alive
 
     return (port, token) if pid_alive(pid) else None
-
-
-class _ScanContext:
-    """What _json.make_scanner reads from a JSONDecoder: strict JSON, plain dicts and numbers."""
-
-    strict = True
-    object_hook = None
-    object_pairs_hook = None
-    array_hook = None  # read from Python 3.15 on
-    parse_float = float
-    parse_int = int
-    parse_constant = float  # NaN, Infinity, -Infinity, as json.loads reads them
-
-
-def _codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
-    """json.dumps(compact) and json.loads as the json package does them, minus its import.
-
-    `import json` costs `devenv exec` ~18 ms on a fresh interpreter because
-    json.decoder imports re (and re enum); the wire format needs neither. The
-    C accelerator _json is what json itself runs; the json package stays the
-    fallback where _json is missing or has another signature.
-    """
-    try:
-        import _json
-
-        make = _json.make_encoder(None, _unencodable, _json.encode_basestring_ascii, None, ":", ",", False, False, True)
-        scan = _json.make_scanner(_ScanContext())  # type: ignore[arg-type]  # duck-typed context, as in json.scanner
-    except (ImportError, TypeError, AttributeError):
-        import json
-
-        return (lambda msg: json.dumps(msg, separators=(",", ":"))), json.loads
-
-    def dumps(msg: Any) -> str:
-        return "".join(make(msg, 0))
-
-    def loads(text: str) -> Any:
-        try:
-            value, end = scan(text, 0)
-        except Exception:  # StopIteration, or (3.11, json.decoder not loaded) a SystemError instead of its error
-            end = -1
-        if end < 0 or text[end:].strip(" \t\n\r"):
-            import json  # the slow path: the json package raises the proper JSONDecodeError (a ValueError)
-
-            return json.loads(text)
-        return value
-
-    return dumps, loads
-
-
-def _unencodable(value: object) -> object:
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-_dumps, _loads = _codec()
-
-
-def encode(msg: Json) -> bytes:
-    return (_dumps(msg) + "\n").encode()
-
-
-def decode(line: bytes) -> Json:
-    msg = _loads(line.decode())
-    if not isinstance(msg, dict):
-        raise ValueError("a control message must be a JSON object")
-    return msg
 
 
 def _fits(path: str) -> bool:

@@ -106,10 +106,10 @@ class ConsoleWatch:
         return found
 
 
-def ssh_banner(port: int, timeout: float = 2.0) -> bool:
+def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
     """The guest's sshd answers with its banner: cheap, no paramiko, no login."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             return s.recv(64).startswith(b"SSH-")
     except OSError:
@@ -133,6 +133,7 @@ def wait_for_sshd(
     tick: Callable[[], None] = lambda: None,
     probe_timeout: float = 5.0,
     first_probe_after: float = 0.0,
+    host: str = "127.0.0.1",
 ) -> bool:
     """True once the guest's sshd is known to be up, False at the deadline (time.monotonic()).
 
@@ -156,7 +157,7 @@ def wait_for_sshd(
             now = time.monotonic()
             if probe is None and now >= next_probe:
                 try:
-                    probe = socket.create_connection(("127.0.0.1", port), timeout=1.0)
+                    probe = socket.create_connection((host, port), timeout=1.0)
                     probe.setblocking(False)
                     probe_until = now + probe_timeout
                 except OSError:

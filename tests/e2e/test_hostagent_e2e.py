@@ -2,8 +2,8 @@
 
 One VM for the whole module (booting costs ~90 s under TCG), created with the
 devenv CLI in a private DEVENV_HOME from a project folder whose devenv.toml
-mounts the project itself. The host agent is launched with hostagent.launch()
-after `devenv start` (a no-op once start launches it itself).
+mounts the project itself. `devenv start` launches the host agent; the fixture
+starts again after it replaced the agent, which launches it as start does.
 
 The guest image must contain sshfs for the mount test (vmimages/debian-12.toml);
 for an older image, DEVENV_TEST_GUEST_DEBS may name a folder of .debs (sshfs,
@@ -109,7 +109,8 @@ def vm(vm: tuple[Devenv, str, Any]) -> Iterator[VM]:
         for deb in sorted(Path(debs).glob("*.deb")):
             machine.cli("cp", str(deb), f"{NAME}:/tmp/")
         machine.cli("exec", "-w", "/", "--", "sh", "-c", "sudo -n dpkg -i /tmp/*.deb")
-    st = hostagent.launch(machine.inst, wait=120)
+        machine.cli("start")  # a new host agent, launched with the driver's options as start launches it
+    st = machine.state()
     assert st["state"] == "connected", (st, hostagent.log_tail(machine.inst))
     yield machine
 

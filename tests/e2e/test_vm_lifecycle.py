@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from devenv.backends.qemu import host_tsc_khz
-from devenv.backends.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLIST
+from devenv.backends.drivers.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLIST
+from devenv.backends.drivers.qemuproc import host_tsc_khz
 from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK

@@ -18,8 +18,8 @@ import pytest
 
 from devenv import paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QEMU_LOG, QemuBackend, _Boot
-from devenv.backends.qmp import Qmp
+from devenv.backends.drivers.qemu import QEMU_LOG, QemuDriver, _Boot
+from devenv.backends.drivers.qmp import Qmp
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.hostos import Host
@@ -77,7 +77,7 @@ def test_qemu_whose_kvm_crashes_runs_under_tcg_instead(
     try:
         with Steps() as steps:
             boot = _Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64")
-            used = QemuBackend()._launch_or_fall_back(boot, steps, ("kvm", "auto"), "q35", "")
+            used = QemuDriver()._launch_or_fall_back(boot, steps, ("kvm", "auto"), "q35", "")
         assert used == "tcg"
         with Qmp(tmp_path / paths.QMP_SOCK) as q:
             assert q.command("query-kvm")["enabled"] is False  # the running QEMU itself says it emulates

@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 
 from devenv import paths
-from devenv.backends import qemu
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QemuBackend
+from devenv.backends.drivers import qemu
+from devenv.backends.drivers.qemu import QemuDriver
+from devenv.backends.vm import boot
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.errors import Timeout
@@ -40,6 +41,13 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SSHDInfo]:
         yield info
 
 
+driver = QemuDriver()
+
+
+def _boot(ref: InstanceRef) -> qemu._Boot:
+    return qemu._Boot(ref, "qemu-system-x86_64", {"arch": "x86_64"}, "x86_64")
+
+
 @pytest.fixture
 def booting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[InstanceRef]:
     """An instance whose stand-in QEMU runs and whose console stays empty."""
@@ -47,7 +55,7 @@ def booting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Instanc
     d = Path(os.path.realpath(tmp_path)) / "dev"
     d.mkdir()
     ref = InstanceRef("dev", d, Config(mounts=[]))
-    QemuBackend()._launch(qemu._Boot(ref, str(binary), {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
+    QemuDriver()._launch(qemu._Boot(ref, str(binary), {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
     (d / paths.SERIAL_LOG).write_text("")
     yield ref
     with contextlib.suppress(OSError, ValueError, ProcessLookupError):
@@ -57,12 +65,12 @@ def booting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Instanc
 def test_a_first_boot_waits_out_the_first_boot_budget_past_a_running_sshd(
     booting: InstanceRef, sshd: SSHDInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(qemu.FIRST_BOOT_TIMEOUT, "tcg", 3.0)
-    monkeypatch.setitem(qemu.BOOT_TIMEOUT, "tcg", 1.0)
+    monkeypatch.setitem(boot.FIRST_BOOT_TIMEOUT, "emulated", 3.0)
+    monkeypatch.setitem(boot.BOOT_TIMEOUT, "emulated", 1.0)
     (booting.dir / paths.SSH_PORT).write_text(f"{sshd.port}\n")
     began = time.monotonic()
     with Steps() as steps, pytest.raises(Timeout) as err:
-        QemuBackend()._wait_ready(booting, steps, announces=False, accel="tcg")
+        boot.wait_ready(driver, booting, steps, driver._watch(_boot(booting), "tcg", "auto"), announces=False)
     assert time.monotonic() - began >= 3.0
     assert (
         "the guest did not report DEVENV-READY within 3 s" in err.value.message
@@ -72,12 +80,12 @@ def test_a_first_boot_waits_out_the_first_boot_budget_past_a_running_sshd(
 def test_a_provisioned_guest_gets_the_later_boot_budget(
     booting: InstanceRef, sshd: SSHDInfo, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setitem(qemu.FIRST_BOOT_TIMEOUT, "tcg", 30.0)
-    monkeypatch.setitem(qemu.BOOT_TIMEOUT, "tcg", 1.0)
+    monkeypatch.setitem(boot.FIRST_BOOT_TIMEOUT, "emulated", 30.0)
+    monkeypatch.setitem(boot.BOOT_TIMEOUT, "emulated", 1.0)
     (booting.dir / paths.SSH_PORT).write_text(f"{sshd.port}\n")
     began = time.monotonic()
     with Steps() as steps, pytest.raises(Timeout) as err:
-        QemuBackend()._wait_ready(booting, steps, announces=True, accel="tcg")
+        boot.wait_ready(driver, booting, steps, driver._watch(_boot(booting), "tcg", "auto"), announces=True)
     assert time.monotonic() - began < 10.0
     # it announces on its console, so the port is not probed in that second: sshd is not seen either
     assert f"the guest's sshd did not answer on 127.0.0.1:{sshd.port} within 1 s" in err.value.message

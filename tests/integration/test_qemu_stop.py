@@ -22,14 +22,20 @@ from pathlib import Path
 import pytest
 
 from devenv import paths
-from devenv.backends import qemu
+from devenv.backends import vm as vm_backend
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QemuBackend, _Boot
+from devenv.backends.drivers import qemu, qemuproc
+from devenv.backends.drivers.qemu import QemuDriver, _Boot
+from devenv.backends.vm import VmBackend
 from devenv.config import Config
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 from tests.steprecorder import StepRecorder
 
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(QEMU is None, reason=MISSING)]
+
+
+def QemuBackend() -> VmBackend:  # what the registry makes of "qemu"
+    return VmBackend(QemuDriver())
 
 
 @pytest.fixture
@@ -60,7 +66,7 @@ def test_a_guest_that_ignores_the_power_button_is_quit_through_qmp(
     vm: tuple[InstanceRef, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     inst, proc = vm
-    monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
+    monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 1.0)
     steps = StepRecorder()
     started = time.monotonic()
     QemuBackend().stop(inst, False, steps)
@@ -95,7 +101,7 @@ def test_the_power_button_is_pressed_again_while_stop_waits(monkeypatch: pytest.
             replies.readline()  # the greeting
             mon.sendall(b'{"execute": "qmp_capabilities"}\n')
             assert b'"return"' in replies.readline()
-            monkeypatch.setattr(qemu, "STOP_TIMEOUT", 3.0)
+            monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 3.0)
             monkeypatch.setattr(qemu, "POWER_BUTTON_EVERY", 1.0)
             steps = StepRecorder()
             QemuBackend().stop(InstanceRef("t", d, Config(mounts=[])), False, steps)
@@ -146,23 +152,23 @@ def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
     vm: tuple[InstanceRef, subprocess.Popen[bytes]],
 ) -> None:
     """Status asks QEMU itself: a paused VM (here QMP `stop`; a full host disk gives io-error) is not "running"."""
-    from devenv.backends.qmp import Qmp
+    from devenv.backends.drivers.qmp import Qmp
 
     inst, _ = vm
     qmp = inst.dir / paths.QMP_SOCK
     with Qmp(qmp) as q:
         q.command("cont")  # out of -S's prelaunch
         q.command("stop")
-    assert qemu.vm_run_state(qmp) == "paused"
+    assert qemuproc.vm_run_state(qmp) == "paused"
     st = QemuBackend().status(inst)
     assert (st.state, st.details["qemu_status"]) == ("degraded", "paused")  # not running; delete wants --force
     assert st.reason == "the VM is paused (QEMU's `stop`, or a debugger); `devenv start` resumes it"
     steps = StepRecorder()
-    QemuBackend()._resume_if_stopped(inst, steps)
-    assert steps.seen == ["resume the VM (paused)"] and qemu.vm_run_state(qmp) == "running"
-    QemuBackend()._resume_if_stopped(inst, steps)  # running: nothing to do
+    QemuDriver()._resume_if_stopped(inst, steps)
+    assert steps.seen == ["resume the VM (paused)"] and qemuproc.vm_run_state(qmp) == "running"
+    QemuDriver()._resume_if_stopped(inst, steps)  # running: nothing to do
     assert steps.seen == ["resume the VM (paused)"]
-    assert qemu.vm_run_state(inst.dir / "no-such.sock") is None
+    assert qemuproc.vm_run_state(inst.dir / "no-such.sock") is None
 
 
 def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
@@ -190,11 +196,11 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
     monkeypatch.setenv("DEVENV_MOUNT_TYPE", "sshfs")
     assert QEMU is not None
     try:
-        QemuBackend()._launch(_Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
+        QemuDriver()._launch(_Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
         assert picks[0] == port and picks[1] != port and len(picks) == 2
         assert (d / paths.SSH_PORT).read_text().strip() == str(picks[1])
-        assert f"Port {picks[1]}" in (d / paths.SSH_CONFIG).read_text()
-        assert qemu.vm_run_state(d / paths.QMP_SOCK) == "running"
+        assert f"Port {picks[1]}" in QemuBackend().ssh_config(inst)
+        assert qemuproc.vm_run_state(d / paths.QMP_SOCK) == "running"
     finally:
         taken.close()
         QemuBackend().stop(inst, True, StepRecorder())
@@ -206,13 +212,13 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
 def test_stop_lets_a_paused_vm_run_so_it_can_shut_down_cleanly(
     vm: tuple[InstanceRef, subprocess.Popen[bytes]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from devenv.backends.qmp import Qmp
+    from devenv.backends.drivers.qmp import Qmp
 
     inst, proc = vm
     with Qmp(inst.dir / paths.QMP_SOCK) as q:
         q.command("cont")
         q.command("stop")
-    monkeypatch.setattr(qemu, "STOP_TIMEOUT", 1.0)
+    monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 1.0)
     steps = StepRecorder()
     QemuBackend().stop(inst, False, steps)
     assert _gone(proc)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from devenv.backends.qmp import Qmp
+from devenv.backends.drivers.qmp import Qmp
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
 pytestmark = pytest.mark.integration

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from devenv.backends.drivers.qemuports import UserNetError, UserNetForwarder
 from devenv.hostagent.events import EventLog, read_events
 from devenv.hostagent.ports import PortManager
-from devenv.hostagent.usernet import UserNetError, UserNetForwarder
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
 pytestmark = [
@@ -93,7 +93,7 @@ def test_port_manager_hands_wildcard_ports_to_qemu(qemu: tuple[Path, int], tmp_p
     events = EventLog(tmp_path / "events.jsonl")
     fw = UserNetForwarder(sock, keep_ports={ssh_port})
     wild, loop = free_port(), free_port()
-    pm = PortManager(events, opener=lambda h, p: None, min_port=1, usernet=fw)  # type: ignore[arg-type,return-value]
+    pm = PortManager(events, opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
     try:
         pm.set_guest_ports(
             [
@@ -125,7 +125,7 @@ def test_a_rule_whose_removal_failed_is_removed_before_the_port_is_used_again(
         fw.remove("127.0.0.1", port)
     assert fw.leftover == {port} and port_taken(port)
     fw.qmp_path = sock
-    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, usernet=fw)  # type: ignore[arg-type,return-value]
+    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
     try:
         pm.set_guest_ports([{"proto": "tcp", "address": "0.0.0.0", "port": port}])
         assert [(r["host_port"], r["status"], r["via"]) for r in pm.snapshot()] == [(port, "active", "qemu")]

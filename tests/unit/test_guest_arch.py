@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from devenv import hostos, paths
-from devenv.backends import qemu as qemu_backend
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QemuBackend
+from devenv.backends.drivers import qemu as qemu_backend
+from devenv.backends.drivers.qemu import QemuDriver
+from devenv.backends.drivers.qemuaccel import accel_choice
 from devenv.config import Config
 from devenv.errors import BackendUnavailable, ConfigError
 from devenv.instance import resolve_config
@@ -57,13 +58,13 @@ def _inst(tmp_path: Path, text: str = "") -> InstanceRef:
 def test_another_arch_is_emulated_and_a_forced_hardware_accelerator_is_refused(
     tmp_path: Path, x86_kvm_host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    backend = QemuBackend()
+    backend = QemuDriver()
     assert backend._arch(_inst(tmp_path)) == "aarch64"
-    assert backend._accel(_inst(tmp_path), "aarch64") == "tcg"  # the host has KVM: for x86_64 guests only
-    assert backend._accel(_inst(tmp_path), "x86_64") == "kvm"
+    assert accel_choice(_inst(tmp_path), "aarch64")[0] == "tcg"  # the host has KVM: for x86_64 guests only
+    assert accel_choice(_inst(tmp_path), "x86_64")[0] == "kvm"
 
     with pytest.raises(ConfigError) as info:
-        backend._accel(_inst(tmp_path, 'name = "p"\naccelerator = "kvm"\n'), "aarch64")
+        accel_choice(_inst(tmp_path, 'name = "p"\naccelerator = "kvm"\n'), "aarch64")[0]
     assert info.value.problems == [
         f"{tmp_path / paths.INSTANCE_CONFIG}:2: accelerator 'kvm' cannot run this aarch64 guest on a x86_64 host"
     ]
@@ -71,11 +72,11 @@ def test_another_arch_is_emulated_and_a_forced_hardware_accelerator_is_refused(
 
     monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")
     with pytest.raises(ConfigError) as info:
-        backend._accel(_inst(tmp_path), "aarch64")
+        accel_choice(_inst(tmp_path), "aarch64")[0]
     assert info.value.problems[0].startswith("DEVENV_QEMU_ACCEL: accelerator 'kvm' cannot run this aarch64 guest")
     assert "unset DEVENV_QEMU_ACCEL" in info.value.hint
     monkeypatch.setenv("DEVENV_QEMU_ACCEL", "tcg")
-    assert backend._accel(_inst(tmp_path), "aarch64") == "tcg"
+    assert accel_choice(_inst(tmp_path), "aarch64")[0] == "tcg"
 
 
 def test_firmware_only_for_an_aarch64_guest_booted_from_its_disk(
@@ -83,13 +84,13 @@ def test_firmware_only_for_an_aarch64_guest_booted_from_its_disk(
 ) -> None:
     code = tmp_path / "QEMU_EFI.fd"
     monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: code)
-    assert QemuBackend._firmware("aarch64", direct_kernel=False) == code
-    assert QemuBackend._firmware("aarch64", direct_kernel=True) is None  # QEMU starts the kernel itself
-    assert QemuBackend._firmware("x86_64", direct_kernel=False) is None  # q35 has its BIOS built in
+    assert QemuDriver._firmware("aarch64", direct_kernel=False) == code
+    assert QemuDriver._firmware("aarch64", direct_kernel=True) is None  # QEMU starts the kernel itself
+    assert QemuDriver._firmware("x86_64", direct_kernel=False) is None  # q35 has its BIOS built in
 
     monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: None)
     with pytest.raises(BackendUnavailable) as info:
-        QemuBackend._firmware("aarch64", direct_kernel=False)
+        QemuDriver._firmware("aarch64", direct_kernel=False)
     assert info.value.message.startswith("no UEFI firmware for aarch64 guests was found (looked in ")
     assert "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" in info.value.message
     assert info.value.hint == "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)"
@@ -99,9 +100,9 @@ def test_a_missing_emulator_for_the_guests_arch_names_its_package(
     x86_kvm_host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(qemu_backend.shutil, "which", lambda name: None if "aarch64" in name else f"/usr/bin/{name}")
-    assert QemuBackend()._check_qemu("x86_64") == "/usr/bin/qemu-system-x86_64"
+    assert QemuDriver()._check_qemu("x86_64") == "/usr/bin/qemu-system-x86_64"
     with pytest.raises(BackendUnavailable) as info:
-        QemuBackend()._check_qemu("aarch64")
+        QemuDriver()._check_qemu("aarch64")
     assert info.value.message == "qemu-system-aarch64 was not found on PATH: it runs aarch64 guests"
     assert info.value.hint.startswith("sudo apt-get install qemu-system-arm qemu-efi-aarch64")
 

@@ -85,7 +85,7 @@ def test_process_start_tells_processes_apart_and_is_none_once_gone() -> None:
 def test_a_command_line_tells_our_process_from_a_recycled_pid(source: str, tmp_path: Path) -> None:
     """What qemu.pid_is_ours compares: /proc on Linux, ps (the macOS path) run here too."""
     from devenv import pidutil
-    from devenv.backends.qemu import pid_is_ours
+    from devenv.backends.drivers.qemuproc import pid_is_ours
 
     read = getattr(pidutil, source)
     marker = str(tmp_path / "inst dir" / "qmp.sock")

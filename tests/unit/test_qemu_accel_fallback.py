@@ -19,7 +19,9 @@ import pytest
 
 from devenv import paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QEMU_LOG, AcceleratorFailed, QemuBackend, _accelerator_error, _Boot
+from devenv.backends.drivers.qemu import QEMU_LOG, QemuDriver, _Boot
+from devenv.backends.drivers.qemuaccel import AcceleratorFailed
+from devenv.backends.drivers.qemuaccel import accelerator_error as _accelerator_error
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.errors import CommandFailed
@@ -46,7 +48,7 @@ def inst(tmp_path: Path) -> Iterator[InstanceRef]:
 
 def _launch(inst: InstanceRef, binary: Path, choice: tuple[str, str], steps: Steps) -> str:
     boot = _Boot(inst, str(binary), {"arch": "x86_64"}, "x86_64")
-    return QemuBackend()._launch_or_fall_back(boot, steps, choice, "q35", "")
+    return QemuDriver()._launch_or_fall_back(boot, steps, choice, "q35", "")
 
 
 def test_a_kvm_auto_picked_that_crashes_qemu_is_replaced_by_tcg(
@@ -59,7 +61,7 @@ def test_a_kvm_auto_picked_that_crashes_qemu_is_replaced_by_tcg(
     assert calls.read_text().split() == ["kvm", "tcg"]
     argv = json.loads((inst.dir / "qemu.argv").read_text())
     assert argv[argv.index("-accel") + 1].startswith("tcg")
-    assert QemuBackend._running_accel(inst) == "tcg"  # what a later `devenv start` of the running VM reads
+    assert QemuDriver._running_accel(inst) == "tcg"  # what a later `devenv start` of the running VM reads
     assert (inst.dir / paths.QEMU_PID).exists()
     err = capsys.readouterr().err
     assert "✗ start QEMU (kvm)" in err and "✓ start QEMU (tcg)" in err

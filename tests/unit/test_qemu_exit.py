@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import QEMU_LOG, QemuBackend
+from devenv.backends.drivers.qemu import QEMU_LOG, QemuDriver
+from devenv.backends.vm import VmBackend
 from devenv.config import Config
 from devenv.errors import StateError
 
@@ -15,7 +16,7 @@ from devenv.errors import StateError
 def _exit_message(inst_dir: Path) -> str:
     inst = InstanceRef("dev", inst_dir, Config())  # no pid file: the QEMU process is gone
     with pytest.raises(StateError) as err:
-        QemuBackend()._alive_check(inst)()
+        QemuDriver()._alive_check(inst)()
     return str(err.value)
 
 
@@ -37,7 +38,7 @@ def test_a_qemu_that_said_why_is_quoted_instead(tmp_path: Path) -> None:
 def test_a_wait_that_timed_out_with_qemu_running_does_not_call_it_a_crash(tmp_path: Path) -> None:
     (tmp_path / QEMU_LOG).write_text("")
     inst = InstanceRef("dev", tmp_path, Config())
-    err = QemuBackend()._fail(inst, "the guest's sshd did not answer within 600 s", "hint")
+    err = QemuDriver().failure(inst, "the guest's sshd did not answer within 600 s", "hint")
     assert str(err) == "the guest's sshd did not answer within 600 s"
 
 
@@ -45,15 +46,15 @@ def test_a_console_silent_for_a_minute_under_kvm_is_a_guest_that_does_not_run(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Seen here: with QEMU's default CPU model this host's KVM hangs its guest with nothing on the console."""
-    from devenv.backends import qemu
+    from devenv.backends.drivers import qemuaccel
     from devenv.errors import Timeout
 
     inst = InstanceRef("dev", tmp_path, Config())
     serial = tmp_path / "serial.log"
     serial.write_text("")
     calls: list[int] = []
-    monkeypatch.setattr(qemu, "SILENT_BOOT_LIMIT", 0.0)
-    check = QemuBackend()._silence_check(inst, lambda: calls.append(1), "kvm")
+    monkeypatch.setattr(qemuaccel, "SILENT_BOOT_LIMIT", 0.0)
+    check = qemuaccel.silence_check(inst, lambda: calls.append(1), "kvm", QemuDriver().failure, None)
     with pytest.raises(Timeout) as err:
         check()
     assert calls == [1]  # QEMU's liveness is still checked first
@@ -66,7 +67,9 @@ def test_a_console_silent_for_a_minute_under_kvm_is_a_guest_that_does_not_run(
 def test_the_silence_limit_waits_its_time_first(tmp_path: Path) -> None:
     inst = InstanceRef("dev", tmp_path, Config())
     (tmp_path / "serial.log").write_text("")
-    QemuBackend()._silence_check(inst, lambda: None, "hvf")()  # just begun: no verdict yet
+    from devenv.backends.drivers import qemuaccel
+
+    qemuaccel.silence_check(inst, lambda: None, "hvf", QemuDriver().failure, None)()  # just begun: no verdict yet
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,7 @@ def test_the_silence_limit_waits_its_time_first(tmp_path: Path) -> None:
     ids=["poweroff", "halt", "panic", "not-last", "empty"],
 )
 def test_a_guest_that_powered_itself_off_is_told_from_a_crash(tmp_path: Path, console: str, powered_off: bool) -> None:
-    from devenv.backends.qemu import powered_off_by_guest
+    from devenv.backends.vm import powered_off_by_guest
 
     serial = tmp_path / "serial.log"
     serial.write_text(console)
@@ -94,7 +97,7 @@ def test_status_after_a_poweroff_inside_the_guest_is_stopped_not_broken(tmp_path
     (tmp_path / paths.STARTED_MARKER).touch()  # the user wanted it running
     inst = InstanceRef("t", tmp_path, Config(mounts=[]))
     (tmp_path / paths.SERIAL_LOG).write_text("[   41.2] reboot: Power down\n")
-    assert QemuBackend().status(inst).state == "stopped"
+    assert VmBackend(QemuDriver()).status(inst).state == "stopped"
     (tmp_path / paths.SERIAL_LOG).write_text("[   41.2] Out of memory: Killed process 1 (systemd)\n")
-    st = QemuBackend().status(inst)
+    st = VmBackend(QemuDriver()).status(inst)
     assert st.state == "broken" and "killed or crashed" in st.reason

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from devenv import paths
-from devenv.backends import qemu
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemu import ACCEL_HUNG, QEMU_LOG, QemuBackend
+from devenv.backends.drivers import qemu, qemuproc
+from devenv.backends.drivers.qemu import QEMU_LOG, QemuDriver
+from devenv.backends.drivers.qemuaccel import ACCEL_HUNG, accel_choice
 from devenv.cli.ui import Steps
 from devenv.config import Config
 from devenv.hostos import Probe
@@ -47,18 +48,19 @@ def test_a_silent_guest_is_stopped_remembered_and_booted_under_tcg(
 ) -> None:
     ref, binary, calls = inst
     boot = qemu._Boot(ref, str(binary), {"arch": "x86_64"}, "x86_64")
-    backend = QemuBackend()
+    backend = QemuDriver()
     with Steps() as steps:
         backend._launch(boot, "kvm", "q35", "")
-        first = qemu.read_pid(ref.dir)
+        first = qemuproc.read_pid(ref.dir)
         (ref.dir / paths.SERIAL_LOG).write_text("")  # not one line: the guest never ran
         steps("boot: waiting for the guest's sshd")
+        steps.fail()  # the VM backend marks its wait failed before it takes the driver's retry
         backend._silent_to_tcg(boot, steps, "kvm")
     assert calls.read_text().split() == ["kvm", "tcg"]
-    second = qemu.read_pid(ref.dir)
+    second = qemuproc.read_pid(ref.dir)
     assert first is not None and second is not None and second != first
-    assert not qemu.pid_is_ours(first, ref.dir)  # the silent one was quit, not left spinning
-    assert qemu.pid_is_ours(second, ref.dir)
+    assert not qemuproc.pid_is_ours(first, ref.dir)  # the silent one was quit, not left spinning
+    assert qemuproc.pid_is_ours(second, ref.dir)
     assert (ref.dir / ACCEL_HUNG).read_text() == "kvm\n"
     assert (ref.dir / (paths.SERIAL_LOG + ".accel")).exists() and (ref.dir / (QEMU_LOG + ".accel")).exists()
     err = capsys.readouterr().err
@@ -72,12 +74,11 @@ def test_the_remembered_hang_picks_tcg_only_for_auto(
 ) -> None:
     ref, _, _ = inst
     monkeypatch.setattr("devenv.hostos.current", lambda: FakeHost("linux", kvm=Probe(True, "usable")))
-    backend = QemuBackend()
-    assert backend._accel_choice(ref, "x86_64") == ("kvm", "auto")
+    assert accel_choice(ref, "x86_64") == ("kvm", "auto")
     (ref.dir / ACCEL_HUNG).write_text("kvm\n")
-    assert backend._accel_choice(ref, "x86_64") == ("tcg", "auto")  # no minute of silence per start
+    assert accel_choice(ref, "x86_64") == ("tcg", "auto")  # no minute of silence per start
     monkeypatch.setenv("DEVENV_QEMU_ACCEL", "kvm")  # named: tried, and its error would stand
-    assert backend._accel_choice(ref, "x86_64") == ("kvm", "DEVENV_QEMU_ACCEL")
+    assert accel_choice(ref, "x86_64") == ("kvm", "DEVENV_QEMU_ACCEL")
     monkeypatch.delenv("DEVENV_QEMU_ACCEL")
     (ref.dir / ACCEL_HUNG).unlink()
-    assert backend._accel_choice(ref, "x86_64") == ("kvm", "auto")  # removed: kvm is tried again
+    assert accel_choice(ref, "x86_64") == ("kvm", "auto")  # removed: kvm is tried again

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from devenv import paths
-from devenv.backends.qemu import port_free, ssh_port_for
+from devenv.backends.drivers.qemuproc import port_free, ssh_port_for
 
 
 def test_the_last_port_is_kept_while_it_is_free(tmp_path: Path) -> None:

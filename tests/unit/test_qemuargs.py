@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from devenv.backends.base import InstanceRef
-from devenv.backends.qemuargs import NeedsDirectKernel, VmSpec, build_argv, kernel_cmdline, resolve_machine
+from devenv.backends.drivers.qemuargs import NeedsDirectKernel, VmSpec, build_argv, kernel_cmdline, resolve_machine
 from devenv.config import Config
 from devenv.errors import ConfigError
 
@@ -145,7 +145,7 @@ def test_kernel_cmdline_skips_crypto_self_tests_and_kvm_only_under_tcg() -> None
 
 
 def test_an_empty_console_at_the_sshd_deadline_points_at_an_early_kernel_hang(tmp_path: Path) -> None:
-    from devenv.backends.qemu import sshd_timeout_hint
+    from devenv.backends.vm.boot import sshd_timeout_hint
 
     serial = tmp_path / "serial.log"
     for state in ("missing", "empty"):
@@ -181,7 +181,7 @@ cpu MHz\t\t: 1200.000
 def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
     tmp_path: Path, flags: str, cpufreq: bool, expected: int | None
 ) -> None:
-    from devenv.backends.qemu import host_tsc_khz
+    from devenv.backends.drivers.qemuproc import host_tsc_khz
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text(CPUINFO.format(flags=flags))
@@ -194,7 +194,7 @@ def test_host_tsc_khz_only_when_cpu_mhz_is_the_tsc(
 
 def test_the_config_accepts_every_machine_the_command_line_knows(tmp_path: Path) -> None:
     from devenv import config
-    from devenv.backends.qemuargs import MACHINE_ARCH
+    from devenv.backends.drivers.qemuargs import MACHINE_ARCH
 
     for machine in ("auto", *MACHINE_ARCH):
         path = tmp_path / f"{machine}.toml"
@@ -210,33 +210,33 @@ def _ref(tmp_path: Path, machine: str) -> InstanceRef:
 def test_microvm_under_tcg_gets_the_hosts_tsc_rate_on_its_kernel_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from devenv.backends import qemu
+    from devenv.backends.drivers import qemuaccel as qemu
 
     monkeypatch.setattr(qemu, "host_tsc_khz", lambda: 2445432)
     inst = _ref(tmp_path, "microvm")
-    machine = qemu._machine(inst, "x86_64", True, "tcg", creating=False)
+    machine = qemu.machine(inst, "x86_64", True, "tcg", creating=False)
     assert machine == ("microvm", "tsc_early_khz=2445432 tsc=reliable")
-    assert qemu._machine(inst, "x86_64", True, "kvm", creating=False) == ("microvm", "")  # kvm-clock needs no help
-    assert qemu._machine(_ref(tmp_path, "auto"), "x86_64", True, "tcg", creating=True) == ("q35", "")
+    assert qemu.machine(inst, "x86_64", True, "kvm", creating=False) == ("microvm", "")  # kvm-clock needs no help
+    assert qemu.machine(_ref(tmp_path, "auto"), "x86_64", True, "tcg", creating=True) == ("q35", "")
 
 
 def test_microvm_is_refused_before_boot_where_it_cannot_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from devenv.backends import qemu
+    from devenv.backends.drivers import qemuaccel as qemu
 
     monkeypatch.setattr(qemu, "host_tsc_khz", lambda: None)
     inst = _ref(tmp_path, "microvm")
     with pytest.raises(ConfigError) as e:
-        qemu._machine(inst, "x86_64", True, "tcg", creating=False)
+        qemu.machine(inst, "x86_64", True, "tcg", creating=False)
     assert e.value.message.startswith(f'{tmp_path / "devenv.toml"}:3: field `machine` = "microvm" under TCG')
     assert e.value.hint.startswith("use a hardware accelerator, or delete the instance") and e.value.exit_code == 65
     with pytest.raises(ConfigError) as e:  # at create, under TCG too: refused before any disk exists
-        qemu._machine(inst, "x86_64", True, "tcg", creating=True)
+        qemu.machine(inst, "x86_64", True, "tcg", creating=True)
     assert e.value.message.startswith('devenv.toml: field `machine` = "microvm" under TCG')
     assert "delete" not in e.value.hint  # nothing was made yet
     with pytest.raises(ConfigError) as e:
-        qemu._machine(inst, "x86_64", False, "kvm", creating=True)  # an image without a kernel
+        qemu.machine(inst, "x86_64", False, "kvm", creating=True)  # an image without a kernel
     assert e.value.message.startswith('devenv.toml: field `machine` = "microvm": microvm has no firmware')
     assert "devenv image build" in e.value.hint
     with pytest.raises(ConfigError) as e:
-        qemu._machine(inst, "aarch64", True, "hvf", creating=True)
+        qemu.machine(inst, "aarch64", True, "hvf", creating=True)
     assert "is for x86_64 guests" in e.value.message and "image" not in e.value.hint

@@ -53,7 +53,9 @@ def test_encode_refuses_what_json_refuses() -> None:
 
 def test_without_the_c_accelerator_the_json_package_serves(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "_json", None)  # import _json now raises ImportError
-    dumps, loads = wire._codec()
+    from devenv import jsonlines  # the codec the wire uses (guestagent.protocol uses it too)
+
+    dumps, loads = jsonlines._codec()
     assert dumps(SAMPLES[1]) == json.dumps(SAMPLES[1], separators=(",", ":"))
     assert loads(dumps(SAMPLES[2])) == SAMPLES[2]
 

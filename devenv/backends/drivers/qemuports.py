@@ -1,4 +1,6 @@
-"""Forwards made by QEMU's own user-mode network (hostfwd over QMP): no SSH, no crypto, no Python in the path.
+"""The QEMU driver's fast port path: forwards made by QEMU's own user-mode network (hostfwd over QMP).
+
+No SSH, no crypto, no Python in the path.
 
 A guest port that listens on every address (0.0.0.0 or a dual-stack ::, which
 is what docker-proxy and most servers do) is reachable on the guest's NIC, so
@@ -7,8 +9,9 @@ tcp:127.0.0.1:P-:P`. That runs about three times faster than a bridge through
 SSH direct-tcpip under TCG (benchmarks/bench_hostagent.py), because nothing is
 encrypted twice and the bytes never pass through this process. A port bound
 only to the guest's loopback is not on the NIC and still goes through SSH
-(ports.py decides which is which); so does every forward of a backend that is
-not QEMU. DEVENV_FORWARDS=ssh turns this off (to compare, or to debug).
+(hostagent/ports.py decides which is which). The host agent finds this through
+the driver's DriverFeatures.fast_ports and imports it by name
+(hostagent/fastports.py); DEVENV_FORWARDS=ssh turns it off.
 
 QEMU keeps the rules when this agent dies, so a new agent first removes the
 127.0.0.1 rules it finds (all but SSH's own) before it adds its own.
@@ -18,24 +21,29 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from pathlib import Path
 
-from devenv.backends.qmp import Qmp
+from devenv import paths
+from devenv.backends.drivers.qmp import Qmp
 from devenv.errors import DevenvError
+from devenv.hostagent.fastports import FastPortError
 
 log = logging.getLogger(__name__)
 
 NETDEV = "net0"  # the id qemuargs gives the user-mode netdev
-ENV = "DEVENV_FORWARDS"
+UserNetError = FastPortError  # QEMU refused a rule, or QMP could not be reached; the message says which
 
 
-class UserNetError(Exception):
-    """QEMU refused a rule, or QMP could not be reached; the message says which."""
+def for_instance(inst_dir: Path) -> UserNetForwarder | None:
+    """The forwarder of the instance's QEMU (the factory DriverFeatures.fast_ports names).
 
-
-def wanted() -> bool:
-    return os.environ.get(ENV, "").strip().lower() != "ssh"
+    None without SSH's own port known: clearing stale rules could then cut the agent off.
+    """
+    try:
+        ssh_port = int((inst_dir / paths.SSH_PORT).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return UserNetForwarder(inst_dir / paths.QMP_SOCK, keep_ports={ssh_port})
 
 
 def parse_host_forwards(usernet: str) -> list[tuple[str, int, int]]:
@@ -58,6 +66,8 @@ class UserNetForwarder:
     Short, because QEMU serves one QMP client at a time and `devenv status` and
     `stop` need it too.
     """
+
+    via = "qemu"
 
     def __init__(self, qmp_path: Path, keep_ports: set[int], netdev: str = NETDEV) -> None:
         self.qmp_path = qmp_path

@@ -21,6 +21,21 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devenv.machines import MACHINE_ARCH, NeedsDirectKernel, cpu_model, resolve_machine
+
+__all__ = [
+    "MACHINE_ARCH",
+    "NeedsDirectKernel",
+    "VmSpec",
+    "build_argv",
+    "cpu_model",
+    "find_firmware",
+    "kernel_cmdline",
+    "microvm_tcg_cmdline",
+    "qemu_binary_name",
+    "resolve_machine",
+]
+
 # Where the aarch64 UEFI firmware lives: Homebrew (Apple Silicon and Intel), Debian/Ubuntu, Fedora, MSYS2.
 AARCH64_FIRMWARE = (
     "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
@@ -32,8 +47,6 @@ AARCH64_FIRMWARE = (
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
 TCG_TB_SIZE_MB = 256
-# the machine types devenv.toml accepts besides "auto", and the guest arch each runs
-MACHINE_ARCH = {"q35": "x86_64", "microvm": "x86_64", "virt": "aarch64"}
 
 
 @dataclass(frozen=True)
@@ -56,24 +69,6 @@ class VmSpec:
     extra_hostfwd: tuple[tuple[int, int], ...] = field(default=())  # (host port, guest port)
     shares: tuple[tuple[str, str, bool], ...] = field(default=())  # (tag, host path, writable) via virtio-9p
     machine: str = ""  # "": the arch's default (resolve_machine)
-
-
-class NeedsDirectKernel(ValueError):
-    """The machine boots only an image QEMU starts directly (it has no firmware to boot a disk)."""
-
-
-def resolve_machine(requested: str, arch: str, *, direct_kernel: bool) -> str:
-    """The QEMU machine type for `machine = requested`; ValueError (the reason) when it cannot run here."""
-    if requested in ("", "auto"):
-        return "q35" if arch == "x86_64" else "virt"
-    wanted = MACHINE_ARCH.get(requested)
-    if wanted is None:
-        raise ValueError(f"unknown machine type {requested!r}; one of auto, {', '.join(MACHINE_ARCH)}")
-    if wanted != arch:
-        raise ValueError(f"machine {requested!r} is for {wanted} guests; this image is {arch}")
-    if requested == "microvm" and not direct_kernel:
-        raise NeedsDirectKernel("microvm has no firmware to boot a disk: it needs an image with a kernel and initrd")
-    return requested
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -197,22 +192,6 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     argv += ["-pidfile", str(spec.pid_file)]
     return argv
-
-
-def cpu_model(arch: str, accel: str) -> str:
-    """The host's CPU where hardware runs the guest; else QEMU's `max`, every feature it emulates.
-
-    For aarch64 under TCG, `max` signs pointers with the architected QARMA5
-    cipher, which QEMU 7.2 emulates in software at every signed call and
-    return; pauth-impdef keeps pointer authentication for the guest, with an
-    IMPLEMENTATION DEFINED algorithm QEMU computes cheaply (QEMU's own advice
-    for emulation speed). Measured on an x86_64 host (debian-12 arm64, a
-    provisioned instance, two alternating starts each): `devenv start` 108.6
-    and 106.5 s with plain `max` (84 s to sshd), 42.2 and 46.5 s with it.
-    """
-    if accel != "tcg":
-        return "host"
-    return "max,pauth-impdef=on" if arch == "aarch64" else "max"
 
 
 def _drive(node: str, options: str, bus: str) -> list[str]:

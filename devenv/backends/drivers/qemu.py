@@ -1,0 +1,520 @@
+"""The QEMU driver: one detached QEMU process per instance, watched through its pid file and QMP.
+
+It boots the instance's overlay disk with its cloud-init seed under the
+accelerator qemuaccel picks (falling back to tcg when auto's pick fails),
+forwards the guest's sshd to a 127.0.0.1 port through QEMU's user-mode net,
+writes the console to serial.log, and stops the VM with ACPI, then QMP quit,
+then a kill. Everything after the launch (readiness, the host agent, exec)
+is the VM backend's (devenv/backends/vm), the same for every hypervisor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from devenv import paths
+from devenv.backends.base import InstanceRef, StepReporter
+from devenv.backends.drivers import qemuaccel
+from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
+from devenv.backends.drivers.qemuargs import AARCH64_FIRMWARE, VmSpec, build_argv, find_firmware, kernel_cmdline
+from devenv.backends.drivers.qemuargs import qemu_binary_name as binary_name
+from devenv.backends.drivers.qemuproc import (
+    RESUMABLE,
+    STOPPED_RUN_STATES,
+    resume_vm,
+    running_pid,
+    ssh_port,
+    ssh_port_for,
+    ssh_port_was_taken,
+    vm_run_state,
+)
+from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
+from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, StateError, Timeout
+from devenv.progress import DownloadProgress
+
+HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
+IMAGE_RECORD = "image.json"  # which base image (kernel, initrd, cmdline) this instance boots
+QEMU_LOG = "qemu.log"  # QEMU's own stdout/stderr
+QEMU_ARGV = "qemu.argv"  # the command line of the last launch: a later start reads its accelerator
+POWER_BUTTON_EVERY = 5.0  # s between presses while stop waits: one made during early boot is lost
+
+# How to install what a guest of another arch needs, by host system ("linux": Debian's names, then Fedora's).
+_INSTALL_HINTS = {
+    "qemu-system-aarch64": {
+        "macos": "brew install qemu",
+        "windows": "winget install SoftwareFreedomConservancy.QEMU",
+        "linux": "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)",
+    },
+    "qemu-system-x86_64": {
+        "macos": "brew install qemu",
+        "windows": "winget install SoftwareFreedomConservancy.QEMU",
+        "linux": "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)",
+    },
+    "aarch64 firmware": {
+        "macos": "brew install qemu (it ships edk2-aarch64-code.fd)",
+        "windows": "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)",
+        "linux": "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)",
+    },
+}
+
+
+def _install_hint(what: str, system: str) -> str:
+    hints = _INSTALL_HINTS[what]
+    return hints.get(system, hints["linux"])
+
+
+@dataclass(frozen=True)
+class _Boot:
+    """What every QEMU launch of one start shares, the first one and a fallback's."""
+
+    inst: InstanceRef
+    binary: str
+    image: dict[str, str]
+    arch: str
+
+
+class QemuDriver:
+    name = "qemu"
+    features = DriverFeatures(
+        mounts=("9p", "sshfs"),
+        fast_ports="devenv.backends.drivers.qemuports:for_instance",
+        accelerators=("kvm", "hvf", "whpx", "tcg"),
+    )
+    host_address = HOST_ADDRESS
+
+    # -- what the VM backend asks ---------------------------------------------
+
+    def check(self, inst: InstanceRef) -> None:
+        boot = self._boot_of(inst)
+        accel, _ = accel_choice(inst, boot.arch)
+        machine(inst, boot.arch, bool(boot.image.get("kernel")), accel, creating=False)
+
+    def create(self, inst: InstanceRef, step: StepReporter) -> None:
+        from devenv.images import catalog, overlay
+
+        arch = self._arch(inst)
+        self._check_qemu(arch)
+        step(f"find image {inst.config.image}")
+        record = catalog.resolve(inst.config.image, arch, progress=DownloadProgress(f"pulling {inst.config.image}"))
+        accel, _ = accel_choice(inst, record.arch)
+        machine(inst, record.arch, record.kernel is not None, accel, creating=True)  # before any disk
+        step(f"create a {inst.config.disk // 1024**3} GiB overlay disk on {record.name}")
+        overlay.create_overlay(record.disk, inst.dir / paths.DISK, inst.config.disk)
+        image = {
+            "name": record.name,
+            "arch": record.arch,
+            "base": str(record.disk),
+            "kernel": str(record.kernel) if record.kernel else None,
+            "initrd": str(record.initrd) if record.initrd else None,
+            "cmdline": record.cmdline,
+        }
+        (inst.dir / IMAGE_RECORD).write_text(json.dumps(image, indent=2) + "\n")
+
+    def delete(self, inst: InstanceRef) -> None:
+        """QEMU keeps nothing outside the instance directory."""
+
+    def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
+        boot = self._boot_of(inst)
+        accel, source = accel_choice(inst, boot.arch)
+        chosen, extra_cmdline = machine(inst, boot.arch, bool(boot.image.get("kernel")), accel, creating=False)
+        accel = self._launch_or_fall_back(boot, step, (accel, source), chosen, extra_cmdline)
+        return self._watch(boot, accel, source)
+
+    def attach(self, inst: InstanceRef, step: StepReporter) -> Boot:
+        boot = self._boot_of(inst)
+        accel, source = accel_choice(inst, boot.arch)
+        step(f"QEMU is already running (pid {running_pid(inst.dir)})")
+        self._resume_if_stopped(inst, step)
+        return self._watch(boot, self._running_accel(inst) or accel, source)
+
+    def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
+        """Press the power button every POWER_BUTTON_EVERY s until QEMU exits; False after `timeout`.
+
+        A guest hears the button only once something listens for it (systemd-logind):
+        a press during early boot is lost, and a single press then waited out the
+        whole timeout (seen: `devenv stop` just after a Ctrl-C'd start, 90 s).
+        Pressing again while the guest shuts down does nothing more. A paused VM
+        is let run first, so it can shut down cleanly; a halted one cannot hear it.
+        """
+        from devenv.backends.drivers.qmp import Qmp
+
+        pid = running_pid(inst.dir)
+        if pid is None:
+            return True
+        qmp = inst.dir / paths.QMP_SOCK
+        run_state = vm_run_state(qmp)
+        if run_state in ("paused", "suspended"):
+            step(f"resume the VM ({run_state}) to shut it down")
+            with contextlib.suppress(DevenvError, OSError):
+                resume_vm(qmp, run_state)
+        elif run_state in STOPPED_RUN_STATES:
+            return False  # io-error, a panic: the guest cannot act on the power button
+        step(f"ACPI power-down; up to {timeout:.0f} s for the guest to shut down")
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(DevenvError, OSError), Qmp(qmp) as q:
+                q.command("system_powerdown")
+            left = deadline - time.monotonic()
+            if self._wait_exit(inst, pid, min(POWER_BUTTON_EVERY, max(left, 0.0))):
+                return True
+            if time.monotonic() >= deadline:
+                step.fail()
+                return False
+
+    def force_off(self, inst: InstanceRef, step: StepReporter) -> None:
+        """QMP quit, then a kill."""
+        from devenv.backends.drivers.qmp import Qmp
+
+        pid = running_pid(inst.dir)
+        if pid is None:
+            return
+        step("QEMU quit (QMP)")
+        with contextlib.suppress(DevenvError, OSError), Qmp(inst.dir / paths.QMP_SOCK, timeout=3) as q:
+            q.command("quit")
+        if self._wait_exit(inst, pid, 10):
+            return
+        step.fail()
+        step(f"kill QEMU (pid {pid})")
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # gone, or not ours to kill: said below
+            os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))  # Windows: SIGTERM is TerminateProcess
+        if not self._wait_exit(inst, pid, 10):
+            raise StateError(
+                f"QEMU (pid {pid}) of `{inst.name}` did not stop, even when killed",
+                f"see `ps -p {pid}`; it may be stuck in the kernel (a hung disk or device)",
+            )
+
+    def state(self, inst: InstanceRef) -> VmState:
+        """From the pid file and QMP: QEMU can run while its guest does not (paused on a full disk, a panic)."""
+        pid = running_pid(inst.dir)
+        if pid is None:
+            return VmState("off")
+        details: dict[str, object] = {"pid": pid}
+        run_state = vm_run_state(inst.dir / paths.QMP_SOCK)
+        if run_state in STOPPED_RUN_STATES:
+            details["qemu_status"] = run_state
+            kind = "paused" if run_state in RESUMABLE else "halted"
+            return VmState(kind, STOPPED_RUN_STATES[run_state], run_state, details)
+        return VmState("running", details=details)
+
+    def endpoint(self, inst: InstanceRef) -> Endpoint | None:
+        port = ssh_port(inst.dir)
+        return None if port is None else Endpoint("127.0.0.1", port)
+
+    def console_log(self, inst: InstanceRef) -> Path:
+        return inst.dir / paths.SERIAL_LOG
+
+    def agent_plan(self, inst: InstanceRef) -> AgentPlan:
+        return AgentPlan(vm_pid_file=inst.dir / paths.QEMU_PID)
+
+    def log_files(self, inst: InstanceRef) -> list[Path]:
+        return [inst.dir / QEMU_LOG]
+
+    def failure(
+        self, inst: InstanceRef, message: str, hint: str, cls: type[DevenvError] = Timeout, *, exited: bool = False
+    ) -> DevenvError:
+        """The error with QEMU's own log and the console's last lines.
+
+        `exited`: QEMU is gone. It reports its own errors in qemu.log before it
+        exits, so an empty log means a signal: a crash or the OOM killer (seen
+        once here: QEMU 7.2 segfaulted under TCG right after launch).
+        """
+        qemu_log = tail(inst.dir / QEMU_LOG, 8)
+        parts = [message]
+        if qemu_log:
+            parts.append(f"QEMU said:\n{qemu_log}")
+        elif exited:
+            parts[0] += (
+                f", and {inst.dir / QEMU_LOG} is empty: it was killed or crashed"
+                " (the host's kernel log, `dmesg`, names a segfault or the OOM killer)"
+            )
+        return cls(with_console(parts, self.console_log(inst)), hint)
+
+    # -- this instance's QEMU -------------------------------------------------
+
+    def _arch(self, inst: InstanceRef) -> str:
+        """The guest's architecture: devenv.toml's `arch`, by default the host's."""
+        from devenv.hostos import current
+
+        return current().arch if inst.config.arch == "auto" else inst.config.arch
+
+    def _image(self, inst: InstanceRef) -> dict[str, str]:
+        try:
+            data = json.loads((inst.dir / IMAGE_RECORD).read_text())
+        except (OSError, ValueError):
+            raise StateError(
+                f"instance `{inst.name}` has no image record ({IMAGE_RECORD})",
+                f"it was not created completely; `devenv delete -n {inst.name}` and start it again",
+            ) from None
+        assert isinstance(data, dict)
+        return {k: str(v) for k, v in data.items() if v is not None}
+
+    def _boot_of(self, inst: InstanceRef) -> _Boot:
+        image = self._image(inst)
+        arch = image.get("arch") or self._arch(inst)
+        return _Boot(inst, self._check_qemu(arch), image, arch)
+
+    def _check_qemu(self, arch: str) -> str:
+        from devenv.hostos import current
+
+        binary = shutil.which(binary_name(arch))
+        has_img = shutil.which("qemu-img") is not None
+        if binary is None or not has_img:
+            from devenv.backends.availability import qemu
+
+            host = current()
+            if arch != host.arch and has_img:
+                raise BackendUnavailable(
+                    f"{binary_name(arch)} was not found on PATH: it runs {arch} guests",
+                    _install_hint(binary_name(arch), host.system),
+                )
+            probe = qemu(host)
+            raise BackendUnavailable(probe.detail or "QEMU is not installed", probe.fix)
+        return binary
+
+    def _watch(self, boot: _Boot, accel: str, source: str) -> Boot:
+        """The readiness wait's watch: QEMU still runs and, under a hardware accelerator, its guest too."""
+        alive = self._alive_check(boot.inst)
+        if accel == "tcg":
+            return Boot(emulated=True, watch=alive)
+
+        def to_tcg(step: StepReporter) -> Boot:
+            return self._silent_to_tcg(boot, step, accel)
+
+        retry = to_tcg if source == "auto" else None  # named in devenv.toml or the environment: the error stands
+        return Boot(emulated=False, watch=qemuaccel.silence_check(boot.inst, alive, accel, self.failure, retry))
+
+    def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
+        def check() -> None:
+            if running_pid(inst.dir) is None:
+                raise self.failure(
+                    inst,
+                    "the QEMU process exited while the guest was booting",
+                    f"`devenv start -n {inst.name}` boots it again; the console above may say why it stopped",
+                    StateError,
+                    exited=True,
+                )
+
+        return check
+
+    def _wait_exit(self, inst: InstanceRef, pid: int, timeout: float) -> bool:
+        from devenv.backends.drivers.qemuproc import pid_is_ours
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not pid_is_ours(pid, inst.dir):
+                return True
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)  # reap it if the CLI itself started it
+            time.sleep(0.2)
+        return not pid_is_ours(pid, inst.dir)
+
+    def _resume_if_stopped(self, inst: InstanceRef, step: StepReporter) -> None:
+        """A VM QEMU paused (a full disk, `stop`, a suspend) runs on from where it was: nothing is lost."""
+        qmp = inst.dir / paths.QMP_SOCK
+        state = vm_run_state(qmp)
+        if state in STOPPED_RUN_STATES and state not in RESUMABLE:  # waiting for a boot would never end
+            raise StateError(
+                f"{STOPPED_RUN_STATES[state]}: QEMU says `{state}`",
+                f"`devenv stop -n {inst.name} && devenv start -n {inst.name}` boots it again",
+            )
+        if state not in RESUMABLE:
+            return
+        step(f"resume the VM ({state})")
+        resume_vm(qmp, state)
+        deadline = time.monotonic() + 10
+        while (now := vm_run_state(qmp)) in RESUMABLE and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if now != "running":
+            raise StateError(
+                f"the VM of `{inst.name}` does not run on: QEMU says `{now}`",
+                "io-error: free space on the host disk and run `devenv start` again"
+                if now == "io-error"
+                else f"see `devenv logs -n {inst.name}`",
+            )
+
+    # -- launching ------------------------------------------------------------
+
+    def _launch_or_fall_back(
+        self, boot: _Boot, step: StepReporter, choice: tuple[str, str], chosen: str, extra_cmdline: str
+    ) -> str:
+        """Launch QEMU under the chosen accelerator, or under TCG when one auto picked crashes it; which ran."""
+        accel, source = choice
+        step(f"start QEMU ({accel})")
+        try:
+            self._launch(boot, accel, chosen, extra_cmdline)
+        except AcceleratorFailed as e:
+            if source != "auto":
+                raise
+            step.fail()
+            kept = boot.inst.dir / (QEMU_LOG + ".accel")
+            self._relaunch_under_tcg(boot, step, qemuaccel.crashed_warning(accel, e.reason, kept))
+            return "tcg"
+        return accel
+
+    def _silent_to_tcg(self, boot: _Boot, step: StepReporter, accel: str) -> Boot:
+        """The guest never printed a line under the accelerator auto picked: QEMU runs, the guest does not.
+
+        Seen on cloud VMs whose KVM opens and runs QEMU but never its guest. The
+        guest never reached userspace, so stopping it loses nothing. This start
+        and every later one of the instance boot under tcg (ACCEL_HUNG remembers:
+        a minute of silence per start would be a tax); removing that file, or
+        naming the accelerator, tries it again.
+        """
+        inst = boot.inst
+        (inst.dir / qemuaccel.ACCEL_HUNG).write_text(f"{accel}\n")
+        self.force_off(inst, step)  # its steps show: the silent QEMU is quit (or killed) before the relaunch
+        self._relaunch_under_tcg(boot, step, qemuaccel.silent_warning(accel, inst))
+        return self._watch(boot, "tcg", "auto")
+
+    def _relaunch_under_tcg(self, boot: _Boot, step: StepReporter, why: str) -> None:
+        """What both fallbacks share: the failed run's logs kept as *.accel, one warning, QEMU again under tcg."""
+        for log in (paths.SERIAL_LOG, QEMU_LOG):
+            with contextlib.suppress(OSError):
+                os.replace(boot.inst.dir / log, boot.inst.dir / (log + ".accel"))
+        sys.stderr.write(f"devenv: warning: {why}\n")
+        step("start QEMU (tcg)")
+        chosen, extra = machine(boot.inst, boot.arch, bool(boot.image.get("kernel")), "tcg", creating=False)
+        self._launch(boot, "tcg", chosen, extra)
+
+    def _launch(self, boot: _Boot, accel: str, chosen: str, extra_cmdline: str) -> None:
+        inst, image, arch = boot.inst, boot.image, boot.arch
+        serial = inst.dir / paths.SERIAL_LOG
+        if serial.exists():
+            os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
+        qmp = inst.dir / paths.QMP_SOCK
+        if not paths.socket_path_fits(qmp):
+            raise StateError(
+                f"the instance path is too long for a unix socket: {qmp}",
+                "set DEVENV_HOME to a shorter directory, such as ~/.devenv",
+            )
+        console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
+        cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr, accel=accel)
+        cmdline = f"{cmdline} {extra_cmdline}".strip()
+        if not inst.config.aslr and not image.get("kernel"):
+            sys.stderr.write(
+                "devenv: warning: aslr = false needs an image whose kernel QEMU boots directly;"
+                " this one boots through its firmware, so the guest keeps address-space randomisation\n"
+            )
+        # The SSH port is found free, released, and only then bound by QEMU: another program (a second
+        # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
+        for attempt in range(3):
+            port = ssh_port_for(inst.dir)
+            (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
+            spec = VmSpec(
+                name=inst.name,
+                arch=arch,
+                accel=accel,
+                cpus=inst.config.cpus,
+                memory=inst.config.memory,
+                disk=inst.dir / paths.DISK,
+                cidata=inst.dir / paths.CIDATA,
+                ssh_port=port,
+                serial_log=serial,
+                qmp_socket=qmp,
+                pid_file=inst.dir / paths.QEMU_PID,
+                kernel=Path(image["kernel"]) if image.get("kernel") else None,
+                initrd=Path(image["initrd"]) if image.get("initrd") else None,
+                cmdline=cmdline,
+                firmware=self._firmware(arch, direct_kernel=bool(image.get("kernel"))),
+                shares=self._shares(inst, boot.binary),
+                machine=chosen,
+            )
+            try:
+                self._run_qemu(inst, build_argv(spec, boot.binary), accel)
+                return
+            except AcceleratorFailed:
+                raise
+            except CommandFailed:
+                if attempt == 2 or not ssh_port_was_taken(inst.dir / QEMU_LOG, port):
+                    raise
+                (inst.dir / paths.SSH_PORT).unlink()  # ssh_port_for then picks a new one
+
+    def _run_qemu(self, inst: InstanceRef, argv: list[str], accel: str) -> None:
+        """QEMU detached from the CLI, until its pid file and QMP socket are there (or it exited)."""
+        for stale in (paths.QMP_SOCK, paths.QEMU_PID):
+            (inst.dir / stale).unlink(missing_ok=True)
+        (inst.dir / QEMU_ARGV).write_text(json.dumps(argv) + "\n")
+        with open(inst.dir / QEMU_LOG, "wb") as log:
+            kwargs: dict[str, object] = {}
+            if sys.platform == "win32":
+                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
+            else:
+                kwargs["start_new_session"] = True  # survives the CLI and its Ctrl-C
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, **kwargs)  # type: ignore[call-overload]
+        qmp = inst.dir / paths.QMP_SOCK
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            code = proc.poll()
+            if code is not None:
+                failed = self.failure(
+                    inst,
+                    f"QEMU exited with code {code} right after it started",
+                    "check the accelerator (DEVENV_QEMU_ACCEL=tcg forces software emulation) and the log above",
+                    CommandFailed,
+                    exited=True,
+                )
+                reason = qemuaccel.accelerator_error(inst.dir / QEMU_LOG, accel) if accel != "tcg" else None
+                raise AcceleratorFailed(failed.message, failed.hint, reason) if reason else failed
+            if (inst.dir / paths.QEMU_PID).exists() and qmp.exists():
+                return
+            time.sleep(0.05)
+        raise self.failure(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
+
+    @staticmethod
+    def _running_accel(inst: InstanceRef) -> str | None:
+        """The accelerator the running QEMU was launched with (qemu.argv), which may be a fallback's tcg."""
+        try:
+            argv = json.loads((inst.dir / QEMU_ARGV).read_text())
+            value = argv[argv.index("-accel") + 1]
+        except (OSError, ValueError, IndexError, TypeError, AttributeError):
+            return None
+        return str(value).partition(",")[0] or None
+
+    @staticmethod
+    def _firmware(arch: str, *, direct_kernel: bool) -> Path | None:
+        """UEFI for an aarch64 guest that boots from its disk (a pulled cloud image).
+
+        A kernel QEMU starts itself needs none: QEMU's own boot code and device
+        tree start it, seconds sooner under TCG than EDK2 would.
+        """
+        if arch != "aarch64" or direct_kernel:
+            return None
+        firmware = find_firmware(arch)
+        if firmware is None:
+            from devenv.hostos import current
+
+            raise BackendUnavailable(
+                "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(AARCH64_FIRMWARE) + ")",
+                _install_hint("aarch64 firmware", current().system),
+            )
+        return firmware
+
+    def _shares(self, inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
+        """virtio-9p shares for the configured mounts, when 9p can serve them (else the agent uses sshfs).
+
+        9p shows the guest the host's owners and modes as they are, so it is only
+        used when the guest user has the host user's uid (see userdata.guest_uid):
+        not for root on the host, whose files the guest user could not read.
+        DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs, DEVENV_MOUNT_TYPE=9p forces 9p.
+        """
+        forced = os.environ.get("DEVENV_MOUNT_TYPE", "").lower()
+        if not inst.config.mounts or forced == "sshfs":
+            return ()
+        from devenv.backends.drivers.qemuproc import has_9p
+        from devenv.hostagent.mounts import qemu_shares
+        from devenv.provision.userdata import guest_uid
+
+        getuid = getattr(os, "getuid", None)
+        if forced != "9p" and (getuid is None or getuid() != guest_uid()):
+            return ()
+        return qemu_shares(inst.config.mounts) if has_9p(binary) else ()

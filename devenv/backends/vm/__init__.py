@@ -1,0 +1,286 @@
+"""The one VM backend: what every Linux guest reached over SSH needs, whichever hypervisor runs it.
+
+It holds a driver (driver.py) and asks it only what differs per hypervisor.
+Start: the driver's check, then the cloud-init seed and its launch (or attach
+to a VM already running), the readiness wait (boot.py), the host agent
+through to the engine and the mounts (agent.py). Status is derived each time
+from the driver's view of its VM, the console and the host agent; nothing
+about a running VM is cached on disk. exec, shell, cp, ssh-config and
+docker-env go through the host agent or SSH to the driver's endpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from devenv import paths
+from devenv.atomicfile import write_atomic
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
+from devenv.backends.vm import agent, boot
+from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, tail
+from devenv.errors import NotSupported, StateError
+from devenv.progress import CopyProgress
+from devenv.provision.readiness import console_readiness, ssh_banner
+
+if TYPE_CHECKING:
+    from devenv.transport.ssh import SSHConnection
+
+PROVISIONED = "provisioned"  # the guest reported ready once: its user, groups and agent unit exist
+STOP_TIMEOUT = 90.0  # s a clean power-down may take, whatever the hypervisor, before the VM is forced off
+
+
+def powered_off_by_guest(console: Path) -> bool:
+    """The console's last kernel line says the guest powered itself off (`poweroff` inside), not a crash."""
+    return tail(console, 3).rstrip().endswith(("reboot: Power down", "reboot: System halted"))
+
+
+def _cwd_or_none() -> str | None:
+    """The host's working directory; None when it was deleted under us (the command runs in the guest home)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
+class VmBackend:
+    """A Backend (base.py) for a VM of any hypervisor; `driver` is the only part that knows which."""
+
+    def __init__(self, driver: Driver) -> None:
+        self.driver = driver
+        self.name = driver.name
+        self.features = Features(
+            vm=True,
+            ssh=True,
+            port_forwarding=True,
+            mounts=driver.features.mounts,
+            snapshots=driver.features.snapshots,
+            accelerators=driver.features.accelerators,
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def create(self, inst: InstanceRef, step: StepReporter) -> None:
+        from devenv.provision import prepare_seed
+
+        self.driver.create(inst, step)
+        step("generate SSH keys and the cloud-init seed")
+        prepare_seed(inst.dir, inst.config, host_address=self.driver.host_address)
+
+    def start(self, inst: InstanceRef, step: StepReporter) -> None:
+        from devenv.provision import prepare_seed
+
+        d = self.driver
+        d.check(inst)  # a VM this host or image cannot boot is refused before anything changes
+        if d.state(inst).up:
+            booting = d.attach(inst, step)
+        else:
+            step("prepare the cloud-init seed")
+            prepare_seed(inst.dir, inst.config, host_address=d.host_address)
+            booting = d.launch(inst, step)
+        self._write_ssh_config(inst)
+        provisioned = inst.dir / PROVISIONED
+        announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
+        if announces:
+            agent.launch_early(d, inst)
+        try:
+            boot.wait_ready(d, inst, step, booting, announces=announces)
+        except BootStalled as e:
+            if e.retry is None:
+                raise
+            from devenv import hostagent
+
+            step.fail()
+            step("stop the host agent")
+            hostagent.shutdown(inst.dir)
+            booting = e.retry(step)
+            self._write_ssh_config(inst)
+            boot.wait_ready(d, inst, step, booting, announces=announces)
+        provisioned.touch()
+        agent.start(d, inst, step)
+
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+        """A clean power-down first, so the guest's disk is clean; then the driver forces the VM off.
+
+        `force` skips the power-down. Each stage is a step, so a 90 s wait for
+        a guest that ignores the power button is never a silent one.
+        """
+        from devenv import hostagent
+
+        step("stop the host agent")
+        hostagent.shutdown(inst.dir)
+        if not self.driver.state(inst).up:
+            return
+        if not force and self.driver.power_down(inst, step, STOP_TIMEOUT):
+            return
+        self.driver.force_off(inst, step)
+
+    def delete(self, inst: InstanceRef) -> None:
+        """The disk, seed and keys live in the instance directory, which the caller removes.
+
+        Outside it devenv made the docker context `devenv-NAME`, and the driver what it says.
+        """
+        from devenv import hostagent
+
+        hostagent.shutdown(inst.dir)
+        hostagent.remove_docker_context(inst.name)
+        self.driver.delete(inst)
+
+    def status(self, inst: InstanceRef) -> Status:
+        vm = self.driver.state(inst)
+        wanted = (inst.dir / paths.STARTED_MARKER).exists()
+        console = self.driver.console_log(inst)
+        if not vm.up:
+            if vm.state == "crashed" and wanted:
+                return Status("broken", f"{vm.reason}; `devenv start` boots it again", dict(vm.details))
+            if wanted and console is not None and powered_off_by_guest(console):
+                return Status("stopped", "the guest powered itself off; `devenv start` boots it again")
+            if wanted:
+                return Status(
+                    "broken",
+                    "the VM process is gone (killed or crashed); `devenv start` boots it again",
+                    {"serial_log": str(console)} if console is not None else {},
+                )
+            return Status("stopped")
+        endpoint = self.driver.endpoint(inst)
+        details: dict[str, object] = dict(vm.details)
+        if endpoint is not None:
+            details["ssh"] = f"{endpoint.host}:{endpoint.port}"
+        details["ssh_config"] = str(inst.dir / paths.SSH_CONFIG)
+        if vm.state == "paused":  # nothing lost yet: degraded, so delete still asks for --force
+            return Status("degraded", f"{vm.reason}; `devenv start` resumes it", details)
+        if vm.state == "halted":
+            return Status("broken", f"{vm.reason}; `devenv stop && devenv start` boots it", details)
+        if console is not None:
+            readiness = console_readiness(console)
+            if readiness.failed:
+                return Status("broken", readiness.describe(), details)
+            if not readiness.ready:
+                return Status("starting", "the guest is booting; `devenv start` waits for it", details)
+        if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host):
+            return Status("degraded", "the guest's sshd does not answer", details)
+        if not wanted:
+            return Status("starting", "booted, but `devenv start` did not finish; run it again", details)
+        return self._agent_status(inst, details)
+
+    @staticmethod
+    def _agent_status(inst: InstanceRef, details: dict[str, object]) -> Status:
+        """A booted guest is as well as its host agent: connected, its forwards and mounts."""
+        from devenv import hostagent
+
+        ha = hostagent.state(inst.dir)
+        if not ha.get("alive"):
+            return Status("degraded", "the host agent is not running; `devenv start` restarts it", details)
+        details["agent"] = ha.get("state")
+        details["docker_host"] = hostagent.docker_env(inst.dir)["DOCKER_HOST"]
+        details["forwards"] = [
+            f"{f.get('host')} -> {f.get('guest_port')} ({f.get('status')}"
+            + (f" via {f.get('via')}" if f.get("via") else "")
+            + (f": {f.get('reason')}" if f.get("reason") else "")
+            + ")"
+            for f in ha.get("forwards", [])
+        ]
+        details["mounts"] = [f"{m.get('guest')} ({m.get('type')}, {m.get('state')})" for m in ha.get("mounts", [])]
+        if ha.get("degraded"):
+            return Status(
+                "degraded", f"host agent {ha.get('state')} since {ha.get('since')}: {ha.get('last_error')}", details
+            )
+        return Status("running", details=details)
+
+    # -- using a running instance ---------------------------------------------
+
+    def connection(self, inst: InstanceRef, timeout: float = 60.0) -> SSHConnection:
+        from devenv.transport.ssh import SSHConnection, SSHTarget
+
+        endpoint = self.driver.endpoint(inst)
+        if endpoint is None:
+            raise StateError(f"instance `{inst.name}` has no SSH port; is it running?", f"devenv start -n {inst.name}")
+        target = SSHTarget.for_instance(inst.dir, port=endpoint.port, user=endpoint.user, host=endpoint.host)
+        conn = SSHConnection(target, boot_timeout=timeout)
+        conn.connect(timeout)
+        return conn
+
+    def _guest_cwd(self, inst: InstanceRef, cwd: str | None) -> str | None:
+        from devenv.hostagent.mounts import guest_cwd, mount_specs
+
+        return guest_cwd(mount_specs(inst.config.mounts), cwd)
+
+    def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
+        from devenv.hostagent import client
+
+        here = _cwd_or_none()
+        argv, env = list(req.argv), {**inst.config.env, **req.env}
+        if req.tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
+            with self.connection(inst) as conn:
+                return conn.shell(argv, env=env, cwd=req.cwd or self._guest_cwd(inst, here))
+        # the host agent maps the host folder itself; the mapping is made here only for plain SSH
+        code = client.exec(inst.dir, argv, req.env, here, workdir=req.cwd) if req.ask_agent else None
+        if code is not None:
+            return code
+        cwd = req.cwd or self._guest_cwd(inst, here)
+        with self.connection(inst) as conn:
+            stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer
+            return conn.exec(argv, env=env, cwd=cwd, stdin=stdin, stdout=sys.stdout.buffer, stderr=sys.stderr.buffer)
+
+    def shell(self, inst: InstanceRef) -> int:
+        """The guest's login shell, in the folder you are in when a mount puts it in the guest (as Lima does)."""
+        with self.connection(inst) as conn:
+            return conn.shell(env=dict(inst.config.env), cwd=self._guest_cwd(inst, _cwd_or_none()))
+
+    def copy_in(self, inst: InstanceRef, src: Path, dst: str) -> None:
+        with self.connection(inst) as conn:
+            conn.copy_to_guest(src, dst, progress=CopyProgress())
+
+    def copy_out(self, inst: InstanceRef, src: str, dst: Path) -> None:
+        with self.connection(inst) as conn:
+            conn.copy_from_guest(src, dst, progress=CopyProgress())
+
+    def docker_env(self, inst: InstanceRef) -> dict[str, str]:
+        from devenv import hostagent
+        from devenv.provision.engines import engine
+
+        if not engine(inst.config.runtime).docker_api:
+            raise NotSupported(
+                self.name,
+                f"docker-env for runtime {inst.config.runtime}",
+                f"containerd speaks no Docker API; use `devenv exec -n {inst.name} -- nerdctl ...`",
+            )
+        if not hostagent.is_running(inst.dir):
+            raise StateError(f"instance `{inst.name}` has no host agent running", f"devenv start -n {inst.name}")
+        return hostagent.docker_env(inst.dir)
+
+    def ssh_config(self, inst: InstanceRef) -> str:
+        endpoint = self.driver.endpoint(inst)
+        if endpoint is None:
+            raise StateError(f"instance `{inst.name}` has not been started yet", f"devenv start -n {inst.name}")
+        return _ssh_config_text(inst, endpoint)
+
+    def _write_ssh_config(self, inst: InstanceRef) -> None:
+        """ssh.config for an `Include` in ~/.ssh/config, kept current at every start."""
+        endpoint = self.driver.endpoint(inst)
+        if endpoint is not None:
+            write_atomic(inst.dir / paths.SSH_CONFIG, _ssh_config_text(inst, endpoint).encode())
+
+    def log_files(self, inst: InstanceRef) -> list[Path]:
+        console = self.driver.console_log(inst)
+        return [
+            *self.driver.log_files(inst),
+            inst.dir / paths.HOSTAGENT_LOG,
+            *([console] if console is not None else []),
+        ]
+
+
+def _ssh_config_text(inst: InstanceRef, endpoint: Endpoint) -> str:
+    from devenv.transport.sshconfig import SSHConfigEntry
+
+    entry = SSHConfigEntry(
+        name=inst.name,
+        hostname=endpoint.host,
+        port=endpoint.port,
+        user=endpoint.user,
+        identity_file=inst.dir / paths.SSH_KEY,
+        known_hosts_file=inst.dir / paths.SSH_KNOWN_HOSTS,
+    )
+    return entry.render()

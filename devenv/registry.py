@@ -1,0 +1,58 @@
+"""Which backends exist: a name maps to "module:Class", imported only when used (devenv.backends.load).
+
+A leaf module, so that config validation can name the backends without
+importing devenv.backends (which imports config in turn). A VM backend is
+named by its driver: `load` wraps the driver in the one VM backend
+(devenv/backends/vm) that every hypervisor shares.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from devenv.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:Class": a Backend, or a vm Driver when `driver` is true
+    summary: str
+    extra: str = ""  # the pip extra that brings its optional dependency
+    driver: bool = False  # target is a VM driver, run by devenv.backends.vm.VmBackend
+
+
+REGISTRY: dict[str, Entry] = {
+    e.name: e
+    for e in (
+        Entry("native", "devenv.backends.native:NativeBackend", "the host's own engine (Linux)"),
+        Entry("qemu", "devenv.backends.drivers.qemu:QemuDriver", "a QEMU VM (kvm, hvf, whpx or tcg)", driver=True),
+        Entry("libvirt", "devenv.backends.libvirt:LibvirtBackend", "a libvirt domain (qemu:///system)", "libvirt"),
+        Entry("wsl2", "devenv.backends.wsl2:Wsl2Backend", "a WSL2 distro (Windows)"),
+        Entry("hyperv", "devenv.backends.hyperv:HypervBackend", "a Hyper-V VM, local or over WinRM", "winrm"),
+    )
+}
+
+
+def register(e: Entry) -> None:
+    """Add a backend (the test suite registers devenv.testing's FakeBackend and its sshd driver)."""
+    REGISTRY[e.name] = e
+
+
+def unregister(name: str) -> None:
+    REGISTRY.pop(name, None)
+
+
+def names() -> list[str]:
+    return list(REGISTRY)
+
+
+def entry(name: str) -> Entry:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, REGISTRY, n=1)
+        hint = f"did you mean `{close[0]}`?" if close else f"choose one of: {', '.join(REGISTRY)}"
+        raise UsageError(f"unknown backend `{name}`", hint) from None
