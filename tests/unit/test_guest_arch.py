@@ -8,7 +8,7 @@ import pytest
 
 from devenv import hostos, paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.drivers import qemu as qemu_backend
+from devenv.backends.drivers import qemuhost as qemu_backend
 from devenv.backends.drivers.qemu import QemuDriver
 from devenv.backends.drivers.qemuaccel import accel_choice
 from devenv.config import Config
@@ -84,13 +84,13 @@ def test_firmware_only_for_an_aarch64_guest_booted_from_its_disk(
 ) -> None:
     code = tmp_path / "QEMU_EFI.fd"
     monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: code)
-    assert QemuDriver._firmware("aarch64", direct_kernel=False) == code
-    assert QemuDriver._firmware("aarch64", direct_kernel=True) is None  # QEMU starts the kernel itself
-    assert QemuDriver._firmware("x86_64", direct_kernel=False) is None  # q35 has its BIOS built in
+    assert qemu_backend.firmware("aarch64", direct_kernel=False) == code
+    assert qemu_backend.firmware("aarch64", direct_kernel=True) is None  # QEMU starts the kernel itself
+    assert qemu_backend.firmware("x86_64", direct_kernel=False) is None  # q35 has its BIOS built in
 
     monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: None)
     with pytest.raises(BackendUnavailable) as info:
-        QemuDriver._firmware("aarch64", direct_kernel=False)
+        qemu_backend.firmware("aarch64", direct_kernel=False)
     assert info.value.message.startswith("no UEFI firmware for aarch64 guests was found (looked in ")
     assert "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd" in info.value.message
     assert info.value.hint == "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)"
@@ -100,9 +100,9 @@ def test_a_missing_emulator_for_the_guests_arch_names_its_package(
     x86_kvm_host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(qemu_backend.shutil, "which", lambda name: None if "aarch64" in name else f"/usr/bin/{name}")
-    assert QemuDriver()._check_qemu("x86_64") == "/usr/bin/qemu-system-x86_64"
+    assert qemu_backend.check_qemu("x86_64") == "/usr/bin/qemu-system-x86_64"
     with pytest.raises(BackendUnavailable) as info:
-        QemuDriver()._check_qemu("aarch64")
+        qemu_backend.check_qemu("aarch64")
     assert info.value.message == "qemu-system-aarch64 was not found on PATH: it runs aarch64 guests"
     assert info.value.hint.startswith("sudo apt-get install qemu-system-arm qemu-efi-aarch64")
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -24,10 +23,9 @@ from pathlib import Path
 
 from devenv import paths
 from devenv.backends.base import InstanceRef, StepReporter
-from devenv.backends.drivers import qemuaccel
+from devenv.backends.drivers import qemuaccel, qemuhost
 from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
-from devenv.backends.drivers.qemuargs import AARCH64_FIRMWARE, VmSpec, build_argv, find_firmware, kernel_cmdline
-from devenv.backends.drivers.qemuargs import qemu_binary_name as binary_name
+from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline
 from devenv.backends.drivers.qemuproc import (
     RESUMABLE,
     STOPPED_RUN_STATES,
@@ -39,7 +37,7 @@ from devenv.backends.drivers.qemuproc import (
     vm_run_state,
 )
 from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
-from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, StateError, Timeout
+from devenv.errors import CommandFailed, DevenvError, StateError, Timeout
 from devenv.progress import DownloadProgress
 
 HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
@@ -47,30 +45,6 @@ IMAGE_RECORD = "image.json"  # which base image (kernel, initrd, cmdline) this i
 QEMU_LOG = "qemu.log"  # QEMU's own stdout/stderr
 QEMU_ARGV = "qemu.argv"  # the command line of the last launch: a later start reads its accelerator
 POWER_BUTTON_EVERY = 5.0  # s between presses while stop waits: one made during early boot is lost
-
-# How to install what a guest of another arch needs, by host system ("linux": Debian's names, then Fedora's).
-_INSTALL_HINTS = {
-    "qemu-system-aarch64": {
-        "macos": "brew install qemu",
-        "windows": "winget install SoftwareFreedomConservancy.QEMU",
-        "linux": "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)",
-    },
-    "qemu-system-x86_64": {
-        "macos": "brew install qemu",
-        "windows": "winget install SoftwareFreedomConservancy.QEMU",
-        "linux": "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)",
-    },
-    "aarch64 firmware": {
-        "macos": "brew install qemu (it ships edk2-aarch64-code.fd)",
-        "windows": "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)",
-        "linux": "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)",
-    },
-}
-
-
-def _install_hint(what: str, system: str) -> str:
-    hints = _INSTALL_HINTS[what]
-    return hints.get(system, hints["linux"])
 
 
 @dataclass(frozen=True)
@@ -103,7 +77,7 @@ class QemuDriver:
         from devenv.images import catalog, overlay
 
         arch = self._arch(inst)
-        self._check_qemu(arch)
+        qemuhost.check_qemu(arch)
         step(f"find image {inst.config.image}")
         record = catalog.resolve(inst.config.image, arch, progress=DownloadProgress(f"pulling {inst.config.image}"))
         accel, _ = accel_choice(inst, record.arch)
@@ -261,25 +235,7 @@ class QemuDriver:
     def _boot_of(self, inst: InstanceRef) -> _Boot:
         image = self._image(inst)
         arch = image.get("arch") or self._arch(inst)
-        return _Boot(inst, self._check_qemu(arch), image, arch)
-
-    def _check_qemu(self, arch: str) -> str:
-        from devenv.hostos import current
-
-        binary = shutil.which(binary_name(arch))
-        has_img = shutil.which("qemu-img") is not None
-        if binary is None or not has_img:
-            from devenv.backends.availability import qemu
-
-            host = current()
-            if arch != host.arch and has_img:
-                raise BackendUnavailable(
-                    f"{binary_name(arch)} was not found on PATH: it runs {arch} guests",
-                    _install_hint(binary_name(arch), host.system),
-                )
-            probe = qemu(host)
-            raise BackendUnavailable(probe.detail or "QEMU is not installed", probe.fix)
-        return binary
+        return _Boot(inst, qemuhost.check_qemu(arch), image, arch)
 
     def _watch(self, boot: _Boot, accel: str, source: str) -> Boot:
         """The readiness wait's watch: QEMU still runs and, under a hardware accelerator, its guest too."""
@@ -425,8 +381,8 @@ class QemuDriver:
                 kernel=Path(image["kernel"]) if image.get("kernel") else None,
                 initrd=Path(image["initrd"]) if image.get("initrd") else None,
                 cmdline=cmdline,
-                firmware=self._firmware(arch, direct_kernel=bool(image.get("kernel"))),
-                shares=self._shares(inst, boot.binary),
+                firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
+                shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
             )
             try:
@@ -479,42 +435,3 @@ class QemuDriver:
         except (OSError, ValueError, IndexError, TypeError, AttributeError):
             return None
         return str(value).partition(",")[0] or None
-
-    @staticmethod
-    def _firmware(arch: str, *, direct_kernel: bool) -> Path | None:
-        """UEFI for an aarch64 guest that boots from its disk (a pulled cloud image).
-
-        A kernel QEMU starts itself needs none: QEMU's own boot code and device
-        tree start it, seconds sooner under TCG than EDK2 would.
-        """
-        if arch != "aarch64" or direct_kernel:
-            return None
-        firmware = find_firmware(arch)
-        if firmware is None:
-            from devenv.hostos import current
-
-            raise BackendUnavailable(
-                "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(AARCH64_FIRMWARE) + ")",
-                _install_hint("aarch64 firmware", current().system),
-            )
-        return firmware
-
-    def _shares(self, inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
-        """virtio-9p shares for the configured mounts, when 9p can serve them (else the agent uses sshfs).
-
-        9p shows the guest the host's owners and modes as they are, so it is only
-        used when the guest user has the host user's uid (see userdata.guest_uid):
-        not for root on the host, whose files the guest user could not read.
-        DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs, DEVENV_MOUNT_TYPE=9p forces 9p.
-        """
-        forced = os.environ.get("DEVENV_MOUNT_TYPE", "").lower()
-        if not inst.config.mounts or forced == "sshfs":
-            return ()
-        from devenv.backends.drivers.qemuproc import has_9p
-        from devenv.hostagent.mounts import qemu_shares
-        from devenv.provision.userdata import guest_uid
-
-        getuid = getattr(os, "getuid", None)
-        if forced != "9p" and (getuid is None or getuid() != guest_uid()):
-            return ()
-        return qemu_shares(inst.config.mounts) if has_9p(binary) else ()
