@@ -4,10 +4,16 @@ A leaf module, so that config validation can name the backends without
 importing devenv.backends (which imports config in turn). A VM backend is
 named by its driver: `load` wraps the driver in the one VM backend
 (devenv/backends/vm) that every hypervisor shares.
+
+DEVENV_EXTRA_DRIVERS adds VM drivers from outside this table, for every
+devenv process that inherits it (the CLI, the host agent): "name=module:Class"
+items separated by ";". devenv.testing's sshd driver comes in that way in
+tests, and a driver kept outside devenv's tree can too.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from devenv.errors import UsageError
@@ -32,6 +38,19 @@ REGISTRY: dict[str, Entry] = {
         Entry("hyperv", "devenv.backends.hyperv:HypervBackend", "a Hyper-V VM, local or over WinRM", "winrm"),
     )
 }
+
+
+EXTRA_ENV = "DEVENV_EXTRA_DRIVERS"
+
+
+def _add_extra_drivers(value: str) -> None:
+    for item in value.split(";"):
+        name, _, target = item.strip().partition("=")
+        if name and ":" in target and name not in REGISTRY:
+            REGISTRY[name] = Entry(name.strip(), target.strip(), f"a VM driver named in {EXTRA_ENV}", driver=True)
+
+
+_add_extra_drivers(os.environ.get(EXTRA_ENV, ""))
 
 
 def register(e: Entry) -> None:

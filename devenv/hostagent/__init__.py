@@ -148,27 +148,31 @@ def launch(
 
             EventLog(inst_dir / EVENTS_LOG).emit("host-agent-replaced", reason="started by another devenv build")
             shutdown(inst_dir)
-    if not is_running(inst_dir):
-        argv = [python or sys.executable, "-m", "devenv.hostagent", str(inst_dir), "--user", user, *extra_args]
-        with open(inst_dir / HOSTAGENT_LOG, "ab") as logf:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=logf,
-                stderr=logf,
-                close_fds=True,
-                start_new_session=True,
-                cwd=str(inst_dir),
-            )
-    else:
-        proc = None
+    argv = [python or sys.executable, "-m", "devenv.hostagent", str(inst_dir), "--user", user, *extra_args]
+    proc: subprocess.Popen[bytes] | None = None
     deadline = time.monotonic() + wait
     st: dict[str, Any] = {"alive": False}
     while True:
-        if proc is not None and proc.poll() is not None and not is_running(inst_dir):
-            raise AgentStartError(
-                f"the host agent exited with code {proc.returncode} right after it started:\n{log_tail(inst_dir)}"
-            )
+        # Spawned when none runs, and again when the one found running has exited since: an agent whose
+        # VM was just killed lives on for up to a second (its watch's tick) and a start must not wait on it.
+        if not is_running(inst_dir):
+            if proc is not None and proc.poll() == 0:
+                proc = None  # it left to another agent (its exit 0), which has exited too since: spawn again
+            if proc is not None and proc.poll() is not None:
+                raise AgentStartError(
+                    f"the host agent exited with code {proc.returncode} right after it started:\n{log_tail(inst_dir)}"
+                )
+            if proc is None:
+                with open(inst_dir / HOSTAGENT_LOG, "ab") as logf:
+                    proc = subprocess.Popen(
+                        argv,
+                        stdin=subprocess.DEVNULL,
+                        stdout=logf,
+                        stderr=logf,
+                        close_fds=True,
+                        start_new_session=True,
+                        cwd=str(inst_dir),
+                    )
         st = state(inst_dir, timeout=2.0)
         if st.get("state") == "connected" or time.monotonic() > deadline:
             return st
