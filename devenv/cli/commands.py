@@ -15,8 +15,8 @@ from typing import Any
 
 from devenv import config, instance, paths
 from devenv.cli.ui import Steps
-from devenv.config import format_size
 from devenv.errors import UsageError
+from devenv.sizes import format_size
 
 
 def _out(text: str) -> None:

@@ -17,9 +17,9 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from devenv.config import format_size
 from devenv.errors import ConfigError, ImageError, StateError
 from devenv.runner import run
+from devenv.sizes import format_size
 
 QCOW2_MAGIC = b"QFI\xfb"
 _HEADER = struct.Struct(">4sIQIIQ")  # magic, version, backing_file_offset, backing_file_size, cluster_bits, size

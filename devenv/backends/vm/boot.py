@@ -6,8 +6,8 @@ there at the end of every boot, so nothing is guessed with timeouts. A driver
 without one gets the same answer over SSH, from the guest's own record of its
 provisioning, once its sshd answers.
 
-The budget: an emulated guest (TCG) is ~10x slower than one the hardware
-runs, and a first boot also provisions (cloud-init): under TCG on a 2-core CI
+The budget: an emulated guest is ~10x slower than one the hardware runs,
+and a first boot also provisions (cloud-init): on a 2-core CI
 host an emulated aarch64 guest took 136 s to sshd and more than 284 s more to
 provision, past 420 s. Lima waits 10 minutes for a boot; the first boot here
 gets 15 under emulation.
@@ -61,7 +61,7 @@ def sshd_timeout_hint(console: Path | None, name: str) -> str:
 
     With `quiet` on the kernel command line the first console line comes from
     userspace, so a console still empty at the deadline points at the kernel
-    (seen under TCG: both vCPUs spinning in the kernel, nothing written to the disk).
+    (seen in emulated guests: both vCPUs spinning in the kernel, nothing written to the disk).
     """
     try:
         silent = console is not None and console.stat().st_size == 0

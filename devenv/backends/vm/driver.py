@@ -78,7 +78,7 @@ class VmState:
 class Boot:
     """One boot (or a VM already running) as the readiness wait sees it."""
 
-    emulated: bool  # the guest's CPU is emulated (TCG): the boot budget's longer column
+    emulated: bool  # the guest's CPU is emulated in software: the boot budget's longer column
     watch: Callable[[], None]  # called several times a second while start waits; raises when the VM cannot boot
 
 
