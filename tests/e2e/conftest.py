@@ -1,9 +1,12 @@
-"""One booted VM shared by every e2e test: booting under TCG costs a minute or more.
+"""One booted VM per driver shared by every e2e test: booting under TCG costs a minute or more.
 
+The `vm` fixture is the conformance suite's entry: it is parametrized over the
+VM drivers this host can run (tests/e2e/drivers.py; today qemu), so every test
+that takes it runs once per driver against that driver's own instance.
 The guest image comes from the image cache (DEVENV_CACHE, outside the repo);
-CI builds it once as root before the tests run as an ordinary user. The VM runs
-with DEVENV_QEMU_ACCEL=tcg unless the environment says otherwise (nested KVM
-hangs on the CI machines; on a laptop set DEVENV_QEMU_ACCEL=kvm to go faster).
+CI builds it once as root before the tests run as an ordinary user. The QEMU
+VM runs with DEVENV_QEMU_ACCEL=tcg unless the environment says otherwise
+(nested KVM hangs on the CI machines; on a laptop set DEVENV_QEMU_ACCEL=kvm).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.e2e.drivers import CASES, DriverCase
 
 
 @dataclass
@@ -58,9 +63,7 @@ def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
     _require("qemu-img")
     home = Path(os.environ.get("DEVENV_E2E_HOME") or tmp_path_factory.mktemp("e2e-home"))
     project = tmp_path_factory.mktemp("e2e-project")
-    (project / "devenv.toml").write_text('name = "e2e"\nbackend = "qemu"\n')
-    env = {**os.environ, "DEVENV_HOME": str(home)}
-    env.setdefault("DEVENV_QEMU_ACCEL", "tcg")
+    env = {**os.environ, "DEVENV_HOME": str(home), **CASES["qemu"].environment()}
     env.pop("DEVENV_INSTANCE", None)
     d = Devenv(home, env, project)
     listing = json.loads(d.ok("image", "list", "--json").stdout)
@@ -71,13 +74,30 @@ def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
         d.run("delete", "--force", "-n", inst.name, timeout=120)
 
 
+@pytest.fixture(scope="session", params=sorted(CASES))
+def driver(request: pytest.FixtureRequest) -> DriverCase:
+    """One VM driver of the conformance suite (a test id each)."""
+    case = CASES[request.param]
+    missing = case.missing()
+    if missing:
+        if os.environ.get("CI"):
+            pytest.fail(f"the {case.backend} driver cannot run here: {missing}")
+        pytest.skip(f"the {case.backend} driver cannot run here: {missing}")
+    return case
+
+
 @pytest.fixture(scope="session")
-def vm(devenv_cli: Devenv) -> Iterator[tuple[Devenv, str, subprocess.CompletedProcess[bytes]]]:
-    """The shared instance `e2e`, started once from its project folder (which it then mounts).
+def vm(
+    devenv_cli: Devenv, driver: DriverCase, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[Devenv, str, subprocess.CompletedProcess[bytes]]]:
+    """The driver's shared instance, started once from its project folder (which it then mounts).
 
     Its `devenv start` result is kept for assertions. Test modules run in file
     order: test_hostagent_e2e.py first, test_vm_lifecycle.py (which ends by
     deleting the instance) last.
     """
-    started = devenv_cli.ok("start")
-    yield devenv_cli, "e2e", started
+    project = tmp_path_factory.mktemp(f"e2e-{driver.backend}")
+    (project / "devenv.toml").write_text(f'name = "{driver.instance}"\nbackend = "{driver.backend}"\n')
+    d = Devenv(devenv_cli.home, {**devenv_cli.env, **driver.environment()}, project)
+    started = d.ok("start")
+    yield d, driver.instance, started

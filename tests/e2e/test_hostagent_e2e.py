@@ -1,6 +1,7 @@
-"""Issue 5 acceptance: a real QEMU guest, its real docker engine, the host's real docker CLI.
+"""The host agent, checked through each VM driver (the conformance suite): a real guest, its real docker engine,
+the host's real docker CLI.
 
-One VM for the whole module (booting costs ~90 s under TCG), created with the
+One VM per driver for the whole module (booting costs ~90 s under TCG), created with the
 devenv CLI in a private DEVENV_HOME from a project folder whose devenv.toml
 mounts the project itself. `devenv start` launches the host agent; the fixture
 starts again after it replaced the agent, which launches it as start does.
@@ -35,6 +36,7 @@ from devenv.provision import userdata
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
+from tests.e2e.drivers import DriverCase
 
 pytestmark = [
     pytest.mark.e2e,
@@ -43,7 +45,6 @@ pytestmark = [
 
 DEVENV = [sys.executable, "-m", "devenv"]
 IMAGE = LOCAL_IMAGE  # built at first boot by provisioning
-NAME = "e2e"  # the shared VM of tests/e2e/conftest.py
 
 
 @dataclass
@@ -52,6 +53,11 @@ class VM:
     project: Path
     inst: Path
     env: dict[str, str]
+    driver: DriverCase
+
+    @property
+    def name(self) -> str:
+        return self.driver.instance
 
     def cli(self, *args: str, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess[str]:
         r = subprocess.run(
@@ -98,16 +104,16 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 @pytest.fixture(scope="module")
-def vm(vm: tuple[Devenv, str, Any]) -> Iterator[VM]:
+def vm(vm: tuple[Devenv, str, Any], driver: DriverCase) -> Iterator[VM]:
     """The session's shared VM, seen through this module's helpers (overrides the conftest fixture)."""
     d, name, _ = vm
-    machine = VM(d.home, d.project, d.home / "instances" / name, d.env)
+    machine = VM(d.home, d.project, d.home / "instances" / name, d.env, driver)
     debs = os.environ.get("DEVENV_TEST_GUEST_DEBS")
     has_sshfs = machine.cli("exec", "-w", "/", "--", "sh", "-c", "command -v sshfs", check=False).returncode == 0
     if debs and not has_sshfs:
         hostagent.shutdown(machine.inst)  # mounts are set up when the agent connects
         for deb in sorted(Path(debs).glob("*.deb")):
-            machine.cli("cp", str(deb), f"{NAME}:/tmp/")
+            machine.cli("cp", str(deb), f"{machine.name}:/tmp/")
         machine.cli("exec", "-w", "/", "--", "sh", "-c", "sudo -n dpkg -i /tmp/*.deb")
         machine.cli("start")  # a new host agent, launched with the driver's options as start launches it
     st = machine.state()
@@ -125,7 +131,7 @@ def test_docker_version_shows_the_guest_server(vm: VM) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("linux/")
     info = vm.docker("info", "--format", "{{.Name}}")
-    assert info.stdout.strip() == NAME  # the guest's hostname: it is the guest's engine answering
+    assert info.stdout.strip() == vm.name  # the guest's hostname: it is the guest's engine answering
 
 
 def test_docker_run_prints_hi(vm: VM) -> None:
@@ -179,7 +185,7 @@ def test_published_port_is_forwarded_and_removed_when_the_container_stops(vm: VM
         assert (status, body.strip()) == (200, r.stdout.strip()[:12].encode())
         # docker-proxy listens on 0.0.0.0 in the guest: QEMU's user-mode net carries it, not SSH
         assert [(f["status"], f["via"]) for f in vm.state()["forwards"] if f["host_port"] == 18080] == [
-            ("active", "qemu")
+            ("active", vm.driver.fast_via)
         ]
     finally:
         stopped = vm.docker("stop", "-t", "1", "hae2e-web")
@@ -210,7 +216,7 @@ def test_guest_listener_is_reachable_without_configuration(vm: VM) -> None:
     )
     assert code == 0, err
     try:
-        for port, via in ((9123, "qemu"), (9125, "ssh")):
+        for port, via in ((9123, vm.driver.fast_via), (9125, "ssh")):
             status, body = wait_for(functools.partial(_try_get, port, "/"), 20, f"HTTP on 127.0.0.1:{port}")
             assert status == 200 and b"Directory listing" in body
             assert _via(vm, port) == via
@@ -330,7 +336,7 @@ def test_a_stale_guest_agent_is_replaced(vm: VM, change: str, said: str) -> None
 def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
     code, _, err = vm.guest("nohup python3 -m http.server 9126 >/dev/null 2>&1 & echo ok")
     assert code == 0, err
-    wait_for(lambda: _via(vm, 9126) == "qemu", 20, "a QEMU forward of 9126")
+    wait_for(lambda: _via(vm, 9126) == vm.driver.fast_via, 20, "a fast-path forward of 9126")
     pid = int((vm.inst / "hostagent.pid").read_text().split()[0])
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to be gone")
@@ -342,7 +348,7 @@ def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
     assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
     # QEMU kept the dead agent's rule; the new agent cleared it and made its own (no "port taken")
     try:
-        wait_for(lambda: _via(vm, 9126) == "qemu", 20, "9126 forwarded again")
+        wait_for(lambda: _via(vm, 9126) == vm.driver.fast_via, 20, "9126 forwarded again")
         assert _try_get(9126, "/") is not None
         failed = [e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "forward-failed"]
         assert not [e for e in failed if e["host_port"] == 9126], failed
@@ -352,7 +358,7 @@ def test_a_killed_host_agent_is_explained_and_start_recovers(vm: VM) -> None:
 
 def test_agent_exits_when_the_vm_dies_and_start_recovers(vm: VM) -> None:
     """Last in the module: kill QEMU; the agent follows by itself; `devenv start` brings both back."""
-    pid = int((vm.inst / "qemu.pid").read_text())
+    pid = int((vm.inst / vm.driver.vm_pid_file).read_text())
     os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not hostagent.is_running(vm.inst), 15, "the agent to exit")
     assert not (vm.inst / "sock" / "docker.sock").exists()
@@ -375,7 +381,7 @@ def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:
     try:
         wait_for(lambda: _via(vm, 9127), 20, "a forward of 9127")
         st = json.loads(vm.cli("status", "--json").stdout)
-        assert "127.0.0.1:9127 -> 9127 (active via qemu)" in st["details"]["forwards"], st["details"]
+        assert f"127.0.0.1:9127 -> 9127 (active via {vm.driver.fast_via})" in st["details"]["forwards"], st["details"]
     finally:
         vm.guest("pkill -f 'http.server 9127'")
     out = vm.cli("docker-env").stdout.strip()

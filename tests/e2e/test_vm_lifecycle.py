@@ -1,7 +1,8 @@
-"""Issue 4 acceptance: a real QEMU guest, real sshd, real docker in the guest.
+"""The VM lifecycle, checked through each VM driver (the conformance suite): a real guest, real sshd, real docker.
 
-Tests run in file order and share one VM; the stop/start, crash and delete
-tests come last because they change its state.
+Every test runs once per driver this host can run (tests/e2e/drivers.py; today
+qemu, under TCG here). Tests run in file order and share one VM per driver; the
+stop/start, crash and delete tests come last because they change its state.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
+from tests.e2e.drivers import DriverCase
 from tests.ptyutil import read_until, set_winsize, spawn_on_pty
 
 pytestmark = pytest.mark.e2e
@@ -33,12 +35,12 @@ pytestmark = pytest.mark.e2e
 VM = tuple[Devenv, str, subprocess.CompletedProcess[bytes]]
 
 
-def test_start_shows_each_step(vm: VM) -> None:
+def test_start_shows_each_step(vm: VM, driver: DriverCase) -> None:
     _, name, started = vm
     err = started.stderr.decode()
-    for step in ("start QEMU", "guest's sshd", "guest ready", "pinned host key", "guest agent", "engine answers"):
+    for step in (driver.boot_step, "guest's sshd", "guest ready", "pinned host key", "guest agent", "engine answers"):
         assert step in err, err
-    assert f"instance `{name}` is running (backend qemu)" in started.stdout.decode()
+    assert f"instance `{name}` is running (backend {driver.backend})" in started.stdout.decode()
 
 
 def test_exec_uname(vm: VM) -> None:
@@ -100,18 +102,19 @@ def test_docker_runs_the_local_image_in_the_guest(vm: VM) -> None:
     assert r.stdout == b"hi\n"
 
 
-def test_the_guest_boots_as_start_configured_it(vm: VM) -> None:
+def test_the_guest_boots_as_start_configured_it(vm: VM, driver: DriverCase) -> None:
     """What qemuargs, docker.sh and the agent's launch set for start's speed hold in the real guest, not only in text."""
     d, name, _ = vm
     cmdline = d.ok("exec", "-n", name, "--", "cat", "/proc/cmdline").stdout.decode()
     loaded = d.ok("exec", "-n", name, "--", "cat", "/proc/modules").stdout.decode()
     modules = {line.split()[0] for line in loaded.splitlines()}
-    if d.env["DEVENV_QEMU_ACCEL"] == "tcg":
+    qemu = driver.backend == "qemu"  # the kernel command line is QEMU's (qemuargs); other drivers boot theirs
+    if qemu and d.env["DEVENV_QEMU_ACCEL"] == "tcg":
         assert TCG_KERNEL_ARGS in cmdline, cmdline
         notests = d.ok("exec", "-n", name, "--", "cat", "/sys/module/cryptomgr/parameters/notests").stdout
         assert notests == b"Y\n"
         assert not modules & set(TCG_MODULE_BLACKLIST.split(",")), modules  # udev loaded none of them
-    else:
+    elif qemu:
         assert "cryptomgr.notests" not in cmdline, cmdline
     assert {"overlay", "bridge", "xfrm_user"} <= modules  # loaded at sysinit (and used by dockerd)
 
@@ -304,7 +307,7 @@ def test_status_and_list_report_running(vm: VM) -> None:
     assert [(r["name"], r["state"]) for r in rows if r["name"] == name] == [(name, "running")]
 
 
-def test_second_instance_runs_beside_the_first(vm: VM) -> None:
+def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> None:
     """Also the one instance on microvm (virtio-mmio, no PCI) that opts out of guest ASLR, beside the default one.
 
     Where microvm cannot boot (under TCG on a host that does not tell its TSC rate, or an image
@@ -313,12 +316,15 @@ def test_second_instance_runs_beside_the_first(vm: VM) -> None:
     d, name, _ = vm
     project = d.project / "second"
     project.mkdir()
-    tcg = d.env["DEVENV_QEMU_ACCEL"] == "tcg"
-    image = json.loads((d.home / "instances" / name / "image.json").read_text())  # the same image
+    qemu = driver.backend == "qemu"
+    tcg = qemu and d.env["DEVENV_QEMU_ACCEL"] == "tcg"
+    image = json.loads((d.home / "instances" / name / "image.json").read_text()) if qemu else {}  # the same image
     # microvm: x86_64, an image QEMU boots directly, and under TCG the host's TSC rate
-    microvm = bool(image.get("kernel")) and image["arch"] == "x86_64" and (not tcg or host_tsc_khz() is not None)
+    microvm = (
+        qemu and bool(image.get("kernel")) and image["arch"] == "x86_64" and (not tcg or host_tsc_khz() is not None)
+    )
     machine = 'machine = "microvm"\n' if microvm else ""
-    (project / "devenv.toml").write_text(f'name = "second"\nbackend = "qemu"\n{machine}aslr = false\n')
+    (project / "devenv.toml").write_text(f'name = "second"\nbackend = "{driver.backend}"\n{machine}aslr = false\n')
     (project / "for-second.txt").write_text("over 9p\n")
     # 9p, which a host user whose uid the guest user shares gets (the shared VM, as root here, has sshfs)
     ninep = Devenv(d.home, {**d.env, "DEVENV_MOUNT_TYPE": "9p"}, project)
@@ -335,11 +341,12 @@ def test_second_instance_runs_beside_the_first(vm: VM) -> None:
             clock = "/sys/devices/system/clocksource/clocksource0/current_clocksource"
             assert d.ok("exec", "-n", "second", "--", "cat", clock).stdout == b"tsc\n"  # not 4 ms jiffies
         st = json.loads(d.ok("status", "-n", "second", "--json").stdout)
-        assert f"{project} (9p, mounted)" in st["details"]["mounts"], st["details"]
         assert ninep.ok("exec", "--", "cat", "for-second.txt").stdout == b"over 9p\n"
-        sudo_log = d.ok("exec", "-n", "second", "--", "sudo", "-n", "journalctl", "-b", "_COMM=sudo", "-o", "cat")
-        ran = [c for c in sudo_log.stdout.splitlines() if b"COMMAND=" in c and b"journalctl" not in c]
-        assert len(ran) == 1 and b"mount -t 9p" in ran[0], ran  # one sudo prepared and mounted it
+        if qemu:  # the driver that offers 9p
+            assert f"{project} (9p, mounted)" in st["details"]["mounts"], st["details"]
+            sudo_log = d.ok("exec", "-n", "second", "--", "sudo", "-n", "journalctl", "-b", "_COMM=sudo", "-o", "cat")
+            ran = [c for c in sudo_log.stdout.splitlines() if b"COMMAND=" in c and b"journalctl" not in c]
+            assert len(ran) == 1 and b"mount -t 9p" in ran[0], ran  # one sudo prepared and mounted it
         assert d.ok("exec", "-n", name, "--", "hostname").stdout.strip() == name.encode()
         aslr = ["cat", "/proc/sys/kernel/randomize_va_space"]
         assert d.ok("exec", "-n", "second", "--", *aslr).stdout == b"0\n"
@@ -350,7 +357,8 @@ def test_second_instance_runs_beside_the_first(vm: VM) -> None:
         d.ok("stop", "-n", "second", timeout=300)
         # a clean ACPI power-off (microvm's GED power button), not the quit/kill fallback after the wait
         assert time.monotonic() - t0 < 60
-        assert b"Power down" in (inst / "serial.log").read_bytes()
+        if qemu:
+            assert b"Power down" in (inst / "serial.log").read_bytes()
     finally:
         d.ok("delete", "--force", "-n", "second", timeout=300)
     assert not inst.exists()
@@ -376,8 +384,8 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     assert d.ok("ssh-config", "-n", name).stdout == ssh_config
 
 
-def _start_until_qemu_runs(d: Devenv, name: str) -> subprocess.Popen[bytes]:
-    """`devenv start` of the stopped VM, once QEMU runs and the wait for the guest's sshd begins."""
+def _start_until_the_vm_runs(d: Devenv, name: str, driver: DriverCase) -> subprocess.Popen[bytes]:
+    """`devenv start` of the stopped VM, once the VM runs and the wait for the guest's sshd begins."""
     d.ok("stop", "-n", name, timeout=300)
     proc = subprocess.Popen(
         [sys.executable, "-m", "devenv", "start", "-n", name],
@@ -389,16 +397,16 @@ def _start_until_qemu_runs(d: Devenv, name: str) -> subprocess.Popen[bytes]:
     )
     assert proc.stderr is not None
     seen = b""
-    while "✓ start QEMU".encode() not in seen:
+    while f"✓ {driver.boot_step}".encode() not in seen:
         line = proc.stderr.readline()
         assert line, f"devenv start ended early: {seen!r}"
         seen += line
     return proc
 
 
-def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
+def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM, driver: DriverCase) -> None:
     d, name, _ = vm
-    proc = _start_until_qemu_runs(d, name)
+    proc = _start_until_the_vm_runs(d, name, driver)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -409,7 +417,7 @@ def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM) -> None:
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 
 
-def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm: VM) -> None:
+def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm: VM, driver: DriverCase) -> None:
     """The user gives up on a start from another terminal: stop wins at once, the guest powers itself off.
 
     The guest is in early boot, before anything listens for the power button;
@@ -418,7 +426,7 @@ def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm
     the single press waited out 90 s.
     """
     d, name, _ = vm
-    proc = _start_until_qemu_runs(d, name)
+    proc = _start_until_the_vm_runs(d, name, driver)
     began = time.monotonic()
     stop = d.ok("stop", "-n", name, timeout=300).stderr.decode()
     took = time.monotonic() - began
@@ -434,9 +442,9 @@ def test_a_stop_during_a_start_interrupts_it_and_shuts_the_guest_down_cleanly(vm
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 
 
-def test_a_killed_vm_is_explained_and_start_recovers(vm: VM) -> None:
+def test_a_killed_vm_is_explained_and_start_recovers(vm: VM, driver: DriverCase) -> None:
     d, name, _ = vm
-    pid = int((d.home / "instances" / name / "qemu.pid").read_text())
+    pid = int((d.home / "instances" / name / driver.vm_pid_file).read_text())
     os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 30
     st: dict[str, object] = {}
@@ -454,7 +462,7 @@ def test_a_killed_vm_is_explained_and_start_recovers(vm: VM) -> None:
 def test_delete_removes_the_instance_dir_and_nothing_else(vm: VM) -> None:
     d, name, _ = vm
     inst_dir = d.home / "instances" / name
-    base = json.loads((inst_dir / "image.json").read_text())["base"]
+    base = json.loads((inst_dir / "image.json").read_text())["base"]  # the image record every disk driver keeps
     r = d.run("delete", "-n", name)
     assert r.returncode == 67, "deleting a running instance needs --force"
     d.ok("stop", "-n", name, timeout=300)
