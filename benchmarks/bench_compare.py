@@ -6,8 +6,10 @@ devenv (first boot, not measured). Then, alternating which side goes first:
 
 - start: `devenv start` of the stopped instance until it is ready, then stop;
   only one VM runs at a time.
-- exec:  with that side's VM running, warm `devenv exec -- true` through that
-  side's own `devenv` (the native launcher where it was built), R runs.
+- exec:  with that side's VM running and settled (--settle s after start: the
+  guest's engine and timers keep its CPUs busy for a while after ready), warm
+  `devenv exec -- true` through that side's own `devenv` (the native launcher
+  where it was built), R runs.
 
 Both sides run the same QEMU (tcg unless DEVENV_QEMU_ACCEL says otherwise).
 Prints medians, this tree's figure over the other's, and writes the raw times
@@ -81,6 +83,7 @@ def main() -> int:
     ap.add_argument("--base", type=Path, required=True, help="the other checkout, with its own .venv")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--runs", type=int, default=60)
+    ap.add_argument("--settle", type=float, default=20.0, help="seconds between ready and the exec runs")
     ap.add_argument("--out", type=Path, default=HERE / "benchmarks" / "results")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-compare-"))
@@ -95,6 +98,7 @@ def main() -> int:
         for i in range(args.rounds):
             for s in sides if i % 2 == 0 else sides[::-1]:
                 starts[s.label].append(s.timed_start())
+                time.sleep(args.settle)
                 execs[s.label].extend(s.exec_times(args.runs))
                 s.devenv("stop", "-n", NAME)
                 print(
@@ -128,6 +132,7 @@ def main() -> int:
         "base": sides[1].commit(),
         "rounds": args.rounds,
         "runs": args.runs,
+        "settle": args.settle,
         "medians": rows,
         "start_seconds": starts,
         "exec_ms": execs,

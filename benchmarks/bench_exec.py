@@ -21,7 +21,7 @@ All three run with stdin from /dev/null. devenv's modules should be compiled
 (ci/setup-linux.sh runs compileall: an editable install has no .pyc files, and
 with PYTHONDONTWRITEBYTECODE set every call would compile them again).
 
-Needs a running instance; launches its host agent if none runs.
+Needs a running instance; `devenv start` launches its host agent if none runs.
 
     DEVENV_HOME=... .venv/bin/python benchmarks/bench_exec.py -n NAME [--runs 20]
 """
@@ -61,7 +61,9 @@ def main() -> int:
     devenv = [str(Path(sys.executable).with_name("devenv"))]
     python_cli = Path(sys.executable).with_name(build.PYTHON_CLI)
     kind = launcher.installed()["kind"]
-    st = hostagent.launch(inst, wait=120)
+    # a running instance's start only (re)launches its host agent, with the options its driver gives it
+    subprocess.run([sys.executable, "-m", "devenv", "start", "-n", args.name], check=True, capture_output=True)
+    st = hostagent.state(inst)
     if st.get("state") != "connected":
         raise SystemExit(f"the host agent is not connected: {st}")
 

@@ -86,7 +86,9 @@ def main() -> int:
     ap.add_argument("--mib", type=int, default=64)
     args = ap.parse_args()
     inst = paths.instance_dir(args.name)
-    st = hostagent.launch(inst, wait=120)
+    # a running instance's start only (re)launches its host agent, with the options its driver gives it
+    subprocess.run([sys.executable, "-m", "devenv", "start", "-n", args.name], check=True, capture_output=True)
+    st = hostagent.state(inst)
     if st.get("state") != "connected":
         raise SystemExit(f"the host agent is not connected: {st}")
     devenv = str(Path(sys.executable).with_name("devenv"))
