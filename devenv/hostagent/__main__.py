@@ -10,6 +10,7 @@ devenv.toml (runtime, ports, mounts, env). The other options are for tests.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +31,7 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--no-engine", action="store_true", help="do not forward an engine socket")
     p.add_argument("--ssh-host", default="127.0.0.1", help="where the guest's sshd answers")
     p.add_argument("--ssh-port", type=int, default=None, help=f"default: read INSTANCE_DIR/{paths.SSH_PORT}")
+    p.add_argument("--ssh-proxy", default="", help="JSON list: a command that reaches sshd (ProxyCommand, %%h %%p)")
     p.add_argument("--watch-pid-file", type=Path, default=None, help="the VM's pid file: exit with that process")
     p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process (the default)")
     p.add_argument("--console", type=Path, default=None, help="the guest's console log, read for its readiness line")
@@ -53,6 +55,7 @@ def parse(argv: list[str]) -> Options:
         ssh_host=a.ssh_host,
         ssh_port=a.ssh_port,
         console=a.console,
+        ssh_proxy=tuple(json.loads(a.ssh_proxy)) if a.ssh_proxy else (),
     )
     if a.agent_command:
         opts.agent_command = a.agent_command

@@ -77,6 +77,7 @@ class Options:
     watch_pid_file: Path | None = None  # the VM's pid file; None: do not watch
     ssh_host: str = "127.0.0.1"  # where the guest's sshd answers
     ssh_port: int | None = None  # None: read INSTANCE_DIR/ssh.port at each connect
+    ssh_proxy: tuple[str, ...] = ()  # a command that reaches sshd (a jump host; transport.ssh.SSHTarget.proxy)
     console: Path | None = None  # the guest's console log, read for its readiness line before the first login
     ports_interval: float = 0.5
     min_port: int = AUTO_MIN_PORT
@@ -516,7 +517,9 @@ class HostAgent:
         reconnect = self._reconnects > 0 or self._state == "reconnecting"
         if not reconnect:
             self._await_boot(port)
-        target = SSHTarget.for_instance(self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host)
+        target = SSHTarget.for_instance(
+            self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host, proxy=self.opts.ssh_proxy
+        )
         conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
         self.conn = conn
         conn.connect(self.opts.connect_timeout)

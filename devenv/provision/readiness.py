@@ -106,14 +106,40 @@ class ConsoleWatch:
         return found
 
 
-def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1") -> bool:
-    """The guest's sshd answers with its banner: cheap, no paramiko, no login."""
+def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1", proxy: tuple[str, ...] = ()) -> bool:
+    """The guest's sshd answers with its banner: cheap, no paramiko, no login.
+
+    `proxy`: the guest is reached through that command (a jump host), which then carries the probe.
+    """
+    if proxy:
+        return _banner_through(proxy, host, port, timeout)
     try:
         with socket.create_connection((host, port), timeout=timeout) as s:
             s.settimeout(timeout)
             return s.recv(64).startswith(b"SSH-")
     except OSError:
         return False
+
+
+def _banner_through(proxy: tuple[str, ...], host: str, port: int, timeout: float) -> bool:
+    import subprocess
+
+    from devenv.transport.sshconfig import proxy_argv
+
+    timeout = max(timeout, 10.0)  # the proxy logs in to its jump host first
+    try:
+        proc = subprocess.Popen(
+            proxy_argv(proxy, host, port), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+    except OSError:
+        return False
+    try:
+        assert proc.stdout is not None
+        readable, _, _ = select.select([proc.stdout], [], [], timeout)
+        return bool(readable) and os.read(proc.stdout.fileno(), 64).startswith(b"SSH-")
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 PROBE_EVERY = 3.0  # seconds between banner probes while the console says nothing

@@ -12,9 +12,12 @@ What a real guest does at the end of its boot, it does itself once the sshd
 answers: with a console it writes DEVENV-READY there (the serial console of
 a VM), without one (`SshdDriver(console=False)`, the path a WSL2 distro will
 take) it writes the guest's provisioning record that the VM backend reads
-over SSH. The guest user is the current user, which is what the endpoint
-says. Nothing here needs root; as root, sshd's privilege-separation folder
-is made when missing, as the tests' own sshd fixture does.
+over SSH. `SshdDriver(jump=True)` reaches its guest through a jump host, as
+a remote hypervisor's guest is reached: OpenSSH's `ssh -W` through the same
+sshd, so every SSH path (readiness, host agent, exec, ssh-config) takes the
+proxy. The guest user is the current user, which is what the endpoint says.
+Nothing here needs root; as root, sshd's privilege-separation folder is made
+when missing, as the tests' own sshd fixture does.
 """
 
 from __future__ import annotations
@@ -57,9 +60,10 @@ class SshdDriver:
     features = DriverFeatures(mounts=())  # the guest is the host: its files are already there
     host_address = "127.0.0.1"
 
-    def __init__(self, console: bool = True, fail_provisioning: str = "") -> None:
+    def __init__(self, console: bool = True, fail_provisioning: str = "", jump: bool = False) -> None:
         self.has_console = console
         self.fail_provisioning = fail_provisioning  # "step rc": the guest reports DEVENV-FAILED instead
+        self.jump = jump
 
     # -- the Driver protocol --------------------------------------------------
 
@@ -128,7 +132,17 @@ class SshdDriver:
             port = int((inst.dir / paths.SSH_PORT).read_text().strip())
         except (OSError, ValueError):
             return None
-        return Endpoint("127.0.0.1", port, pwd.getpwuid(os.getuid()).pw_name)
+        user = pwd.getpwuid(os.getuid()).pw_name
+        if not self.jump:
+            return Endpoint("127.0.0.1", port, user)
+        proxy = (  # the jump host is this same sshd: it then opens direct-tcpip to itself
+            "ssh", "-F", "/dev/null", "-i", str(inst.dir / paths.SSH_KEY), "-p", str(port),
+            "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none",
+            "-o", f"UserKnownHostsFile={inst.dir / paths.SSH_KNOWN_HOSTS}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f"HostKeyAlias=devenv-{inst.name}", "-o", "StrictHostKeyChecking=yes",
+            "-W", "%h:%p", f"{user}@127.0.0.1",
+        )  # fmt: skip
+        return Endpoint("127.0.0.1", port, user, proxy)
 
     def console_log(self, inst: InstanceRef) -> Path | None:
         return inst.dir / CONSOLE if self.has_console else None
@@ -233,15 +247,18 @@ class SshdDriver:
             "Subsystem sftp internal-sftp",
             "MaxStartups 100",
             "MaxSessions 100",
+            "LogLevel DEBUG1",  # names each direct-tcpip target: the jump host's tests read it
         ]
         if not self.has_console:
             lines.append(f"SetEnv DEVENV_STATE_DIR={inst.dir / GUEST_STATE}")
         (inst.dir / CONFIG).write_text("\n".join(lines) + "\n")
 
 
-# For DEVENV_EXTRA_DRIVERS (devenv/registry.py): both drivers as backends of every devenv process started with it
+# For DEVENV_EXTRA_DRIVERS (devenv/registry.py): the drivers as backends of every devenv process started with it
 EXTRA_DRIVERS = (
-    "sshd-test=devenv.testing.sshd_driver:SshdDriver;sshd-noconsole=devenv.testing.sshd_driver:ConsolelessSshdDriver"
+    "sshd-test=devenv.testing.sshd_driver:SshdDriver;"
+    "sshd-noconsole=devenv.testing.sshd_driver:ConsolelessSshdDriver;"
+    "sshd-jump=devenv.testing.sshd_driver:JumpSshdDriver"
 )
 
 
@@ -250,3 +267,10 @@ class ConsolelessSshdDriver(SshdDriver):
 
     def __init__(self) -> None:
         super().__init__(console=False)
+
+
+class JumpSshdDriver(SshdDriver):
+    """The same "guest" behind a jump host (an OpenSSH ProxyCommand): as a remote hypervisor's guest is reached."""
+
+    def __init__(self) -> None:
+        super().__init__(jump=True)

@@ -113,6 +113,9 @@ class SSHTarget:
     `host_key` is the pinned guest key, as an OpenSSH public key line
     ("ssh-ed25519 AAAA... comment") or known_hosts text (host names ignored:
     the file is per instance). Several keys may be given, one per line.
+    `proxy`, when given, is a command whose stdin and stdout reach the guest's
+    sshd (OpenSSH's ProxyCommand, `%h` and `%p` for host and port): a jump
+    host is `ssh -W %h:%p jump-host`. The guest's key is checked all the same.
     """
 
     host: str
@@ -121,14 +124,18 @@ class SSHTarget:
     key_path: Path
     host_key: str
     name: str = ""
+    proxy: tuple[str, ...] = ()
 
     @classmethod
-    def for_instance(cls, instance_dir: Path, *, port: int, user: str, host: str = "127.0.0.1") -> SSHTarget:
+    def for_instance(
+        cls, instance_dir: Path, *, port: int, user: str, host: str = "127.0.0.1", proxy: Sequence[str] = ()
+    ) -> SSHTarget:
         """The target of an instance directory laid out by paths.py (key + pinned host key)."""
         for rel in (paths.SSH_HOST_PUBKEY, paths.SSH_KNOWN_HOSTS):
             pinned = instance_dir / rel
             if pinned.is_file():
-                return cls(host, port, user, instance_dir / paths.SSH_KEY, pinned.read_text(), instance_dir.name)
+                key = instance_dir / paths.SSH_KEY
+                return cls(host, port, user, key, pinned.read_text(), instance_dir.name, tuple(proxy))
         raise InstanceNotFound(
             f"instance `{instance_dir.name}` has no pinned SSH host key ({paths.SSH_HOST_PUBKEY})",
             "the instance was not created completely; delete and create it again",
@@ -137,6 +144,18 @@ class SSHTarget:
     @property
     def label(self) -> str:
         return f"instance `{self.name}`" if self.name else f"{self.user}@{self.host}:{self.port}"
+
+    def proxy_command(self) -> str:
+        """`proxy` as one shell-quoted command line with host and port filled in ("" without one)."""
+        return proxy_command_line(self.proxy, self.host, self.port)
+
+
+def proxy_command_line(proxy: Sequence[str], host: str, port: int) -> str:
+    import shlex
+
+    from devenv.transport.sshconfig import proxy_argv
+
+    return shlex.join(proxy_argv(list(proxy), host, port))
 
 
 WINDOW_SIZE = 16 * 1024 * 1024
@@ -602,17 +621,22 @@ class SSHConnection:
                 f"the guest of {self.target.label} rejected the instance's SSH key ({self.target.user})",
                 "the key in the guest does not match ssh/id_ed25519; re-create the instance",
             )
+        via = f" through `{self.target.proxy_command()}`" if self.target.proxy else ""
         raise ConnectionFailed(
-            f"cannot reach {self.target.label} over SSH at {self.target.host}:{self.target.port} "
+            f"cannot reach {self.target.label} over SSH at {self.target.host}:{self.target.port}{via} "
             f"within {timeout:.0f}s: {_why(last)}",
             "check that the instance is running (`devenv status`) and see its serial.log",
         )
 
     def _connect_once(self, pkey: paramiko.PKey, banner_timeout: float) -> paramiko.Transport:
-        sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
-        # Requests and events are small packets: Nagle would hold one back until the
-        # previous one is acknowledged (OpenSSH sets this too for interactive sessions).
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock: socket.socket | paramiko.ProxyCommand
+        if self.target.proxy:
+            sock = paramiko.ProxyCommand(self.target.proxy_command())
+        else:
+            sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
+            # Requests and events are small packets: Nagle would hold one back until the
+            # previous one is acknowledged (OpenSSH sets this too for interactive sessions).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # A larger window and packets: fewer round trips and less per-packet Python work on
         # bulk transfers (engine socket, port forwards). AES-GCM first: one pass in OpenSSL
         # instead of AES-CTR plus an HMAC computed per packet.

@@ -17,6 +17,11 @@ from devenv.errors import UsageError
 HOST_PREFIX = "devenv-"
 
 
+def proxy_argv(proxy: tuple[str, ...] | list[str], host: str, port: int) -> list[str]:
+    """A proxy command (OpenSSH's ProxyCommand: `%h` and `%p` for the guest's host and port) filled in."""
+    return [a.replace("%h", host).replace("%p", str(port)) for a in proxy]
+
+
 def host_alias(name: str) -> str:
     """The `Host` name (and HostKeyAlias) of an instance: devenv-NAME."""
     return f"{HOST_PREFIX}{name}"
@@ -56,6 +61,7 @@ class SSHConfigEntry:
     identity_file: Path
     known_hosts_file: Path
     hostname: str = "127.0.0.1"
+    proxy_command: str = ""  # OpenSSH's ProxyCommand (%h, %p): how the guest's sshd is reached, e.g. a jump host
     control_path: Path | None = None  # set to share one connection between ssh runs
     control_persist: str = "10m"
 
@@ -80,6 +86,8 @@ class SSHConfigEntry:
             "  CheckHostIP no",
             "  LogLevel ERROR",
         ]
+        if self.proxy_command:
+            lines.append(f"  ProxyCommand {self.proxy_command}")
         if self.control_path is not None:
             lines += [
                 "  ControlMaster auto",

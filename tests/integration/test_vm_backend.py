@@ -246,3 +246,34 @@ def test_a_stalled_boot_takes_the_drivers_retry_after_the_host_agent_stops(home:
     assert steps.seen[stall + 2 :][:1] == ["boot: waiting for the guest's sshd"]
     assert VmBackend(driver).status(inst.ref).state in ("running", "starting")
     VmBackend(driver).stop(inst.ref, True, StepRecorder())
+
+
+def test_a_guest_behind_a_jump_host_is_reached_through_it_on_every_path(home: Path, tmp_path: Path) -> None:
+    """The endpoint's proxy (an OpenSSH `ssh -W` jump, here through the guest's own sshd) carries every SSH path."""
+    inst, seen = _start(home, "jumped", "sshd-jump")
+    assert "log in with the pinned host key; host agent and guest agent" in seen
+    assert inst.status().state == "running"
+    for ask_agent in (True, False):  # the host agent's connection, and exec's own over plain SSH
+        r = subprocess.run(
+            [sys.executable, "-c", _EXEC, inst.name, str(ask_agent)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert (r.returncode, r.stdout) == (7, "hi /\n"), (ask_agent, r.stderr)
+    text = inst.backend().ssh_config(inst.ref)
+    assert "\n  ProxyCommand ssh -F /dev/null -i " in text and " -W %h:%p " in text, text
+    (tmp_path / "config").write_text(text)
+    r = subprocess.run(
+        ["ssh", "-F", str(tmp_path / "config"), f"devenv-{inst.name}", "echo", "through-the-jump"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (r.returncode, r.stdout) == (0, "through-the-jump\n"), r.stderr
+    # the jump host (the same sshd) opened a channel to the guest's sshd for each: never a direct connection
+    port = (inst.dir / paths.SSH_PORT).read_text().strip()
+    jumps = (inst.dir / sshd_driver.LOG).read_text().count(f"target 127.0.0.1 port {port}")
+    assert jumps >= 4, jumps  # the host agent, status's banner probe, exec over SSH, plain OpenSSH

@@ -159,7 +159,7 @@ class VmBackend:
                 return Status("broken", readiness.describe(), details)
             if not readiness.ready:
                 return Status("starting", "the guest is booting; `devenv start` waits for it", details)
-        if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host):
+        if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host, proxy=endpoint.proxy):
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
             return Status("starting", "booted, but `devenv start` did not finish; run it again", details)
@@ -197,7 +197,9 @@ class VmBackend:
         endpoint = self.driver.endpoint(inst)
         if endpoint is None:
             raise StateError(f"instance `{inst.name}` has no SSH port; is it running?", f"devenv start -n {inst.name}")
-        target = SSHTarget.for_instance(inst.dir, port=endpoint.port, user=endpoint.user, host=endpoint.host)
+        target = SSHTarget.for_instance(
+            inst.dir, port=endpoint.port, user=endpoint.user, host=endpoint.host, proxy=endpoint.proxy
+        )
         conn = SSHConnection(target, boot_timeout=timeout)
         conn.connect(timeout)
         return conn
@@ -273,11 +275,14 @@ class VmBackend:
 
 
 def _ssh_config_text(inst: InstanceRef, endpoint: Endpoint) -> str:
+    import shlex
+
     from devenv.transport.sshconfig import SSHConfigEntry
 
     entry = SSHConfigEntry(
         name=inst.name,
         hostname=endpoint.host,
+        proxy_command=shlex.join(endpoint.proxy) if endpoint.proxy else "",
         port=endpoint.port,
         user=endpoint.user,
         identity_file=inst.dir / paths.SSH_KEY,

@@ -10,6 +10,7 @@ for readiness, the fast port path it may use instead of SSH.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sys
 import time
@@ -34,6 +35,8 @@ def agent_args(driver: Driver, inst: InstanceRef) -> tuple[str, list[str]]:
     args: list[str] = []
     if endpoint is not None:
         args += ["--ssh-host", endpoint.host, "--ssh-port", str(endpoint.port)]
+        if endpoint.proxy:
+            args += ["--ssh-proxy", json.dumps(list(endpoint.proxy))]
     args += ["--watch-pid-file", str(plan.vm_pid_file)] if plan.vm_pid_file is not None else ["--no-watch"]
     console = driver.console_log(inst)
     if console is not None:

@@ -15,6 +15,7 @@ gets 15 under emulation.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -96,7 +97,8 @@ def wait_ready(driver: Driver, inst: InstanceRef, step: StepReporter, boot: Boot
     step("boot: waiting for the guest's sshd")
     watch = ConsoleWatch(console) if console is not None else None
     if watch is not None:
-        first_probe = ANNOUNCED_FIRST_PROBE if announces else 0.0
+        # a guest behind a proxy is not probed: its console's line says when sshd is up
+        first_probe = math.inf if endpoint.proxy else ANNOUNCED_FIRST_PROBE if announces else 0.0
         up = wait_for_sshd(
             watch, endpoint.port, deadline, tick=boot.watch, first_probe_after=first_probe, host=endpoint.host
         )
@@ -144,7 +146,7 @@ def _wait_line(
 def _wait_banner(endpoint: Endpoint, deadline: float, boot: Boot) -> bool:
     while time.monotonic() < deadline:
         boot.watch()
-        if ssh_banner(endpoint.port, host=endpoint.host):
+        if ssh_banner(endpoint.port, host=endpoint.host, proxy=endpoint.proxy):
             return True
         time.sleep(min(PROBE_EVERY, max(deadline - time.monotonic(), 0.0)))
     return False
@@ -168,9 +170,8 @@ class _Announcement:
 
         try:
             if self.conn is None:
-                target = SSHTarget.for_instance(
-                    self.inst.dir, port=self.endpoint.port, user=self.endpoint.user, host=self.endpoint.host
-                )
+                ep = self.endpoint
+                target = SSHTarget.for_instance(self.inst.dir, port=ep.port, user=ep.user, host=ep.host, proxy=ep.proxy)
                 left = max(self.deadline - time.monotonic(), 1.0)
                 self.conn = SSHConnection(target, boot_timeout=left).connect(
                     min(left, 5.0)

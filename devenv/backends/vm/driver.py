@@ -47,11 +47,20 @@ class DriverFeatures:
 
 @dataclass(frozen=True)
 class Endpoint:
-    """Where the guest's sshd answers, as the host reaches it."""
+    """Where the guest's sshd answers, as the host reaches it.
+
+    `proxy`: the guest is not reachable from here directly, but through this
+    command, whose stdin and stdout reach host:port (OpenSSH's ProxyCommand,
+    `%h` and `%p` filled in): a jump host is `("ssh", "-W", "%h:%p", "box")`,
+    which logs in to the box with the user's own OpenSSH config and agent.
+    The guest's pinned key is checked through it as ever. Every SSH path
+    takes it: the readiness wait, the host agent, exec, cp, ssh-config.
+    """
 
     host: str
     port: int
     user: str = GUEST_USER
+    proxy: tuple[str, ...] = ()
 
 
 # What a driver reads of its VM. "off": no VM runs (never started, shut down, or gone: the console
