@@ -5,7 +5,7 @@ at module level (the `devenv exec` fast path imports devenv.hostagent.client,
 which imports this package first). The daemon itself (paramiko and friends)
 lives in daemon.py and runs in its own process: `python -m devenv.hostagent
 INSTANCE_DIR`, started detached by launch() at the end of `devenv start` and
-stopped by shutdown() (or by itself once the VM's QEMU process is gone).
+stopped by shutdown() (or by itself once the VM's process is gone).
 
     launch(inst_dir)            start (idempotent) and wait until connected -> state dict
     shutdown(inst_dir)          ask it to stop, then TERM/KILL; True when it is gone

@@ -363,7 +363,7 @@ class HostAgent:
         self.inst_dir = opts.inst_dir
         self.code = hostagent.code_version()  # the sources this process runs: `start` replaces an agent of others
         self.events = EventLog(opts.inst_dir / paths.EVENTS_LOG)
-        self.fast = fastports.load(opts.fast_ports, opts.inst_dir) if opts.fast_ports else None
+        self.fast = self._fast_ports(opts)
         self.ports = PortManager(
             self.events, self.open_tcp, opts.explicit, opts.min_port, opts.bind_host, fast=self.fast
         )
@@ -386,6 +386,17 @@ class HostAgent:
         self._clock = JumpDetector()
         self.control_path = wire.control_path(opts.inst_dir)
         self.engine_path = wire.engine_path(opts.inst_dir)
+
+    @staticmethod
+    def _fast_ports(opts: Options) -> fastports.FastPorts | None:
+        """The driver's fast port path; without it (it failed to load) every forward goes through SSH."""
+        if not opts.fast_ports:
+            return None
+        try:
+            return fastports.load(opts.fast_ports, opts.inst_dir)
+        except Exception as e:  # a forward through SSH beats an agent that never starts
+            log.warning("the fast port path %s did not load (%s): forwards go through SSH", opts.fast_ports, e)
+            return None
 
     # -- channels for the forwards
     def wait_session(self, timeout: float) -> GuestSession | None:

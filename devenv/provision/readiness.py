@@ -122,24 +122,14 @@ def ssh_banner(port: int, timeout: float = 2.0, host: str = "127.0.0.1", proxy: 
 
 
 def _banner_through(proxy: tuple[str, ...], host: str, port: int, timeout: float) -> bool:
-    import subprocess
+    from devenv.transport.proxy import proxy_socket
 
-    from devenv.transport.sshconfig import proxy_argv
-
-    timeout = max(timeout, 10.0)  # the proxy logs in to its jump host first
     try:
-        proc = subprocess.Popen(
-            proxy_argv(proxy, host, port), stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
-        )
+        with proxy_socket(proxy, host, port) as s:
+            s.settimeout(max(timeout, 5.0))  # the proxy logs in to its jump host first
+            return s.recv(64).startswith(b"SSH-")
     except OSError:
         return False
-    try:
-        assert proc.stdout is not None
-        readable, _, _ = select.select([proc.stdout], [], [], timeout)
-        return bool(readable) and os.read(proc.stdout.fileno(), 64).startswith(b"SSH-")
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 PROBE_EVERY = 3.0  # seconds between banner probes while the console says nothing

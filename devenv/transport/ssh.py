@@ -67,6 +67,7 @@ from devenv.errors import (
 from devenv.fdio import write_all
 from devenv.sigforward import forward_signals
 from devenv.transport.cpspec import CopyPlan
+from devenv.transport.proxy import proxy_argv, proxy_socket
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,7 @@ class SSHTarget:
 def proxy_command_line(proxy: Sequence[str], host: str, port: int) -> str:
     import shlex
 
-    from devenv.transport.sshconfig import proxy_argv
-
-    return shlex.join(proxy_argv(list(proxy), host, port))
+    return shlex.join(proxy_argv(proxy, host, port))
 
 
 WINDOW_SIZE = 16 * 1024 * 1024
@@ -625,13 +624,15 @@ class SSHConnection:
         raise ConnectionFailed(
             f"cannot reach {self.target.label} over SSH at {self.target.host}:{self.target.port}{via} "
             f"within {timeout:.0f}s: {_why(last)}",
-            "check that the instance is running (`devenv status`) and see its serial.log",
+            "check that the instance is running (`devenv status`) and see `devenv logs` for its console",
         )
 
     def _connect_once(self, pkey: paramiko.PKey, banner_timeout: float) -> paramiko.Transport:
         sock: socket.socket | paramiko.ProxyCommand
-        if self.target.proxy:
+        if self.target.proxy and os.name == "nt":
             sock = paramiko.ProxyCommand(self.target.proxy_command())
+        elif self.target.proxy:
+            sock = proxy_socket(self.target.proxy, self.target.host, self.target.port)
         else:
             sock = socket.create_connection((self.target.host, self.target.port), timeout=self.tcp_timeout)
             # Requests and events are small packets: Nagle would hold one back until the

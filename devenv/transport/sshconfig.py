@@ -17,11 +17,6 @@ from devenv.errors import UsageError
 HOST_PREFIX = "devenv-"
 
 
-def proxy_argv(proxy: tuple[str, ...] | list[str], host: str, port: int) -> list[str]:
-    """A proxy command (OpenSSH's ProxyCommand: `%h` and `%p` for the guest's host and port) filled in."""
-    return [a.replace("%h", host).replace("%p", str(port)) for a in proxy]
-
-
 def host_alias(name: str) -> str:
     """The `Host` name (and HostKeyAlias) of an instance: devenv-NAME."""
     return f"{HOST_PREFIX}{name}"

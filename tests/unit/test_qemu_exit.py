@@ -101,3 +101,22 @@ def test_status_after_a_poweroff_inside_the_guest_is_stopped_not_broken(tmp_path
     (tmp_path / paths.SERIAL_LOG).write_text("[   41.2] Out of memory: Killed process 1 (systemd)\n")
     st = VmBackend(QemuDriver()).status(inst)
     assert st.state == "broken" and "killed or crashed" in st.reason
+
+
+def test_once_sshd_answered_only_qemus_liveness_is_watched(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A console still empty under kvm is a silent guest only until sshd answers; after that the guest runs."""
+    from devenv.backends.drivers import qemu, qemuaccel
+    from devenv.backends.drivers.qemuaccel import GuestSilent
+
+    inst = InstanceRef("dev", tmp_path, Config())
+    (tmp_path / "serial.log").write_text("")
+    monkeypatch.setattr(qemuaccel, "SILENT_BOOT_LIMIT", 0.0)
+    monkeypatch.setattr(qemu, "running_pid", lambda inst_dir: 4242)  # QEMU runs
+    boot = QemuDriver()._watch(qemu._Boot(inst, "qemu-system-x86_64", {}, "x86_64"), "kvm", "auto")
+    with pytest.raises(GuestSilent) as err:
+        boot.watch()
+    assert err.value.retry is not None  # auto picked kvm: the retry boots it under tcg
+    boot.after_sshd()  # provisioning may keep the console quiet: no verdict of silence any more
+    monkeypatch.setattr(qemu, "running_pid", lambda inst_dir: None)
+    with pytest.raises(StateError):
+        boot.after_sshd()  # but QEMU's exit still ends the wait

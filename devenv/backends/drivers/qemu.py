@@ -247,7 +247,8 @@ class QemuDriver:
             return self._silent_to_tcg(boot, step, accel)
 
         retry = to_tcg if source == "auto" else None  # named in devenv.toml or the environment: the error stands
-        return Boot(emulated=False, watch=qemuaccel.silence_check(boot.inst, alive, accel, self.failure, retry))
+        silence = qemuaccel.silence_check(boot.inst, alive, accel, self.failure, retry)
+        return Boot(emulated=False, watch=silence, running=alive)
 
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
         def check() -> None:

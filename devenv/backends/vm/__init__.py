@@ -76,11 +76,14 @@ class VmBackend:
         d.check(inst)  # a VM this host or image cannot boot is refused before anything changes
         if d.state(inst).up:
             booting = d.attach(inst, step)
+            self._write_ssh_config(inst)  # kept current, also for a VM started before devenv wrote the file
         else:
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=d.host_address)
-            booting = d.launch(inst, step)
-        self._write_ssh_config(inst)
+            try:
+                booting = d.launch(inst, step)
+            finally:  # the endpoint it chose, even when the launch failed after choosing it
+                self._write_ssh_config(inst)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
@@ -275,14 +278,13 @@ class VmBackend:
 
 
 def _ssh_config_text(inst: InstanceRef, endpoint: Endpoint) -> str:
-    import shlex
-
+    from devenv.transport.proxy import openssh_proxy_command
     from devenv.transport.sshconfig import SSHConfigEntry
 
     entry = SSHConfigEntry(
         name=inst.name,
         hostname=endpoint.host,
-        proxy_command=shlex.join(endpoint.proxy) if endpoint.proxy else "",
+        proxy_command=openssh_proxy_command(endpoint.proxy) if endpoint.proxy else "",
         port=endpoint.port,
         user=endpoint.user,
         identity_file=inst.dir / paths.SSH_KEY,

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from devenv import paths
 from devenv.errors import StateError, Timeout
 from devenv.provision.engines import engine
+from devenv.provision.keys import GUEST_USER
 
 if TYPE_CHECKING:
     from devenv.backends.base import InstanceRef, StepReporter
@@ -37,10 +38,12 @@ def agent_args(driver: Driver, inst: InstanceRef) -> tuple[str, list[str]]:
         args += ["--ssh-host", endpoint.host, "--ssh-port", str(endpoint.port)]
         if endpoint.proxy:
             args += ["--ssh-proxy", json.dumps(list(endpoint.proxy))]
-    args += ["--watch-pid-file", str(plan.vm_pid_file)] if plan.vm_pid_file is not None else ["--no-watch"]
+    # absolute: the agent runs in the instance dir, which may itself be given relative (DEVENV_HOME)
+    pid_file = plan.vm_pid_file
+    args += ["--watch-pid-file", str(pid_file.absolute())] if pid_file is not None else ["--no-watch"]
     console = driver.console_log(inst)
     if console is not None:
-        args += ["--console", str(console)]
+        args += ["--console", str(console.absolute())]
     if driver.features.fast_ports:
         args += ["--fast-ports", driver.features.fast_ports]
     if not driver.features.mounts:
@@ -49,8 +52,7 @@ def agent_args(driver: Driver, inst: InstanceRef) -> tuple[str, list[str]]:
         args += ["--agent-command", plan.guest_agent_command]
     if plan.bind_host:
         args += ["--bind-host", plan.bind_host]
-    user = endpoint.user if endpoint is not None else "devenv"
-    return user, args
+    return (endpoint.user if endpoint is not None else GUEST_USER), args
 
 
 def launch_early(driver: Driver, inst: InstanceRef) -> None:

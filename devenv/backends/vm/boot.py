@@ -73,10 +73,7 @@ def sshd_timeout_hint(console: Path | None, name: str) -> str:
             "the console stayed empty, so the guest kernel hung early in boot (emulated guests do, rarely): "
             f"boot it again with `devenv stop --force -n {name}` and `devenv start -n {name}`"
         )
-    return (
-        "the guest may be stuck in boot: read the console above; "
-        f"an emulated guest's first boot takes minutes (`devenv doctor` says which accelerator {name} gets)"
-    )
+    return "the guest may be stuck in boot: read the console above; an emulated guest's first boot takes minutes"
 
 
 def wait_ready(driver: Driver, inst: InstanceRef, step: StepReporter, boot: Boot, *, announces: bool) -> None:
@@ -133,7 +130,7 @@ def _wait_line(
             )
         if readiness.ready:
             return
-        boot.watch()
+        boot.after_sshd()
         if time.monotonic() > deadline:
             raise driver.failure(
                 inst,

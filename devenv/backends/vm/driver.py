@@ -88,7 +88,14 @@ class Boot:
     """One boot (or a VM already running) as the readiness wait sees it."""
 
     emulated: bool  # the guest's CPU is emulated in software: the boot budget's longer column
-    watch: Callable[[], None]  # called several times a second while start waits; raises when the VM cannot boot
+    watch: Callable[[], None]  # called several times a second until sshd answers; raises when the VM cannot boot
+    # called after that, while the guest provisions and starts its engine: only that the VM still runs
+    # (a guest whose sshd answered does run, whatever a check made for the boot says, such as one that
+    # reads a quiet console as a guest that never started); None: `watch` again
+    running: Callable[[], None] | None = None
+
+    def after_sshd(self) -> None:
+        (self.running or self.watch)()
 
 
 class BootStalled(Timeout):
