@@ -64,8 +64,8 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
             for inst in instance.all_instances():
                 if isinstance(inst, instance.Instance):
                     instance.delete(inst.name, True, StepRecorder())
-            registry.unregister("sshd-test")
-            registry.unregister("sshd-noconsole")
+            for item in sshd_driver.EXTRA_DRIVERS.split(";"):  # every one added above: later tests see none
+                registry.unregister(item.partition("=")[0])
 
 
 def _start(home: Path, name: str, backend: str = "sshd-test") -> tuple[instance.Instance, list[str]]:
