@@ -124,14 +124,19 @@ def test_exec_through_the_agent_and_over_ssh_gives_output_and_exit_code(
 ) -> None:
     inst, _ = started
     for ask_agent in (True, False):  # the host agent's fd-passing exec; plain SSH when it is not asked
-        r = subprocess.run(
-            [sys.executable, "-c", _EXEC, inst.name, str(ask_agent)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = _exec(inst.name, ask_agent)
         assert (r.returncode, r.stdout, r.stderr) == (7, "hi /\n", "err\n"), ask_agent
+
+
+def _exec(name: str, ask_agent: bool) -> subprocess.CompletedProcess[str]:
+    """`devenv exec` as the CLI runs it, in a process of its own (_EXEC below), stdin from /dev/null."""
+    return subprocess.run(
+        [sys.executable, "-c", _EXEC, name, str(ask_agent)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 # `devenv exec` as the CLI runs it, in a process of its own
@@ -254,13 +259,7 @@ def test_a_guest_behind_a_jump_host_is_reached_through_it_on_every_path(home: Pa
     assert "log in with the pinned host key; host agent and guest agent" in seen
     assert inst.status().state == "running"
     for ask_agent in (True, False):  # the host agent's connection, and exec's own over plain SSH
-        r = subprocess.run(
-            [sys.executable, "-c", _EXEC, inst.name, str(ask_agent)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        r = _exec(inst.name, ask_agent)
         assert (r.returncode, r.stdout) == (7, "hi /\n"), (ask_agent, r.stderr)
     text = inst.backend().ssh_config(inst.ref)
     assert "\n  ProxyCommand ssh -F /dev/null -i " in text and " -W %h:%p " in text, text
