@@ -78,6 +78,11 @@ class VmBackend:
             booting = d.attach(inst, step)
             self._write_ssh_config(inst)  # kept current, also for a VM started before devenv wrote the file
         else:
+            from devenv import hostagent
+
+            # an agent of the VM that is gone (killed a moment ago) lives on for a tick, its SSH session
+            # to the old guest perhaps still up: start must not take it for this boot's
+            hostagent.shutdown(inst.dir)
             step("prepare the cloud-init seed")
             prepare_seed(inst.dir, inst.config, host_address=d.host_address)
             try:
