@@ -25,15 +25,11 @@ import hmac
 import logging
 import math
 import os
-import queue
-import select
-import shlex
 import signal
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -42,16 +38,17 @@ from typing import Any
 import paramiko
 
 from devenv import hostagent, paths
-from devenv.errors import ConnectionFailed, DevenvError
-from devenv.fdio import write_all
+from devenv.errors import DevenvError
 from devenv.guestagent import protocol
 from devenv.hostagent import fastports, mounts, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
+from devenv.hostagent.fastexec import ExecRequest
 from devenv.hostagent.fastports import FastPortError
 from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
-from devenv.hostagent.mounts import MountSpec, SshfsMount, find_sftp_server, mount_command, read_mount_kind
+from devenv.hostagent.mounts import MountSpec
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
+from devenv.hostagent.session import GuestSession
 from devenv.pidutil import claim, process_start
 from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
@@ -60,12 +57,13 @@ log = logging.getLogger(__name__)
 
 TICK = 0.5  # supervisor period: VM watch, clock check, liveness
 PING_EVERY = 5.0
-PING_TIMEOUT = 10.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
-EXEC_WAIT = 30.0  # how long `devenv exec` waits for a reconnect before giving up
 LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
-MOUNT_WAIT = 20.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
+
+
+class _Stopped(Exception):
+    """The agent stops, or the VM went away, while waiting for the guest to boot."""
 
 
 @dataclass
@@ -95,263 +93,6 @@ def _iso(t: float) -> str:
 
 
 # --------------------------------------------------------------------------- per-transport state
-
-
-class _Stopped(Exception):
-    """The agent stops, or the VM went away, while waiting for the guest to boot."""
-
-
-class GuestSession:
-    """Everything tied to one SSH transport: the guest agent channel, its events, the mounts."""
-
-    def __init__(self, agent: HostAgent, transport: paramiko.Transport) -> None:
-        self.agent = agent
-        self.transport = transport
-        self.dead = threading.Event()
-        self.channel: paramiko.Channel | None = None
-        self.client: protocol.AgentClient | None = None
-        self.can_spawn = False
-        self._routes: dict[Any, queue.Queue[tuple[str, Any]]] = {}
-        self._early: dict[Any, list[dict[str, Any]]] = {}
-        self._lock = threading.Lock()
-        self._mounts: list[SshfsMount] = []
-        self._threads: list[threading.Thread] = []
-
-    # -- start / stop
-    def start(self) -> GuestSession:
-        if self.agent.opts.mounts:  # independent of the guest agent: start them first, they take longest
-            self._thread(self._mount_all, "mounts")
-        client = self._start_guest_agent()
-        self.client = client
-        self.can_spawn = True  # absent in an old agent: spawn then answers unknown_method
-        self._thread(self._dispatch, "dispatch")
-        result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
-        self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
-        return self
-
-    def _start_guest_agent(self) -> protocol.AgentClient:
-        """Connect to the guest agent; if its hello shows another version than ours, install ours and reconnect.
-
-        The hello carries the agent's protocol and sha256 (protocol.check_hello), so a
-        current agent costs no extra round trip.
-        """
-        ours = self.agent.opts.agent_command == protocol.serve_command()  # else a test's stand-in guest
-        for attempt in (1, 2):
-            channel = self._open_guest_agent()
-            client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
-            try:
-                reason = protocol.check_hello(client.start())
-                usable = True  # same protocol; at worst another build of the agent
-            except protocol.ProtocolError as e:
-                reason, usable = str(e), False
-            except Exception:
-                channel.close()
-                raise
-            if reason is None or (usable and (attempt == 2 or not ours)):
-                self.channel = channel
-                return client
-            channel.close()
-            if attempt == 2 or not ours:
-                raise ConnectionFailed(reason, "restart the instance with `devenv restart`")
-            self._install_guest_agent(reason)
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    def _open_guest_agent(self) -> paramiko.Channel:
-        """The guest agent's systemd socket when the guest has it, else the agent run on an exec channel.
-
-        Both carry the same JSON lines; the socket unit (provisioning/systemd) is what
-        provisioning installs, the exec channel serves guests provisioned before it
-        and the tests' stand-in guest (--agent-command).
-        """
-        if self.agent.opts.agent_command == protocol.serve_command():
-            try:
-                return open_streamlocal(self.transport, protocol.GUEST_SOCKET, timeout=15)
-            except (ConnectionFailed, paramiko.SSHException, OSError, EOFError) as e:
-                log.info("no guest agent socket (%s); running the agent on an exec channel", e)
-        channel = self.transport.open_session(timeout=30)
-        channel.exec_command(self.agent.opts.agent_command)
-        return channel
-
-    def _install_guest_agent(self, reason: str) -> None:
-        ch = self.transport.open_session(timeout=30)
-        try:
-            ch.settimeout(60)
-            ch.exec_command(protocol.install_command())
-            ch.sendall(protocol.agent_source())
-            ch.shutdown_write()
-            while ch.recv(65536):
-                pass
-            status = ch.recv_exit_status()
-        finally:
-            ch.close()
-        self.agent.events.emit("guest-agent-installed", reason=reason, exit_code=status)
-        if status != 0:
-            raise ConnectionError(f"installing the guest agent failed with exit code {status}")
-
-    def _thread(self, target: Callable[[], None], name: str) -> None:
-        t = threading.Thread(target=target, name=name, daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def alive(self) -> bool:
-        if self.dead.is_set() or not self.transport.is_active():
-            return False
-        ch = self.channel
-        return ch is not None and not ch.closed and not ch.eof_received
-
-    def close(self) -> None:
-        self.dead.set()
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.close()
-        if self.channel is not None:
-            with contextlib.suppress(Exception):
-                self.channel.close()
-        for m in self._mounts:
-            m.close()
-        for m in self._mounts:
-            m.join(2)
-        self._fail_routes()
-        for t in self._threads:
-            if t is not threading.current_thread():
-                t.join(5)
-
-    def ping(self) -> bool:
-        if self.client is None:
-            return False
-        try:
-            self.client.call("ping", timeout=PING_TIMEOUT)
-            return True
-        except DevenvError as e:
-            log.warning("guest agent did not answer a ping: %s", e)
-            return False
-
-    # -- events from the guest agent
-    def _dispatch(self) -> None:
-        client = self.client
-        assert client is not None
-        while True:
-            ev = client.next_event(timeout=0.5)
-            if ev is None:
-                ch = self.channel
-                ended = self.dead.is_set() or ch is None or ch.closed or ch.eof_received
-                if ended and client.events.empty():
-                    break
-                continue
-            kind = ev.get("event")
-            if kind == "ports":
-                self.agent.ports.apply_event(ev.get("added") or [], ev.get("removed") or [])
-            elif kind in ("output", "exit"):
-                self._route(ev)
-        self.dead.set()
-        self._fail_routes()
-
-    def _route(self, ev: dict[str, Any]) -> None:
-        sub = ev.get("subscription")
-        with self._lock:
-            q = self._routes.get(sub)
-            if q is None:  # spawn's answer not yet handed to its caller: keep until attach()
-                early = self._early.setdefault(sub, [])
-                if len(early) < 10000:
-                    early.append(ev)
-                return
-        q.put(("event", ev))
-
-    def attach(self, proc_id: Any) -> queue.Queue[tuple[str, Any]]:
-        q: queue.Queue[tuple[str, Any]] = queue.Queue()
-        with self._lock:
-            for ev in self._early.pop(proc_id, []):
-                q.put(("event", ev))
-            self._routes[proc_id] = q
-            if self.dead.is_set():
-                q.put(("lost", None))
-        return q
-
-    def detach(self, proc_id: Any) -> None:
-        with self._lock:
-            self._routes.pop(proc_id, None)
-            self._early.pop(proc_id, None)
-
-    def _fail_routes(self) -> None:
-        with self._lock:
-            routes = list(self._routes.values())
-        for q in routes:
-            q.put(("lost", None))
-
-    # -- commands on this transport
-    def run(self, script: str, timeout: float = 60.0) -> tuple[int, bytes, bytes]:
-        """A short shell command on a plain session channel of this transport."""
-        ch = self.transport.open_session(timeout=30)
-        try:
-            ch.settimeout(timeout)
-            ch.exec_command(script)
-            ch.shutdown_write()
-            out, err = b"", b""
-            while True:
-                data = ch.recv(65536)
-                if not data:
-                    break
-                out += data
-            while ch.recv_stderr_ready() or not ch.exit_status_ready():
-                data = ch.recv_stderr(65536)
-                if not data:
-                    break
-                err += data
-            ch.status_event.wait(timeout)
-            return int(ch.exit_status), out, err
-        finally:
-            ch.close()
-
-    def _mount_all(self) -> None:
-        for spec in self.agent.opts.mounts:
-            if self.dead.is_set():
-                return
-            try:
-                self._mount(spec)
-            except Exception as e:  # one mount failing never stops the others
-                self.agent.mount_state(spec, "failed", reason=f"{type(e).__name__}: {e}")
-
-    def _mount(self, spec: MountSpec) -> None:
-        if not os.path.isdir(spec.host_path):
-            self.agent.mount_state(spec, "failed", reason=f"{spec.host_path} is not a directory on the host")
-            return
-        server = find_sftp_server()
-        ch = self.transport.open_session(timeout=30)
-        ch.exec_command(mount_command(spec, sshfs=server is not None))
-        kind, err = read_mount_kind(ch, MOUNT_WAIT)
-        if kind == "sshfs" and server is not None:
-            self._await_sshfs(SshfsMount(spec, ch, server, stderr=err))
-            return
-        ended = ch.status_event.wait(5)  # it has ended, unless it said nothing
-        ch.close()
-        if kind == "9p":
-            self.agent.mount_state(spec, "mounted", type="9p")
-            return
-        said = err.decode(errors="replace").strip()[-300:]
-        said = said or (f"exit code {ch.exit_status}" if ended else f"no answer within {MOUNT_WAIT:.0f} s")
-        reason = {
-            "none": "the guest has no 9p share for this folder and no sshfs (the image needs the sshfs package)",
-            "sshfs": "no sftp-server on the host (install openssh)",
-        }.get(kind or "", f"preparing the mount point failed: {said}")
-        self.agent.mount_state(spec, "failed", reason=reason)
-
-    def _await_sshfs(self, mount: SshfsMount) -> None:
-        spec = mount.spec
-        self._mounts.append(mount)
-        deadline = time.monotonic() + MOUNT_WAIT
-        while not mount.talking.wait(0.1) and mount.alive and time.monotonic() < deadline:
-            pass  # asking before sshfs checked the folder would only cost the guest a shell
-        while time.monotonic() < deadline and not self.dead.is_set():
-            if not mount.alive:
-                break
-            code, _, _ = self.run(f"mountpoint -q {shlex.quote(spec.guest_path)}", timeout=15)
-            if code == 0:
-                self.agent.mount_state(spec, "mounted", type="sshfs")
-                return
-            time.sleep(0.3)
-        reason = mount.stderr.decode(errors="replace").strip()[-300:] or "sshfs did not mount in time"
-        mount.close()
-        self.agent.mount_state(spec, "failed", reason=reason)
 
 
 # --------------------------------------------------------------------------- the agent
@@ -790,204 +531,3 @@ def _close_tcp_client(client: socket.socket) -> None:
             pass
     except OSError:
         return
-
-
-# --------------------------------------------------------------------------- fast exec
-
-
-class ExecRequest:
-    """`devenv exec` over the control channel, pumped to a guest-agent spawn.
-
-    With the caller's three fds (unix socket + SCM_RIGHTS) output goes straight
-    to them; without (fds=None: stream mode, the TCP channel) output goes back
-    as {"out", "data"} lines and stdin comes as {"op": "stdin"} lines.
-    """
-
-    def __init__(
-        self,
-        agent: HostAgent,
-        client: socket.socket,
-        reader: wire.LineReader,
-        msg: Mapping[str, Any],
-        fds: list[int] | None,
-    ) -> None:
-        self.agent = agent
-        self.client = client
-        self.reader = reader
-        self.msg = msg
-        self.fds = fds or []
-        self.streamed = fds is None  # no fds to write to: output and stdin travel as lines on `client`
-        self.stdin_fd, self.stdout_fd, self.stderr_fd = fds or (-1, -1, -1)
-        self.done = threading.Event()
-        self._stdin_owned = False
-        self._stdin_lines: queue.Queue[dict[str, Any] | None] | None = None
-        self._stdin_lock = threading.Lock()  # _stdin_lines is closed and filled from two threads
-        self.send_lock = threading.Lock()
-
-    def run(self) -> dict[str, Any]:
-        try:
-            return self._run()
-        finally:
-            self.done.set()
-            # The stdin thread closes its fd itself: closing it here while it may still
-            # select() on it could make it read whatever file gets that number next.
-            for fd in self.fds[1:] if self._stdin_owned else self.fds:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-
-    def send(self, msg: dict[str, Any]) -> None:
-        """One line to the caller (stream mode: output and stdin acks come from two threads)."""
-        with self.send_lock:
-            self.client.sendall(wire.encode(msg))
-
-    def _ack_stdin(self) -> None:
-        with contextlib.suppress(OSError):
-            self.send({"stdin_ack": 1})
-
-    def _emit(self, stream: str, data: bytes) -> None:
-        """Output of the command (or devenv's word about it) to the caller; OSError when the caller is gone."""
-        if self.streamed:
-            self.send({"out": stream, "data": base64.b64encode(data).decode()})
-        else:
-            write_all(self.stdout_fd if stream == "stdout" else self.stderr_fd, data)
-
-    def _run(self) -> dict[str, Any]:
-        argv = self.msg.get("argv")
-        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
-            return {"error": "exec needs a command", "code": 2}
-        session = self.agent.wait_session(EXEC_WAIT)
-        if session is None or session.client is None or not session.can_spawn:
-            return {"unavailable": True, "error": "the host agent is not connected to the guest"}
-        env_in = self.msg.get("env") or {}
-        env = {**self.agent.opts.env, **{str(k): str(v) for k, v in dict(env_in).items()}}
-        workdir = self.msg.get("workdir")
-        if isinstance(workdir, str) and workdir:
-            cwd: str | None = workdir  # `-w`: a guest directory, as it is
-        else:
-            cwd = self.agent.guest_cwd(self.msg.get("cwd") if isinstance(self.msg.get("cwd"), str) else None)
-        want_stdin = bool(self.msg.get("stdin"))
-        client = session.client
-        try:
-            result = client.call("spawn", {"argv": argv, "env": env, "cwd": cwd, "stdin": want_stdin}, timeout=60)
-        except protocol.AgentError as e:
-            if e.code == "unknown_method":
-                session.can_spawn = False
-                return {"unavailable": True, "error": "the guest agent cannot spawn"}
-            self._emit("stderr", f"devenv: {e.reason}\n".encode())
-            # as a shell reports them: 127 no such command, 126 not executable, 1 anything else (a -w cd failing)
-            return {"exit_code": {"not_found": 127, "permission_denied": 126}.get(e.code, 1)}
-        except protocol.NotSent as e:
-            return {"unavailable": True, "error": str(e)}  # the guest never saw it: the caller may run it over SSH
-        except DevenvError as e:  # sent, no answer: it may be running, so it must not be run a second time
-            with contextlib.suppress(OSError):
-                self._emit("stderr", f"devenv: {e}; the command may have started in the guest\n".encode())
-            return {"exit_code": 255}
-        proc_id = result["process"]
-        events = session.attach(proc_id)
-        try:
-            if self.streamed:
-                self.send({"started": True})  # the client starts sending stdin only now
-            if want_stdin:
-                if self.streamed:  # stdin lines arrive with the signals: a queue and a writer of their own
-                    self._stdin_lines = queue.Queue()  # the client keeps at most wire.STDIN_WINDOW lines unacked
-                    pump: Callable[..., None] = self._stdin_from_lines
-                else:
-                    self._stdin_owned = True
-                    pump = self._stdin
-                threading.Thread(target=pump, args=(client, proc_id), name="exec-stdin", daemon=True).start()
-            threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
-            return self._output(events)
-        finally:
-            session.detach(proc_id)
-
-    def _output(self, events: queue.Queue[tuple[str, Any]]) -> dict[str, Any]:
-        broken = False
-        while True:
-            kind, ev = events.get()
-            if kind == "lost":
-                with contextlib.suppress(OSError):
-                    self._emit("stderr", b"devenv: lost the connection to the guest while the command ran\n")
-                return {"exit_code": 255}
-            if ev.get("event") == "exit":
-                return {"exit_code": int(ev.get("exit_code", 255))}
-            if broken:
-                continue
-            try:
-                self._emit("stdout" if ev.get("stream") == "stdout" else "stderr", base64.b64decode(ev.get("data", "")))
-            except OSError:  # the reader went away (head, a closed pipe): drop the rest, as SIGPIPE would
-                broken = True
-
-    def _stdin(self, client: protocol.AgentClient, proc_id: Any) -> None:
-        try:
-            while not self.done.is_set():
-                ready, _, _ = select.select([self.stdin_fd], [], [], TICK)
-                if not ready:
-                    continue
-                data = os.read(self.stdin_fd, 256 * 1024)
-                params = {"process": proc_id, "data": base64.b64encode(data).decode(), "eof": not data}
-                r = client.call("stdin", params, timeout=None)
-                if not data or (isinstance(r, dict) and r.get("closed")):
-                    return
-        except (OSError, ValueError, DevenvError) as e:
-            log.debug("exec stdin ended: %s", e)
-        finally:
-            with contextlib.suppress(OSError):
-                os.close(self.stdin_fd)
-
-    def _stdin_from_lines(self, client: protocol.AgentClient, proc_id: Any) -> None:
-        """Stream mode: stdin lines to the guest in order, apart from the reader, so a full pipe never holds up ^C."""
-        lines = self._stdin_lines
-        assert lines is not None
-        try:
-            while (msg := lines.get()) is not None:
-                params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
-                r = client.call("stdin", params, timeout=None)
-                self._ack_stdin()
-                if params["eof"] or (isinstance(r, dict) and r.get("closed")):
-                    return  # the command closed its stdin: the rest is dropped, as a pipe would
-        except (OSError, ValueError, DevenvError) as e:
-            log.debug("exec stdin ended: %s", e)
-        finally:
-            self._close_stdin_lines(lines)
-
-    def _close_stdin_lines(self, lines: queue.Queue[dict[str, Any] | None]) -> None:
-        """No more stdin lines are queued; ack what was queued but will never be written, so the window never stalls."""
-        with self._stdin_lock:  # after this no line reaches the queue (see _queue_stdin)
-            self._stdin_lines = None
-        while True:
-            try:
-                if lines.get_nowait() is not None:
-                    self._ack_stdin()
-            except queue.Empty:
-                return
-
-    def _queue_stdin(self, msg: dict[str, Any] | None) -> None:
-        """A stdin line (None: the caller is gone) for the writer; dropped and acked once stdin is closed."""
-        with self._stdin_lock:
-            lines = self._stdin_lines
-            if lines is not None:
-                lines.put(msg)
-                return
-        if msg is not None:
-            self._ack_stdin()  # as a pipe would drop it
-
-    def _signals(self, client: protocol.AgentClient, proc_id: Any) -> None:
-        """Signal requests from the caller; the caller vanishing (EOF) hangs the command up."""
-        try:
-            while not self.done.is_set():
-                line = self.reader.readline()
-                if not line:
-                    if not self.done.is_set():
-                        client.call("kill", {"process": proc_id, "signal": "HUP"}, timeout=10)
-                    return
-                msg = wire.decode(line)
-                if self.done.is_set():
-                    continue
-                if msg.get("op") == "signal":
-                    client.call("kill", {"process": proc_id, "signal": str(msg.get("signal", "INT"))}, timeout=10)
-                elif msg.get("op") == "stdin":
-                    self._queue_stdin(msg)
-        except (OSError, ValueError, DevenvError) as e:
-            log.debug("exec signal reader ended: %s", e)
-        finally:
-            self._queue_stdin(None)

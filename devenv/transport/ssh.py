@@ -27,6 +27,11 @@ Design decisions (see docs of each piece for detail):
   because a PTY merges stderr into stdout and mangles binary data.
 - Tunnels: direct-tcpip and direct-streamlocal@openssh.com channels, the
   latter packed by hand because paramiko only packs the TCP kinds.
+
+This module is the connection and its channels. What it drives lives beside
+it: pumps.py (bytes between a channel and the host's files), terminal.py
+(raw mode, window size and keys for `shell` and `exec -t`), sftpcopy.py
+(`devenv cp`), proxy.py (a jump host as a socket).
 """
 
 from __future__ import annotations
@@ -37,19 +42,16 @@ import logging
 import os
 import posixpath
 import re
-import select
 import shlex
-import signal
 import socket
-import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType, TracebackType
-from typing import IO, Any, Protocol
+from types import TracebackType
+from typing import IO
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_OPEN
@@ -61,13 +63,15 @@ from devenv.errors import (
     ConnectionFailed,
     DevenvError,
     InstanceNotFound,
-    PermissionProblem,
     UsageError,
 )
-from devenv.fdio import write_all
 from devenv.sigforward import forward_signals
+from devenv.transport import sftpcopy
 from devenv.transport.cpspec import CopyPlan
 from devenv.transport.proxy import proxy_argv, proxy_socket
+from devenv.transport.pumps import CHUNK, Readable, pump_out, pump_stdin
+from devenv.transport.sftpcopy import Progress
+from devenv.transport.terminal import interact, raw_terminal, resize_on_sigwinch, terminal_size
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +97,9 @@ LINUX_SIGNALS: dict[str, int] = {
 EXIT_CONNECTION_LOST = 255  # what OpenSSH's ssh returns when it cannot tell
 PID_MARKER = b"devenv-pid:"
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_CHUNK = 65536
 
 Command = str | Sequence[str]
 Sink = IO[bytes] | Callable[[bytes], object] | None
-Progress = Callable[[str, int, int], None]  # (path, bytes done, bytes total)
 
 
 class HostKeyMismatch(ConnectionFailed):
@@ -299,10 +301,6 @@ class ExecResult:
         raise CommandFailed(f"`{self.command}` failed in the guest with exit code {self.exit_code}{detail}", hint)
 
 
-class _Readable(Protocol):
-    def read(self, n: int = ..., /) -> bytes: ...
-
-
 # --------------------------------------------------------------------------- remote process
 
 
@@ -419,57 +417,12 @@ def _sink_writer(sink: Sink) -> Callable[[bytes], None]:
     return write
 
 
-def _read_chunk(src: Any, stop: threading.Event) -> bytes:
-    """Read what is available (not a full buffer), waking up to notice `stop` where select() allows."""
-    fileno = None
-    with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
-        fileno = src.fileno()
-    if fileno is not None and os.name != "nt":
-        while not stop.is_set():
-            ready, _, _ = select.select([fileno], [], [], 0.2)
-            if ready:
-                return os.read(fileno, _CHUNK)
-        return b""
-    if hasattr(src, "read1"):
-        return bytes(src.read1(_CHUNK))
-    return bytes(src.read(_CHUNK))
-
-
-def _pump_stdin(channel: paramiko.Channel, src: bytes | _Readable | None, stop: threading.Event) -> None:
-    """Send stdin, then EOF (shutdown_write) so commands like `wc` finish."""
-    try:
-        if isinstance(src, bytes | bytearray | memoryview):
-            view = memoryview(src)
-            for i in range(0, len(view), _CHUNK):
-                if stop.is_set():
-                    return
-                channel.sendall(view[i : i + _CHUNK])
-        elif src is not None:
-            while not stop.is_set():
-                data = _read_chunk(src, stop)
-                if not data:
-                    break
-                channel.sendall(data)
-        if not stop.is_set():
-            channel.shutdown_write()
-    except (OSError, EOFError, paramiko.SSHException) as e:
-        log.debug("stdin stopped: %s", e)  # the remote side closed first; nothing left to feed
-
-
-def _pump_out(recv: Callable[[int], bytes], write: Callable[[bytes], None]) -> None:
-    while True:
-        data = recv(_CHUNK)
-        if not data:
-            return
-        write(data)
-
-
 def _pump_stderr(proc: RemoteProcess, write: Callable[[bytes], None]) -> None:
     """Forward stderr after taking the pid line that build_script() puts first."""
     head = b""
     try:
         while b"\n" not in head and len(head) < 64:
-            data = proc.channel.recv_stderr(_CHUNK)
+            data = proc.channel.recv_stderr(CHUNK)
             if not data:
                 break
             head += data
@@ -482,7 +435,7 @@ def _pump_stderr(proc: RemoteProcess, write: Callable[[bytes], None]) -> None:
             write(rest)
     finally:
         proc._set_pid(proc.pid)  # unblock signal() waiters even without a pid
-    _pump_out(proc.channel.recv_stderr, write)
+    pump_out(proc.channel.recv_stderr, write)
 
 
 # --------------------------------------------------------------------------- connection
@@ -752,7 +705,7 @@ class SSHConnection:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
-        stdin: bytes | _Readable | None = None,
+        stdin: bytes | Readable | None = None,
         stdout: Sink = None,
         stderr: Sink = None,
         forward_signals: bool = True,
@@ -770,15 +723,15 @@ class SSHConnection:
         return self._drive(proc, stdin, stdout, stderr, forward_signals)
 
     def _drive(
-        self, proc: RemoteProcess, stdin: bytes | _Readable | None, stdout: Sink, stderr: Sink, forward_signals: bool
+        self, proc: RemoteProcess, stdin: bytes | Readable | None, stdout: Sink, stderr: Sink, forward_signals: bool
     ) -> int:
         stop = threading.Event()
         out_w, err_w = _sink_writer(stdout), _sink_writer(stderr)
         threads = [
-            threading.Thread(target=_pump_out, args=(proc.channel.recv, out_w), name="ssh-stdout", daemon=True),
+            threading.Thread(target=pump_out, args=(proc.channel.recv, out_w), name="ssh-stdout", daemon=True),
             threading.Thread(target=_pump_stderr, args=(proc, err_w), name="ssh-stderr", daemon=True),
         ]
-        feeder = threading.Thread(target=_pump_stdin, args=(proc.channel, stdin, stop), name="ssh-stdin", daemon=True)
+        feeder = threading.Thread(target=pump_stdin, args=(proc.channel, stdin, stop), name="ssh-stdin", daemon=True)
         restore = _forward_signals(proc) if forward_signals else contextlib.nullcontext()
         try:
             with restore:
@@ -843,7 +796,7 @@ class SSHConnection:
         """
         in_fd = sys.stdin.fileno() if stdin_fd is None else stdin_fd
         out_fd = sys.stdout.fileno() if stdout_fd is None else stdout_fd
-        cols, rows = _terminal_size(out_fd, in_fd)
+        cols, rows = terminal_size(out_fd, in_fd)
         channel = self.open_session()
         try:
             term = term or os.environ.get("TERM", "xterm-256color")
@@ -853,8 +806,8 @@ class SSHConnection:
             else:
                 script = build_script(command, env=env, cwd=cwd, report_pid=False, login_shell=True)
                 self._request(channel, f"starting `{describe(command)}`", lambda: channel.exec_command(_wire(script)))
-            with _raw_terminal(in_fd), _resize_on_sigwinch(channel, out_fd, in_fd):
-                _interact(channel, in_fd, out_fd)
+            with raw_terminal(in_fd), resize_on_sigwinch(channel, out_fd, in_fd):
+                interact(channel, in_fd, out_fd)
             channel.status_event.wait(self.handshake_timeout)
             return _exit_code(channel)
         finally:
@@ -891,13 +844,13 @@ class SSHConnection:
         if not src.exists() and not src.is_symlink():
             raise InstanceNotFound(f"no such file or directory on the host: {host_path}")
         sftp = self.sftp()
-        dest = _guest_path(guest_path)
+        dest = sftpcopy.guest_path(guest_path)
         try:
-            if _remote_is_dir(sftp, dest):
+            if sftpcopy.remote_is_dir(sftp, dest):
                 dest = posixpath.join(dest, src.name)
         except OSError as e:  # a folder on the way the guest user may not enter
-            raise _copy_failed(e, f"{src} to {dest} in the guest") from None
-        _put_tree(sftp, src, dest, progress)
+            raise sftpcopy.copy_failed(e, f"{src} to {dest} in the guest") from None
+        sftpcopy.put_tree(sftp, src, dest, progress)
         return dest
 
     def copy_from_guest(
@@ -905,20 +858,20 @@ class SSHConnection:
     ) -> Path:
         """Copy a file or tree out of the guest, keeping modes and mtimes; returns the host path written."""
         sftp = self.sftp()
-        src = _guest_path(guest_path)
+        src = sftpcopy.guest_path(guest_path)
         try:
             attrs = sftp.lstat(src)
         except FileNotFoundError:
             raise InstanceNotFound(f"no such file or directory in {self.target.label}: {guest_path}") from None
         except OSError as e:
-            raise _copy_failed(e, f"{src} in the guest to {host_path}") from None
+            raise sftpcopy.copy_failed(e, f"{src} in the guest to {host_path}") from None
         dest = Path(os.path.expanduser(os.fspath(host_path)))
         try:
             if dest.is_dir():
                 dest = dest / posixpath.basename(src.rstrip("/") or "/")
         except OSError as e:
-            raise _copy_failed(e, f"{src} in the guest to {dest}") from None
-        _get_tree(sftp, src, attrs, dest, progress)
+            raise sftpcopy.copy_failed(e, f"{src} in the guest to {dest}") from None
+        sftpcopy.get_tree(sftp, src, attrs, dest, progress)
         return dest
 
     # ---- tunnels
@@ -1000,201 +953,8 @@ def open_streamlocal(transport: paramiko.Transport, path: str, timeout: float = 
     return opened
 
 
-# --------------------------------------------------------------------------- sftp helpers
-
-
-def _guest_path(path: str) -> str:
-    """SFTP resolves relative paths against the login directory, so `~/x` is `x`."""
-    if path in ("~", "~/"):
-        return "."
-    if path.startswith("~/"):
-        return path[2:] or "."
-    return path or "."
-
-
-def _remote_is_dir(sftp: paramiko.SFTPClient, path: str) -> bool:
-    try:
-        return stat.S_ISDIR(sftp.stat(path).st_mode or 0)
-    except FileNotFoundError:
-        return False
-
-
-def _file_progress(progress: Progress | None, label: str) -> Callable[[int, int], None] | None:
-    if progress is None:
-        return None
-    fn = progress
-
-    def callback(done: int, total: int) -> None:
-        fn(label, done, total)
-
-    return callback
-
-
-def _copy_failed(e: OSError, what: str) -> DevenvError:
-    """An SFTP or host file error, named with both paths: a user's mistake, not a devenv bug.
-
-    paramiko's SFTP errors carry the errno (ENOENT, EACCES) but no path, so the
-    caller names the file it was working on.
-    """
-    reason = e.strerror or str(e) or type(e).__name__
-    if isinstance(e, PermissionError) and e.filename:  # Python's own file calls name the host path
-        return PermissionProblem(f"cannot copy {what}: {e.filename}: {reason}", "check that path's permissions")
-    if isinstance(e, PermissionError):
-        return PermissionProblem(
-            f"cannot copy {what}: {reason}",
-            "in the guest devenv reads and writes as its user `devenv`: pick a place it may use "
-            "(its home, /tmp), or go through it with `devenv exec -- sudo cp ...`",
-        )
-    if isinstance(e, FileNotFoundError):
-        return InstanceNotFound(f"cannot copy {what}: {reason}", "the folder a copy goes into must exist already")
-    hint = "check both paths (a file where a folder goes?) and the free space"
-    return CommandFailed(f"cannot copy {what}: {reason}", hint)
-
-
-def _put_tree(sftp: paramiko.SFTPClient, src: Path, dest: str, progress: Progress | None) -> None:
-    try:
-        _put_node(sftp, src, dest, progress)
-    except OSError as e:
-        raise _copy_failed(e, f"{src} to {dest} in the guest") from None
-
-
-def _put_node(sftp: paramiko.SFTPClient, src: Path, dest: str, progress: Progress | None) -> None:
-    st = src.lstat()
-    if stat.S_ISLNK(st.st_mode):
-        with contextlib.suppress(OSError):
-            sftp.remove(dest)
-        sftp.symlink(os.readlink(src), dest)
-        return
-    if stat.S_ISDIR(st.st_mode):
-        if not _remote_is_dir(sftp, dest):
-            sftp.mkdir(dest, mode=0o700)
-        for child in sorted(src.iterdir()):
-            _put_tree(sftp, child, posixpath.join(dest, child.name), progress)
-    elif stat.S_ISREG(st.st_mode):
-        sftp.put(os.fspath(src), dest, callback=_file_progress(progress, str(src)), confirm=True)
-    else:
-        log.warning("skipping %s: not a regular file, directory or symlink", src)
-        return
-    # Modes and times last: a read-only directory would otherwise refuse its children.
-    sftp.chmod(dest, stat.S_IMODE(st.st_mode))
-    sftp.utime(dest, (st.st_atime, st.st_mtime))
-
-
-def _get_tree(
-    sftp: paramiko.SFTPClient, src: str, attrs: paramiko.SFTPAttributes, dest: Path, progress: Progress | None
-) -> None:
-    try:
-        _get_node(sftp, src, attrs, dest, progress)
-    except OSError as e:
-        raise _copy_failed(e, f"{src} in the guest to {dest}") from None
-
-
-def _get_node(
-    sftp: paramiko.SFTPClient, src: str, attrs: paramiko.SFTPAttributes, dest: Path, progress: Progress | None
-) -> None:
-    mode = attrs.st_mode or 0
-    if stat.S_ISLNK(mode):
-        if dest.is_symlink() or dest.exists():
-            dest.unlink()
-        os.symlink(sftp.readlink(src) or "", dest)
-        return
-    if stat.S_ISDIR(mode):
-        dest.mkdir(mode=0o700, exist_ok=True)
-        for child in sorted(sftp.listdir_attr(src), key=lambda a: a.filename):
-            _get_tree(sftp, posixpath.join(src, child.filename), child, dest / child.filename, progress)
-    elif stat.S_ISREG(mode):
-        sftp.get(src, os.fspath(dest), callback=_file_progress(progress, src))
-    else:
-        log.warning("skipping %s in the guest: not a regular file, directory or symlink", src)
-        return
-    os.chmod(dest, stat.S_IMODE(mode))
-    if attrs.st_mtime is not None:
-        os.utime(dest, (attrs.st_atime or attrs.st_mtime, attrs.st_mtime))
-
-
-# --------------------------------------------------------------------------- terminal helpers
-
-
-def _terminal_size(*fds: int) -> tuple[int, int]:
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            size = os.get_terminal_size(fd)
-            if size.columns and size.lines:
-                return size.columns, size.lines
-    return 80, 24
-
-
-@contextlib.contextmanager
-def _raw_terminal(fd: int) -> Iterator[None]:
-    """Raw mode on a tty, restored however the block ends; a no-op when `fd` is not a tty."""
-    if os.name == "nt" or not os.isatty(fd):
-        yield
-        return
-    import termios
-    import tty
-
-    saved = termios.tcgetattr(fd)
-    try:
-        tty.setraw(fd, termios.TCSADRAIN)  # DRAIN like OpenSSH: keep keys typed ahead
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-@contextlib.contextmanager
-def _resize_on_sigwinch(channel: paramiko.Channel, *fds: int) -> Iterator[None]:
-    sigwinch = getattr(signal, "SIGWINCH", None)
-    if sigwinch is None or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_winch(_signum: int, _frame: FrameType | None) -> None:
-        cols, rows = _terminal_size(*fds)
-        with contextlib.suppress(Exception):
-            channel.resize_pty(width=cols, height=rows)
-
-    previous = signal.signal(sigwinch, on_winch)
-    try:
-        yield
-    finally:
-        signal.signal(sigwinch, previous)
-
-
 def _forward_signals(proc: RemoteProcess) -> contextlib.AbstractContextManager[None]:
     """While a command runs, turn host SIGINT/SIGTERM into the same signal for the remote group."""
     return forward_signals(
         lambda name: threading.Thread(target=proc.signal, args=(name,), name=f"ssh-sig{name}", daemon=True).start()
     )
-
-
-def _interact(channel: paramiko.Channel, in_fd: int, out_fd: int) -> None:
-    """Copy keys to the channel and output to the terminal until the remote side closes."""
-    if os.name == "nt":  # select() takes no console handles on Windows: a reader thread instead
-        stop = threading.Event()
-        stdin = os.fdopen(in_fd, "rb", buffering=0, closefd=False)
-        feeder = threading.Thread(target=_pump_stdin, args=(channel, stdin, stop), daemon=True)
-        feeder.start()
-        try:
-            _pump_out(channel.recv, lambda data: write_all(out_fd, data))
-        finally:
-            stop.set()
-        return
-    stdin_open = True
-    while True:
-        watch: list[Any] = [channel, in_fd] if stdin_open else [channel]
-        ready, _, _ = select.select(watch, [], [])
-        if channel in ready:
-            data = channel.recv(_CHUNK)
-            if not data:
-                return
-            write_all(out_fd, data)
-        if stdin_open and in_fd in ready:
-            try:
-                keys = os.read(in_fd, 4096)
-            except OSError:  # EIO: the local terminal went away
-                keys = b""
-            if keys:
-                channel.sendall(keys)
-            else:
-                stdin_open = False
-                channel.shutdown_write()

@@ -301,7 +301,7 @@ def test_a_spawn_the_guest_may_have_seen_is_never_run_again(
     """Only a request that never left may fall back to SSH ("unavailable"); one that went out ends here."""
     from types import SimpleNamespace
 
-    from devenv.hostagent.daemon import ExecRequest
+    from devenv.hostagent.fastexec import ExecRequest
 
     session = SimpleNamespace(client=_Refusing(exc), can_spawn=True)
     agent = SimpleNamespace(wait_session=lambda timeout: session, opts=SimpleNamespace(env={}), guest_cwd=lambda c: c)
@@ -334,7 +334,7 @@ def test_exec_runs_in_the_workdir_asked_for_else_the_mapped_cwd(
 ) -> None:
     from types import SimpleNamespace
 
-    from devenv.hostagent.daemon import ExecRequest
+    from devenv.hostagent.fastexec import ExecRequest
 
     calls: list[tuple[str, Any]] = []
 

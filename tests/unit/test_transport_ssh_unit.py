@@ -7,9 +7,9 @@ import subprocess
 import pytest
 
 from devenv.errors import UsageError
+from devenv.transport.sftpcopy import guest_path as _guest_path
 from devenv.transport.ssh import (
     ExecResult,
-    _guest_path,
     _host_key_types,
     _signal_name,
     build_script,
