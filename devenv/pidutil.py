@@ -49,6 +49,19 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else ""
 
 
+def runs_as(pid: int, marker: bytes) -> bool:
+    """Alive, and its command line names `marker`: the process a pid file of ours was written for.
+
+    A pid left in a file by a crash or a host reboot may be anyone's now; the
+    marker (a path only our process's arguments hold) tells. Only Windows
+    cannot show another process's command line: there a live pid counts.
+    """
+    if not pid_alive(pid):  # never os.kill(pid, 0) on Windows: there that terminates the process
+        return False
+    cmdline = command_line(pid)
+    return cmdline is None or marker in cmdline
+
+
 def command_line(pid: int) -> bytes | None:
     """A process's command line, to tell our own process from one that got a recycled pid.
 

@@ -43,14 +43,14 @@ REGISTRY: dict[str, Entry] = {
 EXTRA_ENV = "DEVENV_EXTRA_DRIVERS"
 
 
-def _add_extra_drivers(value: str) -> None:
+def add_extra_drivers(value: str) -> None:
     for item in value.split(";"):
         name, _, target = item.strip().partition("=")
         if name and ":" in target and name not in REGISTRY:
             REGISTRY[name] = Entry(name.strip(), target.strip(), f"a VM driver named in {EXTRA_ENV}", driver=True)
 
 
-_add_extra_drivers(os.environ.get(EXTRA_ENV, ""))
+add_extra_drivers(os.environ.get(EXTRA_ENV, ""))
 
 
 def register(e: Entry) -> None:

@@ -37,6 +37,7 @@ from devenv import paths
 from devenv.backends.base import InstanceRef, StepReporter
 from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
 from devenv.errors import BackendUnavailable, DevenvError, StateError, Timeout
+from devenv.provision.readiness import ssh_banner
 from devenv.provision.userdata import FAILED_PREFIX, READY_LINE
 
 SSHD = os.environ.get("DEVENV_TEST_SSHD", "/usr/sbin/sshd")
@@ -169,19 +170,15 @@ class SshdDriver:
 
     def _pid(self, inst: InstanceRef) -> int | None:
         """The listener's pid while it is our sshd: its command line names this instance's config."""
-        from devenv.pidutil import command_line, pid_alive
+        from devenv.pidutil import runs_as
 
         try:
             pid = int((inst.dir / PID_FILE).read_text().strip())
         except (OSError, ValueError):
             return None
-        if not pid_alive(pid):
-            return None
         with contextlib.suppress(ChildProcessError, OSError):
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child, exited: reaped now
-                return None
-        cmdline = command_line(pid)
-        return pid if cmdline is None or os.fsencode(inst.dir / CONFIG) in cmdline else None
+            os.waitpid(pid, os.WNOHANG)  # reap it when this process started it (a test): no zombie left
+        return pid if runs_as(pid, os.fsencode(inst.dir / CONFIG)) else None
 
     def _wait_exit(self, inst: InstanceRef, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -203,11 +200,7 @@ class SshdDriver:
     def _announce_when_up(self, inst: InstanceRef, port: int, proc: subprocess.Popen[bytes]) -> None:
         """What a booted guest says once its sshd runs: on the console, else in its provisioning record."""
         deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and proc.poll() is None:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.settimeout(2)
-                if s.recv(64).startswith(b"SSH-"):
-                    break
+        while time.monotonic() < deadline and proc.poll() is None and not ssh_banner(port, timeout=1.0):
             time.sleep(0.05)
         step, _, rc = self.fail_provisioning.partition(" ")
         line = f"{FAILED_PREFIX} step={step} rc={rc} log=/tmp/provision.log" if step else READY_LINE

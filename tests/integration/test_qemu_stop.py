@@ -34,7 +34,7 @@ from tests.steprecorder import StepRecorder
 pytestmark = [pytest.mark.integration, pytest.mark.skipif(QEMU is None, reason=MISSING)]
 
 
-def QemuBackend() -> VmBackend:  # what the registry makes of "qemu"
+def qemu_vm() -> VmBackend:  # what the registry makes of "qemu"
     return VmBackend(QemuDriver())
 
 
@@ -69,7 +69,7 @@ def test_a_guest_that_ignores_the_power_button_is_quit_through_qmp(
     monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 1.0)
     steps = StepRecorder()
     started = time.monotonic()
-    QemuBackend().stop(inst, False, steps)
+    qemu_vm().stop(inst, False, steps)
     assert _gone(proc) and time.monotonic() - started < 10
     assert steps.seen == [
         "stop the host agent",
@@ -104,7 +104,7 @@ def test_the_power_button_is_pressed_again_while_stop_waits(monkeypatch: pytest.
             monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 3.0)
             monkeypatch.setattr(qemu, "POWER_BUTTON_EVERY", 1.0)
             steps = StepRecorder()
-            QemuBackend().stop(InstanceRef("t", d, Config(mounts=[])), False, steps)
+            qemu_vm().stop(InstanceRef("t", d, Config(mounts=[])), False, steps)
             assert _gone(proc)
             assert steps.seen[:3] == [
                 "stop the host agent",
@@ -129,7 +129,7 @@ def test_force_skips_the_wait_and_a_qemu_deaf_to_qmp_is_killed(
     inst, proc = vm
     os.kill(proc.pid, signal.SIGSTOP)  # alive, holding its sockets, answering nothing
     steps = StepRecorder()
-    QemuBackend().stop(inst, True, steps)
+    qemu_vm().stop(inst, True, steps)
     assert _gone(proc)
     assert steps.seen == ["stop the host agent", "QEMU quit (QMP)", "✗", f"kill QEMU (pid {proc.pid})"]
 
@@ -140,7 +140,7 @@ def test_a_stranger_with_the_recorded_pid_is_left_alone(tmp_path: Path) -> None:
     try:
         (tmp_path / paths.QEMU_PID).write_text(f"{stranger.pid}\n")
         steps = StepRecorder()
-        QemuBackend().stop(InstanceRef("t", tmp_path, Config(mounts=[])), True, steps)
+        qemu_vm().stop(InstanceRef("t", tmp_path, Config(mounts=[])), True, steps)
         assert steps.seen == ["stop the host agent"]  # nothing of ours runs: nothing to stop
         assert stranger.poll() is None
     finally:
@@ -160,7 +160,7 @@ def test_a_paused_vm_is_reported_from_qmp_and_start_resumes_it(
         q.command("cont")  # out of -S's prelaunch
         q.command("stop")
     assert qemuproc.vm_run_state(qmp) == "paused"
-    st = QemuBackend().status(inst)
+    st = qemu_vm().status(inst)
     assert (st.state, st.details["qemu_status"]) == ("degraded", "paused")  # not running; delete wants --force
     assert st.reason == "the VM is paused (QEMU's `stop`, or a debugger); `devenv start` resumes it"
     steps = StepRecorder()
@@ -199,11 +199,11 @@ def test_an_ssh_port_taken_between_choosing_and_binding_is_chosen_again(
         QemuDriver()._launch(_Boot(inst, QEMU, {"arch": "x86_64"}, "x86_64"), "tcg", "q35", "")
         assert picks[0] == port and picks[1] != port and len(picks) == 2
         assert (d / paths.SSH_PORT).read_text().strip() == str(picks[1])
-        assert f"Port {picks[1]}" in QemuBackend().ssh_config(inst)
+        assert f"Port {picks[1]}" in qemu_vm().ssh_config(inst)
         assert qemuproc.vm_run_state(d / paths.QMP_SOCK) == "running"
     finally:
         taken.close()
-        QemuBackend().stop(inst, True, StepRecorder())
+        qemu_vm().stop(inst, True, StepRecorder())
         for f in sorted(d.rglob("*"), reverse=True):
             f.unlink() if not f.is_dir() else f.rmdir()
         d.rmdir()
@@ -220,7 +220,7 @@ def test_stop_lets_a_paused_vm_run_so_it_can_shut_down_cleanly(
         q.command("stop")
     monkeypatch.setattr(vm_backend, "STOP_TIMEOUT", 1.0)
     steps = StepRecorder()
-    QemuBackend().stop(inst, False, steps)
+    qemu_vm().stop(inst, False, steps)
     assert _gone(proc)
     assert steps.seen == [
         "stop the host agent",

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from devenv.backends.drivers.qemuports import UserNetError, UserNetForwarder
+from devenv.backends.drivers.qemuports import UserNetForwarder
 from devenv.hostagent.events import EventLog, read_events
+from devenv.hostagent.fastports import FastPortError
 from devenv.hostagent.ports import PortManager
 from tests.integration.qemu_fixture import MISSING, QEMU, start_paused_qemu
 
@@ -65,7 +66,7 @@ def test_add_list_remove_and_a_taken_port(qemu: tuple[Path, int]) -> None:
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", other := free_port()))
         holder.listen(1)
-        with pytest.raises(UserNetError, match="host forwarding rule"):
+        with pytest.raises(FastPortError, match="host forwarding rule"):
             fw.add("127.0.0.1", other, 8080)
     fw.remove("127.0.0.1", port)
     assert not port_taken(port)
@@ -83,7 +84,7 @@ def test_clear_stale_keeps_the_ssh_rule(qemu: tuple[Path, int]) -> None:
 
 
 def test_unreachable_qmp_is_a_usernet_error(tmp_path: Path) -> None:
-    with pytest.raises(UserNetError, match="did not answer"):
+    with pytest.raises(FastPortError, match="did not answer"):
         UserNetForwarder(tmp_path / "none.sock", keep_ports=set()).add("127.0.0.1", 1, 1)
 
 
@@ -121,7 +122,7 @@ def test_a_rule_whose_removal_failed_is_removed_before_the_port_is_used_again(
     port = free_port()
     fw.add("127.0.0.1", port, port)
     fw.qmp_path = tmp_path / "gone.sock"  # QMP unreachable for a moment: the removal fails
-    with pytest.raises(UserNetError):
+    with pytest.raises(FastPortError):
         fw.remove("127.0.0.1", port)
     assert fw.leftover == {port} and port_taken(port)
     fw.qmp_path = sock

@@ -57,7 +57,7 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         mp.setenv("DEVENV_HOME", str(root / "home"))
         mp.setenv("DOCKER_CONFIG", str(root / "docker"))  # start makes a docker context: never the user's own
         mp.setenv(registry.EXTRA_ENV, sshd_driver.EXTRA_DRIVERS)  # for the host agent and the CLI processes
-        registry._add_extra_drivers(sshd_driver.EXTRA_DRIVERS)  # and for this one
+        registry.add_extra_drivers(sshd_driver.EXTRA_DRIVERS)  # and for this one
         try:
             yield root
         finally:

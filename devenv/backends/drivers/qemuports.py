@@ -31,7 +31,6 @@ from devenv.hostagent.fastports import FastPortError
 log = logging.getLogger(__name__)
 
 NETDEV = "net0"  # the id qemuargs gives the user-mode netdev
-UserNetError = FastPortError  # QEMU refused a rule, or QMP could not be reached; the message says which
 
 
 def for_instance(inst_dir: Path) -> UserNetForwarder | None:
@@ -80,21 +79,21 @@ class UserNetForwarder:
             with Qmp(self.qmp_path, timeout=10) as q:
                 out = q.command("human-monitor-command", **{"command-line": command})
         except (DevenvError, OSError, ValueError) as e:
-            raise UserNetError(f"QEMU's monitor did not answer: {e}") from None
+            raise FastPortError(f"QEMU's monitor did not answer: {e}") from None
         return str(out or "")
 
     def add(self, host: str, host_port: int, guest_port: int) -> None:
         out = self._hmp(f"hostfwd_add {self.netdev} tcp:{host}:{host_port}-:{guest_port}").strip()
         if out:  # HMP answers nothing on success, an error line otherwise
-            raise UserNetError(out)
+            raise FastPortError(out)
 
     def remove(self, host: str, host_port: int) -> None:
         """Remove a rule; a failure is remembered in `leftover`, for retry_leftover() before the port is reused."""
         try:
             out = self._hmp(f"hostfwd_remove {self.netdev} tcp:{host}:{host_port}").strip()
             if out and "removed" not in out.lower():
-                raise UserNetError(out)
-        except UserNetError:
+                raise FastPortError(out)
+        except FastPortError:
             self.leftover.add(host_port)
             raise
         self.leftover.discard(host_port)
@@ -105,7 +104,7 @@ class UserNetForwarder:
             return False
         try:
             self.remove(host, host_port)
-        except UserNetError as e:
+        except FastPortError as e:
             log.info("the QEMU forward of host port %d is still there: %s", host_port, e)
             return False
         return True
@@ -121,6 +120,6 @@ class UserNetForwarder:
                 try:
                     self.remove(host, host_port)
                     removed.append(host_port)
-                except UserNetError as e:  # remembered in leftover: retried before the port is used
+                except FastPortError as e:  # remembered in leftover: retried before the port is used
                     log.info("could not remove the stale forward of host port %d: %s", host_port, e)
         return removed

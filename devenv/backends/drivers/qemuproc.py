@@ -35,17 +35,10 @@ def read_pid(inst_dir: Path) -> int | None:
 
 
 def pid_is_ours(pid: int, inst_dir: Path) -> bool:
-    """Alive, and really our QEMU: a pid left in qemu.pid by a crash or a host reboot may be anyone's now.
+    """Alive, and really our QEMU (pidutil.runs_as): its command line names this instance's QMP socket."""
+    from devenv.pidutil import runs_as
 
-    Our QEMU's command line names this instance's QMP socket. Only Windows
-    cannot show another process's command line; there a live pid counts.
-    """
-    from devenv.pidutil import command_line, pid_alive
-
-    if not pid_alive(pid):  # never os.kill(pid, 0): on Windows that terminates the process
-        return False
-    cmdline = command_line(pid)
-    return cmdline is None or os.fsencode(inst_dir / paths.QMP_SOCK) in cmdline
+    return runs_as(pid, os.fsencode(inst_dir / paths.QMP_SOCK))
 
 
 def running_pid(inst_dir: Path) -> int | None:

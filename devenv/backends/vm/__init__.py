@@ -70,6 +70,7 @@ class VmBackend:
         prepare_seed(inst.dir, inst.config, host_address=self.driver.host_address)
 
     def start(self, inst: InstanceRef, step: StepReporter) -> None:
+        from devenv import hostagent
         from devenv.provision import prepare_seed
 
         d = self.driver
@@ -78,8 +79,6 @@ class VmBackend:
             booting = d.attach(inst, step)
             self._write_ssh_config(inst)  # kept current, also for a VM started before devenv wrote the file
         else:
-            from devenv import hostagent
-
             # an agent of the VM that is gone (killed a moment ago) lives on for a tick, its SSH session
             # to the old guest perhaps still up: start must not take it for this boot's
             hostagent.shutdown(inst.dir)
@@ -98,8 +97,6 @@ class VmBackend:
         except BootStalled as e:
             if e.retry is None:
                 raise
-            from devenv import hostagent
-
             step.fail()
             step("stop the host agent")
             hostagent.shutdown(inst.dir)
