@@ -21,6 +21,7 @@ from devenv.sizes import format_size as format_size
 from devenv.sizes import parse_size as parse_size
 
 RUNTIMES = ("docker", "podman", "containerd")
+STOP_MODES = ("suspend", "shutdown")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 DEFAULT_IMAGE = "debian-12"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -65,6 +66,10 @@ class Config:
     # randomisation in the guest for speed under TCG, where QEMU (7.2, as measured) translates
     # every randomised process's code again (process start ~50 -> ~17 ms, boot ~20% faster).
     aslr: bool = True
+    # what a plain `devenv stop` does where the backend can save a running guest: "suspend" (the
+    # next start restores it in about a second) or "shutdown" (the guest powers off; the next start
+    # boots it). Elsewhere a stop always shuts down. `stop --suspend` / `--shutdown` choose once.
+    stop: str = "suspend"
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortForward, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -89,6 +94,7 @@ FIELDS = {
     "machine",
     "arch",
     "aslr",
+    "stop",
     "mounts",
     "ports",
     "env",
@@ -229,7 +235,7 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
             return validate_name(value, "name")
         except UsageError as e:
             raise ValueError(e.message.removeprefix("name ")) from None
-    if key in ("backend", "runtime", "accelerator", "machine"):
+    if key in ("backend", "runtime", "accelerator", "machine", "stop"):
         from devenv import registry
         from devenv.machines import MACHINE_ARCH
 
@@ -238,6 +244,7 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
             "runtime": RUNTIMES,
             "accelerator": ACCELERATORS,
             "machine": ("auto", *MACHINE_ARCH),  # auto: q35 on x86_64, virt on aarch64
+            "stop": STOP_MODES,
         }[key]
         if value not in allowed:
             raise ValueError(f"must be one of {', '.join(allowed)}, not {value!r}")
@@ -408,6 +415,8 @@ def dump_toml(cfg: Config) -> str:
         lines.append(f"arch = {_toml_str(cfg.arch)}")
     if not cfg.aslr:
         lines.append("aslr = false")
+    if cfg.stop != "suspend":
+        lines.append(f"stop = {_toml_str(cfg.stop)}")
     if cfg.env:
         inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())
         lines.append(f"env = {{ {inner} }}")

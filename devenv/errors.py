@@ -67,6 +67,10 @@ class StateError(DevenvError):
     exit_code = ExitCode.STATE
 
 
+class SuspendRefused(StateError):
+    """The guest could not be saved (`devenv stop --suspend`); the VM runs on as before, nothing was lost."""
+
+
 class BackendUnavailable(DevenvError):
     exit_code = ExitCode.UNAVAILABLE
 

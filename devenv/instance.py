@@ -10,6 +10,7 @@ so a failed or interrupted create leaves nothing that looks like an instance.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -186,13 +187,39 @@ def start(name: str, overrides: dict[str, Any], project: Path | None, step: Step
     return inst, warnings
 
 
-def stop(name: str, force: bool, step: StepReporter) -> Instance:
+def stop(name: str, force: bool, step: StepReporter, mode: str | None = None) -> tuple[Instance, str]:
+    """Stop an instance; what it is now: "suspended" or "stopped".
+
+    `mode`: "suspend" or "shutdown" as the user asked (`--suspend`,
+    `--shutdown`), None for devenv.toml's `stop`. That default suspends only
+    an instance whose start finished, on a backend that can; when the guest
+    cannot be saved it says why and shuts the guest down instead. An asked-for
+    suspend that cannot be done is an error, and the VM runs on.
+    """
+    from devenv.errors import NotSupported, SuspendRefused
+
     inst = get(name)
+    backend = inst.backend()
+    suspend = (mode or inst.config.stop) == "suspend" and not force
+    if suspend and not backend.features.suspend:
+        if mode == "suspend":
+            raise NotSupported(backend.name, "suspend", f"`devenv stop -n {name}` shuts it down")
+        suspend = False
     with oplock.hold(inst.dir, "stop", step, interrupt_start=True):  # a stop wins over a start still waiting
-        inst.backend().stop(inst.ref, force, step)
+        if suspend and mode is None and not (inst.dir / paths.STARTED_MARKER).exists():
+            suspend = False  # a start that never finished (interrupted just now): nothing worth keeping runs
+        try:
+            backend.stop(inst.ref, force, step, suspend=suspend)
+        except SuspendRefused as e:
+            if mode == "suspend":
+                raise
+            step.fail()
+            sys.stderr.write(f"devenv: warning: {e.message}; shutting it down instead\n")
+            suspend = False
+            backend.stop(inst.ref, force, step)
         (inst.dir / paths.STARTED_MARKER).unlink(missing_ok=True)
-        inst.event("stopped", force=force)
-    return inst
+        inst.event("suspended" if suspend else "stopped", force=force)
+    return inst, "suspended" if suspend else "stopped"
 
 
 def delete(name: str, force: bool, step: StepReporter) -> None:

@@ -25,11 +25,13 @@ class Features:
     port_forwarding: bool
     mounts: tuple[str, ...] = ()  # mount kinds: "9p", "sshfs", "virtiofs", "host"
     snapshots: bool = False
+    suspend: bool = False  # `stop` can save the running guest and `start` restore it
     accelerators: tuple[str, ...] = ()
     runtimes: tuple[str, ...] = ("docker", "podman", "containerd")
 
 
-STATES = ("stopped", "starting", "running", "degraded", "broken")
+# suspended: no VM runs, the guest is saved to disk and the next start restores it
+STATES = ("stopped", "suspended", "starting", "running", "degraded", "broken")
 
 
 @dataclass(frozen=True)
@@ -62,7 +64,9 @@ class InstanceRef:
 class Lifecycle(Protocol):
     def create(self, inst: InstanceRef, step: StepReporter) -> None: ...
     def start(self, inst: InstanceRef, step: StepReporter) -> None: ...
-    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None: ...
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
+        """force: no clean shutdown; suspend (only where features.suspend): save the running guest instead."""
+
     def delete(self, inst: InstanceRef) -> None: ...
     def status(self, inst: InstanceRef) -> Status: ...
 

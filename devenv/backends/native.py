@@ -49,7 +49,7 @@ class NativeBackend:
         step(f"check the local {inst.config.runtime} engine")
         self._engine(inst)
 
-    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
         """The host's engine is not ours to stop; stopping only marks the instance down."""
 
     def delete(self, inst: InstanceRef) -> None:

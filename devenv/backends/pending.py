@@ -27,7 +27,7 @@ class PendingBackend:
     def start(self, inst: InstanceRef, step: StepReporter) -> None:
         raise self._no("start")
 
-    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
         raise self._no("stop")
 
     def delete(self, inst: InstanceRef) -> None:

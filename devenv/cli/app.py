@@ -107,9 +107,14 @@ def start(
 
 
 @app.command()
-def stop(name: Name = None, force: Force = False) -> None:
-    """Stop an instance (--force: do not wait for a clean shutdown)."""
-    _run(lambda: commands.stop(name, force))
+def stop(
+    name: Name = None,
+    force: Force = False,
+    suspend: Annotated[bool, typer.Option("--suspend", help="save the running guest; start restores it")] = False,
+    shutdown: Annotated[bool, typer.Option("--shutdown", help="power the guest off")] = False,
+) -> None:
+    """Stop an instance: suspend it, or shut it down (devenv.toml's `stop` says which; --force: no clean shutdown)."""
+    _run(lambda: commands.stop(name, force, suspend=suspend, shutdown=shutdown))
 
 
 @app.command()

@@ -72,18 +72,25 @@ def start(name: str | None, flags: dict[str, Any]) -> int:
     return 0
 
 
-def stop(name: str | None, force: bool) -> int:
+def stop(name: str | None, force: bool, *, suspend: bool = False, shutdown: bool = False) -> int:
+    if suspend and (shutdown or force):
+        raise UsageError(
+            f"--suspend and {'--shutdown' if shutdown else '--force'} ask for opposite things",
+            "choose one: --suspend saves the guest, --shutdown (or --force) powers it off",
+        )
     n, _ = name_of(name)
     with Steps() as step:
-        inst = instance.stop(n, force, step)
-    _out(f"instance `{inst.name}` is stopped")
+        inst, now = instance.stop(n, force, step, "suspend" if suspend else "shutdown" if shutdown else None)
+    resumes = f"; `devenv start -n {inst.name}` resumes it" if now == "suspended" else ""
+    _out(f"instance `{inst.name}` is {now}{resumes}")
     return 0
 
 
 def restart(name: str | None) -> int:
+    """A real reboot, whatever devenv.toml's `stop` says: restoring the same guest would change nothing."""
     n, project = name_of(name)
     with Steps() as step:
-        instance.stop(n, False, step)
+        instance.stop(n, False, step, "shutdown")
         instance.start(n, {}, project, step)
     _out(f"instance `{n}` is running")
     return 0

@@ -35,6 +35,11 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--watch-pid-file", type=Path, default=None, help="the VM's pid file: exit with that process")
     p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process (the default)")
     p.add_argument("--console", type=Path, default=None, help="the guest's console log, read for its readiness line")
+    p.add_argument(
+        "--resumed",
+        action="store_true",
+        help="the guest was restored, not booted: log in at once and set its clock from the host's first",
+    )
     p.add_argument("--no-mounts", action="store_true", help="mount nothing (the guest sees the host's files already)")
     p.add_argument("--min-port", type=int, default=AUTO_MIN_PORT, help="lowest guest port forwarded automatically")
     p.add_argument("--ports-interval", type=float, default=0.5)
@@ -55,6 +60,7 @@ def parse(argv: list[str]) -> Options:
         ssh_host=a.ssh_host,
         ssh_port=a.ssh_port,
         console=a.console,
+        resumed=a.resumed,
         ssh_proxy=tuple(json.loads(a.ssh_proxy)) if a.ssh_proxy else (),
     )
     if a.agent_command:

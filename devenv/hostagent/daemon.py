@@ -77,6 +77,9 @@ class Options:
     ssh_port: int | None = None  # None: read INSTANCE_DIR/ssh.port at each connect
     ssh_proxy: tuple[str, ...] = ()  # a command that reaches sshd (a jump host; transport.ssh.SSHTarget.proxy)
     console: Path | None = None  # the guest's console log, read for its readiness line before the first login
+    # the guest was restored from a suspend: no boot to wait for, and its clock is behind by the time it
+    # spent saved, so the first login sets it before anything else runs
+    resumed: bool = False
     ports_interval: float = 0.5
     min_port: int = AUTO_MIN_PORT
     bind_host: str = "127.0.0.1"  # tests on a host that is its own "guest" use 127.0.0.2
@@ -267,7 +270,7 @@ class HostAgent:
             self.conn.close()
         port = self.opts.ssh_port or int((self.inst_dir / paths.SSH_PORT).read_text().strip())
         reconnect = self._reconnects > 0 or self._state == "reconnecting"
-        if not reconnect:
+        if not reconnect and not self.opts.resumed:
             self._await_boot(port)
         target = SSHTarget.for_instance(
             self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host, proxy=self.opts.ssh_proxy
@@ -281,6 +284,8 @@ class HostAgent:
         except BaseException:
             session.close()
             raise
+        if self.opts.resumed and not reconnect:
+            self._resync_clock(session, None)  # before the first exec can see the old time
         with self._cond:
             self._session = session
         self._last_error = None
@@ -332,9 +337,11 @@ class HostAgent:
 
     def _check_clock(self) -> None:
         jump = self._clock.check()
-        if jump is None:
-            return
-        s = self._session
+        if jump is not None:
+            self._resync_clock(self._session, jump)
+
+    def _resync_clock(self, s: GuestSession | None, jump: float | None) -> None:
+        """The guest's clock set to the host's: after a host clock jump (`jump` s), or a restore (None)."""
         ok = False
         detail = ""
         if s is not None and s.client is not None:
@@ -345,7 +352,8 @@ class HostAgent:
                     detail = base64.b64decode(r.get("stderr", "")).decode(errors="replace").strip()[-200:]
             except DevenvError as e:
                 detail = str(e)
-        self.events.emit("clock-resync", jump_seconds=round(jump, 3), ok=ok, detail=detail or None)
+        why = {"resumed": True} if jump is None else {"jump_seconds": round(jump, 3)}
+        self.events.emit("clock-resync", **why, ok=ok, detail=detail or None)
 
     # -- the VM watch
     def _read_vm(self) -> tuple[int, str | None] | None:

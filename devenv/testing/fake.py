@@ -46,7 +46,7 @@ class FakeBackend:
         starts = state.get("starts", 0)
         self._save(inst, running=True, starts=int(starts) + 1 if isinstance(starts, int) else 1)
 
-    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
         step("power off the fake VM")
         self._save(inst, running=False, forced=force)
 

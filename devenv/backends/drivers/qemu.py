@@ -4,13 +4,16 @@ It boots the instance's overlay disk with its cloud-init seed under the
 accelerator qemuaccel picks (falling back to tcg when auto's pick fails),
 forwards the guest's sshd to a 127.0.0.1 port through QEMU's user-mode net,
 writes the console to serial.log, and stops the VM with ACPI, then QMP quit,
-then a kill. Everything after the launch (readiness, the host agent, exec)
-is the VM backend's (devenv/backends/vm), the same for every hypervisor.
+then a kill. A suspend saves the running guest beside its disk and the next
+launch restores it (qemusave.py: how, and when a saved guest is not loaded).
+Everything after the launch (readiness, the host agent, exec) is the VM
+backend's (devenv/backends/vm), the same for every hypervisor.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -23,7 +26,7 @@ from pathlib import Path
 
 from devenv import paths
 from devenv.backends.base import InstanceRef, StepReporter
-from devenv.backends.drivers import qemuaccel, qemuhost
+from devenv.backends.drivers import qemuaccel, qemuhost, qemusave
 from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
 from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline
 from devenv.backends.drivers.qemuproc import (
@@ -36,8 +39,16 @@ from devenv.backends.drivers.qemuproc import (
     ssh_port_was_taken,
     vm_run_state,
 )
-from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
-from devenv.errors import CommandFailed, DevenvError, StateError, Timeout
+from devenv.backends.vm.driver import (
+    AgentPlan,
+    Boot,
+    DriverFeatures,
+    Endpoint,
+    VmState,
+    tail,
+    with_console,
+)
+from devenv.errors import CommandFailed, DevenvError, StateError, SuspendRefused, Timeout
 from devenv.progress import DownloadProgress
 
 HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
@@ -57,12 +68,18 @@ class _Boot:
     arch: str
 
 
+class _Misfit(Exception):
+    """The saved guest does not fit the VM a launch would run now; the message says how."""
+
+
 class QemuDriver:
     name = "qemu"
     features = DriverFeatures(
         mounts=("9p", "sshfs"),
         fast_ports="devenv.backends.drivers.qemuports:for_instance",
         accelerators=("kvm", "hvf", "whpx", "tcg"),
+        # QEMU keeps a guest's RAM in a file only where it has memory-backend-file (POSIX hosts)
+        suspend=sys.platform != "win32",
     )
     host_address = HOST_ADDRESS
 
@@ -101,6 +118,11 @@ class QemuDriver:
         boot = self._boot_of(inst)
         accel, source = accel_choice(inst, boot.arch)
         chosen, extra_cmdline = machine(inst, boot.arch, bool(boot.image.get("kernel")), accel, creating=False)
+        if qemusave.read_record(inst.dir) is not None:
+            resumed = self._restore(boot, step, accel, chosen, extra_cmdline)
+            if resumed is not None:
+                return resumed
+        qemusave.discard(inst.dir)  # a cold boot starts from a new, empty RAM file
         accel = self._launch_or_fall_back(boot, step, (accel, source), chosen, extra_cmdline)
         return self._watch(boot, accel, source)
 
@@ -110,6 +132,46 @@ class QemuDriver:
         step(f"QEMU is already running (pid {running_pid(inst.dir)})")
         self._resume_if_stopped(inst, step)
         return self._watch(boot, self._running_accel(inst) or accel, source)
+
+    def suspend(self, inst: InstanceRef, step: StepReporter) -> None:
+        """Save the guest's devices (its RAM stays in its file), quit QEMU, then write the record.
+
+        Until the record is written nothing counts as saved: a failure before
+        it lets the guest run on (SuspendRefused), and a crash leaves a VM
+        that `start` resumes (postmigrate) or none at all, booted cold.
+        """
+        from devenv.backends.drivers.qmp import Qmp
+
+        pid = running_pid(inst.dir)
+        if pid is None:
+            raise SuspendRefused(f"the VM of `{inst.name}` is not running", f"devenv start -n {inst.name}")
+        argv = self._argv_of(inst)
+        if argv is None or not qemusave.uses_ram_file(argv):
+            raise SuspendRefused(
+                f"the VM of `{inst.name}` was launched without its memory in a file, so it cannot be saved",
+                "a VM launched by an earlier devenv: `devenv stop --shutdown` this once; later ones can be suspended",
+            )
+        step("save the guest (its devices; its memory stays in its file)")
+        qmp = inst.dir / paths.QMP_SOCK
+        try:
+            with Qmp(qmp, timeout=30) as q:
+                pinned = qemusave.versioned_machine(q, argv[argv.index("-machine") + 1].partition(",")[0])
+                qemusave.save(q, inst.dir)
+                with contextlib.suppress(DevenvError, OSError):  # QEMU may close QMP as it quits
+                    q.command("quit")
+        except qemusave.MigrationFailed as e:
+            step.fail()
+            raise SuspendRefused(f"{e}; the VM runs on", _suspend_hint(str(e), inst.name)) from None
+        except (DevenvError, OSError) as e:
+            step.fail()
+            if not (inst.dir / qemusave.SAVED_STATE).exists():
+                raise SuspendRefused(f"QEMU did not answer while saving the guest: {e}", "see qemu.log") from None
+        if not self._wait_exit(inst, pid, 10):  # saved and stopped: nothing the guest does is lost by a kill
+            self.force_off(inst, step)
+        qemusave.write_record(inst.dir, argv, pinned, inst.dir / paths.DISK)
+
+    def discard_saved(self, inst: InstanceRef) -> None:
+        qemusave.discard(inst.dir)
 
     def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
         """Press the power button every POWER_BUTTON_EVERY s until QEMU exits; False after `timeout`.
@@ -171,6 +233,10 @@ class QemuDriver:
         """From the pid file and QMP: QEMU can run while its guest does not (paused on a full disk, a panic)."""
         pid = running_pid(inst.dir)
         if pid is None:
+            record = qemusave.read_record(inst.dir)
+            if record is not None:
+                saved = {"saved_at": record.get("saved_at"), "machine": record.get("machine")}
+                return VmState("saved", "the guest is suspended to disk", details=saved)
             return VmState("off")
         details: dict[str, object] = {"pid": pid}
         run_state = vm_run_state(inst.dir / paths.QMP_SOCK)
@@ -299,6 +365,41 @@ class QemuDriver:
                 else f"see `devenv logs -n {inst.name}`",
             )
 
+    # -- restoring a suspended guest -----------------------------------------
+
+    def _restore(self, boot: _Boot, step: StepReporter, accel: str, chosen: str, extra: str) -> Boot | None:
+        """The saved guest, running again as it was; None (having said why) when it must boot cold.
+
+        The record goes before the guest runs: from its first instruction on,
+        the RAM file and the disk move on and the saved devices no longer
+        match them.
+        """
+        from devenv.backends.drivers.qmp import Qmp
+
+        inst = boot.inst
+        step("restore the suspended guest")
+        try:
+            self._launch(boot, accel, chosen, extra, restore=qemusave.read_record(inst.dir))
+            with Qmp(inst.dir / paths.QMP_SOCK, timeout=30) as q:
+                qemusave.load(q, inst.dir)
+                for name in (qemusave.SAVED_RECORD, qemusave.SAVED_STATE):
+                    (inst.dir / name).unlink(missing_ok=True)
+                q.command("cont")
+        except _Misfit as e:
+            why = str(e)
+        except (qemusave.MigrationFailed, DevenvError, OSError) as e:
+            why = f"QEMU could not load it ({e})"
+            self.force_off(inst, step)
+        else:
+            ran = self._running_accel(inst) or accel
+            return dataclasses.replace(self._watch(boot, ran, "named"), resumed=True)
+        step.fail()
+        sys.stderr.write(
+            f"devenv: warning: the suspended guest of `{inst.name}` is not restored: {why}. It boots cold;"
+            " its disk holds everything written before the suspend (the guest synced it)\n"
+        )
+        return None
+
     # -- launching ------------------------------------------------------------
 
     def _launch_or_fall_back(
@@ -343,10 +444,13 @@ class QemuDriver:
         chosen, extra = machine(boot.inst, boot.arch, bool(boot.image.get("kernel")), "tcg", creating=False)
         self._launch(boot, "tcg", chosen, extra)
 
-    def _launch(self, boot: _Boot, accel: str, chosen: str, extra_cmdline: str) -> None:
+    def _launch(
+        self, boot: _Boot, accel: str, chosen: str, extra_cmdline: str, restore: dict[str, object] | None = None
+    ) -> None:
+        """QEMU for a cold boot, or (`restore`: the saved record) waiting for the saved guest; _Misfit if it cannot."""
         inst, image, arch = boot.inst, boot.image, boot.arch
         serial = inst.dir / paths.SERIAL_LOG
-        if serial.exists():
+        if serial.exists() and restore is None:  # a restored guest goes on writing after its boot's lines
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
         qmp = inst.dir / paths.QMP_SOCK
         if not paths.socket_path_fits(qmp):
@@ -385,9 +489,16 @@ class QemuDriver:
                 firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
                 shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
+                ram_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
             )
+            argv = build_argv(spec, boot.binary)
+            if restore is not None:
+                why = qemusave.misfit(restore, argv, inst.dir / paths.DISK)
+                if why is not None:
+                    raise _Misfit(why)
+                argv = [*qemusave.pin_machine(argv, str(restore["machine"])), "-incoming", "defer"]
             try:
-                self._run_qemu(inst, build_argv(spec, boot.binary), accel)
+                self._run_qemu(inst, argv, accel)
                 return
             except AcceleratorFailed:
                 raise
@@ -428,6 +539,15 @@ class QemuDriver:
         raise self.failure(inst, "QEMU did not create its pid file and QMP socket within 30 s", "see qemu.log")
 
     @staticmethod
+    def _argv_of(inst: InstanceRef) -> list[str] | None:
+        """The command line of the QEMU last launched (qemu.argv)."""
+        try:
+            argv = json.loads((inst.dir / QEMU_ARGV).read_text())
+        except (OSError, ValueError):
+            return None
+        return [str(a) for a in argv] if isinstance(argv, list) else None
+
+    @staticmethod
     def _running_accel(inst: InstanceRef) -> str | None:
         """The accelerator the running QEMU was launched with (qemu.argv), which may be a fallback's tcg."""
         try:
@@ -436,3 +556,12 @@ class QemuDriver:
         except (OSError, ValueError, IndexError, TypeError, AttributeError):
             return None
         return str(value).partition(",")[0] or None
+
+
+def _suspend_hint(qemu_said: str, name: str) -> str:
+    if "VirtFS" in qemu_said:  # hw/9pfs/9p.c: a mounted 9p share blocks migration
+        return (
+            "a program in the guest still uses a shared folder, so it could not be unmounted; leave it"
+            f" (`devenv exec -n {name} -- fuser -vm FOLDER` names it) or `devenv stop --shutdown -n {name}`"
+        )
+    return f"`devenv stop --shutdown -n {name}` shuts it down instead; see `devenv logs -n {name}`"

@@ -11,7 +11,10 @@ as data. The choices, and why:
 - virtio everywhere (disk, net, rng, balloon with free-page reporting so
   memory the guest frees goes back to the host).
 - user networking with the SSH port forwarded on 127.0.0.1 only.
-- serial console to a file (read for readiness and for error reports), QMP on
+- the guest's RAM in a file of the instance when asked (ram_file), so a
+  suspend saves only its devices (qemusave.py says why);
+- serial console to a file, appended to (a restored guest goes on writing
+  after the lines of its boot) (read for readiness and for error reports), QMP on
   a unix socket in the 0700 instance directory, a pid file.
 """
 
@@ -69,6 +72,7 @@ class VmSpec:
     extra_hostfwd: tuple[tuple[int, int], ...] = field(default=())  # (host port, guest port)
     shares: tuple[tuple[str, str, bool], ...] = field(default=())  # (tag, host path, writable) via virtio-9p
     machine: str = ""  # "": the arch's default (resolve_machine)
+    ram_file: Path | None = None  # the guest's RAM mapped from this file (shared), for suspend
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -151,6 +155,12 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     machine = spec.machine or resolve_machine("auto", spec.arch, direct_kernel=spec.kernel is not None)
     # microvm has no PCI bus: the same devices on virtio-mmio (`-device virtio-*-device`)
     bus = "device" if machine == "microvm" else "pci"
+    ram: list[str] = []
+    ram_opt = ""
+    if spec.ram_file is not None:
+        size = spec.memory // (1024 * 1024)
+        ram = ["-object", f"memory-backend-file,id=ram0,size={size}M,mem-path={spec.ram_file},share=on"]
+        ram_opt = ",memory-backend=ram0"
     argv = [binary or qemu_binary_name(spec.arch), "-name", f"devenv-{spec.name},process=devenv-{spec.name}"]
     argv += ["-nodefaults", "-no-user-config", "-display", "none"]
     if machine == "virt":
@@ -158,15 +168,15 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
         # host's IPA (36 bits on an M1), so it boots there; highmem=off would cap RAM at 3 GiB ("Addressing
         # limited to 32 bits"). QEMU < 7.0 on an M1 refuses it ("less PA bits (36) than requested"); Lima
         # dropped highmem=off for 7.0+ the same way (lima-vm/lima#703). Not run on a Mac here.
-        argv += ["-machine", "virt" + (",highmem=on" if accel != "tcg" else "")]
+        argv += ["-machine", "virt" + (",highmem=on" if accel != "tcg" else "") + ram_opt]
     elif machine == "microvm":
         # ACPI on: QMP's system_powerdown reaches the guest as a power button (the GED device)
-        argv += ["-machine", "microvm,acpi=on"]
+        argv += ["-machine", "microvm,acpi=on" + ram_opt]
     else:
-        argv += ["-machine", machine]
+        argv += ["-machine", machine + ram_opt]
     argv += ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}" if accel == "tcg" else accel]
     argv += ["-cpu", cpu_model(spec.arch, accel)]
-    argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M"]
+    argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M", *ram]
     if spec.firmware is not None:
         argv += ["-bios", str(spec.firmware)]
     if spec.kernel is not None:
@@ -188,7 +198,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
         ro = "" if writable else ",readonly=on"
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro}"]
         argv += ["-device", f"virtio-9p-{bus},fsdev={tag},mount_tag={tag}"]
-    argv += ["-chardev", f"file,id=serial0,path={spec.serial_log}", "-serial", "chardev:serial0"]
+    argv += ["-chardev", f"file,id=serial0,path={spec.serial_log},append=on", "-serial", "chardev:serial0"]
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     argv += ["-pidfile", str(spec.pid_file)]
     return argv

@@ -14,7 +14,7 @@ from devenv import paths
 from devenv.errors import DevenvError
 
 # QMP run states (query-status) in which the guest does not run although QEMU does, and what to say.
-# Left out: running; prelaunch and the migration states, which are QEMU's own business.
+# Left out: running; prelaunch and the transient migration states, which are QEMU's own business.
 STOPPED_RUN_STATES = {
     "paused": "the VM is paused (QEMU's `stop`, or a debugger)",
     "io-error": "QEMU paused the VM because a disk write failed: is the host's disk full?",
@@ -23,8 +23,10 @@ STOPPED_RUN_STATES = {
     "guest-panicked": "the guest kernel panicked (see the console log)",
     "watchdog": "the guest's watchdog fired",
     "shutdown": "the guest shut down but QEMU stays",
+    "postmigrate": "the guest was saved but QEMU did not quit (an interrupted suspend)",
+    "inmigrate": "a restore of the suspended guest did not finish",
 }
-RESUMABLE = {"paused", "io-error", "suspended"}  # QMP `cont` (or system_wakeup) lets these run on
+RESUMABLE = {"paused", "io-error", "suspended", "postmigrate"}  # QMP `cont` (or system_wakeup) lets these run on
 
 
 def read_pid(inst_dir: Path) -> int | None:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from devenv import paths
 from devenv.atomicfile import write_atomic
 from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
 from devenv.backends.vm import agent, boot
-from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, tail
-from devenv.errors import NotSupported, StateError
+from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, Suspends, tail
+from devenv.errors import NotSupported, StateError, SuspendRefused
 from devenv.progress import CopyProgress
 from devenv.provision.readiness import console_readiness, ssh_banner
 
@@ -57,6 +57,7 @@ class VmBackend:
             port_forwarding=True,
             mounts=driver.features.mounts,
             snapshots=driver.features.snapshots,
+            suspend=driver.features.suspend,
             accelerators=driver.features.accelerators,
         )
 
@@ -75,19 +76,24 @@ class VmBackend:
 
         d = self.driver
         d.check(inst)  # a VM this host or image cannot boot is refused before anything changes
-        if d.state(inst).up:
+        vm = d.state(inst)
+        if vm.up:
             booting = d.attach(inst, step)
             self._write_ssh_config(inst)  # kept current, also for a VM started before devenv wrote the file
         else:
             # an agent of the VM that is gone (killed a moment ago) lives on for a tick, its SSH session
             # to the old guest perhaps still up: start must not take it for this boot's
             hostagent.shutdown(inst.dir)
-            step("prepare the cloud-init seed")
-            prepare_seed(inst.dir, inst.config, host_address=d.host_address)
+            if vm.state != "saved":  # a restored guest goes on with the seed it booted with
+                step("prepare the cloud-init seed")
+                prepare_seed(inst.dir, inst.config, host_address=d.host_address)
             try:
                 booting = d.launch(inst, step)
             finally:  # the endpoint it chose, even when the launch failed after choosing it
                 self._write_ssh_config(inst)
+        if booting.resumed:  # ready as it was saved: no boot to wait for
+            agent.start(d, inst, step, resumed=True)
+            return
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
@@ -106,14 +112,40 @@ class VmBackend:
         provisioned.touch()
         agent.start(d, inst, step)
 
-    def stop(self, inst: InstanceRef, force: bool, step: StepReporter) -> None:
+    def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
         """A clean power-down first, so the guest's disk is clean; then the driver forces the VM off.
 
         `force` skips the power-down. Each stage is a step, so a 90 s wait for
         a guest that ignores the power button is never a silent one.
+        `suspend` saves the running guest instead (SuspendRefused, the VM
+        running on, when it cannot be). A suspended guest asked to shut down
+        is restored and powered down: its RAM may hold what a program has not
+        written yet. Forced, it is discarded.
         """
         from devenv import hostagent
 
+        vm = self.driver.state(inst)
+        if vm.state == "saved":
+            if suspend:
+                return
+            if force:
+                step("discard the suspended guest")
+                self._suspends().discard_saved(inst)
+                return
+            step("restore the suspended guest to shut it down cleanly")
+            self.driver.launch(inst, step)
+        elif suspend:
+            if vm.state != "running":
+                raise SuspendRefused(
+                    f"the VM of `{inst.name}` is {vm.state}" + (f" ({vm.reason})" if vm.reason else ""),
+                    "only a running guest is saved; `devenv stop --shutdown` stops it",
+                )
+            step("sync the guest's disk and unmount its 9p shares")
+            agent.prepare_suspend(inst, lambda argv: self._run_quietly(inst, argv))
+            step("stop the host agent")
+            hostagent.shutdown(inst.dir)
+            self._suspends().suspend(inst, step)
+            return
         step("stop the host agent")
         hostagent.shutdown(inst.dir)
         if not self.driver.state(inst).up:
@@ -121,6 +153,30 @@ class VmBackend:
         if not force and self.driver.power_down(inst, step, STOP_TIMEOUT):
             return
         self.driver.force_off(inst, step)
+
+    def _suspends(self) -> Suspends:
+        if not self.driver.features.suspend:
+            raise NotSupported(self.name, "suspend", "`devenv stop` shuts the VM down")
+        return cast(Suspends, self.driver)
+
+    def _run_quietly(self, inst: InstanceRef, argv: list[str]) -> tuple[int, str]:
+        """A short command in the guest, its exit code and stderr: through the host agent, else over SSH."""
+        import io
+        import tempfile
+
+        from devenv.hostagent import client
+
+        with tempfile.TemporaryFile() as err, open(os.devnull, "rb") as null_in, open(os.devnull, "wb") as null:
+            code = client.exec(
+                inst.dir, argv, {}, None, stdin_fd=null_in.fileno(), stdout_fd=null.fileno(), stderr_fd=err.fileno()
+            )
+            if code is not None:
+                err.seek(0)
+                return code, err.read().decode(errors="replace")
+        out, errors = io.BytesIO(), io.BytesIO()
+        with self.connection(inst) as conn:
+            code = conn.exec(argv, stdout=out, stderr=errors)
+        return code, errors.getvalue().decode(errors="replace")
 
     def delete(self, inst: InstanceRef) -> None:
         """The disk, seed and keys live in the instance directory, which the caller removes.
@@ -137,6 +193,8 @@ class VmBackend:
         vm = self.driver.state(inst)
         wanted = (inst.dir / paths.STARTED_MARKER).exists()
         console = self.driver.console_log(inst)
+        if vm.state == "saved":
+            return Status("suspended", f"{vm.reason}; `devenv start` resumes it", dict(vm.details))
         if not vm.up:
             if vm.state == "crashed" and wanted:
                 return Status("broken", f"{vm.reason}; `devenv start` boots it again", dict(vm.details))

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from devenv import paths
@@ -29,8 +30,12 @@ MOUNT_WAIT = 90.0  # start waits this long for the mounts, then warns and leaves
 AGENT_WAIT = 90.0  # for the host agent's first login and guest agent
 
 
-def agent_args(driver: Driver, inst: InstanceRef) -> tuple[str, list[str]]:
-    """The guest user to log in as and the host agent's options for this instance's VM."""
+def agent_args(driver: Driver, inst: InstanceRef, *, resumed: bool = False) -> tuple[str, list[str]]:
+    """The guest user to log in as and the host agent's options for this instance's VM.
+
+    `resumed`: the guest was restored, not booted: the agent logs in at once
+    and sets the guest's clock first.
+    """
     endpoint = driver.endpoint(inst)
     plan = driver.agent_plan(inst)
     args: list[str] = []
@@ -52,6 +57,8 @@ def agent_args(driver: Driver, inst: InstanceRef) -> tuple[str, list[str]]:
         args += ["--agent-command", plan.guest_agent_command]
     if plan.bind_host:
         args += ["--bind-host", plan.bind_host]
+    if resumed:
+        args.append("--resumed")
     return (endpoint.user if endpoint is not None else GUEST_USER), args
 
 
@@ -72,12 +79,12 @@ def launch_early(driver: Driver, inst: InstanceRef) -> None:
         hostagent.launch(inst.dir, user=user, wait=0, extra_args=args)
 
 
-def start(driver: Driver, inst: InstanceRef, step: StepReporter) -> None:
+def start(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: bool = False) -> None:
     """The host agent connected, the engine answering through it, the mounts in place, the docker context."""
     from devenv import hostagent
 
     step("log in with the pinned host key; host agent and guest agent")
-    user, args = agent_args(driver, inst)
+    user, args = agent_args(driver, inst, resumed=resumed)
     try:
         st = hostagent.launch(inst.dir, user=user, wait=AGENT_WAIT, extra_args=args)
     except hostagent.AgentStartError as e:
@@ -140,3 +147,24 @@ def _wait_mounts(inst: InstanceRef, st: dict[str, Any], want: int) -> dict[str, 
         time.sleep(0.2)
         st = hostagent.state(inst.dir)
     return st
+
+
+# Before a guest is saved: what it wrote reaches its disk (a saved guest that later cannot be
+# restored boots cold from that disk), and its 9p shares are unmounted (QEMU refuses to save a
+# guest with one mounted: hw/9pfs/9p.c). The host agent mounts them again after the restore.
+SUSPEND_PREP = "sync; if grep -qs ' 9p ' /proc/mounts; then sudo -n umount -a -t 9p; fi"
+
+
+def prepare_suspend(inst: InstanceRef, run: Callable[[list[str]], tuple[int, str]]) -> None:
+    """Sync the guest's disk and unmount its 9p shares; SuspendRefused (nothing saved) when that fails.
+
+    `run` runs a command in the guest and returns its exit code and stderr.
+    """
+    from devenv.errors import SuspendRefused
+
+    code, err = run(["sh", "-c", SUSPEND_PREP])
+    if code != 0:
+        raise SuspendRefused(
+            f"the guest of `{inst.name}` could not unmount its shared folders: {err.strip()[-300:] or code}",
+            "a program in the guest still uses one: leave it, or `devenv stop --shutdown`",
+        )

@@ -9,8 +9,8 @@ view of the VM's state, where the guest's sshd answers, and its logs.
 
 Optional capabilities are data in DriverFeatures, never methods every driver
 stubs: a driver without a fast port path says `fast_ports=""` and every
-forward goes through SSH; suspend and snapshots are flags the CLI reads before
-it offers them.
+forward goes through SSH; snapshots are a flag the CLI reads before it offers
+them. A driver whose `suspend` flag is set also has Suspends' two methods.
 
 Drivers may import this module and the helpers here; this module imports no
 driver and nothing of the VM backend, so the imports run one way.
@@ -80,7 +80,7 @@ class VmState:
     @property
     def up(self) -> bool:
         """A VM exists that a start attaches to rather than launches."""
-        return self.state not in ("off", "crashed")
+        return self.state not in ("off", "crashed", "saved")
 
 
 @dataclass(frozen=True)
@@ -93,6 +93,9 @@ class Boot:
     # (a guest whose sshd answered does run, whatever a check made for the boot says, such as one that
     # reads a quiet console as a guest that never started); None: `watch` again
     running: Callable[[], None] | None = None
+    # the guest was restored from a suspend, not booted: it is ready as it was when saved, so there is
+    # no boot to wait for and its clock is behind by the time it spent saved
+    resumed: bool = False
 
     def after_sshd(self) -> None:
         (self.running or self.watch)()
@@ -163,6 +166,24 @@ class Driver(Protocol):
         self, inst: InstanceRef, message: str, hint: str, cls: type[DevenvError] = Timeout, *, exited: bool = False
     ) -> DevenvError:
         """An error about this VM with what its logs and console say (`exited`: the VM process is gone)."""
+
+
+class Suspends(Protocol):
+    """What a driver with `features.suspend` adds: saving a running guest; launch() restores it.
+
+    The saved guest belongs with the disk it was saved with: a launch restores
+    it only when it still fits (the same hypervisor, devices and disk), and
+    otherwise says why and boots cold, after discarding it.
+    """
+
+    def suspend(self, inst: InstanceRef, step: StepReporter) -> None:
+        """Save the running guest next to its disk and end the VM; state() is "saved" after.
+
+        Raises devenv.errors.SuspendRefused, with the VM left running, when it cannot be saved.
+        """
+
+    def discard_saved(self, inst: InstanceRef) -> None:
+        """Forget a saved guest (the user forced the VM off): the next launch boots cold."""
 
 
 def tail(path: Path, lines: int = CONSOLE_TAIL) -> str:
