@@ -101,7 +101,7 @@ def test_stop_is_a_clean_power_off(arm: tuple[Devenv, Path]) -> None:
     """virt without firmware has no ACPI: QMP's powerdown reaches the guest as the gpio-keys power button."""
     d, inst = arm
     t0 = time.monotonic()
-    d.ok("stop", timeout=300)
+    d.ok("stop", "--shutdown", timeout=300)
     took = time.monotonic() - t0
     assert json.loads(d.ok("status", "--json").stdout)["state"] == "stopped"
     assert took < 60, f"stop took {took:.0f} s: the guest ignored the power button and was quit after the wait"

@@ -354,7 +354,7 @@ def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> No
         states = {r["name"]: r["state"] for r in json.loads(d.ok("list", "--json").stdout)}
         assert states == {name: "running", "second": "running"}
         t0 = time.monotonic()
-        d.ok("stop", "-n", "second", timeout=300)
+        d.ok("stop", "--shutdown", "-n", "second", timeout=300)
         # a clean ACPI power-off (microvm's GED power button), not the quit/kill fallback after the wait
         assert time.monotonic() - t0 < 60
         if qemu:
@@ -364,11 +364,45 @@ def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> No
     assert not inst.exists()
 
 
+def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: DriverCase) -> None:
+    """devenv.toml's default `stop` saves the guest: the same boot runs on, with its memory, its containers,
+    the engine socket and a clock set from the host's."""
+    d, name, _ = vm
+    if driver.backend != "qemu":
+        pytest.skip(f"{driver.backend} cannot suspend")
+    before = d.ok(
+        "exec", "-n", name, "--", "sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo in-ram > /dev/shm/kept"
+    )
+    d.ok("exec", "-n", name, "--", "docker", "run", "-d", "--name", "survivor", LOCAL_IMAGE, "sleep", "3600")
+    stop = d.ok("stop", "-n", name, timeout=120)
+    assert b"is suspended" in stop.stdout and b"save the guest" in stop.stderr, stop.stderr
+    status = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    assert status["state"] == "suspended" and status["details"]["machine"].startswith("pc-q35-"), status
+    r = d.run("exec", "-n", name, "--", "true")
+    assert r.returncode == 67 and b"is suspended" in r.stderr
+    time.sleep(3)  # the guest's clock stands still meanwhile: resume must set it
+    start = d.ok("start", "-n", name, timeout=120)
+    assert b"restore the suspended guest" in start.stderr and b"waiting for the guest's sshd" not in start.stderr
+    after = d.ok("exec", "-n", name, "--", "sh", "-c", "cat /proc/sys/kernel/random/boot_id /dev/shm/kept; date +%s.%N")
+    boot_id, kept, guest_now = after.stdout.decode().split()
+    assert boot_id == before.stdout.decode().strip() and kept == "in-ram", after.stdout
+    assert abs(float(guest_now) - time.time()) < 2.0, (guest_now, time.time())
+    ps = d.ok("exec", "-n", name, "--", "docker", "ps", "--filter", "name=survivor", "--format", "{{.Status}}")
+    assert ps.stdout.startswith(b"Up"), ps.stdout
+    sock = d.home / "instances" / name / "sock" / "docker.sock"
+    host_docker = subprocess.run(
+        ["docker", "-H", f"unix://{sock}", "ps", "--format", "{{.Names}}"], capture_output=True
+    )
+    assert b"survivor" in host_docker.stdout, host_docker.stderr  # the engine socket is back on the host
+    d.ok("exec", "-n", name, "--", "docker", "rm", "-f", "survivor")
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
+
+
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
     d, name, _ = vm
     d.ok("exec", "-n", name, "--", "sh", "-c", "echo persisted > ~/keep.txt && sync")
     ssh_config = d.ok("ssh-config", "-n", name).stdout
-    d.ok("stop", "-n", name, timeout=300)
+    d.ok("stop", "--shutdown", "-n", name, timeout=300)
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "stopped"
     r = d.run("exec", "-n", name, "--", "true")
     assert r.returncode == 67 and b"is stopped" in r.stderr
@@ -386,7 +420,7 @@ def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
 
 def _start_until_the_vm_runs(d: Devenv, name: str, driver: DriverCase) -> subprocess.Popen[bytes]:
     """`devenv start` of the stopped VM, once the VM runs and the wait for the guest's sshd begins."""
-    d.ok("stop", "-n", name, timeout=300)
+    d.ok("stop", "--shutdown", "-n", name, timeout=300)
     proc = subprocess.Popen(
         [sys.executable, "-m", "devenv", "start", "-n", name],
         env=d.env,

@@ -49,7 +49,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime, stop",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
         (
@@ -176,3 +176,16 @@ def test_line_of_names_a_top_level_key_for_errors_found_after_loading(tmp_path: 
     assert config.line_of(copy, "script") == str(copy)  # only top-level keys
     assert config.line_of(copy, "aslr") == str(copy)
     assert config.line_of(tmp_path / "gone.toml", "machine") == str(tmp_path / "gone.toml")
+
+
+def test_stop_is_suspend_unless_set_and_only_suspend_or_shutdown(tmp_path: Path) -> None:
+    from devenv.config import Config, load_file
+
+    assert Config().stop == "suspend"
+    f = tmp_path / "devenv.toml"
+    f.write_text('stop = "shutdown"\n')
+    cfg = load_file(f)
+    assert cfg.stop == "shutdown" and 'stop = "shutdown"' in cfg.to_toml()
+    assert problems(tmp_path, 'stop = "hibernate"') == [
+        "F:1: field `stop` must be one of suspend, shutdown, not 'hibernate'"
+    ]

@@ -180,3 +180,15 @@ def test_shell_completion_offers_commands_and_instance_names(home: Path, cli: An
     env |= {"COMP_WORDS": "devenv status -n al", "COMP_CWORD": "3"}
     out = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["alpha"]
+
+
+def test_stop_suspends_only_where_the_backend_can_and_says_so_when_asked(home: Path, cli: Any) -> None:
+    """The fake backend cannot save a guest: a plain stop shuts it down, `--suspend` is refused."""
+    assert cli("start", "-n", "web", "--backend", "fake").code == 0
+    asked = cli("stop", "--suspend", "-n", "web")
+    assert asked.code == ExitCode.NOT_SUPPORTED and "does not support suspend" in asked.err, asked.err
+    assert json.loads(cli("status", "-n", "web", "--json").out)["state"] == "running"  # nothing changed
+    both = cli("stop", "--suspend", "--shutdown", "-n", "web")
+    assert both.code == ExitCode.USAGE and "opposite things" in both.err
+    plain = cli("stop", "-n", "web")  # devenv.toml's default, suspend, falls back to a shutdown here
+    assert plain.code == 0 and "instance `web` is stopped" in plain.out, plain.err

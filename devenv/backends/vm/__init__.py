@@ -150,9 +150,10 @@ class VmBackend:
         hostagent.shutdown(inst.dir)
         if not self.driver.state(inst).up:
             return
-        if not force and self.driver.power_down(inst, step, STOP_TIMEOUT):
-            return
-        self.driver.force_off(inst, step)
+        if force or not self.driver.power_down(inst, step, STOP_TIMEOUT):
+            self.driver.force_off(inst, step)
+        if self.driver.features.suspend:  # off for good: what a suspend would have kept is garbage now
+            self._suspends().discard_saved(inst)
 
     def _suspends(self) -> Suspends:
         if not self.driver.features.suspend:

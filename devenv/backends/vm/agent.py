@@ -150,8 +150,8 @@ def _wait_mounts(inst: InstanceRef, st: dict[str, Any], want: int) -> dict[str, 
 
 
 # Before a guest is saved: what it wrote reaches its disk (a saved guest that later cannot be
-# restored boots cold from that disk), and its 9p shares are unmounted (QEMU refuses to save a
-# guest with one mounted: hw/9pfs/9p.c). The host agent mounts them again after the restore.
+# restored boots cold from that disk), and its 9p shares are unmounted (a hypervisor may refuse
+# to save a guest with one mounted). The host agent mounts them again after the restore.
 SUSPEND_PREP = "sync; if grep -qs ' 9p ' /proc/mounts; then sudo -n umount -a -t 9p; fi"
 
 
