@@ -13,25 +13,13 @@ import pytest
 
 from devenv.backends.drivers import qemusave
 from devenv.backends.drivers.qemuargs import VmSpec, build_argv
+from tests.unit.test_qemuargs import spec as base_spec
 
 
 def spec(tmp: Path, **kw: object) -> VmSpec:
-    base: dict[str, object] = dict(
-        name="dev",
-        arch="x86_64",
-        accel="tcg",
-        cpus=2,
-        memory=2 * 1024**3,
-        disk=tmp / "disk.qcow2",
-        cidata=tmp / "cidata.iso",
-        ssh_port=40022,
-        serial_log=tmp / "serial.log",
-        qmp_socket=tmp / "qmp.sock",
-        pid_file=tmp / "qemu.pid",
-        ram_file=tmp / qemusave.GUEST_RAM,
-    )
-    base.update(kw)
-    return VmSpec(**base)  # type: ignore[arg-type]
+    """test_qemuargs' spec, its files in `tmp` (some must exist) and the RAM in a file."""
+    files = {f: tmp / getattr(base_spec(), f).name for f in ("disk", "cidata", "serial_log", "qmp_socket", "pid_file")}
+    return base_spec(**{**files, "ram_file": tmp / qemusave.GUEST_RAM, **kw})
 
 
 def test_the_guests_ram_is_a_shared_file_the_machine_uses(tmp_path: Path) -> None:
