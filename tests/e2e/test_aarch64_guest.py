@@ -66,7 +66,7 @@ def test_the_guest_is_aarch64_on_the_virt_machine(arm: tuple[Devenv, Path]) -> N
     assert d.ok("exec", "--", "uname", "-m").stdout == b"aarch64\n"
     argv = json.loads((inst / "qemu.argv").read_text())
     assert os.path.basename(argv[0]) == "qemu-system-aarch64"
-    assert argv[argv.index("-machine") + 1] == "virt"
+    assert argv[argv.index("-machine") + 1] == "virt,memory-backend=ram0"  # its RAM in a file, for suspend
     assert argv[argv.index("-cpu") + 1] == "max,pauth-impdef=on"  # QARMA5 in software made every boot 2.3x slower
     assert "-kernel" in argv and "-bios" not in argv  # QEMU starts the image's kernel: no firmware needed
     assert "console=ttyAMA0" in argv[argv.index("-append") + 1]  # the PL011 UART, where readiness is announced
