@@ -334,7 +334,9 @@ def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> No
         assert d.ok("exec", "-n", "second", "--", "hostname").stdout.strip() == b"second"
         if microvm:
             argv = json.loads((inst / "qemu.argv").read_text())
-            assert "microvm,acpi=on,memory-backend=ram0" in argv and not [a for a in argv if a.endswith("-pci") or "-pci," in a], argv
+            assert "microvm,acpi=on,memory-backend=ram0" in argv and not [
+                a for a in argv if a.endswith("-pci") or "-pci," in a
+            ], argv
             pci = d.ok("exec", "-n", "second", "--", "sh", "-c", "ls /sys/bus/pci/devices 2>/dev/null | wc -l")
             assert pci.stdout == b"0\n"  # the disk, network and seed all arrived over virtio-mmio
         if microvm and tcg:
