@@ -207,7 +207,10 @@ def stop(name: str, force: bool, step: StepReporter, mode: str | None = None) ->
         suspend = False
     with oplock.hold(inst.dir, "stop", step, interrupt_start=True):  # a stop wins over a start still waiting
         if suspend and mode is None and not (inst.dir / paths.STARTED_MARKER).exists():
-            suspend = False  # a start that never finished (interrupted just now): nothing worth keeping runs
+            # a start that never finished (interrupted just now): nothing worth keeping runs. A guest
+            # already suspended (its marker went with the suspend) stays so: restoring it only to
+            # power it off would lose what the user kept
+            suspend = backend.status(inst.ref).state == "suspended"
         try:
             backend.stop(inst.ref, force, step, suspend=suspend)
         except SuspendRefused as e:
