@@ -547,15 +547,13 @@ class QemuDriver:
             return None
         return [str(a) for a in argv] if isinstance(argv, list) else None
 
-    @staticmethod
-    def _running_accel(inst: InstanceRef) -> str | None:
+    @classmethod
+    def _running_accel(cls, inst: InstanceRef) -> str | None:
         """The accelerator the running QEMU was launched with (qemu.argv), which may be a fallback's tcg."""
-        try:
-            argv = json.loads((inst.dir / QEMU_ARGV).read_text())
-            value = argv[argv.index("-accel") + 1]
-        except (OSError, ValueError, IndexError, TypeError, AttributeError):
+        argv = cls._argv_of(inst) or []
+        if "-accel" not in argv[:-1]:
             return None
-        return str(value).partition(",")[0] or None
+        return argv[argv.index("-accel") + 1].partition(",")[0] or None
 
 
 def _suspend_hint(qemu_said: str, name: str) -> str:
