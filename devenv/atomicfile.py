@@ -1,7 +1,7 @@
 """Write a file so readers see the old one or the new one, never a part, with its mode set from the start.
 
 One helper for every file devenv must not leave half-written or briefly too
-open: SSH keys and known_hosts, the cloud-init seed, image records, the host
+open: SSH keys and known_hosts, the first-boot seed, image records, the host
 agent's control token.
 """
 

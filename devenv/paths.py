@@ -106,6 +106,18 @@ def instance_dir(name: str) -> Path:
     return instances_root() / name
 
 
+def packaged_dir(name: str) -> Path | None:
+    """A data folder shipped with devenv (vmimages, provisioning): a checkout's
+    top-level one, else the wheel's copy in devenv/_data (pyproject.toml)."""
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parent
+    for candidate in (package.parent / name, package / "_data" / name):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def ensure_private_dir(path: Path) -> Path:
     """Create `path` (and parents) and make the leaf 0700 whatever the umask."""
     path.mkdir(parents=True, exist_ok=True)

@@ -5,7 +5,8 @@ machines often reach only a package mirror. From that mirror alone the Debian
 builder (devenv/images/debian.py) makes an image equivalent to the cloud one.
 
 Caching: the inputs (builder version, suite, arch, package lists, mirror,
-kernel command line and the bytes of the configure script) are hashed; the hash
+kernel command line, the bytes of the configure script and of the files it
+installs) are hashed; the hash
 names the folder builds/<hash>/. A second build with the same inputs finds that
 folder and returns in milliseconds (no hashing of the disk). `force=True`
 rebuilds, e.g. to pick up security updates from the mirror.
@@ -73,6 +74,7 @@ def inputs(name: str, arch: str, mirror: str, compress: bool = True) -> dict[str
         "mirror": mirror.rstrip("/"),
         "cmdline": debian.cmdline(spec, arch),
         "configure_sha256": hashlib.sha256(debian.configure_script().read_bytes()).hexdigest(),
+        "assets_sha256": {a.name: hashlib.sha256(a.read_bytes()).hexdigest() for a in debian.image_assets()},
         "compress": compress,
     }
 

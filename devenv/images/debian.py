@@ -2,7 +2,7 @@
 
 Steps (each one reported through the step callback):
   1. debootstrap --variant=minbase SUITE ROOT MIRROR with the definition's
-     --include list but its kernel (systemd, sshd, python3, cloud-init, ...).
+     --include list but its kernel (systemd, sshd, python3, ...).
   2. vmimages/builders/debian/configure.sh pre: the image's initramfs rules,
      among others (see the script).
   3. `chroot ROOT apt-get install --no-install-recommends` the kernel, so its
@@ -27,6 +27,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from devenv import paths
 from devenv.errors import CommandFailed, ImageError
 from devenv.images.definitions import DEB_ARCH, SERIAL_CONSOLE, BuildSpec, definitions_dir
 from devenv.runner import run
@@ -43,6 +44,15 @@ _REQUIRED_INITRD_MODULES = ("virtio_blk.ko", "virtio_pci.ko", "virtio_mmio.ko", 
 
 def configure_script() -> Path:
     return definitions_dir() / "builders" / "debian" / "configure.sh"
+
+
+def image_assets() -> list[Path]:
+    """Files configure.sh installs from /tmp/devenv-image: the seed unit that replaces
+    cloud-init at first boot, and busybox.sh, which makes the busybox root filesystem."""
+    base = paths.packaged_dir("provisioning")
+    if base is None:
+        raise ImageError("devenv's provisioning files are missing from this installation", "reinstall devenv")
+    return [*sorted((base / "image").iterdir()), base / "engines" / "busybox.sh"]
 
 
 def packages(spec: BuildSpec, arch: str) -> list[str]:
@@ -101,6 +111,10 @@ def _use_host_resolver(root: Path) -> None:
 def run_configure(root: Path, phase: str, env: dict[str, str]) -> None:
     script = root / "tmp" / "devenv-configure.sh"
     shutil.copyfile(configure_script(), script)
+    staged = root / "tmp" / "devenv-image"
+    staged.mkdir(exist_ok=True)
+    for asset in image_assets():
+        shutil.copyfile(asset, staged / asset.name)
     try:
         argv = ["chroot", str(root), *_apt_env(), *(f"{k}={v}" for k, v in env.items())]
         run([*argv, "/bin/sh", "-eu", "/tmp/devenv-configure.sh", phase]).check(
@@ -108,6 +122,7 @@ def run_configure(root: Path, phase: str, env: dict[str, str]) -> None:
         )
     finally:
         script.unlink(missing_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def apt_install(root: Path, names: list[str]) -> None:
@@ -173,7 +188,7 @@ def disk_size_for(used: int) -> int:
     """Virtual size of the base disk: room for the files plus headroom, 256 MiB steps, >= 2 GiB.
 
     The base stays small; each instance's overlay is grown to the configured
-    disk size and cloud-init grows the filesystem at boot.
+    disk size and the first boot grows the filesystem (devenv/provision/earlyboot.py).
     """
     want = int(used * 1.25) + 512 * MIB
     step = 256 * MIB
@@ -244,6 +259,6 @@ def build_rootfs(
     apt_install(root, after_pre)
     step("extract kernel and initrd")
     kernel, initrd = extract_boot_files(root, out)
-    step("configure boot, network, cloud-init, sshd; disable engines; shrink")
+    step("configure boot, network, first boot, sshd; disable engines; shrink")
     run_configure(root, "post", env)
     return kernel, initrd

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from devenv import paths
 from devenv.errors import ExitCode, ImageError, UsageError
 from devenv.images.checksums import Digest
 
@@ -94,10 +95,9 @@ class ImageDefinition:
 
 def definitions_dir() -> Path:
     """vmimages/ of a checkout, else the copy packaged in the wheel."""
-    here = Path(__file__).resolve()
-    for candidate in (here.parents[2] / "vmimages", here.parents[1] / "_data" / "vmimages"):
-        if candidate.is_dir():
-            return candidate
+    found = paths.packaged_dir("vmimages")
+    if found is not None:
+        return found
     raise ImageError(
         "the image definitions (vmimages/) are missing from this installation",
         "reinstall devenv; the wheel carries them in devenv/_data/vmimages",

@@ -123,7 +123,7 @@ def _check_not_shrinking(size: int, current: int, path: Path) -> None:
 
 
 def resize(disk: Path, size: int) -> None:
-    """Grow `disk` to `size` bytes; the guest's cloud-init grows the filesystem at next boot."""
+    """Grow `disk` to `size` bytes; the guest's first boot grows the filesystem."""
     current = read_header(disk).virtual_size
     _check_not_shrinking(size, current, disk)
     if size == current:

@@ -1,4 +1,4 @@
-"""Everything a guest needs before and at its first boot: keys, the cloud-init seed, readiness.
+"""Everything a guest needs before and at its first boot: keys, the first-boot seed, readiness.
 
 The QEMU backend calls prepare_seed() before each start and scan_console() on
 the serial log while it waits; the rest is here for tests and other backends.

@@ -9,20 +9,20 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from devenv import paths
 from devenv.errors import DevenvError
-
-_PACKAGE = Path(__file__).resolve().parent.parent  # .../devenv
 
 
 @lru_cache(maxsize=1)
 def provisioning_dir() -> Path:
-    for candidate in (_PACKAGE / "_data" / "provisioning", _PACKAGE.parent / "provisioning"):
-        if (candidate / "cloud-init").is_dir():
-            return candidate
-    raise DevenvError(
-        f"devenv's provisioning files are missing (looked in {_PACKAGE / '_data'} and {_PACKAGE.parent})",
-        "reinstall devenv",
-    )
+    found = paths.packaged_dir("provisioning")
+    if found is None or not (found / "cloud-init").is_dir():
+        package = Path(__file__).resolve().parent.parent
+        raise DevenvError(
+            f"devenv's provisioning files are missing (looked in {package / '_data'} and {package.parent})",
+            "reinstall devenv",
+        )
+    return found
 
 
 def read_text(relative: str) -> str:

@@ -4,8 +4,8 @@ Two ed25519 pairs live in the instance's ssh/ folder (0700):
 
 * the client key (ssh/id_ed25519, 0600, OpenSSH format) that the host logs in
   with; its public half becomes the guest user's authorized key;
-* the guest's host key (ssh/ssh_host_ed25519_key): cloud-init installs it in the
-  guest (ssh_keys), so the host knows the key before the guest ever answers and
+* the guest's host key (ssh/ssh_host_ed25519_key): the first boot installs it in the
+  guest (cloud-init's ssh_keys, or devenv-seed.json), so the host knows the key before the guest ever answers and
   can pin it. Nothing is ever accepted on first use.
 
 The pin is written to ssh/known_hosts under the alias `devenv-NAME` rather
@@ -41,7 +41,7 @@ class InstanceKeys:
 
     client_key: Path  # private, 0600; pass to paramiko / ssh -i
     client_public: str  # "ssh-ed25519 AAAA... devenv@NAME"
-    host_key: Path  # private host key that cloud-init installs in the guest
+    host_key: Path  # private host key that the first boot installs in the guest
     host_public: str  # "ssh-ed25519 AAAA... root@NAME"
     known_hosts: Path
     alias: str  # the name the pin is filed under in known_hosts

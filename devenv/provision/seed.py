@@ -1,4 +1,9 @@
-"""The cloud-init NoCloud seed: an ISO 9660 image labelled `cidata`.
+"""The instance's seed: an ISO 9660 image labelled `cidata`.
+
+It holds two first boots from the same inputs: cloud-init's NoCloud files
+(user-data, meta-data) for pulled cloud images, and devenv's own
+(devenv-seed.json and the devenv-earlyboot.py that applies it) for images
+devenv built, which have no cloud-init (devenv/provision/earlyboot.py says why).
 
 Written in pure Python with pycdlib, so no host needs genisoimage, mkisofs or
 hdiutil. Each file has an 8.3-safe ISO 9660 name plus its real name in Rock
@@ -33,16 +38,18 @@ SEED_FILES = {
     "meta-data": "/META_DATA.;1",
     "network-config": "/NETWORK_CONFIG.;1",
     "vendor-data": "/VENDOR_DATA.;1",
+    "devenv-seed.json": "/DEVENV_SEED.JSON;1",
+    "devenv-earlyboot.py": "/DEVENV_EARLYBOOT.PY;1",
 }
 
 
 def build_seed_iso(path: Path, files: Mapping[str, bytes | str]) -> None:
-    """Write a NoCloud seed with `files` (names from SEED_FILES) to `path`, mode 0600."""
+    """Write a seed with `files` (names from SEED_FILES) to `path`, mode 0600."""
     import pycdlib
 
     unknown = sorted(set(files) - set(SEED_FILES))
     if unknown:
-        raise ValueError(f"not a NoCloud seed file: {', '.join(unknown)}")
+        raise ValueError(f"not a seed file: {', '.join(unknown)}")
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=SEED_LABEL)
     try:
@@ -121,10 +128,12 @@ def prepare_seed(
         files = {
             "user-data": userdata.render_user_data(inputs),
             "meta-data": userdata.render_meta_data(cfg.name, keys.host_public),
+            "devenv-seed.json": userdata.render_devenv_seed(inputs),
+            "devenv-earlyboot.py": userdata.earlyboot_source(),
         }
     except ValueError as e:  # text that cannot be written as UTF-8 (a lone surrogate from undecodable bytes)
         raise ConfigError(
-            [f"cannot write the cloud-init seed for `{cfg.name}`: {e}"],
+            [f"cannot write the first-boot seed for `{cfg.name}`: {e}"],
             "a value from devenv.toml, a provision script or the host (git identity, time zone) is not valid "
             "UTF-8; fix it and run `devenv start` again",
         ) from None

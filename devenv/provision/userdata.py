@@ -16,6 +16,7 @@ What the guest gets (see the template for the cloud-config keys):
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -36,6 +37,7 @@ FIRSTBOOT = f"{LIB}/firstboot.sh"
 ENV_SH = f"{LIB}/env.sh"
 ENGINE_FILE = "/etc/devenv/engine"
 READY_UNIT = "/etc/systemd/system/devenv-ready.service"
+PROVISION_UNIT = "/etc/systemd/system/devenv-provision.service"
 AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
 AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
 STATE_DIR = "/var/lib/devenv"
@@ -183,6 +185,7 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
     files = [
         WriteFile(FIRSTBOOT, assets.read_text("cloud-init/firstboot.sh"), "0755"),
         WriteFile(f"{LIB}/engines/common.sh", assets.read_text("engines/common.sh")),
+        WriteFile(f"{LIB}/engines/busybox.sh", assets.read_text("engines/busybox.sh")),
         WriteFile(engine.guest_script, assets.read_text(f"engines/{engine.script}"), "0755"),
         WriteFile(protocol.GUEST_PATH, protocol.agent_source().decode("utf-8"), "0755"),
         WriteFile(READY_UNIT, assets.read_text("systemd/devenv-ready.service")),
@@ -237,3 +240,33 @@ def render_user_data(inputs: SeedInputs) -> str:
         write_files="\n".join(f.render() for f in _write_files(inputs)),
         firstboot=FIRSTBOOT,
     )
+
+
+def render_devenv_seed(inputs: SeedInputs) -> str:
+    """devenv-seed.json: the same first boot as render_user_data, for devenv/provision/earlyboot.py.
+
+    Images devenv built have no cloud-init: their devenv-seed.service runs
+    earlyboot.py from the seed on this file. Same user, keys, host key, files
+    and first-boot script as the user-data, plus the unit that runs the part
+    of firstboot.sh which needs the network.
+    """
+    files = [*_write_files(inputs), WriteFile(PROVISION_UNIT, assets.read_text("systemd/devenv-provision.service"))]
+    seed = {
+        "version": 1,
+        "instance_id": instance_id(inputs.name, inputs.host_public_key),
+        "hostname": guest_hostname(inputs.name),
+        "timezone": inputs.timezone,
+        "user": {"name": "devenv", "uid": inputs.uid, "authorized_keys": [inputs.authorized_key]},
+        "host_key": {"private": inputs.host_private_key, "public": inputs.host_public_key},
+        "files": [
+            {"path": f.path, "content": f.content, "permissions": f.permissions, "append": f.append} for f in files
+        ],
+        "agent": protocol.GUEST_PATH,
+        "firstboot": FIRSTBOOT,
+    }
+    return json.dumps(seed, indent=1, ensure_ascii=False) + "\n"
+
+
+def earlyboot_source() -> str:
+    """The program devenv-seed.service runs from the seed (stdlib only; runs in the guest)."""
+    return (Path(__file__).resolve().parent / "earlyboot.py").read_text(encoding="utf-8")

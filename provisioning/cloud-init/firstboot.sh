@@ -1,8 +1,15 @@
 #!/bin/sh
-# devenv first boot: run once per instance by cloud-init (runcmd), as root.
+# devenv first boot: run once per instance, as root.
 #
 #   firstboot.sh            set up the engine, check the guest agent, run the
-#                           user's provision scripts in order, then announce
+#                           user's provision scripts in order, then announce.
+#                           cloud-init runs it (runcmd) on pulled images;
+#                           devenv-provision.service on images devenv built.
+#   firstboot.sh early      on images devenv built, before sshd: enable the
+#                           devenv units and configure, enable and start the
+#                           engine without waiting for it (devenv/provision/
+#                           earlyboot.py runs this); the plain run then only
+#                           waits for the engine.
 #   firstboot.sh announce   re-announce the outcome; devenv-ready.service runs
 #                           this on every later boot
 #
@@ -40,7 +47,7 @@ fi
 mkdir -p "$STATE"
 touch "$LOG" && chmod 0600 "$LOG"
 exec >>"$LOG" 2>&1
-echo "== devenv first boot $(date -u +%Y-%m-%dT%H:%M:%SZ)"
+echo "== devenv first boot${1:+ ($1)} $(date -u +%Y-%m-%dT%H:%M:%SZ)"
 rm -f "$STATE/failed" "$STATE/provisioned"
 
 fail() {
@@ -81,22 +88,39 @@ case "$RUNTIME" in
 esac
 mkdir -p /etc/systemd/system/devenv-ready.service.d
 printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.service.d/engine.conf
-step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket'
-step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
-# compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
-# devenv user, who cannot write the bytecode cache in this root-owned directory
-step guestagent-bytecode python3 -m py_compile "$LIB/guestagent.py"
-step guestagent python3 "$LIB/guestagent.py" --version
+ENGINE="$LIB/engines/$RUNTIME.sh"
+
+if [ "${1:-}" = early ]; then
+    # The units are new files systemd has not loaded yet, so they need no
+    # daemon-reload (~2 s each under TCG) to be enabled and started.
+    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket && systemctl start --no-block devenv-guestagent.socket'
+    step "engine-$RUNTIME" sh "$ENGINE" early
+    date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/early"
+    echo "== early part done"
+    exit 0
+fi
+
+if [ -e "$STATE/early" ]; then
+    step "engine-$RUNTIME" sh "$ENGINE" ready
+else
+    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket'
+    step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
+    # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
+    # devenv user, who cannot write the bytecode cache in this root-owned directory
+    step guestagent-bytecode python3 -m py_compile "$LIB/guestagent.py"
+    step guestagent python3 "$LIB/guestagent.py" --version
+fi
 for script in "$LIB"/provision/*.sh; do
     [ -e "$script" ] || continue
     step "provision:$(basename "$script" .sh)" run_provision "$script"
 done
-# sshd may have started before cloud-init wrote the pinned host key: make it re-read its keys.
-systemctl try-reload-or-restart ssh.service || true
+# sshd may have started before cloud-init wrote the pinned host key: make it
+# re-read its keys (the early part writes them before sshd starts).
+[ -e "$STATE/early" ] || systemctl try-reload-or-restart ssh.service || true
 
 date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/provisioned"
 # cloud-init only on first boot: on later boots it would cost ~20 s under
 # emulation and has nothing left to do (keys, user, provisioning are done).
-touch /etc/cloud/cloud-init.disabled
+if [ -d /etc/cloud ]; then touch /etc/cloud/cloud-init.disabled; fi
 echo "== ready"
 announce "DEVENV-READY"

@@ -1,7 +1,8 @@
 #!/bin/sh
 # devenv: enable Docker (Debian's docker.io, installed but disabled in the image)
 # for the devenv user, and build devenv/busybox:latest without a registry.
-# Run as root at first boot; idempotent.
+# Run as root at first boot (`docker.sh [all|early|ready]`, see engine_main in
+# common.sh); idempotent.
 set -eu
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -49,10 +50,6 @@ ExecStart=/usr/local/lib/devenv/docker-nat.sh
 [Install]
 WantedBy=multi-user.target
 UNIT
-    systemctl daemon-reload
-    systemctl enable devenv-docker-nat.service
-    # never let NAT keep the engine from starting: containers then only lack a way out
-    systemctl start devenv-docker-nat.service || log "WARNING: devenv-docker-nat.service failed; containers have no outbound NAT"
 }
 
 # dockerd loads these while it starts (overlay2, the docker0 bridge, XFRM for
@@ -94,7 +91,6 @@ trim_containerd_plugins() {
     plugins='"io.containerd.grpc.v1.cri"'
     for s in aufs btrfs zfs devmapper; do plugins="$plugins, \"io.containerd.snapshotter.v1.$s\""; done
     sed -i "/^version = 2\$/a disabled_plugins = [$plugins]" "$conf"
-    systemctl try-restart containerd.service  # running already: this boot's containerd reads it too
 }
 
 # The package's docker.service waits for basic.target and network-online.target,
@@ -145,17 +141,29 @@ STUB
     early_unit docker.service "docker.socket containerd.service" containerd.service
 }
 
-apparmor_fix_for_unit docker.service
-preload_docker_modules
-start_containerd_beside_docker
-start_engine_early
-trim_containerd_plugins
-add_user_to_group docker
-configure_docker_network
-systemctl daemon-reload
-systemctl enable docker.socket docker.service
-start_unit docker.service
-wait_for_socket /var/run/docker.sock 120
+configure() {
+    apparmor_fix_for_unit docker.service
+    preload_docker_modules
+    start_containerd_beside_docker
+    start_engine_early
+    trim_containerd_plugins
+    configure_docker_network
+    add_user_to_group docker
+}
 
-import_local_image docker
-log "docker ready: /var/run/docker.sock (group docker)"
+# containerd is started (a restart when it runs already, so its trimmed
+# plugins apply) but not enabled: docker.service wants it.
+ENABLE="docker.socket docker.service devenv-docker-nat.service"
+START="containerd.service docker.socket docker.service"
+
+ready() {
+    wait_for_socket /var/run/docker.sock 120
+    # Queued, not awaited: its iptables runs are ~1 s of CPU under TCG and
+    # containers need NAT only later; a failed NAT never keeps the engine
+    # from starting (containers then only lack a way out; see the journal).
+    systemctl start --no-block devenv-docker-nat.service
+    import_local_image docker
+    log "docker ready: /var/run/docker.sock (group docker)"
+}
+
+engine_main "$@"

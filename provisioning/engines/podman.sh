@@ -12,20 +12,25 @@ set -eu
 
 SOCK=/run/podman/podman.sock
 
-apparmor_fix_for_unit podman.service
-add_user_to_group podman
-mkdir -p /etc/systemd/system/podman.socket.d
-printf '[Socket]\nSocketGroup=podman\nSocketMode=0660\n' > /etc/systemd/system/podman.socket.d/10-devenv-group.conf
-systemctl daemon-reload
-systemctl enable podman.socket
-start_unit podman.socket
-wait_for_socket "$SOCK" 60
+configure() {
+    apparmor_fix_for_unit podman.service
+    add_user_to_group podman
+    mkdir -p /etc/systemd/system/podman.socket.d
+    printf '[Socket]\nSocketGroup=podman\nSocketMode=0660\n' > /etc/systemd/system/podman.socket.d/10-devenv-group.conf
+    # `podman` run by the devenv user talks to the same rootful service.
+    printf 'export CONTAINER_HOST=unix://%s\n' "$SOCK" > /etc/profile.d/devenv-podman.sh
+    # ... also for commands the guest agent runs (its unit reads /etc/environment, not profile.d).
+    grep -q '^CONTAINER_HOST=' /etc/environment 2>/dev/null ||
+        printf 'CONTAINER_HOST="unix://%s"\n' "$SOCK" >> /etc/environment
+}
 
-# `podman` run by the devenv user talks to the same rootful service.
-printf 'export CONTAINER_HOST=unix://%s\n' "$SOCK" > /etc/profile.d/devenv-podman.sh
-# ... also for commands the guest agent runs (its unit reads /etc/environment, not profile.d).
-grep -q '^CONTAINER_HOST=' /etc/environment 2>/dev/null ||
-    printf 'CONTAINER_HOST="unix://%s"\n' "$SOCK" >> /etc/environment
+ENABLE=podman.socket
+START=podman.socket
 
-import_local_image podman
-log "podman ready: $SOCK (group podman, Docker API)"
+ready() {
+    wait_for_socket "$SOCK" 60
+    import_local_image podman
+    log "podman ready: $SOCK (group podman, Docker API)"
+}
+
+engine_main "$@"

@@ -86,7 +86,6 @@ def test_second_build_is_cached(built: ImageRecord) -> None:
     [
         "/usr/bin/python3",
         "/usr/sbin/sshd",
-        "/usr/bin/cloud-init",
         "/usr/sbin/dockerd",
         "/usr/bin/podman",
         "/usr/bin/containerd",
@@ -107,10 +106,24 @@ def test_no_ssh_host_keys_and_no_passwords(raw: Path) -> None:
     assert "KbdInteractiveAuthentication no" in conf.splitlines()
 
 
-def test_cloud_init_uses_nocloud_only(raw: Path) -> None:
-    conf = debugfs(raw, "cat /etc/cloud/cloud.cfg.d/90-devenv.cfg")
-    assert "datasource_list: [ NoCloud, None ]" in conf
-    assert "resize_rootfs: true" in conf
+def test_first_boot_is_devenvs_seed_unit_not_cloud_init(raw: Path) -> None:
+    assert not exists(raw, "/usr/bin/cloud-init")
+    assert "/devenv-seed.service/" in debugfs(raw, "ls -p /etc/systemd/system/multi-user.target.wants")
+    unit = debugfs(raw, "cat /etc/systemd/system/devenv-seed.service").splitlines()
+    assert "ExecStart=/bin/sh /usr/local/lib/devenv/seed-boot.sh" in unit
+    assert "Before=ssh.service systemd-user-sessions.service devenv-provision.service shutdown.target" in unit
+    script = debugfs(raw, "cat /usr/local/lib/devenv/seed-boot.sh")
+    assert 'python3 "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"' in script
+
+
+def test_busybox_root_filesystem_is_made_at_build_time(raw: Path, tmp_path: Path) -> None:
+    import tarfile
+
+    out = tmp_path / "rootfs.tar"
+    run(["debugfs", "-R", f"dump /usr/local/lib/devenv/busybox-rootfs.tar {out}", str(raw)], check=True)
+    with tarfile.open(out) as tar:
+        names = set(tar.getnames())
+    assert {"./bin/busybox", "./bin/sh", "./etc/passwd"} <= names
 
 
 def test_root_is_the_whole_virtio_disk(raw: Path) -> None:

@@ -86,11 +86,11 @@ def test_start_runs_the_shared_steps_after_the_drivers_own(started: tuple[instan
     _, seen = started
     assert seen == [
         "nothing to make: the guest is this host",
-        "generate SSH keys and the cloud-init seed",
-        "prepare the cloud-init seed",
+        "generate SSH keys and the first-boot seed",
+        "prepare the first-boot seed",
         "start sshd",
         "boot: waiting for the guest's sshd",
-        "guest ready: provisioning (cloud-init on first boot) and engine start",
+        "guest ready: provisioning (first boot) and engine start",
         "log in with the pinned host key; host agent and guest agent",
         "docker engine answers",
         f"docker context devenv-{NAME}",
@@ -200,7 +200,7 @@ def test_stop_powers_down_and_status_says_stopped(started: tuple[instance.Instan
 
 def test_without_a_console_readiness_comes_over_ssh(home: Path) -> None:
     inst, seen = _start(home, "quiet", "sshd-noconsole")
-    assert "guest ready: provisioning (cloud-init on first boot) and engine start" in seen
+    assert "guest ready: provisioning (first boot) and engine start" in seen
     assert inst.status().state == "running"
     assert (inst.dir / sshd_driver.GUEST_STATE / "provisioned").exists()
     assert not (inst.dir / sshd_driver.CONSOLE).exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from devenv import paths
 from devenv.errors import ImageError, UsageError
 from devenv.images import definitions
 from devenv.images.checksums import Digest
@@ -36,7 +37,8 @@ def test_debian_has_the_offline_builder_and_its_inputs() -> None:
     assert image.build is not None
     assert image.build.suite == "bookworm"
     assert "linux-image-{deb_arch}" in image.build.packages
-    assert {"openssh-server", "python3", "cloud-init", "busybox"} <= set(image.build.packages)
+    assert {"openssh-server", "python3", "busybox"} <= set(image.build.packages)
+    assert "cloud-init" not in image.build.packages  # the seed's earlyboot.py does its job
     assert image.build.engine_packages == ("docker.io", "podman", "containerd")
     assert definitions.load("ubuntu-24.04").builder == ""
 
@@ -120,5 +122,5 @@ def test_wheel_layout_is_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     pkg = tmp_path / "site" / "devenv" / "images"
     pkg.mkdir(parents=True)
     (tmp_path / "site" / "devenv" / "_data" / "vmimages").mkdir(parents=True)
-    monkeypatch.setattr(definitions, "__file__", str(pkg / "definitions.py"))
+    monkeypatch.setattr(paths, "__file__", str(tmp_path / "site" / "devenv" / "paths.py"))
     assert definitions.definitions_dir() == tmp_path / "site" / "devenv" / "_data" / "vmimages"

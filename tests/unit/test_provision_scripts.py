@@ -18,6 +18,7 @@ SCRIPTS = sorted(
     [*assets.provisioning_dir().glob("engines/*.sh"), assets.provisioning_dir() / "cloud-init/firstboot.sh"]
 )
 COMMON = assets.provisioning_dir() / "engines/common.sh"
+BUSYBOX = assets.provisioning_dir() / "engines/busybox.sh"
 posix = pytest.mark.skipif(os.name != "posix" or not shutil.which("sh"), reason="needs a POSIX sh")
 
 
@@ -53,7 +54,9 @@ def test_ready_unit_runs_the_announcer() -> None:
 
 
 def _sh(snippet: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["sh", "-c", f'. "{COMMON}"; {snippet}', "sh", *args], capture_output=True, text=True)
+    """common.sh as the engine scripts source it: $0 is a script beside it."""
+    script = f'. "{COMMON}"; {snippet}'
+    return subprocess.run(["sh", "-c", script, str(COMMON.parent / "docker.sh"), *args], capture_output=True, text=True)
 
 
 @posix
@@ -68,8 +71,11 @@ def test_busybox_rootfs_and_docker_archive(tmp_path: Path) -> None:
     if os.geteuid() == 0 and shutil.which("chroot"):
         out = subprocess.run(["chroot", str(root), "/bin/sh", "-c", "echo hi from $(basename $0)"], capture_output=True)
         assert out.stdout == b"hi from sh\n", out.stderr
+    layer = tmp_path / "layer.tar"
+    with tarfile.open(layer, "w") as tar:
+        tar.add(root, arcname=".")
     archive = tmp_path / "img.tar"
-    res = _sh('make_docker_archive "$1" "$2" devenv/busybox:latest amd64', str(root), str(archive))
+    res = _sh('make_docker_archive "$1" "$2" devenv/busybox:latest amd64', str(layer), str(archive))
     assert res.returncode == 0, res.stderr
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
@@ -77,6 +83,7 @@ def test_busybox_rootfs_and_docker_archive(tmp_path: Path) -> None:
         config_bytes = tar.extractfile(manifest[0]["Config"]).read()  # type: ignore[union-attr]
         layer_bytes = tar.extractfile(manifest[0]["Layers"][0]).read()  # type: ignore[union-attr]
     assert manifest[0]["Config"] == hashlib.sha256(config_bytes).hexdigest() + ".json"
+    assert layer_bytes == layer.read_bytes()
     config = json.loads(config_bytes)
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]
     assert config["architecture"] == "amd64" and config["config"]["Cmd"] == ["/bin/sh"]

@@ -58,8 +58,9 @@ def test_iso_label_names_and_mode(built: tuple[seed.SeedResult, seed.SeedImage],
     result, image = built
     assert result.iso == tmp_path / "inst" / paths.CIDATA
     assert image.label == "cidata"
-    assert sorted(image.files) == ["meta-data", "user-data"]
-    assert image.joliet_names == ("meta-data", "user-data")
+    names = ["devenv-earlyboot.py", "devenv-seed.json", "meta-data", "user-data"]
+    assert sorted(image.files) == names
+    assert image.joliet_names == tuple(names)
     if os.name == "posix":
         assert stat.S_IMODE(result.iso.stat().st_mode) == 0o600  # it holds the host's private key
 
@@ -339,6 +340,6 @@ def test_text_that_is_not_utf8_is_a_config_error_and_no_seed_is_written(tmp_path
     with pytest.raises(ConfigError) as info:
         seed.prepare_seed(tmp_path / "inst", cfg, environ={})
     assert info.value.exit_code == ExitCode.CONFIG
-    assert str(info.value).startswith("cannot write the cloud-init seed for `demo`: ")
+    assert str(info.value).startswith("cannot write the first-boot seed for `demo`: ")
     assert "not valid UTF-8" in info.value.hint
     assert not (tmp_path / "inst" / "cidata.iso").exists()

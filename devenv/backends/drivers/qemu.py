@@ -1,6 +1,6 @@
 """The QEMU driver: one detached QEMU process per instance, watched through its pid file and QMP.
 
-It boots the instance's overlay disk with its cloud-init seed under the
+It boots the instance's overlay disk with its first-boot seed under the
 accelerator qemuaccel picks (falling back to tcg when auto's pick fails),
 forwards the guest's sshd to a 127.0.0.1 port through QEMU's user-mode net,
 writes the console to serial.log, and stops the VM with ACPI, then QMP quit,

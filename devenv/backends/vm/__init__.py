@@ -1,7 +1,7 @@
 """The one VM backend: what every Linux guest reached over SSH needs, whichever hypervisor runs it.
 
 It holds a driver (driver.py) and asks it only what differs per hypervisor.
-Start: the driver's check, then the cloud-init seed and its launch (or attach
+Start: the driver's check, then the first-boot seed and its launch (or attach
 to a VM already running), the readiness wait (boot.py), the host agent
 through to the engine and the mounts (agent.py). Status is derived each time
 from the driver's view of its VM, the console and the host agent; nothing
@@ -67,7 +67,7 @@ class VmBackend:
         from devenv.provision import prepare_seed
 
         self.driver.create(inst, step)
-        step("generate SSH keys and the cloud-init seed")
+        step("generate SSH keys and the first-boot seed")
         prepare_seed(inst.dir, inst.config, host_address=self.driver.host_address)
 
     def start(self, inst: InstanceRef, step: StepReporter) -> None:
@@ -85,7 +85,7 @@ class VmBackend:
             # to the old guest perhaps still up: start must not take it for this boot's
             hostagent.shutdown(inst.dir)
             if vm.state != "saved":  # a restored guest goes on with the seed it booted with
-                step("prepare the cloud-init seed")
+                step("prepare the first-boot seed")
                 prepare_seed(inst.dir, inst.config, host_address=d.host_address)
             try:
                 booting = d.launch(inst, step)

@@ -68,7 +68,7 @@ def launch_early(driver: Driver, inst: InstanceRef) -> None:
     The agent retries SSH until the guest answers, so by the time the guest
     reports ready it is usually connected. A failure here is not final:
     start() launches it again and reports what went wrong. Never on the first
-    boot: cloud-init is still creating the user and its groups then, and a
+    boot: cloud-init (pulled images) may still be creating the user and its groups then, and a
     session logged in before that would lack the engine's socket group for as
     long as it lives.
     """

@@ -7,7 +7,7 @@ without one gets the same answer over SSH, from the guest's own record of its
 provisioning, once its sshd answers.
 
 The budget: an emulated guest is ~10x slower than one the hardware runs,
-and a first boot also provisions (cloud-init): on a 2-core CI
+and a first boot also provisions (cloud-init on a pulled image): on a 2-core CI
 host an emulated aarch64 guest took 136 s to sshd and more than 284 s more to
 provision, past 420 s. Lima waits 10 minutes for a boot; the first boot here
 gets 15 under emulation.
@@ -108,7 +108,7 @@ def wait_ready(driver: Driver, inst: InstanceRef, step: StepReporter, boot: Boot
             sshd_timeout_hint(console, inst.name),
         )
 
-    step("guest ready: provisioning (cloud-init on first boot) and engine start")
+    step("guest ready: provisioning (first boot) and engine start")
     if watch is not None:
         _wait_line(driver, inst, boot, watch.poll, deadline, budget)
         return
@@ -135,7 +135,7 @@ def _wait_line(
             raise driver.failure(
                 inst,
                 f"the guest did not report DEVENV-READY within {budget:.0f} s",
-                "cloud-init may still be running or stuck: read the console above",
+                "the first-boot provisioning may still be running or stuck: read the console above",
             )
         time.sleep(0.2)
 

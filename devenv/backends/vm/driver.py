@@ -126,7 +126,7 @@ class AgentPlan:
 class Driver(Protocol):
     name: str
     features: DriverFeatures
-    host_address: str  # the host as the guest sees it (into the cloud-init seed)
+    host_address: str  # the host as the guest sees it (into the first-boot seed)
 
     def check(self, inst: InstanceRef) -> None:
         """Raise BackendUnavailable or ConfigError, with the fix, when this instance cannot boot here."""

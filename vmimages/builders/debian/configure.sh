@@ -6,10 +6,12 @@
 #   pre   before the apt-get steps (the kernel's among them): keep daemons
 #         from starting in the chroot, keep docs/man pages/translations out
 #         of every later install, and make the initrd small.
-#   post  after all packages are in: boot-path hygiene, networking, cloud-init,
-#         sshd, engines left installed-but-disabled, then shrink.
+#   post  after all packages are in: boot-path hygiene, networking, the
+#         first-boot unit, sshd, engines left installed-but-disabled, then shrink.
 #
 # Environment: DEVENV_IMAGE, DEVENV_BUILDER_VERSION, DEVENV_ENGINES (words).
+# Files: /tmp/devenv-image/ holds provisioning/image/* and engines/busybox.sh
+# (devenv/images/debian.py copies them in; their bytes are in the cache key too).
 set -eu
 phase="${1:?usage: configure.sh pre|post}"
 
@@ -79,8 +81,8 @@ unit_exists() {
 
 post() {
     # --- Disk: the whole virtio disk is one ext4 filesystem (no partitions), so
-    # cloud-init's resize_rootfs grows it with resize2fs after the host grows
-    # the overlay; there is nothing for growpart to do. It is named by its
+    # the first boot grows it with resize2fs after the host grows the overlay;
+    # there is nothing for growpart to do. It is named by its
     # label (mkfs.ext4 -L devenv-root), as on the kernel command line: which
     # virtio disk is vda depends on the order the driver binds them.
     cat > /etc/fstab <<'EOF'
@@ -92,8 +94,7 @@ EOF
     printf '127.0.0.1\tlocalhost\n127.0.1.1\tdevenv\n::1\tlocalhost ip6-localhost ip6-loopback\n' > /etc/hosts
 
     # --- Network: systemd-networkd DHCP on the virtio NIC whatever its name;
-    # resolved for DNS. cloud-init's own network rendering is off (below) so the
-    # result does not depend on which renderer it detects.
+    # resolved for DNS.
     mkdir -p /etc/systemd/network
     cat > /etc/systemd/network/80-devenv-dhcp.network <<'EOF'
 [Match]
@@ -125,24 +126,26 @@ EOF
         if unit_exists "$u"; then systemctl disable "$u"; fi
     done
 
-    # --- cloud-init: only the NoCloud seed (the cidata ISO devenv attaches),
-    # else nothing: no network probing for cloud metadata services.
-    cat > /etc/cloud/cloud.cfg.d/90-devenv.cfg <<'EOF'
-# devenv: written by the image builder.
-datasource_list: [ NoCloud, None ]
-network: {config: disabled}
-growpart: {mode: "off"}
-resize_rootfs: true
-# minbase has no `locales` package: cc_locale would fail (and cloud-init
-# would report "error"); C.UTF-8 is built into glibc and set below.
-locale: false
-# Host keys come from the seed (pinned by the host); if it has none, make
-# only ed25519: RSA key generation is slow under emulation.
-ssh_genkeytypes: [ed25519]
-EOF
+    # --- First boot without cloud-init. devenv-seed.service runs the instance's
+    # own first-boot program from its cidata seed before sshd starts (user,
+    # keys, pinned host key, files, engine): under TCG cloud-init's four stages
+    # cost ~22 s of a first boot and the reloads it led to ~20 s more. The
+    # image has no cloud-init at all; pulled cloud images keep theirs.
+    mkdir -p /usr/local/lib/devenv
+    install -m 0755 /tmp/devenv-image/seed-boot.sh /usr/local/lib/devenv/seed-boot.sh
+    install -m 0644 /tmp/devenv-image/devenv-seed.service /etc/systemd/system/devenv-seed.service
+    systemctl enable devenv-seed.service
+    # The root filesystem of the local devenv/busybox image, made here once
+    # (hundreds of applet symlinks: seconds of a first boot under TCG).
+    # shellcheck source=/dev/null
+    . /tmp/devenv-image/busybox.sh
+    rootfs=$(mktemp -d)
+    make_busybox_rootfs "$rootfs"
+    tar -C "$rootfs" -cf "$LOCAL_ROOTFS_TAR" .
+    rm -rf "$rootfs"
 
     # --- sshd: keys only. Host keys made during the build are deleted so no two
-    # instances share one; cloud-init writes the host's pinned key at first boot.
+    # instances share one; the first boot writes the host's pinned key.
     mkdir -p /etc/ssh/sshd_config.d
     cat > /etc/ssh/sshd_config.d/10-devenv.conf <<'EOF'
 # devenv: public keys only.
