@@ -173,27 +173,37 @@ def compile_agent(root: str, agent: str) -> None:
 
 
 def apply(seed: dict[str, object], root: str = "/") -> None:
-    """In the order that starts the engine soonest: it is what the host waits for last."""
+    """In the order that starts the engine soonest: it is what the host waits for last.
+
+    Each step is printed as it begins: the journal's timestamps then say where a first boot's time went.
+    """
     step = "seed"
+
+    def begin(name: str) -> str:
+        print(f"devenv first boot: {name}", flush=True)
+        return name
+
     try:
-        step = "files"
+        step = begin("files")
         write_files(root, seed["files"])  # type: ignore[arg-type]
-        step = "user"
+        step = begin("user")
         make_user(root, seed["user"])  # type: ignore[arg-type]
         # units and engine, the engine started without waiting for it;
         # firstboot.sh reports its own failures (console and /var/lib/devenv/failed)
+        begin("firstboot-early")
         run("firstboot-early", ["/bin/sh", str(seed["firstboot"]), "early"], root)
-        step = "host-key"
+        step = begin("host-key")
         host_key: dict[str, str] = seed["host_key"]  # type: ignore[assignment]
         install_host_key(root, host_key["private"], host_key["public"])
-        step = "hostname"
+        step = begin("hostname")
         set_hostname(root, str(seed["hostname"]))
-        step = "timezone"
+        step = begin("timezone")
         set_timezone(root, seed.get("timezone"))  # type: ignore[arg-type]
+        begin("compile the guest agent")
         compile_agent(root, str(seed["agent"]))
-        step = "disk"
+        step = begin("disk")
         grow_root(root)
-        step = "provision"
+        step = begin("provision")
         run("provision", ["systemctl", "enable", "--no-reload", PROVISION_UNIT], root)
         run("provision", ["systemctl", "start", "--no-block", PROVISION_UNIT], root)
         write(root, SEEDED, str(seed["instance_id"]) + "\n", 0o644)

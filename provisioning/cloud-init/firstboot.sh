@@ -93,8 +93,9 @@ ENGINE="$LIB/engines/$RUNTIME.sh"
 if [ "${1:-}" = early ]; then
     # The units are new files systemd has not loaded yet, so they need no
     # daemon-reload (~2 s each under TCG) to be enabled and started.
-    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket && systemctl start --no-block devenv-guestagent.socket'
+    # the engine first: its start is what the host waits for last
     step "engine-$RUNTIME" sh "$ENGINE" early
+    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket && systemctl start --no-block devenv-guestagent.socket'
     date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/early"
     echo "== early part done"
     exit 0

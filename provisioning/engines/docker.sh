@@ -158,11 +158,12 @@ START="containerd.service docker.socket docker.service"
 
 ready() {
     wait_for_socket /var/run/docker.sock 120
-    # Queued, not awaited: its iptables runs are ~1 s of CPU under TCG and
-    # containers need NAT only later; a failed NAT never keeps the engine
-    # from starting (containers then only lack a way out; see the journal).
-    systemctl start --no-block devenv-docker-nat.service
     import_local_image docker
+    # Queued, not awaited, and after the import it would compete with: its
+    # iptables runs are ~1 s of CPU under TCG and containers need NAT only
+    # later; a failed NAT never keeps the engine from starting (containers
+    # then only lack a way out; see the journal).
+    systemctl start --no-block devenv-docker-nat.service
     log "docker ready: /var/run/docker.sock (group docker)"
 }
 

@@ -26,7 +26,8 @@ until dev=$(blkid -L cidata 2>/dev/null) && [ -n "$dev" ]; do
 done
 mkdir -p "$SEED"
 mount -t iso9660 -o ro "$dev" "$SEED" || failed "cannot mount $dev"
-python3 "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"
+# -I -S: nothing from the environment or site-packages; it needs the stdlib only
+python3 -I -S "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"
 rc=$?
 umount "$SEED" || true
 exit "$rc"

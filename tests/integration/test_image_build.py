@@ -113,7 +113,7 @@ def test_first_boot_is_devenvs_seed_unit_not_cloud_init(raw: Path) -> None:
     assert "ExecStart=/bin/sh /usr/local/lib/devenv/seed-boot.sh" in unit
     assert "Before=ssh.service systemd-user-sessions.service devenv-provision.service shutdown.target" in unit
     script = debugfs(raw, "cat /usr/local/lib/devenv/seed-boot.sh")
-    assert 'python3 "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"' in script
+    assert 'python3 -I -S "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"' in script
 
 
 def test_busybox_root_filesystem_is_made_at_build_time(raw: Path, tmp_path: Path) -> None:
