@@ -20,6 +20,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
+
 TARGET_MS = 120.0
 
 
@@ -51,6 +54,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=30)
     ap.add_argument("--instances", type=int, default=20)
     ap.add_argument("--backend", default="native")
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
     args = ap.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="devenv-bench-"))
@@ -80,6 +84,23 @@ def main() -> int:
             failed |= not ok
             verdict = f"< {target:.0f} ms {'ok' if ok else 'MISSED'}"
         print(f"{name:<36} {med:>10.1f} {p90:>8.1f}  {verdict}")
+    if args.json:
+        base = rows[0][1]
+        figures = [
+            report.figure(
+                name,
+                "ms",
+                samples,
+                **(
+                    {"baseline": "`python3 -c pass`", "baseline_median": statistics.median(base)}
+                    if target is not None
+                    else {}
+                ),
+                **({"target": f"< {target:.0f} ms", "met": statistics.median(samples) < target} if target else {}),
+            )
+            for name, samples, target in rows[1:]
+        ]
+        report.save(args.json, "cli_startup", figures, {name: samples for name, samples, _ in rows})
     return 1 if failed else 0
 
 

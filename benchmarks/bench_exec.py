@@ -37,6 +37,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
+
 from devenv import hostagent, launcher, paths
 from devenv.launcher import build
 
@@ -56,6 +59,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", "--name", required=True)
     ap.add_argument("--runs", type=int, default=20)
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
     args = ap.parse_args()
     inst = paths.instance_dir(args.name)
     devenv = [str(Path(sys.executable).with_name("devenv"))]
@@ -101,6 +105,31 @@ def main() -> int:
         print(f"{label:<24}{med:>9.1f}{min(xs):>9.1f}{med / base:>11.2f}")
     ratio = statistics.median(rows["devenv-exec"]) / base
     print(f"target: devenv-exec <= 0.50x openssh: {'met' if ratio <= 0.5 else 'NOT met'} ({ratio:.2f}x)")
+    if args.json:
+        ssh_base = {"baseline": "OpenSSH ControlMaster `ssh host true`", "baseline_median": base}
+        figures = [
+            report.figure(
+                f"warm `devenv exec -- true` ({kind} `devenv`)",
+                "ms",
+                rows["devenv-exec"],
+                **ssh_base,
+                target="<= 0.5x",
+                met=ratio <= 0.5,
+            )
+        ]
+        if "devenv-py-exec" in rows:
+            py = statistics.median(rows["devenv-py-exec"]) / base
+            figures.append(
+                report.figure(
+                    "the same through the Python CLI (`devenv-py`)",
+                    "ms",
+                    rows["devenv-py-exec"],
+                    **ssh_base,
+                    target="<= 0.5x",
+                    met=py <= 0.5,
+                )
+            )
+        report.save(args.json, "exec", figures, rows)
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -28,6 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
+
 from devenv import hostagent, paths
 from devenv.backends.drivers.qmp import Qmp
 
@@ -84,6 +87,7 @@ def main() -> int:
     ap.add_argument("-n", "--name", required=True)
     ap.add_argument("--runs", type=int, default=15)
     ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
     args = ap.parse_args()
     inst = paths.instance_dir(args.name)
     # a running instance's start only (re)launches its host agent, with the options its driver gives it
@@ -156,6 +160,37 @@ def main() -> int:
         ref = max(speeds["qemu hostfwd"])
         for label, xs in speeds.items():
             print(f"  {label:<26}{max(xs):>8.1f}  {max(xs) / ref:.2f}x")
+        if args.json:
+            sock = rows["devenv engine socket"]
+            ratio = statistics.median(sock) / base
+            hostfwd_median = statistics.median(speeds["qemu hostfwd"])
+            figures = [
+                report.figure(
+                    "host `docker version` through the engine socket",
+                    "ms",
+                    sock,
+                    baseline="OpenSSH `-L` forward of the socket",
+                    baseline_median=base,
+                    target="<= 1.2x",
+                    met=ratio <= 1.2,
+                )
+            ]
+            for (label, port), kind in zip(
+                runs[:2], ("a port on every guest address", "a loopback-only port"), strict=True
+            ):
+                xs = speeds[label]
+                figures.append(
+                    report.figure(
+                        f"forward throughput, {kind} (via {via.get(port)}), {args.mib} MiB",
+                        "MiB/s",
+                        xs,
+                        baseline="QEMU hostfwd",
+                        baseline_median=hostfwd_median,
+                        target=">= 0.5x",
+                        met=statistics.median(xs) >= 0.5 * hostfwd_median,
+                    )
+                )
+            report.save(args.json, "hostagent", figures, {"docker_version_ms": rows, "throughput_mib_s": speeds})
     finally:
         with contextlib.suppress(Exception), Qmp(inst / paths.QMP_SOCK) as q:
             q.command("human-monitor-command", **{"command-line": f"hostfwd_remove net0 tcp:127.0.0.1:{hostfwd}"})

@@ -12,6 +12,7 @@ and the same on the guest's local disk (/var/tmp) as the baseline.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import shutil
@@ -19,6 +20,9 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
 
 SIZE_MIB = 64
 
@@ -57,6 +61,9 @@ def measure(name: str, folder: str, cwd: Path, env: dict[str, str]) -> tuple[flo
 
 
 def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
+    args = ap.parse_args()
     env = {**os.environ}
     env.setdefault("DEVENV_QEMU_ACCEL", "tcg")
     base = Path(tempfile.mkdtemp(prefix="bench-mounts-"))
@@ -93,6 +100,23 @@ def main() -> int:
     print(f"{'mount':<12} {'write MiB/s':>12} {'read MiB/s':>11} {'find 2k files s':>16}")
     for kind, (w, rd, walk, n) in rows:
         print(f"{kind:<12} {w:>12.1f} {rd:>11.1f} {walk:>16.2f}  ({n} entries)")
+    if args.json:
+        by = dict(rows)
+        disk = by["guest disk"]
+        figures = []
+        for kind in ("9p", "sshfs"):
+            if kind not in by:
+                continue
+            for i, (what, unit) in enumerate(((f"write {SIZE_MIB} MiB", "MiB/s"), (f"read {SIZE_MIB} MiB", "MiB/s"))):
+                figures.append(
+                    report.figure(f"project mount ({kind}): {what}", unit, [by[kind][i]], baseline="guest disk",
+                                  baseline_median=disk[i])
+                )  # fmt: skip
+            figures.append(
+                report.figure(f"project mount ({kind}): `find` over 2,000 files", "s", [by[kind][2]],
+                              baseline="guest disk", baseline_median=disk[2])
+            )  # fmt: skip
+        report.save(args.json, "mounts", figures, {k: list(v) for k, v in rows})
     return 0
 
 

@@ -33,6 +33,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report
+
 TARGET = 1.1
 
 
@@ -110,7 +113,7 @@ def devenv_boot(name: str) -> float:
     t0 = time.perf_counter()
     devenv("start", "-n", name)
     took = time.perf_counter() - t0
-    devenv("stop", "-n", name)
+    devenv("stop", "-n", name, "--shutdown")  # a cold start each round, not a resume
     return took
 
 
@@ -119,13 +122,14 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--name", default="bench-start")
     ap.add_argument("--keep", action="store_true", help="keep the instance afterwards")
+    ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
     args = ap.parse_args()
     os.environ.setdefault("DEVENV_QEMU_ACCEL", "tcg")
 
     if devenv("status", "-n", args.name, check=False).returncode != 0:
         print(f"creating and provisioning instance {args.name} (first boot, not measured)", file=sys.stderr)
         devenv("start", "-n", args.name, "--backend", "qemu")
-    devenv("stop", "-n", args.name)
+    devenv("stop", "-n", args.name, "--shutdown")
     from devenv import paths
 
     inst_dir = paths.instance_dir(args.name)
@@ -162,6 +166,17 @@ def main() -> int:
     print(f"{'ratio devenv / raw':<40} {ratio:>8.2f}  target <= {TARGET} {'ok' if ratio <= TARGET else 'MISSED'}")
     per_round = statistics.median(a / b for a, b in zip(ours, raw, strict=True))
     print(f"{'median of the per-round ratios':<40} {per_round:>8.2f}")
+    if args.json:
+        figure = report.figure(
+            "cold start to ready, a stopped instance",
+            "s",
+            ours,
+            baseline="raw QEMU, same command line and disk, to the first OpenSSH login",
+            baseline_median=r,
+            target=f"<= {TARGET}x",
+            met=ratio <= TARGET,
+        )
+        report.save(args.json, "start", [figure], {"raw": raw, "devenv": ours})
     return 0
 
 
