@@ -49,6 +49,33 @@ def process_start(pid: int) -> str | None:
     return fields[19] if len(fields) > 19 else ""
 
 
+def rss_bytes(pid: int) -> int | None:
+    """The memory a live process holds in RAM (resident set), or None where it cannot be read.
+
+    Linux: VmRSS in /proc/PID/status; macOS and other POSIX hosts: `ps -o rss=`
+    (KiB). Windows: None (a working-set query would need pywin32 or ctypes
+    structures; no Windows host runs QEMU for devenv yet).
+    """
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        return None
+    except FileNotFoundError:
+        if os.name == "nt" or os.path.isdir("/proc"):
+            return None
+    except (OSError, ValueError, IndexError):
+        return None
+    import subprocess
+
+    try:
+        out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True, timeout=5).stdout
+        return int(out.strip()) * 1024 if out.strip() else None
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
+
+
 def runs_as(pid: int, marker: bytes) -> bool:
     """Alive, and its command line names `marker`: the process a pid file of ours was written for.
 

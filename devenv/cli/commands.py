@@ -118,6 +118,7 @@ def _row(inst: instance.Instance) -> dict[str, Any]:
         "disk": c.disk,
         "runtime": c.runtime,
         "dir": str(inst.dir),
+        **({"host_rss": st.details["host_rss"]} if "host_rss" in st.details else {}),
     }
 
 
@@ -135,7 +136,10 @@ def list_instances(as_json: bool) -> int:
     if not rows:
         _out("no instances; create one with `devenv start`")
         return 0
-    header = ("NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "DISK", "RUNTIME")
+    from devenv.backends.vm.cost import human
+
+    # RSS: what the running VM holds in the host's RAM now, beside the MEMORY it was given
+    header = ("NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "RSS", "DISK", "RUNTIME")
     table = [header] + [
         (
             r["name"],
@@ -143,6 +147,7 @@ def list_instances(as_json: bool) -> int:
             r["backend"],
             str(r.get("cpus", "")),
             format_size(r["memory"]) if "memory" in r else "",
+            human(r["host_rss"]) if "host_rss" in r else "",
             format_size(r["disk"]) if "disk" in r else "",
             r.get("runtime", ""),
         )
@@ -176,8 +181,11 @@ def status(name: str | None, as_json: bool) -> int:
         _out(f"  {key}: {row[key]}")
     _out(f"  memory: {format_size(row['memory'])}")
     _out(f"  disk: {format_size(row['disk'])}")
+    from devenv.backends.vm.cost import MACHINE_KEYS
+
     for key, value in st.details.items():
-        _out(f"  {key}: {value}")
+        if key not in MACHINE_KEYS:  # the figures behind the sentences are for --json
+            _out(f"  {key}: {value}")
     return 0
 
 

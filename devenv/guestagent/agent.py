@@ -466,6 +466,10 @@ class Agent:
     def m_info(self, req_id: Any, params: Json) -> Json:
         return info()
 
+    def m_memory(self, req_id: Any, params: Json) -> Json:
+        """What `devenv status` shows beside QEMU's RSS: one file read, unlike info."""
+        return _meminfo()
+
     def m_ports(self, req_id: Any, params: Json) -> Json:
         return {"ports": listening_ports()}
 

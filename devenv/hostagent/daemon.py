@@ -200,7 +200,19 @@ class HostAgent:
             "forwards": self.ports.snapshot(),
             "mounts": sorted(self._mounts.values(), key=lambda r: str(r["guest"])),
             "ignored_ports": list(self.opts.rejected_ports),
+            "guest_memory": self._guest_memory(),
         }
+
+    def _guest_memory(self) -> dict[str, Any] | None:
+        """The guest's MemTotal and MemAvailable, asked now (status sets it beside QEMU's RSS)."""
+        s = self._session
+        if s is None or s.client is None or self._state != "connected":
+            return None
+        try:
+            memory = s.client.call("memory", timeout=2)
+        except DevenvError:  # an older guest agent, or a slow guest: status goes without it
+            return None
+        return memory if isinstance(memory, dict) else None
 
     def _control_address(self) -> str | None:
         if self._control is None:

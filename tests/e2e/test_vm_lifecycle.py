@@ -307,6 +307,24 @@ def test_status_and_list_report_running(vm: VM) -> None:
     assert [(r["name"], r["state"]) for r in rows if r["name"] == name] == [(name, "running")]
 
 
+def test_status_shows_what_the_instance_costs_the_host(vm: VM) -> None:
+    """The VM-versus-container question per instance: last start, memory on both sides, disk really used."""
+    d, name, _ = vm
+    st = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    details = st["details"]
+    assert details["last_start_kind"] in ("first boot", "boot", "resume", "attach"), details
+    assert 0 < details["last_start_seconds"] < 900
+    assert 50 * 1024**2 < details["guest_used"] < st["memory"], details  # a booted guest with dockerd uses some
+    assert details["host_rss"] > 50 * 1024**2, details  # QEMU holds at least what it touched
+    assert 0 < details["disk_used"] < details["disk_virtual"], details  # the overlay holds only what was written
+    text = d.ok("status", "-n", name).stdout.decode()
+    assert "held on the host" in text and "used in the guest" in text and "host_rss" not in text, text
+    listing = d.ok("list").stdout.decode().splitlines()
+    assert listing[0].split()[5] == "RSS"
+    row = next(line.split() for line in listing if line.split()[0] == name)
+    assert row[6] in ("MiB", "GiB"), row  # "612.3 MiB": a measured size in the RSS column
+
+
 def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> None:
     """Also the one instance on microvm (virtio-mmio, no PCI) that opts out of guest ASLR, beside the default one.
 
@@ -380,6 +398,7 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     assert b"is suspended" in stop.stdout and b"save the guest" in stop.stderr, stop.stderr
     status = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert status["state"] == "suspended" and status["details"]["machine"].startswith("pc-q35-"), status
+    assert "host_rss" not in status["details"] and status["details"]["disk_used"] > 0, status  # no VM process now
     r = d.run("exec", "-n", name, "--", "true")
     assert r.returncode == 67 and b"is suspended" in r.stderr
     again = d.ok("stop", "-n", name, timeout=120)  # a plain stop of a suspended guest keeps it as it is
@@ -399,7 +418,9 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     )
     assert b"survivor" in host_docker.stdout, host_docker.stderr  # the engine socket is back on the host
     d.ok("exec", "-n", name, "--", "docker", "rm", "-f", "survivor")
-    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
+    resumed = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    assert resumed["state"] == "running" and resumed["details"]["last_start_kind"] == "resume", resumed
+    assert resumed["details"]["last_start_seconds"] < 60
 
 
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:

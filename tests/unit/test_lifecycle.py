@@ -139,7 +139,7 @@ def test_list_shows_every_instance_and_a_damaged_one_as_broken(home: Path, cli: 
     assert [(r["name"], r["state"]) for r in rows] == [("a", "stopped"), ("b", "broken")]
     assert "not valid TOML" in rows[1]["reason"]
     table = cli("list").out.splitlines()
-    assert table[0].split() == ["NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "DISK", "RUNTIME"]
+    assert table[0].split() == ["NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "RSS", "DISK", "RUNTIME"]
     assert table[1].split() == ["a", "stopped", "fake", "2", "2GiB", "20GiB", "docker"]
 
 

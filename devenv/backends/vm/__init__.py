@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from devenv import paths
 from devenv.atomicfile import write_atomic
 from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
-from devenv.backends.vm import agent, boot
+from devenv.backends.vm import agent, boot, cost
 from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, Suspends, tail
 from devenv.errors import NotSupported, StateError, SuspendRefused
 from devenv.progress import CopyProgress
@@ -74,6 +75,7 @@ class VmBackend:
         from devenv import hostagent
         from devenv.provision import prepare_seed
 
+        started = time.monotonic()
         d = self.driver
         d.check(inst)  # a VM this host or image cannot boot is refused before anything changes
         vm = d.state(inst)
@@ -93,6 +95,7 @@ class VmBackend:
                 self._write_ssh_config(inst)
         if booting.resumed:  # ready as it was saved: no boot to wait for
             agent.start(d, inst, step, resumed=True)
+            cost.record_start(inst.dir, time.monotonic() - started, "resume")
             return
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
@@ -111,6 +114,8 @@ class VmBackend:
             boot.wait_ready(d, inst, step, booting, announces=announces)
         provisioned.touch()
         agent.start(d, inst, step)
+        kind = "attach" if vm.up else ("boot" if announces else "first boot")
+        cost.record_start(inst.dir, time.monotonic() - started, kind)
 
     def stop(self, inst: InstanceRef, force: bool, step: StepReporter, *, suspend: bool = False) -> None:
         """A clean power-down first, so the guest's disk is clean; then the driver forces the VM off.
@@ -194,8 +199,10 @@ class VmBackend:
         vm = self.driver.state(inst)
         wanted = (inst.dir / paths.STARTED_MARKER).exists()
         console = self.driver.console_log(inst)
+        disk = inst.dir / paths.DISK
         if vm.state == "saved":
-            return Status("suspended", f"{vm.reason}; `devenv start` resumes it", dict(vm.details))
+            saved = {**vm.details, **cost.details(inst.dir, None, disk, None)}
+            return Status("suspended", f"{vm.reason}; `devenv start` resumes it", saved)
         if not vm.up:
             if vm.state == "crashed" and wanted:
                 return Status("broken", f"{vm.reason}; `devenv start` boots it again", dict(vm.details))
@@ -207,7 +214,7 @@ class VmBackend:
                     "the VM process is gone (killed or crashed); `devenv start` boots it again",
                     {"serial_log": str(console)} if console is not None else {},
                 )
-            return Status("stopped")
+            return Status("stopped", "", cost.details(inst.dir, None, disk, None))
         endpoint = self.driver.endpoint(inst)
         details: dict[str, object] = dict(vm.details)
         if endpoint is not None:
@@ -235,6 +242,11 @@ class VmBackend:
         from devenv import hostagent
 
         ha = hostagent.state(inst.dir)
+        pid = details.get("pid")
+        guest_memory = ha.get("guest_memory") if ha.get("alive") else None
+        details.update(
+            cost.details(inst.dir, pid if isinstance(pid, int) else None, inst.dir / paths.DISK, guest_memory)
+        )
         if not ha.get("alive"):
             return Status("degraded", "the host agent is not running; `devenv start` restarts it", details)
         details["agent"] = ha.get("state")
