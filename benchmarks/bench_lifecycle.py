@@ -12,8 +12,12 @@ Each round, on one new instance:
           the host's `docker version` through the instance's engine socket
           must answer (the forward came back).
 
+In the first round, 60 s after the cold start, `devenv status --json` gives
+QEMU's resident memory on the host and the memory the guest uses: idle, the
+first should exceed the second by at most 300 MiB.
+
 Then the instance is deleted. Targets (the lightweight-VM issue): first <=
-1.2x cold; resume under 2 s and <= 0.05x cold.
+1.2x cold; resume under 2 s and <= 0.05x cold; idle overhead <= 300 MiB.
 
     DEVENV_CACHE=... .venv/bin/python benchmarks/bench_lifecycle.py [--rounds 2] [--json PATH]
 """
@@ -21,6 +25,7 @@ Then the instance is deleted. Targets (the lightweight-VM issue): first <=
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import statistics
@@ -36,6 +41,8 @@ import report
 FIRST_OVER_COLD = 1.2
 RESUME_OVER_COLD = 0.05
 RESUME_UNDER_S = 2.0
+IDLE_OVERHEAD_MIB = 300
+MIB = 1024**2
 
 
 def devenv(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -51,11 +58,15 @@ def timed(*args: str) -> float:
     return time.perf_counter() - t0
 
 
-def one_round(name: str, image: str) -> tuple[float, float, float]:
+def one_round(name: str, image: str, idle: list[tuple[int, int]]) -> tuple[float, float, float]:
     devenv("delete", "--force", "-n", name, check=False)
     first = timed("start", "-n", name, "--backend", "qemu", "--image", image)
     devenv("stop", "-n", name, "--shutdown")
     cold = timed("start", "-n", name)
+    if not idle:
+        time.sleep(60)
+        details = json.loads(devenv("status", "-n", name, "--json").stdout)["details"]
+        idle.append((int(details["host_rss"]), int(details["guest_used"])))
     token = secrets.token_hex(8)
     devenv("exec", "-n", name, "--", "sh", "-c", f"echo {token} > /dev/shm/bench-resume")
     devenv("stop", "-n", name, "--suspend")
@@ -88,8 +99,9 @@ def main() -> int:
     firsts: list[float] = []
     colds: list[float] = []
     resumes: list[float] = []
+    idle: list[tuple[int, int]] = []
     for i in range(args.rounds):
-        first, cold, resume = one_round(args.name, args.image)
+        first, cold, resume = one_round(args.name, args.image, idle)
         firsts.append(first)
         colds.append(cold)
         resumes.append(resume)
@@ -116,10 +128,21 @@ def main() -> int:
         target=f"< {RESUME_UNDER_S:.0f} s and <= {RESUME_OVER_COLD}x",
         met=r < RESUME_UNDER_S and r <= RESUME_OVER_COLD * c,
     )
-    figures = [first_f, cold_f, resume_f]
+    rss, used = idle[0]
+    idle_f = report.figure(
+        "QEMU's RSS on the host 60 s after a cold start",
+        "MiB",
+        [rss / MIB],
+        baseline="memory the guest uses",
+        baseline_median=used / MIB,
+        target=f"<= guest + {IDLE_OVERHEAD_MIB} MiB",
+        met=rss - used <= IDLE_OVERHEAD_MIB * MIB,
+    )
+    figures = [first_f, cold_f, resume_f, idle_f]
     print(report.table(figures))
     if args.json:
-        report.save(args.json, "lifecycle", figures, {"first": firsts, "cold": colds, "resume": resumes})
+        raw = {"first": firsts, "cold": colds, "resume": resumes, "idle_rss_guest_used": idle}
+        report.save(args.json, "lifecycle", figures, raw)
     return 0
 
 
