@@ -91,9 +91,9 @@ printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.se
 ENGINE="$LIB/engines/$RUNTIME.sh"
 
 if [ "${1:-}" = early ]; then
-    # The units are new files systemd has not loaded yet, so they need no
+    # The engine first: its start is what the host waits for last. The
+    # units are new files systemd has not loaded yet, so they need no
     # daemon-reload (~2 s each under TCG) to be enabled and started.
-    # the engine first: its start is what the host waits for last
     step "engine-$RUNTIME" sh "$ENGINE" early
     step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket && systemctl start --no-block devenv-guestagent.socket'
     date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/early"
