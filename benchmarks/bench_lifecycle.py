@@ -65,8 +65,8 @@ def one_round(name: str, image: str, idle: list[tuple[int, int]]) -> tuple[float
     cold = timed("start", "-n", name)
     if not idle:
         time.sleep(60)
-        details = json.loads(devenv("status", "-n", name, "--json").stdout)["details"]
-        idle.append((int(details["host_rss"]), int(details["guest_used"])))
+        figures = json.loads(devenv("status", "-n", name, "--json").stdout)["figures"]
+        idle.append((int(figures["host_rss"]), int(figures["guest_used"])))
     token = secrets.token_hex(8)
     devenv("exec", "-n", name, "--", "sh", "-c", f"echo {token} > /dev/shm/bench-resume")
     devenv("stop", "-n", name, "--suspend")

@@ -47,3 +47,13 @@ def format_size(n: int) -> str:
     if n >= 1024**3:
         return f"{n / 1024**3:.1f}GiB"
     return f"{n}B"
+
+
+def format_measured(n: int) -> str:
+    """A measured size, to one decimal (612.3 MiB); format_size writes configured sizes exactly."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"

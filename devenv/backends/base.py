@@ -40,7 +40,8 @@ class Status:
 
     state: str
     reason: str = ""
-    details: dict[str, object] = field(default_factory=dict)
+    details: dict[str, object] = field(default_factory=dict)  # shown as `key: value` lines and in --json
+    figures: dict[str, float | int | str] = field(default_factory=dict)  # numbers for --json only
 
 
 class StepReporter(Protocol):

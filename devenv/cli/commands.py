@@ -11,12 +11,15 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from devenv import config, instance, paths
 from devenv.cli.ui import Steps
 from devenv.errors import UsageError
-from devenv.sizes import format_size
+from devenv.sizes import format_measured, format_size
+
+if TYPE_CHECKING:
+    from devenv.backends.base import Status
 
 
 def _out(text: str) -> None:
@@ -104,8 +107,9 @@ def delete(name: str | None, force: bool) -> int:
     return 0
 
 
-def _row(inst: instance.Instance) -> dict[str, Any]:
-    st = inst.status()
+def _row(inst: instance.Instance, st: Status | None = None) -> dict[str, Any]:
+    if st is None:
+        st = inst.status()
     c = inst.config
     return {
         "name": inst.name,
@@ -118,7 +122,7 @@ def _row(inst: instance.Instance) -> dict[str, Any]:
         "disk": c.disk,
         "runtime": c.runtime,
         "dir": str(inst.dir),
-        **({"host_rss": st.details["host_rss"]} if "host_rss" in st.details else {}),
+        **({"host_rss": st.figures["host_rss"]} if "host_rss" in st.figures else {}),
     }
 
 
@@ -136,8 +140,6 @@ def list_instances(as_json: bool) -> int:
     if not rows:
         _out("no instances; create one with `devenv start`")
         return 0
-    from devenv.backends.vm.cost import human
-
     # RSS: what the running VM holds in the host's RAM now, beside the MEMORY it was given
     header = ("NAME", "STATE", "BACKEND", "CPUS", "MEMORY", "RSS", "DISK", "RUNTIME")
     table = [header] + [
@@ -147,7 +149,7 @@ def list_instances(as_json: bool) -> int:
             r["backend"],
             str(r.get("cpus", "")),
             format_size(r["memory"]) if "memory" in r else "",
-            human(r["host_rss"]) if "host_rss" in r else "",
+            format_measured(r["host_rss"]) if "host_rss" in r else "",
             format_size(r["disk"]) if "disk" in r else "",
             r.get("runtime", ""),
         )
@@ -171,8 +173,10 @@ def _guest_arch(inst: instance.Instance) -> str:
 def status(name: str | None, as_json: bool) -> int:
     n, _ = name_of(name)
     inst = instance.get(n)
-    st = inst.status()
-    row = _row(inst) | {"arch": _guest_arch(inst), "state": st.state, "reason": st.reason, "details": st.details}
+    st = inst.status()  # once: a VM's status probes its sshd and asks its host agent and guest
+    row = _row(inst, st) | {"arch": _guest_arch(inst), "state": st.state, "reason": st.reason, "details": st.details}
+    if st.figures:
+        row["figures"] = st.figures
     if as_json:
         _out_json(row, default=str)
         return 0
@@ -181,11 +185,8 @@ def status(name: str | None, as_json: bool) -> int:
         _out(f"  {key}: {row[key]}")
     _out(f"  memory: {format_size(row['memory'])}")
     _out(f"  disk: {format_size(row['disk'])}")
-    from devenv.backends.vm.cost import MACHINE_KEYS
-
     for key, value in st.details.items():
-        if key not in MACHINE_KEYS:  # the figures behind the sentences are for --json
-            _out(f"  {key}: {value}")
+        _out(f"  {key}: {value}")
     return 0
 
 

@@ -77,15 +77,17 @@ def _pid(inst_dir: Path) -> int | None:
         return None
 
 
-def state(inst_dir: Path, timeout: float = 3.0) -> dict[str, Any]:
+def state(inst_dir: Path, timeout: float = 3.0, *, guest_memory: bool = False) -> dict[str, Any]:
     """The agent's view for `devenv status`: state is connected | reconnecting | connecting | not running.
 
     `degraded` is true while it is not connected (status should say so); `forwards`
     rows have host, host_port, guest_port, source and status (active | failed + reason).
+    `guest_memory`: also ask the guest for its MemTotal and MemAvailable (a round
+    trip to the guest; start's polls of the agent go without it).
     """
     from devenv.hostagent import client
 
-    st = client.state(inst_dir, timeout)
+    st = client.state(inst_dir, timeout, guest_memory=guest_memory)
     if not st.get("alive") and is_running(inst_dir):
         st = {**st, "alive": True, "state": "unresponsive", "degraded": True, "pid": _pid(inst_dir)}
     return st

@@ -104,9 +104,9 @@ def request(inst_dir: Path | str, msg: Json, timeout: float = 5.0) -> Json | Non
         c.close()
 
 
-def state(inst_dir: Path | str, timeout: float = 3.0) -> Json:
+def state(inst_dir: Path | str, timeout: float = 3.0, *, guest_memory: bool = False) -> Json:
     """The agent's own view; {"alive": False, ...} when none answers."""
-    reply = request(inst_dir, {"op": "state"}, timeout)
+    reply = request(inst_dir, {"op": "state", "guest_memory": True} if guest_memory else {"op": "state"}, timeout)
     if reply is None or "state" not in reply:
         return {"alive": False, "state": "not running", "forwards": [], "mounts": []}
     result: Json = reply["state"]

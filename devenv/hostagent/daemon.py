@@ -183,7 +183,7 @@ class HostAgent:
                 self._since = time.time()
             self._cond.notify_all()
 
-    def state(self) -> dict[str, Any]:
+    def state(self, guest_memory: bool = False) -> dict[str, Any]:
         return {
             "alive": True,
             "pid": os.getpid(),
@@ -200,7 +200,7 @@ class HostAgent:
             "forwards": self.ports.snapshot(),
             "mounts": sorted(self._mounts.values(), key=lambda r: str(r["guest"])),
             "ignored_ports": list(self.opts.rejected_ports),
-            "guest_memory": self._guest_memory(),
+            **({"guest_memory": self._guest_memory()} if guest_memory else {}),
         }
 
     def _guest_memory(self) -> dict[str, Any] | None:
@@ -509,7 +509,7 @@ class HostAgent:
                 return
             reply: dict[str, Any]
             if op == "state":
-                reply = {"state": self.state()}
+                reply = {"state": self.state(guest_memory=bool(msg.get("guest_memory")))}
             elif op == "ping":
                 reply = {"pong": True}
             elif op == "shutdown":

@@ -311,7 +311,7 @@ def test_status_shows_what_the_instance_costs_the_host(vm: VM) -> None:
     """The VM-versus-container question per instance: last start, memory on both sides, disk really used."""
     d, name, _ = vm
     st = json.loads(d.ok("status", "-n", name, "--json").stdout)
-    details = st["details"]
+    details = st["figures"]
     assert details["last_start_kind"] in ("first boot", "boot", "resume", "attach"), details
     assert 0 < details["last_start_seconds"] < 900
     assert 50 * 1024**2 < details["guest_used"] < st["memory"], details  # a booted guest with dockerd uses some
@@ -398,7 +398,7 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     assert b"is suspended" in stop.stdout and b"save the guest" in stop.stderr, stop.stderr
     status = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert status["state"] == "suspended" and status["details"]["machine"].startswith("pc-q35-"), status
-    assert "host_rss" not in status["details"] and status["details"]["disk_used"] > 0, status  # no VM process now
+    assert "host_rss" not in status["figures"] and status["figures"]["disk_used"] > 0, status  # no VM process now
     r = d.run("exec", "-n", name, "--", "true")
     assert r.returncode == 67 and b"is suspended" in r.stderr
     again = d.ok("stop", "-n", name, timeout=120)  # a plain stop of a suspended guest keeps it as it is
@@ -419,8 +419,8 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     assert b"survivor" in host_docker.stdout, host_docker.stderr  # the engine socket is back on the host
     d.ok("exec", "-n", name, "--", "docker", "rm", "-f", "survivor")
     resumed = json.loads(d.ok("status", "-n", name, "--json").stdout)
-    assert resumed["state"] == "running" and resumed["details"]["last_start_kind"] == "resume", resumed
-    assert resumed["details"]["last_start_seconds"] < 60
+    assert resumed["state"] == "running" and resumed["figures"]["last_start_kind"] == "resume", resumed
+    assert resumed["figures"]["last_start_seconds"] < 60
 
 
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:

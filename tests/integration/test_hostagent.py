@@ -210,6 +210,10 @@ def test_launch_connects_and_writes_pid_socket_and_events(make_env: Callable[...
     st = env.state()
     assert st["alive"] and st["state"] == "connected" and st["degraded"] is False
     assert hostagent.is_running(env.inst)
+    # the guest's memory only when asked (status), not on every poll of the agent (start's waits)
+    assert "guest_memory" not in st
+    memory = hostagent.state(env.inst, guest_memory=True)["guest_memory"]
+    assert memory["total"] > memory["available"] > 0, memory  # from the real guest agent's /proc/meminfo
     pid = int((env.inst / "hostagent.pid").read_text())
     assert st["pid"] == pid and pid != os.getpid()
     sock = hostagent.control_path(env.inst)

@@ -11,6 +11,7 @@ import pytest
 
 from devenv import pidutil
 from devenv.backends.vm import cost
+from devenv.sizes import format_measured
 
 
 def test_last_start_is_kept_and_read_back(tmp_path: Path) -> None:
@@ -51,19 +52,22 @@ def test_rss_of_a_live_process_and_of_none() -> None:
     assert pidutil.rss_bytes(proc.pid) is None  # gone (and reaped)
 
 
-def test_details_say_each_figure_once_in_words_and_in_numbers(tmp_path: Path) -> None:
+def test_measure_says_each_figure_in_words_and_as_a_number(tmp_path: Path) -> None:
     cost.record_start(tmp_path, 21.0, "boot")
-    out = cost.details(tmp_path, os.getpid(), tmp_path / "none.qcow2", {"total": 4 * 1024**3, "available": 3 * 1024**3})
-    assert out["last_start_kind"] == "boot" and out["last_start_seconds"] == 21.0
-    assert str(out["last_start"]).startswith("21.0 s (boot, ")
-    assert out["guest_used"] == 1024**3
-    assert str(out["memory"]).endswith(", 1.0 GiB used in the guest")
-    assert "disk_used" not in out  # no disk, no figure
-    assert set(out) - {"last_start", "memory"} <= cost.MACHINE_KEYS
+    words, figures = cost.measure(
+        tmp_path, os.getpid(), tmp_path / "none.qcow2", {"total": 4 * 1024**3, "available": 3 * 1024**3}
+    )
+    assert figures["last_start_kind"] == "boot" and figures["last_start_seconds"] == 21.0
+    assert str(words["last_start"]).startswith("21.0 s (boot, ")
+    assert figures["guest_used"] == 1024**3
+    assert str(words["memory"]).endswith(", 1.0 GiB used in the guest")
+    assert isinstance(figures["host_rss"], int) and figures["host_rss"] > 0
+    assert "disk_used" not in figures and "disk_usage" not in words  # no disk, no figure
+    assert set(words) == {"last_start", "memory"}  # the numbers are not repeated among the words
 
 
 def test_human_sizes() -> None:
-    assert cost.human(512) == "512 B"
-    assert cost.human(1536) == "1.5 KiB"
-    assert cost.human(612 * 1024**2 + 300 * 1024) == "612.3 MiB"
-    assert cost.human(3 * 1024**4) == "3072.0 GiB"
+    assert format_measured(512) == "512 B"
+    assert format_measured(1536) == "1.5 KiB"
+    assert format_measured(612 * 1024**2 + 300 * 1024) == "612.3 MiB"
+    assert format_measured(3 * 1024**4) == "3072.0 GiB"

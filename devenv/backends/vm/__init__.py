@@ -201,8 +201,8 @@ class VmBackend:
         console = self.driver.console_log(inst)
         disk = inst.dir / paths.DISK
         if vm.state == "saved":
-            saved = {**vm.details, **cost.details(inst.dir, None, disk, None)}
-            return Status("suspended", f"{vm.reason}; `devenv start` resumes it", saved)
+            words, figures = cost.measure(inst.dir, None, disk, None)
+            return Status("suspended", f"{vm.reason}; `devenv start` resumes it", {**vm.details, **words}, figures)
         if not vm.up:
             if vm.state == "crashed" and wanted:
                 return Status("broken", f"{vm.reason}; `devenv start` boots it again", dict(vm.details))
@@ -214,7 +214,7 @@ class VmBackend:
                     "the VM process is gone (killed or crashed); `devenv start` boots it again",
                     {"serial_log": str(console)} if console is not None else {},
                 )
-            return Status("stopped", "", cost.details(inst.dir, None, disk, None))
+            return Status("stopped", "", *cost.measure(inst.dir, None, disk, None))
         endpoint = self.driver.endpoint(inst)
         details: dict[str, object] = dict(vm.details)
         if endpoint is not None:
@@ -241,14 +241,14 @@ class VmBackend:
         """A booted guest is as well as its host agent: connected, its forwards and mounts."""
         from devenv import hostagent
 
-        ha = hostagent.state(inst.dir)
+        ha = hostagent.state(inst.dir, guest_memory=True)
         pid = details.get("pid")
-        guest_memory = ha.get("guest_memory") if ha.get("alive") else None
-        details.update(
-            cost.details(inst.dir, pid if isinstance(pid, int) else None, inst.dir / paths.DISK, guest_memory)
+        words, figures = cost.measure(
+            inst.dir, pid if isinstance(pid, int) else None, inst.dir / paths.DISK, ha.get("guest_memory")
         )
+        details.update(words)
         if not ha.get("alive"):
-            return Status("degraded", "the host agent is not running; `devenv start` restarts it", details)
+            return Status("degraded", "the host agent is not running; `devenv start` restarts it", details, figures)
         details["agent"] = ha.get("state")
         details["docker_host"] = hostagent.docker_env(inst.dir)["DOCKER_HOST"]
         details["forwards"] = [
@@ -261,9 +261,12 @@ class VmBackend:
         details["mounts"] = [f"{m.get('guest')} ({m.get('type')}, {m.get('state')})" for m in ha.get("mounts", [])]
         if ha.get("degraded"):
             return Status(
-                "degraded", f"host agent {ha.get('state')} since {ha.get('since')}: {ha.get('last_error')}", details
+                "degraded",
+                f"host agent {ha.get('state')} since {ha.get('since')}: {ha.get('last_error')}",
+                details,
+                figures,
             )
-        return Status("running", details=details)
+        return Status("running", details=details, figures=figures)
 
     # -- using a running instance ---------------------------------------------
 

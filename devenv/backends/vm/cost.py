@@ -19,10 +19,6 @@ from devenv.atomicfile import write_atomic
 from devenv.errors import DevenvError
 
 LAST_START = "last-start.json"
-# numbers for --json; the text output shows the sentences beside them (memory, disk_usage, last_start)
-MACHINE_KEYS = frozenset(
-    {"host_rss", "guest_used", "disk_used", "disk_virtual", "last_start_seconds", "last_start_kind"}
-)
 START_KINDS = ("first boot", "boot", "resume", "attach")
 
 
@@ -63,47 +59,32 @@ def guest_used(memory: dict[str, Any] | None) -> int | None:
     return None
 
 
-def details(inst_dir: Path, pid: int | None, disk: Path, guest_memory: dict[str, Any] | None) -> dict[str, object]:
-    """The status details this module adds; each one only when it could be measured."""
+def measure(
+    inst_dir: Path, pid: int | None, disk: Path, guest_memory: dict[str, Any] | None
+) -> tuple[dict[str, object], dict[str, float | int | str]]:
+    """(status details in words, the same as figures for --json); each only when it could be measured."""
     from devenv import pidutil
+    from devenv.sizes import format_measured as human
 
-    out: dict[str, object] = {}
+    words: dict[str, object] = {}
+    figures: dict[str, float | int | str] = {}
     start = last_start(inst_dir)
     if start is not None:
-        out["last_start"] = f"{start['seconds']:.1f} s ({start['kind']}, {start.get('finished', '?')})"
-        out["last_start_seconds"] = start["seconds"]
-        out["last_start_kind"] = start["kind"]
+        words["last_start"] = f"{start['seconds']:.1f} s ({start['kind']}, {start.get('finished', '?')})"
+        figures["last_start_seconds"] = start["seconds"]
+        figures["last_start_kind"] = start["kind"]
     rss = pidutil.rss_bytes(pid) if pid else None
-    if rss is not None:
-        out["host_rss"] = rss
     used = guest_used(guest_memory)
     if used is not None:
-        out["guest_used"] = used
+        figures["guest_used"] = used
     if rss is not None:
-        out["memory"] = f"{human(rss)} held on the host" + (
+        figures["host_rss"] = rss
+        words["memory"] = f"{human(rss)} held on the host" + (
             f", {human(used)} used in the guest" if used is not None else ""
         )
     usage = disk_usage(disk)
     if usage is not None:
-        out["disk_used"] = usage["used"]
-        out["disk_virtual"] = usage["virtual"]
-        out["disk_usage"] = f"{human(usage['used'])} used of {human(usage['virtual'])}"
-    return out
-
-
-def kind_of_start(*, resumed: bool, first: bool, attached: bool) -> str:
-    if attached:
-        return "attach"
-    if resumed:
-        return "resume"
-    return "first boot" if first else "boot"
-
-
-def human(n: int) -> str:
-    """A measured size, to one decimal: 612.3 MiB (sizes.format_size writes configured sizes exactly)."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} GiB"
+        figures["disk_used"] = usage["used"]
+        figures["disk_virtual"] = usage["virtual"]
+        words["disk_usage"] = f"{human(usage['used'])} used of {human(usage['virtual'])}"
+    return words, figures
