@@ -86,20 +86,14 @@ def main() -> int:
         print(f"{name:<36} {med:>10.1f} {p90:>8.1f}  {verdict}")
     if args.json:
         base = rows[0][1]
-        figures = [
-            report.figure(
-                name,
-                "ms",
-                samples,
-                **(
-                    {"baseline": "`python3 -c pass`", "baseline_median": statistics.median(base)}
-                    if target is not None
-                    else {}
-                ),
-                **({"target": f"< {target:.0f} ms", "met": statistics.median(samples) < target} if target else {}),
-            )
-            for name, samples, target in rows[1:]
-        ]
+        baseline = {"baseline": "`python3 -c pass`", "baseline_median": statistics.median(base)}
+        figures = []
+        for name, samples, target in rows[1:]:
+            if target is None:
+                figures.append(report.figure(name, "ms", samples))
+                continue
+            met = statistics.median(samples) < target
+            figures.append(report.figure(name, "ms", samples, **baseline, target=f"< {target:.0f} ms", met=met))
         report.save(args.json, "cli_startup", figures, {name: samples for name, samples, _ in rows})
     return 1 if failed else 0
 

@@ -105,7 +105,7 @@ if [ -e "$STATE/early" ]; then
     step "engine-$RUNTIME" sh "$ENGINE" ready
 else
     step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket'
-    step "engine-$RUNTIME" sh "$LIB/engines/$RUNTIME.sh"
+    step "engine-$RUNTIME" sh "$ENGINE"
     # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
     # devenv user, who cannot write the bytecode cache in this root-owned directory
     step guestagent-bytecode python3 -m py_compile "$LIB/guestagent.py"

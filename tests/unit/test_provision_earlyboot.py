@@ -154,3 +154,15 @@ def test_user_data_and_devenv_seed_carry_the_same_first_boot(seed_json: tuple[Pa
     assert paths[-1] == userdata.PROVISION_UNIT
     assert userdata.FIRSTBOOT in paths and protocol.GUEST_PATH in paths
     assert data["firstboot"] == userdata.FIRSTBOOT and data["agent"] == protocol.GUEST_PATH
+
+
+def test_the_guest_side_names_match_the_hosts() -> None:
+    """earlyboot.py runs in the guest with the stdlib only, so it cannot import these; they must agree."""
+    from devenv.provision import assets
+
+    assert earlyboot.STATE == userdata.STATE_DIR
+    assert earlyboot.LOG == userdata.PROVISION_LOG
+    assert userdata.PROVISION_UNIT == "/etc/systemd/system/" + earlyboot.PROVISION_UNIT
+    firstboot = assets.read_text("cloud-init/firstboot.sh")
+    assert f"    for dev in {' '.join(earlyboot.CONSOLES)}; do" in firstboot  # announced where firstboot.sh does
+    assert f"LOG={earlyboot.LOG}" in firstboot and f"STATE={earlyboot.STATE}" in firstboot
