@@ -56,16 +56,16 @@ def rss_bytes(pid: int) -> int | None:
     (KiB). Windows: None (a working-set query would need pywin32 or ctypes
     structures; no Windows host runs QEMU for devenv yet).
     """
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-        return None
-    except FileNotFoundError:
-        if os.name == "nt" or os.path.isdir("/proc"):
-            return None
-    except (OSError, ValueError, IndexError):
+    if os.path.isdir("/proc"):
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            pass
+        return None  # gone, or a kernel thread (no VmRSS)
+    if os.name == "nt":
         return None
     import subprocess
 
