@@ -10,6 +10,8 @@ stopped by shutdown() (or by itself once the VM's process is gone).
     launch(inst_dir)            start (idempotent) and wait until connected -> state dict
     shutdown(inst_dir)          ask it to stop, then TERM/KILL; True when it is gone
     state(inst_dir)             {"alive", "state", "degraded", "forwards", "mounts", ...}
+    suspend(inst_dir)           quiesce its SSH session for a save -> None, or why it cannot keep it
+    resume(inst_dir)            the kept session on again after the restore -> None, or why not
     is_running(inst_dir)        the pid file is locked by a live agent
     docker_env(inst_dir)        {"DOCKER_HOST": "unix://.../sock/docker.sock"}
     ensure_docker_context(...)  create/update docker context devenv-NAME (never `docker context use`)
@@ -204,6 +206,45 @@ def shutdown(inst_dir: Path, timeout: float = 10.0) -> bool:
                 return True
             time.sleep(0.05)
     return not is_running(inst_dir)
+
+
+def suspend(inst_dir: Path) -> str | None:
+    """Ask the agent to keep its SSH session across a save (relay.py): None when it will, else why not.
+
+    The caller shuts down an agent that will not, as before any save.
+    """
+    from devenv.hostagent import client
+
+    if not is_running(inst_dir):
+        return "no host agent runs"
+    reply = client.request(inst_dir, {"op": "suspend"}, timeout=15.0)
+    if reply is None:
+        return "the host agent did not answer"
+    if reply.get("suspended"):
+        return None
+    return str(reply.get("reason") or reply.get("error") or "refused")
+
+
+def resume(inst_dir: Path) -> str | None:
+    """After a restore (or a save that failed): the suspended agent's session on again. None, or why not.
+
+    An agent of another devenv build is not asked: start replaces it.
+    """
+    from devenv.hostagent import client
+
+    if not is_running(inst_dir):
+        return "no host agent runs"
+    running = state(inst_dir, timeout=2.0)
+    if running.get("state") != "suspended":
+        return f"the host agent is {running.get('state')}"
+    if running.get("code") != code_version():
+        return "the host agent was started by another devenv build"
+    reply = client.request(inst_dir, {"op": "resume"}, timeout=30.0)
+    if reply is None:
+        return "the host agent did not answer"
+    if reply.get("resumed"):
+        return None
+    return str(reply.get("reason") or reply.get("error") or "refused")
 
 
 def docker_env(inst_dir: Path) -> dict[str, str]:

@@ -30,6 +30,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -40,7 +41,7 @@ import paramiko
 from devenv import hostagent, paths
 from devenv.errors import DevenvError
 from devenv.guestagent import protocol
-from devenv.hostagent import fastports, mounts, wire
+from devenv.hostagent import fastports, mounts, relay, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog
 from devenv.hostagent.fastexec import ExecRequest
@@ -48,6 +49,7 @@ from devenv.hostagent.fastports import FastPortError
 from devenv.hostagent.forward import BridgeSet, Listener, bind_control_tcp, bind_unix
 from devenv.hostagent.mounts import MountSpec
 from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
+from devenv.hostagent.relay import RelayStream, RelayUnavailable
 from devenv.hostagent.session import GuestSession
 from devenv.pidutil import claim, process_start
 from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
@@ -60,6 +62,10 @@ PING_EVERY = 5.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
 LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
+RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (its first boot starts it late)
+RELAY_WAIT = 5.0  # for one that answered before
+QUIESCE_WAIT = 5.0  # for the guest to take what the agent sent before a suspend
+RESUME_PING = 3.0  # for the guest agent to answer through the resumed session
 
 
 class _Stopped(Exception):
@@ -89,6 +95,7 @@ class Options:
     mounts: list[MountSpec] = field(default_factory=list)
     rejected_ports: list[str] = field(default_factory=list)
     fast_ports: str = ""  # the driver's fast port path ("module:function", fastports.py); "": SSH only
+    relay: Path | None = None  # the guest's SSH relay port as a unix socket (relay.py); None: SSH over the network
 
 
 def _iso(t: float) -> str:
@@ -128,6 +135,9 @@ class HostAgent:
         self._pid_fd: int | None = None
         self._vm: tuple[int, str | None] | None = None
         self._clock = JumpDetector()
+        self._relay: RelayStream | None = None  # the stream the current session runs over, when the relay's
+        self._suspended = False  # quiesced for a save: the VM's exit is expected, the session is kept
+        self._clock_behind = False  # a restored guest whose session was lost: the next login sets its clock
         self.control_path = wire.control_path(opts.inst_dir)
         self.engine_path = wire.engine_path(opts.inst_dir)
 
@@ -249,6 +259,9 @@ class HostAgent:
         backoff = BACKOFF_MIN
         next_ping = time.monotonic() + PING_EVERY
         while not self._stop.is_set():
+            if self._suspended:  # the VM is being saved, or is saved: resume() or shutdown comes next
+                self._stop.wait(TICK)
+                continue
             if not self._vm_alive():
                 self.events.emit("agent-exit", reason="the VM's process is gone")
                 return
@@ -287,23 +300,145 @@ class HostAgent:
         target = SSHTarget.for_instance(
             self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host, proxy=self.opts.ssh_proxy
         )
-        conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
-        self.conn = conn
-        conn.connect(self.opts.connect_timeout)
+        conn = self._open_connection(target)
         session = GuestSession(self, conn.transport)
         try:
             session.start()
         except BaseException:
             session.close()
             raise
-        if self.opts.resumed and not reconnect:
+        if (self.opts.resumed and not reconnect) or self._clock_behind:
             self._resync_clock(session, None)  # before the first exec can see the old time
+            self._clock_behind = False
         with self._cond:
             self._session = session
         self._last_error = None
         self._set_state("connected")
         self.events.emit("connected", reconnect=reconnect, ssh_port=port)
         self._reconnects += 1 if reconnect else 0
+
+    def _open_connection(self, target: SSHTarget) -> SSHConnection:
+        """SSH through the relay port when this guest has one (the session then survives a suspend), else TCP.
+
+        Whether it has one is learnt once and kept in RELAY_STATE: a guest
+        provisioned before devenv shipped the relay never answers, and would
+        otherwise cost every start the wait.
+        """
+        self._relay = None
+        opener = self._relay_opener()
+        if opener is not None:
+            conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5, opener=opener)
+            self.conn = conn
+            try:
+                conn.connect(self.opts.connect_timeout)
+                self._remember_relay("ok")
+                return conn
+            except RelayUnavailable as e:
+                conn.close()
+                self._relay = None
+                log.info("SSH relay unavailable (%s); SSH over the network", e)
+                self.events.emit("relay-unavailable", reason=str(e))
+                if self._relay_known() is None:
+                    self._remember_relay("absent")
+        conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
+        self.conn = conn
+        conn.connect(self.opts.connect_timeout)
+        return conn
+
+    def _relay_known(self) -> str | None:
+        try:
+            return (self.inst_dir / paths.RELAY_STATE).read_text().strip() or None
+        except OSError:
+            return None
+
+    def _remember_relay(self, known: str) -> None:
+        if self._relay_known() != known:
+            with contextlib.suppress(OSError):
+                (self.inst_dir / paths.RELAY_STATE).write_text(known + "\n")
+
+    def _relay_opener(self) -> Callable[[], RelayStream] | None:
+        path = self.opts.relay
+        known = self._relay_known()
+        if path is None or known == "absent" or not relay.usable(path):
+            return None
+        wait = RELAY_WAIT if known == "ok" else RELAY_WAIT_FIRST
+
+        def open_stream() -> RelayStream:
+            stream = RelayStream(path, wait)
+            self._relay = stream
+            return stream
+
+        return open_stream
+
+    # -- around a suspend: the session is kept, only the VM's process is replaced
+    def suspend(self, timeout: float = QUIESCE_WAIT) -> dict[str, Any]:
+        """Quiesce the session for a save; {"suspended": False, "reason"} when it cannot survive one.
+
+        The caller then shuts this agent down and a new one logs in after the restore.
+        """
+        s, stream = self._session, self._relay
+        if s is None or not s.alive() or self._state != "connected":
+            return {"suspended": False, "reason": f"the host agent is {self._state}"}
+        if stream is None or s.transport.sock is not stream:
+            return {"suspended": False, "reason": "the SSH session goes over the network, which a save ends"}
+        self._suspended = True
+        if not stream.quiesce(timeout):
+            self._suspended = False
+            return {"suspended": False, "reason": "the guest did not take what the host agent sent"}
+        self._set_state("suspended")
+        self.events.emit("agent-suspended")
+        return {"suspended": True}
+
+    def resume(self) -> dict[str, Any]:
+        """The session on again after a restore (or a save that did not happen); {"resumed": False} if lost.
+
+        A lost session is dropped: the supervisor logs in anew as after any
+        drop, and the caller waits for it as for a fresh agent.
+        """
+        if not self._suspended:
+            return {"resumed": False, "reason": "the host agent was not suspended"}
+        began = time.monotonic()
+        s, stream = self._session, self._relay
+        vm = self._read_vm()
+        replaced = vm != self._vm
+        self._vm = vm
+        error = None
+        try:
+            if stream is None or s is None:
+                error = "no session"
+            elif replaced:
+                stream.reattach(set_clock="clock" in stream.features)
+            else:
+                stream.release()
+        except OSError as e:
+            error = f"cannot reach the restored VM's relay port: {e}"
+        if error is None and s is not None and not s.ping(RESUME_PING):
+            error = "the guest agent did not answer through the resumed session"
+        self._suspended = False
+        if error is not None or s is None:
+            self._clock_behind = replaced
+            if s is not None:
+                self._drop_session(s, error or "no session")
+            self.events.emit("agent-resumed", kept_session=False, reason=error)
+            return {"resumed": False, "reason": error}
+        took = {"session": time.monotonic() - began}
+        if replaced:
+            if stream is not None and "clock" in stream.features:  # set by the relay as it reattached
+                self.events.emit("clock-resync", resumed=True, ok=True, via="relay")
+            else:
+                self._resync_clock(s, None)
+                took["clock"] = time.monotonic() - began - sum(took.values())
+            self.fast = self._fast_ports(self.opts)
+            if self.fast is not None:
+                with contextlib.suppress(FastPortError):
+                    self.fast.clear_stale(self.opts.bind_host)
+            self.ports.rehome_fast(self.fast)
+            took["forwards"] = time.monotonic() - began - sum(took.values())
+            s.remount(lambda spec: self._mounts.get(spec.guest_path, {}).get("type") == "9p")
+        self._set_state("connected")
+        seconds = {k: round(v, 3) for k, v in took.items()}
+        self.events.emit("agent-resumed", kept_session=True, vm_replaced=replaced, seconds=seconds)
+        return {"resumed": True}
 
     def _await_boot(self, port: int) -> None:
         """The first login of this agent waits for the guest to say its sshd is up.
@@ -410,6 +545,8 @@ class HostAgent:
 
     def _cleanup(self) -> None:
         self._stop.set()
+        if self._suspended and self._relay is not None:
+            self._relay.close()  # the saved guest answers nothing: every wait on it ends now
         self._set_state("stopping")
         if self._control is not None:
             with contextlib.suppress(OSError):
@@ -512,6 +649,10 @@ class HostAgent:
                 reply = {"state": self.state(guest_memory=bool(msg.get("guest_memory")))}
             elif op == "ping":
                 reply = {"pong": True}
+            elif op == "suspend":
+                reply = self.suspend()
+            elif op == "resume":
+                reply = self.resume()
             elif op == "shutdown":
                 reply = {"stopping": True}
                 self.request_stop()

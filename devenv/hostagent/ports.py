@@ -149,6 +149,19 @@ class PortManager:
                 self._guest[_key(p)] = p
             self.reconcile()
 
+    def rehome_fast(self, fast: FastPorts | None) -> None:
+        """The hypervisor process was replaced under this agent (a resume): its rules went with the old one.
+
+        The forwards it held are made again on the new one (or bridged over SSH
+        when it refuses them); the listeners of ours never went away.
+        """
+        with self._lock:
+            self.fast = fast
+            for host_port, (_fwd, handle) in list(self._active.items()):
+                if isinstance(handle, FastRule):
+                    del self._active[host_port]
+            self.reconcile()
+
     # -- the listeners
     def desired(self) -> dict[int, Forward]:
         want = auto_forwards(self._guest.values(), self.min_port)

@@ -147,11 +147,11 @@ class GuestSession:
             if t is not threading.current_thread():
                 t.join(5)
 
-    def ping(self) -> bool:
+    def ping(self, timeout: float = PING_TIMEOUT) -> bool:
         if self.client is None:
             return False
         try:
-            self.client.call("ping", timeout=PING_TIMEOUT)
+            self.client.call("ping", timeout=timeout)
             return True
         except DevenvError as e:
             log.warning("guest agent did not answer a ping: %s", e)
@@ -233,8 +233,14 @@ class GuestSession:
         finally:
             ch.close()
 
-    def _mount_all(self) -> None:
-        for spec in self.agent.opts.mounts:
+    def remount(self, which: Callable[[MountSpec], bool]) -> None:
+        """Mount again, in the background, the mounts `which` picks (a suspend unmounted the 9p ones)."""
+        specs = [spec for spec in self.agent.opts.mounts if which(spec)]
+        if specs:
+            self._thread(lambda: self._mount_all(specs), "remount")
+
+    def _mount_all(self, specs: list[MountSpec] | None = None) -> None:
+        for spec in self.agent.opts.mounts if specs is None else specs:
             if self.dead.is_set():
                 return
             try:

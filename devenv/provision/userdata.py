@@ -40,6 +40,8 @@ READY_UNIT = "/etc/systemd/system/devenv-ready.service"
 PROVISION_UNIT = "/etc/systemd/system/devenv-provision.service"
 AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
 AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
+RELAY_UNIT = "/etc/systemd/system/devenv-relay.service"
+RELAY_PATH = f"{LIB}/relay.py"
 STATE_DIR = "/var/lib/devenv"
 PROVISION_LOG = "/var/log/devenv-provision.log"
 READY_LINE = "DEVENV-READY"
@@ -191,6 +193,8 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(READY_UNIT, assets.read_text("systemd/devenv-ready.service")),
         WriteFile(AGENT_SOCKET_UNIT, assets.read_text("systemd/devenv-guestagent.socket")),
         WriteFile(AGENT_SERVICE_UNIT, assets.read_text("systemd/devenv-guestagent@.service")),
+        WriteFile(RELAY_PATH, relay_source(), "0755"),
+        WriteFile(RELAY_UNIT, assets.read_text("systemd/devenv-relay.service")),
         WriteFile(ENGINE_FILE, f"{engine.name}\n"),
         WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())),
     ]
@@ -212,6 +216,13 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         script = prov.script if prov.script.endswith("\n") else prov.script + "\n"
         files.append(WriteFile(provision_path(number, prov.mode, width), script, "0755"))
     return files
+
+
+def relay_source() -> str:
+    """The guest end of the SSH relay (stdlib only; runs in the guest as root)."""
+    from devenv.guestagent import relay
+
+    return Path(relay.__file__).read_text(encoding="utf-8")
 
 
 def provision_path(number: int, mode: str, width: int = 2) -> str:

@@ -51,7 +51,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Any
 
 import paramiko
 from paramiko.common import MSG_CHANNEL_REQUEST, cMSG_CHANNEL_OPEN
@@ -458,8 +458,12 @@ class SSHConnection:
         handshake_timeout: float = 60.0,
         banner_timeout: float = 10.0,
         keepalive: int = 15,
+        opener: Callable[[], Any] | None = None,
     ) -> None:
+        """`opener`, when given, makes the socket-like stream each connection runs over instead of TCP
+        to target.host:port (the host agent's relay port, hostagent/relay.py)."""
         self.target = target
+        self.opener = opener
         self.boot_timeout = boot_timeout
         self.reconnect_timeout = reconnect_timeout
         self.tcp_timeout = tcp_timeout
@@ -581,8 +585,10 @@ class SSHConnection:
         )
 
     def _connect_once(self, pkey: paramiko.PKey, banner_timeout: float) -> paramiko.Transport:
-        sock: socket.socket | paramiko.ProxyCommand
-        if self.target.proxy and os.name == "nt":
+        sock: Any
+        if self.opener is not None:
+            sock = self.opener()
+        elif self.target.proxy and os.name == "nt":
             sock = paramiko.ProxyCommand(self.target.proxy_command())
         elif self.target.proxy:
             sock = proxy_socket(self.target.proxy, self.target.host, self.target.port)

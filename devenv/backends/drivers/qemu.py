@@ -254,7 +254,7 @@ class QemuDriver:
         return inst.dir / paths.SERIAL_LOG
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
-        return AgentPlan(vm_pid_file=inst.dir / paths.QEMU_PID)
+        return AgentPlan(vm_pid_file=inst.dir / paths.QEMU_PID, relay_socket=inst.dir / paths.RELAY_SOCK)
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
         return [inst.dir / QEMU_LOG]
@@ -453,6 +453,7 @@ class QemuDriver:
         if serial.exists() and restore is None:  # a restored guest goes on writing after its boot's lines
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
         qmp = inst.dir / paths.QMP_SOCK
+        relay = inst.dir / paths.RELAY_SOCK
         if not paths.socket_path_fits(qmp):
             raise StateError(
                 f"the instance path is too long for a unix socket: {qmp}",
@@ -490,6 +491,7 @@ class QemuDriver:
                 shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
                 ram_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
+                relay_socket=relay if paths.socket_path_fits(relay) else None,
             )
             argv = build_argv(spec, boot.binary)
             if restore is not None:
@@ -509,7 +511,7 @@ class QemuDriver:
 
     def _run_qemu(self, inst: InstanceRef, argv: list[str], accel: str) -> None:
         """QEMU detached from the CLI, until its pid file and QMP socket are there (or it exited)."""
-        for stale in (paths.QMP_SOCK, paths.QEMU_PID):
+        for stale in (paths.QMP_SOCK, paths.RELAY_SOCK, paths.QEMU_PID):
             (inst.dir / stale).unlink(missing_ok=True)
         (inst.dir / QEMU_ARGV).write_text(json.dumps(argv) + "\n")
         with open(inst.dir / QEMU_LOG, "wb") as log:

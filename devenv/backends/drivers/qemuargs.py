@@ -13,6 +13,9 @@ as data. The choices, and why:
 - user networking with the SSH port forwarded on 127.0.0.1 only.
 - the guest's RAM in a file of the instance when asked (ram_file), so a
   suspend saves only its devices (qemusave.py says why);
+- a virtio-serial port served on a unix socket (relay_socket) that the host
+  agent's SSH session goes through instead of the network: a save keeps the
+  port's state, so the session lives on across a suspend (hostagent/relay.py);
 - serial console to a file, appended to (a restored guest goes on writing
   after the lines of its boot) (read for readiness and for error reports), QMP on
   a unix socket in the 0700 instance directory, a pid file.
@@ -24,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devenv.guestagent.relay import PORT_NAME as RELAY_PORT_NAME
 from devenv.machines import MACHINE_ARCH, NeedsDirectKernel, cpu_model, resolve_machine
 
 __all__ = [
@@ -73,6 +77,7 @@ class VmSpec:
     shares: tuple[tuple[str, str, bool], ...] = field(default=())  # (tag, host path, writable) via virtio-9p
     machine: str = ""  # "": the arch's default (resolve_machine)
     ram_file: Path | None = None  # the guest's RAM mapped from this file (shared), for suspend
+    relay_socket: Path | None = None  # the SSH relay's virtio-serial port, served on this unix socket
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -198,6 +203,10 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
         ro = "" if writable else ",readonly=on"
         argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro}"]
         argv += ["-device", f"virtio-9p-{bus},fsdev={tag},mount_tag={tag}"]
+    if spec.relay_socket is not None:  # device state a save keeps: the host agent's SSH session survives it
+        argv += ["-device", f"virtio-serial-{bus},id=vser0"]
+        argv += ["-chardev", f"socket,id=relay,path={spec.relay_socket},server=on,wait=off"]
+        argv += ["-device", f"virtserialport,bus=vser0.0,chardev=relay,name={RELAY_PORT_NAME}"]
     argv += ["-chardev", f"file,id=serial0,path={spec.serial_log},append=on", "-serial", "chardev:serial0"]
     argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
     argv += ["-pidfile", str(spec.pid_file)]

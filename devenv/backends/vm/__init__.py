@@ -84,8 +84,10 @@ class VmBackend:
             self._write_ssh_config(inst)  # kept current, also for a VM started before devenv wrote the file
         else:
             # an agent of the VM that is gone (killed a moment ago) lives on for a tick, its SSH session
-            # to the old guest perhaps still up: start must not take it for this boot's
-            hostagent.shutdown(inst.dir)
+            # to the old guest perhaps still up: start must not take it for this boot's. A suspended
+            # guest's agent is kept: its session goes on once the guest is restored.
+            if vm.state != "saved":
+                hostagent.shutdown(inst.dir)
             if vm.state != "saved":  # a restored guest goes on with the seed it booted with
                 step("prepare the first-boot seed")
                 prepare_seed(inst.dir, inst.config, host_address=d.host_address)
@@ -97,6 +99,8 @@ class VmBackend:
             agent.start(d, inst, step, resumed=True)
             cost.record_start(inst.dir, time.monotonic() - started, "resume")
             return
+        if vm.state == "saved":  # booted cold after all: the kept agent's session is of the saved guest
+            hostagent.shutdown(inst.dir)
         provisioned = inst.dir / PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
@@ -147,9 +151,13 @@ class VmBackend:
                 )
             step("sync the guest's disk and unmount its 9p shares")
             agent.prepare_suspend(inst, lambda argv: self._run_quietly(inst, argv))
-            step("stop the host agent")
-            hostagent.shutdown(inst.dir)
-            self._suspends().suspend(inst, step)
+            kept = agent.quiesce(inst, step)
+            try:
+                self._suspends().suspend(inst, step)
+            except BaseException:
+                if kept:  # not saved: the session goes on as it was
+                    hostagent.resume(inst.dir)
+                raise
             return
         step("stop the host agent")
         hostagent.shutdown(inst.dir)

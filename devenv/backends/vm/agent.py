@@ -57,6 +57,8 @@ def agent_args(driver: Driver, inst: InstanceRef, *, resumed: bool = False) -> t
         args += ["--agent-command", plan.guest_agent_command]
     if plan.bind_host:
         args += ["--bind-host", plan.bind_host]
+    if plan.relay_socket is not None:
+        args += ["--relay", str(plan.relay_socket.absolute())]
     if resumed:
         args.append("--resumed")
     return (endpoint.user if endpoint is not None else GUEST_USER), args
@@ -79,21 +81,39 @@ def launch_early(driver: Driver, inst: InstanceRef) -> None:
         hostagent.launch(inst.dir, user=user, wait=0, extra_args=args)
 
 
-def start(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: bool = False) -> None:
-    """The host agent connected, the engine answering through it, the mounts in place, the docker context."""
+def quiesce(inst: InstanceRef, step: StepReporter) -> bool:
+    """Before a save: the host agent keeps its session (True), or is stopped and a new one logs in after."""
     from devenv import hostagent
 
-    step("log in with the pinned host key; host agent and guest agent")
-    user, args = agent_args(driver, inst, resumed=resumed)
-    try:
-        st = hostagent.launch(inst.dir, user=user, wait=AGENT_WAIT, extra_args=args)
-    except hostagent.AgentStartError as e:
-        raise StateError(str(e), f"see {inst.dir / paths.HOSTAGENT_LOG}") from None
-    if st.get("state") != "connected":
-        raise Timeout(
-            f"the host agent did not connect to the guest: {st.get('last_error') or st.get('state')}",
-            f"see {inst.dir / paths.HOSTAGENT_LOG}",
-        )
+    step("quiesce the host agent's SSH session")
+    why = hostagent.suspend(inst.dir)
+    if why is None:
+        return True
+    step.fail()
+    step(f"stop the host agent ({why})")
+    hostagent.shutdown(inst.dir)
+    return False
+
+
+def start(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: bool = False) -> None:
+    """The host agent connected, the engine answering through it, the mounts in place, the docker context.
+
+    `resumed`: the agent kept from before the suspend goes on with its session
+    when it can; else a new agent logs in.
+    """
+    from devenv import hostagent
+
+    st: dict[str, Any] | None = None
+    if resumed:
+        step("resume the host agent's SSH session")
+        why = hostagent.resume(inst.dir)
+        if why is None:
+            st = hostagent.state(inst.dir, timeout=5.0)
+        else:
+            step.fail()
+            hostagent.shutdown(inst.dir)
+    if st is None:
+        st = _launch(driver, inst, step, resumed=resumed)
     step(f"{inst.config.runtime} engine answers")
     check_engine(inst)
     if inst.config.mounts and driver.features.mounts:
@@ -110,6 +130,24 @@ def start(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: boo
     if engine(inst.config.runtime).docker_api:
         step(f"docker context devenv-{inst.name}")
         hostagent.ensure_docker_context(inst.name, inst.dir)
+
+
+def _launch(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: bool) -> dict[str, Any]:
+    """A new host agent, logged in: its state."""
+    from devenv import hostagent
+
+    step("log in with the pinned host key; host agent and guest agent")
+    user, args = agent_args(driver, inst, resumed=resumed)
+    try:
+        st = hostagent.launch(inst.dir, user=user, wait=AGENT_WAIT, extra_args=args)
+    except hostagent.AgentStartError as e:
+        raise StateError(str(e), f"see {inst.dir / paths.HOSTAGENT_LOG}") from None
+    if st.get("state") != "connected":
+        raise Timeout(
+            f"the host agent did not connect to the guest: {st.get('last_error') or st.get('state')}",
+            f"see {inst.dir / paths.HOSTAGENT_LOG}",
+        )
+    return st
 
 
 def check_engine(inst: InstanceRef) -> None:

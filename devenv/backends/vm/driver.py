@@ -121,6 +121,9 @@ class AgentPlan:
     vm_pid_file: Path | None = None  # the agent exits when this process does; None: no watch
     guest_agent_command: str = ""  # "": the provisioned guest agent
     bind_host: str = ""  # "": 127.0.0.1
+    # a unix socket that reaches the guest's sshd through a virtio-serial port, which
+    # a suspend keeps (hostagent/relay.py); None: SSH over the network only
+    relay_socket: Path | None = None
 
 
 class Driver(Protocol):
