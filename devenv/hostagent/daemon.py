@@ -154,9 +154,15 @@ class HostAgent:
 
     # -- channels for the forwards
     def wait_session(self, timeout: float) -> GuestSession | None:
+        """The live session, waiting up to `timeout` for a (re)connect; None at once while suspended.
+
+        A suspended guest answers nothing until `devenv start`: an exec or a
+        forwarded connection then fails now, as it did when no agent ran, rather
+        than hang on a session nobody may resume.
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
-            while True:
+            while not self._suspended:
                 s = self._session
                 if s is not None and s.alive():
                     return s
@@ -164,6 +170,7 @@ class HostAgent:
                 if remaining <= 0 or self._stop.is_set():
                     return None
                 self._cond.wait(min(remaining, TICK))
+            return None
 
     def _transport(self) -> paramiko.Transport:
         s = self.wait_session(CHANNEL_WAIT)

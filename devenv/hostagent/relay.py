@@ -42,7 +42,10 @@ class RelayUnavailable(Exception):
 
 
 def unsent_bytes(sock: socket.socket) -> int | None:
-    """How much of what was sent the peer has not read yet; None where the OS cannot say."""
+    """How much of what was sent the peer has not read yet (0: all of it read); None where the OS cannot say.
+
+    Linux counts the kernel memory holding it, a little more than the bytes.
+    """
     try:
         if sys.platform.startswith("linux"):
             import fcntl
