@@ -394,6 +394,8 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
         "exec", "-n", name, "--", "sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo in-ram > /dev/shm/kept"
     )
     d.ok("exec", "-n", name, "--", "docker", "run", "-d", "--name", "survivor", LOCAL_IMAGE, "sleep", "3600")
+    inst = d.home / "instances" / name
+    agent_pid = (inst / "hostagent.pid").read_text()
     stop = d.ok("stop", "-n", name, timeout=120)
     assert b"is suspended" in stop.stdout and b"save the guest" in stop.stderr, stop.stderr
     status = json.loads(d.ok("status", "-n", name, "--json").stdout)
@@ -406,13 +408,20 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     time.sleep(3)  # the guest's clock stands still meanwhile: resume must set it
     start = d.ok("start", "-n", name, timeout=120)
     assert b"restore the suspended guest" in start.stderr and b"waiting for the guest's sshd" not in start.stderr
+    # the host agent and its SSH session (over the relay port) lived through the save: no new login
+    assert b"resume the host agent's SSH session" in start.stderr and b"log in with" not in start.stderr, start.stderr
+    assert (inst / "hostagent.pid").read_text() == agent_pid
+    events = [json.loads(line) for line in (inst / "events.jsonl").read_text().splitlines() if line.strip()]
+    resumed_event = [e for e in events if e["event"] == "agent-resumed"][-1]
+    assert resumed_event["kept_session"] is True and resumed_event["vm_replaced"] is True, resumed_event
+    assert any(e["event"] == "clock-resync" and e.get("via") == "relay" for e in events), events[-5:]
     after = d.ok("exec", "-n", name, "--", "sh", "-c", "cat /proc/sys/kernel/random/boot_id /dev/shm/kept; date +%s.%N")
     boot_id, kept, guest_now = after.stdout.decode().split()
     assert boot_id == before.stdout.decode().strip() and kept == "in-ram", after.stdout
     assert abs(float(guest_now) - time.time()) < 2.0, (guest_now, time.time())
     ps = d.ok("exec", "-n", name, "--", "docker", "ps", "--filter", "name=survivor", "--format", "{{.Status}}")
     assert ps.stdout.startswith(b"Up"), ps.stdout
-    sock = d.home / "instances" / name / "sock" / "docker.sock"
+    sock = inst / "sock" / "docker.sock"
     host_docker = subprocess.run(
         ["docker", "-H", f"unix://{sock}", "ps", "--format", "{{.Names}}"], capture_output=True
     )
