@@ -52,7 +52,10 @@ class FakeSshd:
                 return
             if not data:
                 return
-            conn.sendall(data)
+            try:
+                conn.sendall(data)
+            except OSError:  # closed by the test's teardown
+                return
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -83,7 +86,10 @@ class FakeQemu:
         self.client = client
         threading.Thread(target=self._to_guest, args=(client,), daemon=True).start()
         while not self.stopped:
-            ready, _, _ = select.select([self.port], [], [], 0.02)
+            try:
+                ready, _, _ = select.select([self.port], [], [], 0.02)
+            except (OSError, ValueError):  # closed under the thread
+                return
             with self.lock:  # exit() never cuts a read from its write: what was taken is delivered
                 if self.stopped or not ready:
                     continue
@@ -94,7 +100,10 @@ class FakeQemu:
 
     def _to_guest(self, client: socket.socket) -> None:
         while not self.stopped:
-            ready, _, _ = select.select([client], [], [], 0.02)
+            try:
+                ready, _, _ = select.select([client], [], [], 0.02)
+            except (OSError, ValueError):  # exit() closed it under the thread
+                return
             with self.lock:
                 if self.stopped or not ready:
                     continue
@@ -122,10 +131,16 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path,
     clock: list[bytes] = []
     monkeypatch.setattr(guest, "set_clock", clock.append)  # never the test host's own clock
     port_guest, port_qemu = socket.socketpair()
+    _PORTS_KEPT_OPEN.append((port_guest, port_qemu))
     threading.Thread(target=guest.Relay(port_guest.fileno()).run, daemon=True).start()
     path = tmp_path / "relay.sock"
     yield path, port_qemu, sshd, clock
     sshd.close()
+
+
+# The guest's relay reads its port for ever, as in the guest where the port never closes: closing the
+# pair under its daemon thread would end it with EBADF, so the pairs live as long as the test process.
+_PORTS_KEPT_OPEN: list[tuple[socket.socket, socket.socket]] = []
 
 
 def recv_exactly(stream: RelayStream, n: int, timeout: float = 5.0) -> bytes:
@@ -188,6 +203,9 @@ def test_session_survives_the_chardev_going_away_and_coming_back(
     before = time.time()
     stream.reattach(set_clock=True)
     assert recv_exactly(stream, 20) == b"in-flightwhile-saved"
+    # the guest handles frames in order: once data sent after the clock frame echoes, the clock was set
+    stream.send(b"after")
+    assert recv_exactly(stream, 5) == b"after"
     assert len(clock) == 1 and abs(float(clock[0]) - before) < 5
     # a second save, the host reading while QEMU is gone: timeouts, not EOF (paramiko keeps the transport)
     assert stream.quiesce(2.0)
