@@ -211,6 +211,7 @@ class HostAgent:
             "since_epoch": self._since,
             "last_error": self._last_error,
             "reconnects": self._reconnects,
+            "ssh_via": "relay" if self._relay is not None else "network",  # the relay's session survives a suspend
             "control": self._control_address(),
             "engine_socket": str(self.engine_path) if self.opts.engine_socket else None,
             "docker_host": f"unix://{self.engine_path}" if self.opts.engine_socket else None,

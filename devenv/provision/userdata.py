@@ -42,6 +42,8 @@ AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
 AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
 RELAY_UNIT = "/etc/systemd/system/devenv-relay.service"
 RELAY_PATH = f"{LIB}/relay.py"
+RECLAIM_SERVICE = "/etc/systemd/system/devenv-reclaim.service"
+RECLAIM_TIMER = "/etc/systemd/system/devenv-reclaim.timer"
 STATE_DIR = "/var/lib/devenv"
 PROVISION_LOG = "/var/log/devenv-provision.log"
 READY_LINE = "DEVENV-READY"
@@ -195,6 +197,9 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(AGENT_SERVICE_UNIT, assets.read_text("systemd/devenv-guestagent@.service")),
         WriteFile(RELAY_PATH, relay_source(), "0755"),
         WriteFile(RELAY_UNIT, assets.read_text("systemd/devenv-relay.service")),
+        WriteFile(f"{LIB}/reclaim.sh", assets.read_text("guest/reclaim.sh"), "0755"),
+        WriteFile(RECLAIM_SERVICE, assets.read_text("systemd/devenv-reclaim.service")),
+        WriteFile(RECLAIM_TIMER, assets.read_text("systemd/devenv-reclaim.timer")),
         WriteFile(ENGINE_FILE, f"{engine.name}\n"),
         WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())),
     ]

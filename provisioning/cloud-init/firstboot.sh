@@ -95,7 +95,7 @@ if [ "${1:-}" = early ]; then
     # units are new files systemd has not loaded yet, so they need no
     # daemon-reload (~2 s each under TCG) to be enabled and started.
     step "engine-$RUNTIME" sh "$ENGINE" early
-    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket devenv-relay.service && systemctl start --no-block devenv-guestagent.socket devenv-relay.service'
+    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer && systemctl start --no-block devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/early"
     echo "== early part done"
     exit 0
@@ -104,7 +104,7 @@ fi
 if [ -e "$STATE/early" ]; then
     step "engine-$RUNTIME" sh "$ENGINE" ready
 else
-    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service'
+    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     step "engine-$RUNTIME" sh "$ENGINE"
     # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
     # devenv user, who cannot write the bytecode cache in this root-owned directory

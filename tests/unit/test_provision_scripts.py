@@ -15,11 +15,32 @@ import pytest
 from devenv.provision import assets, engines
 
 SCRIPTS = sorted(
-    [*assets.provisioning_dir().glob("engines/*.sh"), assets.provisioning_dir() / "cloud-init/firstboot.sh"]
+    [
+        *assets.provisioning_dir().glob("engines/*.sh"),
+        *assets.provisioning_dir().glob("guest/*.sh"),
+        assets.provisioning_dir() / "cloud-init/firstboot.sh",
+    ]
 )
 COMMON = assets.provisioning_dir() / "engines/common.sh"
 BUSYBOX = assets.provisioning_dir() / "engines/busybox.sh"
 posix = pytest.mark.skipif(os.name != "posix" or not shutil.which("sh"), reason="needs a POSIX sh")
+
+
+@posix
+@pytest.mark.parametrize(("load", "dropped"), [("0.42", True), ("1.99", True), ("64.00", False)])
+def test_reclaim_drops_the_cache_only_when_the_guest_is_not_busy(tmp_path: Path, load: str, dropped: bool) -> None:
+    loadavg, drop = tmp_path / "loadavg", tmp_path / "drop_caches"
+    loadavg.write_text(f"{load} 0.30 0.20 1/123 4567\n")
+    env = {**os.environ, "DEVENV_LOADAVG": str(loadavg), "DEVENV_DROP_CACHES": str(drop)}
+    env["PATH"] = f"{tmp_path}:{env['PATH']}"
+    (tmp_path / "nproc").write_text("#!/bin/sh\necho 2\n")  # the guest's CPU count, not this host's
+    (tmp_path / "nproc").chmod(0o755)
+    res = subprocess.run(
+        ["sh", str(assets.provisioning_dir() / "guest/reclaim.sh")], env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    assert (drop.read_text() if drop.exists() else None) == ("1\n" if dropped else None)
+    assert ("dropped" if dropped else "busy") in res.stdout
 
 
 def test_every_runtime_has_a_script() -> None:

@@ -258,6 +258,8 @@ class VmBackend:
         if not ha.get("alive"):
             return Status("degraded", "the host agent is not running; `devenv start` restarts it", details, figures)
         details["agent"] = ha.get("state")
+        if ha.get("ssh_via"):  # relay: the session lives through a suspend; network: a resume logs in again
+            details["ssh_via"] = ha.get("ssh_via")
         details["docker_host"] = hostagent.docker_env(inst.dir)["DOCKER_HOST"]
         details["forwards"] = [
             f"{f.get('host')} -> {f.get('guest_port')} ({f.get('status')}"
