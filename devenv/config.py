@@ -66,6 +66,12 @@ class Config:
     # randomisation in the guest for speed under TCG, where QEMU (7.2, as measured) translates
     # every randomised process's code again (process start ~50 -> ~17 ms, boot ~20% faster).
     aslr: bool = True
+    # the size of QEMU's translation cache when the guest runs under TCG (no KVM, hvf or whpx, or
+    # another arch emulated); unused otherwise. Its pages stay resident once touched, so it is
+    # what TCG adds to QEMU's RSS. Measured under TCG (2 cores): 64 MiB keeps an idle instance's
+    # RSS within 300 MiB of the memory the guest uses; 256 MiB costs 220 MiB more and translates
+    # less often (a first `docker run` ~12 s instead of ~17 s, a boot ~10% faster).
+    tcg_cache: int = 64 * 1024**2
     # what a plain `devenv stop` does where the backend can save a running guest: "suspend" (the
     # next start restores it in about a second) or "shutdown" (the guest powers off; the next start
     # boots it). Elsewhere a stop always shuts down. `stop --suspend` / `--shutdown` choose once.
@@ -94,6 +100,7 @@ FIELDS = {
     "machine",
     "arch",
     "aslr",
+    "tcg_cache",
     "stop",
     "mounts",
     "ports",
@@ -275,6 +282,11 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         if size < floor:
             raise ValueError(f"must be at least {format_size(floor)}, not {value!r}")
         return size
+    if key == "tcg_cache":
+        size = parse_size(value)
+        if not 16 * 1024**2 <= size <= 2 * 1024**3 or size % 1024**2:
+            raise ValueError(f'must be whole MiB from 16MiB to 2GiB, such as "256MiB", not {value!r}')
+        return size
     if key == "env":
         if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
             raise ValueError('must be a table of strings, such as env = { EDITOR = "vim" }')
@@ -408,13 +420,15 @@ def dump_toml(cfg: Config) -> str:
         f"runtime = {_toml_str(cfg.runtime)}",
         f"accelerator = {_toml_str(cfg.accelerator)}",
     ]
-    # machine, arch and aslr only when set: an older devenv can still read the copy of a default instance
+    # machine, arch, aslr and tcg_cache only when set: an older devenv can still read the copy of a default instance
     if cfg.machine != "auto":
         lines.append(f"machine = {_toml_str(cfg.machine)}")
     if cfg.arch != "auto":
         lines.append(f"arch = {_toml_str(cfg.arch)}")
     if not cfg.aslr:
         lines.append("aslr = false")
+    if cfg.tcg_cache != Config.tcg_cache:
+        lines.append(f"tcg_cache = {_toml_str(format_size(cfg.tcg_cache))}")
     if cfg.stop != "suspend":
         lines.append(f"stop = {_toml_str(cfg.stop)}")
     if cfg.env:

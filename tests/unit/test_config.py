@@ -49,7 +49,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime, stop",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, machine, memory, mounts, name, ports, provision, runtime, stop, tcg_cache",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
         (
@@ -189,3 +189,17 @@ def test_stop_is_suspend_unless_set_and_only_suspend_or_shutdown(tmp_path: Path)
     assert problems(tmp_path, 'stop = "hibernate"') == [
         "F:1: field `stop` must be one of suspend, shutdown, not 'hibernate'"
     ]
+
+
+def test_tcg_cache_is_64_mib_unless_set_and_kept_in_whole_mib(tmp_path: Path) -> None:
+    from devenv.config import Config, load_file
+
+    assert Config().tcg_cache == 64 * 1024**2 and "tcg_cache" not in Config().to_toml()
+    f = tmp_path / "devenv.toml"
+    f.write_text('tcg_cache = "256MiB"\n')
+    cfg = load_file(f)
+    assert cfg.tcg_cache == 256 * 1024**2 and 'tcg_cache = "256MiB"' in cfg.to_toml()
+    assert load_file(f).to_toml() == cfg.to_toml()
+    for bad in ('"8MiB"', '"3GiB"', '"100.5MiB"', "64"):
+        (said,) = problems(tmp_path, f"tcg_cache = {bad}")
+        assert said.startswith("F:1: field `tcg_cache` must"), said

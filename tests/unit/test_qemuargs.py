@@ -39,7 +39,8 @@ def test_x86_64_tcg() -> None:
     p = pairs(argv)
     assert argv[0] == "qemu-system-x86_64"
     assert ("-machine", "q35") in p
-    assert ("-accel", "tcg,tb-size=256") in p and ("-cpu", "max") in p
+    assert ("-accel", "tcg,tb-size=64") in p and ("-cpu", "max") in p
+    assert ("-accel", "tcg,tb-size=256") in pairs(build_argv(spec(tcg_cache_mb=256)))
     assert ("-smp", "2") in p and ("-m", "2048M") in p
     assert ("-drive", "if=virtio,file=/i/disk.qcow2,format=qcow2,discard=unmap,cache=writeback") in p
     assert ("-drive", "if=virtio,file=/i/cidata.iso,format=raw,readonly=on") in p

@@ -492,6 +492,7 @@ class QemuDriver:
                 machine=chosen,
                 ram_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
                 relay_socket=relay if paths.socket_path_fits(relay) else None,
+                tcg_cache_mb=inst.config.tcg_cache // 1024**2,
             )
             argv = build_argv(spec, boot.binary)
             if restore is not None:

@@ -53,7 +53,11 @@ AARCH64_FIRMWARE = (
     "C:/msys64/ucrt64/share/qemu/edk2-aarch64-code.fd",
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
-TCG_TB_SIZE_MB = 256
+# QEMU's translation cache under TCG: its pages stay resident once touched (a flush
+# resets the cache without giving them back), and a boot fills any size up to
+# 256 MiB, so the size is the RSS it adds. devenv.toml's `tcg_cache` sets it per instance (config.py
+# says what it trades); QEMU's own default is up to 1 GiB.
+TCG_TB_SIZE_MB_DEFAULT = 64
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,7 @@ class VmSpec:
     machine: str = ""  # "": the arch's default (resolve_machine)
     ram_file: Path | None = None  # the guest's RAM mapped from this file (shared), for suspend
     relay_socket: Path | None = None  # the SSH relay's virtio-serial port, served on this unix socket
+    tcg_cache_mb: int = TCG_TB_SIZE_MB_DEFAULT  # the translation cache's size under TCG
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -179,7 +184,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
         argv += ["-machine", "microvm,acpi=on" + ram_opt]
     else:
         argv += ["-machine", machine + ram_opt]
-    argv += ["-accel", f"tcg,tb-size={TCG_TB_SIZE_MB}" if accel == "tcg" else accel]
+    argv += ["-accel", f"tcg,tb-size={spec.tcg_cache_mb}" if accel == "tcg" else accel]
     argv += ["-cpu", cpu_model(spec.arch, accel)]
     argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M", *ram]
     if spec.firmware is not None:

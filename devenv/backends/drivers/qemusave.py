@@ -80,6 +80,8 @@ def _normalised(argv: list[str]) -> list[str]:
                 p if not p.startswith(_HOSTFWD_SSH) or not p.endswith("-:22") else f"{_HOSTFWD_SSH}PORT-:22"
                 for p in a.split(",")
             )
+        if a.startswith("tcg,tb-size="):  # the host's translation cache, nothing of the guest's
+            a = "tcg"
         out.append(a)
     return out
 
