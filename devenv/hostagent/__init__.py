@@ -213,16 +213,9 @@ def suspend(inst_dir: Path) -> str | None:
 
     The caller shuts down an agent that will not, as before any save.
     """
-    from devenv.hostagent import client
-
     if not is_running(inst_dir):
         return "no host agent runs"
-    reply = client.request(inst_dir, {"op": "suspend"}, timeout=15.0)
-    if reply is None:
-        return "the host agent did not answer"
-    if reply.get("suspended"):
-        return None
-    return str(reply.get("reason") or reply.get("error") or "refused")
+    return _ask(inst_dir, "suspend", "suspended", timeout=15.0)
 
 
 def resume(inst_dir: Path) -> str | None:
@@ -230,8 +223,6 @@ def resume(inst_dir: Path) -> str | None:
 
     An agent of another devenv build is not asked: start replaces it.
     """
-    from devenv.hostagent import client
-
     if not is_running(inst_dir):
         return "no host agent runs"
     running = state(inst_dir, timeout=2.0)
@@ -239,10 +230,17 @@ def resume(inst_dir: Path) -> str | None:
         return f"the host agent is {running.get('state')}"
     if running.get("code") != code_version():
         return "the host agent was started by another devenv build"
-    reply = client.request(inst_dir, {"op": "resume"}, timeout=30.0)
+    return _ask(inst_dir, "resume", "resumed", timeout=30.0)
+
+
+def _ask(inst_dir: Path, op: str, done: str, timeout: float) -> str | None:
+    """One control request whose reply says `done`: true, or why not."""
+    from devenv.hostagent import client
+
+    reply = client.request(inst_dir, {"op": op}, timeout=timeout)
     if reply is None:
         return "the host agent did not answer"
-    if reply.get("resumed"):
+    if reply.get(done):
         return None
     return str(reply.get("reason") or reply.get("error") or "refused")
 
