@@ -61,6 +61,21 @@ def hold(inst_dir: Path, doing: str, step: StepReporter, *, interrupt_start: boo
         os.close(fd)
 
 
+def running(inst_dir: Path) -> tuple[int, str] | None:
+    """(pid, what it does) of the devenv command working on the instance now; None when none is.
+
+    Read from what the holder wrote, never by taking the lock: a status asked
+    at the moment a start claims it must not make that start fail as busy.
+    The file outlives its holder, so its pid must still be a devenv process.
+    """
+    from devenv.pidutil import runs_as
+
+    holder = _holder(inst_dir / paths.OP_LOCK)
+    if holder is None or not runs_as(holder[0], b"devenv"):
+        return None
+    return holder
+
+
 def _holder(path: Path) -> tuple[int, str] | None:
     """(pid, what it does) as the holder wrote it; None when unreadable (it may not have written yet)."""
     try:

@@ -475,12 +475,14 @@ def _start_until_the_vm_runs(d: Devenv, name: str, driver: DriverCase) -> subpro
 def test_ctrl_c_mid_start_is_explained_and_start_recovers(vm: VM, driver: DriverCase) -> None:
     d, name, _ = vm
     proc = _start_until_the_vm_runs(d, name, driver)
+    st = json.loads(d.ok("status", "-n", name, "--json").stdout)
+    assert st["state"] == "starting" and f"`devenv start` (pid {proc.pid}) is waiting for it" in st["reason"], st
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     st = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert st["state"] == "starting", st
-    assert "devenv start" in str(st["reason"])
+    assert "no `devenv start` is waiting for it any more" in str(st["reason"]), st  # the truth: none runs now
     d.ok("start", "-n", name)
     assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 

@@ -111,3 +111,18 @@ def test_a_holder_killed_outright_leaves_no_lock(tmp_path: Path, holders: list[s
         pass
     assert steps.seen == []  # nothing to interrupt, nothing to wait for
     assert (tmp_path / paths.OP_LOCK).stat().st_mode & 0o777 == 0o600
+
+
+def test_running_names_the_holder_only_while_it_runs(tmp_path: Path, holders: list[subprocess.Popen[str]]) -> None:
+    assert oplock.running(tmp_path) is None  # no lock file yet
+    pid = hold_in_another_process(tmp_path, "start", holders)
+    assert oplock.running(tmp_path) == (pid, "start")
+    assert oplock.running(tmp_path) == (pid, "start")  # asking took no lock: the holder still holds it
+    holders[0].kill()
+    holders[0].wait(5)
+    assert (tmp_path / paths.OP_LOCK).read_text() == f"{pid} start\n"  # the file outlives its holder...
+    assert oplock.running(tmp_path) is None  # ...and is not believed
+    other = subprocess.Popen(["sleep", "30"])  # a live pid, not a devenv process: a recycled one
+    holders.append(other)  # type: ignore[arg-type]
+    (tmp_path / paths.OP_LOCK).write_text(f"{other.pid} start\n")
+    assert oplock.running(tmp_path) is None

@@ -237,11 +237,11 @@ class VmBackend:
             if readiness.failed:
                 return Status("broken", readiness.describe(), details)
             if not readiness.ready:
-                return Status("starting", "the guest is booting; `devenv start` waits for it", details)
+                return Status("starting", _starting("the guest is booting", inst.dir), details)
         if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host, proxy=endpoint.proxy):
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
-            return Status("starting", "booted, but `devenv start` did not finish; run it again", details)
+            return Status("starting", _starting("the guest has booted", inst.dir), details)
         return self._agent_status(inst, details)
 
     @staticmethod
@@ -377,3 +377,13 @@ def _ssh_config_text(inst: InstanceRef, endpoint: Endpoint) -> str:
         known_hosts_file=inst.dir / paths.SSH_KNOWN_HOSTS,
     )
     return entry.render()
+
+
+def _starting(what: str, inst_dir: Path) -> str:
+    """What a start in progress means: one still waits for it, or none does (interrupted, killed)."""
+    from devenv import oplock
+
+    doing = oplock.running(inst_dir)
+    if doing is not None and doing[1] == "start":
+        return f"{what}; `devenv start` (pid {doing[0]}) is waiting for it"
+    return f"{what}, but no `devenv start` is waiting for it any more (interrupted?); `devenv start` finishes it"
