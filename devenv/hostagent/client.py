@@ -14,7 +14,7 @@ import os
 import sys
 
 from devenv.fdio import write_all
-from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, socket_str
+from devenv.hostagent.wire import STDIN_WINDOW, LineReader, decode, encode, read_token, secure_socket_dirs, socket_str
 from devenv.paths import HOSTAGENT_SOCK
 from devenv.sigforward import forward_signals
 
@@ -62,6 +62,8 @@ def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> Control |
     """
     path = socket_str(inst_dir, HOSTAGENT_SOCK)
     if hasattr(_socket, "AF_UNIX") and os.path.exists(path):
+        if not path.startswith(os.fspath(inst_dir)):  # in the shared temp dir: never a socket someone else planted
+            secure_socket_dirs(path, create=False)
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(timeout)
         try:

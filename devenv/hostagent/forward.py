@@ -211,9 +211,11 @@ def bind_tcp(port: int, host: str = "127.0.0.1") -> socket.socket:
 
 
 def bind_unix(path: Path) -> socket.socket:
-    """A 0600 unix listener in a 0700 directory, replacing a stale socket file (never a regular file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    os.chmod(path.parent, 0o700)
+    """A 0600 unix listener in a 0700 directory of this user's, replacing a stale socket file (never a regular file)."""
+    from devenv.hostagent.wire import secure_socket_dirs
+
+    path.parent.parent.mkdir(parents=True, exist_ok=True)
+    secure_socket_dirs(path, create=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             path.unlink()

@@ -77,21 +77,75 @@ def _fits(path: str) -> bool:
     return len(os.fsencode(path)) < SUN_PATH_MAX
 
 
+def short_socket_base() -> Path:
+    """The per-user folder in the temp dir that holds the short socket folders (short_socket_dir)."""
+    import tempfile
+    from pathlib import Path
+
+    uid = os.getuid() if hasattr(os, "getuid") else 0
+    return Path(tempfile.gettempdir()) / f"devenv-{uid}"
+
+
 def short_socket_dir(inst_dir: str | os.PathLike[str]) -> Path:
     """A private short directory for sockets whose natural path would overflow sun_path.
 
     Deep DEVENV_HOME paths (macOS home dirs, pytest tmp dirs) easily pass 104
     bytes; the socket then lives in the temp dir under a per-user 0700 folder,
     named after a hash of the instance dir so two instances never collide.
+    The temp dir is shared: secure_socket_dirs() checks whose those folders are.
     """
     import hashlib
-    import tempfile
     from pathlib import Path
 
     inst = Path(inst_dir).absolute()
     digest = hashlib.sha256(os.fsencode(str(inst))).hexdigest()[:12]
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"devenv-{uid}" / f"{inst.name[:20]}-{digest}"
+    return short_socket_base() / f"{inst.name[:20]}-{digest}"
+
+
+def secure_socket_dirs(sock: str | os.PathLike[str], *, create: bool) -> None:
+    """The folders a socket of ours lives in are this user's alone; PermissionProblem when not.
+
+    A short socket folder lives in the shared temp dir, where another local
+    user could make `devenv-UID` first and so hold (rename, replace) the
+    control and engine sockets in it. As OpenSSH and tmux do with theirs, each
+    folder must be a real directory (no symlink) owned by this user; one of
+    ours with group or other access (an older devenv made it with the umask)
+    is made 0700. `create` makes missing ones 0700 (the agent, before it
+    binds); a client only checks, before it connects.
+    """
+    from pathlib import Path
+
+    parent = Path(sock).parent
+    base = short_socket_base()
+    for d in (base, parent) if parent.parent == base else (parent,):
+        _private_dir(d, create)
+
+
+def _private_dir(d: Path, create: bool) -> None:
+    import contextlib
+    import stat
+
+    from devenv.errors import PermissionProblem
+
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(d, 0o700)
+    try:
+        st = os.lstat(d)
+    except FileNotFoundError:
+        return  # nothing there: nothing to connect to either
+    problem = None
+    if not stat.S_ISDIR(st.st_mode):
+        problem = "is not a directory (a symlink or a file)"
+    elif hasattr(os, "getuid") and st.st_uid != os.getuid():
+        problem = f"belongs to another user (uid {st.st_uid})"
+    if problem is not None:
+        raise PermissionProblem(
+            f"the socket folder {d} {problem}: devenv will not put its sockets there",
+            f"remove it if you do not know who made it (`rm -r {d}`); devenv then makes its own, 0700",
+        )
+    if st.st_mode & 0o077:
+        os.chmod(d, 0o700)
 
 
 def socket_path(inst_dir: str | os.PathLike[str], rel: str) -> Path:
