@@ -28,11 +28,14 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from devenv import paths
-from devenv.backends.base import StepReporter
 from devenv.errors import StateError
 from devenv.pidutil import claim, unlock
+
+if TYPE_CHECKING:
+    from devenv.backends.base import StepReporter
 
 LET_GO_WAIT = 30.0  # s for an interrupted start to exit
 TERM_AFTER = 5.0  # s after SIGINT before SIGTERM
