@@ -35,7 +35,7 @@ SCRIPT = textwrap.dedent(
         sys.stderr.write(os.environ.get("STAND_IN_TEXT") or {RECORDED_KVM_CRASH!r})
         sys.stderr.flush()
         os.abort()
-    qmp = argv[argv.index("-qmp") + 1].removeprefix("unix:").partition(",")[0]
+    qmp = next(a for a in argv if a.startswith("socket,id=qmp,path=")).split(",")[2].removeprefix("path=")
     server = socket.socket(socket.AF_UNIX)
     server.bind(qmp)
     server.listen(1)

@@ -45,7 +45,8 @@ def test_x86_64_tcg() -> None:
     assert ("-drive", "if=virtio,file=/i/disk.qcow2,format=qcow2,discard=unmap,cache=writeback") in p
     assert ("-drive", "if=virtio,file=/i/cidata.iso,format=raw,readonly=on") in p
     assert ("-netdev", "user,id=net0,hostfwd=tcp:127.0.0.1:40022-:22") in p
-    assert ("-qmp", "unix:/i/qmp.sock,server=on,wait=off") in p
+    assert ("-chardev", "socket,id=qmp,path=/i/qmp.sock,server=on,wait=off") in p
+    assert ("-mon", "chardev=qmp,mode=control") in p
     assert ("-pidfile", "/i/qemu.pid") in p
     assert "-nodefaults" in argv and "-kernel" not in argv
 
@@ -241,3 +242,45 @@ def test_microvm_is_refused_before_boot_where_it_cannot_run(tmp_path: Path, monk
     with pytest.raises(ConfigError) as e:
         qemu.machine(inst, "aarch64", True, "hvf", creating=True)
     assert "is for x86_64 guests" in e.value.message and "image" not in e.value.hint
+
+
+def qemu_opts(value: str) -> list[tuple[str, str]]:
+    """key=value pairs as QEMU's option parser splits them: `,,` is a comma inside a value."""
+    out, key, cur, i = [], None, "", 0
+    while i < len(value):
+        c = value[i]
+        if c == "," and value[i + 1 : i + 2] == ",":
+            cur, i = cur + ",", i + 2
+            continue
+        if c == ",":
+            out.append((key or "", cur) if key is not None else ("", cur))
+            key, cur, i = None, "", i + 1
+            continue
+        if c == "=" and key is None:
+            key, cur, i = cur, "", i + 1
+            continue
+        cur, i = cur + c, i + 1
+    out.append((key or "", cur) if key is not None else ("", cur))
+    return out
+
+
+def test_a_host_path_with_commas_stays_one_value_and_adds_no_option() -> None:
+    evil = Path("/home/u/a,readonly=off,b=c")
+    argv = build_argv(
+        spec(
+            disk=evil / "disk.qcow2",
+            cidata=evil / "cidata.iso",
+            serial_log=evil / "serial.log",
+            qmp_socket=evil / "q.sock",
+            ram_file=evil / "memory.ram",
+            relay_socket=evil / "relay.sock",
+            shares=(("m0", str(evil), False),),
+        )
+    )
+    with_paths = [a for a in argv if "a,,readonly=off,,b=c" in a]
+    assert len(with_paths) == 7, argv  # disk, cidata, ram, 9p, relay, serial, qmp
+    assert not any("a,readonly=off" in a for a in argv)
+    for a in with_paths:
+        values = [v for _, v in qemu_opts(a)]
+        assert sum(str(evil) in v for v in values) == 1, (a, values)  # the whole path is one value
+        assert [k for k, _ in qemu_opts(a)].count("readonly") <= 1  # the cidata's own, never the path's

@@ -156,6 +156,15 @@ def microvm_tcg_cmdline(tsc_khz: int) -> str:
     return f"tsc_early_khz={tsc_khz} tsc=reliable"
 
 
+def opt(value: object) -> str:
+    """A value inside a QEMU option string (`file=...,format=...`): commas doubled, as QEMU's option parser reads them.
+
+    A host path with a comma (a project folder, DEVENV_HOME) would otherwise end
+    the value there and make the rest an option of its own: `/a,readonly=off`.
+    """
+    return str(value).replace(",", ",,")
+
+
 def qemu_binary_name(arch: str) -> str:
     return f"qemu-system-{arch}"
 
@@ -169,7 +178,7 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     ram_opt = ""
     if spec.ram_file is not None:
         size = spec.memory // (1024 * 1024)
-        ram = ["-object", f"memory-backend-file,id=ram0,size={size}M,mem-path={spec.ram_file},share=on"]
+        ram = ["-object", f"memory-backend-file,id=ram0,size={size}M,mem-path={opt(spec.ram_file)},share=on"]
         ram_opt = ",memory-backend=ram0"
     argv = [binary or qemu_binary_name(spec.arch), "-name", f"devenv-{spec.name},process=devenv-{spec.name}"]
     argv += ["-nodefaults", "-no-user-config", "-display", "none"]
@@ -197,23 +206,26 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
             argv += ["-append", spec.cmdline]
     # the disk first, usually /dev/vda; built images name root by label, since the
     # guest's virtio_blk may bind the cidata ISO first
-    argv += _drive("disk0", f"file={spec.disk},format=qcow2,discard=unmap,cache=writeback", bus)
+    argv += _drive("disk0", f"file={opt(spec.disk)},format=qcow2,discard=unmap,cache=writeback", bus)
     if spec.cidata is not None:
-        argv += _drive("cidata", f"file={spec.cidata},format=raw,readonly=on", bus)
+        argv += _drive("cidata", f"file={opt(spec.cidata)},format=raw,readonly=on", bus)
     fwd = [f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
     fwd += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in spec.extra_hostfwd]
     argv += ["-netdev", ",".join(["user,id=net0", *fwd]), "-device", f"virtio-net-{bus},netdev=net0"]
     argv += ["-device", f"virtio-rng-{bus}", "-device", f"virtio-balloon-{bus},free-page-reporting=on"]
     for tag, path, writable in spec.shares:
         ro = "" if writable else ",readonly=on"
-        argv += ["-fsdev", f"local,id={tag},path={path},security_model=none{ro}"]
+        argv += ["-fsdev", f"local,id={tag},path={opt(path)},security_model=none{ro}"]
         argv += ["-device", f"virtio-9p-{bus},fsdev={tag},mount_tag={tag}"]
     if spec.relay_socket is not None:  # device state a save keeps: the host agent's SSH session survives it
         argv += ["-device", f"virtio-serial-{bus},id=vser0"]
-        argv += ["-chardev", f"socket,id=relay,path={spec.relay_socket},server=on,wait=off"]
+        argv += ["-chardev", f"socket,id=relay,path={opt(spec.relay_socket)},server=on,wait=off"]
         argv += ["-device", f"virtserialport,bus=vser0.0,chardev=relay,name={RELAY_PORT_NAME}"]
-    argv += ["-chardev", f"file,id=serial0,path={spec.serial_log},append=on", "-serial", "chardev:serial0"]
-    argv += ["-qmp", f"unix:{spec.qmp_socket},server=on,wait=off"]
+    argv += ["-chardev", f"file,id=serial0,path={opt(spec.serial_log)},append=on", "-serial", "chardev:serial0"]
+    # QMP on a chardev with its path as a named option: `-qmp unix:PATH` reads PATH as an option's
+    # implied first value, where a path with "=" before its first comma would become an option name
+    argv += ["-chardev", f"socket,id=qmp,path={opt(spec.qmp_socket)},server=on,wait=off"]
+    argv += ["-mon", "chardev=qmp,mode=control"]
     argv += ["-pidfile", str(spec.pid_file)]
     return argv
 
