@@ -70,6 +70,7 @@ def write(root: str, path: str, content: str, mode: int, append: bool = False) -
                     return
         with open(full, "a", encoding="utf-8") as f:
             f.write(content)
+        os.chmod(full, mode)  # as cloud-init's append does: the file may hold secrets now
         return
     tmp = full + ".devenv-new"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

@@ -35,6 +35,11 @@ GUEST_UID = 1000
 LIB = engines.GUEST_LIB
 FIRSTBOOT = f"{LIB}/firstboot.sh"
 ENV_SH = f"{LIB}/env.sh"
+ENVIRONMENT = "/etc/environment"
+APT_PROXY = "/etc/apt/apt.conf.d/90devenv-proxy"
+# Files that hold the config's env and the host's proxy variables, whose URLs may carry a password:
+# written 0600, then firstboot.sh makes them 0640 with the guest user's group (it reads them; nobody else).
+GUEST_USER_READABLE = (ENV_SH, ENVIRONMENT, APT_PROXY)
 ENGINE_FILE = "/etc/devenv/engine"
 READY_UNIT = "/etc/systemd/system/devenv-ready.service"
 PROVISION_UNIT = "/etc/systemd/system/devenv-provision.service"
@@ -201,10 +206,11 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(RECLAIM_SERVICE, assets.read_text("systemd/devenv-reclaim.service")),
         WriteFile(RECLAIM_TIMER, assets.read_text("systemd/devenv-reclaim.timer")),
         WriteFile(ENGINE_FILE, f"{engine.name}\n"),
-        WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items())),
+        WriteFile(ENV_SH, "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items()), "0600"),
     ]
     if env:
-        files.append(WriteFile("/etc/environment", "".join(f'{k}="{v}"\n' for k, v in env.items()), append=True))
+        lines = "".join(f'{k}="{v}"\n' for k, v in env.items())
+        files.append(WriteFile(ENVIRONMENT, lines, "0600", append=True))
     proxies = {k: v for k, v in env.items() if k in hostenv.PROXY_VARS}
     if proxies:
         apt = []
@@ -213,9 +219,12 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
             if url:
                 apt.append(f'Acquire::{scheme}::Proxy "{url}";\n')
         if apt:
-            files.append(WriteFile("/etc/apt/apt.conf.d/90devenv-proxy", "".join(apt)))
+            files.append(WriteFile(APT_PROXY, "".join(apt), "0600"))
         dropin = "[Service]\n" + "".join(f'Environment="{_systemd_escape(f"{k}={v}")}"\n' for k, v in proxies.items())
-        files += [WriteFile(f"/etc/systemd/system/{unit}.d/10-devenv-proxy.conf", dropin) for unit in engine.units]
+        # read by systemd as root: nobody else needs them
+        files += [
+            WriteFile(f"/etc/systemd/system/{unit}.d/10-devenv-proxy.conf", dropin, "0600") for unit in engine.units
+        ]
     width = max(2, len(str(len(inputs.provision))))
     for number, prov in enumerate(inputs.provision, start=1):
         script = prov.script if prov.script.endswith("\n") else prov.script + "\n"

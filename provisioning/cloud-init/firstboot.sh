@@ -79,6 +79,14 @@ run_provision() {
     esac
 }
 
+# The config's env and the host's proxy variables (whose URLs may carry a
+# password) arrive 0600: the guest user reads them, nobody else
+# (devenv/provision/userdata.py: GUEST_USER_READABLE).
+for secret in "$LIB/env.sh" /etc/environment /etc/apt/apt.conf.d/90devenv-proxy; do
+    [ -e "$secret" ] || continue
+    chgrp "$GUEST_USER" "$secret" && chmod 0640 "$secret"
+done
+
 RUNTIME=$(cat /etc/devenv/engine 2>/dev/null || echo docker)
 
 case "$RUNTIME" in

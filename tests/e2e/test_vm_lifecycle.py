@@ -25,6 +25,7 @@ from devenv.backends.drivers.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLI
 from devenv.backends.drivers.qemuproc import host_tsc_khz
 from devenv.guestagent import protocol
 from devenv.provision.engines import LOCAL_IMAGE
+from devenv.provision.userdata import ENV_SH
 from tests.bytecode import FRESH_CHECK
 from tests.e2e.conftest import Devenv
 from tests.e2e.drivers import DriverCase
@@ -138,6 +139,12 @@ def test_the_guest_boots_as_start_configured_it(vm: VM, driver: DriverCase) -> N
     assert agent_argv.decode().splitlines() == shlex.split("/usr/bin/" + protocol.GUEST_LAUNCH)
     fresh = d.ok("exec", "-n", name, "--", "python3", "-c", FRESH_CHECK, protocol.GUEST_PATH).stdout
     assert fresh == b"True\n", fresh
+    # env.sh (the config's env and the host's proxies, whose URLs may hold a password): the guest user's alone
+    perms = d.ok("exec", "-n", name, "--", "stat", "-c", "%a %U %G", ENV_SH).stdout
+    assert perms == b"640 root devenv\n", perms
+    d.ok("exec", "-n", name, "--", "cat", ENV_SH)
+    as_nobody = d.run("exec", "-n", name, "--", "sudo", "-n", "-u", "nobody", "cat", ENV_SH)
+    assert as_nobody.returncode != 0 and b"Permission denied" in as_nobody.stderr, as_nobody
 
 
 def test_resolv_stub_makes_resolved_s_stub_readable_and_never_replaces_it(vm: VM) -> None:

@@ -101,6 +101,8 @@ def test_first_boot_writes_identity_files_and_hands_over(
         in (guest / userdata.PROVISION_UNIT.lstrip("/")).read_text()
     )
     assert (guest / "etc/environment").read_text() == 'EDITOR="vim"\nGREETING="hello $USER world"\n'
+    for secret in (userdata.ENVIRONMENT, userdata.ENV_SH):  # appended or written, 0600 until firstboot.sh widens it
+        assert stat.S_IMODE((guest / secret.lstrip("/")).stat().st_mode) == 0o600, secret
     agent = guest / protocol.GUEST_PATH.lstrip("/")
     assert list((agent.parent / "__pycache__").glob("guestagent*.pyc")), "the agent is compiled once, as root"
 

@@ -16,8 +16,8 @@ from devenv import paths
 from devenv.config import Config, Provision
 from devenv.errors import ConfigError
 from devenv.guestagent import protocol
+from devenv.provision import assets, seed, userdata
 from devenv.provision import keys as keys_mod
-from devenv.provision import seed, userdata
 
 SYSTEM_SCRIPT = "apt-get install -y jq\necho 'done: \"$HOME\"' > /root/x\n"
 USER_SCRIPT = "#!/bin/sh\necho \\\\ tab\there ünïcödé\n"
@@ -120,7 +120,7 @@ def test_user_data_env_proxy_and_engine(built: tuple[seed.SeedResult, seed.SeedI
         'EDITOR="vim"\n'
         'GREETING="hello $USER world"\n'
     )
-    assert '  - path: "/etc/environment"\n    owner: root:root\n    permissions: "0644"\n    append: true\n' in text
+    assert '  - path: "/etc/environment"\n    owner: root:root\n    permissions: "0600"\n    append: true\n' in text
     assert "    content: " + json.dumps(environment) in text
     env_sh = "export HTTPS_PROXY=http://user:pw@10.0.2.2:3128\n"
     assert json.dumps(env_sh)[1:-1] in text
@@ -130,8 +130,14 @@ def test_user_data_env_proxy_and_engine(built: tuple[seed.SeedResult, seed.SeedI
         'Environment="HTTPS_PROXY=http://user:pw@10.0.2.2:3128"\n'
         'Environment="NO_PROXY=corp.example,localhost,127.0.0.1,::1"\n'
     )
-    assert '  - path: "/etc/systemd/system/docker.service.d/10-devenv-proxy.conf"' in text
+    assert (
+        '  - path: "/etc/systemd/system/docker.service.d/10-devenv-proxy.conf"\n    owner: root:root\n    permissions: "0600"'
+        in text
+    )
     assert "    content: " + json.dumps(dropin) in text
+    # a proxy's password is nobody's but the guest user's: every file holding one arrives 0600
+    for path in (userdata.ENV_SH, userdata.APT_PROXY):
+        assert f'  - path: "{path}"\n    owner: root:root\n    permissions: "0600"' in text, path
     assert '  - path: "/etc/devenv/engine"' in text and '    content: "docker\\n"' in text
     assert '  - path: "/usr/local/lib/devenv/engines/docker.sh"' in text
     assert "/usr/local/lib/devenv/engines/podman.sh" not in text
@@ -343,3 +349,11 @@ def test_text_that_is_not_utf8_is_a_config_error_and_no_seed_is_written(tmp_path
     assert str(info.value).startswith("cannot write the first-boot seed for `demo`: ")
     assert "not valid UTF-8" in info.value.hint
     assert not (tmp_path / "inst" / "cidata.iso").exists()
+
+
+def test_firstboot_hands_each_secret_file_to_the_guest_user_alone() -> None:
+    script = assets.read_text("cloud-init/firstboot.sh")
+    loop = next(line for line in script.splitlines() if line.startswith("for secret in "))
+    listed = loop.removeprefix("for secret in ").removesuffix("; do").replace('"$LIB', userdata.LIB).replace('"', "")
+    assert listed.split() == list(userdata.GUEST_USER_READABLE)
+    assert 'chgrp "$GUEST_USER" "$secret" && chmod 0640 "$secret"' in script
