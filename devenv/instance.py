@@ -37,8 +37,18 @@ class Instance:
     def status(self) -> Status:
         try:
             return self.backend().status(self.ref)
-        except Exception as e:  # a broken backend is a status, not a crash
+        except (DevenvError, OSError) as e:  # a backend that cannot tell is a status, not a crash
             return Status("broken", str(e))
+        except Exception as e:
+            # A bug in devenv: shown as one. DEVENV_DEBUG lets it reach the CLI's boundary, which prints
+            # its traceback; otherwise list and status go on and say what it was.
+            if os.environ.get("DEVENV_DEBUG", "") not in ("", "0"):
+                raise
+            return Status(
+                "broken",
+                f"internal error (a bug in devenv): {type(e).__name__}: {e}; "
+                "DEVENV_DEBUG=1 shows its traceback, please report it",
+            )
 
     def event(self, kind: str, **fields: Any) -> None:
         """Into the same log as the host agent's events, by the same writer (one append per record)."""

@@ -98,6 +98,25 @@ class Options:
     relay: Path | None = None  # the guest's SSH relay port as a unix socket (relay.py); None: SSH over the network
 
 
+# What a login may meet while the guest boots, reboots or its network drops: retried quietly.
+EXPECTED_CONNECT_ERRORS = (DevenvError, OSError, EOFError, paramiko.SSHException)
+
+
+def log_connect_failure(e: Exception, backoff: float) -> str:
+    """Log a failed (re)connect and say what failed (the state's last_error).
+
+    An expected failure is INFO, as it comes and goes with the guest. Anything
+    else is a bug in devenv: ERROR with its traceback in hostagent.log, and
+    last_error says so, so that it is not retried away unseen.
+    """
+    what = f"{type(e).__name__}: {e}"
+    if isinstance(e, EXPECTED_CONNECT_ERRORS):
+        log.info("connect failed (%s); retrying in %.1f s", what, backoff)
+        return what
+    log.error("connect failed on a bug in devenv (%s); retrying in %.1f s", what, backoff, exc_info=e)
+    return f"internal error (a bug in devenv): {what}; its traceback is in hostagent.log"
+
+
 def _iso(t: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
 
@@ -285,8 +304,7 @@ class HostAgent:
                 except _Stopped:
                     continue  # told to stop, or the VM is gone: the loop's checks say which
                 except Exception as e:
-                    self._last_error = f"{type(e).__name__}: {e}"
-                    log.info("connect failed (%s); retrying in %.1f s", self._last_error, backoff)
+                    self._last_error = log_connect_failure(e, backoff)
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue

@@ -414,3 +414,28 @@ def test_code_version_follows_every_source_file(tmp_path: Path) -> None:
     (tmp_path / "pkg" / "a.py").rename(tmp_path / "pkg" / "b.py")
     assert hostagent.code_version(str(tmp_path)) not in (first, second)
     assert hostagent.code_version() == hostagent.code_version()  # devenv's own tree
+
+
+def test_a_failed_connect_is_info_but_a_bug_is_an_error_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    import paramiko
+
+    from devenv.hostagent.daemon import log_connect_failure
+
+    caplog.set_level(logging.INFO, logger="devenv.hostagent")
+    for expected in (ConnectionRefusedError(111, "refused"), paramiko.SSHException("banner"), ConnectionFailed("x")):
+        caplog.clear()
+        said = log_connect_failure(expected, 0.5)
+        assert said == f"{type(expected).__name__}: {expected}"
+        (record,) = caplog.records
+        assert record.levelno == logging.INFO and record.exc_info is None
+    caplog.clear()
+    try:
+        {}["session"]  # a bug's own exception, raised so that it has a traceback
+    except KeyError as bug:
+        said = log_connect_failure(bug, 0.5)
+    assert said.startswith("internal error (a bug in devenv): KeyError: 'session'")
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR and record.exc_info is not None
+    assert "Traceback" in caplog.text and "test_a_failed_connect_is_info" in caplog.text

@@ -192,3 +192,30 @@ def test_stop_suspends_only_where_the_backend_can_and_says_so_when_asked(home: P
     assert both.code == ExitCode.USAGE and "opposite things" in both.err
     plain = cli("stop", "-n", "web")  # devenv.toml's default, suspend, falls back to a shutdown here
     assert plain.code == 0 and "instance `web` is stopped" in plain.out, plain.err
+
+
+def test_a_bug_in_a_backends_status_shows_as_one(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from devenv.testing.fake import FakeBackend
+
+    cli("start", "-n", "web", "--backend", "fake")
+
+    def buggy(self: FakeBackend, inst: object) -> None:
+        raise TypeError("'NoneType' object is not subscriptable")
+
+    monkeypatch.setattr(FakeBackend, "status", buggy)
+    monkeypatch.delenv("DEVENV_DEBUG", raising=False)
+    st = json.loads(cli("status", "-n", "web", "--json").out)  # list and status go on...
+    assert st["state"] == "broken"
+    assert st["reason"].startswith("internal error (a bug in devenv): TypeError: 'NoneType' object")  # ...saying so
+    assert "DEVENV_DEBUG=1" in st["reason"]
+    monkeypatch.setenv("DEVENV_DEBUG", "1")
+    ran = cli("status", "-n", "web")
+    assert ran.code == ExitCode.INTERNAL
+    assert "Traceback (most recent call last)" in ran.err and "in buggy" in ran.err
+
+    def cannot_tell(self: FakeBackend, inst: object) -> None:
+        raise OSError("the VM's pid file is unreadable")
+
+    monkeypatch.setattr(FakeBackend, "status", cannot_tell)
+    st = json.loads(cli("status", "-n", "web", "--json").out)
+    assert (st["state"], st["reason"]) == ("broken", "the VM's pid file is unreadable")  # not a bug: no traceback

@@ -7,9 +7,11 @@ means the same run as root or as an ordinary user.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,14 +25,15 @@ pytestmark = pytest.mark.skipif(not hasattr(socket, "AF_UNIX") or os.name == "nt
 
 
 @pytest.fixture
-def deep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An instance dir whose sockets cannot fit sun_path; the temp dir a fresh one of the test's."""
-    shared = tmp_path / "tmp"
-    shared.mkdir(mode=0o1777)
+def deep(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An instance dir whose sockets cannot fit sun_path; the temp dir a fresh, short one of the test's."""
+    shared = Path(tempfile.mkdtemp(prefix="sd-", dir="/tmp"))  # short: pytest's own tmp paths may not fit
+    os.chmod(shared, 0o1777)
     monkeypatch.setattr(tempfile, "gettempdir", lambda: str(shared))
     inst = tmp_path / ("d" * 60) / ("e" * 60) / "inst"
     inst.mkdir(parents=True, mode=0o700)
-    return inst
+    yield inst
+    shutil.rmtree(shared, ignore_errors=True)
 
 
 def mode(p: Path) -> int:
