@@ -324,13 +324,41 @@ def _check_list(key: str, value: Any, p: _Problems, known: set[str], make: Any) 
     return out
 
 
+# A share mounted over these would hide what the guest runs on (its programs, libraries, config, the
+# kernel's own file systems): refused at and under them. GUEST_SYSTEM_EXACT are refused only as
+# themselves (a share at /home would hide the guest user's keys; /usr/local/src is fine).
+GUEST_SYSTEM_DIRS = frozenset(
+    {"/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin", "/sys"}
+)
+GUEST_SYSTEM_SUBDIRS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec", "/usr/share", "/var/lib")
+GUEST_SYSTEM_EXACT = frozenset({"/", "/usr", "/usr/local", "/var", "/home", "/home/devenv", "/root", "/tmp"})
+
+
+def mount_point_problem(point: str) -> str | None:
+    """Why `point` cannot be a share's place in the guest; None when it can."""
+    import posixpath
+
+    if not point.startswith("/"):
+        return "must be an absolute guest path"
+    if "\x00" in point or "\n" in point:
+        return "must not contain NUL or newline characters"
+    if posixpath.normpath(point) != point or "//" in point:  # normpath keeps a leading `//` (POSIX allows it)
+        return f"must be written plainly (no `.`, `..`, `//` or trailing `/`): {posixpath.normpath(point)!r}?"
+    top = "/" + point.split("/")[1]
+    if point in GUEST_SYSTEM_EXACT or top in GUEST_SYSTEM_DIRS or point.startswith(GUEST_SYSTEM_SUBDIRS):
+        return f"must not be a guest system folder ({point}): the share would hide what the guest runs on"
+    return None
+
+
 def _mount(item: dict[str, Any]) -> Mount:
     location = item.get("location")
     if not isinstance(location, str) or not location:
         raise ValueError("location must be a host folder path")
     mount_point = item.get("mount_point", "")
-    if not isinstance(mount_point, str) or (mount_point and not mount_point.startswith("/")):
+    if not isinstance(mount_point, str):
         raise ValueError("mount_point must be an absolute guest path")
+    if mount_point and (problem := mount_point_problem(mount_point)) is not None:
+        raise ValueError(f"mount_point {problem}")
     writable = item.get("writable", False)
     if not isinstance(writable, bool):
         raise ValueError("writable must be true or false")
