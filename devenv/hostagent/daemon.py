@@ -651,8 +651,12 @@ class HostAgent:
                 data = client.recv(65536)
             reader = wire.LineReader(client)
             reader.buf = data
-            line = reader.readline()
-            msg = wire.decode(line)
+            try:
+                msg = wire.decode(reader.readline())
+            except ValueError as e:  # not JSON, not an object, not UTF-8, cut short, or over MAX_LINE
+                log.info("control client sent a bad request: %s", e)
+                client.sendall(wire.encode({"final": True, "error": f"bad request: {e}", "code": 2}))
+                return
             if self._token is not None and not hmac.compare_digest(
                 str(msg.get("token", "")).encode(), self._token.encode()
             ):

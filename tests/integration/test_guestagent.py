@@ -109,6 +109,15 @@ def test_bad_input_gets_an_error_and_the_agent_keeps_serving(
     assert raw(proc, b'{"id": 99, "method": "ping"}\n')["result"]["pong"] is True
 
 
+def test_an_oversized_line_is_refused_not_buffered_and_the_agent_keeps_serving(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout
+    proc.stdout.readline()
+    huge = b'{"id": 13, "method": "ping", "pad": "' + b"x" * (agent.MAX_LINE + 10) + b'"}\n'
+    msg = raw(proc, huge)
+    assert msg["type"] == "response" and msg["error"]["code"] == "too_large", msg
+    assert raw(proc, b'{"id": 99, "method": "ping"}\n')["result"]["pong"] is True
+
+
 def test_info_fields(client: protocol.AgentClient) -> None:
     info = client.call("info")
     assert info["kernel"] == os.uname().release

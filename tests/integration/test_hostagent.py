@@ -35,9 +35,9 @@ from typing import Any
 
 import pytest
 
-from devenv import hostagent
+from devenv import hostagent, pidutil
 from devenv.guestagent import agent as guest_agent
-from devenv.hostagent import client
+from devenv.hostagent import client, wire
 from devenv.hostagent.events import read_events
 from tests.integration.sshd_fixture import SSHDServer, _descendants, ssh_tools_available
 from tests.launcher_build import built_launcher
@@ -126,6 +126,9 @@ class Env:
 
     def launch(self) -> dict[str, Any]:
         return hostagent.launch(self.inst, user=self.server.user, wait=30, extra_args=self.extra)
+
+    def agent_pid(self) -> int:
+        return int((self.inst / "hostagent.pid").read_text().split()[0])
 
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
@@ -655,14 +658,40 @@ def test_shutdown_while_waiting_for_the_boot_is_prompt(make_env: Callable[..., E
 def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
     env = make_env()
     path = str(hostagent.control_path(env.inst))
-    for junk in (b"not json\n", b"[1,2]\n", b'{"op":"nope"}\n', b'{"op":"exec","argv":["true"]}\n', b""):
+    # a client that sends half a request and then nothing holds its own connection, nobody else's
+    slow = socket.socket(socket.AF_UNIX)
+    slow.connect(path)
+    slow.sendall(b'{"op": "sta')
+    rss_before = pidutil.rss_bytes(env.agent_pid())
+    junk_and_answer = [
+        (b"not json\n", b"bad request"),
+        (b"[1,2]\n", b"must be a JSON object"),
+        (b'{"op": "state"', b"bad request"),  # cut short: the connection ends inside it
+        (b"\xff\xfe\n", b"bad request"),  # not UTF-8
+        (b'{"op":"' + b"x" * (2 * wire.MAX_LINE) + b'"}\n', b"too long"),  # over 1 MiB: refused, not buffered
+        (b'{"op":"nope","version":99}\n', b"unknown op 'nope'"),  # a newer client's op
+        (b'{"op":"exec","argv":["true"]}\n', b"3 file descriptors"),
+        (b"", b""),
+    ]
+    for junk, answer in junk_and_answer:
         with socket.socket(socket.AF_UNIX) as s:
             s.settimeout(5)
             s.connect(path)
-            s.sendall(junk)
-            s.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):  # the agent may refuse an oversized line before it is all sent
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+            got = b""
             with contextlib.suppress(OSError):
-                s.recv(4096)
+                while chunk := s.recv(4096):
+                    got += chunk
+            assert answer in got, (junk[:40], got)
+            if answer:  # one final line with an error and its code
+                reply = json.loads(got)
+                assert reply["final"] is True and reply["code"] in (2, 255) and reply["error"], reply
+        assert client.request(env.inst, {"op": "ping"}) == {"pong": True, "final": True}  # still serving
+    slow.close()
+    rss_after = pidutil.rss_bytes(env.agent_pid())
+    assert rss_before and rss_after and rss_after - rss_before < 16 * 1024**2, (rss_before, rss_after)
     reply = client.request(env.inst, {"op": "exec", "argv": ["true"]})
     assert reply is not None and "3 file descriptors" in reply["error"]
     assert env.state()["state"] == "connected"
