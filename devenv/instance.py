@@ -97,10 +97,16 @@ def all_instances() -> list[Instance | tuple[str, Exception]]:
 def resolve_config(name: str, overrides: dict[str, Any], project: Path | None) -> Config:
     """Defaults <- the project's devenv.toml (when it names this instance or none) <- flags."""
     cfg = Config()
-    if project is not None and config.peek_name(project) in (None, name):
-        cfg = config.load_file(project)
-    cfg = config.with_overrides(cfg, overrides)
     from dataclasses import replace
+
+    if project is not None and config.peek_name(project) in (None, name):
+        from devenv.mounttrust import resolve_location
+
+        cfg = config.load_file(project)
+        # kept absolute: a relative location is the project's, not the folder a later command runs in
+        located = [replace(m, location=str(resolve_location(m.location, project.parent))) for m in cfg.mounts]
+        cfg = replace(cfg, mounts=tuple(located))
+    cfg = config.with_overrides(cfg, overrides)
 
     cfg = replace(cfg, name=name)
     if cfg.backend == "auto":

@@ -62,6 +62,13 @@ Disk = Annotated[str | None, typer.Option("--disk", help='Disk size, e.g. "40GiB
 Runtime = Annotated[str | None, typer.Option("--runtime", help="docker, podman or containerd.")]
 Force = Annotated[bool, typer.Option("--force", "-f")]
 Json = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+AllowMounts = Annotated[
+    bool,
+    typer.Option(
+        "--allow-mounts",
+        help="Allow devenv.toml's mounts of host folders outside the project (remembered until the file changes).",
+    ),
+]
 
 
 def _version(value: bool) -> None:
@@ -87,9 +94,10 @@ def create(
     memory: Memory = None,
     disk: Disk = None,
     runtime: Runtime = None,
+    allow_mounts: AllowMounts = False,
 ) -> None:
     """Create an instance without starting it."""
-    _run(lambda: commands.create(name, commands.overrides(backend, image, cpus, memory, disk, runtime)))
+    _run(lambda: commands.create(name, commands.overrides(backend, image, cpus, memory, disk, runtime), allow_mounts))
 
 
 @app.command()
@@ -101,9 +109,10 @@ def start(
     memory: Memory = None,
     disk: Disk = None,
     runtime: Runtime = None,
+    allow_mounts: AllowMounts = False,
 ) -> None:
     """Start an instance, creating it first when it does not exist."""
-    _run(lambda: commands.start(name, commands.overrides(backend, image, cpus, memory, disk, runtime)))
+    _run(lambda: commands.start(name, commands.overrides(backend, image, cpus, memory, disk, runtime), allow_mounts))
 
 
 @app.command()

@@ -56,8 +56,24 @@ def overrides(
     return {"backend": backend, "image": image, "cpus": cpus, "memory": memory, "disk": disk, "runtime": runtime}
 
 
-def create(name: str | None, flags: dict[str, Any]) -> int:
+def check_mounts(n: str, project: Path | None, allow_mounts: bool) -> None:
+    """Before a new instance uses a project file's mounts beyond its folder: the user allowed that file."""
+    if project is None or instance.exists(n) or config.peek_name(project) not in (None, n):
+        return
+    from devenv import mounttrust
+
+    def ask(question: str) -> bool:
+        sys.stderr.write(question)
+        sys.stderr.flush()
+        return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+    interactive = sys.stdin.isatty() and sys.stderr.isatty()
+    mounttrust.check(project, config.load_file(project), allow_flag=allow_mounts, ask=ask if interactive else None)
+
+
+def create(name: str | None, flags: dict[str, Any], allow_mounts: bool = False) -> int:
     n, project = name_of(name)
+    check_mounts(n, project, allow_mounts)
     cfg = instance.resolve_config(n, flags, project)
     with Steps() as step:
         inst = instance.create(n, cfg, step)
@@ -65,8 +81,9 @@ def create(name: str | None, flags: dict[str, Any]) -> int:
     return 0
 
 
-def start(name: str | None, flags: dict[str, Any]) -> int:
+def start(name: str | None, flags: dict[str, Any], allow_mounts: bool = False) -> int:
     n, project = name_of(name)
+    check_mounts(n, project, allow_mounts)
     with Steps() as step:
         inst, warnings = instance.start(n, flags, project, step)
     for w in warnings:
