@@ -228,6 +228,15 @@ def image_build(
     _run(lambda: commands.image_build(image, mirror, arch))
 
 
+@app.command()
+def prune(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be removed; remove nothing.")] = False,
+    as_json: Json = False,
+) -> None:
+    """Remove cached images no instance uses, and say how much space that frees."""
+    _run(lambda: commands.prune(dry_run, as_json))
+
+
 @image_app.command("rm")
 def image_rm(image: str, arch: Annotated[str | None, typer.Option("--arch")] = None) -> None:
     """Remove a cached image (refused while an instance uses it)."""

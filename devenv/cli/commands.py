@@ -411,6 +411,25 @@ def image_build(image: str, mirror: str | None, arch: str | None) -> int:
     return 0
 
 
+def prune(dry_run: bool, as_json: bool) -> int:
+    from devenv.images import catalog
+
+    found = catalog.prune(dry_run)
+    total = sum(freed for _, freed in found)
+    if as_json:
+        images = [{"name": r.name, "arch": r.arch, "source": r.source, "freed": freed} for r, freed in found]
+        _out_json({"dry_run": dry_run, "images": images, "freed": total})
+        return 0
+    verb = "would remove" if dry_run else "removed"
+    for record, freed in found:
+        _out(f"{verb} {record.name} ({record.arch}, {record.source}): {format_measured(freed)}")
+    if not found:
+        _out("no cached image is unused: nothing to remove")
+    else:
+        _out(f"{'would free' if dry_run else 'freed'} {format_measured(total)}")
+    return 0
+
+
 def image_rm(image: str, arch: str | None) -> int:
     from devenv.images import catalog
 

@@ -124,6 +124,49 @@ def remove(name: str, arch: str | None = None) -> list[Path]:
     return removed
 
 
+def _bytes_on_disk(paths_: list[Path]) -> int:
+    """What deleting these files and folders gives back (allocated blocks, so sparse images count true)."""
+    total = 0
+    for p in paths_:
+        walk = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
+        for f in walk:
+            st = f.lstat()
+            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    return total
+
+
+def prunable() -> list[tuple[cache.ImageRecord, int]]:
+    """Cached images no instance is layered on, each with the bytes removing it frees.
+
+    A user's own disk file (source "local") is never the cache's to delete;
+    files another kept image shares are not counted.
+    """
+    records = [r for r in cache.list_records() if r.source != "local"]
+    unused = [r for r in records if not users_of(r.disk)]
+    kept = {p.resolve() for r in records if r not in unused for p in r.files()}
+    counted: set[Path] = set()  # two unused records sharing a blob free it once
+    out = []
+    for r in unused:
+        folder = r.disk.parent
+        if r.source == "built" and folder.parent.resolve() == cache.builds_dir().resolve():
+            freed = [] if any(p.is_relative_to(folder.resolve()) for p in kept) else [folder]
+        else:
+            freed = [p for p in r.files() if p.resolve() not in kept]
+        freed = [p for p in freed if p.resolve() not in counted]
+        counted.update(p.resolve() for p in freed)
+        out.append((r, _bytes_on_disk(freed)))
+    return out
+
+
+def prune(dry_run: bool = False) -> list[tuple[cache.ImageRecord, int]]:
+    """Remove every cached image no instance uses (prunable()); what it removed, or would with dry_run."""
+    found = prunable()
+    if not dry_run:
+        for record, _ in found:
+            remove(record.name, record.arch)
+    return found
+
+
 def is_local_path(image: str) -> bool:
     """A path to a disk file rather than a catalog name: has a slash or ends in .qcow2/.img."""
     return "/" in image or "\\" in image or image.endswith((".qcow2", ".img")) or image.startswith("~")

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -174,3 +176,34 @@ def test_rm_of_a_build_deletes_its_folder() -> None:
     )
     assert catalog.remove("debian-12", "x86_64") == [folder]
     assert not folder.exists()
+
+
+def test_prune_removes_only_what_no_instance_uses_and_says_what_it_frees(tmp_path: Path, cli: Any) -> None:
+    used = cached_image("used", blob="4")
+    qcow2(tmp_path / "home" / "instances" / "a" / "disk.qcow2", backing=str(used.disk))
+    cached_image("twin", blob="4")  # the same file as the used image's: in use too
+    alone = cached_image("alone", blob="5")
+    cached_image("alone-again", blob="5")  # unused, sharing alone's blob: freed once, not twice
+    with open(alone.disk, "ab") as f:
+        f.write(b"x" * 100_000)
+    folder = cache.builds_dir() / "b1"
+    built = qcow2(folder / "disk.qcow2")
+    (folder / "vmlinuz").write_bytes(b"k" * 50_000)
+    cache.write_record(ImageRecord("built", "x86_64", "built", built, 512, "sha256:" + "6" * 64, folder / "vmlinuz"))
+    own = qcow2(tmp_path / "mine.qcow2")
+    cache.write_record(ImageRecord("mine", "x86_64", "local", own, 512, ""))
+
+    def blocks(*ps: Path) -> int:
+        return sum(f.stat().st_blocks * 512 for p in ps for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
+
+    dry = json.loads(cli("prune", "--dry-run", "--json").out)
+    freed = {i["name"]: i["freed"] for i in dry["images"]}
+    assert freed == {"alone": blocks(alone.disk), "alone-again": 0, "built": blocks(folder)}
+    assert dry["freed"] == sum(freed.values()) and dry["dry_run"] is True
+    assert alone.disk.exists() and folder.exists()  # a dry run removes nothing
+
+    ran = cli("prune")
+    assert ran.code == 0 and "removed alone (x86_64, pulled)" in ran.out and "freed " in ran.out
+    assert {r.name for r in cache.list_records()} == {"used", "twin", "mine"}
+    assert used.disk.exists() and own.exists() and not alone.disk.exists() and not folder.exists()
+    assert "nothing to remove" in cli("prune").out
