@@ -332,6 +332,26 @@ def test_status_shows_what_the_instance_costs_the_host(vm: VM) -> None:
     assert row[6] in ("MiB", "GiB"), row  # "612.3 MiB": a measured size in the RSS column
 
 
+def test_a_deleted_file_gives_its_disk_space_back_to_the_host(vm: VM) -> None:
+    """The overlay is attached with discard: what the guest trims is punched out of the host's qcow2 file.
+
+    The reclaim timer trims when the guest is idle; `reclaim.sh --now` is that run, whatever the load.
+    """
+    d, name, _ = vm
+
+    def disk_used() -> int:
+        return int(json.loads(d.ok("status", "-n", name, "--json").stdout)["figures"]["disk_used"])
+
+    d.ok("exec", "-n", name, "--", "sh", "-c", "dd if=/dev/urandom of=$HOME/big bs=1M count=128 status=none; sync")
+    full = disk_used()
+    out = d.ok(
+        "exec", "-n", name, "--", "sh", "-c", "rm $HOME/big; sync; sudo -n sh /usr/local/lib/devenv/reclaim.sh --now"
+    )
+    assert b"trimmed" in out.stdout, out.stdout
+    freed = full - disk_used()
+    assert freed > 100 * 1024**2, (full, freed)  # most of the 128 MiB
+
+
 def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> None:
     """Also the one instance on microvm (virtio-mmio, no PCI) that opts out of guest ASLR, beside the default one.
 

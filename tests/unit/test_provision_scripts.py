@@ -27,20 +27,28 @@ posix = pytest.mark.skipif(os.name != "posix" or not shutil.which("sh"), reason=
 
 
 @posix
-@pytest.mark.parametrize(("load", "dropped"), [("0.42", True), ("1.99", True), ("64.00", False)])
-def test_reclaim_drops_the_cache_only_when_the_guest_is_not_busy(tmp_path: Path, load: str, dropped: bool) -> None:
-    loadavg, drop = tmp_path / "loadavg", tmp_path / "drop_caches"
+@pytest.mark.parametrize(
+    ("load", "args", "reclaimed"),
+    [("0.42", [], True), ("1.99", [], True), ("64.00", [], False), ("64.00", ["--now"], True)],
+)
+def test_reclaim_gives_back_only_when_the_guest_is_not_busy(
+    tmp_path: Path, load: str, args: list[str], reclaimed: bool
+) -> None:
+    loadavg, drop, trims = tmp_path / "loadavg", tmp_path / "drop_caches", tmp_path / "trims"
     loadavg.write_text(f"{load} 0.30 0.20 1/123 4567\n")
-    env = {**os.environ, "DEVENV_LOADAVG": str(loadavg), "DEVENV_DROP_CACHES": str(drop)}
+    env = {**os.environ, "DEVENV_LOADAVG": str(loadavg), "DEVENV_DROP_CACHES": str(drop), "DEVENV_TRIM_ROOT": "/r"}
     env["PATH"] = f"{tmp_path}:{env['PATH']}"
-    (tmp_path / "nproc").write_text("#!/bin/sh\necho 2\n")  # the guest's CPU count, not this host's
-    (tmp_path / "nproc").chmod(0o755)
+    fakes = {"nproc": "echo 2", "fstrim": f'echo "$@" >> {trims}; echo "/r: 1 GiB (1073741824 bytes) trimmed"'}
+    for name, body in fakes.items():  # the guest's CPU count and fstrim, not this host's
+        (tmp_path / name).write_text(f"#!/bin/sh\n{body}\n")
+        (tmp_path / name).chmod(0o755)
     res = subprocess.run(
-        ["sh", str(assets.provisioning_dir() / "guest/reclaim.sh")], env=env, capture_output=True, text=True
+        ["sh", str(assets.provisioning_dir() / "guest/reclaim.sh"), *args], env=env, capture_output=True, text=True
     )
     assert res.returncode == 0, res.stderr
-    assert (drop.read_text() if drop.exists() else None) == ("1\n" if dropped else None)
-    assert ("dropped" if dropped else "busy") in res.stdout
+    assert (drop.read_text() if drop.exists() else None) == ("1\n" if reclaimed else None)
+    assert (trims.read_text() if trims.exists() else None) == ("-v /r\n" if reclaimed else None)
+    assert ("trimmed" if reclaimed else "busy") in res.stdout
 
 
 def test_every_runtime_has_a_script() -> None:
