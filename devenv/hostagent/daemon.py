@@ -39,7 +39,7 @@ from typing import Any
 import paramiko
 
 from devenv import hostagent, paths
-from devenv.errors import DevenvError
+from devenv.errors import ConnectionFailed, DevenvError
 from devenv.guestagent import protocol
 from devenv.hostagent import fastports, mounts, relay, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
@@ -52,7 +52,7 @@ from devenv.hostagent.ports import AUTO_MIN_PORT, Forward, PortManager
 from devenv.hostagent.relay import RelayStream, RelayUnavailable
 from devenv.hostagent.session import GuestSession
 from devenv.pidutil import claim, process_start
-from devenv.provision.readiness import ConsoleWatch, wait_for_sshd
+from devenv.provision.readiness import ConsoleWatch, ssh_banner, wait_for_sshd
 from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 
 log = logging.getLogger(__name__)
@@ -64,6 +64,7 @@ LINGER = 2.0  # how long a TCP control client gets to read the last answer and c
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
 RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (its first boot starts it late)
 RELAY_WAIT = 5.0  # for one that answered before
+RELAY_TRIES = 2  # logins in a row a known relay may miss while sshd answers, before SSH over the network
 QUIESCE_WAIT = 5.0  # for the guest to take what the agent sent before a suspend
 RESUME_PING = 3.0  # for the guest agent to answer through the resumed session
 
@@ -157,6 +158,7 @@ class HostAgent:
         self._relay: RelayStream | None = None  # the stream the current session runs over, when the relay's
         self._suspended = False  # quiesced for a save: the VM's exit is expected, the session is kept
         self._clock_behind = False  # a restored guest whose session was lost: the next login sets its clock
+        self._relay_misses = 0  # consecutive logins the relay of a guest known to have one did not answer
         self.control_path = wire.control_path(opts.inst_dir)
         self.engine_path = wire.engine_path(opts.inst_dir)
 
@@ -358,13 +360,24 @@ class HostAgent:
             try:
                 conn.connect(self.opts.connect_timeout)
                 self._remember_relay("ok")
+                self._relay_misses = 0
                 return conn
             except RelayUnavailable as e:
                 conn.close()
                 self._relay = None
+                known = self._relay_known()
+                if known == "ok":
+                    # A guest that had a relay is booting again (a reboot from inside): the relay comes
+                    # up with sshd, and a session over the network would not live through the next
+                    # suspend. Retried as any login while sshd is silent too; once sshd answers and the
+                    # relay still does not, RELAY_TRIES times, SSH goes over the network.
+                    sshd_up = ssh_banner(target.port, host=target.host, proxy=target.proxy)
+                    self._relay_misses += 1 if sshd_up else 0
+                    if not sshd_up or self._relay_misses < RELAY_TRIES:
+                        raise ConnectionFailed(f"the SSH relay does not answer yet: {e}") from None
                 log.info("SSH relay unavailable (%s); SSH over the network", e)
                 self.events.emit("relay-unavailable", reason=str(e))
-                if self._relay_known() is None:
+                if known is None:
                     self._remember_relay("absent")
         conn = SSHConnection(target, boot_timeout=self.opts.connect_timeout, keepalive=5)
         self.conn = conn

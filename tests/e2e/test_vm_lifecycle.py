@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -457,6 +458,38 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     resumed = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert resumed["state"] == "running" and resumed["figures"]["last_start_kind"] == "resume", resumed
     assert resumed["figures"]["last_start_seconds"] < 60
+
+
+def test_a_reboot_from_inside_is_followed_and_everything_comes_back(vm: VM) -> None:
+    """`sudo reboot` in the guest: status says so meanwhile; then the session (over the relay), the engine
+    socket and the project mount come back without a devenv command."""
+    d, name, _ = vm
+    inst = d.home / "instances" / name
+    before = d.ok("exec", "-n", name, "--", "cat", "/proc/sys/kernel/random/boot_id").stdout
+    d.run("exec", "-n", name, "--", "sudo", "-n", "systemctl", "reboot")  # may lose its own connection
+
+    def status() -> dict[str, Any]:
+        return dict(json.loads(d.ok("status", "-n", name, "--json").stdout))
+
+    seen: list[str] = []
+    deadline = time.monotonic() + 600
+    while True:
+        st = status()
+        seen.append(f"{st['state']}: {st['reason']}")
+        if st["state"] == "running" and len(seen) > 1:
+            now = d.run("exec", "-n", name, "--", "cat", "/proc/sys/kernel/random/boot_id").stdout
+            if now and now != before:
+                break
+        assert time.monotonic() < deadline, seen
+        time.sleep(2)
+    assert any("the guest is rebooting (from inside)" in line for line in seen), seen
+    assert st["details"]["ssh_via"] == "relay", st  # waited for the relay, not fallen back to the network
+    (d.project / "after-reboot.txt").write_text("from the host\n")
+    shown = d.ok("exec", "-n", name, "--", "cat", str(d.project / "after-reboot.txt")).stdout
+    assert shown == b"from the host\n"  # the project folder is mounted again
+    sock = inst / "sock" / "docker.sock"
+    host_docker = subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True)
+    assert host_docker.returncode == 0, host_docker.stderr  # the engine socket answers again
 
 
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:

@@ -120,3 +120,24 @@ def test_once_sshd_answered_only_qemus_liveness_is_watched(tmp_path: Path, monke
     monkeypatch.setattr(qemu, "running_pid", lambda inst_dir: None)
     with pytest.raises(StateError):
         boot.after_sshd()  # but QEMU's exit still ends the wait
+
+
+@pytest.mark.parametrize(
+    ("console", "rebooting"),
+    [
+        ("DEVENV-READY\n[  131.0] reboot: Restarting system\n", True),
+        ("DEVENV-READY\n[  131.0] reboot: Restarting system\n[    0.0] Linux version 6.1\nsystemd[1]: ...\n", True),
+        ("DEVENV-READY\n[  131.0] reboot: Restarting system\n[    0.0] Linux\nrb login: DEVENV-READY\n", False),
+        ("DEVENV-READY\n[   41.2] reboot: Power down\n", False),
+        ("", False),
+    ],
+    ids=["restarting", "booting-again", "ready-again", "poweroff", "empty"],
+)
+def test_a_reboot_from_inside_is_told_until_the_guest_is_ready_again(
+    tmp_path: Path, console: str, rebooting: bool
+) -> None:
+    from devenv.backends.vm import rebooting_by_guest
+
+    serial = tmp_path / "serial.log"
+    serial.write_text(console)
+    assert rebooting_by_guest(serial) is rebooting

@@ -25,6 +25,7 @@ from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, Suspends, t
 from devenv.errors import NotSupported, StateError, SuspendRefused
 from devenv.progress import CopyProgress
 from devenv.provision.readiness import console_readiness, ssh_banner
+from devenv.provision.userdata import READY_LINE
 
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
@@ -36,6 +37,17 @@ STOP_TIMEOUT = 90.0  # s a clean power-down may take, whatever the hypervisor, b
 def powered_off_by_guest(console: Path) -> bool:
     """The console's last kernel line says the guest powered itself off (`poweroff` inside), not a crash."""
     return tail(console, 3).rstrip().endswith(("reboot: Power down", "reboot: System halted"))
+
+
+def rebooting_by_guest(console: Path) -> bool:
+    """The guest restarted itself (`reboot` inside) and has not announced itself ready since.
+
+    The kernel prints "reboot: Restarting system" even when booted quiet; every
+    boot ends with the ready line (devenv-ready.service), so a restart after the
+    last one is a reboot still under way.
+    """
+    text = tail(console, 1000)
+    return text.rfind("reboot: Restarting system") > text.rfind(READY_LINE)
 
 
 def _cwd_or_none() -> str | None:
@@ -238,6 +250,10 @@ class VmBackend:
                 return Status("broken", readiness.describe(), details)
             if not readiness.ready:
                 return Status("starting", _starting("the guest is booting", inst.dir), details)
+        if console is not None and rebooting_by_guest(console):
+            return Status(
+                "starting", "the guest is rebooting (from inside); the host agent reconnects when it is up", details
+            )
         if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host, proxy=endpoint.proxy):
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
