@@ -66,7 +66,7 @@ RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (i
 RELAY_WAIT = 5.0  # for one that answered before
 RELAY_TRIES = 2  # logins in a row a known relay may miss while sshd answers, before SSH over the network
 QUIESCE_WAIT = 5.0  # for the guest to take what the agent sent before a suspend
-RESUME_PING = 3.0  # for the guest agent to answer through the resumed session
+RESUME_PING = 10.0  # for the guest agent to answer through the resumed session (a loaded TCG host is slow)
 
 
 class _Stopped(Exception):
