@@ -437,7 +437,8 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     start = d.ok("start", "-n", name, timeout=120)
     assert b"restore the suspended guest" in start.stderr and b"waiting for the guest's sshd" not in start.stderr
     # the host agent and its SSH session (over the relay port) lived through the save: no new login
-    assert b"resume the host agent's SSH session" in start.stderr and b"log in with" not in start.stderr, start.stderr
+    why = (start.stderr.decode(), (inst / "events.jsonl").read_text().splitlines()[-6:])  # what the agent said
+    assert b"resume the host agent's SSH session" in start.stderr and b"log in with" not in start.stderr, why
     assert (inst / "hostagent.pid").read_text() == agent_pid
     events = [json.loads(line) for line in (inst / "events.jsonl").read_text().splitlines() if line.strip()]
     resumed_event = [e for e in events if e["event"] == "agent-resumed"][-1]
