@@ -324,14 +324,15 @@ def _check_list(key: str, value: Any, p: _Problems, known: set[str], make: Any) 
     return out
 
 
-# A share mounted over these would hide what the guest runs on (its programs, libraries, config, the
+# The one rule for where a share may sit in the guest, for [[mounts]] and the same-path project mount
+# alike. A share over these would hide what the guest runs on (programs, libraries, config, state, the
 # kernel's own file systems): refused at and under them. GUEST_SYSTEM_EXACT are refused only as
-# themselves (a share at /home would hide the guest user's keys; /usr/local/src is fine).
+# themselves (a share at /home would hide the guest user's keys; /home/ann/proj is fine).
 GUEST_SYSTEM_DIRS = frozenset(
     {"/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin", "/sys"}
+    | {"/usr", "/var"}
 )
-GUEST_SYSTEM_SUBDIRS = ("/usr/bin", "/usr/sbin", "/usr/lib", "/usr/libexec", "/usr/share", "/var/lib")
-GUEST_SYSTEM_EXACT = frozenset({"/", "/usr", "/usr/local", "/var", "/home", "/home/devenv", "/root", "/tmp"})
+GUEST_SYSTEM_EXACT = frozenset({"/", "/home", "/home/devenv", "/root", "/tmp"})
 
 
 def mount_point_problem(point: str) -> str | None:
@@ -345,7 +346,7 @@ def mount_point_problem(point: str) -> str | None:
     if posixpath.normpath(point) != point or "//" in point:  # normpath keeps a leading `//` (POSIX allows it)
         return f"must be written plainly (no `.`, `..`, `//` or trailing `/`): {posixpath.normpath(point)!r}?"
     top = "/" + point.split("/")[1]
-    if point in GUEST_SYSTEM_EXACT or top in GUEST_SYSTEM_DIRS or point.startswith(GUEST_SYSTEM_SUBDIRS):
+    if point in GUEST_SYSTEM_EXACT or top in GUEST_SYSTEM_DIRS:
         return f"must not be a guest system folder ({point}): the share would hide what the guest runs on"
     return None
 

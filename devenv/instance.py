@@ -134,22 +134,18 @@ def _check_arch(cfg: Config, project: Path | None) -> None:
     )
 
 
-# Guest paths a same-path mount must never cover: it would hide the guest's own system.
-_SYSTEM_DIRS = {"bin", "boot", "dev", "etc", "lib", "lib32", "lib64", "proc", "run", "sbin", "sys", "usr", "var"}
-
-
 def with_project_mount(cfg: Config, folder: Path) -> Config:
     """Share the project folder (devenv.toml's folder, else the current one) at the same path, writable.
 
     Like Colima and Lima, the user's files appear in the guest where they are on
     the host. A folder a configured mount already covers, the root, the home
-    folder of root, and system folders are not added.
+    folder of root, and system folders are not added: the folder's path is the
+    share's guest path, so config.mount_point_problem is the rule.
     """
     from dataclasses import replace
 
     folder = folder.absolute()
-    parts = folder.parts
-    if len(parts) < 2 or parts[1] in _SYSTEM_DIRS or folder == Path("/root"):
+    if config.mount_point_problem(folder.as_posix()) is not None:
         return cfg
     for m in cfg.mounts:
         host = Path(os.path.expanduser(m.location)).absolute()

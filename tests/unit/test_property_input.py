@@ -134,7 +134,6 @@ def test_an_accepted_mount_point_is_a_clean_guest_path_clear_of_system_folders(p
     assert point.startswith("/") and posixpath.normpath(point) == point and "//" not in point and "\x00" not in point
     top = "/" + point.split("/")[1]
     assert point not in config.GUEST_SYSTEM_EXACT and top not in config.GUEST_SYSTEM_DIRS, point
-    assert not point.startswith(config.GUEST_SYSTEM_SUBDIRS), point
 
 
 # -- the CLI
@@ -195,8 +194,9 @@ def test_a_mount_point_over_a_system_folder_is_refused_with_its_line(tmp_path: P
     text = 'name = "x"\n\n[[mounts]]\nlocation = "~/src"\nmount_point = "/etc"\n'
     (problem,) = _cfg_problems(text, tmp_path)
     assert problem.startswith(f"{tmp_path / 'devenv.toml'}:5: field `mounts[0].mount_point` must not"), problem
-    for ok in ("/src", "/home/devenv/src", "/srv/app", "/usr/local/src", "/opt/x"):
+    for ok in ("/src", "/home/devenv/src", "/srv/app", "/tmp/x", "/opt/x"):
         assert config.mount_point_problem(ok) is None, ok
+    # under /usr or /var too, as the same-path project mount always refused: one rule for both
     for bad in ("/", "/etc", "/etc/x", "/proc", "/sys/fs", "/dev", "/boot", "/usr", "/var", "/run/x", "/a/../etc",
-                "//src", "/src/", "relative", "/a\x00b"):  # fmt: skip
+                "//src", "/src/", "relative", "/a\x00b", "/usr/local/src", "/root", "/home"):  # fmt: skip
         assert config.mount_point_problem(bad) is not None, bad
