@@ -193,10 +193,13 @@ class _Problems:
         self.add((*path, key), f"is not a known field{suggestion}")
 
 
-def line_of(path: Path, key: str) -> str:
-    """`path:LINE` of a top-level key, for errors found after loading (such as a machine the image cannot boot)."""
+def line_of(path: Path, *keys: Any) -> str:
+    """`path:LINE` of a key, for errors found after loading (such as a machine the image cannot boot).
+
+    `keys` is the key's path: ("machine",), or ("mounts", 0, "location") for a table of an array.
+    """
     try:
-        line = _Locator(path.read_text(encoding="utf-8")).line(key)
+        line = _Locator(path.read_text(encoding="utf-8")).line(*keys)
     except OSError:
         line = None
     return f"{path}:{line}" if line else str(path)

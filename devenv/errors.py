@@ -28,6 +28,13 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C
 
 
+def debugging() -> bool:
+    """DEVENV_DEBUG asks for tracebacks: the CLI's boundary prints them, and a bug is not turned into a status."""
+    import os
+
+    return os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+
+
 class DevenvError(Exception):
     """A failure with a message, a hint saying what to do, and an exit code."""
 

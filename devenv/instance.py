@@ -18,7 +18,7 @@ from typing import Any
 from devenv import backends, config, oplock, paths
 from devenv.backends.base import Backend, InstanceRef, Status, StepReporter
 from devenv.config import Config
-from devenv.errors import ConfigError, DevenvError, InstanceNotFound, StateError
+from devenv.errors import ConfigError, DevenvError, InstanceNotFound, StateError, debugging
 
 
 @dataclass
@@ -42,7 +42,7 @@ class Instance:
         except Exception as e:
             # A bug in devenv: shown as one. DEVENV_DEBUG lets it reach the CLI's boundary, which prints
             # its traceback; otherwise list and status go on and say what it was.
-            if os.environ.get("DEVENV_DEBUG", "") not in ("", "0"):
+            if debugging():
                 raise
             return Status(
                 "broken",

@@ -30,32 +30,19 @@ def resolve_location(location: str, folder: Path) -> Path:
     return Path(os.path.normpath(p if p.is_absolute() else folder / p))
 
 
-def outside_mounts(project: Path, cfg: config.Config) -> list[tuple[config.Mount, Path]]:
-    """The file's mounts that reach beyond its folder, each with where it resolves on the host.
+def outside_mounts(project: Path, cfg: config.Config) -> list[tuple[int, config.Mount, Path]]:
+    """The file's mounts that reach beyond its folder: (index in [[mounts]], mount, where it resolves on the host).
 
     Symlinks are followed: a link inside the project pointing at the home
     folder shares the home folder.
     """
     folder = Path(os.path.realpath(project.parent))
     out = []
-    for m in cfg.mounts:
+    for i, m in enumerate(cfg.mounts):
         where = Path(os.path.realpath(resolve_location(m.location, project.parent)))
         if where != folder and folder not in where.parents:
-            out.append((m, where))
+            out.append((i, m, where))
     return out
-
-
-def _line_of(project: Path, location: str) -> str:
-    """FILE:LINE of the `location = ...` line naming `location`, else FILE."""
-    try:
-        lines = project.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return str(project)
-    for number, line in enumerate(lines, start=1):
-        key, _, value = line.partition("=")
-        if key.strip() == "location" and location in value:
-            return f"{project}:{number}"
-    return str(project)
 
 
 def _digest(project: Path) -> str:
@@ -96,8 +83,9 @@ def check(project: Path, cfg: config.Config, *, allow_flag: bool, ask: Callable[
     if not outside or is_allowed(project):
         return
     listed = "; ".join(
-        f"{_line_of(project, m.location)}: {m.location} -> {where}{' (writable)' if m.writable else ''}"
-        for m, where in outside
+        f"{config.line_of(project, 'mounts', i, 'location')}: {m.location} -> {where}"
+        + (" (writable)" if m.writable else "")
+        for i, m, where in outside
     )
     question = f"{project} shares host folders outside its project folder: {listed}"
     if allow_flag or (ask is not None and ask(question + "\nAllow this file's mounts? [y/N] ")):

@@ -11,11 +11,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from devenv.errors import DevenvError, ExitCode
-
-
-def _debug() -> bool:
-    return os.environ.get("DEVENV_DEBUG", "") not in ("", "0")
+from devenv.errors import DevenvError, ExitCode, debugging
 
 
 def report(message: str, hint: str = "") -> None:
@@ -29,7 +25,7 @@ def guarded(fn: Callable[[], int | None]) -> int:
     try:
         return fn() or 0
     except DevenvError as e:
-        if _debug():
+        if debugging():
             import traceback
 
             traceback.print_exc()
@@ -46,7 +42,7 @@ def guarded(fn: Callable[[], int | None]) -> int:
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:
-        if _debug():
+        if debugging():
             import traceback
 
             traceback.print_exc()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from devenv import config, mounttrust
-from devenv.errors import ExitCode
+from devenv.errors import ExitCode, PermissionProblem
 
 pytestmark = pytest.mark.usefixtures("fake")
 
@@ -65,7 +65,7 @@ def test_a_symlink_in_the_project_to_outside_counts_as_outside(home: Path, proje
     toml = project / "devenv.toml"
     toml.write_text('[[mounts]]\nlocation = "h"\n')
     outside = mounttrust.outside_mounts(toml, config.load_file(toml))
-    assert [str(where) for _, where in outside] == [os.path.realpath(os.environ["HOME"])]
+    assert [(i, str(where)) for i, _, where in outside] == [(0, os.path.realpath(os.environ["HOME"]))]
 
 
 def test_a_yes_on_the_terminal_allows_and_a_no_refuses(home: Path, project: Path) -> None:
@@ -73,7 +73,7 @@ def test_a_yes_on_the_terminal_allows_and_a_no_refuses(home: Path, project: Path
     toml.write_text('[[mounts]]\nlocation = "/"\n')
     cfg = config.load_file(toml)
     asked: list[str] = []
-    with pytest.raises(Exception, match="outside its project folder"):
+    with pytest.raises(PermissionProblem, match="outside its project folder"):
         mounttrust.check(toml, cfg, allow_flag=False, ask=lambda q: asked.append(q) or False)
     assert asked and "Allow this file's mounts? [y/N]" in asked[0]
     mounttrust.check(toml, cfg, allow_flag=False, ask=lambda q: True)
