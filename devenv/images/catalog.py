@@ -110,26 +110,29 @@ def remove(name: str, arch: str | None = None) -> list[Path]:
         )
     others = {p.resolve() for r in cache.list_records() if (r.name, r.arch) != (name, arch) for p in r.files()}
     cache.remove_record(name, arch)
-    removed: list[Path] = []
+    removed = _owned_files(record, others)
+    for path in removed:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return removed
+
+
+def _owned_files(record: cache.ImageRecord, others: set[Path]) -> list[Path]:
+    """What removing `record` deletes: its build folder, or its blobs; never what another record (`others`) uses."""
     build_folder = record.disk.parent
     if record.source == "built" and build_folder.parent.resolve() == cache.builds_dir().resolve():
-        if not any(p.is_relative_to(build_folder.resolve()) for p in others):
-            shutil.rmtree(build_folder, ignore_errors=True)
-            removed.append(build_folder)
-        return removed
-    for path in record.files():
-        if path.resolve() not in others and path.resolve().is_relative_to(cache.blobs_dir().resolve()):
-            path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
+        return [] if any(p.is_relative_to(build_folder.resolve()) for p in others) else [build_folder]
+    blobs = cache.blobs_dir().resolve()
+    return [p for p in record.files() if p.resolve() not in others and p.resolve().is_relative_to(blobs)]
 
 
 def _bytes_on_disk(paths_: list[Path]) -> int:
     """What deleting these files and folders gives back (allocated blocks, so sparse images count true)."""
     total = 0
     for p in paths_:
-        walk = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()] if p.is_dir() else []
-        for f in walk:
+        for f in [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]:  # a missing path: none
             st = f.lstat()
             total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
     return total
@@ -141,18 +144,13 @@ def prunable() -> list[tuple[cache.ImageRecord, int]]:
     A user's own disk file (source "local") is never the cache's to delete;
     files another kept image shares are not counted.
     """
-    records = [r for r in cache.list_records() if r.source != "local"]
-    unused = [r for r in records if not users_of(r.disk)]
+    records = cache.list_records()
+    unused = [r for r in records if r.source != "local" and not users_of(r.disk)]
     kept = {p.resolve() for r in records if r not in unused for p in r.files()}
     counted: set[Path] = set()  # two unused records sharing a blob free it once
     out = []
     for r in unused:
-        folder = r.disk.parent
-        if r.source == "built" and folder.parent.resolve() == cache.builds_dir().resolve():
-            freed = [] if any(p.is_relative_to(folder.resolve()) for p in kept) else [folder]
-        else:
-            freed = [p for p in r.files() if p.resolve() not in kept]
-        freed = [p for p in freed if p.resolve() not in counted]
+        freed = [p for p in _owned_files(r, kept) if p.resolve() not in counted]
         counted.update(p.resolve() for p in freed)
         out.append((r, _bytes_on_disk(freed)))
     return out
