@@ -27,6 +27,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from devenv.config import Config
 from devenv.guestagent.relay import PORT_NAME as RELAY_PORT_NAME
 from devenv.machines import MACHINE_ARCH, NeedsDirectKernel, cpu_model, resolve_machine
 
@@ -53,11 +54,6 @@ AARCH64_FIRMWARE = (
     "C:/msys64/ucrt64/share/qemu/edk2-aarch64-code.fd",
     "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
 )
-# QEMU's translation cache under TCG: its pages stay resident once touched (a flush
-# resets the cache without giving them back), and a boot fills any size up to
-# 256 MiB, so the size is the RSS it adds. devenv.toml's `tcg_cache` sets it per instance (config.py
-# says what it trades); QEMU's own default is up to 1 GiB.
-TCG_TB_SIZE_MB_DEFAULT = 64
 
 
 @dataclass(frozen=True)
@@ -82,7 +78,9 @@ class VmSpec:
     machine: str = ""  # "": the arch's default (resolve_machine)
     ram_file: Path | None = None  # the guest's RAM mapped from this file (shared), for suspend
     relay_socket: Path | None = None  # the SSH relay's virtio-serial port, served on this unix socket
-    tcg_cache_mb: int = TCG_TB_SIZE_MB_DEFAULT  # the translation cache's size under TCG
+    # QEMU's translation cache under TCG (tb-size; QEMU's own default is up to 1 GiB): devenv.toml's
+    # tcg_cache, whose comment in config.py says what the size trades
+    tcg_cache_mb: int = Config.tcg_cache // 1024**2
 
 
 def find_firmware(arch: str) -> Path | None:
