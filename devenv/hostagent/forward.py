@@ -214,7 +214,6 @@ def bind_unix(path: Path) -> socket.socket:
     """A 0600 unix listener in a 0700 directory of this user's, replacing a stale socket file (never a regular file)."""
     from devenv.hostagent.wire import secure_socket_dirs
 
-    path.parent.parent.mkdir(parents=True, exist_ok=True)
     secure_socket_dirs(path, create=True)
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):

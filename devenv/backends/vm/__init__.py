@@ -250,11 +250,10 @@ class VmBackend:
                 return Status("broken", readiness.describe(), details)
             if not readiness.ready:
                 return Status("starting", _starting("the guest is booting", inst.dir), details)
-        if console is not None and rebooting_by_guest(console):
-            return Status(
-                "starting", "the guest is rebooting (from inside); the host agent reconnects when it is up", details
-            )
         if endpoint is None or not ssh_banner(endpoint.port, host=endpoint.host, proxy=endpoint.proxy):
+            if console is not None and rebooting_by_guest(console):  # read only when sshd is silent
+                why = "the guest is rebooting (from inside); the host agent reconnects when it is up"
+                return Status("starting", why, details)
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
             return Status("starting", _starting("the guest has booted", inst.dir), details)
