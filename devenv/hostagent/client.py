@@ -62,7 +62,9 @@ def connect(inst_dir: Path | str, timeout: float = CONNECT_TIMEOUT) -> Control |
     """
     path = socket_str(inst_dir, HOSTAGENT_SOCK)
     if hasattr(_socket, "AF_UNIX") and os.path.exists(path):
-        if not path.startswith(os.fspath(inst_dir)):  # in the shared temp dir: never a socket someone else planted
+        # In the shared temp dir: never a socket someone else planted. Only there: the check imports
+        # pathlib and the errors (enum), which the warm exec path to the instance dir does without.
+        if not path.startswith(os.fspath(inst_dir)):
             secure_socket_dirs(path, create=False)
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         s.settimeout(timeout)
