@@ -127,9 +127,6 @@ class Env:
     def launch(self) -> dict[str, Any]:
         return hostagent.launch(self.inst, user=self.server.user, wait=30, extra_args=self.extra)
 
-    def agent_pid(self) -> int:
-        return int((self.inst / "hostagent.pid").read_text().split()[0])
-
 
 def wait_for(pred: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
@@ -662,7 +659,7 @@ def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
     slow = socket.socket(socket.AF_UNIX)
     slow.connect(path)
     slow.sendall(b'{"op": "sta')
-    rss_before = pidutil.rss_bytes(env.agent_pid())
+    rss_before = pidutil.rss_bytes(env.state()["pid"])
     junk_and_answer = [
         (b"not json\n", b"bad request"),
         (b"[1,2]\n", b"must be a JSON object"),
@@ -690,7 +687,7 @@ def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
                 assert reply["final"] is True and reply["code"] in (2, 255) and reply["error"], reply
         assert client.request(env.inst, {"op": "ping"}) == {"pong": True, "final": True}  # still serving
     slow.close()
-    rss_after = pidutil.rss_bytes(env.agent_pid())
+    rss_after = pidutil.rss_bytes(env.state()["pid"])
     assert rss_before and rss_after and rss_after - rss_before < 16 * 1024**2, (rss_before, rss_after)
     reply = client.request(env.inst, {"op": "exec", "argv": ["true"]})
     assert reply is not None and "3 file descriptors" in reply["error"]
