@@ -7,7 +7,10 @@ are an SSH exec channel; on the host, that channel is piped to a local
 keys into the host, and the mount lives exactly as long as the channel: a
 reconnect mounts it again. sshfs runs as root with allow_other so that root
 in the guest (dockerd bind mounts) sees the files too; permissions are
-checked by the host's sftp-server, which runs as the host user.
+checked by the host's sftp-server, which runs as the host user, and every
+request that names a path outside the shared folder is refused on the host
+before sftp-server sees it (sftpguard), since sftp-server alone would serve
+the host's whole filesystem to root in the guest.
 
 9p: when the QEMU command line carries a share (see qemu_shares) the guest
 sees its tag in sysfs and the agent mounts it with the kernel's 9p client
@@ -28,6 +31,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import paramiko
+
+from devenv.hostagent import sftpguard
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +172,8 @@ class SshfsMount:
             bufsize=0,
         )
         self.stderr = stderr
+        self.guard = sftpguard.Guard(spec.host_path)
+        self._send = threading.Lock()  # sftp-server's replies and the guard's refusals, whole packets each
         self._threads = [
             threading.Thread(target=self._to_guest, name="sftp-out", daemon=True),
             threading.Thread(target=self._to_host, name="sftp-in", daemon=True),
@@ -178,24 +185,53 @@ class SshfsMount:
     def _to_guest(self) -> None:
         assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
+        buf = bytearray()
         try:
             while data := os.read(fd, CHUNK):
-                self.channel.sendall(data)
-        except (OSError, EOFError, paramiko.SSHException):
+                buf += data
+                packets = list(sftpguard.frames(buf))
+                for packet in packets:
+                    self.guard.replied(packet)
+                if packets:
+                    with self._send:
+                        self.channel.sendall(b"".join(packets))
+        except (OSError, EOFError, paramiko.SSHException, sftpguard.BadPacket):
             pass
         self.close()
 
     def _to_host(self) -> None:
+        """The guest's requests to sftp-server, each let through or refused by the guard (sftpguard)."""
         assert self.proc.stdin is not None
+        buf = bytearray()
         try:
             while data := self.channel.recv(CHUNK):
-                self.proc.stdin.write(data)
+                buf += data
+                passed: list[bytes] = []
+                for packet in sftpguard.frames(buf):
+                    if passed and sftpguard.may_wait(packet):
+                        self._write(b"".join(passed))  # admit() may wait for these replies
+                        passed = []
+                    refusal = self.guard.admit(packet)
+                    if refusal is None:
+                        passed.append(packet)
+                    else:
+                        with self._send:
+                            self.channel.sendall(refusal)
+                if passed:
+                    self._write(b"".join(passed))
                 self._received += len(data)
                 if self._received > SFTP_INIT_SIZE:
                     self.talking.set()
-        except (OSError, EOFError, paramiko.SSHException, ValueError):
-            pass
+        except (OSError, EOFError, paramiko.SSHException, ValueError, sftpguard.BadPacket) as e:
+            if isinstance(e, sftpguard.BadPacket):
+                log.warning("closing the sshfs mount of %s: %s", self.spec.host_path, e)
         self.close()
+
+    def _write(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        view = memoryview(data)
+        while view:
+            view = view[self.proc.stdin.write(view) or 0 :]
 
     def _guest_stderr(self) -> None:
         with contextlib.suppress(OSError, EOFError, paramiko.SSHException):
@@ -207,6 +243,7 @@ class SshfsMount:
         return self.proc.poll() is None and not self.channel.closed
 
     def close(self) -> None:
+        self.guard.close()
         with contextlib.suppress(Exception):
             self.channel.close()
         if self.proc.poll() is None:
