@@ -213,7 +213,7 @@ class Guard:
         if refused is not None:
             if ordered:
                 self.order.done(renaming)
-            log.warning("refused an SFTP request for %r: outside %s", refused, self.root)
+            log.warning("refused an SFTP request for %s: outside %s", refused.decode(errors="replace"), self.root)
             return status_reply(rid, FX_PERMISSION_DENIED, "outside the shared folder")
         with self._lock:
             self._outstanding[rid] = renaming if ordered else None
