@@ -698,6 +698,47 @@ def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
     assert env.events("agent-stopped")
 
 
+def test_the_tcp_control_channel_answers_junk_and_keeps_serving(
+    make_env: Callable[..., Env], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows' control channel: the same junk as the unix socket's, before and after the token check."""
+    monkeypatch.setenv("DEVENV_CONTROL", "tcp")
+    env = make_env()
+    info = json.loads((env.inst / "hostagent.token").read_text())
+    token = info["token"]
+    rss_before = pidutil.rss_bytes(env.state()["pid"])
+    slow = socket.create_connection(("127.0.0.1", info["port"]), timeout=5)
+    slow.sendall(b'{"op": "sta')  # half a request, then nothing: it holds only its own connection
+    junk_and_answer = [
+        (b"not json\n", b"bad request"),
+        (b"[1,2]\n", b"must be a JSON object"),
+        (b'{"op": "state"', b"bad request"),
+        (b"\xff\xfe\n", b"bad request"),
+        (b'{"op":"' + b"x" * (2 * wire.MAX_LINE) + b'"}\n', b"too long"),
+        (b'{"op":"state"}\n', b"wrong control token"),  # well formed, no token: nothing served
+        (b'{"op":"state","token":["' + token.encode() + b'"]}\n', b"wrong control token"),
+        (json.dumps({"op": "nope", "version": 99, "token": token}).encode() + b"\n", b"unknown op 'nope'"),
+    ]
+    for junk, answer in junk_and_answer:
+        with socket.create_connection(("127.0.0.1", info["port"]), timeout=5) as s:
+            with contextlib.suppress(OSError):
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_WR)
+            got = b""
+            with contextlib.suppress(OSError):
+                while chunk := s.recv(4096):
+                    got += chunk
+        assert answer in got, (junk[:40], got)
+        reply = json.loads(got)
+        assert reply["final"] is True and reply["code"] in (2, 77) and reply["error"], reply
+        assert client.request(env.inst, {"op": "ping"}) == {"pong": True, "final": True}  # still serving
+    slow.close()
+    rss_after = pidutil.rss_bytes(env.state()["pid"])
+    assert rss_before and rss_after and rss_after - rss_before < 16 * 1024**2, (rss_before, rss_after)
+    assert token not in (env.inst / "hostagent.log").read_text()  # refusals never log the secret
+    assert hostagent.shutdown(env.inst) is True
+
+
 def test_docker_context_is_created_and_updated_never_selected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if shutil.which("docker") is None:
         pytest.skip("no docker CLI on this host")
