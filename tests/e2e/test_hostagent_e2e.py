@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -386,3 +387,33 @@ def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:
         vm.guest("pkill -f 'http.server 9127'")
     out = vm.cli("docker-env").stdout.strip()
     assert out == f"export DOCKER_HOST={hostagent.docker_env(vm.inst)['DOCKER_HOST']}"
+
+
+def _secret_parts(key: Path) -> list[bytes]:
+    """Pieces of a private key that only its private half holds (the PEM body's end, not the public part)."""
+    body = [line for line in key.read_bytes().splitlines() if line and not line.startswith(b"-----")]
+    assert len(body) >= 3, key
+    return [line[8:48] for line in body[-3:-1]]
+
+
+def test_no_secret_reaches_logs_events_or_json(vm: VM) -> None:
+    """The keys stay in their 0600 files (and the 0600 seed that carries the host key to the guest)."""
+    secrets = _secret_parts(vm.inst / "ssh" / "id_ed25519") + _secret_parts(vm.inst / "ssh" / "ssh_host_ed25519_key")
+    keep_out = {"ssh", "cidata.iso", "disk.qcow2", "memory.ram", "state.img", "relay.sock", "qmp.sock"}
+    said = [
+        vm.cli("status", "--json").stdout.encode(),
+        vm.cli("list", "--json").stdout.encode(),
+        vm.cli("ssh-config").stdout.encode(),
+    ]
+    looked = []
+    for path in sorted(vm.inst.rglob("*")):
+        rel = path.relative_to(vm.inst)
+        if rel.parts[0] in keep_out or not path.is_file() or path.stat().st_size > 64 * 1024**2:
+            continue
+        looked.append(str(rel))
+        said.append(path.read_bytes())
+    assert {"hostagent.log", "events.jsonl", "serial.log"} <= set(looked), looked
+    for text in said:
+        assert not any(s in text for s in secrets)
+    for name in ("ssh/id_ed25519", "ssh/ssh_host_ed25519_key", "cidata.iso"):
+        assert stat.S_IMODE((vm.inst / name).stat().st_mode) == 0o600, name
