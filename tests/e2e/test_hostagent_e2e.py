@@ -13,11 +13,13 @@ fuse3, libfuse3-3) that the fixture installs into the guest first.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import shlex
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -417,3 +419,48 @@ def test_no_secret_reaches_logs_events_or_json(vm: VM) -> None:
         assert not any(s in text for s in secrets)
     for name in ("ssh/id_ed25519", "ssh/ssh_host_ed25519_key", "cidata.iso"):
         assert stat.S_IMODE((vm.inst / name).stat().st_mode) == 0o600, name
+
+
+def _listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket process `pid` listens on, read from /proc as `ss -ltnp` does."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        for line in Path(table).read_text().splitlines()[1:]:
+            cols = line.split()
+            if cols[3] != "0A" or cols[9] not in inodes:  # 0A: LISTEN
+                continue
+            addr, port = cols[1].split(":")
+            raw = bytes.fromhex(addr)
+            if v6:
+                packed = b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4))
+                found.add((socket.inet_ntop(socket.AF_INET6, packed), int(port, 16)))
+            else:
+                found.add((socket.inet_ntop(socket.AF_INET, raw[::-1]), int(port, 16)))
+    return found
+
+
+def test_every_port_the_instance_opens_on_the_host_is_on_loopback(vm: VM) -> None:
+    """Forwards of both kinds, a published container port, QEMU's SSH port: 127.0.0.1 (or ::1) only."""
+    code, _, err = vm.guest(
+        "cd /tmp && (nohup python3 -m http.server 9133 >/dev/null 2>&1 &"
+        " nohup python3 -m http.server --bind 127.0.0.1 9135 >/dev/null 2>&1 &) && echo started"
+    )
+    assert code == 0, err
+    published = vm.docker("run", "-d", "--rm", "-p", "9137:80", IMAGE, "httpd", "-f", "-p", "80")
+    assert published.returncode == 0, published.stderr
+    try:
+        for port in (9133, 9135, 9137):
+            wait_for(lambda p=port: _via(vm, p), 60, f"a forward of {port}")
+        qemu_pid = int((vm.inst / vm.driver.vm_pid_file).read_text().split()[0])
+        listening = _listening(vm.state()["pid"]) | _listening(qemu_pid)
+        assert {9133, 9135, 9137} <= {port for _, port in listening}, listening
+        assert {addr for addr, _ in listening} <= {"127.0.0.1", "::1"}, listening
+    finally:
+        vm.guest("pkill -f 'http.server 913'")
+        vm.docker("rm", "-f", published.stdout.strip())
