@@ -76,6 +76,31 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     if groupadd -r -f kvm && chgrp kvm /dev/kvm && chmod 0660 /dev/kvm; then usermod -aG kvm "$user"; fi
   fi
   chmod 0755 "$DEVENV_CACHE"
+  # A small filesystem of the test user's own for the host-disk-full tests (tests/*/test_host_disk_full.py):
+  # they fill it and free it. A loop-mounted ext4 image (no blocks reserved for root), tmpfs where loop
+  # devices do not work; unmounted when this script exits.
+  small_fs=$(mktemp -d /tmp/devenv-ci-smallfs.XXXXXX)
+  truncate -s 448M "$small_fs.img"
+  if mkfs.ext4 -q -F -m 0 "$small_fs.img" && mount -o loop "$small_fs.img" "$small_fs" 2>/dev/null; then
+    rmdir "$small_fs/lost+found"
+  else
+    mount -t tmpfs -o size=448m,mode=0700 tmpfs "$small_fs"
+  fi
+  rm -f "$small_fs.img"  # a loop device keeps the file until the unmount
+  trap 'umount "$small_fs" && rmdir "$small_fs"' EXIT
+  chown "$user:" "$small_fs"
+  chmod 0700 "$small_fs"
+  # Another local user for tests/e2e/test_other_user.py (an instance's sockets refuse everyone else):
+  # the test user may run commands as that user, and as no one else.
+  other=devenvci-other
+  id "$other" >/dev/null 2>&1 || useradd -m -s /bin/bash "$other"
+  if ! command -v sudo >/dev/null; then
+    log "installing sudo (the other-user test runs a command as $other)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends sudo
+  fi
+  printf '%s ALL=(%s) NOPASSWD: ALL\n' "$user" "$other" >/etc/sudoers.d/devenvci-other
+  chmod 0440 /etc/sudoers.d/devenvci-other
+  visudo -cqf /etc/sudoers.d/devenvci-other
   work=/tmp/devenv-ci-user
   rm -rf "$work"
   mkdir -p "$work"
@@ -84,7 +109,8 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
   log "tests run as the ordinary user $user in $work"
   run_pytest runuser -u "$user" -- env DEVENV_CACHE="$DEVENV_CACHE" CI="${CI:-}" \
     DEVENV_CLOUDINIT_PYTHONPATH="$DEVENV_CLOUDINIT_PYTHONPATH" \
-    DEVENV_E2E_AARCH64_UNAVAILABLE="${DEVENV_E2E_AARCH64_UNAVAILABLE:-}" bash -c '
+    DEVENV_E2E_AARCH64_UNAVAILABLE="${DEVENV_E2E_AARCH64_UNAVAILABLE:-}" \
+    DEVENV_TEST_SMALL_FS="$small_fs" DEVENV_TEST_OTHER_USER="$other" bash -c '
     set -e
     cd "$1"; shift
     /usr/bin/python3 -m venv .venv

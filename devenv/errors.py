@@ -22,6 +22,7 @@ class ExitCode(IntEnum):
     NOT_SUPPORTED = 71  # the backend cannot do this (or not yet)
     COMMAND_FAILED = 72  # an external program (qemu-img, wsl.exe, ...) failed
     IMAGE = 73  # image download, checksum or build failed
+    DISK_FULL = 74  # the host's filesystem (or the user's quota there) has no room for what devenv writes
     TIMEOUT = 75  # waited for something that never came
     CONNECTION = 76  # SSH or agent connection failed
     PERMISSION = 77  # a file or device is not accessible for this user
@@ -100,6 +101,12 @@ class CommandFailed(DevenvError):
 
 class ImageError(DevenvError):
     exit_code = ExitCode.IMAGE
+
+
+class DiskFull(DevenvError):
+    """No room on the host for a file devenv writes; the message names the path and the space it needs."""
+
+    exit_code = ExitCode.DISK_FULL
 
 
 class Timeout(DevenvError):

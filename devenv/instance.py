@@ -15,10 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from devenv import backends, config, oplock, paths
+from devenv import backends, config, hostdisk, oplock, paths
 from devenv.backends.base import Backend, InstanceRef, Status, StepReporter
 from devenv.config import Config
 from devenv.errors import ConfigError, DevenvError, InstanceNotFound, StateError, debugging
+
+# What an instance's own files take before its guest writes anything: the seed ISO (~0.25 MiB),
+# the overlay's qcow2 tables (~0.2 MiB), keys and records. A VM's disk then grows as the guest writes.
+CREATE_ROOM = 1024**2
 
 
 @dataclass
@@ -163,14 +167,18 @@ def create(name: str, cfg: Config, step: StepReporter) -> Instance:
     if exists(name):
         raise StateError(f"instance `{name}` already exists", f"start it with `devenv start -n {name}`")
     backend = backends.load(cfg.backend)
-    root = paths.ensure_private_dir(paths.instances_root())
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".creating", dir=root))
-    os.chmod(tmp, 0o700)
+    what = f"creating instance `{name}`"
+    final = paths.instance_dir(name)
+    hostdisk.ensure_free(final, CREATE_ROOM, what)
+    with hostdisk.translated(final, CREATE_ROOM, what, name_file=False):
+        root = paths.ensure_private_dir(paths.instances_root())
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".creating", dir=root))
     try:
-        (tmp / paths.INSTANCE_CONFIG).write_text(cfg.to_toml(), encoding="utf-8")
-        backend.create(InstanceRef(name, tmp, cfg), step)
-        final = paths.instance_dir(name)
-        os.rename(tmp, final)
+        with hostdisk.translated(final, CREATE_ROOM, what, name_file=False):
+            os.chmod(tmp, 0o700)
+            (tmp / paths.INSTANCE_CONFIG).write_text(cfg.to_toml(), encoding="utf-8")
+            backend.create(InstanceRef(name, tmp, cfg), step)
+            os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

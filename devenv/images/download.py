@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+from devenv import hostdisk
 from devenv.errors import ImageError
 from devenv.images import cache, checksums, definitions
 from devenv.images.cache import ImageRecord
@@ -51,6 +52,15 @@ class _Interrupted(Exception):
 
 class _Restart(Exception):
     """The partial file cannot be continued (server ignored Range or file changed)."""
+
+
+class _NoRoom(Exception):
+    """The host's disk cannot hold the file: `needed` bytes (the whole file, or what was written when it ran out)."""
+
+    def __init__(self, needed: int, known: bool) -> None:
+        super().__init__(needed)
+        self.needed = needed
+        self.known = known
 
 
 def _opener() -> urllib.request.OpenerDirector:
@@ -149,6 +159,11 @@ def download(
             break
         except _Restart:
             _discard(part)
+        except _NoRoom as exc:
+            # a part kept for a resume would hold the very space the user must free, and a file with no
+            # room to finish is not resumed soon: it goes, and the error says what the whole one needs
+            _discard(part)
+            raise hostdisk.full(part, exc.needed, f"downloading {url}", more_than=not exc.known) from None
         except _Interrupted as exc:
             failures += 1
             have = part.stat().st_size if part.exists() else 0
@@ -215,24 +230,36 @@ def _transfer(url: str, part: Path, progress: ProgressFn | None, timeout: float)
             total = int(length) if length and length.isdigit() else None
             offset, mode = 0, "wb"
             validator = response.headers.get("ETag") or response.headers.get("Last-Modified") or ""
-            validator_file.write_text(validator)
+            try:
+                validator_file.write_text(validator)
+            except OSError as exc:
+                if not hostdisk.is_full(exc):
+                    raise
+                raise _NoRoom(total or 0, total is not None) from None
         else:
             raise ImageError(f"download of {url} failed: unexpected HTTP {status}", _stale_hint())
         done = offset
+        if total is not None and hostdisk.free_bytes(part) < total - offset:
+            raise _NoRoom(total, True)  # said before a byte is written
         if progress:
             progress(done, total)
-        with part.open(mode) as out:
-            while True:
-                try:
-                    chunk = response.read(CHUNK)
-                except (OSError, http.client.HTTPException) as exc:
-                    raise _Interrupted(f"connection lost after {done} bytes: {type(exc).__name__}") from None
-                if not chunk:
-                    break
-                out.write(chunk)
-                done += len(chunk)
-                if progress:
-                    progress(done, total)
+        try:
+            with part.open(mode) as out:
+                while True:
+                    try:
+                        chunk = response.read(CHUNK)
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise _Interrupted(f"connection lost after {done} bytes: {type(exc).__name__}") from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    done += len(chunk)
+                    if progress:
+                        progress(done, total)
+        except OSError as exc:  # the write, or the flush as the file closes
+            if not hostdisk.is_full(exc):
+                raise
+            raise _NoRoom(total if total is not None else done, total is not None) from None
         if total is not None and done < total:
             raise _Interrupted(f"connection closed after {done} of {total} bytes")
 
@@ -294,7 +321,8 @@ def pull(
         origin=source.disk.url,
         created=cache.now(),
     )
-    cache.write_record(record)
+    with hostdisk.translated(cache.record_path(name, arch), None, f"the cache's record of {name}"):
+        cache.write_record(record)
     return record
 
 

@@ -17,11 +17,13 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from devenv import hostdisk
 from devenv.errors import ConfigError, ImageError, StateError
 from devenv.runner import run
 from devenv.sizes import format_size
 
 QCOW2_MAGIC = b"QFI\xfb"
+OVERLAY_ROOM = 512 * 1024  # a new overlay's header and tables (qemu-img made ~200 KiB for 20 GiB on a 2 GiB base)
 _HEADER = struct.Struct(">4sIQIIQ")  # magic, version, backing_file_offset, backing_file_size, cluster_bits, size
 
 
@@ -97,17 +99,16 @@ def create_overlay(base: Path, overlay: Path, size: int | None = None) -> Path:
     if size is not None:
         _check_not_shrinking(size, header.virtual_size, base)
     overlay.parent.mkdir(parents=True, exist_ok=True)
-    run(
-        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
-        check=True,
-        hint="qemu-img comes with QEMU (Debian: apt-get install qemu-utils)",
-    )
-    if size is not None and size != header.virtual_size:
-        try:
+    try:
+        made = run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)])
+        if hostdisk.said_full(made.stderr + made.stdout):
+            raise hostdisk.full(overlay, OVERLAY_ROOM, "a new overlay disk")
+        made.check("qemu-img comes with QEMU (Debian: apt-get install qemu-utils)")
+        if size is not None and size != header.virtual_size:
             resize(overlay, size)
-        except BaseException:
-            overlay.unlink(missing_ok=True)
-            raise
+    except BaseException:
+        overlay.unlink(missing_ok=True)  # a part of one, which a later start would boot
+        raise
     return overlay
 
 
@@ -128,4 +129,7 @@ def resize(disk: Path, size: int) -> None:
     _check_not_shrinking(size, current, disk)
     if size == current:
         return
-    run(["qemu-img", "resize", "-q", "-f", "qcow2", str(disk), str(size)], check=True)
+    grown = run(["qemu-img", "resize", "-q", "-f", "qcow2", str(disk), str(size)])
+    if hostdisk.said_full(grown.stderr + grown.stdout):
+        raise hostdisk.full(disk, OVERLAY_ROOM, f"growing {disk.name} to {format_size(size)}")
+    grown.check()

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from devenv import paths
+from devenv import hostdisk, paths
 from devenv.backends.base import InstanceRef, StepReporter
 from devenv.backends.drivers import qemuaccel, qemuhost, qemusave
 from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
@@ -48,8 +48,9 @@ from devenv.backends.vm.driver import (
     tail,
     with_console,
 )
-from devenv.errors import CommandFailed, DevenvError, StateError, SuspendRefused, Timeout
+from devenv.errors import CommandFailed, DevenvError, DiskFull, StateError, SuspendRefused, Timeout
 from devenv.progress import DownloadProgress
+from devenv.sizes import format_measured
 
 HOST_ADDRESS = "10.0.2.2"  # the host as QEMU user networking shows it to the guest
 IMAGE_RECORD = "image.json"  # which base image (kernel, initrd, cmdline) this instance boots
@@ -243,8 +244,44 @@ class QemuDriver:
         if run_state in STOPPED_RUN_STATES:
             details["qemu_status"] = run_state
             kind = "paused" if run_state in RESUMABLE else "halted"
-            return VmState(kind, STOPPED_RUN_STATES[run_state], run_state, details)
+            reason = STOPPED_RUN_STATES[run_state]
+            if run_state == "io-error":
+                reason = self._io_error(inst, details)
+            return VmState(kind, reason, run_state, details)
         return VmState("running", details=details)
+
+    @staticmethod
+    def _io_error(inst: InstanceRef, details: dict[str, object]) -> str:
+        """Which disk's write failed and why (QMP query-block's io-status), with the room left where it lives.
+
+        QEMU pauses the guest on the failed write (its default werror=enospc
+        for a full disk) and retries it on `cont`, so the guest never sees the
+        error: nothing is lost while the user frees space.
+        """
+        from devenv.backends.drivers.qmp import Qmp
+
+        try:
+            with Qmp(inst.dir / paths.QMP_SOCK, timeout=2.0) as q:
+                blocks = q.command("query-block")
+        except (DevenvError, OSError):
+            return STOPPED_RUN_STATES["io-error"]
+        for block in blocks if isinstance(blocks, list) else []:
+            status, file = block.get("io-status"), (block.get("inserted") or {}).get("file")
+            if status not in ("nospace", "failed") or not isinstance(file, str):
+                continue
+            details["io_error"] = f"{file} ({status})"
+            if status == "failed":
+                return f"QEMU paused the VM because writing {file} failed on the host (see `dmesg`)"
+            try:
+                free = hostdisk.free_bytes(Path(file))
+            except OSError:
+                return f"QEMU paused the VM: the host's disk holding {file} is full"
+            details["host_free"] = free
+            return (
+                f"QEMU paused the VM: the host's disk holding {file} is full ({format_measured(free)} free);"
+                " the guest waits, nothing is lost: free space there"
+            )
+        return STOPPED_RUN_STATES["io-error"]
 
     def endpoint(self, inst: InstanceRef) -> Endpoint | None:
         port = ssh_port(inst.dir)
@@ -317,7 +354,11 @@ class QemuDriver:
         return Boot(emulated=False, watch=silence, running=alive)
 
     def _alive_check(self, inst: InstanceRef) -> Callable[[], None]:
+        """QEMU still runs, and its guest is not paused on a full disk (asked every 2 s: a boot would wait it out)."""
+        next_ask = time.monotonic() + 2.0
+
         def check() -> None:
+            nonlocal next_ask
             if running_pid(inst.dir) is None:
                 raise self.failure(
                     inst,
@@ -325,6 +366,16 @@ class QemuDriver:
                     f"`devenv start -n {inst.name}` boots it again; the console above may say why it stopped",
                     StateError,
                     exited=True,
+                )
+            if time.monotonic() < next_ask:
+                return
+            next_ask = time.monotonic() + 2.0
+            if vm_run_state(inst.dir / paths.QMP_SOCK) == "io-error":
+                raise self.failure(
+                    inst,
+                    f"the guest stopped while booting: {self._io_error(inst, {})}",
+                    f"free space there, then `devenv start -n {inst.name}` resumes the boot where it stopped",
+                    DiskFull,
                 )
 
         return check
@@ -357,12 +408,14 @@ class QemuDriver:
         deadline = time.monotonic() + 10
         while (now := vm_run_state(qmp)) in RESUMABLE and time.monotonic() < deadline:
             time.sleep(0.2)
+        if now == "io-error":
+            raise DiskFull(
+                f"the VM of `{inst.name}` is still paused: {self._io_error(inst, {})}",
+                f"free space there, then `devenv start -n {inst.name}` again resumes it",
+            )
         if now != "running":
             raise StateError(
-                f"the VM of `{inst.name}` does not run on: QEMU says `{now}`",
-                "io-error: free space on the host disk and run `devenv start` again"
-                if now == "io-error"
-                else f"see `devenv logs -n {inst.name}`",
+                f"the VM of `{inst.name}` does not run on: QEMU says `{now}`", f"see `devenv logs -n {inst.name}`"
             )
 
     # -- restoring a suspended guest -----------------------------------------
@@ -467,6 +520,13 @@ class QemuDriver:
                 "devenv: warning: aslr = false needs an image whose kernel QEMU boots directly;"
                 " this one boots through its firmware, so the guest keeps address-space randomisation\n"
             )
+        ram_file = inst.dir / qemusave.GUEST_RAM if self.features.suspend else None
+        if ram_file is not None and restore is None and not ram_file.exists():
+            # QEMU maps it shared and the guest writes it by page faults: a fault on a full disk is a SIGBUS
+            # that kills QEMU (seen: a first boot on a 400 MiB filesystem, nothing in qemu.log), so its
+            # blocks are taken now, when a full disk is still an error that says so
+            size = inst.config.memory // 1024**2 * 1024**2
+            hostdisk.reserve(ram_file, size, f"the memory of `{inst.name}`'s guest")
         # The SSH port is found free, released, and only then bound by QEMU: another program (a second
         # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
         for attempt in range(3):
@@ -490,7 +550,7 @@ class QemuDriver:
                 firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
                 shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
-                ram_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
+                ram_file=ram_file,
                 relay_socket=relay if paths.socket_path_fits(relay) else None,
                 tcg_cache_mb=inst.config.tcg_cache // 1024**2,
             )

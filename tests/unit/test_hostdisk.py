@@ -1,0 +1,116 @@
+"""A full host disk: one DiskFull naming the path and the room needed, and nothing half-made left behind.
+
+The filesystem is faked here (free space, an ENOSPC from the backend);
+tests/integration/test_host_disk_full.py fills a real one.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from devenv import hostdisk
+from devenv.errors import DiskFull, ExitCode
+from devenv.instance import CREATE_ROOM
+
+
+def test_ensure_free_names_the_path_the_need_and_the_free_space(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(hostdisk, "free_bytes", lambda p: 300 * 1024)
+    monkeypatch.setenv("DEVENV_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(DiskFull) as info:
+        hostdisk.ensure_free(tmp_path / "x" / "disk.qcow2", 2 * 1024**2, "a new overlay disk")
+    assert info.value.message == (
+        f"no space left on the host for a new overlay disk: {tmp_path}/x/disk.qcow2 needs 2.0 MiB;"
+        " its filesystem has 300.0 KiB free"
+    )
+    assert info.value.hint.startswith(
+        f"free space on the filesystem holding {tmp_path}/x/disk.qcow2 (or point DEVENV_HOME"
+    )
+    assert info.value.exit_code == ExitCode.DISK_FULL == 74
+    hostdisk.ensure_free(tmp_path, 300 * 1024, "just enough")  # no error
+
+
+def test_a_path_in_the_image_cache_points_at_devenv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DEVENV_CACHE", str(tmp_path / "cache"))
+    err = hostdisk.full(tmp_path / "cache" / "images" / "tmp" / "dl.part", None, "downloading x")
+    assert "needs more room; its filesystem has" in err.message
+    assert "(or point DEVENV_CACHE at a bigger one)" in err.hint
+
+
+def test_free_bytes_asks_the_nearest_folder_that_exists(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    assert abs(hostdisk.free_bytes(tmp_path / "not" / "yet") - st.f_bavail * st.f_frsize) < 64 * 1024**2
+
+
+def test_only_enospc_and_edquot_become_disk_full(tmp_path: Path) -> None:
+    for code in (errno.ENOSPC, errno.EDQUOT):
+        with (
+            pytest.raises(DiskFull, match=r"for writing it: .*/f needs 1.0 KiB"),
+            hostdisk.translated(tmp_path / "f", 1024, "writing it"),
+        ):
+            raise OSError(code, os.strerror(code))
+    with pytest.raises(PermissionError), hostdisk.translated(tmp_path / "f", 1024, "writing it"):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+
+def test_qemu_imgs_words_for_a_full_disk_are_recognised() -> None:
+    said = "qemu-img: /h/disk.qcow2: Could not write qcow2 header: No space left on device"
+    assert hostdisk.said_full(said)
+    assert not hostdisk.said_full("qemu-img: Could not open 'x': Permission denied")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2) is Linux's")
+def test_reserve_allocates_blocks_without_writing_and_makes_the_file_private(tmp_path: Path) -> None:
+    ram = tmp_path / "memory.ram"
+    hostdisk.reserve(ram, 8 * 1024**2, "the guest's memory")
+    st = ram.stat()
+    assert st.st_size == 8 * 1024**2
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    # tmpfs and ext4 both allocate; a filesystem that cannot leaves it sparse, which this test would show
+    assert st.st_blocks * 512 >= 8 * 1024**2
+    with pytest.raises(FileExistsError):
+        hostdisk.reserve(ram, 1024, "twice")  # never over a file that may hold a saved guest
+
+
+# -- an instance whose creation meets a full disk ----------------------------------------------------
+
+
+@pytest.mark.usefixtures("fake")
+def test_a_full_disk_before_create_leaves_no_instance(home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hostdisk, "free_bytes", lambda p: 4096)
+    ran = cli("start", "-n", "web", "--backend", "fake")
+    assert ran.code == ExitCode.DISK_FULL, ran.err
+    assert (
+        f"devenv: error: no space left on the host for creating instance `web`: {home}/instances/web needs"
+        f" {CREATE_ROOM // 1024**2}.0 MiB; its filesystem has 4.0 KiB free"
+    ) in ran.err
+    assert "Traceback" not in ran.err
+    assert json.loads(cli("list", "--json").out) == []
+
+
+@pytest.mark.usefixtures("fake")
+def test_a_disk_that_fills_during_create_leaves_no_instance(
+    home: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devenv.testing.fake import FakeBackend
+
+    def create(self: FakeBackend, inst: Any, step: Any) -> None:
+        (inst.dir / "disk.img").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", str(inst.dir / "disk.img"))
+
+    monkeypatch.setattr(FakeBackend, "create", create)
+    ran = cli("start", "-n", "web", "--backend", "fake")
+    assert ran.code == ExitCode.DISK_FULL, ran.err
+    assert f"no space left on the host for creating instance `web`: {home}/instances/web needs 1.0 MiB" in ran.err
+    assert os.listdir(home / "instances") == [], "the half-made folder is gone"
+    assert json.loads(cli("list", "--json").out) == []
+    assert cli("status", "-n", "web").code == ExitCode.NOT_FOUND
