@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from devenv import hostagent
 from devenv.backends.drivers.qemuargs import TCG_KERNEL_ARGS, TCG_MODULE_BLACKLIST
 from devenv.backends.drivers.qemuproc import host_tsc_khz
 from devenv.guestagent import protocol
@@ -491,6 +492,26 @@ def test_a_reboot_from_inside_is_followed_and_everything_comes_back(vm: VM) -> N
     sock = inst / "sock" / "docker.sock"
     host_docker = subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True)
     assert host_docker.returncode == 0, host_docker.stderr  # the engine socket answers again
+
+
+def test_a_poweroff_from_inside_is_stopped_and_start_boots_it(vm: VM) -> None:
+    """`sudo poweroff` in the guest: status says stopped (not broken), the host agent goes, start boots it."""
+    d, name, _ = vm
+    inst = d.home / "instances" / name
+    d.ok("exec", "-n", name, "--", "sh", "-c", "echo before poweroff > ~/poweroff.txt && sync")
+    d.run("exec", "-n", name, "--", "sudo", "-n", "systemctl", "poweroff")  # may lose its own connection
+    deadline = time.monotonic() + 300
+    while (st := json.loads(d.ok("status", "-n", name, "--json").stdout))["state"] != "stopped":
+        assert st["state"] != "broken", st
+        assert time.monotonic() < deadline, st
+        time.sleep(2)
+    deadline = time.monotonic() + 30
+    while hostagent.is_running(inst):  # it saw the guest go and left
+        assert time.monotonic() < deadline, hostagent.log_tail(inst)
+        time.sleep(0.5)
+    d.ok("start", "-n", name)
+    assert d.ok("exec", "-n", name, "--", "sh", "-c", "cat ~/poweroff.txt").stdout == b"before poweroff\n"
+    assert json.loads(d.ok("status", "-n", name, "--json").stdout)["state"] == "running"
 
 
 def test_stop_then_start_keeps_the_disk(vm: VM) -> None:
