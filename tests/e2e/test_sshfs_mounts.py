@@ -2,7 +2,8 @@
 
 The shared VM mounts with 9p when the guest user's uid is the host user's (as for
 the CI user), so this module's own instance forces DEVENV_MOUNT_TYPE=sshfs and
-both mount kinds run on every CI. One VM for the module, deleted at its end.
+both mount kinds run on every CI. One VM per driver for the module (the
+conformance suite's `driver` fixture), deleted at its end.
 
 What is tried here is what root in the guest can do: besides the files, it
 can write its own SFTP requests into sshfs's channel (/proc/PID/fd/1 of the
@@ -30,13 +31,13 @@ import pytest
 from devenv import hostagent
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.e2e.conftest import Devenv
+from tests.e2e.drivers import DriverCase
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the e2e VM runs on the Linux CI hosts"),
 ]
 
-NAME = "e2e-sshfs"
 
 # Root in the guest writes SFTP MKDIR requests straight into the channel of the sshfs serving argv[1].
 INJECT = r"""
@@ -59,42 +60,44 @@ for i, path in enumerate(sys.argv[2:]):
 @dataclass
 class Machine:
     d: Devenv
+    name: str
     project: Path
     read_only: Path
     outside: Path
 
     @property
     def inst(self) -> Path:
-        return self.d.home / "instances" / NAME
+        return self.d.home / "instances" / self.name
 
     def sh(self, script: str) -> subprocess.CompletedProcess[bytes]:
-        return self.d.run("exec", "-n", NAME, "-w", "/", "--", "sh", "-c", script, timeout=300)
+        return self.d.run("exec", "-n", self.name, "-w", "/", "--", "sh", "-c", script, timeout=300)
 
     def mounts(self) -> list[dict[str, Any]]:
         return list(hostagent.state(self.inst).get("mounts") or [])
 
 
 @pytest.fixture(scope="module")
-def machine(devenv_cli: Devenv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
+def machine(devenv_cli: Devenv, driver: DriverCase, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
     root = tmp_path_factory.mktemp("e2e-sshfs")
     project, read_only, outside = root / "project", root / "reference", root / "private"
     for folder in (project, read_only, outside):
         folder.mkdir()
     (read_only / "locked.txt").write_text("read me\n")
     (outside / "secret").write_text("token\n")
+    name = f"{driver.instance}-sshfs"
     (project / "devenv.toml").write_text(
-        f'name = "{NAME}"\nbackend = "qemu"\n\n[[mounts]]\nlocation = "{read_only}"\nwritable = false\n'
+        f'name = "{name}"\nbackend = "{driver.backend}"\n\n[[mounts]]\nlocation = "{read_only}"\nwritable = false\n'
     )
-    d = Devenv(devenv_cli.home, {**devenv_cli.env, "DEVENV_MOUNT_TYPE": "sshfs"}, project)
+    d = Devenv(devenv_cli.home, {**devenv_cli.env, **driver.environment(), "DEVENV_MOUNT_TYPE": "sshfs"}, project)
     d.ok("start", "--allow-mounts")  # the read-only folder is outside the project: allowed once, by hash
-    m = Machine(d, project, read_only, outside)
+    m = Machine(d, name, project, read_only, outside)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (
         len(m.mounts()) == 2 and all(r["state"] in ("mounted", "failed") for r in m.mounts())
     ):
         time.sleep(0.5)
     yield m
-    d.run("delete", "--force", "-n", NAME, timeout=300)
+    d.run("delete", "--force", "-n", name, timeout=300)
 
 
 def test_both_folders_are_sshfs_mounts(machine: Machine) -> None:
@@ -103,7 +106,7 @@ def test_both_folders_are_sshfs_mounts(machine: Machine) -> None:
         (str(machine.project), "sshfs", True, "mounted"),
         (str(machine.read_only), "sshfs", False, "mounted"),
     }, (machine.mounts(), hostagent.log_tail(machine.inst))
-    status = json.loads(machine.d.ok("status", "-n", NAME, "--json").stdout)
+    status = json.loads(machine.d.ok("status", "-n", machine.name, "--json").stdout)
     assert status["state"] == "running"
 
 
@@ -135,7 +138,7 @@ def test_root_in_the_guest_cannot_reach_host_files_outside_the_folder(machine: M
     """A request written into sshfs's own channel: refused outside the folder, served inside it."""
     planted, made = machine.outside / "planted", machine.project / "made-by-injection"
     inject = ["sudo", "-n", "python3", "-c", INJECT, str(machine.project), str(planted), str(made)]
-    r = machine.d.run("exec", "-n", NAME, "-w", "/", "--", *inject, input=b"")
+    r = machine.d.run("exec", "-n", machine.name, "-w", "/", "--", *inject, input=b"")
     assert r.returncode == 0, r.stderr
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not made.is_dir():
