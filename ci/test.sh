@@ -80,11 +80,11 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
   # they fill it and free it. A loop-mounted ext4 image (no blocks reserved for root), tmpfs where loop
   # devices do not work; unmounted when this script exits.
   small_fs=$(mktemp -d /tmp/devenv-ci-smallfs.XXXXXX)
-  truncate -s 448M "$small_fs.img"
+  truncate -s 1G "$small_fs.img"
   if mkfs.ext4 -q -F -m 0 "$small_fs.img" && mount -o loop "$small_fs.img" "$small_fs" 2>/dev/null; then
     rmdir "$small_fs/lost+found"
   else
-    mount -t tmpfs -o size=448m,mode=0700 tmpfs "$small_fs"
+    mount -t tmpfs -o size=1g,mode=0700 tmpfs "$small_fs"
   fi
   rm -f "$small_fs.img"  # a loop device keeps the file until the unmount
   trap 'umount "$small_fs" && rmdir "$small_fs"' EXIT

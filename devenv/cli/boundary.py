@@ -39,15 +39,32 @@ def guarded(fn: Callable[[], int | None]) -> int:
         with contextlib.suppress(OSError):
             sys.stdout = open(os.devnull, "w")  # noqa: SIM115
         return 0
+    except OSError as e:
+        from pathlib import Path
+
+        from devenv import hostdisk, paths
+
+        if not hostdisk.is_full(e):
+            return _internal(e)
+        # a full disk is the user's to fix, wherever devenv met it: the places that write much say it
+        # themselves with the room they need; any other write (a record, a log line) is said here
+        where = Path(e.filename) if isinstance(e.filename, str) else Path(paths.home())
+        err = hostdisk.full(where, None, "the files devenv keeps")
+        report(err.message, err.hint)
+        return int(err.exit_code)
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     except Exception as e:
-        if debugging():
-            import traceback
+        return _internal(e)
 
-            traceback.print_exc()
-        report(
-            f"internal error: {type(e).__name__}: {e}",
-            "this is a bug in devenv; run again with DEVENV_DEBUG=1 and report the traceback",
-        )
-        return int(ExitCode.INTERNAL)
+
+def _internal(e: BaseException) -> int:
+    if debugging():
+        import traceback
+
+        traceback.print_exc()
+    report(
+        f"internal error: {type(e).__name__}: {e}",
+        "this is a bug in devenv; run again with DEVENV_DEBUG=1 and report the traceback",
+    )
+    return int(ExitCode.INTERNAL)

@@ -114,3 +114,24 @@ def test_a_disk_that_fills_during_create_leaves_no_instance(
     assert os.listdir(home / "instances") == [], "the half-made folder is gone"
     assert json.loads(cli("list", "--json").out) == []
     assert cli("status", "-n", "web").code == ExitCode.NOT_FOUND
+
+
+def test_the_cli_boundary_says_a_full_disk_wherever_devenv_meets_one(capsys: pytest.CaptureFixture[str]) -> None:
+    from devenv.cli.boundary import guarded
+
+    def full() -> int:
+        raise OSError(errno.ENOSPC, "No space left on device", "/nonexistent/ssh.config")
+
+    assert guarded(full) == ExitCode.DISK_FULL
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "devenv: error: no space left on the host for the files devenv keeps: /nonexistent/ssh.config"
+        " needs more room; its filesystem has "
+    )
+    assert "Traceback" not in err
+
+    def broken() -> int:
+        raise OSError(errno.EIO, "Input/output error")
+
+    assert guarded(broken) == ExitCode.INTERNAL  # any other OSError stays a bug, said as one
+    assert "internal error: OSError: [Errno 5] Input/output error" in capsys.readouterr().err

@@ -408,6 +408,12 @@ class QemuDriver:
         deadline = time.monotonic() + 10
         while (now := vm_run_state(qmp)) in RESUMABLE and time.monotonic() < deadline:
             time.sleep(0.2)
+        # QEMU retries the failed write once the VM runs: with the disk still full it pauses again at once,
+        # after a first query may already have said "running"
+        settle = time.monotonic() + (2.0 if state == "io-error" else 0.0)
+        while now == "running" and time.monotonic() < settle:
+            time.sleep(0.2)
+            now = vm_run_state(qmp)
         if now == "io-error":
             raise DiskFull(
                 f"the VM of `{inst.name}` is still paused: {self._io_error(inst, {})}",
