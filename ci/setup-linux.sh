@@ -34,8 +34,11 @@ fi
 # Provisioning tests: shellcheck (engine scripts), busybox (the local image's
 # rootfs), python3-yaml and cloud-init's own dependencies (schema check of the
 # user-data against Debian's cloud-init, unpacked, never installed on the host).
+# The libvirt backend: the daemon (libvirt-daemon-system, which also makes its accounts), virsh,
+# and libvirt-dev + pkg-config, which the `libvirt` extra (libvirt-python) builds against.
 packages=(
   qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps gcc libc6-dev
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
   docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch
@@ -71,7 +74,7 @@ fi
 log "upgrading pip in .venv"
 .venv/bin/python -m pip install -q --upgrade 'pip>=26' || log "pip could not be upgraded; devenv works, its start-up is ~10 ms slower"
 log "installing devenv and its test tools into .venv"
-.venv/bin/pip install -q -e '.[test]'
+.venv/bin/pip install -q -e '.[test,libvirt]'
 # An editable install has no .pyc files (a regular one gets them from pip), and where
 # PYTHONDONTWRITEBYTECODE is set every `devenv` call would compile its modules again (~15 ms).
 .venv/bin/python -m compileall -q devenv >/dev/null

@@ -76,6 +76,9 @@ class Config:
     # next start restores it in about a second) or "shutdown" (the guest powers off; the next start
     # boots it). Elsewhere a stop always shuts down. `stop --suspend` / `--shutdown` choose once.
     stop: str = "suspend"
+    # the libvirt daemon of backend "libvirt": "" picks $LIBVIRT_DEFAULT_URI, else qemu:///system
+    # when it lets this user in, else qemu:///session (devenv/backends/drivers/libvirturi.py)
+    libvirt_uri: str = ""
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortForward, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -102,6 +105,7 @@ FIELDS = {
     "aslr",
     "tcg_cache",
     "stop",
+    "libvirt_uri",
     "mounts",
     "ports",
     "env",
@@ -271,6 +275,11 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         if value != "auto" and norm not in ARCHES:
             raise ValueError(f"must be one of auto, {', '.join(ARCHES)} (or amd64, arm64), not {value!r}")
         return "auto" if value == "auto" else norm
+    if key == "libvirt_uri":
+        problem = _libvirt_uri_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
     if key == "aslr":
         if not isinstance(value, bool):
             raise ValueError(f"must be true or false, not {value!r}")
@@ -304,6 +313,15 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
     if key == "provision":
         return tuple(_check_list(key, value, p, PROVISION_FIELDS, _provision))
     raise AssertionError(key)  # pragma: no cover - FIELDS and this function agree
+
+
+def _libvirt_uri_problem(value: object) -> str | None:
+    """libvirt's URI syntax, `driver[+transport]://[user@host]/path`; "" is the default."""
+    if not isinstance(value, str):
+        return f"must be a string, not {value!r}"
+    if value and not re.match(r"^[a-z][a-z0-9]*(\+[a-z0-9]+)?://\S*$", value):
+        return f'must be a libvirt URI such as "qemu:///session" or "qemu+ssh://user@host/system", not {value!r}'
+    return None
 
 
 def _check_list(key: str, value: Any, p: _Problems, known: set[str], make: Any) -> list[Any]:
@@ -463,6 +481,8 @@ def dump_toml(cfg: Config) -> str:
         lines.append(f"tcg_cache = {_toml_str(format_size(cfg.tcg_cache))}")
     if cfg.stop != "suspend":
         lines.append(f"stop = {_toml_str(cfg.stop)}")
+    if cfg.libvirt_uri:
+        lines.append(f"libvirt_uri = {_toml_str(cfg.libvirt_uri)}")
     if cfg.env:
         inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())
         lines.append(f"env = {{ {inner} }}")

@@ -33,7 +33,13 @@ REGISTRY: dict[str, Entry] = {
     for e in (
         Entry("native", "devenv.backends.native:NativeBackend", "the host's own engine (Linux)"),
         Entry("qemu", "devenv.backends.drivers.qemu:QemuDriver", "a QEMU VM (kvm, hvf, whpx or tcg)", driver=True),
-        Entry("libvirt", "devenv.backends.libvirt:LibvirtBackend", "a libvirt domain (qemu:///system)", "libvirt"),
+        Entry(
+            "libvirt",
+            "devenv.backends.drivers.libvirtdrv:LibvirtDriver",
+            "a libvirt domain (qemu:///session)",
+            "libvirt",
+            driver=True,
+        ),
         Entry("wsl2", "devenv.backends.wsl2:Wsl2Backend", "a WSL2 distro (Windows)"),
         Entry("hyperv", "devenv.backends.hyperv:HypervBackend", "a Hyper-V VM, local or over WinRM", "winrm"),
     )

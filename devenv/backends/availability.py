@@ -92,6 +92,7 @@ def _check_accel_env(value: str) -> None:
 
 
 def libvirt(host: Host) -> Probe:
+    """Which libvirt daemon an instance would use here, and why (and, for the default, why not the other)."""
     if host.system != "linux":
         return Probe(False, "the libvirt backend is for Linux hosts")
     if not _has_module("libvirt"):
@@ -100,7 +101,28 @@ def libvirt(host: Host) -> Probe:
             "the Python package libvirt-python is not installed",
             "sudo apt-get install libvirt-dev pkg-config && pip install 'devenv[libvirt]'",
         )
-    return host.libvirt_socket
+    from devenv.backends.drivers.libvirturi import SESSION, choose
+
+    choice = choose("")
+    if choice.uri != SESSION:
+        return Probe(
+            False,
+            f"{choice.uri} ({choice.why}): devenv runs domains on {SESSION} only so far",
+            f'set libvirt_uri = "{SESSION}" in devenv.toml, or LIBVIRT_DEFAULT_URI={SESSION}',
+        )
+    if not any(_which(d) for d in ("libvirtd", "virtqemud")):
+        return Probe(
+            False,
+            f"{SESSION} ({choice.why}), but no libvirt daemon is installed to start",
+            "sudo apt-get install libvirt-daemon-system (Fedora: dnf install libvirt-daemon-kvm)",
+        )
+    return Probe(True, f"{SESSION} ({choice.why})")
+
+
+def _which(program: str) -> bool:
+    import shutil
+
+    return shutil.which(program, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is not None
 
 
 def wsl2(host: Host) -> Probe:

@@ -96,7 +96,7 @@ def test_arch_names(machine: str, arch: str) -> None:
 
 def test_missing_optional_dependency_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "libvirt", None)  # makes `import libvirt` fail
-    monkeypatch.delitem(sys.modules, "devenv.backends.libvirt", raising=False)
+    monkeypatch.delitem(sys.modules, "devenv.backends.drivers.libvirtdrv", raising=False)
     with pytest.raises(BackendUnavailable) as e:
         backends.load("libvirt")
     assert e.value.hint == "pip install 'devenv[libvirt]'"

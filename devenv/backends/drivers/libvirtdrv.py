@@ -1,0 +1,446 @@
+"""The libvirt driver: the instance's VM as a libvirt domain, for developers whose VMs libvirt already runs.
+
+What a VM is made of is the QEMU driver's: the same image record and overlay
+disk (QemuDriver.create), the same accelerator and machine rule (qemuaccel),
+the same kernel command line and VmSpec (qemuargs), the same first-boot seed
+and console readiness (the VM backend). Only how the VM is run differs: a
+persistent domain (libvirtxml.py) that libvirt starts, powers down with the
+ACPI button and destroys, and whose state and reason are libvirt's word.
+
+A domain is devenv's only when its <metadata> names this instance's name and
+folder; any other, whatever its name, is left alone: never reported as the
+instance's, stopped or undefined. One whose name devenv needs makes a start
+fail, saying so.
+
+Today the domain's files are the instance folder's, which only a QEMU running
+as this user can open: qemu:///session (and test:///default). The system
+daemon runs QEMU as its own user, which cannot enter a 0700 instance folder;
+it needs the disk as a storage-pool volume, which is not written yet, so such
+a URI is refused with the setting that works.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import libvirt  # here, not lazily: the registry turns its absence into the extra's install command
+
+from devenv import paths
+from devenv.backends.drivers import libvirturi, qemuhost
+from devenv.backends.drivers.libvirtxml import (
+    METADATA_KEY,
+    METADATA_NS,
+    NETDEV,
+    Owner,
+    domain_name,
+    domain_xml,
+    parse_metadata,
+)
+from devenv.backends.drivers.qemu import HOST_ADDRESS, IMAGE_RECORD, POWER_BUTTON_EVERY, QemuDriver
+from devenv.backends.drivers.qemuaccel import accel_choice, machine
+from devenv.backends.drivers.qemuargs import VmSpec, kernel_cmdline
+from devenv.backends.drivers.qemuproc import ssh_port, ssh_port_for
+from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
+from devenv.errors import CommandFailed, ConfigError, DevenvError, NotSupported, StateError, Timeout
+
+if TYPE_CHECKING:
+    from devenv.backends.base import InstanceRef, StepReporter
+
+VM_PID = "libvirt.pid"  # in the instance dir: the pid of the domain's QEMU, which the host agent watches
+LOCAL_URIS = ("qemu:///session", "test:///default")
+
+
+class LibvirtDriver:
+    name = "libvirt"
+    features = DriverFeatures(mounts=("9p", "sshfs"), accelerators=("kvm", "tcg"))
+    host_address = HOST_ADDRESS  # user-mode networking, as the QEMU driver's
+
+    def __init__(self) -> None:
+        libvirturi.quiet()
+        self._disk = QemuDriver()  # the image record, the overlay and the accelerator/machine checks
+        self._conns: dict[str, Any] = {}
+
+    # -- what the VM backend asks ---------------------------------------------
+
+    def check(self, inst: InstanceRef) -> None:
+        self._local_uri(inst)
+        self._disk.check(inst)
+        arch = self._image(inst).get("arch") or "x86_64"
+        accel, _ = accel_choice(inst, arch)
+        self._domain_type(inst, accel)
+        chosen, _ = machine(inst, arch, bool(self._image(inst).get("kernel")), accel, creating=False)
+        if chosen == "microvm":
+            raise ConfigError(
+                [f'{self._where(inst, "machine")}: field `machine` = "microvm" is not a machine libvirt runs'],
+                'remove `machine` from devenv.toml (or use backend = "qemu"), delete the instance and start again',
+            )
+
+    def create(self, inst: InstanceRef, step: StepReporter) -> None:
+        self._local_uri(inst)  # before any disk is made
+        self._disk.create(inst, step)
+
+    def delete(self, inst: InstanceRef) -> None:
+        """Undefine this instance's domain (its disk and seed are in the instance folder, which goes next)."""
+        dom = self._ours(inst)
+        if dom is None:
+            return
+        with self._errors(inst, "delete the domain"):
+            if dom.isActive():
+                dom.destroy()
+            dom.undefine()
+
+    def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
+        uri = self._local_uri(inst)
+        image = self._image(inst)
+        arch = image.get("arch") or "x86_64"
+        accel, _ = accel_choice(inst, arch)
+        kind = self._domain_type(inst, accel)
+        chosen, extra = machine(inst, arch, bool(image.get("kernel")), accel, creating=False)
+        name = domain_name(inst.name, inst.dir)
+        self._refuse_foreign(inst, name, uri)
+        known = self._ours(inst)
+        uuid = known.UUIDString() if known is not None else ""
+        serial = inst.dir / paths.SERIAL_LOG
+        if serial.exists():
+            os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
+        cmdline = f"{kernel_cmdline(image.get('cmdline', ''), 'ttyS0', aslr=inst.config.aslr, accel=accel)} {extra}"
+        binary = qemuhost.check_qemu(arch)
+        step(f"start the libvirt domain {name} ({kind}, {uri})")
+        spec = VmSpec(
+            name=inst.name,
+            arch=arch,
+            accel=accel,
+            cpus=inst.config.cpus,
+            memory=inst.config.memory,
+            disk=(inst.dir / paths.DISK).absolute(),
+            cidata=(inst.dir / paths.CIDATA).absolute(),
+            ssh_port=0,  # forwarded once the domain runs (forward_ssh)
+            serial_log=serial.absolute(),
+            qmp_socket=inst.dir / paths.QMP_SOCK,  # unused: libvirt owns QEMU's monitor
+            pid_file=inst.dir / VM_PID,  # unused: libvirt keeps QEMU's pid file
+            kernel=Path(image["kernel"]) if image.get("kernel") else None,
+            initrd=Path(image["initrd"]) if image.get("initrd") else None,
+            cmdline=cmdline.strip(),
+            firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
+            shares=qemuhost.shares(inst, binary),
+            machine=chosen,
+            tcg_cache_mb=inst.config.tcg_cache // 1024**2,
+        )
+        xml = domain_xml(spec, name, self._owner(inst), binary, uuid=uuid, run_as=(os.getuid(), os.getgid()))
+        conn = self._conn(inst, "define the domain")
+        with self._errors(inst, "define the domain"):
+            dom = conn.defineXML(xml)
+        try:
+            dom.create()
+        except libvirt.libvirtError as e:
+            err = libvirturi.translate(e, uri, f"start the domain {name}")
+            raise self.failure(inst, err.message, err.hint, CommandFailed, exited=True) from None
+        self._record_pid(inst, name)
+        try:
+            forward_ssh(dom, inst.dir)
+        except DevenvError as e:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.destroy()
+            raise self.failure(inst, e.message, e.hint, CommandFailed) from None
+        return Boot(emulated=kind == "qemu", watch=self._alive_check(inst))
+
+    def attach(self, inst: InstanceRef, step: StepReporter) -> Boot:
+        vm = self.state(inst)
+        dom = self._ours(inst)
+        assert dom is not None, "attach is asked only of a domain that runs"
+        if vm.state == "halted":
+            raise StateError(
+                f"{vm.reason}: libvirt says `{vm.word}`", f"`devenv stop -n {inst.name} && devenv start -n {inst.name}`"
+            )
+        step(f"the libvirt domain {dom.name()} is already running")
+        if vm.state == "paused":
+            step(f"resume the domain ({vm.word})")
+            with self._errors(inst, "resume the domain"):
+                dom.resume()
+        self._record_pid(inst, dom.name())
+        accel, _ = accel_choice(inst, self._image(inst).get("arch") or "x86_64")
+        return Boot(emulated=accel != "kvm", watch=self._alive_check(inst))
+
+    def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
+        """Press the ACPI power button every POWER_BUTTON_EVERY s until the domain is off (the QEMU driver's reason)."""
+        dom = self._ours(inst)
+        if dom is None or not dom.isActive():
+            return True
+        vm = self.state(inst)
+        if vm.state == "halted" or vm.word == "paused: ioerror":
+            return False  # the guest cannot act on the button
+        if vm.state == "paused":
+            step(f"resume the domain ({vm.word}) to shut it down")
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.resume()
+        step(f"ACPI power-down; up to {timeout:.0f} s for the guest to shut down")
+        deadline = time.monotonic() + timeout
+        while True:
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            press_again = time.monotonic() + min(POWER_BUTTON_EVERY, max(deadline - time.monotonic(), 0.0))
+            while time.monotonic() < press_again:
+                if not self._active(dom):
+                    return True
+                time.sleep(0.2)
+            if not self._active(dom):
+                return True
+            if time.monotonic() >= deadline:
+                step.fail()
+                return False
+
+    def force_off(self, inst: InstanceRef, step: StepReporter) -> None:
+        dom = self._ours(inst)
+        if dom is None or not self._active(dom):
+            return
+        step(f"destroy the libvirt domain {dom.name()}")
+        with self._errors(inst, "destroy the domain"):
+            dom.destroy()
+
+    def state(self, inst: InstanceRef) -> VmState:
+        """libvirt's state and its reason, in the VM backend's words."""
+        dom = self._ours(inst)
+        if dom is None:
+            return VmState("off")
+        with self._errors(inst, "read the domain's state"):
+            state, reason = dom.state()
+        details: dict[str, object] = {"domain": dom.name(), "uri": self._uri(inst).uri}
+        if state == libvirt.VIR_DOMAIN_SHUTOFF:
+            if reason in (libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, libvirt.VIR_DOMAIN_SHUTOFF_FAILED):
+                word = "shut off: crashed" if reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED else "shut off: failed"
+                return VmState("crashed", f"the VM process is gone (libvirt: {word})", word, details)
+            return VmState("off", details=details)
+        if state == libvirt.VIR_DOMAIN_CRASHED:
+            return VmState("halted", "the guest kernel crashed (libvirt: crashed)", "crashed", details)
+        if state == libvirt.VIR_DOMAIN_PAUSED:
+            if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+                why = "libvirt paused the VM: writing its disk failed on the host (a full disk?); nothing is lost"
+                return VmState("paused", why, "paused: ioerror", details)
+            if reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED:
+                return VmState("halted", "the guest kernel crashed (libvirt: paused, crashed)", "paused: crashed")
+            return VmState("paused", "the domain is paused (libvirt: paused)", "paused", details)
+        if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+            return VmState("paused", "the guest suspended itself (libvirt: pmsuspended)", "pmsuspended", details)
+        pid = self._read_pid(inst)
+        if pid is not None:
+            details["pid"] = pid
+        return VmState("running", details=details)  # running, blocked, being shut down
+
+    def endpoint(self, inst: InstanceRef) -> Endpoint | None:
+        port = ssh_port(inst.dir)
+        return None if port is None else Endpoint("127.0.0.1", port)
+
+    def console_log(self, inst: InstanceRef) -> Path:
+        return inst.dir / paths.SERIAL_LOG
+
+    def agent_plan(self, inst: InstanceRef) -> AgentPlan:
+        return AgentPlan(vm_pid_file=inst.dir / VM_PID)
+
+    def log_files(self, inst: InstanceRef) -> list[Path]:
+        log = self._domain_log(inst)
+        return [log] if log is not None else []
+
+    def failure(
+        self, inst: InstanceRef, message: str, hint: str, cls: type[DevenvError] = Timeout, *, exited: bool = False
+    ) -> DevenvError:
+        """The error with the domain's QEMU log (libvirt keeps it) and the console's last lines."""
+        parts = [message]
+        log = self._domain_log(inst)
+        said = tail(log, 8) if log is not None else ""
+        if said:
+            parts.append(f"libvirt's log of the domain ({log}) ends:\n{said}")
+        return cls(with_console(parts, self.console_log(inst)), hint)
+
+    # -- this instance's domain -------------------------------------------------
+
+    def _uri(self, inst: InstanceRef) -> libvirturi.UriChoice:
+        return libvirturi.choose(inst.config.libvirt_uri)
+
+    def _local_uri(self, inst: InstanceRef) -> str:
+        choice = self._uri(inst)
+        if choice.uri not in LOCAL_URIS:
+            raise NotSupported(
+                "libvirt",
+                f"the URI {choice.uri} ({choice.why})",
+                'set libvirt_uri = "qemu:///session" in devenv.toml (or LIBVIRT_DEFAULT_URI=qemu:///session)',
+                why="only qemu:///session is supported yet: other daemons need the disk in a storage pool",
+            )
+        return choice.uri
+
+    def _conn(self, inst: InstanceRef, operation: str) -> Any:
+        uri = self._uri(inst).uri
+        conn = self._conns.get(uri)
+        if conn is None or not conn.isAlive():
+            conn = self._conns[uri] = libvirturi.connect(uri, operation)
+        return conn
+
+    @contextlib.contextmanager
+    def _errors(self, inst: InstanceRef, operation: str) -> Any:
+        try:
+            yield
+        except libvirt.libvirtError as e:
+            raise libvirturi.translate(e, self._uri(inst).uri, operation) from None
+
+    def _owner(self, inst: InstanceRef) -> Owner:
+        return Owner(inst.name, str(inst.dir.absolute()))
+
+    def _lookup(self, inst: InstanceRef, name: str) -> Any:
+        conn = self._conn(inst, "look up the domain")
+        try:
+            return conn.lookupByName(name)
+        except libvirt.libvirtError as e:
+            if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return None
+            raise libvirturi.translate(e, self._uri(inst).uri, f"look up the domain {name}") from None
+
+    def _ours(self, inst: InstanceRef) -> Any:
+        """This instance's domain; None when there is none, or the one of that name is not devenv's for it."""
+        dom = self._lookup(inst, domain_name(inst.name, inst.dir))
+        return dom if dom is not None and owner_of(dom) == self._owner(inst) else None
+
+    def _refuse_foreign(self, inst: InstanceRef, name: str, uri: str) -> None:
+        dom = self._lookup(inst, name)
+        if dom is not None and owner_of(dom) != self._owner(inst):
+            raise StateError(
+                f"a libvirt domain named {name} exists on {uri} that devenv did not make for `{inst.name}`;"
+                " devenv leaves it alone",
+                f"rename it (`virsh -c {uri} domrename {name} NEW`) or remove it yourself, then start again",
+            )
+
+    @staticmethod
+    def _active(dom: Any) -> bool:
+        try:
+            return bool(dom.isActive())
+        except libvirt.libvirtError:
+            return False
+
+    def _alive_check(self, inst: InstanceRef) -> Any:
+        """The domain still runs (asked every 2 s): a boot would otherwise wait out its budget."""
+        next_ask = time.monotonic() + 2.0
+
+        def check() -> None:
+            nonlocal next_ask
+            if time.monotonic() < next_ask:
+                return
+            next_ask = time.monotonic() + 2.0
+            vm = self.state(inst)
+            if not vm.up:
+                raise self.failure(
+                    inst,
+                    "the libvirt domain stopped while the guest was booting" + (f" ({vm.reason})" if vm.reason else ""),
+                    f"`devenv start -n {inst.name}` boots it again; the log above may say why it stopped",
+                    StateError,
+                    exited=True,
+                )
+
+        return check
+
+    def _image(self, inst: InstanceRef) -> dict[str, str]:
+        import json
+
+        try:
+            data = json.loads((inst.dir / IMAGE_RECORD).read_text())
+        except (OSError, ValueError):
+            raise StateError(
+                f"instance `{inst.name}` has no image record ({IMAGE_RECORD})",
+                f"it was not created completely; `devenv delete -n {inst.name}` and start it again",
+            ) from None
+        return {k: str(v) for k, v in data.items() if v is not None}
+
+    def _domain_type(self, inst: InstanceRef, accel: str) -> str:
+        if accel not in ("kvm", "tcg"):
+            raise ConfigError(
+                [f"{self._where(inst, 'accelerator')}: accelerator {accel!r} is not one libvirt runs on this host"],
+                'use "kvm" or "tcg", or "auto"',
+            )
+        return "kvm" if accel == "kvm" else "qemu"
+
+    @staticmethod
+    def _where(inst: InstanceRef, key: str) -> str:
+        from devenv import config
+
+        return config.line_of(inst.dir / paths.INSTANCE_CONFIG, key)
+
+    def _record_pid(self, inst: InstanceRef, name: str) -> None:
+        """The domain's QEMU pid into VM_PID, found by the `-name guest=NAME,` libvirt gives it."""
+        pid = qemu_pid(name)
+        if pid is not None:
+            (inst.dir / VM_PID).write_text(f"{pid}\n")
+        else:
+            (inst.dir / VM_PID).unlink(missing_ok=True)
+
+    @staticmethod
+    def _read_pid(inst: InstanceRef) -> int | None:
+        try:
+            return int((inst.dir / VM_PID).read_text().strip())
+        except (OSError, ValueError):
+            return None
+
+    def _domain_log(self, inst: InstanceRef) -> Path | None:
+        """Where libvirt writes the domain's QEMU output: the session daemon's cache, the system one's /var/log."""
+        name = domain_name(inst.name, inst.dir)
+        if self._uri(inst).uri == libvirturi.SESSION:
+            cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+            return Path(cache) / "libvirt" / "qemu" / "log" / f"{name}.log"
+        return None
+
+
+def forward_ssh(dom: Any, inst_dir: Path) -> int:
+    """Forward a 127.0.0.1 port to the guest's port 22 on the running domain's user-mode netdev (ssh.port).
+
+    The port is found free, then bound by QEMU: another program may take it in
+    between, and then QEMU says so and another one is tried, as the QEMU driver does.
+    """
+    import libvirt_qemu
+
+    said = ""
+    for _ in range(3):
+        port = ssh_port_for(inst_dir)
+        try:
+            said = libvirt_qemu.qemuMonitorCommand(
+                dom,
+                f"hostfwd_add {NETDEV} tcp:127.0.0.1:{port}-:22",
+                libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP,
+            ).strip()
+        except libvirt.libvirtError as e:
+            said = str(e)
+        if not said:
+            (inst_dir / paths.SSH_PORT).write_text(f"{port}\n")
+            return port
+        (inst_dir / paths.SSH_PORT).unlink(missing_ok=True)  # ssh_port_for then picks a new one
+    raise CommandFailed(
+        f"QEMU could not forward a 127.0.0.1 port to the guest's sshd: {said}",
+        "another program may be taking ports as fast as they are freed; start again",
+    )
+
+
+def owner_of(dom: Any) -> Owner | None:
+    """Whom a domain's devenv metadata names; None for a domain without it (made by someone else)."""
+    try:
+        text = dom.metadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, METADATA_NS)
+    except libvirt.libvirtError:
+        return None
+    return parse_metadata(text)
+
+
+def qemu_pid(domain: str) -> int | None:
+    """The pid of the QEMU libvirt runs for `domain` on this host (its command line names the domain)."""
+    marker = f"guest={domain},".encode()
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                args = f.read().split(b"\0")
+        except OSError:
+            continue
+        if b"-name" in args[:-1] and args[args.index(b"-name") + 1].startswith(marker):
+            return int(entry.name)
+    return None
+
+
+__all__ = ["METADATA_KEY", "LibvirtDriver", "owner_of", "qemu_pid"]
