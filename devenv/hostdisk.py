@@ -112,23 +112,53 @@ def reserve(path: Path, size: int, what: str) -> None:
     systems) nothing is reserved, rather than glibc's fallback, which writes
     every block.
     """
+    with translated(path, size, what):
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
+    try:
+        err = _fallocate(fd, 0, size)
+    finally:
+        os.close(fd)
+    if err in FULL_ERRNOS:
+        path.unlink()  # what part it got goes back: the disk is full as it is
+        raise full(path, size, what)
+    # another error (EOPNOTSUPP): the filesystem cannot reserve; the file stays sparse, as QEMU would make it
+
+
+FALLOC_FL_KEEP_SIZE = 1
+
+
+def keep_allocated(path: Path) -> bool:
+    """Allocate again the blocks of `path` that were given back (holes); False when the disk is full.
+
+    The guest's memory balloon reports free pages and QEMU gives them back to
+    the host by punching holes in the memory file, so the reservation made at
+    launch thins out as the guest runs; a page the guest takes again would then
+    need a new block, and on a full disk that is the SIGBUS again. Filling the
+    holes with allocated, unwritten blocks costs disk space only: no page is
+    read or written, so the memory given back stays given back.
+    """
+    try:
+        fd = os.open(path, os.O_RDWR | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return True  # gone (the VM stopped): nothing to keep
+    try:
+        return _fallocate(fd, FALLOC_FL_KEEP_SIZE, os.fstat(fd).st_size) not in FULL_ERRNOS
+    finally:
+        os.close(fd)
+
+
+def _fallocate(fd: int, mode: int, size: int) -> int:
+    """fallocate(2) over [0, size): 0, or its errno. Linux only (elsewhere: EOPNOTSUPP, nothing done).
+
+    Never glibc's posix_fallocate fallback, which writes every block.
+    """
     import sys
 
-    if not sys.platform.startswith("linux"):
-        return
+    if not sys.platform.startswith("linux") or size <= 0:
+        return errno.EOPNOTSUPP if size > 0 else 0
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
     fallocate = getattr(libc, "fallocate64", None) or libc.fallocate
     fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
-    with translated(path, size, what):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600)
-    try:
-        failed = fallocate(fd, 0, 0, size) != 0
-        err = ctypes.get_errno()
-    finally:
-        os.close(fd)
-    if failed and err in FULL_ERRNOS:
-        path.unlink()  # what part it got goes back: the disk is full as it is
-        raise full(path, size, what)
-    # another error (EOPNOTSUPP): the filesystem cannot reserve; the file stays sparse, as QEMU would make it
+    return 0 if fallocate(fd, mode, 0, size) == 0 else ctypes.get_errno()

@@ -41,6 +41,12 @@ def parse(argv: list[str]) -> Options:
         help="the guest was restored, not booted: log in at once and set its clock from the host's first",
     )
     p.add_argument("--relay", type=Path, default=None, help="unix socket of the guest's SSH relay port (relay.py)")
+    p.add_argument(
+        "--keep-allocated",
+        type=Path,
+        default=None,
+        help="the guest's memory file: its given-back pages stay allocated on disk (hostdisk.keep_allocated)",
+    )
     p.add_argument("--no-mounts", action="store_true", help="mount nothing (the guest sees the host's files already)")
     p.add_argument("--min-port", type=int, default=AUTO_MIN_PORT, help="lowest guest port forwarded automatically")
     p.add_argument("--ports-interval", type=float, default=0.5)
@@ -63,6 +69,7 @@ def parse(argv: list[str]) -> Options:
         console=a.console,
         resumed=a.resumed,
         relay=a.relay,
+        memory_file=a.keep_allocated,
         ssh_proxy=tuple(json.loads(a.ssh_proxy)) if a.ssh_proxy else (),
     )
     if a.agent_command:

@@ -38,7 +38,7 @@ from typing import Any
 
 import paramiko
 
-from devenv import hostagent, paths
+from devenv import hostagent, hostdisk, paths
 from devenv.errors import ConnectionFailed, DevenvError
 from devenv.guestagent import protocol
 from devenv.hostagent import fastports, mounts, relay, wire
@@ -58,6 +58,7 @@ from devenv.transport.ssh import SSHConnection, SSHTarget, open_streamlocal
 log = logging.getLogger(__name__)
 
 TICK = 0.5  # supervisor period: VM watch, clock check, liveness
+KEEP_ALLOCATED_EVERY = 5.0  # how long a page the balloon gave back may stay without a block on disk
 PING_EVERY = 5.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
 LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
@@ -97,6 +98,7 @@ class Options:
     rejected_ports: list[str] = field(default_factory=list)
     fast_ports: str = ""  # the driver's fast port path ("module:function", fastports.py); "": SSH only
     relay: Path | None = None  # the guest's SSH relay port as a unix socket (relay.py); None: SSH over the network
+    memory_file: Path | None = None  # the guest's memory file, kept allocated on disk (hostdisk.keep_allocated)
 
 
 # What a login may meet while the guest boots, reboots or its network drops: retried quietly.
@@ -155,6 +157,8 @@ class HostAgent:
         self._pid_fd: int | None = None
         self._vm: tuple[int, str | None] | None = None
         self._clock = JumpDetector()
+        self._next_keep = 0.0
+        self._keep_failed = False
         self._relay: RelayStream | None = None  # the stream the current session runs over, when the relay's
         self._suspended = False  # quiesced for a save: the VM's exit is expected, the session is kept
         self._clock_behind = False  # a restored guest whose session was lost: the next login sets its clock
@@ -316,6 +320,7 @@ class HostAgent:
                     self._drop_session(s, "the guest agent stopped answering")
                     continue
             self._check_clock()
+            self._keep_memory_allocated()
             self._stop.wait(TICK)
 
     def _connect(self) -> None:
@@ -520,6 +525,23 @@ class HostAgent:
             row["state"] = "remounting"
         if self.conn is not None:
             self.conn.close()
+
+    def _keep_memory_allocated(self) -> None:
+        """Refill the holes the balloon punched in the guest's memory file, so a full disk pauses, never kills.
+
+        A page fault on a hole with the disk full is a SIGBUS that kills QEMU
+        (the guest and what it had not written are lost); with the block
+        there, the guest's disk writes are what meets the full disk, and QEMU
+        pauses the guest on them instead.
+        """
+        if self.opts.memory_file is None or time.monotonic() < self._next_keep:
+            return
+        self._next_keep = time.monotonic() + KEEP_ALLOCATED_EVERY
+        if hostdisk.keep_allocated(self.opts.memory_file):
+            self._keep_failed = False
+        elif not self._keep_failed:
+            self._keep_failed = True
+            log.warning("the host disk is full: %s cannot keep its blocks", self.opts.memory_file)
 
     def _check_clock(self) -> None:
         jump = self._clock.check()

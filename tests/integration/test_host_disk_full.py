@@ -180,3 +180,25 @@ def test_a_pull_into_a_full_cache_leaves_no_image(
     record = download.pull("tiny", "x86_64")
     assert record.disk.read_bytes() == PAYLOAD
     assert cache.read_record("tiny", "x86_64") == record
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2) is Linux's")
+def test_the_memory_files_given_back_pages_are_taken_again_before_the_disk_fills(small_fs: Path) -> None:
+    """A hole the balloon punched would make the guest's next touch of that page a SIGBUS on a full disk."""
+    from devenv import hostdisk
+    from tests.unit.test_hostdisk import _punch
+
+    ram = small_fs / "memory.ram"
+    hostdisk.reserve(ram, 64 * MiB, "the guest's memory")
+    _punch(ram, 0, 32 * MiB)
+    filler = fill(small_fs, 0)  # the disk fills while the hole is open
+    assert hostdisk.keep_allocated(ram) is False  # says so (the host agent logs it once)
+    filler.unlink()
+    _punch(ram, 0, 32 * MiB)
+    assert hostdisk.keep_allocated(ram) is True
+    fill(small_fs, 0)  # now the disk fills with the blocks already taken
+    with open(ram, "r+b") as f:  # as the guest's page fault would: no new block is needed
+        f.seek(16 * MiB)
+        f.write(b"\1" * 4096)
+        f.flush()
+        os.fsync(f.fileno())

@@ -81,6 +81,52 @@ def test_reserve_allocates_blocks_without_writing_and_makes_the_file_private(tmp
         hostdisk.reserve(ram, 1024, "twice")  # never over a file that may hold a saved guest
 
 
+def _punch(path: Path, offset: int, length: int) -> None:
+    """What QEMU does with a page the balloon reports free: FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert libc.fallocate(fd, 0x02 | 0x01, offset, length) == 0, os.strerror(ctypes.get_errno())
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fallocate(2) is Linux's")
+def test_keep_allocated_refills_the_holes_the_balloon_punched(tmp_path: Path) -> None:
+    ram = tmp_path / "memory.ram"
+    hostdisk.reserve(ram, 8 * 1024**2, "the guest's memory")
+    with open(ram, "r+b") as f:
+        f.seek(5 * 1024**2)
+        f.write(b"guest page")
+    _punch(ram, 0, 4 * 1024**2)
+    assert ram.stat().st_blocks * 512 <= 4 * 1024**2 + 64 * 1024  # the hole is there
+    assert hostdisk.keep_allocated(ram) is True
+    st = ram.stat()
+    assert st.st_blocks * 512 >= 8 * 1024**2 and st.st_size == 8 * 1024**2
+    with open(ram, "rb") as f:
+        assert f.read(4096) == b"\0" * 4096  # allocated, not written: the page still reads as zeroes
+        f.seek(5 * 1024**2)
+        assert f.read(10) == b"guest page"  # and nothing else changed
+    assert hostdisk.keep_allocated(tmp_path / "gone") is True  # the VM stopped and its file went
+
+
+def test_the_qemu_driver_has_the_host_agent_keep_its_memory_file_allocated(tmp_path: Path) -> None:
+    from devenv.backends.base import InstanceRef
+    from devenv.backends.drivers.qemu import QemuDriver
+    from devenv.backends.vm.agent import agent_args
+    from devenv.config import Config
+    from devenv.hostagent.__main__ import parse
+
+    inst = InstanceRef("t", tmp_path, Config())
+    (tmp_path / "ssh.port").write_text("2222")
+    _, args = agent_args(QemuDriver(), inst)
+    assert args[args.index("--keep-allocated") + 1] == str(tmp_path / "memory.ram")
+    assert parse([str(tmp_path), *args, "--no-engine"]).memory_file == tmp_path / "memory.ram"
+
+
 # -- an instance whose creation meets a full disk ----------------------------------------------------
 
 

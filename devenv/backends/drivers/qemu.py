@@ -291,7 +291,11 @@ class QemuDriver:
         return inst.dir / paths.SERIAL_LOG
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
-        return AgentPlan(vm_pid_file=inst.dir / paths.QEMU_PID, relay_socket=inst.dir / paths.RELAY_SOCK)
+        return AgentPlan(
+            vm_pid_file=inst.dir / paths.QEMU_PID,
+            relay_socket=inst.dir / paths.RELAY_SOCK,
+            memory_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
+        )
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
         return [inst.dir / QEMU_LOG]

@@ -59,6 +59,8 @@ def agent_args(driver: Driver, inst: InstanceRef, *, resumed: bool = False) -> t
         args += ["--bind-host", plan.bind_host]
     if plan.relay_socket is not None:
         args += ["--relay", str(plan.relay_socket.absolute())]
+    if plan.memory_file is not None:
+        args += ["--keep-allocated", str(plan.memory_file.absolute())]
     if resumed:
         args.append("--resumed")
     return (endpoint.user if endpoint is not None else GUEST_USER), args

@@ -124,6 +124,9 @@ class AgentPlan:
     # a unix socket that reaches the guest's sshd through a virtio-serial port, which
     # a suspend keeps (hostagent/relay.py); None: SSH over the network only
     relay_socket: Path | None = None
+    # a file the hypervisor maps shared as the guest's memory, whose given-back pages the agent
+    # keeps allocated on disk (hostdisk.keep_allocated); None: no such file
+    memory_file: Path | None = None
 
 
 class Driver(Protocol):
