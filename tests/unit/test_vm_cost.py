@@ -66,6 +66,18 @@ def test_measure_says_each_figure_in_words_and_as_a_number(tmp_path: Path) -> No
     assert set(words) == {"last_start", "memory"}  # the numbers are not repeated among the words
 
 
+def test_the_memory_file_counts_as_disk_the_instance_takes(tmp_path: Path) -> None:
+    from devenv import hostdisk
+
+    ram = tmp_path / "memory.ram"
+    hostdisk.reserve(ram, 4 * 1024**2, "the guest's memory")  # as the qemu driver's launch makes it
+    words, figures = cost.measure(tmp_path, None, tmp_path / "disk.qcow2", None, ram)
+    assert figures["memory_file_used"] == ram.stat().st_blocks * 512 >= 4 * 1024**2
+    assert words["memory_file"] == f"{format_measured(ram.stat().st_blocks * 512)} on the host's disk ({ram})"
+    words, figures = cost.measure(tmp_path, None, tmp_path / "disk.qcow2", None, tmp_path / "gone.ram")
+    assert "memory_file" not in words and "memory_file_used" not in figures
+
+
 def test_human_sizes() -> None:
     assert format_measured(512) == "512 B"
     assert format_measured(1536) == "1.5 KiB"

@@ -220,8 +220,9 @@ class VmBackend:
         wanted = (inst.dir / paths.STARTED_MARKER).exists()
         console = self.driver.console_log(inst)
         disk = inst.dir / paths.DISK
+        memory_file = self.driver.agent_plan(inst).memory_file
         if vm.state == "saved":
-            words, figures = cost.measure(inst.dir, None, disk, None)
+            words, figures = cost.measure(inst.dir, None, disk, None, memory_file)
             return Status("suspended", f"{vm.reason}; `devenv start` resumes it", {**vm.details, **words}, figures)
         if not vm.up:
             if vm.state == "crashed" and wanted:
@@ -257,17 +258,17 @@ class VmBackend:
             return Status("degraded", "the guest's sshd does not answer", details)
         if not wanted:
             return Status("starting", _starting("the guest has booted", inst.dir), details)
-        return self._agent_status(inst, details)
+        return self._agent_status(inst, details, memory_file)
 
     @staticmethod
-    def _agent_status(inst: InstanceRef, details: dict[str, object]) -> Status:
+    def _agent_status(inst: InstanceRef, details: dict[str, object], memory_file: Path | None) -> Status:
         """A booted guest is as well as its host agent: connected, its forwards and mounts."""
         from devenv import hostagent
 
         ha = hostagent.state(inst.dir, guest_memory=True)
         pid = details.get("pid")
         words, figures = cost.measure(
-            inst.dir, pid if isinstance(pid, int) else None, inst.dir / paths.DISK, ha.get("guest_memory")
+            inst.dir, pid if isinstance(pid, int) else None, inst.dir / paths.DISK, ha.get("guest_memory"), memory_file
         )
         details.update(words)
         if not ha.get("alive"):

@@ -60,9 +60,18 @@ def guest_used(memory: dict[str, Any] | None) -> int | None:
 
 
 def measure(
-    inst_dir: Path, pid: int | None, disk: Path, guest_memory: dict[str, Any] | None
+    inst_dir: Path,
+    pid: int | None,
+    disk: Path,
+    guest_memory: dict[str, Any] | None,
+    memory_file: Path | None = None,
 ) -> tuple[dict[str, object], dict[str, float | int | str]]:
-    """(status details in words, the same as figures for --json); each only when it could be measured."""
+    """(status details in words, the same as figures for --json); each only when it could be measured.
+
+    `memory_file`: the guest's memory as a file (the driver's AgentPlan); its
+    blocks are kept allocated (hostdisk.keep_allocated), so it takes the
+    guest's whole memory size on the host's disk while the VM runs or is saved.
+    """
     from devenv import pidutil
     from devenv.sizes import format_measured as human
 
@@ -87,4 +96,11 @@ def measure(
         figures["disk_used"] = usage["used"]
         figures["disk_virtual"] = usage["virtual"]
         words["disk_usage"] = f"{human(usage['used'])} used of {human(usage['virtual'])}"
+    try:
+        st = memory_file.stat() if memory_file is not None else None
+    except OSError:
+        st = None
+    if st is not None:
+        figures["memory_file_used"] = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        words["memory_file"] = f"{human(int(figures['memory_file_used']))} on the host's disk ({memory_file})"
     return words, figures
