@@ -104,6 +104,7 @@ def test_no_ssh_host_keys_and_no_passwords(raw: Path) -> None:
     conf = debugfs(raw, "cat /etc/ssh/sshd_config.d/10-devenv.conf")
     assert "PasswordAuthentication no" in conf.splitlines()
     assert "KbdInteractiveAuthentication no" in conf.splitlines()
+    assert not exists(raw, "/root/.ssh/authorized_keys")  # only the guest user gets the instance's key
 
 
 def test_first_boot_is_devenvs_seed_unit_not_cloud_init(raw: Path) -> None:
