@@ -130,7 +130,10 @@ class LibvirtDriver:
             machine=chosen,
             tcg_cache_mb=inst.config.tcg_cache // 1024**2,
         )
-        xml = domain_xml(spec, name, self._owner(inst), binary, uuid=uuid, run_as=(os.getuid(), os.getgid()))
+        # root's session daemon is a privileged one, which runs QEMU as the system's qemu user (who cannot
+        # open a 0700 instance folder) unless the domain says otherwise; a user's has no such user to switch to
+        run_as = (0, os.getgid()) if os.getuid() == 0 else None
+        xml = domain_xml(spec, name, self._owner(inst), binary, uuid=uuid, run_as=run_as)
         conn = self._conn(inst, "define the domain")
         with self._errors(inst, "define the domain"):
             dom = conn.defineXML(xml)
@@ -381,12 +384,14 @@ class LibvirtDriver:
             return None
 
     def _domain_log(self, inst: InstanceRef) -> Path | None:
-        """Where libvirt writes the domain's QEMU output: the session daemon's cache, the system one's /var/log."""
+        """Where the session daemon writes the domain's QEMU output (a remote daemon's is not readable here)."""
         name = domain_name(inst.name, inst.dir)
-        if self._uri(inst).uri == libvirturi.SESSION:
-            cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
-            return Path(cache) / "libvirt" / "qemu" / "log" / f"{name}.log"
-        return None
+        if self._uri(inst).uri != libvirturi.SESSION:
+            return None
+        if os.getuid() == 0:  # root's session daemon is a privileged one, which logs where the system one does
+            return Path("/var/log/libvirt/qemu") / f"{name}.log"
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        return Path(cache) / "libvirt" / "qemu" / "log" / f"{name}.log"
 
 
 def forward_ssh(dom: Any, inst_dir: Path) -> int:
