@@ -19,6 +19,7 @@ import json
 import queue
 import shlex
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,6 +41,7 @@ __all__ = [
     "AgentError",
     "Hello",
     "ProtocolError",
+    "Reply",
     "agent_sha256",
     "agent_source",
     "bridge_command",
@@ -113,6 +115,7 @@ class Hello:
     protocol: int
     version: str
     sha256: str | None
+    features: frozenset[str] = frozenset()  # what this agent knows beyond its protocol ("frames")
 
 
 def parse_hello(line: bytes) -> Hello:
@@ -125,8 +128,12 @@ def parse_hello(line: bytes) -> Hello:
     if msg.get("type") != "hello" or not isinstance(msg.get("protocol"), int):
         raise ProtocolError(f"guest agent's first line is not a hello: {line[:80]!r}")
     sha = msg.get("sha256")
+    features = msg.get("features")
     return Hello(
-        protocol=msg["protocol"], version=str(msg.get("version", "")), sha256=sha if isinstance(sha, str) else None
+        protocol=msg["protocol"],
+        version=str(msg.get("version", "")),
+        sha256=sha if isinstance(sha, str) else None,
+        features=frozenset(f for f in features if isinstance(f, str)) if isinstance(features, list) else frozenset(),
     )
 
 
@@ -164,6 +171,8 @@ def install_command() -> str:
 class _Reader(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
 
+    def read(self, size: int = -1, /) -> bytes: ...
+
 
 class _Writer(Protocol):
     def write(self, data: bytes, /) -> Any: ...
@@ -171,10 +180,32 @@ class _Writer(Protocol):
     def flush(self) -> Any: ...
 
 
+class Reply:
+    """The answer to one request sent with AgentClient.begin(), waited for when the caller needs it."""
+
+    def __init__(self, client: AgentClient, method: str, req_id: int, slot: queue.Queue[dict[str, Any] | None]) -> None:
+        self._client = client
+        self._method = method
+        self._id = req_id
+        self._slot = slot
+
+    def wait(self, timeout: float | None = 60.0) -> Any:
+        """The result; an error response raises AgentError, no answer in time Timeout."""
+        return self._client._result(self._method, self._id, self._slot, timeout)
+
+    def forget(self) -> None:
+        """Not waited for after all (the caller is done): the client keeps no slot for it."""
+        with self._client._lock:
+            self._client._pending.pop(self._id, None)
+
+
 class AgentClient:
     """Requests with ids, one reader thread, events in a queue.
 
     Thread-safe: several threads may call() at once; responses are matched by id.
+    A message line with "size" is followed by that many raw bytes (an agent
+    whose hello lists "frames"): they reach the caller as the message's
+    "payload", and call()/notify() send theirs the same way.
     """
 
     def __init__(self, rfile: _Reader, wfile: _Writer) -> None:
@@ -187,6 +218,7 @@ class AgentClient:
         self.events: queue.Queue[dict[str, Any]] = queue.Queue()
         self.hello: Hello | None = None
         self._thread: threading.Thread | None = None
+        self.last_heard = time.monotonic()  # when the agent last sent a whole message: it is alive, if busy
 
     def start(self) -> Hello:
         """Read the hello and start the reader thread. Raises ProtocolError on a wrong version."""
@@ -200,9 +232,23 @@ class AgentClient:
         self._thread.start()
         return self.hello
 
-    def call(self, method: str, params: Mapping[str, Any] | None = None, timeout: float | None = 60.0) -> Any:
+    def call(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = 60.0,
+        *,
+        payload: bytes = b"",
+    ) -> Any:
         """Send one request and wait for its result; an error response raises AgentError."""
-        req_id, slot = self._send(method, params)
+        return self.begin(method, params, payload=payload).wait(timeout)
+
+    def begin(self, method: str, params: Mapping[str, Any] | None = None, *, payload: bytes = b"") -> Reply:
+        """Send one request now; its result is waited for later (Reply.wait), so several may be in flight."""
+        req_id, slot = self._send(method, params, payload)
+        return Reply(self, method, req_id, slot)
+
+    def _result(self, method: str, req_id: int, slot: queue.Queue[dict[str, Any] | None], timeout: float | None) -> Any:
         try:
             msg = slot.get(timeout=timeout)
         except queue.Empty:
@@ -217,6 +263,15 @@ class AgentClient:
             raise AgentError(method, str(err.get("code", "error")), str(err.get("message", msg["error"])))
         return msg.get("result")
 
+    def notify(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        """A request that gets no answer (`ack`): nothing waits for it, so it never holds a reader up."""
+        line = encode({"method": method, "params": dict(params or {})})
+        with self._lock:
+            if self._closed:
+                raise NotSent("guest agent connection is closed", "is the instance still running?")
+            self._wfile.write(line)
+            self._wfile.flush()
+
     def next_event(self, timeout: float | None = None) -> dict[str, Any] | None:
         try:
             return self.events.get(timeout=timeout)
@@ -229,14 +284,21 @@ class AgentClient:
         if close is not None:
             close()
 
-    def _send(self, method: str, params: Mapping[str, Any] | None) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
+    def _send(
+        self, method: str, params: Mapping[str, Any] | None, payload: bytes = b""
+    ) -> tuple[int, queue.Queue[dict[str, Any] | None]]:
         slot: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=1)
         with self._lock:
             if self._closed:
                 raise NotSent("guest agent connection is closed", "is the instance still running?")
             req_id = next(self._ids)
             self._pending[req_id] = slot
-            self._wfile.write(encode({"id": req_id, "method": method, "params": dict(params or {})}))
+            msg: dict[str, Any] = {"id": req_id, "method": method, "params": dict(params or {})}
+            if payload:
+                msg["size"] = len(payload)
+            self._wfile.write(encode(msg))
+            if payload:
+                self._wfile.write(payload)
             self._wfile.flush()
         return req_id, slot
 
@@ -250,6 +312,12 @@ class AgentClient:
                     msg = decode(line)
                 except ProtocolError:
                     continue
+                size = msg.get("size")
+                if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                    msg["payload"] = self._rfile.read(size)
+                    if len(msg["payload"]) < size:
+                        break  # the stream ended inside the data
+                self.last_heard = time.monotonic()
                 if msg.get("type") == "event":
                     self.events.put(msg)
                     continue

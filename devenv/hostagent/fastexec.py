@@ -8,6 +8,7 @@ without them as lines on the connection (the TCP channel, Windows).
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import logging
 import os
@@ -30,6 +31,14 @@ log = logging.getLogger(__name__)
 
 EXEC_WAIT = 30.0  # how long `devenv exec` waits for a reconnect before giving up
 STDIN_POLL = 0.5  # s between looks at whether the command ended, while stdin is quiet
+STDIN_CHUNK = 256 * 1024  # one stdin request
+# Stdin requests in flight to an agent that writes them in order ("frames"): waiting for each answer
+# before sending the next left every stage between here and the command's pipe idle in turn.
+STDIN_AHEAD = 4
+# Output of one command the guest may send before this agent has written it out: a reader slower
+# than the guest (a pipe into `less`, a full disk) holds the rest in the guest, not in this process.
+OUTPUT_WINDOW = 1024 * 1024
+ACK_EVERY = OUTPUT_WINDOW // 4  # one ack per this much written; below a window, so the guest never waits on one
 
 
 class ExecRequest:
@@ -104,8 +113,12 @@ class ExecRequest:
             cwd = self.agent.guest_cwd(self.msg.get("cwd") if isinstance(self.msg.get("cwd"), str) else None)
         want_stdin = bool(self.msg.get("stdin"))
         client = session.client
+        spawn: dict[str, Any] = {"argv": argv, "env": env, "cwd": cwd, "stdin": want_stdin}
+        frames = client.hello is not None and "frames" in client.hello.features
+        if frames:  # raw bytes, no base64, and output bounded by a window (agent.py)
+            spawn.update(frames=True, window=OUTPUT_WINDOW)
         try:
-            result = client.call("spawn", {"argv": argv, "env": env, "cwd": cwd, "stdin": want_stdin}, timeout=60)
+            result = client.call("spawn", spawn, timeout=60)
         except protocol.AgentError as e:
             if e.code == "unknown_method":
                 session.can_spawn = False
@@ -131,14 +144,18 @@ class ExecRequest:
                 else:
                     self._stdin_owned = True
                     pump = self._stdin
-                threading.Thread(target=pump, args=(client, proc_id), name="exec-stdin", daemon=True).start()
+                threading.Thread(target=pump, args=(client, proc_id, frames), name="exec-stdin", daemon=True).start()
             threading.Thread(target=self._signals, args=(client, proc_id), name="exec-signals", daemon=True).start()
-            return self._output(events)
+            return self._output(events, client if frames else None, proc_id)
         finally:
             session.detach(proc_id)
 
-    def _output(self, events: queue.Queue[tuple[str, Any]]) -> dict[str, Any]:
+    def _output(
+        self, events: queue.Queue[tuple[str, Any]], acks: protocol.AgentClient | None, proc_id: Any
+    ) -> dict[str, Any]:
+        """The command's output to the caller until it exits; with `acks`, each chunk acknowledged once written."""
         broken = False
+        unacked = 0
         while True:
             kind, ev = events.get()
             if kind == "lost":
@@ -147,38 +164,56 @@ class ExecRequest:
                 return {"exit_code": 255}
             if ev.get("event") == "exit":
                 return {"exit_code": int(ev.get("exit_code", 255))}
-            if broken:
-                continue
-            try:
-                self._emit("stdout" if ev.get("stream") == "stdout" else "stderr", base64.b64decode(ev.get("data", "")))
-            except OSError:  # the reader went away (head, a closed pipe): drop the rest, as SIGPIPE would
-                broken = True
+            data = ev["payload"] if "payload" in ev else base64.b64decode(ev.get("data", ""))
+            if not broken:
+                try:
+                    self._emit("stdout" if ev.get("stream") == "stdout" else "stderr", data)
+                except OSError:  # the reader went away (head, a closed pipe): drop the rest, as SIGPIPE would
+                    broken = True
+            unacked += len(data)  # dropped counts as taken: the guest must drain the command either way
+            if acks is not None and unacked >= ACK_EVERY:
+                with contextlib.suppress(DevenvError, OSError):  # a lost session ends this loop with its own event
+                    acks.notify("ack", {"process": proc_id, "bytes": unacked})
+                unacked = 0
 
-    def _stdin(self, client: protocol.AgentClient, proc_id: Any) -> None:
+    def _stdin(self, client: protocol.AgentClient, proc_id: Any, frames: bool) -> None:
+        inflight: collections.deque[protocol.Reply] = collections.deque()
         try:
             while not self.done.is_set():
                 ready, _, _ = select.select([self.stdin_fd], [], [], STDIN_POLL)
                 if not ready:
                     continue
-                data = os.read(self.stdin_fd, 256 * 1024)
+                data = os.read(self.stdin_fd, STDIN_CHUNK)
+                if frames:
+                    inflight.append(client.begin("stdin", {"process": proc_id, "eof": not data}, payload=data))
+                    if not data:
+                        return
+                    while len(inflight) >= STDIN_AHEAD:
+                        if _closed(inflight.popleft().wait(None)):
+                            return
+                    continue
                 params = {"process": proc_id, "data": base64.b64encode(data).decode(), "eof": not data}
-                r = client.call("stdin", params, timeout=None)
-                if not data or (isinstance(r, dict) and r.get("closed")):
+                if not data or _closed(client.call("stdin", params, timeout=None)):
                     return
         except (OSError, ValueError, DevenvError) as e:
             log.debug("exec stdin ended: %s", e)
         finally:
+            for reply in inflight:  # their answers say nothing now that stdin is done
+                reply.forget()
             with contextlib.suppress(OSError):
                 os.close(self.stdin_fd)
 
-    def _stdin_from_lines(self, client: protocol.AgentClient, proc_id: Any) -> None:
+    def _stdin_from_lines(self, client: protocol.AgentClient, proc_id: Any, frames: bool) -> None:
         """Stream mode: stdin lines to the guest in order, apart from the reader, so a full pipe never holds up ^C."""
         lines = self._stdin_lines
         assert lines is not None
         try:
             while (msg := lines.get()) is not None:
-                params = {"process": proc_id, "data": str(msg.get("data", "")), "eof": bool(msg.get("eof"))}
-                r = client.call("stdin", params, timeout=None)
+                params = {"process": proc_id, "eof": bool(msg.get("eof"))}
+                if frames:
+                    r = client.call("stdin", params, timeout=None, payload=base64.b64decode(str(msg.get("data", ""))))
+                else:
+                    r = client.call("stdin", {**params, "data": str(msg.get("data", ""))}, timeout=None)
                 self._ack_stdin()
                 if params["eof"] or (isinstance(r, dict) and r.get("closed")):
                     return  # the command closed its stdin: the rest is dropped, as a pipe would
@@ -228,3 +263,8 @@ class ExecRequest:
             log.debug("exec signal reader ended: %s", e)
         finally:
             self._queue_stdin(None)
+
+
+def _closed(reply: Any) -> bool:
+    """A stdin answer saying the command closed its stdin: the rest is dropped, as a pipe would."""
+    return isinstance(reply, dict) and bool(reply.get("closed"))

@@ -368,3 +368,67 @@ def test_an_installed_agent_is_compiled_and_launched_from_its_bytecode(tmp_path:
     finally:
         lib.chmod(0o755)
     assert sorted(q.name for q in lib.iterdir()) == ["__pycache__", "guestagent.py"]
+
+
+def _spawn_output(client: protocol.AgentClient, proc_id: int, ack: bool) -> tuple[bytes, list[int], int]:
+    """A spawn's stdout (payloads of its frames), the size of each, and its exit code; acknowledged when `ack`."""
+    out, sizes = b"", []
+    while True:
+        ev = client.next_event(timeout=20)
+        assert ev is not None, f"no event after {len(out)} bytes"
+        if ev["event"] == "exit":
+            return out, sizes, ev["exit_code"]
+        assert "data" not in ev and ev["stream"] == "stdout"
+        out += ev["payload"]
+        sizes.append(len(ev["payload"]))
+        if ack:
+            client.notify("ack", {"process": proc_id, "bytes": len(ev["payload"])})
+
+
+def test_spawn_frames_carry_raw_bytes_and_a_window_holds_output_back_until_acked(client: protocol.AgentClient) -> None:
+    assert client.hello is not None and "frames" in client.hello.features
+    data = os.urandom(6 * 1024 * 1024)
+    window = 1024 * 1024
+    script = "import sys; sys.stdout.buffer.write(sys.stdin.buffer.read())"
+    spawned = client.call(
+        "spawn", {"argv": [sys.executable, "-c", script], "stdin": True, "frames": True, "window": window}
+    )
+    proc_id = spawned["process"]
+    # stdin as raw payloads, several in flight at once: the agent writes them in the order it read them
+    step = 256 * 1024
+    replies = [
+        client.begin("stdin", {"process": proc_id, "eof": False}, payload=data[i : i + step])
+        for i in range(0, len(data), step)
+    ]
+    assert [r.wait(20)["written"] for r in replies] == [step] * (len(data) // step)
+    client.call("stdin", {"process": proc_id, "eof": True})
+    # unacknowledged, the agent stops after a window (and at most one read more)
+    held, sizes = b"", []
+    while (ev := client.next_event(timeout=2)) is not None:
+        held += ev["payload"]
+        sizes.append(len(ev["payload"]))
+    assert window <= len(held) < window + agent.OUTPUT_CHUNK, len(held)
+    client.notify("ack", {"process": proc_id, "bytes": len(held)})
+    rest, more, code = _spawn_output(client, proc_id, ack=True)
+    assert (code, held + rest) == (0, data)
+    assert max(sizes + more) <= agent.OUTPUT_CHUNK
+
+
+def test_a_spawn_without_frames_is_base64_events_as_before(client: protocol.AgentClient) -> None:
+    spawned = client.call("spawn", {"argv": ["printf", "a\\0b"]})
+    events = [client.next_event(timeout=20) for _ in range(2)]
+    assert [e["event"] for e in events if e] == ["output", "exit"]
+    assert events[0] is not None and base64.b64decode(events[0]["data"]) == b"a\0b" and "payload" not in events[0]
+    assert spawned["process"] == events[0]["subscription"]
+
+
+def test_a_payload_announced_too_large_is_skipped_and_the_agent_keeps_serving(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdout and proc.stdin
+    proc.stdout.readline()
+    size = agent.MAX_LINE + 10
+    proc.stdin.write(b'{"id": 1, "method": "ping", "size": %d}\n' % size + bytes(size))
+    proc.stdin.write(b'{"id": 2, "method": "ping"}\n')
+    proc.stdin.flush()
+    first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
+    assert (first["id"], first["error"]["code"]) == (1, "too_large")
+    assert (second["id"], second["result"]["pong"]) == (2, True)

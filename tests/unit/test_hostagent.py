@@ -275,6 +275,8 @@ def test_guest_cwd_is_one_rule_for_both_exec_paths(cwd: str | None, expected: st
 class _Refusing:
     """A guest-agent client whose spawn fails the given way."""
 
+    hello = None  # an agent that said nothing of frames: spawn as before them
+
     def __init__(self, exc: Exception) -> None:
         self.exc = exc
 
@@ -342,7 +344,7 @@ def test_exec_runs_in_the_workdir_asked_for_else_the_mapped_cwd(
         calls.append((method, params))
         raise NotSent("recorded", "")  # the request ends here, as "unavailable"
 
-    session = SimpleNamespace(client=SimpleNamespace(call=call), can_spawn=True)
+    session = SimpleNamespace(client=SimpleNamespace(call=call, hello=None), can_spawn=True)
     agent = SimpleNamespace(
         wait_session=lambda timeout: session, opts=SimpleNamespace(env={"T": "toml"}), guest_cwd=lambda c: f"mapped:{c}"
     )
@@ -439,3 +441,37 @@ def test_a_failed_connect_is_info_but_a_bug_is_an_error_with_its_traceback(caplo
     (record,) = caplog.records
     assert record.levelno == logging.ERROR and record.exc_info is not None
     assert "Traceback" in caplog.text and "test_a_failed_connect_is_info" in caplog.text
+
+
+@pytest.mark.parametrize("sending", [True, False], ids=["busy", "silent"])
+def test_a_guest_agent_that_keeps_sending_is_busy_not_gone(sending: bool) -> None:
+    """A ping answered late behind a stream of output must not drop the session (and every exec on it)."""
+    import json
+    import threading
+    from types import SimpleNamespace
+
+    from devenv.guestagent import protocol
+    from devenv.hostagent.session import GuestSession
+
+    to_host_r, to_host_w = os.pipe()
+    to_agent_r, to_agent_w = os.pipe()
+    stop = threading.Event()
+
+    def fake_agent() -> None:  # says hello, then only output events: it never answers the ping
+        with open(to_host_w, "wb", buffering=0) as out:
+            out.write(json.dumps({"type": "hello", "protocol": protocol.PROTOCOL_VERSION}).encode() + b"\n")
+            while sending and not stop.wait(0.05):
+                out.write(b'{"type":"event","event":"output","subscription":1,"stream":"stdout","data":""}\n')
+            stop.wait()
+
+    threading.Thread(target=fake_agent, daemon=True).start()
+    with open(to_host_r, "rb") as rfile, open(to_agent_w, "wb") as wfile:
+        client = protocol.AgentClient(rfile, wfile)
+        client.start()
+        session = GuestSession(SimpleNamespace(), None)  # type: ignore[arg-type]
+        session.client = client
+        try:
+            assert session.ping(timeout=0.5) is sending
+        finally:
+            stop.set()
+            os.close(to_agent_r)

@@ -183,6 +183,27 @@ def test_session_reaches_sshd_and_echoes(rig: tuple[Path, socket.socket, FakeSsh
     assert recv_exactly(stream, len(big)) == big
 
 
+def test_megabytes_both_ways_arrive_whole_with_a_clock_frame_among_them(
+    rig: tuple[Path, socket.socket, FakeSshd, list[bytes]],
+) -> None:
+    """The relay takes all that waits on the port at once (readv) and sends its DATA to sshd together."""
+    path, port, _sshd, clock = rig
+    FakeQemu(path, port)
+    stream = RelayStream(path, wait=5)
+    stream.settimeout(0.1)
+    assert recv_exactly(stream, 6) == b"SSH-1\n"
+    first, second = os.urandom(3_000_000), os.urandom(1_000_000)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(recv_exactly(stream, len(first + second), timeout=30)))
+    reader.start()
+    stream.send(first)
+    stream._sock.sendall(guest.frame(guest.CLOCK, b"1700000000.5"))  # between two sends, as after a restore
+    stream.send(second)
+    reader.join(35)
+    assert got == [first + second]
+    assert clock == [b"1700000000.5"]
+
+
 def test_session_survives_the_chardev_going_away_and_coming_back(
     rig: tuple[Path, socket.socket, FakeSshd, list[bytes]],
 ) -> None:
