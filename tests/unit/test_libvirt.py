@@ -96,7 +96,11 @@ def define(conn: Any, inst: InstanceRef, owner: Owner | None) -> Any:
 def test_domain_xml_is_what_libvirt_keeps(tmp_path: Path, conn: Any) -> None:
     owner = Owner("web", str(tmp_path))
     xml = domain_xml(
-        spec(tmp_path, shares=(("m0", "/src", False),)), "devenv-web-1", owner, "/usr/bin/qemu", run_as=(7, 8)
+        spec(tmp_path, shares=(("m0", "/src", False),), relay_socket=tmp_path / "relay.sock"),
+        "devenv-web-1",
+        owner,
+        "/usr/bin/qemu",
+        run_as=(7, 8),
     )
     dom = conn.defineXML(xml)
     kept = ET.fromstring(dom.XMLDesc())
@@ -114,6 +118,9 @@ def test_domain_xml_is_what_libvirt_keeps(tmp_path: Path, conn: Any) -> None:
     fs = kept.find("devices/filesystem")
     assert fs is not None and fs.get("accessmode") == "squash" and fs.find("readonly") is not None
     assert kept.find("seclabel/label").text == "+7:+8"  # type: ignore[union-attr]
+    channel = kept.find("devices/channel")
+    assert channel is not None and channel.find("source").get("path") == str(tmp_path / "relay.sock")  # type: ignore[union-attr]
+    assert channel.find("target").get("name") == "org.devenv.relay"  # type: ignore[union-attr]
     assert owner_of(dom) == owner
 
 

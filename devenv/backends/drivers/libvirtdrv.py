@@ -104,6 +104,7 @@ class LibvirtDriver:
         self._refuse_foreign(inst, name, uri)
         known = self._ours(inst)
         uuid = known.UUIDString() if known is not None else ""
+        (inst.dir / paths.RELAY_SOCK).unlink(missing_ok=True)  # a socket of the last boot
         serial = inst.dir / paths.SERIAL_LOG
         if serial.exists():
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
@@ -128,6 +129,7 @@ class LibvirtDriver:
             firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
             shares=qemuhost.shares(inst, binary),
             machine=chosen,
+            relay_socket=self._relay(inst),
             tcg_cache_mb=inst.config.tcg_cache // 1024**2,
         )
         # root's session daemon is a privileged one, which runs QEMU as the system's qemu user (who cannot
@@ -241,7 +243,15 @@ class LibvirtDriver:
         return inst.dir / paths.SERIAL_LOG
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
-        return AgentPlan(vm_pid_file=inst.dir / VM_PID)
+        return AgentPlan(vm_pid_file=inst.dir / VM_PID, relay_socket=self._relay(inst))
+
+    def _relay(self, inst: InstanceRef) -> Path | None:
+        """The SSH relay's virtio-serial port on a unix socket in the instance folder, as the QEMU driver's.
+
+        The host agent's session goes through it rather than the guest's network (hostagent/relay.py says why).
+        """
+        relay = (inst.dir / paths.RELAY_SOCK).absolute()
+        return relay if paths.socket_path_fits(relay) else None
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
         log = self._domain_log(inst)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv.backends.drivers.qemuargs import VmSpec
+from devenv.guestagent.relay import PORT_NAME as RELAY_PORT_NAME
 
 METADATA_NS = "https://devenv.invalid/xmlns/instance/1"
 METADATA_KEY = "devenv"  # the element's prefix in libvirt's XML
@@ -120,6 +121,10 @@ def domain_xml(
     serial = ET.SubElement(devices, "serial", {"type": "file"})
     ET.SubElement(serial, "source", {"path": str(spec.serial_log), "append": "on"})
     ET.SubElement(serial, "target", {"port": "0"})
+    if spec.relay_socket is not None:  # the host agent's SSH session goes through it (hostagent/relay.py)
+        channel = ET.SubElement(devices, "channel", {"type": "unix"})
+        ET.SubElement(channel, "source", {"mode": "bind", "path": str(spec.relay_socket)})
+        ET.SubElement(channel, "target", {"type": "virtio", "name": RELAY_PORT_NAME})
     for tag, path, writable in spec.shares:
         # squash: QEMU's security_model=none, as the QEMU driver's shares
         fs = ET.SubElement(devices, "filesystem", {"type": "mount", "accessmode": "squash"})
