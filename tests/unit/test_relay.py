@@ -70,7 +70,10 @@ class FakeQemu:
 
     def __init__(self, path: Path, port: socket.socket) -> None:
         self.port = port
-        self.lock = threading.Lock()
+        # one lock per direction: a direction blocked on a full buffer must never hold up the other (each
+        # drains what the other waits on); exit() takes both
+        self.lock = threading.Lock()  # port -> client
+        self.in_lock = threading.Lock()  # client -> port
         self.stopped = False
         self.client: socket.socket | None = None
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -104,7 +107,7 @@ class FakeQemu:
                 ready, _, _ = select.select([client], [], [], 0.02)
             except (OSError, ValueError):  # exit() closed it under the thread
                 return
-            with self.lock:
+            with self.in_lock:
                 if self.stopped or not ready:
                     continue
                 try:
@@ -116,7 +119,7 @@ class FakeQemu:
                 self.port.sendall(data)
 
     def exit(self, path: Path) -> None:
-        with self.lock:
+        with self.lock, self.in_lock:
             self.stopped = True
         if self.client is not None:
             self.client.close()
