@@ -45,4 +45,14 @@ CASES = {
         ("qemu-system-x86_64", "qemu-img"),
         (("DEVENV_QEMU_ACCEL", "tcg"),),
     ),
+    # the test user's own daemon (qemu:///session), which runs QEMU as that user; TCG as for qemu
+    "libvirt": DriverCase(
+        "libvirt",
+        "e2e-lv",
+        "start the libvirt domain",
+        "ssh",
+        "libvirt.pid",
+        ("qemu-system-x86_64", "qemu-img", "virsh"),
+        (("DEVENV_QEMU_ACCEL", "tcg"), ("LIBVIRT_DEFAULT_URI", "qemu:///session")),
+    ),
 }
