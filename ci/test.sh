@@ -79,7 +79,7 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
   # libvirt (tests/unit/test_libvirt.py, the e2e suite's libvirt case): the test user's domains run on
   # qemu:///session, whose daemon the client starts as that user on demand. The system daemon runs too,
   # so `doctor` and the URI choice meet a real one; the test user is left out of the `libvirt` group
-  # and so keeps to the session (devenv runs domains there only, so far).
+  # and so keeps to the session (the e2e case names qemu:///session in any case).
   if ! virsh -c qemu:///system version >/dev/null 2>&1; then
     if [ -d /run/systemd/system ]; then systemctl start libvirtd; else
       mkdir -p /var/log/libvirt /run/libvirt

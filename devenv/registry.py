@@ -36,7 +36,7 @@ REGISTRY: dict[str, Entry] = {
         Entry(
             "libvirt",
             "devenv.backends.drivers.libvirtdrv:LibvirtDriver",
-            "a libvirt domain (qemu:///session)",
+            "a libvirt domain (qemu:///system or qemu:///session)",
             "libvirt",
             driver=True,
         ),

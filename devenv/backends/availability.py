@@ -101,22 +101,22 @@ def libvirt(host: Host) -> Probe:
             "the Python package libvirt-python is not installed",
             "sudo apt-get install libvirt-dev pkg-config && pip install 'devenv[libvirt]'",
         )
-    from devenv.backends.drivers.libvirturi import SESSION, choose
+    from devenv.backends.drivers.libvirturi import SESSION, SYSTEM, choose
 
     choice = choose("")
-    if choice.uri != SESSION:
+    if choice.uri not in (SESSION, SYSTEM):
         return Probe(
             False,
-            f"{choice.uri} ({choice.why}): devenv runs domains on {SESSION} only so far",
+            f"{choice.uri} ({choice.why}): devenv runs domains on {SESSION} and {SYSTEM} only so far",
             f'set libvirt_uri = "{SESSION}" in devenv.toml, or LIBVIRT_DEFAULT_URI={SESSION}',
         )
-    if not any(_which(d) for d in ("libvirtd", "virtqemud")):
+    if choice.uri == SESSION and not any(_which(d) for d in ("libvirtd", "virtqemud")):
         return Probe(
             False,
             f"{SESSION} ({choice.why}), but no libvirt daemon is installed to start",
             "sudo apt-get install libvirt-daemon-system (Fedora: dnf install libvirt-daemon-kvm)",
         )
-    return Probe(True, f"{SESSION} ({choice.why})")
+    return Probe(True, f"{choice.uri} ({choice.why})")
 
 
 def _which(program: str) -> bool:

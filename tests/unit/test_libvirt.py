@@ -131,6 +131,13 @@ def test_kvm_gets_a_kvm_domain_with_the_host_cpu_and_no_tcg_cache(tmp_path: Path
     assert root.find("features/tcg") is None
 
 
+def test_a_pooled_domain_keeps_its_console_on_a_pty(tmp_path: Path) -> None:
+    """The system daemon's QEMU runs as another user, who cannot write into the instance folder."""
+    root = ET.fromstring(domain_xml(spec(tmp_path), "d", Owner("web", "/f"), "/q", console_file=False))
+    serial = root.find("devices/serial")
+    assert serial is not None and serial.get("type") == "pty" and serial.find("source") is None
+
+
 def test_an_image_without_its_own_kernel_boots_from_its_disk(tmp_path: Path) -> None:
     root = ET.fromstring(domain_xml(spec(tmp_path, kernel=None, initrd=None), "d", Owner("web", "/f"), "/q"))
     assert root.find("os/kernel") is None
@@ -271,12 +278,12 @@ def test_connecting_to_a_daemon_that_is_not_there_says_so() -> None:
     assert e.value.message.startswith("libvirt (qemu+unix:///system?socket=/nonexistent/sock) could not connect: ")
 
 
-def test_the_system_daemon_is_refused_with_the_setting_that_works(
+def test_a_daemon_on_another_host_is_refused_with_the_setting_that_works(
     inst: InstanceRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dataclasses
 
-    other = InstanceRef(inst.name, inst.dir, dataclasses.replace(inst.config, libvirt_uri="qemu:///system"))
+    other = InstanceRef(inst.name, inst.dir, dataclasses.replace(inst.config, libvirt_uri="qemu+ssh://box/system"))
     with pytest.raises(NotSupported) as e:
         LibvirtDriver().create(other, StepRecorder())
     assert 'libvirt_uri = "qemu:///session"' in e.value.hint

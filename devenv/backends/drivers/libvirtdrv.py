@@ -12,11 +12,13 @@ folder; any other, whatever its name, is left alone: never reported as the
 instance's, stopped or undefined. One whose name devenv needs makes a start
 fail, saying so.
 
-Today the domain's files are the instance folder's, which only a QEMU running
-as this user can open: qemu:///session (and test:///default). The system
-daemon runs QEMU as its own user, which cannot enter a 0700 instance folder;
-it needs the disk as a storage-pool volume, which is not written yet, so such
-a URI is refused with the setting that works.
+Where the domain's files live depends on whose QEMU opens them. The session
+daemon's QEMU is this user's: the disk, seed and console stay in the
+instance folder, and folders are shared over 9p. The system daemon's QEMU
+runs as its own user, who cannot enter a 0700 instance folder: the disk,
+seed, kernel and initrd become volumes of its storage pool (libvirtpool.py),
+the console stays with libvirt (readiness is asked over SSH) and folders are
+shared by reverse sshfs. A daemon on another host is not supported yet.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import libvirt  # here, not lazily: the registry turns its absence into the extra's install command
 
 from devenv import paths
-from devenv.backends.drivers import libvirturi, qemuhost
+from devenv.backends.drivers import libvirtpool, libvirturi, qemuhost
 from devenv.backends.drivers.libvirtxml import (
     METADATA_KEY,
     METADATA_NS,
@@ -51,7 +53,9 @@ if TYPE_CHECKING:
     from devenv.backends.base import InstanceRef, StepReporter
 
 VM_PID = "libvirt.pid"  # in the instance dir: the pid of the domain's QEMU, which the host agent watches
-LOCAL_URIS = ("qemu:///session", "test:///default")
+IN_PLACE_URIS = ("qemu:///session", "test:///default")  # QEMU runs as this user: the files stay where they are
+POOLED_URIS = ("qemu:///system",)  # QEMU runs as the daemon's own user: the files go into its pool
+DIGESTS = "libvirt.json"  # in the instance dir: the sha256 of the image's files, which name their volumes
 
 
 class LibvirtDriver:
@@ -67,7 +71,7 @@ class LibvirtDriver:
     # -- what the VM backend asks ---------------------------------------------
 
     def check(self, inst: InstanceRef) -> None:
-        self._local_uri(inst)
+        self._supported_uri(inst)
         self._disk.check(inst)
         arch = self._image(inst).get("arch") or "x86_64"
         accel, _ = accel_choice(inst, arch)
@@ -80,11 +84,16 @@ class LibvirtDriver:
             )
 
     def create(self, inst: InstanceRef, step: StepReporter) -> None:
-        self._local_uri(inst)  # before any disk is made
+        self._supported_uri(inst)  # before any disk is made
         self._disk.create(inst, step)
+        if self._pooled(inst):  # its disk is a pool volume, made at the first launch
+            (inst.dir / paths.DISK).unlink()
 
     def delete(self, inst: InstanceRef) -> None:
-        """Undefine this instance's domain (its disk and seed are in the instance folder, which goes next)."""
+        """Undefine this instance's domain, and remove its volumes from the pool (the shared base stays).
+
+        In place, its disk and seed are in the instance folder, which goes next.
+        """
         dom = self._ours(inst)
         if dom is None:
             return
@@ -92,9 +101,12 @@ class LibvirtDriver:
             if dom.isActive():
                 dom.destroy()
             dom.undefine()
+            if self._pooled(inst):
+                conn = self._conn(inst, "delete the domain's volumes")
+                libvirtpool.remove(libvirtpool.pool(conn), list(_own_volumes(dom.name())))
 
     def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
-        uri = self._local_uri(inst)
+        uri = self._supported_uri(inst)
         image = self._image(inst)
         arch = image.get("arch") or "x86_64"
         accel, _ = accel_choice(inst, arch)
@@ -110,6 +122,8 @@ class LibvirtDriver:
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
         cmdline = f"{kernel_cmdline(image.get('cmdline', ''), 'ttyS0', aslr=inst.config.aslr, accel=accel)} {extra}"
         binary = qemuhost.check_qemu(arch)
+        conn = self._conn(inst, "define the domain")
+        files = self._files(inst, conn, image, name, step)
         step(f"start the libvirt domain {name} ({kind}, {uri})")
         spec = VmSpec(
             name=inst.name,
@@ -117,26 +131,27 @@ class LibvirtDriver:
             accel=accel,
             cpus=inst.config.cpus,
             memory=inst.config.memory,
-            disk=(inst.dir / paths.DISK).absolute(),
-            cidata=(inst.dir / paths.CIDATA).absolute(),
+            disk=files["disk"],
+            cidata=files["cidata"],
             ssh_port=0,  # forwarded once the domain runs (forward_ssh)
             serial_log=serial.absolute(),
             qmp_socket=inst.dir / paths.QMP_SOCK,  # unused: libvirt owns QEMU's monitor
             pid_file=inst.dir / VM_PID,  # unused: libvirt keeps QEMU's pid file
-            kernel=Path(image["kernel"]) if image.get("kernel") else None,
-            initrd=Path(image["initrd"]) if image.get("initrd") else None,
+            kernel=files.get("kernel"),
+            initrd=files.get("initrd"),
             cmdline=cmdline.strip(),
             firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
-            shares=qemuhost.shares(inst, binary),
+            shares=() if self._pooled(inst) else qemuhost.shares(inst, binary),  # its QEMU cannot read them
             machine=chosen,
             relay_socket=self._relay(inst),
             tcg_cache_mb=inst.config.tcg_cache // 1024**2,
         )
         # root's session daemon is a privileged one, which runs QEMU as the system's qemu user (who cannot
         # open a 0700 instance folder) unless the domain says otherwise; a user's has no such user to switch to
-        run_as = (0, os.getgid()) if os.getuid() == 0 else None
-        xml = domain_xml(spec, name, self._owner(inst), binary, uuid=uuid, run_as=run_as)
-        conn = self._conn(inst, "define the domain")
+        run_as = (0, os.getgid()) if os.getuid() == 0 and not self._pooled(inst) else None
+        xml = domain_xml(
+            spec, name, self._owner(inst), binary, uuid=uuid, run_as=run_as, console_file=not self._pooled(inst)
+        )
         with self._errors(inst, "define the domain"):
             dom = conn.defineXML(xml)
         try:
@@ -239,8 +254,9 @@ class LibvirtDriver:
         port = ssh_port(inst.dir)
         return None if port is None else Endpoint("127.0.0.1", port)
 
-    def console_log(self, inst: InstanceRef) -> Path:
-        return inst.dir / paths.SERIAL_LOG
+    def console_log(self, inst: InstanceRef) -> Path | None:
+        """None for a pooled domain, whose QEMU cannot write into the instance folder: readiness goes over SSH."""
+        return None if self._pooled(inst) else inst.dir / paths.SERIAL_LOG
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
         return AgentPlan(vm_pid_file=inst.dir / VM_PID, relay_socket=self._relay(inst))
@@ -251,7 +267,7 @@ class LibvirtDriver:
         The host agent's session goes through it rather than the guest's network (hostagent/relay.py says why).
         """
         relay = (inst.dir / paths.RELAY_SOCK).absolute()
-        return relay if paths.socket_path_fits(relay) else None
+        return relay if paths.socket_path_fits(relay) and not self._pooled(inst) else None
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
         log = self._domain_log(inst)
@@ -273,16 +289,60 @@ class LibvirtDriver:
     def _uri(self, inst: InstanceRef) -> libvirturi.UriChoice:
         return libvirturi.choose(inst.config.libvirt_uri)
 
-    def _local_uri(self, inst: InstanceRef) -> str:
+    def _supported_uri(self, inst: InstanceRef) -> str:
         choice = self._uri(inst)
-        if choice.uri not in LOCAL_URIS:
+        if choice.uri not in IN_PLACE_URIS + POOLED_URIS:
             raise NotSupported(
                 "libvirt",
                 f"the URI {choice.uri} ({choice.why})",
-                'set libvirt_uri = "qemu:///session" in devenv.toml (or LIBVIRT_DEFAULT_URI=qemu:///session)',
-                why="only qemu:///session is supported yet: other daemons need the disk in a storage pool",
+                'set libvirt_uri = "qemu:///session" (or "qemu:///system") in devenv.toml',
+                why="a daemon on another host is not supported yet",
             )
         return choice.uri
+
+    def _pooled(self, inst: InstanceRef) -> bool:
+        return self._uri(inst).uri in POOLED_URIS
+
+    def _files(
+        self, inst: InstanceRef, conn: Any, image: dict[str, str], name: str, step: StepReporter
+    ) -> dict[str, Path]:
+        """The disk, seed, kernel and initrd as this daemon's QEMU opens them: in place, or pool volumes."""
+        files = {"disk": (inst.dir / paths.DISK).absolute(), "cidata": (inst.dir / paths.CIDATA).absolute()}
+        for key in ("kernel", "initrd"):
+            if image.get(key):
+                files[key] = Path(image[key])
+        if not self._pooled(inst):
+            return files
+        step(f"put the disk and seed in the libvirt storage pool `{libvirtpool.POOL}`")
+        with self._errors(inst, f"put the instance's files in the storage pool `{libvirtpool.POOL}`"):
+            pool = libvirtpool.pool(conn)
+            digests = self._digests(inst, image)
+            disk, seed = _own_volumes(name)
+            base = libvirtpool.upload_once(conn, pool, f"base-{digests['base'][:24]}.qcow2", Path(image["base"]))
+            pooled = {
+                "disk": Path(libvirtpool.overlay(pool, disk, base, inst.config.disk)),
+                "cidata": Path(libvirtpool.replace(conn, pool, seed, files["cidata"])),
+            }
+            for key in ("kernel", "initrd"):
+                if key in files:
+                    vol = f"{key}-{digests[key][:24]}"
+                    pooled[key] = Path(libvirtpool.upload_once(conn, pool, vol, files[key]))
+        return pooled
+
+    def _digests(self, inst: InstanceRef, image: dict[str, str]) -> dict[str, str]:
+        """sha256 of the image's base, kernel and initrd, computed once per instance (DIGESTS)."""
+        import json
+
+        record = inst.dir / DIGESTS
+        try:
+            known = json.loads(record.read_text())
+            if isinstance(known, dict):
+                return {str(k): str(v) for k, v in known.items()}
+        except (OSError, ValueError):
+            pass
+        digests = {k: libvirtpool.sha256_of(Path(image[k])) for k in ("base", "kernel", "initrd") if image.get(k)}
+        record.write_text(json.dumps(digests) + "\n")
+        return digests
 
     def _conn(self, inst: InstanceRef, operation: str) -> Any:
         uri = self._uri(inst).uri
@@ -394,11 +454,14 @@ class LibvirtDriver:
             return None
 
     def _domain_log(self, inst: InstanceRef) -> Path | None:
-        """Where the session daemon writes the domain's QEMU output (a remote daemon's is not readable here)."""
+        """Where a local daemon writes the domain's QEMU output (the system one's is for root to read)."""
         name = domain_name(inst.name, inst.dir)
-        if self._uri(inst).uri != libvirturi.SESSION:
+        uri = self._uri(inst).uri
+        if uri not in (libvirturi.SESSION, libvirturi.SYSTEM):
             return None
-        if os.getuid() == 0:  # root's session daemon is a privileged one, which logs where the system one does
+        if (
+            uri == libvirturi.SYSTEM or os.getuid() == 0
+        ):  # root's session daemon is a privileged one, which logs where the system one does
             return Path("/var/log/libvirt/qemu") / f"{name}.log"
         cache = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
         return Path(cache) / "libvirt" / "qemu" / "log" / f"{name}.log"
@@ -431,6 +494,11 @@ def forward_ssh(dom: Any, inst_dir: Path) -> int:
         f"QEMU could not forward a 127.0.0.1 port to the guest's sshd: {said}",
         "another program may be taking ports as fast as they are freed; start again",
     )
+
+
+def _own_volumes(domain: str) -> tuple[str, str]:
+    """The pool volumes of one instance's own: its disk and its seed."""
+    return f"{domain}.qcow2", f"{domain}-cidata.iso"
 
 
 def owner_of(dom: Any) -> Owner | None:

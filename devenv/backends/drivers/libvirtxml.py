@@ -73,9 +73,20 @@ def parse_metadata(text: str) -> Owner | None:
 
 
 def domain_xml(
-    spec: VmSpec, domain: str, owner: Owner, emulator: str, *, uuid: str = "", run_as: tuple[int, int] | None = None
+    spec: VmSpec,
+    domain: str,
+    owner: Owner,
+    emulator: str,
+    *,
+    uuid: str = "",
+    run_as: tuple[int, int] | None = None,
+    console_file: bool = True,
 ) -> str:
-    """`uuid`: the domain's when it is defined already (a new definition of it must name it)."""
+    """`uuid`: the domain's when it is defined already (a new definition of it must name it).
+
+    `console_file`: the console goes to spec.serial_log; else to a pty only (a QEMU of another user
+    cannot write into the instance folder).
+    """
     kvm = spec.accel == "kvm"
     ET.register_namespace(METADATA_KEY, METADATA_NS)
     dom = ET.Element("domain", {"type": "kvm" if kvm else "qemu"})
@@ -118,8 +129,9 @@ def domain_xml(
     if spec.cidata is not None:
         _disk(devices, spec.cidata, "vdb", "raw", writable=False)
     ET.SubElement(devices, "controller", {"type": "usb", "model": "none"})
-    serial = ET.SubElement(devices, "serial", {"type": "file"})
-    ET.SubElement(serial, "source", {"path": str(spec.serial_log), "append": "on"})
+    serial = ET.SubElement(devices, "serial", {"type": "file" if console_file else "pty"})
+    if console_file:
+        ET.SubElement(serial, "source", {"path": str(spec.serial_log), "append": "on"})
     ET.SubElement(serial, "target", {"port": "0"})
     if spec.relay_socket is not None:  # the host agent's SSH session goes through it (hostagent/relay.py)
         channel = ET.SubElement(devices, "channel", {"type": "unix"})
