@@ -19,14 +19,14 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Devenv
-from tests.e2e.drivers import CASES
+from tests.e2e.drivers import LIBVIRT
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the e2e VM runs on the Linux CI hosts"),
 ]
 
-CASE = CASES["libvirt"]
+CASE = LIBVIRT
 NAME = "handmade"
 
 
