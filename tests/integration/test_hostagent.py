@@ -652,6 +652,19 @@ def test_shutdown_while_waiting_for_the_boot_is_prompt(make_env: Callable[..., E
     assert env.events("agent-stopped") and not env.events("connected")
 
 
+def _send_junk(sock: socket.socket, junk: bytes) -> bytes:
+    """Send `junk` to a control channel, end our side, and return all it answered (the socket is closed)."""
+    with sock:
+        with contextlib.suppress(OSError):  # the agent may refuse an oversized line before it is all sent
+            sock.sendall(junk)
+            sock.shutdown(socket.SHUT_WR)
+        got = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(4096):
+                got += chunk
+    return got
+
+
 def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
     env = make_env()
     path = str(hostagent.control_path(env.inst))
@@ -671,20 +684,14 @@ def test_shutdown_and_bad_clients(make_env: Callable[..., Env]) -> None:
         (b"", b""),
     ]
     for junk, answer in junk_and_answer:
-        with socket.socket(socket.AF_UNIX) as s:
-            s.settimeout(5)
-            s.connect(path)
-            with contextlib.suppress(OSError):  # the agent may refuse an oversized line before it is all sent
-                s.sendall(junk)
-                s.shutdown(socket.SHUT_WR)
-            got = b""
-            with contextlib.suppress(OSError):
-                while chunk := s.recv(4096):
-                    got += chunk
-            assert answer in got, (junk[:40], got)
-            if answer:  # one final line with an error and its code
-                reply = json.loads(got)
-                assert reply["final"] is True and reply["code"] in (2, 255) and reply["error"], reply
+        sock = socket.socket(socket.AF_UNIX)
+        sock.settimeout(5)
+        sock.connect(path)
+        got = _send_junk(sock, junk)
+        assert answer in got, (junk[:40], got)
+        if answer:  # one final line with an error and its code
+            reply = json.loads(got)
+            assert reply["final"] is True and reply["code"] in (2, 255) and reply["error"], reply
         assert client.request(env.inst, {"op": "ping"}) == {"pong": True, "final": True}  # still serving
     slow.close()
     rss_after = pidutil.rss_bytes(env.state()["pid"])
@@ -720,14 +727,7 @@ def test_the_tcp_control_channel_answers_junk_and_keeps_serving(
         (json.dumps({"op": "nope", "version": 99, "token": token}).encode() + b"\n", b"unknown op 'nope'"),
     ]
     for junk, answer in junk_and_answer:
-        with socket.create_connection(("127.0.0.1", info["port"]), timeout=5) as s:
-            with contextlib.suppress(OSError):
-                s.sendall(junk)
-                s.shutdown(socket.SHUT_WR)
-            got = b""
-            with contextlib.suppress(OSError):
-                while chunk := s.recv(4096):
-                    got += chunk
+        got = _send_junk(socket.create_connection(("127.0.0.1", info["port"]), timeout=5), junk)
         assert answer in got, (junk[:40], got)
         reply = json.loads(got)
         assert reply["final"] is True and reply["code"] in (2, 77) and reply["error"], reply

@@ -42,7 +42,7 @@ from devenv.backends.drivers.libvirtxml import (
     domain_xml,
     parse_metadata,
 )
-from devenv.backends.drivers.qemu import HOST_ADDRESS, IMAGE_RECORD, POWER_BUTTON_EVERY, QemuDriver
+from devenv.backends.drivers.qemu import HOST_ADDRESS, POWER_BUTTON_EVERY, QemuDriver
 from devenv.backends.drivers.qemuaccel import accel_choice, machine
 from devenv.backends.drivers.qemuargs import VmSpec, kernel_cmdline
 from devenv.backends.drivers.qemuproc import ssh_port, ssh_port_for
@@ -73,10 +73,10 @@ class LibvirtDriver:
     def check(self, inst: InstanceRef) -> None:
         self._supported_uri(inst)
         self._disk.check(inst)
-        arch = self._image(inst).get("arch") or "x86_64"
+        arch = QemuDriver.image_record(inst).get("arch") or "x86_64"
         accel, _ = accel_choice(inst, arch)
         self._domain_type(inst, accel)
-        chosen, _ = machine(inst, arch, bool(self._image(inst).get("kernel")), accel, creating=False)
+        chosen, _ = machine(inst, arch, bool(QemuDriver.image_record(inst).get("kernel")), accel, creating=False)
         if chosen == "microvm":
             raise ConfigError(
                 [f'{self._where(inst, "machine")}: field `machine` = "microvm" is not a machine libvirt runs'],
@@ -107,7 +107,7 @@ class LibvirtDriver:
 
     def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
         uri = self._supported_uri(inst)
-        image = self._image(inst)
+        image = QemuDriver.image_record(inst)
         arch = image.get("arch") or "x86_64"
         accel, _ = accel_choice(inst, arch)
         kind = self._domain_type(inst, accel)
@@ -182,7 +182,7 @@ class LibvirtDriver:
             with self._errors(inst, "resume the domain"):
                 dom.resume()
         self._record_pid(inst, dom.name())
-        accel, _ = accel_choice(inst, self._image(inst).get("arch") or "x86_64")
+        accel, _ = accel_choice(inst, QemuDriver.image_record(inst).get("arch") or "x86_64")
         return Boot(emulated=accel != "kvm", watch=self._alive_check(inst))
 
     def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
@@ -411,18 +411,6 @@ class LibvirtDriver:
                 )
 
         return check
-
-    def _image(self, inst: InstanceRef) -> dict[str, str]:
-        import json
-
-        try:
-            data = json.loads((inst.dir / IMAGE_RECORD).read_text())
-        except (OSError, ValueError):
-            raise StateError(
-                f"instance `{inst.name}` has no image record ({IMAGE_RECORD})",
-                f"it was not created completely; `devenv delete -n {inst.name}` and start it again",
-            ) from None
-        return {k: str(v) for k, v in data.items() if v is not None}
 
     def _domain_type(self, inst: InstanceRef, accel: str) -> str:
         if accel not in ("kvm", "tcg"):

@@ -328,7 +328,9 @@ class QemuDriver:
 
         return current().arch if inst.config.arch == "auto" else inst.config.arch
 
-    def _image(self, inst: InstanceRef) -> dict[str, str]:
+    @staticmethod
+    def image_record(inst: InstanceRef) -> dict[str, str]:
+        """The base image this instance boots (image.json, written by create): the one reader of it."""
         try:
             data = json.loads((inst.dir / IMAGE_RECORD).read_text())
         except (OSError, ValueError):
@@ -340,7 +342,7 @@ class QemuDriver:
         return {k: str(v) for k, v in data.items() if v is not None}
 
     def _boot_of(self, inst: InstanceRef) -> _Boot:
-        image = self._image(inst)
+        image = self.image_record(inst)
         arch = image.get("arch") or self._arch(inst)
         return _Boot(inst, qemuhost.check_qemu(arch), image, arch)
 
