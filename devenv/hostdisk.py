@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from devenv.errors import DiskFull
 from devenv.sizes import format_measured
@@ -158,7 +160,15 @@ def _fallocate(fd: int, mode: int, size: int) -> int:
         return errno.EOPNOTSUPP if size > 0 else 0
     import ctypes
 
+    return 0 if _libc_fallocate()(fd, mode, 0, size) == 0 else ctypes.get_errno()
+
+
+@functools.cache
+def _libc_fallocate() -> Any:
+    """libc's fallocate, looked up once: the host agent calls it every few seconds for as long as the VM runs."""
+    import ctypes
+
     libc = ctypes.CDLL(None, use_errno=True)
     fallocate = getattr(libc, "fallocate64", None) or libc.fallocate
     fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
-    return 0 if fallocate(fd, mode, 0, size) == 0 else ctypes.get_errno()
+    return fallocate
