@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from devenv.hostdisk import free_bytes
+
 ENV = "DEVENV_TEST_SMALL_FS"
 
 
@@ -26,11 +28,6 @@ def small_fs_root() -> Path:
             pytest.fail(why)
         pytest.skip(why)
     return Path(root)
-
-
-def free_bytes(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
 
 
 def fill(fs: Path, leave: int) -> Path:
