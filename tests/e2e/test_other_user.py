@@ -19,7 +19,9 @@ from typing import Any
 
 import pytest
 
-from devenv import hostagent, paths
+from devenv import backends, config, hostagent, paths
+from devenv.backends.base import InstanceRef
+from devenv.backends.vm import VmBackend
 from devenv.hostagent.wire import control_path, engine_path
 from tests.e2e.conftest import Devenv
 
@@ -98,7 +100,13 @@ def test_the_instance_folder_is_private_and_its_secrets_0600(vm: tuple[Devenv, s
     inst = d.home / "instances" / name
     assert stat.S_IMODE(inst.stat().st_mode) == 0o700
     assert stat.S_IMODE((inst / paths.SSH_DIR).stat().st_mode) == 0o700
-    for rel in (paths.SSH_KEY, paths.SSH_HOST_KEY, paths.SSH_KNOWN_HOSTS, paths.CIDATA, "memory.ram"):
+    # the guest's memory file where the driver keeps one (QEMU's, for suspend): the driver names it
+    cfg = config.load_file(inst / paths.INSTANCE_CONFIG)
+    vm_backend = backends.load(cfg.backend)
+    assert isinstance(vm_backend, VmBackend), cfg.backend
+    memory_file = vm_backend.driver.agent_plan(InstanceRef(name, inst, cfg)).memory_file
+    assert memory_file is not None or cfg.backend != "qemu"
+    for rel in (paths.SSH_KEY, paths.SSH_HOST_KEY, paths.SSH_KNOWN_HOSTS, paths.CIDATA, *filter(None, [memory_file])):
         assert stat.S_IMODE((inst / rel).stat().st_mode) == 0o600, rel
     for sock in (engine_path(inst), control_path(inst)):
         if not sock.is_relative_to(inst):  # the short fallback folder for a long path: private as well
