@@ -67,6 +67,7 @@ RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (i
 RELAY_WAIT = 5.0  # for one that answered before
 RELAY_TRIES = 2  # logins in a row a known relay may miss while sshd answers, before SSH over the network
 QUIESCE_WAIT = 5.0  # for the guest to take what the agent sent before a suspend
+MOUNTS_UNDER_WAY = ("mounting", "remounting")  # a mount row in these states settles to mounted or failed
 RESUME_PING = 10.0  # for the guest agent to answer through the resumed session (a loaded TCG host is slow)
 
 
@@ -213,10 +214,30 @@ class HostAgent:
     # -- state
     def mount_state(self, spec: MountSpec, st: str, **extra: Any) -> None:
         row = {"host": spec.host_path, "guest": spec.guest_path, "writable": spec.writable, "state": st, **extra}
-        previous = self._mounts.get(spec.guest_path)
-        self._mounts[spec.guest_path] = row
+        with self._cond:
+            previous = self._mounts.get(spec.guest_path)
+            if st in MOUNTS_UNDER_WAY and previous is not None and "type" in previous:
+                row.setdefault("type", previous["type"])  # the kind it had, until it says again
+            self._mounts[spec.guest_path] = row
+            self._cond.notify_all()
         if previous is None or previous.get("state") != st:
             self.events.emit(f"mount-{'added' if st == 'mounted' else st}", **{k: v for k, v in row.items()})
+
+    def wait_mounts(self, timeout: float) -> list[str]:
+        """Wait up to `timeout` for the mounts under way; the guest paths of those still not settled.
+
+        After a reconnect (a reboot inside, a dropped network) or a restore the
+        session is back before the mounts are: a command run in that gap saw an
+        empty project folder, or wrote its files into the guest's own disk.
+        """
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                pending = [g for g, row in self._mounts.items() if row.get("state") in MOUNTS_UNDER_WAY]
+                remaining = deadline - time.monotonic()
+                if not pending or remaining <= 0 or self._stop.is_set():
+                    return sorted(pending)
+                self._cond.wait(min(remaining, TICK))
 
     def _set_state(self, st: str) -> None:
         with self._cond:
@@ -521,8 +542,9 @@ class HostAgent:
         self._last_error = reason
         self.events.emit("disconnected", reason=reason)
         s.close()
-        for row in self._mounts.values():
-            row["state"] = "remounting"
+        with self._cond:
+            for row in self._mounts.values():
+                row["state"] = "remounting"
         if self.conn is not None:
             self.conn.close()
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXEC_WAIT = 30.0  # how long `devenv exec` waits for a reconnect before giving up
+MOUNTS_WAIT = 45.0  # and then for mounts under way (a reconnect mounts again: one sshfs mount may take 40 s)
 STDIN_POLL = 0.5  # s between looks at whether the command ended, while stdin is quiet
 STDIN_CHUNK = 256 * 1024  # one stdin request
 # Stdin requests in flight to an agent that writes them in order ("frames"): waiting for each answer
@@ -104,6 +105,9 @@ class ExecRequest:
         session = self.agent.wait_session(EXEC_WAIT)
         if session is None or session.client is None or not session.can_spawn:
             return {"unavailable": True, "error": "the host agent is not connected to the guest"}
+        if pending := self.agent.wait_mounts(MOUNTS_WAIT):  # run anyway, but not silently on an empty folder
+            with contextlib.suppress(OSError):
+                self._emit("stderr", f"devenv: warning: {', '.join(pending)} not mounted yet\n".encode())
         env_in = self.msg.get("env") or {}
         env = {**self.agent.opts.env, **{str(k): str(v) for k, v in dict(env_in).items()}}
         workdir = self.msg.get("workdir")

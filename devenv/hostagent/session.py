@@ -51,6 +51,8 @@ class GuestSession:
     # -- start / stop
     def start(self) -> GuestSession:
         if self.agent.opts.mounts:  # independent of the guest agent: start them first, they take longest
+            for spec in self.agent.opts.mounts:  # under way before anyone sees this session: exec waits for them
+                self.agent.mount_state(spec, "mounting")
             self._thread(self._mount_all, "mounts")
         client = self._start_guest_agent()
         self.client = client
@@ -251,6 +253,8 @@ class GuestSession:
     def remount(self, which: Callable[[MountSpec], bool]) -> None:
         """Mount again, in the background, the mounts `which` picks (a suspend unmounted the 9p ones)."""
         specs = [spec for spec in self.agent.opts.mounts if which(spec)]
+        for spec in specs:
+            self.agent.mount_state(spec, "mounting")
         if specs:
             self._thread(lambda: self._mount_all(specs), "remount")
 

@@ -306,7 +306,12 @@ def test_a_spawn_the_guest_may_have_seen_is_never_run_again(
     from devenv.hostagent.fastexec import ExecRequest
 
     session = SimpleNamespace(client=_Refusing(exc), can_spawn=True)
-    agent = SimpleNamespace(wait_session=lambda timeout: session, opts=SimpleNamespace(env={}), guest_cwd=lambda c: c)
+    agent = SimpleNamespace(
+        wait_session=lambda timeout: session,
+        wait_mounts=lambda timeout: [],
+        opts=SimpleNamespace(env={}),
+        guest_cwd=lambda c: c,
+    )
     fds = [
         os.open(os.devnull, os.O_RDONLY),
         os.open(os.devnull, os.O_WRONLY),
@@ -346,7 +351,10 @@ def test_exec_runs_in_the_workdir_asked_for_else_the_mapped_cwd(
 
     session = SimpleNamespace(client=SimpleNamespace(call=call, hello=None), can_spawn=True)
     agent = SimpleNamespace(
-        wait_session=lambda timeout: session, opts=SimpleNamespace(env={"T": "toml"}), guest_cwd=lambda c: f"mapped:{c}"
+        wait_session=lambda timeout: session,
+        wait_mounts=lambda timeout: [],
+        opts=SimpleNamespace(env={"T": "toml"}),
+        guest_cwd=lambda c: f"mapped:{c}",
     )
     fds = [os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY), os.open(os.devnull, os.O_WRONLY)]
     msg = {"op": "exec", "argv": ["pwd"], "env": {"T": "flag", "A": "1"}, "cwd": "/host/proj", "stdin": False, **extra}
@@ -354,6 +362,63 @@ def test_exec_runs_in_the_workdir_asked_for_else_the_mapped_cwd(
     assert calls == [
         ("spawn", {"argv": ["pwd"], "env": {"T": "flag", "A": "1"}, "cwd": guest_dir, "stdin": False}),
     ]
+
+
+def _spec(guest: str) -> Any:
+    from devenv.hostagent.mounts import MountSpec
+
+    return MountSpec(host_path="/host" + guest, guest_path=guest, writable=True, tag="t")
+
+
+def test_wait_mounts_returns_once_every_mount_under_way_has_settled(tmp_path: Path) -> None:
+    """A reconnect mounts again; waiters see each mount through to mounted or failed, or are told which lag."""
+    from devenv.hostagent.daemon import HostAgent, Options
+
+    agent = HostAgent(Options(inst_dir=tmp_path))
+    a, b = _spec("/a"), _spec("/b")
+    assert agent.wait_mounts(5) == []  # nothing under way: no wait
+    agent.mount_state(a, "mounted", type="9p")
+    agent.mount_state(a, "mounting")
+    assert agent.state()["mounts"][0]["type"] == "9p"  # the kind it had, while it mounts again
+    agent.mount_state(b, "mounting")
+    began = time.monotonic()
+    assert agent.wait_mounts(0.3) == ["/a", "/b"]
+    assert 0.25 < time.monotonic() - began < 2
+    threading.Timer(0.3, agent.mount_state, (a, "mounted"), {"type": "9p"}).start()
+    threading.Timer(0.6, agent.mount_state, (b, "failed"), {"reason": "no"}).start()
+    began = time.monotonic()
+    assert agent.wait_mounts(10) == []
+    assert 0.5 < time.monotonic() - began < 5  # woken by the last one, not by the timeout
+
+
+def test_exec_waits_for_the_mounts_under_way_then_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a reboot inside, the session is back before the project folder: an exec then ran on an empty folder."""
+    from types import SimpleNamespace
+
+    from devenv.hostagent import fastexec
+    from devenv.hostagent.daemon import HostAgent, Options
+    from devenv.hostagent.fastexec import ExecRequest
+
+    agent = HostAgent(Options(inst_dir=tmp_path))
+    proj, slow = _spec("/proj"), _spec("/slow")
+    agent.mount_state(proj, "remounting")
+    agent.mount_state(slow, "remounting")
+    seen: list[list[str]] = []
+
+    def call(method: str, params: Any, timeout: float | None = None) -> object:
+        seen.append([m["state"] for m in agent.state()["mounts"]])
+        raise NotSent("recorded", "")
+
+    session = SimpleNamespace(client=SimpleNamespace(call=call, hello=None), can_spawn=True)
+    monkeypatch.setattr(agent, "wait_session", lambda timeout: session)
+    threading.Timer(0.3, agent.mount_state, (proj, "mounted"), {"type": "sshfs"}).start()
+    monkeypatch.setattr(fastexec, "MOUNTS_WAIT", 1.0)  # /slow never comes: the command runs, with a warning
+    fds = [os.open(os.devnull, os.O_RDONLY), os.open(os.devnull, os.O_WRONLY)]
+    fds.append(os.open(tmp_path / "err", os.O_WRONLY | os.O_CREAT))
+    msg = {"op": "exec", "argv": ["ls"], "env": {}, "cwd": "/proj", "stdin": False}
+    assert ExecRequest(agent, None, None, msg, fds).run()["unavailable"] is True  # type: ignore[arg-type]
+    assert seen == [["mounted", "remounting"]]
+    assert (tmp_path / "err").read_bytes() == b"devenv: warning: /slow not mounted yet\n"
 
 
 def _tcp_pair() -> tuple[socket.socket, socket.socket]:
