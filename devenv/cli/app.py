@@ -167,6 +167,29 @@ def exec_(
     _run(lambda: commands.exec_(name, list(command or []), workdir, list(env or []), tty=tty))
 
 
+@app.command("up", context_settings={"allow_interspersed_args": False})
+def up(
+    command: Annotated[list[str] | None, typer.Argument(help="With --exec: the command, after `--`.")] = None,
+    name: Name = None,
+    workspace: Annotated[
+        str | None, typer.Option("--workspace-folder", help="The folder with the dev container (default: here).")
+    ] = None,
+    run: Annotated[bool, typer.Option("--exec", help="Run the command in the dev container (up first).")] = False,
+    allow_mounts: AllowMounts = False,
+) -> None:
+    """Bring the folder's dev container up in the instance (Dev Containers CLI); --exec -- CMD runs CMD in it."""
+    _run(lambda: commands.up(name, workspace, list(command or []), run, allow_mounts))
+
+
+@app.command()
+def code(
+    folder: Annotated[str | None, typer.Argument(help="A host folder mounted in the instance (default: here).")] = None,
+    name: Name = None,
+) -> None:
+    """Open the folder in the instance with VS Code's Remote-SSH (or print the command when `code` is missing)."""
+    _run(lambda: commands.code(name, folder))
+
+
 @app.command()
 def shell(name: Name = None) -> None:
     """Open an interactive shell in the instance."""

@@ -7,6 +7,8 @@ same whichever parser ran. Each function calls into the package and renders.
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -269,6 +271,96 @@ def ssh_config(name: str | None) -> int:
     return 0
 
 
+def up(name: str | None, workspace: str | None, command: list[str], run: bool, allow_mounts: bool = False) -> int:
+    """The dev container of a folder up in the instance (starting the instance first); with --exec, a command in it."""
+    from devenv import devcontainer, hostagent
+
+    if command and not run:
+        raise UsageError(f"unexpected argument {command[0]!r}", "to run a command in it: devenv up --exec -- CMD")
+    if run and not command:
+        raise UsageError("up --exec needs a command", "for example: devenv up --exec -- make test")
+    folder = Path(workspace or os.getcwd()).resolve()
+    devcontainer.find_config(folder)
+    cli = devcontainer.find_cli()
+    docker = shutil.which("docker")
+    if docker is None:
+        from devenv.errors import BackendUnavailable
+
+        raise BackendUnavailable(
+            "the docker CLI is not installed: the Dev Containers CLI drives the engine through it",
+            "install the docker CLI (on Debian and Ubuntu: apt install docker.io; Homebrew: brew install docker)",
+        )
+    n, project = name_of(name)
+    cfg = instance.get(n).config if instance.exists(n) else instance.resolve_config(n, {}, project)
+    devcontainer.require_same_path(cfg, n, folder)  # before anything starts
+    check_mounts(n, project, allow_mounts)
+    with Steps() as step:
+        inst, warnings = instance.start(n, {}, project, step)
+    for w in warnings:
+        _warn(w)
+    backend = inst.backend()
+    if backend.features.vm:
+        devcontainer.require_mounted(hostagent.state(inst.dir), str(folder), n)
+    env = backend.docker_env(inst.ref)
+    code, result = devcontainer.run_up(devcontainer.up_argv(cli, folder, docker), env, quiet=run)
+    if code != 0:
+        return code
+    if backend.features.vm:
+        _forward_dev_container_ports(inst, cli, folder, docker, env, str(result.get("containerId") or ""))
+    if not run:
+        return 0
+    return devcontainer.run_cli(devcontainer.exec_argv(cli, folder, docker, command), env)
+
+
+def _forward_dev_container_ports(
+    inst: instance.Instance, cli: str, folder: Path, docker: str, env: dict[str, str], container: str
+) -> None:
+    """forwardPorts: 127.0.0.1:PORT on the host to the dev container's PORT, as VS Code forwards them.
+
+    The Dev Containers CLI leaves forwardPorts to the editor; with the engine
+    in a VM the host would otherwise not reach them at all.
+    """
+    from devenv import devcontainer, hostagent
+
+    ports, skipped = devcontainer.forward_ports(devcontainer.read_configuration(cli, folder, docker, env))
+    for entry in skipped:
+        _warn(f"forwardPorts entry {entry!r} is not forwarded: only port numbers of the dev container are")
+    if not ports:
+        return
+    address = devcontainer.container_address(docker, env, container) if container else None
+    if address is None:
+        _warn(f"the dev container's address is unknown: forwardPorts {ports} are not forwarded")
+        return
+    for port in ports:
+        row = hostagent.add_forward(inst.dir, port, address, port, "devcontainer")
+        if row.get("status") == "active":
+            sys.stderr.write(f"devenv: forwarded 127.0.0.1:{port} to the dev container's port {port}\n")
+        else:
+            _warn(f"forwardPorts {port} is not forwarded: {row.get('reason')}")
+
+
+def code(name: str | None, folder: str | None) -> int:
+    """Open a folder of the instance in VS Code over SSH (Remote-SSH), or print the command that would."""
+    from devenv import devcontainer
+    from devenv.transport.sshconfig import host_alias
+
+    n, _ = name_of(name)
+    inst = instance.get(n)
+    if not inst.backend().features.ssh:
+        from devenv.errors import NotSupported
+
+        raise NotSupported(inst.config.backend, "code", "there is no guest: open the folder with `code` itself")
+    host = Path(folder or os.getcwd()).resolve()
+    guest = devcontainer.guest_folder(inst.config, n, host)
+    if guest is None:
+        raise UsageError(
+            f"{host} is not mounted in instance `{n}`",
+            f"run `devenv code` in a mounted folder (`devenv status -n {n}` lists them), or name one",
+        )
+    inst.backend().ssh_config(inst.ref)  # says "not started yet" when there is no endpoint to open
+    return devcontainer.open_editor(devcontainer.code_argv(host_alias(n), guest), inst.dir / paths.SSH_CONFIG)
+
+
 def logs(name: str | None, follow: bool) -> int:
     n, _ = name_of(name)
     inst = instance.get(n)
@@ -304,7 +396,7 @@ def docker_env(name: str | None, shell_kind: str) -> int:
         elif shell_kind == "powershell":
             _out(f'$Env:{key} = "{value}"')
         else:
-            _out(f"export {key}={value}")
+            _out(f"export {key}={shlex.quote(value)}")  # macOS's socket paths may hold a space
     return 0
 
 

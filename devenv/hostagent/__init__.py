@@ -245,6 +245,23 @@ def _ask(inst_dir: Path, op: str, done: str, timeout: float) -> str | None:
     return str(reply.get("reason") or reply.get("error") or "refused")
 
 
+def add_forward(inst_dir: Path, host_port: int, guest_host: str, guest_port: int, source: str) -> dict[str, Any]:
+    """A forward from 127.0.0.1:host_port to what the guest reaches at guest_host:guest_port; its status row.
+
+    The row's status is "active", or "failed" with the reason (the host port is taken).
+    """
+    from devenv.errors import ConnectionFailed
+    from devenv.hostagent import client
+
+    msg = {"op": "forward", "host_port": host_port, "guest_host": guest_host, "guest_port": guest_port}
+    reply = client.request(inst_dir, {**msg, "source": source}, timeout=10.0)
+    if reply is None or not isinstance(reply.get("forward"), dict):
+        why = "it did not answer" if reply is None else str(reply.get("error"))
+        raise ConnectionFailed(f"the host agent could not add the forward of port {host_port}: {why}", "")
+    row: dict[str, Any] = reply["forward"]
+    return row
+
+
 def docker_env(inst_dir: Path) -> dict[str, str]:
     """The exports that point the host's docker CLI at the guest engine through the agent."""
     return {"DOCKER_HOST": f"unix://{engine_path(os.path.abspath(inst_dir))}"}

@@ -740,6 +740,8 @@ class HostAgent:
                 reply = self.suspend()
             elif op == "resume":
                 reply = self.resume()
+            elif op == "forward":
+                reply = self._add_forward(msg)
             elif op == "shutdown":
                 reply = {"stopping": True}
                 self.request_stop()
@@ -756,6 +758,16 @@ class HostAgent:
                 _close_tcp_client(client)
             with contextlib.suppress(OSError):
                 client.close()
+
+    def _add_forward(self, msg: dict[str, Any]) -> dict[str, Any]:
+        """127.0.0.1:host_port to guest_host:guest_port as the guest dials it (a dev container's address)."""
+        host_port, guest_port, guest_host = msg.get("host_port"), msg.get("guest_port"), msg.get("guest_host")
+        ports_ok = all(isinstance(p, int) and 1 <= p <= 65535 for p in (host_port, guest_port))
+        if not ports_ok or not isinstance(guest_host, str) or not guest_host:
+            return {"error": "forward needs host_port, guest_port (1-65535) and guest_host", "code": 2}
+        assert isinstance(host_port, int) and isinstance(guest_port, int)
+        source = str(msg.get("source") or "request")
+        return {"forward": self.ports.add_forward(Forward(host_port, guest_port, guest_host, source))}
 
     def guest_cwd(self, cwd: str | None) -> str | None:
         return mounts.guest_cwd(self.opts.mounts, cwd)

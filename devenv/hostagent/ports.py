@@ -50,7 +50,7 @@ class Forward:
     host_port: int
     guest_port: int
     guest_host: str  # the address dialed from inside the guest (direct-tcpip target)
-    source: str  # "auto" | "config"
+    source: str  # "auto" | "config" | "devcontainer"
     on_nic: bool = False  # listens on every guest address: a fast port path (QEMU's user-mode net) can reach it
 
 
@@ -161,6 +161,17 @@ class PortManager:
                 if isinstance(handle, FastRule):
                     del self._active[host_port]
             self.reconcile()
+
+    def add_forward(self, fwd: Forward) -> dict[str, Any]:
+        """A forward asked for while the agent runs (`devenv up`'s forwardPorts); its snapshot row.
+
+        Kept like a devenv.toml forward until the agent ends: a later `up`
+        asks again, so a forward to a container that was replaced follows it.
+        """
+        with self._lock:
+            self.explicit[fwd.host_port] = fwd
+            self.reconcile()
+            return next(r for r in self.snapshot() if r["host_port"] == fwd.host_port)
 
     # -- the listeners
     def desired(self) -> dict[int, Forward]:

@@ -387,8 +387,13 @@ def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:
         assert f"127.0.0.1:9127 -> 9127 (active via {vm.driver.fast_via})" in st["details"]["forwards"], st["details"]
     finally:
         vm.guest("pkill -f 'http.server 9127'")
-    out = vm.cli("docker-env").stdout.strip()
-    assert out == f"export DOCKER_HOST={hostagent.docker_env(vm.inst)['DOCKER_HOST']}"
+    out = vm.cli("docker-env").stdout.splitlines()
+    assert out == [
+        f"export DOCKER_HOST={hostagent.docker_env(vm.inst)['DOCKER_HOST']}",
+        "export TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE=/var/run/docker.sock",  # the guest's, for the reaper
+        "export TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1",
+        "export TESTCONTAINERS_CONNECTION_MODE=docker_host",
+    ]
 
 
 def _secret_parts(key: Path) -> list[bytes]:

@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 from devenv import hostagent, pidutil
+from devenv.errors import ConnectionFailed
 from devenv.guestagent import agent as guest_agent
 from devenv.hostagent import client, wire
 from devenv.hostagent.events import read_events
@@ -379,6 +380,29 @@ def test_explicit_forward_from_config(make_env: Callable[..., Env]) -> None:
     srv, stop = _echo_server("127.0.0.1", guest_port)  # config forwards dial 127.0.0.1 in the guest
     try:
         assert _ask(host_port, b"hi") == b"echo:hi"
+    finally:
+        stop.set()
+        srv.close()
+
+
+def test_a_forward_asked_for_at_run_time_dials_the_address_given(make_env: Callable[..., Env]) -> None:
+    """`devenv up`'s forwardPorts: host port to an address the guest reaches (a dev container's), not its loopback."""
+    env = make_env()
+    guest_port, host_port = _free_port_both(), _free_port_both()
+    while host_port == guest_port:
+        host_port = _free_port_both()
+    srv, stop = _echo_server("::1", guest_port)  # the "container": an address other than the 127.0.0.1 default
+    try:
+        row = hostagent.add_forward(env.inst, host_port, "::1", guest_port, "devcontainer")
+        assert (row["host"], row["guest_port"], row["source"], row["status"]) == (
+            f"{BIND}:{host_port}", guest_port, "devcontainer", "active",
+        )  # fmt: skip
+        assert _ask(host_port, b"up") == b"echo:up"
+        assert row in env.state()["forwards"]
+        taken = hostagent.add_forward(env.inst, host_port, "::1", guest_port, "devcontainer")
+        assert taken["status"] == "active"  # asked again (a second `up`): the same forward, kept
+        with pytest.raises(ConnectionFailed, match="forward needs host_port, guest_port"):
+            hostagent.add_forward(env.inst, 0, "::1", guest_port, "devcontainer")
     finally:
         stop.set()
         srv.close()

@@ -348,15 +348,17 @@ class VmBackend:
         from devenv import hostagent
         from devenv.provision.engines import engine
 
-        if not engine(inst.config.runtime).docker_api:
+        eng = engine(inst.config.runtime)
+        if not eng.docker_api:
             raise NotSupported(
                 self.name,
-                f"docker-env for runtime {inst.config.runtime}",
-                f"containerd speaks no Docker API; use `devenv exec -n {inst.name} -- nerdctl ...`",
+                f"docker-env for runtime {inst.config.runtime}: containerd has no Docker API for a docker CLI",
+                f"run its own CLI in the guest: `devenv exec -n {inst.name} -- ctr run --rm IMAGE ID CMD`"
+                f" (nerdctl too, where the guest has it)",
             )
         if not hostagent.is_running(inst.dir):
             raise StateError(f"instance `{inst.name}` has no host agent running", f"devenv start -n {inst.name}")
-        return hostagent.docker_env(inst.dir)
+        return {**hostagent.docker_env(inst.dir), **testcontainers_env(eng.socket)}
 
     def ssh_config(self, inst: InstanceRef) -> str:
         endpoint = self.driver.endpoint(inst)
@@ -377,6 +379,22 @@ class VmBackend:
             inst.dir / paths.HOSTAGENT_LOG,
             *([console] if console is not None else []),
         ]
+
+
+def testcontainers_env(guest_socket: str) -> dict[str, str]:
+    """What Testcontainers (Java, Go, Node, Python) needs beside DOCKER_HOST to work against a guest's engine.
+
+    Its reaper container mounts the engine socket: the path must be the
+    guest's, not the host's forward. A mapped port answers on the host at
+    127.0.0.1 (the host agent forwards it), never at the guest's or a bridge's
+    address, which a library in a container (a dev container, CI runners with
+    /.dockerenv) would otherwise pick. Colima documents the same three.
+    """
+    return {
+        "TESTCONTAINERS_DOCKER_SOCKET_OVERRIDE": guest_socket,
+        "TESTCONTAINERS_HOST_OVERRIDE": "127.0.0.1",
+        "TESTCONTAINERS_CONNECTION_MODE": "docker_host",  # testcontainers-python: the host, not a gateway
+    }
 
 
 def _ssh_config_text(inst: InstanceRef, endpoint: Endpoint) -> str:
