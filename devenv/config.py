@@ -22,6 +22,7 @@ from devenv.sizes import parse_size as parse_size
 
 RUNTIMES = ("docker", "podman", "containerd")
 STOP_MODES = ("suspend", "shutdown")
+HYPERV_AUTHS = ("ntlm", "kerberos", "credssp", "basic")
 ACCELERATORS = ("auto", "kvm", "hvf", "whpx", "tcg")
 DEFAULT_IMAGE = "debian-12"
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -79,6 +80,14 @@ class Config:
     # the libvirt daemon of backend "libvirt": "" picks $LIBVIRT_DEFAULT_URI, else qemu:///system
     # when it lets this user in, else qemu:///session (devenv/backends/drivers/libvirturi.py)
     libvirt_uri: str = ""
+    # backend "hyperv": "" runs Hyper-V on this Windows host through PowerShell; a host name reaches
+    # another Windows host's over WinRM (HTTPS, 5986). The password never goes here: it comes from
+    # DEVENV_HYPERV_PASSWORD or the OS keyring (devenv/backends/drivers/powershell.py).
+    hyperv_host: str = ""
+    hyperv_user: str = ""
+    hyperv_auth: str = "ntlm"  # ntlm, kerberos, credssp or basic (the last two over HTTPS only)
+    hyperv_ca_file: str = ""  # a PEM file with the CA the WinRM host's certificate chains to
+    hyperv_switch: str = ""  # a Hyper-V virtual switch by name; "": the Default Switch
     mounts: tuple[Mount, ...] = ()
     ports: tuple[PortForward, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
@@ -106,6 +115,11 @@ FIELDS = {
     "tcg_cache",
     "stop",
     "libvirt_uri",
+    "hyperv_host",
+    "hyperv_user",
+    "hyperv_auth",
+    "hyperv_ca_file",
+    "hyperv_switch",
     "mounts",
     "ports",
     "env",
@@ -231,6 +245,9 @@ def from_dict(data: dict[str, Any], source: str = "devenv.toml", locator: _Locat
     p = _Problems(source, locator)
     values: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "hyperv_password":
+            p.add((key,), "is never read from a file: set DEVENV_HYPERV_PASSWORD or store it in the OS keyring")
+            continue
         if key not in FIELDS:
             p.unknown((), key, FIELDS)
             continue
@@ -279,6 +296,14 @@ def _check_field(key: str, value: Any, p: _Problems) -> Any:
         problem = _libvirt_uri_problem(value)
         if problem is not None:
             raise ValueError(problem)
+        return value
+    if key in ("hyperv_host", "hyperv_user", "hyperv_ca_file", "hyperv_switch"):
+        if not isinstance(value, str) or any(c in value for c in "\n\r\x00"):
+            raise ValueError(f"must be a one-line string, not {value!r}")
+        return value
+    if key == "hyperv_auth":
+        if value not in HYPERV_AUTHS:
+            raise ValueError(f"must be one of {', '.join(HYPERV_AUTHS)}, not {value!r}")
         return value
     if key == "aslr":
         if not isinstance(value, bool):
@@ -483,6 +508,11 @@ def dump_toml(cfg: Config) -> str:
         lines.append(f"stop = {_toml_str(cfg.stop)}")
     if cfg.libvirt_uri:
         lines.append(f"libvirt_uri = {_toml_str(cfg.libvirt_uri)}")
+    for key in ("hyperv_host", "hyperv_user", "hyperv_ca_file", "hyperv_switch"):
+        if getattr(cfg, key):
+            lines.append(f"{key} = {_toml_str(getattr(cfg, key))}")
+    if cfg.hyperv_auth != Config.hyperv_auth:
+        lines.append(f"hyperv_auth = {_toml_str(cfg.hyperv_auth)}")
     if cfg.env:
         inner = ", ".join(f"{k} = {_toml_str(v)}" for k, v in cfg.env.items())
         lines.append(f"env = {{ {inner} }}")

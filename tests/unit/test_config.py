@@ -49,7 +49,7 @@ def problems(tmp_path: Path, text: str) -> list[str]:
         ("cpu = 2", "F:1: field `cpu` is not a known field; did you mean `cpus`?"),
         (
             "zzz = 2",
-            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, image, libvirt_uri, machine, memory, mounts, name, ports, provision, runtime, stop, tcg_cache",
+            "F:1: field `zzz` is not a known field; known fields: accelerator, arch, aslr, backend, cpus, disk, env, hyperv_auth, hyperv_ca_file, hyperv_host, hyperv_switch, hyperv_user, image, libvirt_uri, machine, memory, mounts, name, ports, provision, runtime, stop, tcg_cache",
         ),
         ('env = { "1X" = "a" }', "F:1: field `env` has invalid variable names: 1X"),
         (

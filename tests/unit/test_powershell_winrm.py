@@ -1,0 +1,136 @@
+"""The WinRM transport: the real pywinrm over a real TLS socket to a local WS-Man server (tests/wsman_server.py).
+
+Nothing of pywinrm is replaced: it opens the shell, runs the command,
+receives the base64 streams and the exit code, signals and deletes the
+shell, as against a Windows host. The server's envelopes are pywinrm's
+recorded ones; behind it the stand-in PowerShell (tests/powershell_stand_in.py)
+decodes the -EncodedCommand and replays recorded outputs. No Windows host
+was used: this checks devenv and pywinrm against recordings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("winrm", reason="pywinrm is not installed (pip install 'devenv[winrm]')")
+
+from devenv.backends.drivers.powershell import PowerShell, PowerShellFailed, WinRMTarget, WinRMTransport
+from devenv.errors import ConnectionFailed
+from tests import hyperv_recordings as rec
+from tests.wsman_server import WsmanServer, self_signed
+
+STAND_IN = Path(__file__).resolve().parents[1] / "powershell_stand_in.py"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("STANDIN_LOG", str(tmp_path / "scripts.jsonl"))
+    monkeypatch.setenv("STANDIN_REPLAYS", str(tmp_path / "replays.json"))
+    monkeypatch.setenv("DEVENV_HYPERV_PASSWORD", "pa55 word")
+    for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY", "https_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    return tmp_path
+
+
+def answer(tmp: Path, *replays: dict[str, object]) -> None:
+    (tmp / "replays.json").write_text(json.dumps(list(replays)))
+
+
+def run_stand_in(command: str, args: list[str]) -> tuple[int, bytes, bytes]:
+    """The Windows host's side: what powershell.exe would do with the command WinRM was given."""
+    assert command == "powershell.exe"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.run([sys.executable, str(STAND_IN), *args], capture_output=True, env=env, timeout=30)
+    return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture
+def server(stand_in: Path) -> Iterator[tuple[WsmanServer, Path]]:
+    tls, ca_file = self_signed(stand_in)
+    with WsmanServer(run_stand_in, "ann", "pa55 word", tls) as s:
+        yield s, ca_file
+
+
+def transport(s: WsmanServer, ca_file: Path | str = "", user: str = "ann") -> PowerShell:
+    target = WinRMTarget(f"127.0.0.1:{s.port}", user, "basic", str(ca_file))
+    return PowerShell(WinRMTransport(target))
+
+
+def test_a_script_runs_over_https_with_the_ca_given(server: tuple[WsmanServer, Path], stand_in: Path) -> None:
+    s, ca_file = server
+    answer(
+        stand_in, {"match": "Get-VM", "stdout": '{"Name":"dév","State":"Off"}\r\n', "stderr": rec.CLIXML_PROGRESS_ONLY}
+    )
+    result = transport(s, ca_file).run("Hyper-V\\Get-VM -Name 'dév' | ConvertTo-Json", "Get-VM dév")
+    assert result.ok and result.json() == {"Name": "dév", "State": "Off"} and result.stderr == ""
+    assert result.host == "127.0.0.1"
+    assert s.seen.actions == ["Create", "Command", "Receive", "Receive", "Signal", "Delete"]
+    assert s.seen.shell_options == {"WINRS_NOPROFILE": "TRUE", "WINRS_CODEPAGE": "65001"}
+    ((command, args),) = s.seen.commands
+    assert (command, args[:3]) == ("powershell.exe", ["-NoProfile", "-NonInteractive", "-EncodedCommand"])
+    assert s.seen.open_shells == set()  # deleted after the command
+    scripts = [json.loads(line) for line in (stand_in / "scripts.jsonl").read_text().splitlines()]
+    assert scripts == ["Hyper-V\\Get-VM -Name 'dév' | ConvertTo-Json\n"]
+
+
+def test_a_failure_over_winrm_names_the_cmdlet_and_the_host(server: tuple[WsmanServer, Path], stand_in: Path) -> None:
+    """The recorded Write-Error CLIXML (pywinrm's), exit 1: judged by the exit code, decoded for the message."""
+    s, ca_file = server
+    answer(stand_in, {"match": "Write-Error", "stderr": rec.CLIXML_WRITE_ERROR, "code": 1})
+    with pytest.raises(PowerShellFailed) as caught:
+        transport(s, ca_file).json('Write-Error "Error"', "Write-Error")
+    assert caught.value.message == "PowerShell on 127.0.0.1: `Write-Error` failed (exit 1): Error"
+
+
+def test_the_certificate_is_checked_by_default(server: tuple[WsmanServer, Path]) -> None:
+    s, _ = server
+    with pytest.raises(ConnectionFailed) as caught:
+        transport(s).run("Get-VM", "Get-VM")
+    assert (
+        caught.value.message
+        == (
+            f"WinRM at https://127.0.0.1:{s.port}/wsman: the host's certificate is not trusted"
+            " ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed: unable to get local issuer certificate"
+        )
+        + ")"
+    )
+    assert caught.value.hint.startswith(
+        "give its CA (or the self-signed certificate itself, as PEM) with hyperv_ca_file"
+    )
+    assert s.seen.actions == []  # nothing was sent to a host it could not trust
+
+
+def test_a_wrong_password_is_said_with_where_the_password_comes_from(server: tuple[WsmanServer, Path]) -> None:
+    s, ca_file = server
+    with pytest.raises(ConnectionFailed) as caught:
+        transport(s, ca_file, user="bob").run("Get-VM", "Get-VM")
+    assert caught.value.message == (
+        f"WinRM at https://127.0.0.1:{s.port}/wsman: bob was refused"
+        " (the specified credentials were rejected by the server)"
+    )
+    assert "DEVENV_HYPERV_PASSWORD" in caught.value.hint and "devenv-hyperv bob@127.0.0.1" in caught.value.hint
+    assert s.seen.users == ["bob"]
+
+
+def test_a_closed_port_is_winrm_refused(stand_in: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    target = WinRMTarget(f"127.0.0.1:{port}", "ann", "basic")
+    with pytest.raises(ConnectionFailed) as caught:
+        PowerShell(WinRMTransport(target)).run("Get-VM", "Get-VM")
+    assert caught.value.message == (
+        f"WinRM at https://127.0.0.1:{port}/wsman: the connection was refused or did not get through"
+        " (Connection refused)"
+    )
+    assert caught.value.hint.startswith("on the Windows host, as administrator: `winrm quickconfig -transport:https`")

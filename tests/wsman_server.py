@@ -1,0 +1,234 @@
+"""A local WS-Man (WinRM) server for tests: real HTTP(S) on a real socket, answering as a Windows host does.
+
+It speaks the five operations pywinrm's shell uses: Create (a shell, whose
+code page and profile options it records), Command, Receive (base64
+stdout/stderr streams, the exit code in CommandState/Done, the output split
+over two Receives as a long command's is), Signal and Delete. The reply
+envelopes are pywinrm's recorded ones (winrm/tests/conftest.py: captured
+from Windows), with the ids of this conversation filled in; RelatesTo echoes
+the request's MessageID, which pywinrm checks.
+
+Authentication is HTTP Basic (WinRM's Basic, enabled on a host with
+`winrm set winrm/config/service/auth @{Basic="true"}`); a wrong password
+gets the 401 Windows sends. What a command does is the test's `run`
+callable: given the command and its arguments, it returns (exit code,
+stdout bytes, stderr bytes); tests run the stand-in PowerShell with them.
+"""
+
+from __future__ import annotations
+
+import base64
+import ssl
+import threading
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+NS = {
+    "s": "http://www.w3.org/2003/05/soap-envelope",
+    "a": "http://schemas.xmlsoap.org/ws/2004/08/addressing",
+    "w": "http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd",
+    "rsp": "http://schemas.microsoft.com/wbem/wsman/1/windows/shell",
+}
+SHELL = "http://schemas.microsoft.com/wbem/wsman/1/windows/shell/"
+TRANSFER = "http://schemas.xmlsoap.org/ws/2004/09/transfer/"
+
+_ENVELOPE = """<?xml version="1.0" ?>
+<s:Envelope xml:lang="en-US" xmlns:a="http://schemas.xmlsoap.org/ws/2004/08/addressing" xmlns:p="http://schemas.microsoft.com/wbem/wsman/1/wsman.xsd" xmlns:rsp="http://schemas.microsoft.com/wbem/wsman/1/windows/shell" xmlns:s="http://www.w3.org/2003/05/soap-envelope" xmlns:w="http://schemas.dmtf.org/wbem/wsman/1/wsman.xsd" xmlns:x="http://schemas.xmlsoap.org/ws/2004/09/transfer">
+    <s:Header>
+        <a:Action>{action}</a:Action>
+        <a:MessageID>uuid:{own}</a:MessageID>
+        <a:To>http://schemas.xmlsoap.org/ws/2004/08/addressing/role/anonymous</a:To>
+        <a:RelatesTo>{relates}</a:RelatesTo>
+    </s:Header>
+    <s:Body>{body}</s:Body>
+</s:Envelope>"""
+
+_CREATED = """
+        <x:ResourceCreated>
+            <a:Address>http://windows-host:5985/wsman</a:Address>
+            <a:ReferenceParameters>
+                <w:ResourceURI>http://schemas.microsoft.com/wbem/wsman/1/windows/shell/cmd</w:ResourceURI>
+                <w:SelectorSet>
+                    <w:Selector Name="ShellId">{shell}</w:Selector>
+                </w:SelectorSet>
+            </a:ReferenceParameters>
+        </x:ResourceCreated>"""
+_COMMAND = """
+        <rsp:CommandResponse>
+            <rsp:CommandId>{command}</rsp:CommandId>
+        </rsp:CommandResponse>"""
+_STREAM = '<rsp:Stream CommandId="{command}" Name="{name}">{data}</rsp:Stream>'
+_END = '<rsp:Stream CommandId="{command}" End="true" Name="{name}"/>'
+_RUNNING = '<rsp:CommandState CommandId="{command}" State="http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Running"/>'
+_DONE = """<rsp:CommandState CommandId="{command}" State="http://schemas.microsoft.com/wbem/wsman/1/windows/shell/CommandState/Done">
+                <rsp:ExitCode>{code}</rsp:ExitCode>
+            </rsp:CommandState>"""
+
+Run = Callable[[str, list[str]], tuple[int, bytes, bytes]]
+
+
+@dataclass
+class Seen:
+    """What the server was asked, for the test to check."""
+
+    actions: list[str] = field(default_factory=list)
+    shell_options: dict[str, str] = field(default_factory=dict)
+    commands: list[tuple[str, list[str]]] = field(default_factory=list)
+    users: list[str] = field(default_factory=list)
+    open_shells: set[str] = field(default_factory=set)
+
+
+class WsmanServer:
+    def __init__(self, run: Run, user: str, password: str, tls: ssl.SSLContext | None = None) -> None:
+        self.run = run
+        self.credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.seen = Seen()
+        self._pending: dict[str, list[bytes]] = {}  # command id -> the Receive replies still to send
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> WsmanServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                auth = self.headers.get("Authorization", "")
+                if auth != f"Basic {server.credentials}":
+                    if auth.startswith("Basic "):
+                        server.seen.users.append(base64.b64decode(auth[6:]).decode().partition(":")[0])
+                    self.send_response(401)
+                    self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                reply = server.answer(body)
+                self.send_response(200)
+                self.send_header("Content-Type", "application/soap+xml;charset=UTF-8")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+        return Handler
+
+    def answer(self, request: bytes) -> bytes:
+        root = ET.fromstring(request)
+        action = root.findtext("s:Header/a:Action", namespaces=NS) or ""
+        message_id = root.findtext("s:Header/a:MessageID", namespaces=NS) or ""
+        shell = root.findtext("s:Header/w:SelectorSet/w:Selector[@Name='ShellId']", namespaces=NS) or ""
+        name = action.rsplit("/", 1)[-1]
+        self.seen.actions.append(name)
+
+        def envelope(reply_action: str, body: str) -> bytes:
+            text = _ENVELOPE.format(action=reply_action, own=uuid.uuid4(), relates=message_id, body=body)
+            return text.encode()
+
+        if action == TRANSFER + "Create":
+            for opt in root.iterfind("s:Header/w:OptionSet/w:Option", NS):
+                self.seen.shell_options[opt.get("Name", "")] = opt.text or ""
+            new = str(uuid.uuid4()).upper()
+            self.seen.open_shells.add(new)
+            return envelope(TRANSFER + "CreateResponse", _CREATED.format(shell=new))
+        if action == SHELL + "Command":
+            command = root.findtext("s:Body/rsp:CommandLine/rsp:Command", namespaces=NS) or ""
+            args = (root.findtext("s:Body/rsp:CommandLine/rsp:Arguments", namespaces=NS) or "").split(" ")
+            self.seen.commands.append((command, args))
+            code, out, err = self.run(command, args)
+            cid = str(uuid.uuid4()).upper()
+            half = len(out) // 2
+            first = [_STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[:half]).decode()), _RUNNING]
+            last = [
+                _STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[half:]).decode()),
+                _STREAM.format(command=cid, name="stderr", data=base64.b64encode(err).decode()),
+                _END.format(command=cid, name="stdout"),
+                _END.format(command=cid, name="stderr"),
+                _DONE.format(command=cid, code=code),
+            ]
+            self._pending[cid] = [self._receive(first), self._receive(last)]
+            return envelope(SHELL + "CommandResponse", _COMMAND.format(command=cid))
+        if action == SHELL + "Receive":
+            cid = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS).get("CommandId", "")  # type: ignore[union-attr]
+            body = self._pending[cid].pop(0)
+            return envelope(SHELL + "ReceiveResponse", body.decode())
+        if action == SHELL + "Signal":
+            return envelope(SHELL + "SignalResponse", "<rsp:SignalResponse/>")
+        if action == TRANSFER + "Delete":
+            self.seen.open_shells.discard(shell)
+            return envelope(TRANSFER + "DeleteResponse", "")
+        raise AssertionError(f"the test server does not know {action}")
+
+    @staticmethod
+    def _receive(parts: list[str]) -> bytes:
+        return ("<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>").encode()
+
+
+def self_signed(tmp: Path) -> tuple[ssl.SSLContext, Path]:
+    """A CA and a certificate it signed for 127.0.0.1: the server's TLS context, and the CA's PEM file."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "devenv test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    import ipaddress
+
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file = tmp / "ca.pem"
+    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    chain = tmp / "server.pem"
+    chain.write_bytes(
+        cert.public_bytes(serialization.Encoding.PEM)
+        + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(chain)
+    return context, ca_file
