@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import shlex
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from devenv.errors import BackendUnavailable, CommandFailed, Timeout
@@ -53,8 +53,13 @@ def run(
     timeout: float | None = None,
     check: bool = False,
     hint: str = "",
+    decode: Callable[[bytes], str] | None = None,
 ) -> Result:
-    """Run a program to completion, capturing its output as text."""
+    """Run a program to completion, capturing its output as text.
+
+    `decode` turns the output's bytes into text for a program that does not
+    write UTF-8 (wsl.exe writes UTF-16LE unless told otherwise, and not always then).
+    """
     args = tuple(str(a) for a in argv)
     data = input.encode() if isinstance(input, str) else input
     try:
@@ -71,10 +76,6 @@ def run(
         raise BackendUnavailable(f"`{args[0]}` is not installed or not on PATH", hint) from None
     except subprocess.TimeoutExpired:
         raise Timeout(f"`{shlex.join(args)}` did not finish within {timeout:g} s", hint) from None
-    result = Result(
-        args,
-        proc.returncode,
-        proc.stdout.decode(errors="replace"),
-        proc.stderr.decode(errors="replace"),
-    )
+    text = decode or (lambda data: data.decode(errors="replace"))
+    result = Result(args, proc.returncode, text(proc.stdout), text(proc.stderr))
     return result.check(hint) if check else result
