@@ -30,6 +30,29 @@ class Engine:
 
 
 @dataclass(frozen=True)
+class HostFacts:
+    """What the QEMU command line depends on about the host, as plain values.
+
+    The argv builder, the mount choice and doctor's macOS checks take these
+    instead of asking the running system, so every host kind (an Apple Silicon
+    or Intel Mac, Linux, Windows) is tested on any of them. `macos_version`
+    is None off macOS, or when macOS would not say.
+    """
+
+    system: str  # linux | macos | windows
+    arch: str  # x86_64 | aarch64
+    macos_version: tuple[int, ...] | None = None
+
+
+def parse_macos_version(text: str) -> tuple[int, ...] | None:
+    """`sw_vers -productVersion` / platform.mac_ver()'s "14.4.1" as (14, 4, 1); None for anything else."""
+    parts = text.strip().split(".")
+    if not parts or not all(p.isdigit() for p in parts):
+        return None
+    return tuple(int(p) for p in parts)
+
+
+@dataclass(frozen=True)
 class Probe:
     """One capability: usable or not, and when not, why and what fixes it."""
 
@@ -91,6 +114,18 @@ class Host:
         import platform
 
         return normalize_arch(platform.machine())
+
+    @functools.cached_property
+    def macos_version(self) -> tuple[int, ...] | None:
+        if self.system != "macos":
+            return None
+        import platform
+
+        return parse_macos_version(platform.mac_ver()[0])
+
+    @property
+    def facts(self) -> HostFacts:
+        return HostFacts(self.system, self.arch, self.macos_version)
 
     @functools.cached_property
     def is_wsl(self) -> bool:

@@ -28,7 +28,7 @@ from devenv import hostdisk, paths
 from devenv.backends.base import InstanceRef, StepReporter
 from devenv.backends.drivers import qemuaccel, qemuhost, qemusave
 from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
-from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline
+from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline, memory_warning
 from devenv.backends.drivers.qemuproc import (
     RESUMABLE,
     STOPPED_RUN_STATES,
@@ -532,6 +532,12 @@ class QemuDriver:
                 "devenv: warning: aslr = false needs an image whose kernel QEMU boots directly;"
                 " this one boots through its firmware, so the guest keeps address-space randomisation\n"
             )
+        from devenv.hostos import current
+
+        host = current().facts
+        less = memory_warning(inst.config.memory, accel, host)
+        if less is not None:
+            sys.stderr.write(f"devenv: warning: {less}\n")
         ram_file = inst.dir / qemusave.GUEST_RAM if self.features.suspend else None
         if ram_file is not None and restore is None and not ram_file.exists():
             # QEMU maps it shared and the guest writes it by page faults: a fault on a full disk is a SIGBUS
@@ -565,6 +571,7 @@ class QemuDriver:
                 ram_file=ram_file,
                 relay_socket=relay if paths.socket_path_fits(relay) else None,
                 tcg_cache_mb=inst.config.tcg_cache // 1024**2,
+                host=host,
             )
             argv = build_argv(spec, boot.binary)
             if restore is not None:

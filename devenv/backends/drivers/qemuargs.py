@@ -19,6 +19,11 @@ as data. The choices, and why:
 - serial console to a file, appended to (a restored guest goes on writing
   after the lines of its boot) (read for readiness and for error reports), QMP on
   a unix socket in the 0700 instance directory, a pid file.
+
+What depends on the host (VmSpec.host, a hostos.HostFacts) follows Lima's QEMU
+driver, which has run QEMU under hvf on both kinds of Mac for years; the
+golden files in tests/unit/golden/ hold the command line for each Mac and
+guest pair and cite the Lima code each choice follows or why devenv differs.
 """
 
 from __future__ import annotations
@@ -29,18 +34,23 @@ from pathlib import Path
 
 from devenv.config import Config
 from devenv.guestagent.relay import PORT_NAME as RELAY_PORT_NAME
+from devenv.hostos import HostFacts
 from devenv.machines import MACHINE_ARCH, NeedsDirectKernel, cpu_model, resolve_machine
 
 __all__ = [
     "MACHINE_ARCH",
+    "HostFacts",
     "NeedsDirectKernel",
     "VmSpec",
+    "accel_option",
     "build_argv",
     "cpu_model",
     "find_firmware",
+    "guest_memory",
     "kernel_cmdline",
     "microvm_tcg_cmdline",
     "qemu_binary_name",
+    "qemu_cpu",
     "resolve_machine",
 ]
 
@@ -81,6 +91,7 @@ class VmSpec:
     # QEMU's translation cache under TCG (tb-size; QEMU's own default is up to 1 GiB): devenv.toml's
     # tcg_cache, whose comment in config.py says what the size trades
     tcg_cache_mb: int = Config.tcg_cache // 1024**2
+    host: HostFacts | None = None  # None: the running host (hostos.current().facts)
 
 
 def find_firmware(arch: str) -> Path | None:
@@ -167,33 +178,134 @@ def qemu_binary_name(arch: str) -> str:
     return f"qemu-system-{arch}"
 
 
+# Lima caps an hvf guest on Apple Silicon at 3 GiB before macOS 12.4, whose kernel panicked
+# with more (lima-vm/lima#795, qemu#903; fixed in macOS 12.4 beta 1).
+HVF_SAFE_MEMORY = 3 * 1024**3
+HVF_FIXED_MACOS = (12, 4)
+
+
+def guest_memory(memory: int, accel: str, host: HostFacts) -> int:
+    """The guest RAM QEMU gets: `memory`, except where macOS itself would panic with it.
+
+    Lima's adjustMemBytesDarwinARM64HVF (pkg/driver/qemu/qemu.go): an Apple
+    Silicon Mac before macOS 12.4 panics the host kernel under hvf with more
+    than 3 GiB of guest RAM. An unknown macOS version is taken as a fixed one,
+    as Lima does (it only warns that it could not tell).
+    """
+    if (
+        accel == "hvf"
+        and host.system == "macos"
+        and host.arch == "aarch64"
+        and host.macos_version is not None
+        and host.macos_version < HVF_FIXED_MACOS
+    ):
+        return min(memory, HVF_SAFE_MEMORY)
+    return memory
+
+
+def memory_warning(memory: int, accel: str, host: HostFacts) -> str | None:
+    """What `devenv start` says when guest_memory gave the guest less than devenv.toml asked for."""
+    given = guest_memory(memory, accel, host)
+    if given == memory:
+        return None
+    version = ".".join(map(str, host.macos_version or ()))
+    return (
+        f"the guest gets {given // 1024**2} MiB instead of {memory // 1024**2} MiB: macOS {version} panics under"
+        " hvf with more than 3 GiB of guest memory on Apple Silicon (fixed in macOS 12.4; lima-vm/lima#795)"
+    )
+
+
+def qemu_cpu(arch: str, accel: str, host: HostFacts) -> str:
+    """The -cpu value: machines.cpu_model, with the features an Intel Mac's hvf cannot give a guest turned off.
+
+    Lima's defaultCPUType (pkg/limayaml/defaults.go): on an Intel Mac an x86_64
+    guest's `host` CPU loses pdpe1gb (1 GiB pages crashed guests under hvf:
+    lima-vm/lima#1485) and avx512vl (AVX-512 makes macOS trap and promote the
+    vCPU thread on every use: lima-vm/lima#3065, tested there on an Intel
+    MacBook Pro). Under TCG neither is offered to begin with, so Lima's suffix
+    for every x86_64 guest on macOS is left off there.
+    """
+    cpu = cpu_model(arch, accel)
+    if arch == "x86_64" and accel == "hvf" and host.system == "macos":
+        cpu += ",-avx512vl,-pdpe1gb"
+    return cpu
+
+
+def accel_option(accel: str, arch: str, host: HostFacts, tb_size_mb: int) -> str:
+    """The -accel value; under TCG a bounded translation cache, and one thread per vCPU where QEMU would not.
+
+    QEMU runs an x86_64 guest's vCPUs in one thread on an aarch64 host (the
+    guest expects stronger memory ordering than the host gives); Lima's
+    Cmdline asks for thread=multi for every x86_64 guest under TCG
+    (pkg/driver/qemu/qemu.go, `tcg,thread=multi,tb-size=512`), which is how
+    an x86_64 guest runs on Apple Silicon there. Everywhere else multi is
+    QEMU's own default already, so the option is only spelled out where it
+    changes something.
+    """
+    if accel != "tcg":
+        return accel
+    threads = "thread=multi," if arch == "x86_64" and host.arch == "aarch64" else ""
+    return f"tcg,{threads}tb-size={tb_size_mb}"
+
+
+def reports_free_pages(spec: VmSpec, host: HostFacts) -> bool:
+    """Whether the balloon reports freed guest pages, for QEMU to hand back to the host.
+
+    With the guest's RAM in a file, QEMU gives pages back by punching holes in
+    it (fallocate), which only Linux has: elsewhere every report fails and
+    logs "ram_block_discard_range: fallocate not available/file" to qemu.log
+    (qemu/qemu system/physmem.c, ram_block_discard_range), and frees nothing.
+    So a Mac's guest, whose RAM is in its file for suspend, keeps the balloon
+    without reporting.
+    """
+    return spec.ram_file is None or host.system == "linux"
+
+
+def process_name(name: str, host: HostFacts) -> str:
+    """The -name value: QEMU's `process=` renames its thread with prctl(PR_SET_NAME), which only Linux has.
+
+    Elsewhere QEMU exits at once with "Change of process name not supported
+    by your OS" (os-posix.c, os_set_proc_name): on a Mac `process=` alone
+    would stop every start.
+    """
+    if host.system == "linux":
+        return f"devenv-{name},process=devenv-{name}"
+    return f"devenv-{name}"
+
+
 def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     accel = spec.accel
+    if spec.host is not None:
+        host = spec.host
+    else:
+        from devenv.hostos import current
+
+        host = current().facts
     machine = spec.machine or resolve_machine("auto", spec.arch, direct_kernel=spec.kernel is not None)
     # microvm has no PCI bus: the same devices on virtio-mmio (`-device virtio-*-device`)
     bus = "device" if machine == "microvm" else "pci"
+    memory_mb = guest_memory(spec.memory, accel, host) // (1024 * 1024)
     ram: list[str] = []
     ram_opt = ""
     if spec.ram_file is not None:
-        size = spec.memory // (1024 * 1024)
-        ram = ["-object", f"memory-backend-file,id=ram0,size={size}M,mem-path={opt(spec.ram_file)},share=on"]
+        ram = ["-object", f"memory-backend-file,id=ram0,size={memory_mb}M,mem-path={opt(spec.ram_file)},share=on"]
         ram_opt = ",memory-backend=ram0"
-    argv = [binary or qemu_binary_name(spec.arch), "-name", f"devenv-{spec.name},process=devenv-{spec.name}"]
+    argv = [binary or qemu_binary_name(spec.arch), "-name", process_name(spec.name, host)]
     argv += ["-nodefaults", "-no-user-config", "-display", "none"]
     if machine == "virt":
-        # highmem=on is QEMU's default, spelled out for hvf/kvm: since QEMU 7.0 virt sizes its memory map to the
-        # host's IPA (36 bits on an M1), so it boots there; highmem=off would cap RAM at 3 GiB ("Addressing
-        # limited to 32 bits"). QEMU < 7.0 on an M1 refuses it ("less PA bits (36) than requested"); Lima
-        # dropped highmem=off for 7.0+ the same way (lima-vm/lima#703). Not run on a Mac here.
-        argv += ["-machine", "virt" + (",highmem=on" if accel != "tcg" else "") + ram_opt]
+        # No highmem option, as Lima's `virt,accel=...`: QEMU's default (on) sizes the memory map to the
+        # host's IPA since QEMU 7.0 (36 bits on an M1), which Lima's minimum QEMU on Apple Silicon (8.2.1)
+        # is past; highmem=off would cap RAM at 3 GiB. Lima dropped its highmem=off for QEMU < 7.0 in
+        # lima-vm/lima#3491.
+        argv += ["-machine", "virt" + ram_opt]
     elif machine == "microvm":
         # ACPI on: QMP's system_powerdown reaches the guest as a power button (the GED device)
         argv += ["-machine", "microvm,acpi=on" + ram_opt]
     else:
         argv += ["-machine", machine + ram_opt]
-    argv += ["-accel", f"tcg,tb-size={spec.tcg_cache_mb}" if accel == "tcg" else accel]
-    argv += ["-cpu", cpu_model(spec.arch, accel)]
-    argv += ["-smp", str(spec.cpus), "-m", f"{spec.memory // (1024 * 1024)}M", *ram]
+    argv += ["-accel", accel_option(accel, spec.arch, host, spec.tcg_cache_mb)]
+    argv += ["-cpu", qemu_cpu(spec.arch, accel, host)]
+    argv += ["-smp", str(spec.cpus), "-m", f"{memory_mb}M", *ram]
     if spec.firmware is not None:
         argv += ["-bios", str(spec.firmware)]
     if spec.kernel is not None:
@@ -210,7 +322,8 @@ def build_argv(spec: VmSpec, binary: str | None = None) -> list[str]:
     fwd = [f"hostfwd=tcp:127.0.0.1:{spec.ssh_port}-:22"]
     fwd += [f"hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in spec.extra_hostfwd]
     argv += ["-netdev", ",".join(["user,id=net0", *fwd]), "-device", f"virtio-net-{bus},netdev=net0"]
-    argv += ["-device", f"virtio-rng-{bus}", "-device", f"virtio-balloon-{bus},free-page-reporting=on"]
+    balloon = f"virtio-balloon-{bus}" + (",free-page-reporting=on" if reports_free_pages(spec, host) else "")
+    argv += ["-device", f"virtio-rng-{bus}", "-device", balloon]
     for tag, path, writable in spec.shares:
         ro = "" if writable else ",readonly=on"
         argv += ["-fsdev", f"local,id={tag},path={opt(path)},security_model=none{ro}"]
