@@ -40,8 +40,14 @@ REGISTRY: dict[str, Entry] = {
             "libvirt",
             driver=True,
         ),
-        Entry("wsl2", "devenv.backends.wsl2:Wsl2Backend", "a WSL2 distro (Windows)"),
-        Entry("hyperv", "devenv.backends.hyperv:HypervBackend", "a Hyper-V VM, local or over WinRM", "winrm"),
+        Entry("wsl2", "devenv.backends.drivers.wsl2:Wsl2Driver", "a WSL2 distro (Windows)", driver=True),
+        Entry(
+            "hyperv",
+            "devenv.backends.drivers.hyperv:HypervDriver",
+            "a Hyper-V VM, local or over WinRM",
+            "winrm",
+            driver=True,
+        ),
     )
 }
 

@@ -161,10 +161,11 @@ def test_cp_and_docker_env_and_ssh_config_go_to_the_backend(home: Path, cli: Any
     assert cli("ssh-config").out.startswith("Host devenv-default")
 
 
-def test_pending_backends_say_what_is_missing(home: Path, cli: Any) -> None:
+def test_wsl2_on_a_host_without_wsl_exe_says_where_it_runs(home: Path, cli: Any, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PATH", str(home))  # no wsl.exe on it
     ran = cli("start", "--backend", "wsl2")
-    assert ran.code == ExitCode.NOT_SUPPORTED
-    assert "backend `wsl2` does not support create" in ran.err
+    assert ran.code == ExitCode.UNAVAILABLE
+    assert "the wsl2 backend runs on Windows: `wsl.exe` is not on PATH here" in ran.err
     assert not any((home / "instances").iterdir())
 
 

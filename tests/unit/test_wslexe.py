@@ -271,13 +271,19 @@ def test_listing_when_wsl_is_not_installed_raises_the_install_fix() -> None:
         Wsl(run=replay, environ={}).distros()
 
 
-def test_a_missing_wsl_exe_is_wsl_not_installed() -> None:
+def test_a_missing_wsl_exe_is_wsl_not_installed_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     def absent(*a: object, **k: object) -> Result:
         raise BackendUnavailable("`wsl.exe` is not installed or not on PATH")
 
+    monkeypatch.setattr(wslexe, "on_windows", lambda: True)
     with pytest.raises(wslexe.WslNotInstalled) as e:
         Wsl(run=absent, environ={}).distros()
     assert e.value.hint == wslexe.INSTALL_HINT
+    monkeypatch.setattr(wslexe, "on_windows", lambda: False)
+    with pytest.raises(BackendUnavailable) as other:
+        Wsl(run=absent, environ={}).distros()
+    assert type(other.value) is BackendUnavailable
+    assert other.value.message == "the wsl2 backend runs on Windows: `wsl.exe` is not on PATH here"
 
 
 def test_import_terminate_unregister_against_recordings() -> None:

@@ -57,6 +57,10 @@ VIRTUALIZATION_HINT = (
 )
 
 
+def on_windows() -> bool:
+    return os.name == "nt"
+
+
 def looks_utf16(data: bytes) -> bool:
     """UTF-16LE text: a BOM, or mostly NUL high bytes (ASCII-range text is all wsl.exe prints in English)."""
     if data.startswith(b"\xff\xfe"):
@@ -373,6 +377,11 @@ class Wsl:
         except BackendUnavailable as e:
             if type(e) is not BackendUnavailable:
                 raise
+            if not on_windows():
+                raise BackendUnavailable(
+                    f"the wsl2 backend runs on Windows: `{self.exe}` is not on PATH here",
+                    'on this host use backend = "qemu" (or "native" on Linux with an engine)',
+                ) from None
             raise WslNotInstalled(
                 f"`{self.exe}` was not found: WSL is not installed on this PC ({e.message})", INSTALL_HINT
             ) from None

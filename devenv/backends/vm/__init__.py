@@ -310,8 +310,15 @@ class VmBackend:
         return conn
 
     def _guest_cwd(self, inst: InstanceRef, cwd: str | None) -> str | None:
+        """Where a mount puts the host folder `cwd`, or where the guest sees the host's files itself."""
         from devenv.hostagent.mounts import guest_cwd, mount_specs
 
+        if self.driver.features.guest_paths:
+            import importlib
+
+            module, _, function = self.driver.features.guest_paths.partition(":")
+            mapped: str | None = getattr(importlib.import_module(module), function)(cwd)
+            return mapped
         return guest_cwd(mount_specs(inst.config.mounts), cwd)
 
     def exec(self, inst: InstanceRef, req: ExecRequest) -> int:
@@ -322,8 +329,10 @@ class VmBackend:
         if req.tty:  # a PTY: only SSH has one (the host agent's exec hands over plain fds)
             with self.connection(inst) as conn:
                 return conn.shell(argv, env=env, cwd=req.cwd or self._guest_cwd(inst, here))
-        # the host agent maps the host folder itself; the mapping is made here only for plain SSH
-        code = client.exec(inst.dir, argv, req.env, here, workdir=req.cwd) if req.ask_agent else None
+        # the host agent maps the host folder through mounts itself; the mapping is made here only for plain
+        # SSH, and for a guest that sees the host's files without a mount (the agent knows no such mapping)
+        workdir = req.cwd or (self._guest_cwd(inst, here) if self.driver.features.guest_paths else None)
+        code = client.exec(inst.dir, argv, req.env, here, workdir=workdir) if req.ask_agent else None
         if code is not None:
             return code
         cwd = req.cwd or self._guest_cwd(inst, here)

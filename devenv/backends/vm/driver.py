@@ -43,6 +43,9 @@ class DriverFeatures:
     accelerators: tuple[str, ...] = ()
     suspend: bool = False  # saves and restores a running guest
     snapshots: bool = False
+    # "module:function" for a guest that sees the host's own files without a mount (a drive under /mnt): it takes
+    # the host's working directory and gives the guest's, or None (the guest home); "" for none
+    guest_paths: str = ""
 
 
 @dataclass(frozen=True)
