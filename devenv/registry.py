@@ -41,7 +41,13 @@ REGISTRY: dict[str, Entry] = {
             driver=True,
         ),
         Entry("wsl2", "devenv.backends.drivers.wsl2:Wsl2Driver", "a WSL2 distro (Windows)", driver=True),
-        Entry("hyperv", "devenv.backends.hyperv:HypervBackend", "a Hyper-V VM, local or over WinRM", "winrm"),
+        Entry(
+            "hyperv",
+            "devenv.backends.drivers.hyperv:HypervDriver",
+            "a Hyper-V VM, local or over WinRM",
+            "winrm",
+            driver=True,
+        ),
     )
 }
 

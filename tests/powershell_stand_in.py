@@ -5,8 +5,10 @@ local transport calls PowerShell. It decodes B64 as UTF-16LE (what real
 PowerShell does), checks the script is devenv's prelude + body + catch,
 appends the body to $STANDIN_LOG (one JSON string per line), and answers
 from $STANDIN_REPLAYS: a JSON list of {"match", "stdout", "stderr",
-"code"}, the first whose "match" is in the body. No match is exit 99 with
-the body on stderr, so a test sees what it did not expect.
+"code", "uses"}, the first whose "match" is in the body; one with "uses"
+answers that many times, then gives way to the next (a VM Running, then
+Off). No match is exit 99 with the body on stderr, so a test sees what it
+did not expect.
 """
 
 from __future__ import annotations
@@ -33,7 +35,11 @@ def main(argv: list[str]) -> int:
     with open(os.environ["STANDIN_REPLAYS"], encoding="utf-8") as f:
         replays = json.load(f)
     for r in replays:
-        if r["match"] in body:
+        if r["match"] in body and r.get("uses", 1) > 0:
+            if "uses" in r:
+                r["uses"] -= 1
+                with open(os.environ["STANDIN_REPLAYS"], "w", encoding="utf-8") as f:
+                    json.dump(replays, f)
             sys.stdout.buffer.write(r.get("stdout", "").encode())
             sys.stderr.buffer.write(r.get("stderr", "").encode())
             return int(r.get("code", 0))
