@@ -83,6 +83,10 @@ class RelayStream:
 
     @staticmethod
     def _connect(path: Path) -> socket.socket:
+        from devenv.hostagent.wire import in_short_dir, secure_socket_dirs
+
+        if in_short_dir(path):  # QEMU's socket in the temp dir: only in folders of this user's
+            secure_socket_dirs(path, create=False)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(str(path))
@@ -204,6 +208,14 @@ class RelayStream:
         `set_clock` (a relay with the "clock" feature): the guest's clock is set
         to the host's before anything the session sends from now on.
         """
+        from devenv.errors import DevenvError
+        from devenv.hostagent.wire import in_short_dir, secure_socket_dirs
+
+        if in_short_dir(self.path):  # the same check of its folders as the first connect
+            try:
+                secure_socket_dirs(self.path, create=False)
+            except DevenvError as e:
+                raise OSError(e.message) from None
         new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             new.connect(str(self.path))

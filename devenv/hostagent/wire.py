@@ -30,7 +30,7 @@ import os
 from devenv.jsonlines import decode as decode
 from devenv.jsonlines import encode as encode
 from devenv.jsonlines import loads as _loads
-from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, HOSTAGENT_TOKEN, SUN_PATH_MAX
+from devenv.paths import ENGINE_SOCK, HOSTAGENT_SOCK, HOSTAGENT_TOKEN, QMP_SOCK, RELAY_SOCK, SUN_PATH_MAX
 
 TYPE_CHECKING = False  # typing and pathlib cost ~4 ms to import: only for the type checker
 if TYPE_CHECKING:
@@ -73,17 +73,54 @@ def read_token(inst_dir: str | os.PathLike[str]) -> tuple[int, str] | None:
     return (port, token) if pid_alive(pid) else None
 
 
+# Every unix socket devenv makes for an instance, by its name in the instance directory. Each is found
+# through socket_path(), which moves it to the short folder when the natural path would not fit sun_path:
+# the host agent's control socket and the engine socket it serves (both bound by the agent), QEMU's QMP
+# socket and the SSH relay's virtio-serial port (both bound by QEMU). tests/unit/test_socket_paths.py
+# builds each for the longest names on a Mac, and fails when paths.py names a socket not listed here.
+INSTANCE_SOCKETS = (HOSTAGENT_SOCK, ENGINE_SOCK, QMP_SOCK, RELAY_SOCK)
+
+# confstr(_CS_DARWIN_USER_TEMP_DIR) (<unistd.h>): macOS's per-user temp dir, /var/folders/../T/, made
+# 0700 for its user by the system. Python names no Darwin-only confstr keys, so the number is used.
+CS_DARWIN_USER_TEMP_DIR = 65537
+
+
 def _fits(path: str) -> bool:
     return len(os.fsencode(path)) < SUN_PATH_MAX
 
 
+def user_temp_dir(system: str | None = None) -> str:
+    """Where the short socket folders go: a temp dir of this user's alone where the system has one.
+
+    macOS gives every user a private temp dir (confstr's
+    _CS_DARWIN_USER_TEMP_DIR, which is also what launchd sets TMPDIR to), so
+    devenv's sockets never land in the shared /tmp there, even when TMPDIR
+    was changed or unset. Elsewhere the temp dir (TMPDIR, else /tmp) may be
+    shared, which secure_socket_dirs() is for.
+    """
+    import sys
+
+    if (system or sys.platform) == "darwin":
+        try:
+            private = os.confstr(CS_DARWIN_USER_TEMP_DIR)
+        except (ValueError, OSError):
+            private = None
+        if private:
+            return private
+        env = os.environ.get("TMPDIR", "")
+        if env:
+            return env
+    import tempfile
+
+    return tempfile.gettempdir()
+
+
 def short_socket_base() -> Path:
     """The per-user folder in the temp dir that holds the short socket folders (short_socket_dir)."""
-    import tempfile
     from pathlib import Path
 
     uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"devenv-{uid}"
+    return Path(user_temp_dir()) / f"devenv-{uid}"
 
 
 def short_socket_dir(inst_dir: str | os.PathLike[str]) -> Path:
@@ -91,15 +128,25 @@ def short_socket_dir(inst_dir: str | os.PathLike[str]) -> Path:
 
     Deep DEVENV_HOME paths (macOS home dirs, pytest tmp dirs) easily pass 104
     bytes; the socket then lives in the temp dir under a per-user 0700 folder,
-    named after a hash of the instance dir so two instances never collide.
-    The temp dir is shared: secure_socket_dirs() checks whose those folders are.
+    named after a hash of the instance dir so two instances never collide. The
+    name is the hash alone: macOS's per-user temp dir is ~49 bytes long
+    (/var/folders/xx/<30 characters>/T/), and with a piece of the instance name
+    in it the control socket passed 104 bytes there.
+    The temp dir may be shared: secure_socket_dirs() checks whose those folders are.
     """
     import hashlib
     from pathlib import Path
 
     inst = Path(inst_dir).absolute()
-    digest = hashlib.sha256(os.fsencode(str(inst))).hexdigest()[:12]
-    return short_socket_base() / f"{inst.name[:20]}-{digest}"
+    digest = hashlib.sha256(os.fsencode(str(inst))).hexdigest()[:16]
+    return short_socket_base() / digest
+
+
+def in_short_dir(sock: str | os.PathLike[str]) -> bool:
+    """Whether a socket path is one of the short folder's (its folders need the check before use)."""
+    from pathlib import Path
+
+    return Path(sock).parent.parent == short_socket_base()
 
 
 def secure_socket_dirs(sock: str | os.PathLike[str], *, create: bool) -> None:
@@ -149,7 +196,7 @@ def _private_dir(d: Path, create: bool) -> None:
 
 
 def socket_path(inst_dir: str | os.PathLike[str], rel: str) -> Path:
-    """Where the socket `rel` (HOSTAGENT_SOCK or ENGINE_SOCK) of an instance lives."""
+    """Where the socket `rel` (one of INSTANCE_SOCKETS) of an instance lives."""
     from pathlib import Path  # deferred: the exec fast path only needs socket_str()
 
     return Path(socket_str(inst_dir, rel))

@@ -32,6 +32,8 @@ from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline,
 from devenv.backends.drivers.qemuproc import (
     RESUMABLE,
     STOPPED_RUN_STATES,
+    qmp_socket,
+    relay_socket,
     resume_vm,
     running_pid,
     ssh_port,
@@ -49,6 +51,7 @@ from devenv.backends.vm.driver import (
     with_console,
 )
 from devenv.errors import CommandFailed, DevenvError, DiskFull, StateError, SuspendRefused, Timeout
+from devenv.hostagent.wire import secure_socket_dirs
 from devenv.progress import DownloadProgress
 from devenv.sizes import format_measured
 
@@ -113,7 +116,14 @@ class QemuDriver:
         (inst.dir / IMAGE_RECORD).write_text(json.dumps(image, indent=2) + "\n")
 
     def delete(self, inst: InstanceRef) -> None:
-        """QEMU keeps nothing outside the instance directory."""
+        """QEMU keeps nothing outside the instance directory but the sockets that had to go to the short folder."""
+        from devenv.hostagent.wire import in_short_dir
+
+        for sock in (qmp_socket(inst.dir), relay_socket(inst.dir)):
+            if in_short_dir(sock):
+                sock.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):  # the host agent's sockets may still be there: it stops later
+                    sock.parent.rmdir()
 
     def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
         boot = self._boot_of(inst)
@@ -153,7 +163,7 @@ class QemuDriver:
                 "a VM launched by an earlier devenv: `devenv stop --shutdown` this once; later ones can be suspended",
             )
         step("save the guest (its devices; its memory stays in its file)")
-        qmp = inst.dir / paths.QMP_SOCK
+        qmp = qmp_socket(inst.dir)
         try:
             with Qmp(qmp, timeout=30) as q:
                 pinned = qemusave.versioned_machine(q, argv[argv.index("-machine") + 1].partition(",")[0])
@@ -188,7 +198,7 @@ class QemuDriver:
         pid = running_pid(inst.dir)
         if pid is None:
             return True
-        qmp = inst.dir / paths.QMP_SOCK
+        qmp = qmp_socket(inst.dir)
         run_state = vm_run_state(qmp)
         if run_state in ("paused", "suspended"):
             step(f"resume the VM ({run_state}) to shut it down")
@@ -216,7 +226,7 @@ class QemuDriver:
         if pid is None:
             return
         step("QEMU quit (QMP)")
-        with contextlib.suppress(DevenvError, OSError), Qmp(inst.dir / paths.QMP_SOCK, timeout=3) as q:
+        with contextlib.suppress(DevenvError, OSError), Qmp(qmp_socket(inst.dir), timeout=3) as q:
             q.command("quit")
         if self._wait_exit(inst, pid, 10):
             return
@@ -240,7 +250,7 @@ class QemuDriver:
                 return VmState("saved", "the guest is suspended to disk", details=saved)
             return VmState("off")
         details: dict[str, object] = {"pid": pid}
-        run_state = vm_run_state(inst.dir / paths.QMP_SOCK)
+        run_state = vm_run_state(qmp_socket(inst.dir))
         if run_state in STOPPED_RUN_STATES:
             details["qemu_status"] = run_state
             kind = "paused" if run_state in RESUMABLE else "halted"
@@ -261,7 +271,7 @@ class QemuDriver:
         from devenv.backends.drivers.qmp import Qmp
 
         try:
-            with Qmp(inst.dir / paths.QMP_SOCK, timeout=2.0) as q:
+            with Qmp(qmp_socket(inst.dir), timeout=2.0) as q:
                 blocks = q.command("query-block")
         except (DevenvError, OSError):
             return STOPPED_RUN_STATES["io-error"]
@@ -293,7 +303,7 @@ class QemuDriver:
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
         return AgentPlan(
             vm_pid_file=inst.dir / paths.QEMU_PID,
-            relay_socket=inst.dir / paths.RELAY_SOCK,
+            relay_socket=relay_socket(inst.dir),
             memory_file=inst.dir / qemusave.GUEST_RAM if self.features.suspend else None,
         )
 
@@ -376,7 +386,7 @@ class QemuDriver:
             if time.monotonic() < next_ask:
                 return
             next_ask = time.monotonic() + 2.0
-            if vm_run_state(inst.dir / paths.QMP_SOCK) == "io-error":
+            if vm_run_state(qmp_socket(inst.dir)) == "io-error":
                 raise self.failure(
                     inst,
                     f"the guest stopped while booting: {self._io_error(inst, {})}",
@@ -400,7 +410,7 @@ class QemuDriver:
 
     def _resume_if_stopped(self, inst: InstanceRef, step: StepReporter) -> None:
         """A VM QEMU paused (a full disk, `stop`, a suspend) runs on from where it was: nothing is lost."""
-        qmp = inst.dir / paths.QMP_SOCK
+        qmp = qmp_socket(inst.dir)
         state = vm_run_state(qmp)
         if state in STOPPED_RUN_STATES and state not in RESUMABLE:  # waiting for a boot would never end
             raise StateError(
@@ -445,7 +455,7 @@ class QemuDriver:
         step("restore the suspended guest")
         try:
             self._launch(boot, accel, chosen, extra, restore=qemusave.read_record(inst.dir))
-            with Qmp(inst.dir / paths.QMP_SOCK, timeout=30) as q:
+            with Qmp(qmp_socket(inst.dir), timeout=30) as q:
                 qemusave.load(q, inst.dir)
                 for name in (qemusave.SAVED_RECORD, qemusave.SAVED_STATE):
                     (inst.dir / name).unlink(missing_ok=True)
@@ -517,13 +527,14 @@ class QemuDriver:
         serial = inst.dir / paths.SERIAL_LOG
         if serial.exists() and restore is None:  # a restored guest goes on writing after its boot's lines
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
-        qmp = inst.dir / paths.QMP_SOCK
-        relay = inst.dir / paths.RELAY_SOCK
-        if not paths.socket_path_fits(qmp):
-            raise StateError(
-                f"the instance path is too long for a unix socket: {qmp}",
-                "set DEVENV_HOME to a shorter directory, such as ~/.devenv",
-            )
+        qmp, relay = qmp_socket(inst.dir), relay_socket(inst.dir)
+        for sock in (qmp, relay):  # QEMU binds them: their folders are checked (and made 0700) before it does
+            if not paths.socket_path_fits(sock):
+                raise StateError(
+                    f"the path is too long for a unix socket, even in the short folder: {sock}",
+                    "set DEVENV_HOME (and TMPDIR) to a shorter directory, such as ~/.devenv",
+                )
+            secure_socket_dirs(sock, create=True)
         console = "ttyS0" if arch == "x86_64" else "ttyAMA0"
         cmdline = kernel_cmdline(image.get("cmdline", ""), console, aslr=inst.config.aslr, accel=accel)
         cmdline = f"{cmdline} {extra_cmdline}".strip()
@@ -569,7 +580,7 @@ class QemuDriver:
                 shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
                 ram_file=ram_file,
-                relay_socket=relay if paths.socket_path_fits(relay) else None,
+                relay_socket=relay,
                 tcg_cache_mb=inst.config.tcg_cache // 1024**2,
                 host=host,
             )
@@ -591,8 +602,8 @@ class QemuDriver:
 
     def _run_qemu(self, inst: InstanceRef, argv: list[str], accel: str) -> None:
         """QEMU detached from the CLI, until its pid file and QMP socket are there (or it exited)."""
-        for stale in (paths.QMP_SOCK, paths.RELAY_SOCK, paths.QEMU_PID):
-            (inst.dir / stale).unlink(missing_ok=True)
+        for stale in (qmp_socket(inst.dir), relay_socket(inst.dir), inst.dir / paths.QEMU_PID):
+            stale.unlink(missing_ok=True)
         (inst.dir / QEMU_ARGV).write_text(json.dumps(argv) + "\n")
         with open(inst.dir / QEMU_LOG, "wb") as log:
             kwargs: dict[str, object] = {}
@@ -601,7 +612,7 @@ class QemuDriver:
             else:
                 kwargs["start_new_session"] = True  # survives the CLI and its Ctrl-C
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, **kwargs)  # type: ignore[call-overload]
-        qmp = inst.dir / paths.QMP_SOCK
+        qmp = qmp_socket(inst.dir)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             code = proc.poll()

@@ -24,6 +24,7 @@ import logging
 from pathlib import Path
 
 from devenv import paths
+from devenv.backends.drivers.qemuproc import qmp_socket
 from devenv.backends.drivers.qmp import Qmp
 from devenv.errors import DevenvError
 from devenv.hostagent.fastports import FastPortError
@@ -42,7 +43,7 @@ def for_instance(inst_dir: Path) -> UserNetForwarder | None:
         ssh_port = int((inst_dir / paths.SSH_PORT).read_text().strip())
     except (OSError, ValueError):
         return None
-    return UserNetForwarder(inst_dir / paths.QMP_SOCK, keep_ports={ssh_port})
+    return UserNetForwarder(qmp_socket(inst_dir), keep_ports={ssh_port})
 
 
 def parse_host_forwards(usernet: str) -> list[tuple[str, int, int]]:

@@ -36,11 +36,25 @@ def read_pid(inst_dir: Path) -> int | None:
         return None
 
 
+def qmp_socket(inst_dir: Path) -> Path:
+    """QEMU's QMP socket: in the instance dir, or in the short folder when that path would not fit sun_path."""
+    from devenv.hostagent.wire import socket_path
+
+    return socket_path(inst_dir, paths.QMP_SOCK)
+
+
+def relay_socket(inst_dir: Path) -> Path:
+    """The SSH relay's virtio-serial port, placed as qmp_socket is."""
+    from devenv.hostagent.wire import socket_path
+
+    return socket_path(inst_dir, paths.RELAY_SOCK)
+
+
 def pid_is_ours(pid: int, inst_dir: Path) -> bool:
     """Alive, and really our QEMU (pidutil.runs_as): its command line names this instance's QMP socket."""
     from devenv.pidutil import runs_as
 
-    return runs_as(pid, os.fsencode(inst_dir / paths.QMP_SOCK))
+    return runs_as(pid, os.fsencode(qmp_socket(inst_dir)))
 
 
 def running_pid(inst_dir: Path) -> int | None:

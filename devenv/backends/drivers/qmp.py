@@ -30,6 +30,10 @@ class Qmp:
         self.close()
 
     def connect(self) -> None:
+        from devenv.hostagent.wire import in_short_dir, secure_socket_dirs
+
+        if in_short_dir(self.path):  # in the temp dir: never talk to a socket in a folder someone else holds
+            secure_socket_dirs(self.path, create=False)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         try:
