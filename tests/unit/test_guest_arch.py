@@ -83,12 +83,12 @@ def test_firmware_only_for_an_aarch64_guest_booted_from_its_disk(
     tmp_path: Path, x86_kvm_host: FakeHost, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     code = tmp_path / "QEMU_EFI.fd"
-    monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: code)
+    monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch, *rest: code)
     assert qemu_backend.firmware("aarch64", direct_kernel=False) == code
     assert qemu_backend.firmware("aarch64", direct_kernel=True) is None  # QEMU starts the kernel itself
     assert qemu_backend.firmware("x86_64", direct_kernel=False) is None  # q35 has its BIOS built in
 
-    monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch: None)
+    monkeypatch.setattr(qemu_backend, "find_firmware", lambda arch, *rest: None)
     with pytest.raises(BackendUnavailable) as info:
         qemu_backend.firmware("aarch64", direct_kernel=False)
     assert info.value.message.startswith("no UEFI firmware for aarch64 guests was found (looked in ")

@@ -576,7 +576,7 @@ class QemuDriver:
                 kernel=Path(image["kernel"]) if image.get("kernel") else None,
                 initrd=Path(image["initrd"]) if image.get("initrd") else None,
                 cmdline=cmdline,
-                firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
+                firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel")), binary=boot.binary),
                 shares=qemuhost.shares(inst, boot.binary),
                 machine=chosen,
                 ram_file=ram_file,

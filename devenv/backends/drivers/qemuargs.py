@@ -28,7 +28,6 @@ guest pair and cite the Lima code each choice follows or why devenv differs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,7 +44,6 @@ __all__ = [
     "accel_option",
     "build_argv",
     "cpu_model",
-    "find_firmware",
     "guest_memory",
     "kernel_cmdline",
     "microvm_tcg_cmdline",
@@ -53,17 +51,6 @@ __all__ = [
     "qemu_cpu",
     "resolve_machine",
 ]
-
-# Where the aarch64 UEFI firmware lives: Homebrew (Apple Silicon and Intel), Debian/Ubuntu, Fedora, MSYS2.
-AARCH64_FIRMWARE = (
-    "/opt/homebrew/share/qemu/edk2-aarch64-code.fd",
-    "/usr/local/share/qemu/edk2-aarch64-code.fd",
-    "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
-    "/usr/share/AAVMF/AAVMF_CODE.fd",
-    "/usr/share/edk2/aarch64/QEMU_EFI.fd",
-    "C:/msys64/ucrt64/share/qemu/edk2-aarch64-code.fd",
-    "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
-)
 
 
 @dataclass(frozen=True)
@@ -92,15 +79,6 @@ class VmSpec:
     # tcg_cache, whose comment in config.py says what the size trades
     tcg_cache_mb: int = Config.tcg_cache // 1024**2
     host: HostFacts | None = None  # None: the running host (hostos.current().facts)
-
-
-def find_firmware(arch: str) -> Path | None:
-    if arch != "aarch64":
-        return None
-    for candidate in AARCH64_FIRMWARE:
-        if os.path.exists(candidate):
-            return Path(candidate)
-    return None
 
 
 # Kernel arguments for a guest under TCG, where all boot work is emulated and

@@ -2,16 +2,25 @@
 
 Each miss is a BackendUnavailable with the exact install command for this
 host's system (Homebrew, winget, apt with Fedora's name beside it).
+
+Where QEMU lives on a Mac: Homebrew installs under /opt/homebrew on Apple
+Silicon and /usr/local on Intel, MacPorts under /opt/local; each puts the
+emulators in PREFIX/bin and QEMU's own firmware (edk2-aarch64-code.fd) in
+PREFIX/share/qemu. Lima's getFirmware (pkg/driver/qemu/qemu.go) looks
+beside the binary the same way (`<binary's dir>/../share/qemu/edk2-<arch>-code.fd`,
+"macOS (homebrew)"), and `qemu-system-* -L help` prints the data folders
+the binary itself searches (recorded from Debian's QEMU 7.2:
+"/usr/bin/../share/qemu").
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from devenv.backends.drivers.qemuargs import AARCH64_FIRMWARE, find_firmware
 from devenv.backends.drivers.qemuargs import qemu_binary_name as binary_name
 from devenv.backends.drivers.qemuproc import has_9p
 from devenv.errors import BackendUnavailable
@@ -22,17 +31,17 @@ if TYPE_CHECKING:
 # How to install what a guest of another arch needs, by host system ("linux": Debian's names, then Fedora's).
 _INSTALL_HINTS = {
     "qemu-system-aarch64": {
-        "macos": "brew install qemu",
+        "macos": "brew install qemu (MacPorts: sudo port install qemu)",
         "windows": "winget install SoftwareFreedomConservancy.QEMU",
         "linux": "sudo apt-get install qemu-system-arm qemu-efi-aarch64 (Fedora: dnf install qemu-system-aarch64)",
     },
     "qemu-system-x86_64": {
-        "macos": "brew install qemu",
+        "macos": "brew install qemu (MacPorts: sudo port install qemu)",
         "windows": "winget install SoftwareFreedomConservancy.QEMU",
         "linux": "sudo apt-get install qemu-system-x86 (Fedora: dnf install qemu-system-x86)",
     },
     "aarch64 firmware": {
-        "macos": "brew install qemu (it ships edk2-aarch64-code.fd)",
+        "macos": "brew install qemu (it ships edk2-aarch64-code.fd; MacPorts: sudo port install qemu)",
         "windows": "install QEMU from qemu.org or MSYS2 (both ship edk2-aarch64-code.fd)",
         "linux": "sudo apt-get install qemu-efi-aarch64 (Fedora: dnf install edk2-aarch64)",
     },
@@ -44,8 +53,53 @@ def _install_hint(what: str, system: str) -> str:
     return hints.get(system, hints["linux"])
 
 
+# Homebrew on Apple Silicon, Homebrew on an Intel Mac, MacPorts: where a Mac's QEMU is when it is not on PATH
+PACKAGE_PREFIXES = ("/opt/homebrew", "/usr/local", "/opt/local")
+
+# UEFI for an aarch64 guest by the name QEMU itself installs it under (PREFIX/share/qemu), then where
+# Linux distributions and Windows installers put theirs (Debian, Debian/Fedora AAVMF, Fedora, MSYS2, qemu.org).
+FIRMWARE_NAME = {"aarch64": "edk2-aarch64-code.fd"}
+SYSTEM_FIRMWARE = {
+    "aarch64": (
+        "/usr/share/qemu-efi-aarch64/QEMU_EFI.fd",
+        "/usr/share/AAVMF/AAVMF_CODE.fd",
+        "/usr/share/edk2/aarch64/QEMU_EFI.fd",
+        "C:/msys64/ucrt64/share/qemu/edk2-aarch64-code.fd",
+        "C:/Program Files/qemu/share/edk2-aarch64-code.fd",
+    )
+}
+
+
+def off_path_qemu(name: str, root: str = "") -> str | None:
+    """A Mac's QEMU installed by Homebrew or MacPorts where PATH does not reach (a GUI-started editor's PATH).
+
+    `root`: where the prefixes are (tests give a fake tree; "" is the real one).
+    """
+    for prefix in PACKAGE_PREFIXES:
+        candidate = f"{root}{prefix}/bin/{name}"
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def path_hint(binary: str) -> str:
+    """The exact command that puts an off-PATH QEMU on PATH: Homebrew's own shellenv, or MacPorts' bin."""
+    bindir = os.path.dirname(binary)
+    prefix = os.path.dirname(bindir)
+    if os.path.exists(os.path.join(bindir, "brew")):
+        return f'eval "$({bindir}/brew shellenv)" (add it to your shell\'s profile), then run devenv again'
+    if prefix.endswith("/opt/local"):
+        return f'export PATH="{bindir}:$PATH" (MacPorts; add it to your shell\'s profile), then run devenv again'
+    return f'export PATH="{bindir}:$PATH" (add it to your shell\'s profile), then run devenv again'
+
+
 def check_qemu(arch: str) -> str:
-    """The qemu-system binary for `arch`, or BackendUnavailable with the install command."""
+    """The qemu-system binary for `arch`, or BackendUnavailable with the install command.
+
+    On a Mac a QEMU that Homebrew or MacPorts installed off PATH is named with
+    the command that puts it on PATH, rather than asked to be installed again:
+    qemu-img and the firmware are found through the same PATH.
+    """
     from devenv.hostos import current
 
     binary = shutil.which(binary_name(arch))
@@ -54,6 +108,13 @@ def check_qemu(arch: str) -> str:
         from devenv.backends.availability import qemu
 
         host = current()
+        if host.system == "macos":
+            elsewhere = off_path_qemu(binary_name(arch) if binary is None else "qemu-img")
+            if elsewhere is not None:
+                raise BackendUnavailable(
+                    f"{os.path.basename(elsewhere)} is installed in {os.path.dirname(elsewhere)}, which is not on PATH",
+                    path_hint(elsewhere),
+                )
         if arch != host.arch and has_img:
             raise BackendUnavailable(
                 f"{binary_name(arch)} was not found on PATH: it runs {arch} guests",
@@ -64,7 +125,48 @@ def check_qemu(arch: str) -> str:
     return binary
 
 
-def firmware(arch: str, *, direct_kernel: bool) -> Path | None:
+def data_dirs(binary: str, run: Callable[[list[str]], str | None] | None = None) -> list[str]:
+    """The folders QEMU itself looks for firmware in (`-L help`, one per line), [] when it will not say."""
+    if run is None:
+        from devenv.hostos import _quiet
+
+        run = _quiet
+    out = run([binary, "-L", "help"]) or ""
+    return [line.strip() for line in out.splitlines() if line.strip().startswith(("/", "C:", "c:"))]
+
+
+def firmware_candidates(
+    arch: str, binary: str | None = None, qemu_dirs: Sequence[str] = (), root: str = ""
+) -> list[str]:
+    """Where an `arch` guest's UEFI may be, in the order tried.
+
+    QEMU's own data folders first (`-L help`), then the share folder beside the
+    binary (through its symlink too: Homebrew's /opt/homebrew/bin/qemu-* point
+    into its Cellar), then Homebrew's and MacPorts' prefixes, then the
+    distributions' files. `root`: where the fixed paths are (tests give a fake tree).
+    """
+    name = FIRMWARE_NAME.get(arch)
+    if name is None:
+        return []
+    found = [os.path.join(d, name) for d in qemu_dirs]
+    if binary is not None:
+        for b in dict.fromkeys((binary, os.path.realpath(binary))):
+            bindir = os.path.dirname(b)
+            found.append(os.path.join(os.path.dirname(bindir), "share", "qemu", name))  # PREFIX/share/qemu
+            found.append(os.path.join(bindir, "share", name))  # the Windows installer's layout
+    found += [f"{root}{prefix}/share/qemu/{name}" for prefix in PACKAGE_PREFIXES]
+    found += [f"{root}{path}" for path in SYSTEM_FIRMWARE.get(arch, ())]
+    return list(dict.fromkeys(found))
+
+
+def find_firmware(arch: str, binary: str | None = None, qemu_dirs: Sequence[str] = (), root: str = "") -> Path | None:
+    for candidate in firmware_candidates(arch, binary, qemu_dirs, root):
+        if os.path.isfile(candidate):
+            return Path(candidate)
+    return None
+
+
+def firmware(arch: str, *, direct_kernel: bool, binary: str | None = None) -> Path | None:
     """UEFI for an aarch64 guest that boots from its disk (a pulled cloud image).
 
     A kernel QEMU starts itself needs none: QEMU's own boot code and device
@@ -72,12 +174,14 @@ def firmware(arch: str, *, direct_kernel: bool) -> Path | None:
     """
     if arch != "aarch64" or direct_kernel:
         return None
-    firmware = find_firmware(arch)
+    qemu_dirs = data_dirs(binary) if binary is not None else []
+    firmware = find_firmware(arch, binary, qemu_dirs)
     if firmware is None:
         from devenv.hostos import current
 
+        looked = firmware_candidates(arch, binary, qemu_dirs)
         raise BackendUnavailable(
-            "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(AARCH64_FIRMWARE) + ")",
+            "no UEFI firmware for aarch64 guests was found (looked in " + ", ".join(looked) + ")",
             _install_hint("aarch64 firmware", current().system),
         )
     return firmware
