@@ -8,7 +8,8 @@ from $STANDIN_REPLAYS: a JSON list of {"match", "stdout", "stderr",
 "code", "uses"}, the first whose "match" is in the body; one with "uses"
 answers that many times, then gives way to the next (a VM Running, then
 Off). No match is exit 99 with the body on stderr, so a test sees what it
-did not expect.
+did not expect. A replay with "stdin_to" writes what the script's stdin
+carried, base64 lines decoded, to that file (as hypervps.receive_file does).
 """
 
 from __future__ import annotations
@@ -40,6 +41,11 @@ def main(argv: list[str]) -> int:
                 r["uses"] -= 1
                 with open(os.environ["STANDIN_REPLAYS"], "w", encoding="utf-8") as f:
                     json.dump(replays, f)
+            if "stdin_to" in r:
+                with open(r["stdin_to"], "wb") as out:
+                    for line in sys.stdin:
+                        if line.strip():
+                            out.write(base64.b64decode(line.strip()))
             sys.stdout.buffer.write(r.get("stdout", "").encode())
             sys.stderr.buffer.write(r.get("stderr", "").encode())
             return int(r.get("code", 0))

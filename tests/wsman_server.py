@@ -1,7 +1,8 @@
 """A local WS-Man (WinRM) server for tests: real HTTP(S) on a real socket, answering as a Windows host does.
 
-It speaks the five operations pywinrm's shell uses: Create (a shell, whose
-code page and profile options it records), Command, Receive (base64
+It speaks the operations pywinrm's shell uses: Create (a shell, whose
+code page and profile options it records), Command, Send (stdin, given to
+the command when its output is first asked for), Receive (base64
 stdout/stderr streams, the exit code in CommandState/Done, the output split
 over two Receives as a long command's is), Signal and Delete. The reply
 envelopes are pywinrm's recorded ones (winrm/tests/conftest.py: captured
@@ -11,7 +12,7 @@ the request's MessageID, which pywinrm checks.
 Authentication is HTTP Basic (WinRM's Basic, enabled on a host with
 `winrm set winrm/config/service/auth @{Basic="true"}`); a wrong password
 gets the 401 Windows sends. What a command does is the test's `run`
-callable: given the command and its arguments, it returns (exit code,
+callable: given the command, its arguments and its stdin, it returns (exit code,
 stdout bytes, stderr bytes); tests run the stand-in PowerShell with them.
 """
 
@@ -69,7 +70,7 @@ _DONE = """<rsp:CommandState CommandId="{command}" State="http://schemas.microso
                 <rsp:ExitCode>{code}</rsp:ExitCode>
             </rsp:CommandState>"""
 
-Run = Callable[[str, list[str]], tuple[int, bytes, bytes]]
+Run = Callable[[str, list[str], bytes], tuple[int, bytes, bytes]]
 
 
 @dataclass
@@ -81,6 +82,7 @@ class Seen:
     commands: list[tuple[str, list[str]]] = field(default_factory=list)
     users: list[str] = field(default_factory=list)
     open_shells: set[str] = field(default_factory=set)
+    sends: int = 0
 
 
 class WsmanServer:
@@ -89,6 +91,8 @@ class WsmanServer:
         self.credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
         self.seen = Seen()
         self._pending: dict[str, list[bytes]] = {}  # command id -> the Receive replies still to send
+        self._started: dict[str, tuple[str, list[str]]] = {}  # commands whose output nobody asked for yet
+        self._stdin: dict[str, list[bytes]] = {}
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         if tls is not None:
             self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
@@ -152,21 +156,20 @@ class WsmanServer:
             command = root.findtext("s:Body/rsp:CommandLine/rsp:Command", namespaces=NS) or ""
             args = (root.findtext("s:Body/rsp:CommandLine/rsp:Arguments", namespaces=NS) or "").split(" ")
             self.seen.commands.append((command, args))
-            code, out, err = self.run(command, args)
             cid = str(uuid.uuid4()).upper()
-            half = len(out) // 2
-            first = [_STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[:half]).decode()), _RUNNING]
-            last = [
-                _STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[half:]).decode()),
-                _STREAM.format(command=cid, name="stderr", data=base64.b64encode(err).decode()),
-                _END.format(command=cid, name="stdout"),
-                _END.format(command=cid, name="stderr"),
-                _DONE.format(command=cid, code=code),
-            ]
-            self._pending[cid] = [self._receive(first), self._receive(last)]
+            self._stdin[cid] = []
+            self._started[cid] = (command, args)
             return envelope(SHELL + "CommandResponse", _COMMAND.format(command=cid))
+        if action == SHELL + "Send":
+            stream = root.find("s:Body/rsp:Send/rsp:Stream", NS)
+            assert stream is not None
+            self._stdin[stream.get("CommandId", "")].append(base64.b64decode(stream.text or ""))
+            self.seen.sends += 1
+            return envelope(SHELL + "SendResponse", "<rsp:SendResponse/>")
         if action == SHELL + "Receive":
             cid = root.find("s:Body/rsp:Receive/rsp:DesiredStream", NS).get("CommandId", "")  # type: ignore[union-attr]
+            if cid in self._started:
+                self._start(cid)
             body = self._pending[cid].pop(0)
             return envelope(SHELL + "ReceiveResponse", body.decode())
         if action == SHELL + "Signal":
@@ -175,6 +178,21 @@ class WsmanServer:
             self.seen.open_shells.discard(shell)
             return envelope(TRANSFER + "DeleteResponse", "")
         raise AssertionError(f"the test server does not know {action}")
+
+    def _start(self, cid: str) -> None:
+        """Run the command with the stdin sent so far, and lay out its output over two Receives."""
+        command, args = self._started.pop(cid)
+        code, out, err = self.run(command, args, b"".join(self._stdin.pop(cid)))
+        half = len(out) // 2
+        first = [_STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[:half]).decode()), _RUNNING]
+        last = [
+            _STREAM.format(command=cid, name="stdout", data=base64.b64encode(out[half:]).decode()),
+            _STREAM.format(command=cid, name="stderr", data=base64.b64encode(err).decode()),
+            _END.format(command=cid, name="stdout"),
+            _END.format(command=cid, name="stderr"),
+            _DONE.format(command=cid, code=code),
+        ]
+        self._pending[cid] = [self._receive(first), self._receive(last)]
 
     @staticmethod
     def _receive(parts: list[str]) -> bytes:

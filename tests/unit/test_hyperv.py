@@ -108,6 +108,7 @@ FIND = "$vm = @(Hyper-V\\Get-VM | Where-Object { $_.Id -eq [guid]'" + VM_ID + "'
         ),
         (
             hypervps.create_disk("C:\\c\\base.vhdx", "C:\\i\\disk.vhdx", 20 * 1024**3),
+            "New-Item -ItemType Directory -Force -Path (Split-Path -Parent -Path 'C:\\i\\disk.vhdx') | Out-Null\n"
             "if (-not (Test-Path -LiteralPath 'C:\\i\\disk.vhdx')) {\n"
             "  Hyper-V\\New-VHD -Path 'C:\\i\\disk.vhdx' -ParentPath 'C:\\c\\base.vhdx' -Differencing | Out-Null\n}\n"
             "if ((Hyper-V\\Get-VHD -Path 'C:\\i\\disk.vhdx').Size -lt 21474836480) {\n"

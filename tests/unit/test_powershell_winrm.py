@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -46,11 +47,11 @@ def answer(tmp: Path, *replays: dict[str, object]) -> None:
     (tmp / "replays.json").write_text(json.dumps(list(replays)))
 
 
-def run_stand_in(command: str, args: list[str]) -> tuple[int, bytes, bytes]:
+def run_stand_in(command: str, args: list[str], stdin: bytes) -> tuple[int, bytes, bytes]:
     """The Windows host's side: what powershell.exe would do with the command WinRM was given."""
     assert command == "powershell.exe"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    p = subprocess.run([sys.executable, str(STAND_IN), *args], capture_output=True, env=env, timeout=30)
+    p = subprocess.run([sys.executable, str(STAND_IN), *args], input=stdin, capture_output=True, env=env, timeout=30)
     return p.returncode, p.stdout, p.stderr
 
 
@@ -134,3 +135,99 @@ def test_a_closed_port_is_winrm_refused(stand_in: Path) -> None:
         " (Connection refused)"
     )
     assert caught.value.hint.startswith("on the Windows host, as administrator: `winrm quickconfig -transport:https`")
+
+
+# -- files to the host, and the driver's remote create ------------------------------------
+
+FACTS = {
+    "user": "DESK\\ann",
+    "admin": False,
+    "in_group": True,
+    "listed": True,
+    "module": True,
+    "vmms": "Running",
+    "switch": {"name": "Default Switch", "id": "c08cb7b8-9b3c-408e-8e30-5e16a3aeb444", "type": "Internal"},
+    "vhd_path": "C:\\Hyper-V\\Disks",
+    "computer": "DESK",
+}
+
+
+def test_a_file_goes_to_the_host_over_the_session_whole_and_checked(
+    server: tuple[WsmanServer, Path], stand_in: Path
+) -> None:
+    from devenv.backends.drivers import hypervcopy, hypervps
+
+    s, ca_file = server
+    local = stand_in / "base.vhdx"
+    local.write_bytes(os.urandom(200 * 1024))
+    received = stand_in / "received"
+    answer(stand_in, {"match": "Move-Item", "stdin_to": str(received)})
+    hypervcopy.copy(transport(s, ca_file), local, "C:\\Hyper-V\\Disks\\devenv\\bases\\b.vhdx", "hint")
+    assert received.read_bytes() == local.read_bytes()
+    assert s.seen.sends == 5  # 200 KiB in 48 KiB lines
+    scripts = [json.loads(line) for line in (stand_in / "scripts.jsonl").read_text().splitlines()]
+    sha = hypervcopy.sha256_of(local)
+    assert scripts == [hypervps.receive_file("C:\\Hyper-V\\Disks\\devenv\\bases\\b.vhdx", sha)]
+    assert f"if ($sum -ne '{sha}')" in scripts[0]
+
+
+@pytest.mark.skipif(shutil.which("qemu-img") is None, reason="qemu-img is not installed")
+def test_remote_create_copies_the_base_once(
+    server: tuple[WsmanServer, Path], stand_in: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver over WinRM (for_config's transport) to the stand-in, its answers built (tests/hyperv_recordings.py)."""
+    from devenv import config
+    from devenv.backends.base import InstanceRef
+    from devenv.backends.drivers import hyperv, hypervimage, hypervps
+    from tests.steprecorder import StepRecorder
+
+    s, ca_file = server
+    monkeypatch.setenv("DEVENV_CACHE", str(stand_in / "cache"))
+    base = stand_in / "img.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(base), "64M"], check=True)
+    cfg = config.Config(
+        image=str(base), hyperv_host=f"127.0.0.1:{s.port}", hyperv_user="ann", hyperv_auth="basic",
+        hyperv_ca_file=str(ca_file), disk=8 * 1024**3,
+    )  # fmt: skip
+    received = stand_in / "received"
+    key = hypervimage.image_key("", base)
+    remote_base = f"C:\\Hyper-V\\Disks\\devenv\\bases\\base-{key[:32]}.vhdx"
+
+    def create(name: str, base_there: bool) -> list[str]:
+        inst = InstanceRef(name, stand_in / name, cfg)
+        inst.dir.mkdir()
+        answer(
+            stand_in,
+            {"match": "Get-LocalGroupMember", "stdout": json.dumps(FACTS)},
+            {"match": "New-VHD", "stdout": ""},
+            {"match": "-InputObject (Test-Path", "stdout": "true" if base_there else "false"},
+            {"match": "Move-Item", "stdin_to": str(received)},
+            {"match": "fsutil", "stdout": ""},
+        )
+        steps = StepRecorder()
+        hyperv.HypervDriver().create(inst, steps)
+        folder = f"C:\\Hyper-V\\Disks\\devenv\\instances\\{hypervps.vm_name(name, inst.dir)}"
+        assert json.loads((inst.dir / hyperv.RECORD).read_text()) == {
+            "base": remote_base,
+            "disk": f"{folder}\\disk.vhdx",
+            "seed": f"{folder}\\cidata.iso",
+            "folder": folder,
+        }
+        return steps.seen
+
+    vhdx = hypervimage.vhdx_path(key)
+    first = create("one", base_there=False)
+    size = vhdx.stat().st_size / 1024**3
+    assert first == [
+        f"find image {base}",
+        "convert img to a VHDX for Hyper-V (once per image)",
+        f"copy the base VHDX ({size:.1f} GiB) to 127.0.0.1 over WinRM (once per image)",
+        "prepare the base disk (not sparse, read-only)",
+        "create a 8 GiB differencing disk on img",
+    ]
+    assert received.read_bytes() == vhdx.read_bytes()
+    assert create("two", base_there=True) == [
+        f"find image {base}",
+        "prepare the base disk (not sparse, read-only)",
+        "create a 8 GiB differencing disk on img",
+    ]

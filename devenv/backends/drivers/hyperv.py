@@ -20,6 +20,11 @@ runs, and is kept in hyperv.address for endpoint(). On a remote host with
 the Default Switch the guest is reachable only from that host: SSH goes
 through it (`ssh -W`, with the user's own OpenSSH config for that host).
 Hyper-V gives no console file here, so readiness is read over SSH.
+
+On a remote host the files live under the host's own virtual disk folder
+(Get-VMHost's VirtualHardDiskPath)\\devenv: the base VHDX copied once over
+the WinRM session and named by the image's digest (hypervcopy.py), and per
+instance its differencing disk and the seed, copied again at every start.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from devenv import paths
-from devenv.backends.drivers import hypervimage, hypervps
+from devenv.backends.drivers import hypervcopy, hypervimage, hypervps
 from devenv.backends.drivers.powershell import PowerShell, PowerShellFailed, for_config
 from devenv.backends.drivers.psclixml import PsError
 from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState
@@ -91,13 +96,10 @@ class HypervDriver:
         files = self._files(inst, facts, key)
         self._write_record(inst, files)
         ps = self._ps(inst)
-        if self._remote(inst):
-            raise NotSupported(
-                "hyperv",
-                f"a remote Hyper-V host ({ps.host})",
-                "run devenv on the Windows host itself for now",
-                why="copying the base image and the seed to the host is not implemented yet",
-            )
+        if self._remote(inst) and not hypervcopy.present(ps, files["base"]):
+            size = vhdx.stat().st_size / 1024**3
+            step(f"copy the base VHDX ({size:.1f} GiB) to {ps.host} over WinRM (once per image)")
+            hypervcopy.copy(ps, vhdx, files["base"], _hint_for(None, ps.host))
         step("prepare the base disk (not sparse, read-only)")
         _run(ps, hypervps.prepare_base(files["base"]), "prepare the base VHDX")
         step(f"create a {inst.config.disk // 1024**3} GiB differencing disk on {record.name}")
@@ -141,6 +143,9 @@ class HypervDriver:
             vm = made[0]
             self._write_record(inst, {**rec, "vm_id": vm.id, "vm_name": vm.name})
         (inst.dir / ADDRESS).unlink(missing_ok=True)
+        if self._remote(inst):  # written anew by every start, here
+            step(f"copy the first-boot seed to {ps.host}")
+            hypervcopy.copy(ps, inst.dir / paths.CIDATA, rec["seed"], _hint_for(None, ps.host))
         step(f"start the Hyper-V VM {vm.name} on {ps.host}")
         _run(ps, hypervps.start_vm(vm.id, rec["seed"]), "Start-VM")
         return self._booting(inst, step)

@@ -246,6 +246,7 @@ $f.IsReadOnly = $true
 def create_disk(base: str, disk: str, size: int) -> str:
     """The instance's differencing disk on the base, grown to `size` bytes (never shrunk)."""
     return f"""\
+New-Item -ItemType Directory -Force -Path (Split-Path -Parent -Path {quote(disk)}) | Out-Null
 if (-not (Test-Path -LiteralPath {quote(disk)})) {{
   Hyper-V\\New-VHD -Path {quote(disk)} -ParentPath {quote(base)} -Differencing | Out-Null
 }}
@@ -381,3 +382,34 @@ def read_address(data: Any) -> str | None:
                 if ip.version == 4 and not ip.is_link_local and not ip.is_loopback and not ip.is_unspecified:
                     return str(ip)
     return None
+
+
+# -- files on a remote host -------------------------------------------------------------------
+
+
+def exists(path: str) -> str:
+    return _json(f"Test-Path -LiteralPath {quote(path)}") + "\n"
+
+
+def receive_file(dest: str, sha256: str) -> str:
+    """Write stdin's base64 lines to `dest`: aside first, checked against its sha256, then renamed into place.
+
+    A copy cut short or damaged is never taken for the file: the name
+    appears only once the whole of it arrived intact.
+    """
+    part = dest + ".part"
+    return f"""\
+New-Item -ItemType Directory -Force -Path (Split-Path -Parent -Path {quote(dest)}) | Out-Null
+$out = [IO.File]::Open({quote(part)}, [IO.FileMode]::Create, [IO.FileAccess]::Write)
+try {{
+  while ($null -ne ($line = [Console]::In.ReadLine())) {{
+    if ($line) {{ $bytes = [Convert]::FromBase64String($line); $out.Write($bytes, 0, $bytes.Length) }}
+  }}
+}} finally {{ $out.Close() }}
+$sum = (Get-FileHash -LiteralPath {quote(part)} -Algorithm SHA256).Hash.ToLower()
+if ($sum -ne {quote(sha256)}) {{
+  Remove-Item -LiteralPath {quote(part)} -Force
+  throw "the copy of {Path(dest).name} arrived damaged (sha256 $sum)"
+}}
+Move-Item -LiteralPath {quote(part)} -Destination {quote(dest)} -Force
+"""

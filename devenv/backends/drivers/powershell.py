@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -48,6 +49,7 @@ HTTPS_PORT = 5986
 UTF8_CODEPAGE = 65001
 ERROR_MARK = "DEVENV-PS-ERROR "  # the catch's line on stderr: this mark, then the error as JSON
 DEFAULT_TIMEOUT = 120.0
+MAX_ENCODED = 32_000  # CreateProcess takes a command line of up to 32767 characters
 WINRM_HINT = "pip install 'devenv[winrm]'"
 
 PRELUDE = """\
@@ -154,7 +156,7 @@ class Transport(Protocol):
 
     host: str
 
-    def run(self, encoded: str, timeout: float) -> tuple[tuple[str, ...], int, str, str]: ...
+    def run(self, encoded: str, timeout: float, stdin: Iterable[str] = ()) -> tuple[tuple[str, ...], int, str, str]: ...
 
 
 class LocalTransport:
@@ -177,11 +179,12 @@ class LocalTransport:
             "Hyper-V is managed through PowerShell: run devenv on the Windows host, or set hyperv_host in devenv.toml",
         )
 
-    def run(self, encoded: str, timeout: float) -> tuple[tuple[str, ...], int, str, str]:
+    def run(self, encoded: str, timeout: float, stdin: Iterable[str] = ()) -> tuple[tuple[str, ...], int, str, str]:
         from devenv.runner import run
 
         argv = (self._program(), *FLAGS, encoded)
-        r = run(argv, timeout=timeout, hint="PowerShell did not answer; is the Hyper-V host busy?")
+        data = "".join(stdin) or None
+        r = run(argv, input=data, timeout=timeout, hint="PowerShell did not answer; is the Hyper-V host busy?")
         return r.argv, r.returncode, r.stdout, r.stderr
 
 
@@ -285,13 +288,24 @@ class WinRMTransport:
         self._proto = WinRMProtocol(t.endpoint, **options)
         return self._proto
 
-    def run(self, encoded: str, timeout: float) -> tuple[tuple[str, ...], int, str, str]:
+    def run(self, encoded: str, timeout: float, stdin: Iterable[str] = ()) -> tuple[tuple[str, ...], int, str, str]:
+        """One shell per script: open it, run powershell.exe (no cmd.exe: its 8191-character line limit), close it.
+
+        `stdin` goes in one WS-Man Send per piece, before the output is read.
+        """
         argv = ("powershell.exe", *FLAGS, encoded)
         try:
             proto = self._protocol()
             shell = proto.open_shell(codepage=UTF8_CODEPAGE, noprofile=True)
             try:
-                command = proto.run_command(shell, argv[0], list(argv[1:]))
+                command = proto.run_command(shell, argv[0], list(argv[1:]), skip_cmd_shell=True)
+                last: str | None = None
+                for piece in stdin:
+                    if last is not None:
+                        proto.send_command_input(shell, command, last.encode(), end=False)
+                    last = piece
+                if last is not None:
+                    proto.send_command_input(shell, command, last.encode(), end=True)
                 out, err, code = self._output(proto, shell, command, timeout)
                 proto.cleanup_command(shell, command)
             finally:
@@ -380,9 +394,12 @@ class PowerShell:
     def host(self) -> str:
         return self.transport.host
 
-    def run(self, body: str, label: str, timeout: float = DEFAULT_TIMEOUT) -> PsResult:
-        """Run a script body; a PsResult whatever its exit status (check() raises)."""
-        argv, code, out, err = self.transport.run(encode(wrap(body)), timeout)
+    def run(self, body: str, label: str, timeout: float = DEFAULT_TIMEOUT, stdin: Iterable[str] = ()) -> PsResult:
+        """Run a script body (`stdin`: text its [Console]::In reads); a PsResult whatever its exit status."""
+        encoded = encode(wrap(body))
+        if len(encoded) > MAX_ENCODED:
+            raise AssertionError(f"a PowerShell script of {len(encoded)} encoded characters is too long for Windows")
+        argv, code, out, err = self.transport.run(encoded, timeout, stdin)
         error, shown = _error_of(err) if code != 0 else (None, decode(err).text)
         shown_argv = (*argv[:-1], f"<{len(argv[-1])} characters>")  # the base64 says nothing to a reader
         return PsResult(shown_argv, self.transport.host, label, code, out, shown, error)
