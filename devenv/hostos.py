@@ -52,6 +52,18 @@ def parse_macos_version(text: str) -> tuple[int, ...] | None:
     return tuple(int(p) for p in parts)
 
 
+def parse_qemu_version(text: str) -> tuple[int, int, int] | None:
+    """`qemu-system-* --version`'s first line as (major, minor, micro), as Lima's parseQemuVersion reads it.
+
+    "QEMU emulator version 8.2.1" (Homebrew), "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7...)".
+    """
+    import re
+
+    lines = text.splitlines()
+    m = re.match(r"QEMU emulator version (\d+)\.(\d+)\.(\d+)", lines[0].strip() if lines else "")
+    return (int(m[1]), int(m[2]), int(m[3])) if m else None
+
+
 @dataclass(frozen=True)
 class Probe:
     """One capability: usable or not, and when not, why and what fixes it."""

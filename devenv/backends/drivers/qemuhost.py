@@ -187,21 +187,65 @@ def firmware(arch: str, *, direct_kernel: bool, binary: str | None = None) -> Pa
     return firmware
 
 
-def shares(inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
-    """virtio-9p shares for the configured mounts, when 9p can serve them (else the agent uses sshfs).
+# QEMU 7.0 is the first whose 9p server runs on a macOS host: qemu/qemu meson.build, have_virtfs, requires
+# host_os linux or darwin (and pthread_fchdir_np on darwin) since the 9p darwin series merged for 7.0.
+NINEP_ON_MACOS = (7, 0, 0)
 
-    9p shows the guest the host's owners and modes as they are, so it is only
-    used when the guest user has the host user's uid (see userdata.guest_uid):
-    not for root on the host, whose files the guest user could not read.
-    DEVENV_MOUNT_TYPE=sshfs forces reverse sshfs, DEVENV_MOUNT_TYPE=9p forces 9p.
+
+def mount_kind(
+    system: str,
+    qemu_version: tuple[int, int, int] | None,
+    lists_9p: bool,
+    host_uid: int | None,
+    guest_uid: int,
+    forced: str = "",
+) -> tuple[str, str]:
+    """9p or reverse sshfs for the project mounts on this host, and why: a function of host facts alone.
+
+    On a Mac the answer is 9p, as on Linux, wherever QEMU can serve it:
+    - QEMU has a 9p server for macOS hosts since 7.0 (qemu/qemu meson.build,
+      have_virtfs: "virtio-9p (virtfs) requires Linux or macOS").
+    - Homebrew's QEMU is built with it: its formula passes --enable-virtfs on
+      every system, macOS included, not only in its on_linux block
+      (Homebrew/homebrew-core Formula/q/qemu.rb, QEMU 10.2.0). MacPorts' or a
+      self-built QEMU may not be, which `-device help` shows (lists_9p).
+    - Lima, on Macs for years, mounts with 9p by default under QEMU since
+      v1.0 (lima-vm/lima pkg/limayaml/defaults.go FillDefault: MountType
+      NINEP for QEMU, REVSSHFS only where 9p is unsupported), with
+      security_model=none as devenv does.
+    9p shows the guest the host's owners and modes as they are, so it also
+    needs the guest user to have the host user's uid (a Mac's 501 is in
+    userdata.guest_uid's range). `forced` is DEVENV_MOUNT_TYPE: sshfs always
+    wins; 9p skips the uid rule but not QEMU's lack of 9p.
     """
+    if forced == "sshfs":
+        return "sshfs", "DEVENV_MOUNT_TYPE=sshfs"
+    if not lists_9p:
+        return "sshfs", "this QEMU has no virtio-9p-pci device (built without virtfs)"
+    if system == "macos" and qemu_version is not None and qemu_version < NINEP_ON_MACOS:
+        return "sshfs", f"QEMU {'.'.join(map(str, qemu_version))} has no 9p server on macOS (7.0 added it)"
+    if forced == "9p":
+        return "9p", "DEVENV_MOUNT_TYPE=9p"
+    if host_uid is None or host_uid != guest_uid:
+        return "sshfs", "the guest user's uid is not the host user's, so 9p would show it files it cannot use"
+    return "9p", "QEMU serves 9p here and the guest user has the host user's uid"
+
+
+def shares(inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
+    """virtio-9p shares for the configured mounts when mount_kind says 9p (else the agent uses sshfs)."""
     forced = os.environ.get("DEVENV_MOUNT_TYPE", "").lower()
     if not inst.config.mounts or forced == "sshfs":
         return ()
     from devenv.hostagent.mounts import qemu_shares
+    from devenv.hostos import current, parse_qemu_version
     from devenv.provision.userdata import guest_uid
 
+    system = current().system
+    version = None
+    if system == "macos":  # only a Mac's answer depends on it
+        from devenv.hostos import _quiet
+
+        version = parse_qemu_version(_quiet([binary, "--version"]) or "")
     getuid = getattr(os, "getuid", None)
-    if forced != "9p" and (getuid is None or getuid() != guest_uid()):
-        return ()
-    return qemu_shares(inst.config.mounts) if has_9p(binary) else ()
+    kind, _ = mount_kind(system, version, has_9p(binary), getuid() if getuid else None, guest_uid(), forced)
+    return qemu_shares(inst.config.mounts) if kind == "9p" else ()
