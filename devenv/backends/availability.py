@@ -141,6 +141,115 @@ def hyperv(host: Host) -> Probe:
     return Probe(False, "not Windows; a remote Hyper-V host needs `hyperv_host`, which is not configured")
 
 
+# Lima's minimumQemuVersion (pkg/driver/qemu/qemu.go) on macOS: Apple Silicon needs 8.2.1 (qemu issue 1990);
+# an Intel Mac needs 7.0 and is advised 8.2.1.
+MACOS_QEMU_REQUIRED = {"aarch64": (8, 2, 1), "x86_64": (7, 0, 0)}
+MACOS_QEMU_ADVISED = (8, 2, 1)
+
+
+def accelerators_listed(accel_help: str) -> list[str]:
+    """The names `qemu-system-* -M none -accel help` lists, below its "Accelerators supported" line."""
+    return [line.strip() for line in accel_help.splitlines()[1:] if line.strip()]
+
+
+def macos_checks(
+    host_arch: str, hv_support: str | None, version_out: str | None, accel_help: str | None
+) -> list[tuple[str, Probe]]:
+    """What a Mac needs for hvf, from the outputs of `sysctl -n kern.hv_support`, `qemu --version`, `-accel help`.
+
+    Pure, so each answer is tested against recorded outputs; macos() runs the
+    commands. The last row says what another architecture's guest costs: it
+    is emulated (TCG) whatever the Mac, and Rosetta is not used (only
+    Virtualization.framework offers it to Linux guests, and devenv runs QEMU).
+    """
+    from devenv.hostos import parse_qemu_version
+
+    rows: list[tuple[str, Probe]] = []
+    hv = (hv_support or "").strip()
+    if hv == "1":
+        rows.append(("hvf", Probe(True, "kern.hv_support = 1: Hypervisor.framework runs guests of this Mac's arch")))
+    else:
+        said = f"kern.hv_support = {hv}" if hv else "sysctl kern.hv_support did not answer"
+        rows.append(
+            (
+                "hvf",
+                Probe(
+                    False,
+                    f"{said}: no Hypervisor.framework here (a macOS VM without nested virtualisation, such as a CI"
+                    " runner); guests run under tcg, several times slower",
+                    "run devenv on the Mac itself, not in a VM on it",
+                ),
+            )
+        )
+    version = parse_qemu_version(version_out or "")
+    required = MACOS_QEMU_REQUIRED.get(host_arch, MACOS_QEMU_ADVISED)
+    dotted = ".".join(map(str, required))
+    if version is None:
+        rows.append(
+            ("qemu version", Probe(False, "QEMU's version could not be read (`--version`)", "brew install qemu"))
+        )
+    elif version < required:
+        shown = ".".join(map(str, version))
+        why = " (hvf on Apple Silicon: qemu issue 1990)" if host_arch == "aarch64" else ""
+        rows.append(
+            (
+                "qemu version",
+                Probe(
+                    False, f"QEMU {shown} is older than {dotted}, the oldest that works here{why}", "brew upgrade qemu"
+                ),
+            )
+        )
+    else:
+        shown = ".".join(map(str, version))
+        advice = "brew upgrade qemu" if version < MACOS_QEMU_ADVISED else ""
+        note = f" (older than {'.'.join(map(str, MACOS_QEMU_ADVISED))}, which Lima advises)" if advice else ""
+        rows.append(("qemu version", Probe(True, f"QEMU {shown}{note}", advice)))
+    if accel_help is None:
+        rows.append(("qemu accelerators", Probe(False, "`-accel help` did not answer", "brew reinstall qemu")))
+    else:
+        listed = accelerators_listed(accel_help)
+        names = ", ".join(listed) or "none"
+        if "hvf" in listed:
+            rows.append(("qemu accelerators", Probe(True, f"QEMU lists hvf (-accel help: {names})")))
+        else:
+            rows.append(
+                (
+                    "qemu accelerators",
+                    Probe(
+                        False,
+                        f"QEMU does not list hvf (-accel help: {names}): it was built without it",
+                        "brew reinstall qemu (Homebrew's QEMU has hvf)",
+                    ),
+                )
+            )
+    other = "x86_64" if host_arch == "aarch64" else "aarch64"
+    native = "aarch64" if host_arch == "aarch64" else "x86_64"
+    rows.append(
+        (
+            f"{other} guests",
+            Probe(
+                True,
+                f"emulated (tcg): several times slower than {native} guests under hvf; Rosetta is not used"
+                " (QEMU cannot use it)",
+            ),
+        )
+    )
+    return rows
+
+
+def macos(host: Host) -> list[tuple[str, Probe]]:
+    """macos_checks with this Mac's own outputs (three commands, ~0.1 s)."""
+    from devenv.hostos import _quiet
+
+    binary = host.qemu_binary
+    return macos_checks(
+        host.arch,
+        _quiet(["sysctl", "-n", "kern.hv_support"]),
+        _quiet([binary, "--version"]) if binary else None,
+        _quiet([binary, "-M", "none", "-accel", "help"]) if binary else None,
+    )
+
+
 CHECKS: dict[str, Callable[[Host], Probe]] = {
     "native": native,
     "qemu": qemu,

@@ -420,13 +420,17 @@ def doctor(as_json: bool) -> int:
         qemu_accelerator: str | None = launch_accelerator(host)[0]
     except UsageError:  # the qemu row says why
         qemu_accelerator = None
-    info = {
+    info: dict[str, Any] = {
         "host": {"system": host.system, "arch": host.arch, "wsl": host.is_wsl},
         "default_backend": default_backend(host),
         "qemu_accelerator": qemu_accelerator,
         "backends": rows,
         "launcher": launcher,
     }
+    if host.system == "macos":
+        from devenv.backends.availability import macos
+
+        info["macos"] = [{"check": n, "ok": p.ok, "detail": p.detail, "fix": p.fix} for n, p in macos(host)]
     if as_json:
         _out_json(info)
         return 0
@@ -438,6 +442,10 @@ def doctor(as_json: bool) -> int:
         _out(f"  {mark} {r['backend'].ljust(width)}  {r['detail']}")
         if r["fix"]:  # an available row has one when it works around something (a fallback)
             _out(f"      {''.ljust(width)}  fix: {r['fix']}")
+    for check in info.get("macos", []):
+        _out(f"  {'ok ' if check['ok'] else 'no '} {check['check']}: {check['detail']}")
+        if check["fix"]:
+            _out(f"      fix: {check['fix']}")
     if launcher["kind"] == "native":
         _out(f"launcher: native ({launcher['path']}): a warm `devenv exec` starts no Python")
     else:
