@@ -13,6 +13,7 @@ log() { printf '==> %s\n' "$*" >&2; }
 log "ruff check";   .venv/bin/ruff check devenv tests benchmarks hatch_build.py
 log "ruff format";  .venv/bin/ruff format --check devenv tests benchmarks hatch_build.py
 log "mypy";         .venv/bin/mypy devenv
+log "mypy darwin";  .venv/bin/mypy --platform darwin devenv  # the macOS branches, checked here
 
 # The built guest image is cached outside the repo, so later runs skip the build.
 # Building needs root (debootstrap, chroot); the tests then only read the cache.
