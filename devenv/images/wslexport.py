@@ -10,8 +10,8 @@ only when run as root, so the export needs root; device nodes, extended
 attributes (file capabilities) and hard links do not survive rdump: WSL
 makes /dev itself, and no file devenv's provisioning needs carries them.
 
-The tarball is kept beside the image (reused while the image is the same),
-so a second instance imports at once. It is made on a Linux host (or inside
+The tarball is kept in devenv's image cache (reused while the image is the
+same), so a second instance imports at once. It is made on a Linux host (or inside
 WSL): Windows has no debugfs.
 """
 
@@ -33,8 +33,16 @@ EXT_MAGIC = b"\x53\xef"
 
 
 def rootfs_path(disk: Path) -> Path:
-    """Where the tarball of this image's disk is kept: beside the disk (a local image's: beside it too)."""
-    return disk.with_name(f"{disk.stem}.{ROOTFS_NAME}")
+    """Where the tarball of this image's disk is kept: in devenv's cache, named by the disk's path.
+
+    Not beside the disk: a local image is the user's file, in a folder that is theirs.
+    """
+    import hashlib
+
+    from devenv.images import cache
+
+    key = hashlib.sha256(str(disk.resolve()).encode()).hexdigest()[:24]
+    return cache.images_dir() / "wsl" / f"{key}.{ROOTFS_NAME}"
 
 
 def is_current(tarball: Path, disk: Path) -> bool:
@@ -55,6 +63,7 @@ def export(
     target = out or rootfs_path(disk)
     if out is None and is_current(target, disk):
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
     if os.name == "nt":
         raise NotSupported(
             "wsl2",

@@ -80,8 +80,13 @@ def write(root: str, path: str, content: str, mode: int, append: bool = False) -
     os.replace(tmp, full)
 
 
+KEEP_ROOT_SIZE = "DEVENV_KEEP_ROOT_SIZE"  # set by a boot whose root filesystem is sized by its host (WSL's)
+
+
 def grow_root(root: str) -> None:
     """The host grew the overlay to the configured size; the base's filesystem is ~2 GiB."""
+    if os.environ.get(KEEP_ROOT_SIZE) == "1":
+        return
     device = ""
     with open(path_in(root, "/proc/mounts"), encoding="utf-8") as f:
         for line in f:

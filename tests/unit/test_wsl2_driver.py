@@ -163,28 +163,44 @@ def test_create_refuses_a_distro_of_the_same_name_it_did_not_make(tmp_path: Path
     assert replay.argvs == [("wsl.exe", "--list", "--verbose")]
 
 
-def test_create_imports_marks_and_terminates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_create_exports_and_the_first_launch_imports_marks_and_terminates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import waits for the launch: the instance folder is renamed into place after create, and WSL keeps
+    the folder it imported into (the stand-in's integration test found the distro's disk under the old name)."""
+    import json
+
     from devenv.images import catalog, wslexport
     from devenv.images.cache import ImageRecord
 
     inst = _inst(tmp_path, "fresh")
     disk = tmp_path / "disk.qcow2"
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(b"")
     record = ImageRecord(name="debian-12", arch="x86_64", source="built", disk=disk, size=1, digest="", origin="")
     monkeypatch.setattr(catalog, "resolve", lambda *a, **k: record)
-    monkeypatch.setattr(wslexport, "export", lambda d, **k: tmp_path / "rootfs.tar")
+    monkeypatch.setattr(wslexport, "export", lambda d, **k: tarball)
     monkeypatch.setattr(wsl2.secrets, "token_hex", lambda n: TOKEN)
+    driver, replay = _driver({LIST: "list-verbose-devenv.utf16"})
+    driver.create(inst, StepRecorder())
+    assert replay.argvs == [("wsl.exe", "--list", "--verbose")]
+    assert json.loads((inst.dir / wsl2.RECORD).read_text()) == {
+        "arch": "x86_64", "image": "debian-12", "tarball": str(tarball),
+    }  # fmt: skip
+    assert driver.state(inst).state == "off"  # not imported: nothing of WSL's is this instance's yet
+
     folder = str((inst.dir / "wsl").absolute())
     owner = owner_line("fresh", inst.dir, TOKEN)
-    driver, replay = _driver(
+    replay.answers.update(
         {
-            LIST: "list-verbose-devenv.utf16",
-            ("--import", "devenv-fresh", folder, str(tmp_path / "rootfs.tar"), "--version", "2"): "import-ok.utf16",
+            ("--import", "devenv-fresh", folder, str(tarball), "--version", "2"): "import-ok.utf16",
             ("--distribution", "devenv-fresh", "--user", "root", "--exec", "/bin/sh", "-s", "--", owner): (b"", 0),
             ("--terminate", "devenv-fresh"): "terminate-ok.utf8",
         }
     )
+    replay.calls.clear()
     steps = StepRecorder()
-    driver.create(inst, steps)
+    driver._import(inst, steps)
     assert [a[1:3] for a in replay.argvs] == [
         ("--list", "--verbose"),
         ("--import", "devenv-fresh"),
@@ -194,12 +210,10 @@ def test_create_imports_marks_and_terminates(tmp_path: Path, monkeypatch: pytest
     setup = replay.calls[2].input or b""
     assert setup.startswith(b"#!/bin/sh\n# devenv: run once in a WSL distro right after `wsl.exe --import`")
     assert b"systemd=true" in setup and b"/etc/devenv/wsl-owner" in setup
-    import json
-
     assert json.loads((inst.dir / wsl2.RECORD).read_text()) == {
-        "arch": "x86_64", "distro": "devenv-fresh", "image": "debian-12", "token": TOKEN,
+        "arch": "x86_64", "distro": "devenv-fresh", "image": "debian-12", "tarball": str(tarball), "token": TOKEN,
     }  # fmt: skip
-    assert steps.seen[-2:] == [
+    assert steps.seen == [
         "import the WSL2 distro devenv-fresh (wsl.exe --import)",
         "mark devenv-fresh as this instance's",
     ]

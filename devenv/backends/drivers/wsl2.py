@@ -1,8 +1,8 @@
 """The WSL2 driver: the instance's VM is a WSL2 distro named devenv-NAME, driven through wsl.exe (wslexe.py).
 
 The distro is imported from the instance's image, exported as a rootfs
-tarball (devenv/images/wslexport.py), into the instance folder, so what runs
-is what a QEMU instance runs. Right after the import, provisioning/wsl/
+tarball (devenv/images/wslexport.py), into the instance folder at its first
+launch, so what runs is what a QEMU instance runs. Right after the import, provisioning/wsl/
 setup.sh writes the marker /etc/devenv/wsl-owner naming this instance, turns
 systemd on and hands root, network and resolv.conf to WSL. Each launch copies
 the first-boot seed in and starts provisioning/wsl/boot.sh through a wsl.exe
@@ -138,22 +138,40 @@ class Wsl2Driver:
                 )
 
     def create(self, inst: InstanceRef, step: StepReporter) -> None:
-        """Export the image's rootfs (once per image), import it as devenv-NAME, mark it as this instance's."""
+        """The image's rootfs tarball (exported once per image); the import waits for the first launch.
+
+        The instance folder is renamed into place after create, and WSL keeps
+        the folder it imported into: importing here would leave the distro's
+        disk under a name that is gone.
+        """
         from devenv.images import catalog, wslexport
         from devenv.progress import DownloadProgress
 
-        distro = distro_name(inst.name)
-        self._refuse_foreign(distro)
+        self._refuse_foreign(distro_name(inst.name))
         step(f"find image {inst.config.image}")
         record = catalog.resolve(inst.config.image, None, progress=DownloadProgress(f"pulling {inst.config.image}"))
         step(f"export {record.name} as a rootfs tarball for WSL")
         tarball = wslexport.export(record.disk, step=step)
+        self._write_record(inst, {"image": record.name, "arch": record.arch, "tarball": str(tarball)})
+
+    def _import(self, inst: InstanceRef, step: StepReporter) -> None:
+        """Import the tarball as devenv-NAME into the instance folder and mark it as this instance's."""
+        record = self._record(inst)
+        distro = distro_name(inst.name)
+        self._refuse_foreign(distro)
+        tarball = str(record.get("tarball") or "")
+        if not tarball or not Path(tarball).is_file():
+            raise StateError(
+                f"the rootfs tarball of `{inst.name}` is gone ({tarball or 'never made'})",
+                f"`devenv delete -n {inst.name}` and `devenv start` export it again",
+            )
         folder = inst.dir / DISTRO_DIR
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(16)
-        self._write_record(inst, {"distro": distro, "token": token, "image": record.name, "arch": record.arch})
+        record.update(distro=distro, token=token)
+        self._write_record(inst, record)  # before the import: a distro it made is known as ours even if it fails
         step(f"import the WSL2 distro {distro} (wsl.exe --import)")
-        self.wsl.import_distro(distro, str(folder.absolute()), str(tarball))
+        self.wsl.import_distro(distro, str(folder.absolute()), tarball)
         step(f"mark {distro} as this instance's")
         from devenv.provision import assets
 
@@ -172,6 +190,8 @@ class Wsl2Driver:
         self.wsl.unregister(distro.name)
 
     def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
+        if "distro" not in self._record(inst):
+            self._import(inst, step)
         distro = self._ours(inst)
         if distro is None:
             raise StateError(
@@ -338,7 +358,11 @@ class Wsl2Driver:
         files = read_seed_iso(inst.dir / paths.CIDATA).files
         for name in ("devenv-seed.json", "devenv-earlyboot.py"):
             target = f"{GUEST_DIR}/{name}"
-            script = f'umask 077; mkdir -p {GUEST_DIR} && cat > "{target}.new" && mv "{target}.new" "{target}"'
+            # /var/lib/devenv keeps its usual mode: the guest user reads its provisioning record there
+            script = (
+                f'mkdir -p "$(dirname {GUEST_DIR})" && mkdir -p -m 0700 {GUEST_DIR} && umask 077'
+                f' && cat > "{target}.new" && mv "{target}.new" "{target}"'
+            )
             self._root(distro, ["/bin/sh", "-c", script], files[name], f"copy {name} in")
         boot = assets.read_text("wsl/boot.sh").encode()
         script = f'mkdir -p "$(dirname {BOOT_SCRIPT})" && cat > {BOOT_SCRIPT} && chmod 0755 {BOOT_SCRIPT}'
