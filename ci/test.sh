@@ -14,6 +14,7 @@ log "ruff check";   .venv/bin/ruff check devenv tests benchmarks hatch_build.py
 log "ruff format";  .venv/bin/ruff format --check devenv tests benchmarks hatch_build.py
 log "mypy";         .venv/bin/mypy devenv
 log "mypy darwin";  .venv/bin/mypy --platform darwin devenv  # the macOS branches, checked here
+log "mypy win32";   .venv/bin/mypy --platform win32 --follow-imports=silent --exclude 'devenv/(guestagent|testing)/|devenv/provision/earlyboot\.py|devenv/backends/drivers/libvirt|devenv/images/(build|debian)\.py' devenv  # the Windows host's modules (not the guest's, nor Linux-only ones)
 
 # The built guest image is cached outside the repo, so later runs skip the build.
 # Building needs root (debootstrap, chroot); the tests then only read the cache.

@@ -15,6 +15,7 @@ import contextlib
 import errno
 import functools
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,8 +33,12 @@ def free_bytes(path: Path) -> int:
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
+    if sys.platform == "win32":
+        import shutil
+
+        return shutil.disk_usage(p).free  # GetDiskFreeSpaceEx: what this user may still write
     st = os.statvfs(p)
-    return st.f_bavail * st.f_frsize
+    return int(st.f_bavail * st.f_frsize)
 
 
 def is_full(exc: BaseException) -> bool:
@@ -172,3 +177,10 @@ def _libc_fallocate() -> Any:
     fallocate = getattr(libc, "fallocate64", None) or libc.fallocate
     fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong)
     return fallocate
+
+
+def allocated(st: os.stat_result) -> int:
+    """Bytes a file takes on the disk (a sparse file's holes are free); Windows reports only the size."""
+    if sys.platform == "win32":
+        return st.st_size
+    return int(st.st_blocks) * 512

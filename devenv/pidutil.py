@@ -10,6 +10,7 @@ the documented Win32 calls; no Windows host was available to run them.
 from __future__ import annotations
 
 import os
+import sys
 
 _STILL_ACTIVE = 259  # GetExitCodeProcess's code for a process that has not exited
 _QUERY_LIMITED_INFORMATION = 0x1000
@@ -30,7 +31,7 @@ def process_start(pid: int) -> str | None:
     """
     if pid <= 0:
         return None
-    if os.name == "nt":
+    if sys.platform == "win32":
         return "" if _windows_alive(pid) else None
     try:
         os.kill(pid, 0)
@@ -65,7 +66,7 @@ def rss_bytes(pid: int) -> int | None:
         except (OSError, ValueError, IndexError):
             pass
         return None  # gone, or a kernel thread (no VmRSS)
-    if os.name == "nt":
+    if sys.platform == "win32":
         return None
     import subprocess
 
@@ -102,7 +103,7 @@ def command_line(pid: int) -> bytes | None:
     except OSError:
         if os.path.isdir("/proc/self"):
             return b""  # gone, or hidden from us (hidepid): either way not a process of ours
-    return None if os.name == "nt" else ps_command_line(pid)
+    return None if sys.platform == "win32" else ps_command_line(pid)
 
 
 def ps_command_line(pid: int) -> bytes | None:
@@ -121,10 +122,10 @@ def ps_command_line(pid: int) -> bytes | None:
 def _windows_alive(pid: int) -> bool:
     import ctypes
 
-    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined,unused-ignore]
     handle = kernel32.OpenProcess(_QUERY_LIMITED_INFORMATION, False, pid)
     if not handle:
-        return bool(ctypes.get_last_error() == 5)  # type: ignore[attr-defined]  # ERROR_ACCESS_DENIED: exists
+        return bool(ctypes.get_last_error() == 5)  # type: ignore[attr-defined,unused-ignore]  # ERROR_ACCESS_DENIED: exists
     try:
         code = ctypes.c_ulong()
         if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
@@ -140,11 +141,11 @@ def try_lock(fd: int, exclusive: bool = True) -> bool:
     POSIX: flock (shared or exclusive). Windows: msvcrt.locking on one byte
     past the end (always exclusive), so a probe must unlock() right after.
     """
-    if os.name == "nt":
+    if sys.platform == "win32":
         import msvcrt
 
         try:
-            _windows_locking(fd, msvcrt.LK_NBLCK)  # type: ignore[attr-defined]
+            _windows_locking(fd, msvcrt.LK_NBLCK)  # type: ignore[attr-defined,unused-ignore]
         except OSError:
             return False
         return True
@@ -174,10 +175,10 @@ def claim(path: str | os.PathLike[str], content: str) -> int | None:
 
 
 def unlock(fd: int) -> None:
-    if os.name == "nt":
+    if sys.platform == "win32":
         import msvcrt
 
-        _windows_locking(fd, msvcrt.LK_UNLCK)  # type: ignore[attr-defined]
+        _windows_locking(fd, msvcrt.LK_UNLCK)  # type: ignore[attr-defined,unused-ignore]
         return
     import fcntl
 
@@ -191,6 +192,6 @@ def _windows_locking(fd: int, mode: int) -> None:
     here = os.lseek(fd, 0, os.SEEK_CUR)
     try:
         os.lseek(fd, _WINDOWS_LOCK_OFFSET, os.SEEK_SET)
-        msvcrt.locking(fd, mode, 1)  # type: ignore[attr-defined]
+        msvcrt.locking(fd, mode, 1)  # type: ignore[attr-defined,unused-ignore]
     finally:
         os.lseek(fd, here, os.SEEK_SET)

@@ -46,6 +46,8 @@ class Control:
 
     def send_with_fds(self, data: bytes, fds: Sequence[int]) -> None:
         """`data` with the fds attached to its first byte (SCM_RIGHTS), as socket.send_fds does."""
+        if sys.platform == "win32":  # fd_passing is False there: the TCP channel sends no fds
+            raise OSError("no fd passing on Windows")
         rights = b"".join(fd.to_bytes(4, sys.byteorder, signed=True) for fd in fds)  # a C int array
         sent = self.sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, rights)])
         if sent < len(data):  # a long argv or env: the rest follows without fds

@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -619,7 +620,8 @@ class HostAgent:
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        if sys.platform != "win32":
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -702,7 +704,7 @@ class HostAgent:
             if tcp:  # each answer line goes out now, not after the previous one's ACK
                 client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.settimeout(30)
-            if self._token is None:
+            if self._token is None and sys.platform != "win32":
                 data, fds, _flags, _addr = socket.recv_fds(client, 65536, 3)
             else:
                 data = client.recv(65536)

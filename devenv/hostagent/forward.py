@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import stat
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -218,6 +219,8 @@ def bind_unix(path: Path) -> socket.socket:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             path.unlink()
+    if sys.platform == "win32":
+        raise OSError("unix sockets are not available to Python on Windows")
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.bind(str(path))

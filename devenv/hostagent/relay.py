@@ -87,6 +87,8 @@ class RelayStream:
 
         if in_short_dir(path):  # QEMU's socket in the temp dir: only in folders of this user's
             secure_socket_dirs(path, create=False)
+        if sys.platform == "win32":
+            raise OSError("unix sockets are not available to Python on Windows")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             s.connect(str(path))
@@ -216,6 +218,8 @@ class RelayStream:
                 secure_socket_dirs(self.path, create=False)
             except DevenvError as e:
                 raise OSError(e.message) from None
+        if sys.platform == "win32":
+            raise OSError("unix sockets are not available to Python on Windows")
         new = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             new.connect(str(self.path))

@@ -100,9 +100,9 @@ def user_temp_dir(system: str | None = None) -> str:
     """
     import sys
 
-    if (system or sys.platform) == "darwin":
+    if (system or sys.platform) == "darwin" and sys.platform != "win32":
         try:
-            private = os.confstr(CS_DARWIN_USER_TEMP_DIR)
+            private: str | None = os.confstr(CS_DARWIN_USER_TEMP_DIR)
         except (ValueError, OSError):
             private = None
         if private:

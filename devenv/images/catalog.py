@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from devenv import paths
 from devenv.errors import ExitCode, ImageError, StateError
+from devenv.hostdisk import allocated
 from devenv.images import cache, definitions
 from devenv.images.cache import ImageRecord
 
@@ -134,7 +135,7 @@ def _bytes_on_disk(paths_: list[Path]) -> int:
     for p in paths_:
         for f in [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]:  # a missing path: none
             st = f.lstat()
-            total += st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+            total += allocated(st)
     return total
 
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import select
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from types import FrameType
@@ -33,7 +34,7 @@ def terminal_size(*fds: int) -> tuple[int, int]:
 @contextlib.contextmanager
 def raw_terminal(fd: int) -> Iterator[None]:
     """Raw mode on a tty, restored however the block ends; a no-op when `fd` is not a tty."""
-    if os.name == "nt" or not os.isatty(fd):
+    if sys.platform == "win32" or not os.isatty(fd):
         yield
         return
     import termios

@@ -403,8 +403,9 @@ class QemuDriver:
         while time.monotonic() < deadline:
             if not pid_is_ours(pid, inst.dir):
                 return True
-            with contextlib.suppress(ChildProcessError, OSError):
-                os.waitpid(pid, os.WNOHANG)  # reap it if the CLI itself started it
+            if sys.platform != "win32":
+                with contextlib.suppress(ChildProcessError, OSError):
+                    os.waitpid(pid, os.WNOHANG)  # reap it if the CLI itself started it
             time.sleep(0.2)
         return not pid_is_ours(pid, inst.dir)
 
@@ -608,7 +609,7 @@ class QemuDriver:
         with open(inst.dir / QEMU_LOG, "wb") as log:
             kwargs: dict[str, object] = {}
             if sys.platform == "win32":
-                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS  # type: ignore[attr-defined]
+                kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.DETACHED_PROCESS
             else:
                 kwargs["start_new_session"] = True  # survives the CLI and its Ctrl-C
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, close_fds=True, **kwargs)  # type: ignore[call-overload]

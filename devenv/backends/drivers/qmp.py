@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ class Qmp:
 
         if in_short_dir(self.path):  # in the temp dir: never talk to a socket in a folder someone else holds
             secure_socket_dirs(self.path, create=False)
+        if sys.platform == "win32":
+            raise OSError("unix sockets are not available to Python on Windows")
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         s.settimeout(self.timeout)
         try:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from devenv import hostdisk
 from devenv.atomicfile import write_atomic
 from devenv.errors import DevenvError
 
@@ -45,7 +46,7 @@ def disk_usage(disk: Path) -> dict[str, int] | None:
         virtual = overlay.read_header(disk).virtual_size
     except (OSError, ValueError, DevenvError):  # not a qcow2 (another driver's disk): no figure, not an error
         return None
-    used = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+    used = hostdisk.allocated(st)
     return {"used": used, "virtual": virtual}
 
 
@@ -101,6 +102,6 @@ def measure(
     except OSError:
         st = None
     if st is not None:
-        figures["memory_file_used"] = st.st_blocks * 512 if hasattr(st, "st_blocks") else st.st_size
+        figures["memory_file_used"] = hostdisk.allocated(st)
         words["memory_file"] = f"{human(int(figures['memory_file_used']))} on the host's disk ({memory_file})"
     return words, figures
