@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 _STILL_ACTIVE = 259  # GetExitCodeProcess's code for a process that has not exited
 _QUERY_LIMITED_INFORMATION = 0x1000
@@ -195,3 +196,17 @@ def _windows_locking(fd: int, mode: int) -> None:
         msvcrt.locking(fd, mode, 1)  # type: ignore[attr-defined,unused-ignore]
     finally:
         os.lseek(fd, here, os.SEEK_SET)
+
+
+def detached() -> dict[str, Any]:
+    """Popen arguments for a process that outlives the CLI, its console and its Ctrl-C.
+
+    POSIX: a session of its own. Windows has no fork and no sessions: the
+    process gets no console (DETACHED_PROCESS) and a process group of its own,
+    so a Ctrl-C in the user's console is not delivered to it.
+    """
+    if sys.platform == "win32":
+        import subprocess
+
+        return {"creationflags": subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}

@@ -126,7 +126,13 @@ def _which(program: str) -> bool:
 
 
 def wsl2(host: Host) -> Probe:
-    return host.wsl_exe
+    """wsl.exe, then what it says of itself: WSL's version and the default version, or what keeps WSL2 off."""
+    found = host.wsl_exe
+    if not found.ok:
+        return found
+    from devenv.backends.drivers.wslexe import Wsl, probe
+
+    return probe(Wsl(exe=found.detail))
 
 
 def hyperv(host: Host) -> Probe:

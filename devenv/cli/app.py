@@ -9,6 +9,7 @@ usage-error exit.
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -249,6 +250,17 @@ def image_build(
 ) -> None:
     """Build an image offline from the distribution's package mirror."""
     _run(lambda: commands.image_build(image, mirror, arch))
+
+
+@image_app.command("export")
+def image_export(
+    image: str,
+    fmt: Annotated[str, typer.Option("--format", help="wsl: a rootfs tarball for `wsl.exe --import`.")] = "wsl",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write here instead of the cache.")] = None,
+    arch: Annotated[str | None, typer.Option("--arch")] = None,
+) -> None:
+    """Export an image's root filesystem in another form (the WSL2 backend imports it)."""
+    _run(lambda: commands.image_export(image, fmt, output, arch))
 
 
 @app.command()

@@ -511,6 +511,19 @@ def image_build(image: str, mirror: str | None, arch: str | None) -> int:
     return 0
 
 
+def image_export(image: str, fmt: str, output: Path | None, arch: str | None) -> int:
+    from devenv.images import catalog, wslexport
+    from devenv.progress import DownloadProgress
+
+    if fmt != "wsl":
+        raise UsageError(f"unknown export format `{fmt}`", "the one format so far is `--format wsl`")
+    record = catalog.resolve(image, arch, progress=DownloadProgress(f"pulling {image}"))
+    with Steps() as step:
+        tarball = wslexport.export(record.disk, output.absolute() if output else None, step=step)
+    _out(f"{record.name} ({record.arch}) as a WSL rootfs: {tarball} ({tarball.stat().st_size / 1024**2:.0f} MiB)")
+    return 0
+
+
 def prune(dry_run: bool, as_json: bool) -> int:
     from devenv.images import catalog
 

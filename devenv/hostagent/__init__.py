@@ -137,12 +137,14 @@ def launch(
 ) -> dict[str, Any]:
     """Start the agent unless one runs, wait until it is connected (or `wait` s pass); its state.
 
-    Detached: a new session, stdin from /dev/null, output to hostagent.log, so it
-    survives the CLI and its ^C. Returns the state even when not yet connected
+    Detached: a new session (on Windows no console), stdin from /dev/null, output to
+    hostagent.log, so it survives the CLI and its ^C. Returns the state even when not yet connected
     (the caller shows "degraded"); raises AgentStartError when the process dies.
     """
     import subprocess
     from pathlib import Path
+
+    from devenv import pidutil
 
     inst_dir = Path(inst_dir).absolute()
     if is_running(inst_dir):
@@ -174,8 +176,8 @@ def launch(
                         stdout=logf,
                         stderr=logf,
                         close_fds=True,
-                        start_new_session=True,
                         cwd=str(inst_dir),
+                        **pidutil.detached(),  # its own session; on Windows no console and no Ctrl-C of the CLI's
                     )
         st = state(inst_dir, timeout=2.0)
         if st.get("state") == "connected" or time.monotonic() > deadline:

@@ -68,8 +68,8 @@ def export(
         raise NotSupported(
             "wsl2",
             "making a rootfs tarball on Windows (it needs e2fsprogs' debugfs)",
-            f"run `sudo devenv image export IMAGE --format wsl --output {target.name}` on Linux or inside a WSL"
-            " distro, then `devenv start` finds it when you pass --image with the .qcow2 beside it",
+            "on Linux or inside a WSL distro run `devenv image export IMAGE --format wsl -o rootfs.tar`,"
+            f" then copy rootfs.tar to {target}",
         )
     for tool, package in (("qemu-img", "qemu-utils"), ("debugfs", "e2fsprogs")):
         if shutil.which(tool, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin") is None:

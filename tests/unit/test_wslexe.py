@@ -349,3 +349,32 @@ def test_status_and_version_calls() -> None:
         {("--version",): (b"Invalid command line argument: --version\r\n".decode().encode("utf-16-le"), 4294967295)}
     )
     assert Wsl(run=inbox, environ={}).version() == {}
+
+
+def test_doctors_row_names_wsl_and_its_default_version() -> None:
+    """Recorded `--status` (UTF-16LE) and `--version` (microsoft/WSL#9748)."""
+    from devenv.hostos import Probe
+
+    wsl = Wsl(
+        exe="C:\\Windows\\system32\\wsl.exe",
+        run=Replay({("--status",): "status-ok.utf16", ("--version",): "version.utf16"}),
+        environ={},
+    )
+    assert wslexe.probe(wsl) == Probe(True, "C:\\Windows\\system32\\wsl.exe; WSL 1.1.3.0, default version 2")
+
+
+def test_doctors_row_reads_the_virtual_machine_platform_off_from_status() -> None:
+    """Recorded (podman wutil_test.go): `--status` succeeds, but its notes say WSL2 cannot run."""
+    from devenv.hostos import Probe
+
+    wsl = Wsl(run=Replay({("--status",): "status-vmp-off.utf16"}), environ={})
+    assert wslexe.probe(wsl) == Probe(
+        False, "wsl.exe: WSL2 is not supported with your current machine configuration.", wslexe.VMP_HINT
+    )
+    wsl = Wsl(run=Replay({("--status",): "not-installed.utf16"}), environ={})
+    got = wslexe.probe(wsl)
+    assert (got.ok, got.detail, got.fix) == (
+        False,
+        "WSL is not installed on this PC (could not read WSL's status)",
+        wslexe.INSTALL_HINT,
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,3 +77,10 @@ def test_the_tarball_is_kept_in_the_cache_by_the_disks_path(tmp_path: Path, monk
     assert a.parent == tmp_path / "cache" / "images" / "wsl"
     assert a.name.endswith(".wsl-rootfs.tar")
     assert a != wslexport.rootfs_path(tmp_path / "b.qcow2")
+
+
+def test_export_knows_one_format(home: Path, cli: Any) -> None:
+    ran = cli("image", "export", "debian-12", "--format", "vhdx")
+    assert ran.code == 64
+    assert "unknown export format `vhdx`" in ran.err
+    assert "the one format so far is `--format wsl`" in ran.err

@@ -42,6 +42,7 @@ from devenv.backends.drivers import wslexe
 from devenv.backends.drivers.wslexe import Distro, Wsl
 from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail
 from devenv.errors import ConfigError, DevenvError, NotSupported, StateError, Timeout
+from devenv.pidutil import detached
 
 if TYPE_CHECKING:
     from devenv.backends.base import InstanceRef, StepReporter
@@ -101,14 +102,6 @@ def guest_cwd(host_cwd: str | None) -> str | None:
     if not host_cwd or os.name != "nt":
         return None
     return linux_path(host_cwd)
-
-
-def detached() -> dict[str, Any]:
-    """Popen arguments for a process that outlives the CLI and its Ctrl-C, on Windows (no fork) and POSIX."""
-    if sys.platform == "win32":
-        flags = subprocess.DETACHED_PROCESS | subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
-        return {"creationflags": flags}
-    return {"start_new_session": True}
 
 
 class Wsl2Driver:

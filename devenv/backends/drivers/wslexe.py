@@ -26,10 +26,13 @@ import re
 import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from devenv.errors import BackendUnavailable, CommandFailed, DevenvError, InstanceNotFound
 from devenv.runner import Result
+
+if TYPE_CHECKING:
+    from devenv.hostos import Probe
 
 WSL_EXE = "wsl.exe"
 UTF8_ENV = {"WSL_UTF8": "1"}
@@ -441,3 +444,25 @@ class Wsl:
         if result.returncode in (-1, FAILED_EXIT) and error_code(result.stdout + result.stderr):
             raise failure(result, f"run {argv[0]} in {distro}", distro=distro)
         return result
+
+
+def probe(wsl: Wsl) -> Probe:
+    """doctor's row: WSL's version and default version, or the failure (with its fix) that keeps WSL2 off.
+
+    `--status` succeeds with the Virtual Machine Platform off and says so in
+    its notes: those are read as the failure they announce.
+    """
+    from devenv.hostos import Probe
+
+    try:
+        st = wsl.status()
+    except DevenvError as e:
+        return Probe(False, e.message.split("\n")[0], e.hint)
+    off = classify("\n".join(st.notes))
+    if off in (VirtualMachinePlatformOff, VirtualizationOff, WslNotInstalled):
+        fix = {VirtualMachinePlatformOff: VMP_HINT, VirtualizationOff: VIRTUALIZATION_HINT}.get(off, INSTALL_HINT)
+        return Probe(False, f"{wsl.exe}: {st.notes[0] if st.notes else 'WSL2 cannot run'}", fix)
+    ver = wsl.version().get("WSL version", "inbox (no --version: update with `wsl.exe --update`)")
+    default = f"default version {st.default_version}" if st.default_version else "default version unknown"
+    note = " (devenv imports its distros as WSL2 all the same)" if st.default_version == 1 else ""
+    return Probe(True, f"{wsl.exe}; WSL {ver}, {default}{note}")
