@@ -345,3 +345,24 @@ def test_the_distros_own_address_when_localhost_forwarding_is_dead(
 
 def test_recorded_outputs_used_here_exist() -> None:
     assert data("list-verbose-devenv.utf16").startswith("  NAME".encode("utf-16-le"))
+
+
+def test_an_import_that_fails_is_tried_again_at_the_next_start(tmp_path: Path) -> None:
+    """Recorded (the import's HCS_E_SERVICE_NOT_AVAILABLE): the fix is raised, and the record does not claim a distro."""
+    import json
+
+    inst = _inst(tmp_path, "app")
+    tarball = tmp_path / "rootfs.tar"
+    tarball.write_bytes(b"")
+    (inst.dir / wsl2.RECORD).write_text(json.dumps({"image": "debian-12", "tarball": str(tarball)}))
+    folder = str((inst.dir / "wsl").absolute())
+    driver, _ = _driver(
+        {
+            LIST: "list-verbose-none.utf16",
+            ("--list", "--quiet"): "list-quiet-none.utf16",
+            ("--import", "devenv-app", folder, str(tarball), "--version", "2"): "import-vmp-off.utf8",
+        }
+    )
+    with pytest.raises(wslexe.VirtualMachinePlatformOff):
+        driver.launch(inst, StepRecorder())
+    assert json.loads((inst.dir / wsl2.RECORD).read_text()) == {"image": "debian-12", "tarball": str(tarball)}

@@ -161,10 +161,16 @@ class Wsl2Driver:
         folder = inst.dir / DISTRO_DIR
         folder.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(16)
-        record.update(distro=distro, token=token)
-        self._write_record(inst, record)  # before the import: a distro it made is known as ours even if it fails
+        self._write_record(inst, {**record, "distro": distro, "token": token})  # before: a distro it made is ours
         step(f"import the WSL2 distro {distro} (wsl.exe --import)")
-        self.wsl.import_distro(distro, str(folder.absolute()), tarball)
+        try:
+            self.wsl.import_distro(distro, str(folder.absolute()), tarball)
+        except DevenvError:
+            # nothing registered (WSL2 cannot run here, say): the next start imports again, not "it is gone"
+            with contextlib.suppress(DevenvError):
+                if not any(d.name == distro for d in self.wsl.distros()):
+                    self._write_record(inst, record)
+            raise
         step(f"mark {distro} as this instance's")
         from devenv.provision import assets
 
