@@ -366,3 +366,49 @@ def test_an_import_that_fails_is_tried_again_at_the_next_start(tmp_path: Path) -
     with pytest.raises(wslexe.VirtualMachinePlatformOff):
         driver.launch(inst, StepRecorder())
     assert json.loads((inst.dir / wsl2.RECORD).read_text()) == {"image": "debian-12", "tarball": str(tarball)}
+
+
+def test_launch_copies_the_seed_in_and_starts_the_keepalive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exact command lines of a launch of an imported distro (the listing is a recording)."""
+    from devenv.provision import seed
+
+    inst = _inst(tmp_path, "old")
+    _ours(inst, "devenv-old")
+    monkeypatch.setattr(
+        seed,
+        "read_seed_iso",
+        lambda p: seed.SeedImage("cidata", {"devenv-seed.json": b"{}", "devenv-earlyboot.py": b"#"}, ()),
+    )
+    started: list[list[str]] = []
+
+    class Proc:
+        pid = 4242
+
+    monkeypatch.setattr(wsl2.subprocess, "Popen", lambda argv, **kw: started.append(argv) or Proc())
+    monkeypatch.setattr(Wsl2Driver, "_choose_address", lambda self, *a: None)
+    monkeypatch.setattr("devenv.backends.drivers.qemuproc.ssh_port_for", lambda d: 40022)
+    copy = (
+        'mkdir -p "$(dirname /var/lib/devenv/wsl)" && mkdir -p -m 0700 /var/lib/devenv/wsl && umask 077'
+        ' && cat > "/var/lib/devenv/wsl/{0}.new" && mv "/var/lib/devenv/wsl/{0}.new" "/var/lib/devenv/wsl/{0}"'
+    )
+    boot = (
+        'mkdir -p "$(dirname /usr/local/lib/devenv/wsl-boot.sh)" && cat > /usr/local/lib/devenv/wsl-boot.sh'
+        " && chmod 0755 /usr/local/lib/devenv/wsl-boot.sh"
+    )
+    root = ("--distribution", "devenv-old", "--user", "root", "--exec", "/bin/sh", "-c")
+    driver, replay = _driver(
+        {
+            LIST: "list-verbose-devenv.utf16",
+            (*root, copy.format("devenv-seed.json")): (b"", 0),
+            (*root, copy.format("devenv-earlyboot.py")): (b"", 0),
+            (*root, boot): (b"", 0),
+        }
+    )
+    driver.launch(inst, StepRecorder())
+    assert [c.input for c in replay.calls[1:]][:2] == [b"{}", b"#"]
+    assert (replay.calls[3].input or b"").startswith(b"#!/bin/sh\n# devenv: each start of a WSL distro")
+    assert started == [
+        ["wsl.exe", "--distribution", "devenv-old", "--user", "root", "--exec", "/bin/sh", wsl2.BOOT_SCRIPT, "40022"]
+    ]
+    assert (inst.dir / wsl2.KEEPALIVE_PID).read_text() == "4242\n"
+    assert (inst.dir / paths.SSH_PORT).read_text() == "40022\n"
