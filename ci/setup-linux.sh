@@ -42,6 +42,7 @@ packages=(
   docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch
+  docker-compose podman
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -62,6 +63,20 @@ if [ ! -d "$cloudinit_dir/usr/lib/python3/dist-packages/cloudinit" ]; then
   "${sudo_cmd[@]}" mkdir -p "$cloudinit_dir"
   "${sudo_cmd[@]}" dpkg-deb -x "$tmp"/cloud-init_*.deb "$cloudinit_dir"
   rm -rf "$tmp"
+fi
+
+# The developer tools tests/e2e/test_tools.py drives against an instance: Debian's docker-compose and
+# podman (above), and the Dev Containers CLI from npm, kept outside the repo when root installs it
+# (the tests' user reads it there) and in .venv otherwise.
+if [ "$(id -u)" = 0 ]; then npm_prefix=/opt/devenv-ci/npm; else npm_prefix="$here/.venv/npm"; fi
+if [ ! -x "$npm_prefix/node_modules/.bin/devcontainer" ]; then
+  if ! command -v npm >/dev/null; then
+    log "installing npm"
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends nodejs npm
+  fi
+  log "installing @devcontainers/cli into $npm_prefix"
+  mkdir -p "$npm_prefix"
+  npm install -q --no-audit --no-fund --prefix "$npm_prefix" @devcontainers/cli@0.89 >/dev/null
 fi
 
 python=${PYTHON:-python3}

@@ -127,7 +127,7 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     DEVENV_CLOUDINIT_PYTHONPATH="$DEVENV_CLOUDINIT_PYTHONPATH" \
     DEVENV_E2E_AARCH64_UNAVAILABLE="${DEVENV_E2E_AARCH64_UNAVAILABLE:-}" \
     DEVENV_TEST_SMALL_FS="$small_fs" DEVENV_TEST_OTHER_USER="$other" \
-    DEVENV_LOAD_BYTES="$load_bytes" bash -c '
+    DEVENV_LOAD_BYTES="$load_bytes" PATH="/opt/devenv-ci/npm/node_modules/.bin:$PATH" bash -c '
     set -e
     cd "$1"; shift
     /usr/bin/python3 -m venv .venv

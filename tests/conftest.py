@@ -24,6 +24,17 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
+@pytest.fixture(autouse=True)
+def _no_guest_memory_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test's instances that were never stopped leave their guest memory files (fallocated, as big as the
+    guest's RAM) in tmp_path, and pytest keeps the last three runs' tmp_paths: 15 GB a run, which filled this
+    disk. Removed after the test; the instance folders stay for a look after a failure."""
+    root: Path | None = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield  # asked for before the test, tmp_path is torn down after this
+    for f in root.rglob("memory.ram") if root is not None else ():
+        f.unlink(missing_ok=True)
+
+
 @pytest.fixture
 def fake() -> Iterator[None]:
     with use_fake_backend():

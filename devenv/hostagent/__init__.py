@@ -15,6 +15,7 @@ stopped by shutdown() (or by itself once the VM's process is gone).
     is_running(inst_dir)        the pid file is locked by a live agent
     docker_env(inst_dir)        {"DOCKER_HOST": "unix://.../sock/docker.sock"}
     ensure_docker_context(...)  create/update docker context devenv-NAME (never `docker context use`)
+    ensure_podman_connection(...)  likewise podman's connection devenv-NAME (runtime = "podman")
     client.exec(...)            run a command over the agent's transport (stdlib only)
 """
 
@@ -42,9 +43,11 @@ __all__ = [
     "docker_env",
     "engine_path",
     "ensure_docker_context",
+    "ensure_podman_connection",
     "is_running",
     "launch",
     "remove_docker_context",
+    "remove_podman_connection",
     "shutdown",
     "state",
 ]
@@ -270,7 +273,7 @@ def docker_env(inst_dir: Path) -> dict[str, str]:
 
 
 def _docker(args: Sequence[str], docker: str) -> Result | None:
-    """The docker CLI through the one runner; None when it is missing or hangs (the context is optional)."""
+    """The docker (or podman) CLI through the one runner; None when it is missing or hangs (all optional)."""
     from devenv.errors import DevenvError
     from devenv.runner import run
 
@@ -298,6 +301,39 @@ def ensure_docker_context(name: str, inst_dir: Path, docker: str = "docker") -> 
             ["context", "create", ctx, "--description", f"devenv instance {name}", "--docker", endpoint], docker
         )
     return ctx if r is not None and r.returncode == 0 else None
+
+
+def ensure_podman_connection(name: str, inst_dir: Path, podman: str = "podman") -> str | None:
+    """Podman's connection `devenv-NAME` to this instance's engine socket, so `podman --remote` reaches it.
+
+    Returns its name, or None when podman is not on the host or refused.
+    Made anew only when missing or pointing elsewhere, so a user's choice of
+    it as the default connection stays. Podman makes the first connection it
+    knows the default; devenv never changes which one is.
+    """
+    import json
+
+    conn = CONTEXT_PREFIX + name
+    uri = docker_env(inst_dir)["DOCKER_HOST"]
+    listed = _docker(["system", "connection", "list", "--format", "json"], podman)
+    if listed is None or listed.returncode != 0:
+        return None
+    try:
+        rows = json.loads(listed.stdout or "[]") or []
+    except ValueError:
+        rows = []
+    current = next((r for r in rows if isinstance(r, dict) and r.get("Name") == conn), None)
+    if current is not None and current.get("URI") == uri:
+        return conn
+    if current is not None:
+        _docker(["system", "connection", "remove", conn], podman)
+    added = _docker(["system", "connection", "add", conn, uri], podman)
+    return conn if added is not None and added.returncode == 0 else None
+
+
+def remove_podman_connection(name: str, podman: str = "podman") -> bool:
+    r = _docker(["system", "connection", "remove", CONTEXT_PREFIX + name], podman)
+    return r is not None and r.returncode == 0
 
 
 def remove_docker_context(name: str, docker: str = "docker") -> bool:

@@ -110,7 +110,10 @@ def mount_command(spec: MountSpec, *, sshfs: bool = True) -> str:
     """
     g = shlex.quote(spec.guest_path)
     ro = "" if spec.writable else ",ro"
-    opts = ",".join(["slave", "allow_other"] + ([] if spec.writable else ["ro"]))
+    # sshfs keeps what it learnt of a file for 20 s by default: an edit on the host then showed in the guest
+    # with its new bytes but its old size (a server sent the old length). One second keeps the cache for a
+    # burst of stats (git status) and shows an edit about as soon as 9p (cache=mmap) does.
+    opts = ",".join(["slave", "allow_other", "dcache_timeout=1"] + ([] if spec.writable else ["ro"]))
     script = "\n".join(
         [
             "set -e",

@@ -15,6 +15,14 @@ SOCK=/run/podman/podman.sock
 configure() {
     apparmor_fix_for_unit podman.service
     add_user_to_group podman
+    # Debian's tmpfiles.d makes /run/podman 0700 root:root at every boot, so the group never reached the
+    # socket inside it: the same file in /etc (which wins) with that one line opened to the group.
+    src=/usr/lib/tmpfiles.d/podman.conf
+    { [ -f "$src" ] && awk '$2 != "/run/podman"' "$src"; echo 'D! /run/podman 0750 root podman'; } \
+        > /etc/tmpfiles.d/podman.conf
+    mkdir -p /run/podman
+    chgrp podman /run/podman
+    chmod 0750 /run/podman
     mkdir -p /etc/systemd/system/podman.socket.d
     printf '[Socket]\nSocketGroup=podman\nSocketMode=0660\n' > /etc/systemd/system/podman.socket.d/10-devenv-group.conf
     # `podman` run by the devenv user talks to the same rootful service.

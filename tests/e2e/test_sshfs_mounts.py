@@ -123,6 +123,20 @@ def test_the_project_folder_is_shared_both_ways_and_with_containers(machine: Mac
     assert (machine.project / "from-container").stat().st_uid == os.getuid()
 
 
+def test_an_edit_on_the_host_shows_in_the_guest_with_its_new_size_at_once(machine: Machine) -> None:
+    """sshfs's stat cache held a file's old size for 20 s: a server in the guest sent the old length."""
+    f = machine.project / "edited.txt"
+    f.write_text("the first version, longer\n")
+    q = shlex.quote(str(f))
+    r = machine.sh(f"stat -c %s {q}; cat {q}")  # the guest has seen (and cached) the first version
+    assert (r.returncode, r.stdout) == (0, b"26\nthe first version, longer\n"), r.stderr
+    f.write_text("second\n")
+    began = time.monotonic()
+    r = machine.sh(f"for i in $(seq 30); do [ $(stat -c %s {q}) = 7 ] && break; sleep 0.1; done; stat -c %s {q}")
+    assert r.stdout == b"7\n", (r.stdout, r.stderr)
+    assert time.monotonic() - began < 8  # one exec (~1-3 s under TCG) and the 1 s cache, not sshfs's 20 s
+
+
 def test_a_read_only_folder_refuses_writes_even_from_root(machine: Machine) -> None:
     ro = shlex.quote(str(machine.read_only))
     r = machine.sh(f"cat {ro}/locked.txt")

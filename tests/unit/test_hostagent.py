@@ -157,8 +157,11 @@ def test_mount_command_is_one_sudo_and_quotes_paths_and_honours_read_only() -> N
     assert "sudo" not in script  # everything in it runs under the one sudo
     assert "umount -l '/a b'" in script and "mkdir -p '/a b'" in script
     assert "mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=mmap,ro devenv0 '/a b'" in script
-    assert script.splitlines()[-1] == "exec sshfs -f -o slave,allow_other,ro :'/a b' '/a b'"
-    assert _mount_script(mount_command(rw)).splitlines()[-1] == "exec sshfs -f -o slave,allow_other :/c /c"
+    assert script.splitlines()[-1] == "exec sshfs -f -o slave,allow_other,dcache_timeout=1,ro :'/a b' '/a b'"
+    assert (
+        _mount_script(mount_command(rw)).splitlines()[-1]
+        == "exec sshfs -f -o slave,allow_other,dcache_timeout=1 :/c /c"
+    )
     assert _mount_script(mount_command(rw, sshfs=False)).splitlines()[-1] == "exit 0"
 
 
@@ -183,7 +186,7 @@ def test_mount_script_announces_sshfs_then_becomes_it(tmp_path: Path) -> None:
     guest, r = _run_mount_script(tmp_path, sshfs=True)
     assert (r.returncode, r.stderr) == (0, f"{MOUNT_MARKER}sshfs\n".encode())
     args = (tmp_path / "sshfs.args").read_text().splitlines()
-    assert args == ["-f", "-o", "slave,allow_other,ro", ":/host dir", guest]
+    assert args == ["-f", "-o", "slave,allow_other,dcache_timeout=1,ro", ":/host dir", guest]
 
 
 def test_mount_script_says_none_without_sshfs(tmp_path: Path) -> None:

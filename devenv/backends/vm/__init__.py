@@ -173,11 +173,11 @@ class VmBackend:
             return
         step("stop the host agent")
         hostagent.shutdown(inst.dir)
-        if not self.driver.state(inst).up:
-            return
-        if force or not self.driver.power_down(inst, step, STOP_TIMEOUT):
+        if self.driver.state(inst).up and (force or not self.driver.power_down(inst, step, STOP_TIMEOUT)):
             self.driver.force_off(inst, step)
-        if self.driver.features.suspend:  # off for good: what a suspend would have kept is garbage now
+        # Off for good (or already, after a crash or a poweroff inside): what a suspend would have kept is
+        # garbage now, and the guest's memory file alone holds as much of the host's disk as the guest has RAM.
+        if self.driver.features.suspend:
             self._suspends().discard_saved(inst)
 
     def _suspends(self) -> Suspends:
@@ -207,12 +207,15 @@ class VmBackend:
     def delete(self, inst: InstanceRef) -> None:
         """The disk, seed and keys live in the instance directory, which the caller removes.
 
-        Outside it devenv made the docker context `devenv-NAME`, and the driver what it says.
+        Outside it devenv made the docker context `devenv-NAME` (and podman's connection of that
+        name for a podman instance), and the driver what it says.
         """
         from devenv import hostagent
 
         hostagent.shutdown(inst.dir)
         hostagent.remove_docker_context(inst.name)
+        if inst.config.runtime == "podman":
+            hostagent.remove_podman_connection(inst.name)
         self.driver.delete(inst)
 
     def status(self, inst: InstanceRef) -> Status:

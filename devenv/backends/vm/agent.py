@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -132,6 +133,9 @@ def start(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: boo
     if engine(inst.config.runtime).docker_api:
         step(f"docker context devenv-{inst.name}")
         hostagent.ensure_docker_context(inst.name, inst.dir)
+    if inst.config.runtime == "podman" and shutil.which("podman"):
+        step(f"podman connection devenv-{inst.name}")
+        hostagent.ensure_podman_connection(inst.name, inst.dir)
 
 
 def _launch(driver: Driver, inst: InstanceRef, step: StepReporter, *, resumed: bool) -> dict[str, Any]:
