@@ -49,8 +49,17 @@ def guest_folder(cfg: Config, name: str, folder: Path) -> str | None:
     from devenv import backends
     from devenv.hostagent.mounts import guest_cwd, mount_specs
 
-    if not backends.load(cfg.backend).features.vm:
+    backend = backends.load(cfg.backend)
+    if not backend.features.vm:
         return str(folder)  # the host's own engine sees the host's files where they are
+    driver_features = getattr(getattr(backend, "driver", None), "features", None)
+    mapper = getattr(driver_features, "guest_paths", "")
+    if mapper:  # a guest that sees the host's files at its own paths (WSL: C:\src -> /mnt/c/src)
+        import importlib
+
+        module, _, function = mapper.partition(":")
+        mapped: str | None = getattr(importlib.import_module(module), function)(str(folder))
+        return mapped
     return guest_cwd(mount_specs(cfg.mounts), str(folder))
 
 

@@ -43,7 +43,7 @@ from devenv import hostagent, hostdisk, paths
 from devenv.errors import ConnectionFailed, DevenvError
 from devenv.guestagent import protocol
 from devenv.hostagent import fastports, mounts, relay, wire
-from devenv.hostagent.clock import JumpDetector, resync_command
+from devenv.hostagent.clock import JumpDetector, detector_wall, resync_command
 from devenv.hostagent.events import EventLog
 from devenv.hostagent.fastexec import ExecRequest
 from devenv.hostagent.fastports import FastPortError
@@ -158,7 +158,7 @@ class HostAgent:
         self._control_thread: threading.Thread | None = None
         self._pid_fd: int | None = None
         self._vm: tuple[int, str | None] | None = None
-        self._clock = JumpDetector()
+        self._clock = JumpDetector(wall=detector_wall(opts.inst_dir))
         self._next_keep = 0.0
         self._keep_failed = False
         self._relay: RelayStream | None = None  # the stream the current session runs over, when the relay's
@@ -349,6 +349,8 @@ class HostAgent:
         if self.conn is not None:
             self.conn.close()
         port = self.opts.ssh_port or int((self.inst_dir / paths.SSH_PORT).read_text().strip())
+        if self.opts.ssh_host in ("127.0.0.1", "::1", "localhost"):
+            self.ports.keep_off(port)  # SSH's own way in: taken on the host already (WSL: the same number)
         reconnect = self._reconnects > 0 or self._state == "reconnecting"
         if not reconnect and not self.opts.resumed:
             self._await_boot(port)

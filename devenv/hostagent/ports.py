@@ -134,6 +134,7 @@ class PortManager:
         self._guest: dict[tuple[str, str, int], Mapping[str, Any]] = {}
         self._active: dict[int, tuple[Forward, Listener | FastRule]] = {}
         self._failed: dict[int, tuple[Forward, str]] = {}
+        self._kept_off: set[int] = set()
 
     # -- input from the guest
     def set_guest_ports(self, ports: Iterable[Mapping[str, Any]]) -> None:
@@ -174,8 +175,20 @@ class PortManager:
             return next(r for r in self.snapshot() if r["host_port"] == fwd.host_port)
 
     # -- the listeners
+    def keep_off(self, host_port: int) -> None:
+        """A host port an automatic forward never takes: the one the agent's own SSH reaches the guest by.
+
+        Under WSL the guest's sshd listens on that same port number, which WSL's
+        localhost forwarding already holds on the host: forwarding it again only
+        ever failed, and showed as a failed forward in `status`.
+        """
+        with self._lock:
+            if host_port not in self._kept_off:
+                self._kept_off.add(host_port)
+                self.reconcile()
+
     def desired(self) -> dict[int, Forward]:
-        want = auto_forwards(self._guest.values(), self.min_port)
+        want = {p: f for p, f in auto_forwards(self._guest.values(), self.min_port).items() if p not in self._kept_off}
         want.update(self.explicit)  # explicit wins a host-port clash
         return want
 

@@ -63,7 +63,8 @@ def devenv_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Devenv]:
     _require("qemu-img")
     home = Path(os.environ.get("DEVENV_E2E_HOME") or tmp_path_factory.mktemp("e2e-home"))
     project = tmp_path_factory.mktemp("e2e-project")
-    env = {**os.environ, "DEVENV_HOME": str(home), **CASES["qemu"].environment()}
+    # DEVENV_TEST_CLOCK_SHIFT: host agents let a test move the wall clock their jump detector reads
+    env = {**os.environ, "DEVENV_HOME": str(home), "DEVENV_TEST_CLOCK_SHIFT": "1", **CASES["qemu"].environment()}
     env.pop("DEVENV_INSTANCE", None)
     d = Devenv(home, env, project)
     listing = json.loads(d.ok("image", "list", "--json").stdout)

@@ -33,7 +33,7 @@ from typing import Any
 import pytest
 
 from devenv import hostagent, launcher
-from devenv.hostagent import client
+from devenv.hostagent import client, clock
 from devenv.hostagent.events import read_events
 from devenv.provision import userdata
 from devenv.provision.engines import LOCAL_IMAGE
@@ -372,6 +372,28 @@ def test_agent_exits_when_the_vm_dies_and_start_recovers(vm: VM) -> None:
     vm.cli("start")
     assert hostagent.is_running(vm.inst)
     assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
+
+
+def test_a_wake_from_sleep_sets_the_guests_clock_from_the_hosts(vm: VM) -> None:
+    """Sleep and wake, as a laptop's lid does it: the guest's clock is left behind; the host agent sees the
+    host's wall clock jump and sets the real guest's clock. The jump is what only the detector sees
+    (DEVENV_TEST_CLOCK_SHIFT: no test may move this machine's clock); the guest's clock is really set back."""
+    code, _, err = vm.guest(f"sudo -n date -u -s @{time.time() - 3600:.0f} >/dev/null")
+    assert code == 0, err
+    _, behind, _ = vm.guest("date +%s")
+    assert time.time() - float(behind) > 3000  # an hour behind, as after a sleep
+    shift = vm.inst / clock.SHIFT_FILE
+    try:
+        shift.write_text("45")  # the host's wall clock jumps 45 s past its monotonic clock
+        resync = wait_for(
+            lambda: [e for e in read_events(vm.inst / "events.jsonl") if e.get("jump_seconds")], 20, "a clock-resync"
+        )
+        assert resync[-1]["event"] == "clock-resync" and resync[-1]["ok"] is True, resync
+        assert 44 < resync[-1]["jump_seconds"] < 46, resync
+        _, now, _ = vm.guest("date +%s.%N")
+        assert abs(float(now) - time.time()) < 3, (float(now), time.time())
+    finally:
+        shift.unlink(missing_ok=True)
 
 
 def test_status_lists_forwards_mounts_and_the_engine_socket(vm: VM) -> None:

@@ -22,12 +22,13 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devenv import instance
+from devenv import hostagent, instance
 from devenv.backends.drivers.wslexe import Wsl
 from devenv.errors import StateError
 from tests.steprecorder import StepRecorder
@@ -125,6 +126,11 @@ def test_import_start_exec_stop_delete_through_the_stand_in(env: Path) -> None:
     assert status.state == "running", status.reason
     assert status.details["agent"] == "connected"
     assert status.details["ssh"] == f"127.0.0.1:{(inst.dir / 'ssh.port').read_text().strip()}"
+    # the guest's sshd listens on the port WSL's localhost forwarding holds: never a (failed) forward of its own
+    ssh_port = int((inst.dir / "ssh.port").read_text())
+    time.sleep(2)  # the guest agent's port list has come in
+    forwards = hostagent.state(inst.dir)["forwards"]
+    assert all(f["host_port"] != ssh_port and f["status"] == "active" for f in forwards), forwards
 
     ran = _devenv("exec", "-n", "wt", "--", "sh", "-c", "cat /etc/devenv/wsl-owner; id -un; exit 3")
     assert ran.returncode == 3, ran.stderr

@@ -197,3 +197,14 @@ def test_open_editor_runs_code_or_prints_its_command(
     assert devcontainer.open_editor(argv, conf) == 0
     out = capsys.readouterr()
     assert out.out == "code --remote ssh-remote+devenv-box /src/app\n" and "`code` is not on PATH" in out.err
+
+
+def test_a_guest_that_sees_host_files_at_its_own_paths_is_not_the_same_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WSL: C:\\src\\app is /mnt/c/src/app in the distro; the Dev Containers CLI would bind C:\\src\\app."""
+    from devenv.backends.drivers import wsl2
+
+    monkeypatch.setattr(wsl2, "guest_cwd", lambda host: "/mnt/c/src/app")
+    cfg = Config(backend="wsl2")
+    assert devcontainer.guest_folder(cfg, "x", Path("/src/app")) == "/mnt/c/src/app"
+    with pytest.raises(Exception, match="is mounted at /mnt/c/src/app, not at the same path"):
+        devcontainer.require_same_path(cfg, "x", Path("/src/app"))

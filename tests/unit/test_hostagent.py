@@ -67,6 +67,19 @@ def test_only_wildcard_listeners_are_on_the_guest_nic() -> None:
     assert all(not f.on_nic for f in config_forwards([PortForward(guest=8080)])[0].values())
 
 
+def test_the_port_ssh_comes_in_by_is_never_forwarded_automatically(tmp_path: Path) -> None:
+    """WSL: the guest's sshd listens on the port its localhost forwarding holds on the host already."""
+    from devenv.hostagent.ports import PortManager
+
+    listening = {("tcp", "0.0.0.0", 22022): p(22022, "0.0.0.0"), ("tcp", "0.0.0.0", 8080): p(8080, "0.0.0.0")}
+    for kept_off, wanted in (([], [8080, 22022]), ([22022], [8080])):
+        pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, port: None)  # type: ignore[arg-type,return-value]
+        for port in kept_off:
+            pm.keep_off(port)  # before the guest's ports are known: no listener is opened here
+        pm._guest = dict(listening)
+        assert sorted(pm.desired()) == wanted
+
+
 def test_auto_forward_min_port_is_configurable() -> None:
     assert list(auto_forwards([p(80, "0.0.0.0")], min_port=1)) == [80]
 
@@ -97,6 +110,24 @@ def test_clock_jump_detector_ignores_drift_and_reports_jumps() -> None:
     assert d.check() is None  # reported once
     wall[0] -= 10.0
     assert d.check() == pytest.approx(-10.0)
+
+
+def test_only_the_e2e_suite_may_shift_the_wall_clock_the_detector_reads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from devenv.hostagent.clock import SHIFT_ENV, SHIFT_FILE, detector_wall
+
+    (tmp_path / SHIFT_FILE).write_text("45")
+    monkeypatch.delenv(SHIFT_ENV, raising=False)
+    assert detector_wall(tmp_path) is time.time  # a user's agent reads the host's clock, whatever the folder holds
+    monkeypatch.setenv(SHIFT_ENV, "1")
+    wall = detector_wall(tmp_path)
+    assert 44.5 < wall() - time.time() < 45.5
+    detector = JumpDetector(wall=wall)
+    (tmp_path / SHIFT_FILE).write_text("-10")
+    assert detector.check() == pytest.approx(-55, abs=0.5)
+    (tmp_path / SHIFT_FILE).unlink()
+    assert detector.check() == pytest.approx(10, abs=0.5) and abs(wall() - time.time()) < 0.5
 
 
 def test_resync_command_sets_utc_epoch() -> None:
