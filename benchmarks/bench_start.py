@@ -10,10 +10,16 @@ other's teardown:
           a hand-written script could do to know the guest is usable.
 - devenv: `devenv start` on the stopped instance, which also checks the guest
           agent and the engine socket.
+- libvirt: (when libvirt-python and virsh are here, or `--libvirt on`) the same
+          `devenv start` of a second instance, made from the same image with
+          backend = "libvirt" on qemu:///session: the domain libvirt runs
+          against the QEMU driver's process of devenv's own.
 
-Target (issue 4): devenv within 1.1x of raw.
+Each round boots every kind once, in an order that rotates each round.
+Targets: devenv within 1.1x of raw (issue 4); libvirt within 1.15x of the
+QEMU driver (issue 23).
 
-    .venv/bin/python benchmarks/bench_start.py [--rounds 2] [--name bench-start]
+    .venv/bin/python benchmarks/bench_start.py [--rounds 2] [--name bench-start] [--libvirt auto|on|off]
 """
 
 from __future__ import annotations
@@ -37,10 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import report
 
 TARGET = 1.1
+LIBVIRT_TARGET = 1.15  # the libvirt driver's start over the QEMU driver's
+LIBVIRT_URI = "qemu:///session"
 
 
 def devenv(*args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
-    r = subprocess.run([sys.executable, "-m", "devenv", *args], capture_output=True, check=False)
+    env = {**os.environ}
+    env.setdefault("LIBVIRT_DEFAULT_URI", LIBVIRT_URI)  # read by a libvirt instance only
+    r = subprocess.run([sys.executable, "-m", "devenv", *args], capture_output=True, check=False, env=env)
     if check and r.returncode != 0:
         raise SystemExit(f"devenv {' '.join(args)} failed:\n{r.stderr.decode(errors='replace')}")
     return r
@@ -117,19 +127,44 @@ def devenv_boot(name: str) -> float:
     return took
 
 
+def libvirt_here() -> str | None:
+    """None when this host can run the libvirt driver, else what it lacks."""
+    import importlib.util
+
+    if importlib.util.find_spec("libvirt") is None:
+        return "libvirt-python is not installed (pip install 'devenv[libvirt]')"
+    if shutil.which("virsh") is None:
+        return "virsh is not installed (libvirt-clients)"
+    return None
+
+
+def provisioned(name: str, backend: str) -> None:
+    """The instance made and provisioned once (its first boot is not measured), then stopped."""
+    if devenv("status", "-n", name, check=False).returncode != 0:
+        print(f"creating and provisioning instance {name} ({backend}; first boot, not measured)", file=sys.stderr)
+        devenv("start", "-n", name, "--backend", backend)
+    devenv("stop", "-n", name, "--shutdown")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--name", default="bench-start")
-    ap.add_argument("--keep", action="store_true", help="keep the instance afterwards")
+    ap.add_argument("--libvirt", choices=("auto", "on", "off"), default="auto")
+    ap.add_argument("--keep", action="store_true", help="keep the instances afterwards")
     ap.add_argument("--json", type=Path, help="write the figures here (benchmarks/report.py's shape)")
     args = ap.parse_args()
     os.environ.setdefault("DEVENV_QEMU_ACCEL", "tcg")
+    lacking = libvirt_here() if args.libvirt != "off" else "--libvirt off"
+    if lacking and args.libvirt == "on":
+        raise SystemExit(f"--libvirt on: {lacking}")
+    if lacking:
+        print(f"libvirt left out: {lacking}", file=sys.stderr)
+    lv_name = f"{args.name}-lv"
 
-    if devenv("status", "-n", args.name, check=False).returncode != 0:
-        print(f"creating and provisioning instance {args.name} (first boot, not measured)", file=sys.stderr)
-        devenv("start", "-n", args.name, "--backend", "qemu")
-    devenv("stop", "-n", args.name, "--shutdown")
+    provisioned(args.name, "qemu")
+    if not lacking:
+        provisioned(lv_name, "libvirt")
     from devenv import paths
 
     inst_dir = paths.instance_dir(args.name)
@@ -137,24 +172,27 @@ def main() -> int:
 
     raw: list[float] = []
     ours: list[float] = []
+    lv: list[float] = []
     try:
         boots = {
             "raw": lambda: raw.append(raw_boot(inst_dir, ssh_config, args.name)),
             "devenv": lambda: ours.append(devenv_boot(args.name)),
         }
+        if not lacking:
+            boots["libvirt"] = lambda: lv.append(devenv_boot(lv_name))
+        kinds = list(boots)
         for i in range(args.rounds):
-            order = ("raw", "devenv") if i % 2 == 0 else ("devenv", "raw")
+            order = kinds[i % len(kinds) :] + kinds[: i % len(kinds)]
             for kind in order:
                 boots[kind]()
-            first = order[0]
-            print(
-                f"round {i + 1} ({first} first): raw {raw[-1]:.1f} s, devenv {ours[-1]:.1f} s, "
-                f"ratio {ours[-1] / raw[-1]:.2f}",
-                file=sys.stderr,
-            )
+            line = f"round {i + 1} ({order[0]} first): raw {raw[-1]:.1f} s, devenv {ours[-1]:.1f} s"
+            if lv:
+                line += f", libvirt {lv[-1]:.1f} s"
+            print(f"{line}, ratio {ours[-1] / raw[-1]:.2f}", file=sys.stderr)
     finally:
         if not args.keep:
             devenv("delete", "--force", "-n", args.name, check=False)
+            devenv("delete", "--force", "-n", lv_name, check=False)
 
     r, o = statistics.median(raw), statistics.median(ours)
     accel = os.environ["DEVENV_QEMU_ACCEL"]
@@ -166,8 +204,8 @@ def main() -> int:
     print(f"{'ratio devenv / raw':<40} {ratio:>8.2f}  target <= {TARGET} {'ok' if ratio <= TARGET else 'MISSED'}")
     per_round = statistics.median(a / b for a, b in zip(ours, raw, strict=True))
     print(f"{'median of the per-round ratios':<40} {per_round:>8.2f}")
-    if args.json:
-        figure = report.figure(
+    figures = [
+        report.figure(
             "cold start to ready, a stopped instance",
             "s",
             ours,
@@ -176,7 +214,28 @@ def main() -> int:
             target=f"<= {TARGET}x",
             met=ratio <= TARGET,
         )
-        report.save(args.json, "start", [figure], {"raw": raw, "devenv": ours})
+    ]
+    if lv:
+        v = statistics.median(lv)
+        lv_ratio = v / o
+        print(f"{'devenv start, libvirt driver':<40} {v:>8.1f}")
+        print(
+            f"{'ratio libvirt / qemu driver':<40} {lv_ratio:>8.2f}  target <= {LIBVIRT_TARGET} "
+            f"{'ok' if lv_ratio <= LIBVIRT_TARGET else 'MISSED'}"
+        )
+        figures.append(
+            report.figure(
+                f"cold start to ready, libvirt driver ({LIBVIRT_URI})",
+                "s",
+                lv,
+                baseline="the QEMU driver's cold start, same image, same run",
+                baseline_median=o,
+                target=f"<= {LIBVIRT_TARGET}x",
+                met=lv_ratio <= LIBVIRT_TARGET,
+            )
+        )
+    if args.json:
+        report.save(args.json, "start", figures, {"raw": raw, "devenv": ours, "libvirt": lv})
     return 0
 
 
