@@ -71,6 +71,12 @@ class InstanceNotFound(DevenvError):
     exit_code = ExitCode.NOT_FOUND
 
 
+class SnapshotNotFound(DevenvError):
+    """The instance has no snapshot of that name."""
+
+    exit_code = ExitCode.NOT_FOUND
+
+
 class StateError(DevenvError):
     exit_code = ExitCode.STATE
 

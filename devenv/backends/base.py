@@ -113,5 +113,28 @@ class Backend(Lifecycle, Executor, Files, EngineEndpoint, Protocol):
     def log_files(self, inst: InstanceRef) -> list[Path]: ...
 
 
+@dataclass(frozen=True)
+class Snapshot:
+    """One saved copy of an instance's disk, as `devenv snapshot list` shows it."""
+
+    name: str
+    created: float  # seconds since the epoch (UTC), as the hypervisor recorded it
+
+
+class Snapshots(Protocol):
+    """What a backend whose `features.snapshots` is set adds: named copies of the instance's disk.
+
+    A snapshot holds the disk alone, never a running guest's memory: create
+    and restore ask for a shut-down instance (StateError otherwise), so the
+    disk is clean and nothing has it open. Restore puts the disk back exactly
+    as it was; what was written after the snapshot is gone.
+    """
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None: ...
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]: ...
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None: ...
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None: ...
+
+
 class AvailabilityCheck(Protocol):
     def __call__(self, host: Host) -> Probe: ...

@@ -27,6 +27,11 @@ app = typer.Typer(
 )
 image_app = typer.Typer(help="Guest images: list, pull, build, remove.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
+snapshot_app = typer.Typer(
+    help="Named copies of an instance's disk: create, list, restore, delete (qemu and libvirt backends).",
+    no_args_is_help=True,
+)
+app.add_typer(snapshot_app, name="snapshot")
 
 _result: list[int] = []
 
@@ -276,6 +281,33 @@ def prune(
 def image_rm(image: str, arch: Annotated[str | None, typer.Option("--arch")] = None) -> None:
     """Remove a cached image (refused while an instance uses it)."""
     _run(lambda: commands.image_rm(image, arch))
+
+
+SnapName = Annotated[str, typer.Argument(metavar="SNAPNAME", help="The snapshot's name, e.g. before-upgrade.")]
+
+
+@snapshot_app.command("create")
+def snapshot_create(snapshot: SnapName, name: Name = None) -> None:
+    """Save the disk of a shut-down instance under a name."""
+    _run(lambda: commands.snapshot_create(name, snapshot))
+
+
+@snapshot_app.command("list")
+def snapshot_list(name: Name = None, as_json: Json = False) -> None:
+    """List an instance's snapshots, oldest first."""
+    _run(lambda: commands.snapshot_list(name, as_json))
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(snapshot: SnapName, name: Name = None) -> None:
+    """Put a shut-down instance's disk back as it was at the snapshot (later changes are lost)."""
+    _run(lambda: commands.snapshot_restore(name, snapshot))
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(snapshot: SnapName, name: Name = None) -> None:
+    """Delete a snapshot (the instance's disk stays as it is)."""
+    _run(lambda: commands.snapshot_delete(name, snapshot))
 
 
 def run(argv: list[str]) -> int:

@@ -549,3 +549,56 @@ def image_rm(image: str, arch: str | None) -> int:
     removed = catalog.remove(image, arch)
     _out(f"removed {image}: {len(removed)} file(s)")
     return 0
+
+
+def snapshot_create(name: str | None, snap: str) -> int:
+    from devenv import snapshot
+
+    n, _ = name_of(name)
+    with Steps() as step:
+        snapshot.create(n, snap, step)
+    _out(f"instance `{n}`: snapshot `{snap}` created; `devenv snapshot restore {snap} -n {n}` goes back to it")
+    return 0
+
+
+def snapshot_list(name: str | None, as_json: bool) -> int:
+    from datetime import UTC, datetime
+
+    from devenv import snapshot
+
+    n, _ = name_of(name)
+    rows = [
+        {"name": s.name, "created": datetime.fromtimestamp(s.created, UTC).isoformat(timespec="seconds")}
+        for s in snapshot.listing(n)
+    ]
+    if as_json:
+        _out_json(rows)
+        return 0
+    if not rows:
+        _out(f"instance `{n}` has no snapshots; `devenv snapshot create NAME -n {n}` takes one")
+        return 0
+    width = max(len("NAME"), *(len(r["name"]) for r in rows))
+    _out(f"{'NAME'.ljust(width)}  CREATED")
+    for r in rows:
+        _out(f"{r['name'].ljust(width)}  {r['created']}")
+    return 0
+
+
+def snapshot_restore(name: str | None, snap: str) -> int:
+    from devenv import snapshot
+
+    n, _ = name_of(name)
+    with Steps() as step:
+        snapshot.restore(n, snap, step)
+    _out(f"instance `{n}`: disk restored to snapshot `{snap}`; `devenv start -n {n}` boots it")
+    return 0
+
+
+def snapshot_delete(name: str | None, snap: str) -> int:
+    from devenv import snapshot
+
+    n, _ = name_of(name)
+    with Steps() as step:
+        snapshot.delete(n, snap, step)
+    _out(f"instance `{n}`: snapshot `{snap}` deleted")
+    return 0

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import libvirt  # here, not lazily: the registry turns its absence into the extra's install command
 
 from devenv import paths
-from devenv.backends.drivers import libvirtpool, libvirturi, qemuhost
+from devenv.backends.drivers import libvirtpool, libvirtsnap, libvirturi, qemuhost
 from devenv.backends.drivers.libvirtxml import (
     METADATA_KEY,
     METADATA_NS,
@@ -46,11 +46,20 @@ from devenv.backends.drivers.qemu import HOST_ADDRESS, POWER_BUTTON_EVERY, QemuD
 from devenv.backends.drivers.qemuaccel import accel_choice, machine
 from devenv.backends.drivers.qemuargs import VmSpec, kernel_cmdline
 from devenv.backends.drivers.qemuproc import ssh_port, ssh_port_for
-from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, tail, with_console
+from devenv.backends.vm.driver import (
+    AgentPlan,
+    Boot,
+    DriverFeatures,
+    Endpoint,
+    VmState,
+    no_snapshot,
+    tail,
+    with_console,
+)
 from devenv.errors import CommandFailed, ConfigError, DevenvError, NotSupported, StateError, Timeout
 
 if TYPE_CHECKING:
-    from devenv.backends.base import InstanceRef, StepReporter
+    from devenv.backends.base import InstanceRef, Snapshot, StepReporter
 
 VM_PID = "libvirt.pid"  # in the instance dir: the pid of the domain's QEMU, which the host agent watches
 IN_PLACE_URIS = ("qemu:///session", "test:///default")  # QEMU runs as this user: the files stay where they are
@@ -60,7 +69,7 @@ DIGESTS = "libvirt.json"  # in the instance dir: the sha256 of the image's files
 
 class LibvirtDriver:
     name = "libvirt"
-    features = DriverFeatures(mounts=("9p", "sshfs"), accelerators=("kvm", "tcg"))
+    features = DriverFeatures(mounts=("9p", "sshfs"), accelerators=("kvm", "tcg"), snapshots=True)
     host_address = HOST_ADDRESS  # user-mode networking, as the QEMU driver's
 
     def __init__(self) -> None:
@@ -92,7 +101,8 @@ class LibvirtDriver:
     def delete(self, inst: InstanceRef) -> None:
         """Undefine this instance's domain, and remove its volumes from the pool (the shared base stays).
 
-        In place, its disk and seed are in the instance folder, which goes next.
+        In place, its disk and seed are in the instance folder, which goes next. The domain's snapshots
+        are inside its disk; libvirt's record of them goes with the domain (it refuses a plain undefine).
         """
         dom = self._ours(inst)
         if dom is None:
@@ -100,7 +110,7 @@ class LibvirtDriver:
         with self._errors(inst, "delete the domain"):
             if dom.isActive():
                 dom.destroy()
-            dom.undefine()
+            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
             if self._pooled(inst):
                 conn = self._conn(inst, "delete the domain's volumes")
                 libvirtpool.remove(libvirtpool.pool(conn), list(_own_volumes(dom.name())))
@@ -283,6 +293,42 @@ class LibvirtDriver:
         if said:
             parts.append(f"libvirt's log of the domain ({log}) ends:\n{said}")
         return cls(with_console(parts, self.console_log(inst)), hint)
+
+    # -- snapshots (libvirtsnap.py; the VM backend asks create and restore only of a domain that is off) ----
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        dom = self._ours(inst)
+        if dom is None:
+            raise StateError(
+                f"instance `{inst.name}` has no libvirt domain yet", f"start it once: `devenv start -n {inst.name}`"
+            )
+        step(f"take the internal snapshot {name} of the libvirt domain {dom.name()}")
+        with self._errors(inst, f"create the snapshot {name} of the domain {dom.name()}"):
+            libvirtsnap.create(dom, name)
+
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
+        dom = self._ours(inst)
+        if dom is None:
+            return []
+        with self._errors(inst, f"list the snapshots of the domain {dom.name()}"):
+            return libvirtsnap.listing(dom)
+
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        dom = self._ours(inst)
+        if dom is None:
+            raise no_snapshot(name, inst.name)
+        step(f"revert the libvirt domain {dom.name()} to its snapshot {name}")
+        with self._errors(inst, f"revert the domain {dom.name()} to the snapshot {name}"):
+            libvirtsnap.restore(dom, name, inst.name)
+
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        """Also while the domain runs: libvirt deletes an internal snapshot of a running domain through QEMU."""
+        dom = self._ours(inst)
+        if dom is None:
+            raise no_snapshot(name, inst.name)
+        step(f"delete the snapshot {name} of the libvirt domain {dom.name()}")
+        with self._errors(inst, f"delete the snapshot {name} of the domain {dom.name()}"):
+            libvirtsnap.delete(dom, name, inst.name)
 
     # -- this instance's domain -------------------------------------------------
 

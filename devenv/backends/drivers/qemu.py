@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devenv import hostdisk, paths
-from devenv.backends.base import InstanceRef, StepReporter
-from devenv.backends.drivers import qemuaccel, qemuhost, qemusave
+from devenv.backends.base import InstanceRef, Snapshot, StepReporter
+from devenv.backends.drivers import qemuaccel, qemuhost, qemusave, qemusnap
 from devenv.backends.drivers.qemuaccel import AcceleratorFailed, accel_choice, machine
 from devenv.backends.drivers.qemuargs import VmSpec, build_argv, kernel_cmdline, memory_warning
 from devenv.backends.drivers.qemuproc import (
@@ -47,6 +47,7 @@ from devenv.backends.vm.driver import (
     DriverFeatures,
     Endpoint,
     VmState,
+    require_off,
     tail,
     with_console,
 )
@@ -84,6 +85,7 @@ class QemuDriver:
         accelerators=("kvm", "hvf", "whpx", "tcg"),
         # QEMU keeps a guest's RAM in a file only where it has memory-backend-file (POSIX hosts)
         suspend=sys.platform != "win32",
+        snapshots=True,  # qcow2 snapshots inside the overlay (qemusnap.py)
     )
     host_address = HOST_ADDRESS
 
@@ -183,6 +185,25 @@ class QemuDriver:
 
     def discard_saved(self, inst: InstanceRef) -> None:
         qemusave.discard(inst.dir)
+
+    # -- snapshots of the overlay (qemusnap.py); the VM backend asks create and restore only of a VM that is off
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        step(f"take the qcow2 snapshot {name} of {paths.DISK}")
+        qemusnap.create(inst.dir / paths.DISK, name)
+
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
+        return qemusnap.listing(inst.dir / paths.DISK)
+
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        step(f"apply the qcow2 snapshot {name} to {paths.DISK}")
+        qemusnap.restore(inst.dir / paths.DISK, name, inst.name)
+
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        """Only while the VM is off: QEMU holds the disk's lock while it runs, and a saved guest its mtime."""
+        require_off(self.state(inst), inst, "delete a snapshot")
+        step(f"delete the qcow2 snapshot {name} of {paths.DISK}")
+        qemusnap.delete(inst.dir / paths.DISK, name, inst.name)
 
     def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
         """Press the power button every POWER_BUTTON_EVERY s until QEMU exits; False after `timeout`.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, cast
 
 from devenv import paths
 from devenv.atomicfile import write_atomic
-from devenv.backends.base import ExecRequest, Features, InstanceRef, Status, StepReporter
+from devenv.backends.base import ExecRequest, Features, InstanceRef, Snapshot, Status, StepReporter
 from devenv.backends.vm import agent, boot, cost
 from devenv.backends.vm.driver import BootStalled, Driver, Endpoint, Suspends, tail
 from devenv.errors import NotSupported, StateError, SuspendRefused
@@ -179,6 +179,28 @@ class VmBackend:
         # garbage now, and the guest's memory file alone holds as much of the host's disk as the guest has RAM.
         if self.driver.features.suspend:
             self._suspends().discard_saved(inst)
+
+    # -- snapshots of the disk (vm/snapshots.py: when they may be taken and restored) ------------
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        from devenv.backends.vm import snapshots
+
+        snapshots.create(self.driver, inst, name, step, provisioned=(inst.dir / PROVISIONED).exists())
+
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
+        from devenv.backends.vm import snapshots
+
+        return snapshots.listing(self.driver, inst)
+
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        from devenv.backends.vm import snapshots
+
+        snapshots.restore(self.driver, inst, name, step)
+
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        from devenv.backends.vm import snapshots
+
+        snapshots.delete(self.driver, inst, name, step)
 
     def _suspends(self) -> Suspends:
         if not self.driver.features.suspend:

@@ -10,7 +10,8 @@ view of the VM's state, where the guest's sshd answers, and its logs.
 Optional capabilities are data in DriverFeatures, never methods every driver
 stubs: a driver without a fast port path says `fast_ports=""` and every
 forward goes through SSH; snapshots are a flag the CLI reads before it offers
-them. A driver whose `suspend` flag is set also has Suspends' two methods.
+them. A driver whose `suspend` flag is set also has Suspends' two methods, and
+one whose `snapshots` flag is set DiskSnapshots' four.
 
 Drivers may import this module and the helpers here; this module imports no
 driver and nothing of the VM backend, so the imports run one way.
@@ -23,11 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from devenv.errors import DevenvError, Timeout
+from devenv.errors import DevenvError, SnapshotNotFound, StateError, Timeout
 from devenv.provision.keys import GUEST_USER
 
 if TYPE_CHECKING:
-    from devenv.backends.base import InstanceRef, StepReporter
+    from devenv.backends.base import InstanceRef, Snapshot, StepReporter
 
 CONSOLE_TAIL = 25  # console lines an error about a boot shows
 
@@ -193,6 +194,52 @@ class Suspends(Protocol):
 
     def discard_saved(self, inst: InstanceRef) -> None:
         """Forget a saved guest (the user forced the VM off): the next launch boots cold."""
+
+
+class DiskSnapshots(Protocol):
+    """What a driver with `features.snapshots` adds: named copies of the instance's disk, kept inside it.
+
+    The VM backend asks create and restore only of a VM that is off (not
+    running, paused or saved): the driver copies or rewinds a disk nothing has
+    open. A name the driver does not know raises SnapshotNotFound; one it has
+    already, StateError.
+    """
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None: ...
+
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
+        """Oldest first; asked in any state."""
+
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None: ...
+
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        """Asked in any state: a driver that cannot delete one while the VM runs raises StateError saying so."""
+
+
+def require_off(vm: VmState, inst: InstanceRef, doing: str) -> None:
+    """StateError, with the command that shuts the instance down, unless its VM is off (or crashed).
+
+    For what touches the disk: a saved guest belongs to its disk as it is (backends/vm/snapshots.py).
+    """
+    fix = f"shut it down first: `devenv stop --shutdown -n {inst.name}`"
+    if vm.state == "saved":
+        raise StateError(
+            f"instance `{inst.name}` is suspended: its saved guest belongs to the disk as it is now;"
+            f" devenv does not {doing} under it",
+            fix + " (the suspended guest is restored first and shut down cleanly: nothing is lost)",
+        )
+    if vm.up:
+        reason = f" ({vm.reason})" if vm.reason else ""
+        raise StateError(
+            f"instance `{inst.name}` is {vm.state}{reason}: devenv can {doing} only while it is shut down",
+            fix,
+        )
+
+
+def no_snapshot(name: str, instance: str) -> SnapshotNotFound:
+    return SnapshotNotFound(
+        f"instance `{instance}` has no snapshot `{name}`", f"`devenv snapshot list -n {instance}` lists its snapshots"
+    )
 
 
 def tail(path: Path, lines: int = CONSOLE_TAIL) -> str:
