@@ -101,22 +101,41 @@ def libvirt(host: Host) -> Probe:
             "the Python package libvirt-python is not installed",
             "sudo apt-get install libvirt-dev pkg-config && pip install 'devenv[libvirt]'",
         )
-    from devenv.backends.drivers.libvirturi import SESSION, SYSTEM, choose
+    from devenv.backends.drivers.libvirturi import DNSMASQ_FIX, IPTABLES_FIX, SESSION, SYSTEM, choose, locate
 
     choice = choose("")
+    where = locate(choice.uri)
+    if where.remote:
+        if where.driver != "qemu" or where.path != "/system":
+            return Probe(
+                False,
+                f"{choice.uri} ({choice.why}): devenv runs domains on a remote host's qemu system daemon only",
+                f'set libvirt_uri = "qemu+ssh://USER@HOST/system" in devenv.toml, or LIBVIRT_DEFAULT_URI={SESSION}',
+            )
+        return Probe(
+            True,
+            f"{choice.uri} ({choice.why}): a daemon on {where.host or 'the network'}, the guest on its NAT network"
+            f" `default`, reached with `ssh -W` through {where.destination or where.host}",
+        )
     if choice.uri not in (SESSION, SYSTEM):
         return Probe(
             False,
-            f"{choice.uri} ({choice.why}): devenv runs domains on {SESSION} and {SYSTEM} only so far",
+            f"{choice.uri} ({choice.why}): devenv runs domains on {SESSION}, {SYSTEM} or a remote system daemon",
             f'set libvirt_uri = "{SESSION}" in devenv.toml, or LIBVIRT_DEFAULT_URI={SESSION}',
         )
+    if choice.uri == SYSTEM:
+        # its NAT network `default` needs both on this host (the daemon says so too, when it starts the network)
+        for program, fix in (("dnsmasq", DNSMASQ_FIX), ("iptables", IPTABLES_FIX)):
+            if not _which(program):
+                return Probe(False, f"{SYSTEM} ({choice.why}), but {program} for its NAT network is missing", fix)
+        return Probe(True, f"{SYSTEM} ({choice.why}), the guest on its NAT network `default`")
     if choice.uri == SESSION and not any(_which(d) for d in ("libvirtd", "virtqemud")):
         return Probe(
             False,
             f"{SESSION} ({choice.why}), but no libvirt daemon is installed to start",
             "sudo apt-get install libvirt-daemon-system (Fedora: dnf install libvirt-daemon-kvm)",
         )
-    return Probe(True, f"{choice.uri} ({choice.why})")
+    return Probe(True, f"{choice.uri} ({choice.why}), user-mode networking, SSH on a 127.0.0.1 port")
 
 
 def _which(program: str) -> bool:

@@ -278,16 +278,20 @@ def test_connecting_to_a_daemon_that_is_not_there_says_so() -> None:
     assert e.value.message.startswith("libvirt (qemu+unix:///system?socket=/nonexistent/sock) could not connect: ")
 
 
-def test_a_daemon_on_another_host_is_refused_with_the_setting_that_works(
+def test_a_remote_session_daemon_is_refused_with_the_setting_that_works(
     inst: InstanceRef, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import dataclasses
 
-    other = InstanceRef(inst.name, inst.dir, dataclasses.replace(inst.config, libvirt_uri="qemu+ssh://box/system"))
+    other = InstanceRef(inst.name, inst.dir, dataclasses.replace(inst.config, libvirt_uri="qemu+ssh://box/session"))
     with pytest.raises(NotSupported) as e:
         LibvirtDriver().create(other, StepRecorder())
-    assert 'libvirt_uri = "qemu:///session"' in e.value.hint
+    assert e.value.hint == "use the host's system daemon: qemu+ssh://box/system"
     assert not (inst.dir / paths.DISK).exists()
+    xen = InstanceRef(inst.name, inst.dir, dataclasses.replace(inst.config, libvirt_uri="xen://box/"))
+    with pytest.raises(NotSupported) as e:
+        LibvirtDriver().create(xen, StepRecorder())
+    assert '"qemu+ssh://USER@HOST/system"' in e.value.hint
 
 
 # -- devenv.toml ---------------------------------------------------------------------

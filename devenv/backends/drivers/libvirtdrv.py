@@ -18,7 +18,16 @@ instance folder, and folders are shared over 9p. The system daemon's QEMU
 runs as its own user, who cannot enter a 0700 instance folder: the disk,
 seed, kernel and initrd become volumes of its storage pool (libvirtpool.py),
 the console stays with libvirt (readiness is asked over SSH) and folders are
-shared by reverse sshfs. A daemon on another host is not supported yet.
+shared by reverse sshfs. A daemon on another host (any URI with a host or a
+network transport, `qemu+ssh://user@host/system`) is a pooled one whose
+files are uploaded over libvirt's own connection; nothing of it is on this
+host (no QEMU pid to watch, no console or domain log, no 9p, no relay).
+
+Networking (libvirtnet.py): a session domain has user-mode networking and
+its sshd forwarded to a 127.0.0.1 port; a system one, here or remote, is on
+libvirt's NAT network `default` and SSH goes to its DHCP-leased address,
+through the daemon's host when that is another (libvirtssh.py: never a
+prompt, never a host key taken on trust).
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 import libvirt  # here, not lazily: the registry turns its absence into the extra's install command
 
 from devenv import paths
-from devenv.backends.drivers import libvirtpool, libvirtsnap, libvirturi, qemuhost
+from devenv.backends.drivers import libvirtnet, libvirtpool, libvirtsnap, libvirtssh, libvirturi, qemuhost
 from devenv.backends.drivers.libvirtxml import (
     METADATA_KEY,
     METADATA_NS,
@@ -65,6 +74,8 @@ VM_PID = "libvirt.pid"  # in the instance dir: the pid of the domain's QEMU, whi
 IN_PLACE_URIS = ("qemu:///session", "test:///default")  # QEMU runs as this user: the files stay where they are
 POOLED_URIS = ("qemu:///system",)  # QEMU runs as the daemon's own user: the files go into its pool
 DIGESTS = "libvirt.json"  # in the instance dir: the sha256 of the image's files, which name their volumes
+ADDRESS = "libvirt.address"  # in the instance dir: the guest's address on the NAT network, from its DHCP lease
+ADDRESS_TIMEOUT = {"emulated": 420.0, "default": 180.0}  # s from the domain's start to its lease (the boot budget)
 
 
 class LibvirtDriver:
@@ -131,9 +142,14 @@ class LibvirtDriver:
         if serial.exists():
             os.replace(serial, inst.dir / (paths.SERIAL_LOG + ".1"))
         cmdline = f"{kernel_cmdline(image.get('cmdline', ''), 'ttyS0', aslr=inst.config.aslr, accel=accel)} {extra}"
-        binary = qemuhost.check_qemu(arch)
+        remote = self._remote(inst)
+        binary = "" if remote else qemuhost.check_qemu(arch)  # a remote daemon picks its own QEMU
         conn = self._conn(inst, "define the domain")
         files = self._files(inst, conn, image, name, step)
+        if self._nat(inst):
+            step(f"the NAT network `{libvirtnet.NETWORK}` (defined and started when absent)")
+            with self._errors(inst, f"start the NAT network `{libvirtnet.NETWORK}`"):
+                libvirtnet.ensure_network(conn)
         step(f"start the libvirt domain {name} ({kind}, {uri})")
         spec = VmSpec(
             name=inst.name,
@@ -150,7 +166,7 @@ class LibvirtDriver:
             kernel=files.get("kernel"),
             initrd=files.get("initrd"),
             cmdline=cmdline.strip(),
-            firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
+            firmware=None if remote else qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
             shares=() if self._pooled(inst) else qemuhost.shares(inst, binary),  # its QEMU cannot read them
             machine=chosen,
             relay_socket=self._relay(inst),
@@ -159,9 +175,19 @@ class LibvirtDriver:
         # root's session daemon is a privileged one, which runs QEMU as the system's qemu user (who cannot
         # open a 0700 instance folder) unless the domain says otherwise; a user's has no such user to switch to
         run_as = (0, os.getgid()) if os.getuid() == 0 and not self._pooled(inst) else None
+        nat = self._nat(inst)
         xml = domain_xml(
-            spec, name, self._owner(inst), binary, uuid=uuid, run_as=run_as, console_file=not self._pooled(inst)
+            spec,
+            name,
+            self._owner(inst),
+            binary,
+            uuid=uuid,
+            run_as=run_as,
+            console_file=not self._pooled(inst),
+            network=libvirtnet.NETWORK if nat else "",
+            mac=libvirtnet.mac_for(name) if nat else "",
         )
+        (inst.dir / ADDRESS).unlink(missing_ok=True)  # the last boot's lease
         with self._errors(inst, "define the domain"):
             dom = conn.defineXML(xml)
         try:
@@ -170,6 +196,9 @@ class LibvirtDriver:
             err = libvirturi.translate(e, uri, f"start the domain {name}")
             raise self.failure(inst, err.message, err.hint, CommandFailed, exited=True) from None
         self._record_pid(inst, name)
+        if nat:
+            self._wait_address(inst, dom, step, emulated=kind == "qemu")
+            return Boot(emulated=kind == "qemu", watch=self._alive_check(inst))
         try:
             forward_ssh(dom, inst.dir)
         except DevenvError as e:
@@ -193,6 +222,8 @@ class LibvirtDriver:
                 dom.resume()
         self._record_pid(inst, dom.name())
         accel, _ = accel_choice(inst, QemuDriver.image_record(inst).get("arch") or "x86_64")
+        if self._nat(inst):
+            self._wait_address(inst, dom, step, emulated=accel != "kvm")  # its lease may have changed
         return Boot(emulated=accel != "kvm", watch=self._alive_check(inst))
 
     def power_down(self, inst: InstanceRef, step: StepReporter, timeout: float) -> bool:
@@ -261,6 +292,15 @@ class LibvirtDriver:
         return VmState("running", details=details)  # running, blocked, being shut down
 
     def endpoint(self, inst: InstanceRef) -> Endpoint | None:
+        if self._nat(inst):
+            try:
+                address = (inst.dir / ADDRESS).read_text().strip()
+            except OSError:
+                return None
+            if not address:
+                return None
+            proxy = libvirtssh.proxy_command(self._uri(inst).uri) if self._remote(inst) else ()
+            return Endpoint(address, 22, proxy=proxy)
         port = ssh_port(inst.dir)
         return None if port is None else Endpoint("127.0.0.1", port)
 
@@ -269,7 +309,8 @@ class LibvirtDriver:
         return None if self._pooled(inst) else inst.dir / paths.SERIAL_LOG
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
-        return AgentPlan(vm_pid_file=inst.dir / VM_PID, relay_socket=self._relay(inst))
+        pid_file = None if self._remote(inst) else inst.dir / VM_PID  # a remote QEMU is no process of this host
+        return AgentPlan(vm_pid_file=pid_file, relay_socket=self._relay(inst))
 
     def _relay(self, inst: InstanceRef) -> Path | None:
         """The SSH relay's virtio-serial port on a unix socket in the instance folder, as the QEMU driver's.
@@ -337,17 +378,55 @@ class LibvirtDriver:
 
     def _supported_uri(self, inst: InstanceRef) -> str:
         choice = self._uri(inst)
-        if choice.uri not in IN_PLACE_URIS + POOLED_URIS:
-            raise NotSupported(
-                "libvirt",
-                f"the URI {choice.uri} ({choice.why})",
-                'set libvirt_uri = "qemu:///session" (or "qemu:///system") in devenv.toml',
-                why="a daemon on another host is not supported yet",
-            )
-        return choice.uri
+        where = libvirturi.locate(choice.uri)
+        if choice.uri in IN_PLACE_URIS + POOLED_URIS or (where.remote and where.driver == "qemu"):
+            if where.remote and where.path != "/system":
+                raise NotSupported(
+                    "libvirt",
+                    f"the URI {choice.uri} ({choice.why})",
+                    f"use the host's system daemon: {choice.uri.replace(where.path, '/system', 1)}",
+                    why="a remote session daemon's user-mode network is reachable from that host's loopback only",
+                )
+            return choice.uri
+        raise NotSupported(
+            "libvirt",
+            f"the URI {choice.uri} ({choice.why})",
+            'set libvirt_uri = "qemu:///session", "qemu:///system" or "qemu+ssh://USER@HOST/system" in devenv.toml',
+            why="devenv runs QEMU domains on this host's session or system daemon, or on another host's system one",
+        )
 
     def _pooled(self, inst: InstanceRef) -> bool:
-        return self._uri(inst).uri in POOLED_URIS
+        return self._uri(inst).uri in POOLED_URIS or self._remote(inst)
+
+    def _remote(self, inst: InstanceRef) -> bool:
+        return libvirturi.locate(self._uri(inst).uri).remote
+
+    def _nat(self, inst: InstanceRef) -> bool:
+        """On the NAT network (a system daemon, here or remote); else user-mode (session, test)."""
+        return self._uri(inst).uri not in IN_PLACE_URIS
+
+    def _wait_address(self, inst: InstanceRef, dom: Any, step: StepReporter, *, emulated: bool) -> str:
+        """Poll the DHCP leases until the guest has one (its network comes up early in boot), into ADDRESS."""
+        step(f"wait for the guest's DHCP lease on the NAT network `{libvirtnet.NETWORK}`")
+        conn = self._conn(inst, "read the guest's DHCP lease")
+        mac = libvirtnet.mac_for(dom.name())
+        budget = ADDRESS_TIMEOUT["emulated" if emulated else "default"]
+        deadline = time.monotonic() + budget
+        alive = self._alive_check(inst)
+        while time.monotonic() < deadline:
+            address = libvirtnet.guest_address(conn, dom, mac)
+            if address is not None:
+                (inst.dir / ADDRESS).write_text(address + "\n")
+                return address
+            alive()
+            time.sleep(1.0)
+        step.fail()
+        raise self.failure(
+            inst,
+            f"the guest got no DHCP lease for {mac} on the NAT network `{libvirtnet.NETWORK}` within {budget:.0f} s",
+            f"`virsh -c {self._uri(inst).uri} net-dhcp-leases {libvirtnet.NETWORK}` lists the leases;"
+            f" `devenv stop --force -n {inst.name} && devenv start -n {inst.name}` boots it again",
+        )
 
     def _files(
         self, inst: InstanceRef, conn: Any, image: dict[str, str], name: str, step: StepReporter
@@ -394,7 +473,8 @@ class LibvirtDriver:
         uri = self._uri(inst).uri
         conn = self._conns.get(uri)
         if conn is None or not conn.isAlive():
-            conn = self._conns[uri] = libvirturi.connect(uri, operation)
+            libvirtssh.check_host_key(uri)  # before libvirt's ssh could meet an unknown key
+            conn = self._conns[uri] = libvirturi.connect(libvirtssh.connect_uri(uri), operation)
         return conn
 
     @contextlib.contextmanager
@@ -473,8 +553,8 @@ class LibvirtDriver:
         return config.line_of(inst.dir / paths.INSTANCE_CONFIG, key)
 
     def _record_pid(self, inst: InstanceRef, name: str) -> None:
-        """The domain's QEMU pid into VM_PID, found by the `-name guest=NAME,` libvirt gives it."""
-        pid = qemu_pid(name)
+        """The domain's QEMU pid into VM_PID, by the `-name guest=NAME,` libvirt gives it (none for a remote one)."""
+        pid = None if self._remote(inst) else qemu_pid(name)
         if pid is not None:
             (inst.dir / VM_PID).write_text(f"{pid}\n")
         else:

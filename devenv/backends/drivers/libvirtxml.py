@@ -9,9 +9,11 @@ qemuargs.py's, in libvirt's words, and where they differ, why:
   the SATA controller, whose driver (ahci) the TCG kernel command line keeps
   out of the guest (qemuargs.TCG_MODULE_BLACKLIST), and the QEMU driver
   hands the guest the same virtio disk, so the guest finds it the same way.
-- user-mode networking (libvirt's `<interface type='user'>`, QEMU's slirp,
-  as the QEMU driver's), the guest's sshd forwarded to a 127.0.0.1 port once
-  the domain runs (libvirtdrv.forward_ssh). Debian 12's libvirt 9.0 has two
+- on a session daemon, user-mode networking (libvirt's `<interface type='user'>`,
+  QEMU's slirp, as the QEMU driver's), the guest's sshd forwarded to a 127.0.0.1
+  port once the domain runs (libvirtdrv.forward_ssh); on a system daemon (here or
+  remote) an interface on a libvirt network (`network`: libvirtnet.py's NAT
+  `default`) with devenv's own MAC, whose DHCP lease gives the guest's address. Debian 12's libvirt 9.0 has two
   other ways: `<qemu:commandline>` with a -netdev and -device of devenv's
   own, which collided with libvirt's PCI addresses on q35 when tried here
   (QEMU refused to start: "slot 1 function 0 not available for
@@ -81,11 +83,15 @@ def domain_xml(
     uuid: str = "",
     run_as: tuple[int, int] | None = None,
     console_file: bool = True,
+    network: str = "",
+    mac: str = "",
 ) -> str:
     """`uuid`: the domain's when it is defined already (a new definition of it must name it).
 
     `console_file`: the console goes to spec.serial_log; else to a pty only (a QEMU of another user
     cannot write into the instance folder).
+    `network`: the libvirt network the interface joins (with `mac`); "" for user-mode networking.
+    `emulator`: "" lets the daemon pick its own QEMU for the arch (a remote host's path is not ours to know).
     """
     kvm = spec.accel == "kvm"
     ET.register_namespace(METADATA_KEY, METADATA_NS)
@@ -124,7 +130,8 @@ def domain_xml(
         ET.SubElement(dom, event).text = action
 
     devices = ET.SubElement(dom, "devices")
-    ET.SubElement(devices, "emulator").text = emulator
+    if emulator:
+        ET.SubElement(devices, "emulator").text = emulator
     _disk(devices, spec.disk, "vda", "qcow2", writable=True)
     if spec.cidata is not None:
         _disk(devices, spec.cidata, "vdb", "raw", writable=False)
@@ -144,7 +151,11 @@ def domain_xml(
         ET.SubElement(fs, "target", {"dir": tag})
         if not writable:
             ET.SubElement(fs, "readonly")
-    iface = ET.SubElement(devices, "interface", {"type": "user"})
+    iface = ET.SubElement(devices, "interface", {"type": "network" if network else "user"})
+    if network:
+        if mac:
+            ET.SubElement(iface, "mac", {"address": mac})
+        ET.SubElement(iface, "source", {"network": network})
     ET.SubElement(iface, "model", {"type": "virtio"})
     ET.SubElement(iface, "alias", {"name": NET_ALIAS})
     rng = ET.SubElement(devices, "rng", {"model": "virtio"})

@@ -1,0 +1,106 @@
+"""The guest on libvirt's NAT network `default`: the network made when absent, the guest's address from its leases.
+
+A session daemon's domain keeps user-mode networking (libvirtxml.py): it runs
+as this user, who may not make bridges, and its sshd is forwarded to a
+127.0.0.1 port as the QEMU driver's is. A system daemon's domain, on this
+host or another, gets an interface on `default`, the network libvirt's own
+packages define (virbr0, 192.168.122.0/24, DHCP by dnsmasq, NAT by
+iptables), made and started here when the daemon has none, so a host where
+virt-manager never ran works too. Its address is the one libvirt's DHCP
+server leased to the interface's MAC (the domain's LEASE source, else the
+network's lease list), and SSH goes straight to it: on this host directly,
+on another through that host (libvirtssh.proxy_command).
+
+The MAC is devenv's, made from the domain's name: the lease is found by it
+without reading the domain back, and a redefined domain keeps its address.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import xml.etree.ElementTree as ET
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+NETWORK = "default"
+BRIDGE = "virbr0"
+GATEWAY = "192.168.122.1"  # the host, as a guest on `default` sees it
+IPV4 = 0  # libvirt's VIR_IP_ADDR_TYPE_IPV4 (kept here: this module's pure half needs no libvirt)
+
+
+def default_network_xml() -> str:
+    """libvirt's standard `default` network (its packages' networks/default.xml)."""
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = NETWORK
+    ET.SubElement(net, "forward", {"mode": "nat"})
+    ET.SubElement(net, "bridge", {"name": BRIDGE, "stp": "on", "delay": "0"})
+    ip = ET.SubElement(net, "ip", {"address": GATEWAY, "netmask": "255.255.255.0"})
+    dhcp = ET.SubElement(ip, "dhcp")
+    ET.SubElement(dhcp, "range", {"start": "192.168.122.2", "end": "192.168.122.254"})
+    return ET.tostring(net, encoding="unicode")
+
+
+def mac_for(domain: str) -> str:
+    """A stable locally administered MAC in QEMU's 52:54:00 range, from the domain's name."""
+    d = hashlib.sha256(domain.encode()).digest()
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in d[:3])
+
+
+def address_from_interfaces(interfaces: Mapping[str, Any], mac: str) -> str | None:
+    """The IPv4 address virDomainInterfaceAddresses (source LEASE) gives the interface with `mac`."""
+    for iface in interfaces.values():
+        if str(iface.get("hwaddr", "")).lower() != mac.lower():
+            continue
+        for addr in iface.get("addrs") or []:
+            if addr.get("type") == IPV4 and addr.get("addr"):
+                return str(addr["addr"])
+    return None
+
+
+def address_from_leases(leases: Iterable[Mapping[str, Any]], mac: str) -> str | None:
+    """The IPv4 address in virNetworkGetDHCPLeases' list for `mac`, the newest lease when there are several."""
+    found = [
+        lease
+        for lease in leases
+        if str(lease.get("mac", "")).lower() == mac.lower() and lease.get("type") == IPV4 and lease.get("ipaddr")
+    ]
+    if not found:
+        return None
+    return str(max(found, key=lambda lease: int(lease.get("expirytime") or 0))["ipaddr"])
+
+
+def ensure_network(conn: Any) -> None:
+    """`default` defined (libvirt's standard definition), autostarted and running.
+
+    Raises libvirtError as libvirt says it (libvirturi.translate names the
+    package when dnsmasq or iptables is what the daemon's host lacks).
+    """
+    import libvirt
+
+    try:
+        net = conn.networkLookupByName(NETWORK)
+    except libvirt.libvirtError as e:
+        if e.get_error_code() != libvirt.VIR_ERR_NO_NETWORK:
+            raise
+        net = conn.networkDefineXML(default_network_xml())
+        net.setAutostart(1)
+    if not net.isActive():
+        net.create()
+
+
+def guest_address(conn: Any, dom: Any, mac: str) -> str | None:
+    """The guest's leased IPv4 address now; None before its DHCP client asked."""
+    import libvirt
+
+    try:
+        found = address_from_interfaces(
+            dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0), mac
+        )
+    except libvirt.libvirtError:
+        found = None
+    if found is None:
+        try:
+            found = address_from_leases(conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or [], mac)
+        except libvirt.libvirtError:
+            found = None
+    return found
