@@ -10,7 +10,9 @@ disk a running QEMU has open, so the driver asks these only of a VM that is
 off; a suspended guest too is refused (its saved state is checked against the
 disk's size and mtime, which a snapshot changes: the saved guest would be
 thrown away at the next start). A listing reads the overlay with
---force-share, so it works while the VM runs.
+--force-share, so it works while the VM runs. A disk that is not qcow2 is
+an error, never probed as raw (`info -f qcow2`; `snapshot` has no -f, so
+the header is read first).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ HINT = "qemu-img comes with QEMU (Debian: apt-get install qemu-utils)"
 
 def listing(disk: Path) -> list[Snapshot]:
     """The overlay's snapshots, oldest first (`qemu-img info`: the image's own, not its base's)."""
-    shown = run(["qemu-img", "info", "--force-share", "--output=json", str(disk)]).check(HINT)
+    shown = run(["qemu-img", "info", "-f", "qcow2", "--force-share", "--output=json", str(disk)]).check(HINT)
     try:
         rows = json.loads(shown.stdout).get("snapshots", [])
         found = [Snapshot(str(r["name"]), int(r["date-sec"]) + int(r.get("date-nsec", 0)) / 1e9) for r in rows]
@@ -38,17 +40,25 @@ def listing(disk: Path) -> list[Snapshot]:
 
 
 def create(disk: Path, name: str) -> None:
-    run(["qemu-img", "snapshot", "-c", name, str(disk)]).check(HINT)
+    run(["qemu-img", "snapshot", "-c", name, _qcow2(disk)]).check(HINT)
 
 
 def restore(disk: Path, name: str, instance: str) -> None:
     _known(disk, name, instance)
-    run(["qemu-img", "snapshot", "-a", name, str(disk)]).check(HINT)
+    run(["qemu-img", "snapshot", "-a", name, _qcow2(disk)]).check(HINT)
 
 
 def delete(disk: Path, name: str, instance: str) -> None:
     _known(disk, name, instance)
-    run(["qemu-img", "snapshot", "-d", name, str(disk)]).check(HINT)
+    run(["qemu-img", "snapshot", "-d", name, _qcow2(disk)]).check(HINT)
+
+
+def _qcow2(disk: Path) -> str:
+    """The disk's path once its header says qcow2 (ImageError otherwise)."""
+    from devenv.images.overlay import read_header
+
+    read_header(disk)
+    return str(disk)
 
 
 def _known(disk: Path, name: str, instance: str) -> None:
