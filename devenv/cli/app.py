@@ -283,11 +283,29 @@ def image_rm(image: str, arch: Annotated[str | None, typer.Option("--arch")] = N
     _run(lambda: commands.image_rm(image, arch))
 
 
-SnapName = Annotated[str, typer.Argument(metavar="SNAPNAME", help="The snapshot's name, e.g. before-upgrade.")]
+def _complete_snapshots(ctx: typer.Context, incomplete: str) -> list[str]:
+    """The instance's snapshot names (the instance from -n when it came first, else the default one)."""
+    from devenv import snapshot
+    from devenv.errors import DevenvError
+
+    try:
+        name, _ = commands.name_of(ctx.params.get("name"))
+        return [s.name for s in snapshot.listing(name) if s.name.startswith(incomplete)]
+    except (DevenvError, OSError):  # completion offers nothing rather than an error
+        return []
+
+
+SnapName = Annotated[
+    str,
+    typer.Argument(
+        metavar="SNAPNAME", help="The snapshot's name, e.g. before-upgrade.", autocompletion=_complete_snapshots
+    ),
+]
+NewSnapName = Annotated[str, typer.Argument(metavar="SNAPNAME", help="A name for it, e.g. before-upgrade.")]
 
 
 @snapshot_app.command("create")
-def snapshot_create(snapshot: SnapName, name: Name = None) -> None:
+def snapshot_create(snapshot: NewSnapName, name: Name = None) -> None:
     """Save the disk of a shut-down instance under a name."""
     _run(lambda: commands.snapshot_create(name, snapshot))
 

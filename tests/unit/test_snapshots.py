@@ -247,3 +247,11 @@ def test_shell_completion_offers_the_subcommands_and_instance_names(qemu_instanc
     env |= {"COMP_WORDS": "devenv snapshot list -n w", "COMP_CWORD": "4"}
     out = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["web"]
+    for snap in ("before", "beyond", "other"):
+        subprocess.run(["qemu-img", "snapshot", "-c", snap, str(qemu_instance / paths.DISK)], check=True)
+    env |= {"COMP_WORDS": "devenv snapshot restore -n web be", "COMP_CWORD": "5"}
+    out = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["before", "beyond"]
+    env |= {"COMP_WORDS": "devenv snapshot delete -n ghost ", "COMP_CWORD": "5"}
+    done = subprocess.run([sys.executable, "-m", "devenv"], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [] and "Traceback" not in done.stderr
