@@ -34,6 +34,15 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def qcow2_size(path: Path) -> int:
+    """The virtual size a qcow2 file's header gives (big-endian u64 at byte 24, after the QFI\\xfb magic)."""
+    with open(path, "rb") as f:
+        header = f.read(32)
+    if len(header) < 32 or header[:4] != b"QFI\xfb":
+        raise ValueError(f"{path} is not a qcow2 image")
+    return int.from_bytes(header[24:32], "big")
+
+
 def pool(conn: Any) -> Any:
     """The `devenv` pool, defined, built and started (and autostarted) when the daemon has none."""
     try:
@@ -101,9 +110,13 @@ def upload_once(conn: Any, p: Any, name: str, local: Path) -> str:
     if part is not None:  # an upload that did not finish
         part.delete(0)
     part = p.createXML(_vol_xml(name + ".part", local.stat().st_size, "raw"), 0)
+    # the copy keeps the file's own format: a dir pool probes the uploaded part (a qcow2 base is seen as one),
+    # and a copy declared raw is converted to raw, which the overlays' backing_fmt=qcow2 then cannot open
+    # (with the qcow2's own virtual size: the file's size would cut the disk short)
+    fmt, capacity = ("qcow2", qcow2_size(local)) if name.endswith(".qcow2") else ("raw", local.stat().st_size)
     try:
         _upload(conn, part, local)
-        vol = p.createXMLFrom(_vol_xml(name, local.stat().st_size, "raw"), part, 0)
+        vol = p.createXMLFrom(_vol_xml(name, capacity, fmt), part, 0)
     finally:
         part.delete(0)
     return str(vol.path())
