@@ -35,10 +35,11 @@ fi
 # rootfs), python3-yaml and cloud-init's own dependencies (schema check of the
 # user-data against Debian's cloud-init, unpacked, never installed on the host).
 # The libvirt backend: the daemon (libvirt-daemon-system, which also makes its accounts), virsh,
-# and libvirt-dev + pkg-config, which the `libvirt` extra (libvirt-python) builds against.
+# and libvirt-dev + pkg-config, which the `libvirt` extra (libvirt-python) builds against; dnsmasq-base
+# (DHCP) and iptables (NAT; Debian 12's libvirt 9 has no nftables backend) for its network `default`.
 packages=(
   qemu-system-x86 qemu-utils debootstrap e2fsprogs openssh-server openssh-client socat procps gcc libc6-dev
-  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config
+  libvirt-daemon-system libvirt-clients libvirt-dev pkg-config dnsmasq-base
   docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch

@@ -89,6 +89,11 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
       libvirtd -d
     fi
   fi
+  # A stand-in for another host's libvirtd (tests/e2e/test_libvirt_remote.py): a second sshd on a 127.0.0.1
+  # port that lets in a key the test user holds, through which qemu+ssh://root@127.0.0.1:PORT/system reaches
+  # the system daemon; the test pins that sshd's host key itself. Its guests are on the NAT network
+  # `default`, which needs dnsmasq and iptables (ci/setup-linux.sh installs them).
+  eval "$(bash ci/remote-libvirt-host.sh "$user")"
   # A small filesystem of the test user's own for the host-disk-full tests (tests/*/test_host_disk_full.py):
   # they fill it and free it. A loop-mounted ext4 image (no blocks reserved for root), tmpfs where loop
   # devices do not work; unmounted when this script exits.
@@ -127,6 +132,8 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     DEVENV_CLOUDINIT_PYTHONPATH="$DEVENV_CLOUDINIT_PYTHONPATH" \
     DEVENV_E2E_AARCH64_UNAVAILABLE="${DEVENV_E2E_AARCH64_UNAVAILABLE:-}" \
     DEVENV_TEST_SMALL_FS="$small_fs" DEVENV_TEST_OTHER_USER="$other" \
+    DEVENV_TEST_LIBVIRT_REMOTE="$DEVENV_TEST_LIBVIRT_REMOTE" DEVENV_TEST_LIBVIRT_REMOTE_KEY="$DEVENV_TEST_LIBVIRT_REMOTE_KEY" \
+    DEVENV_TEST_LIBVIRT_REMOTE_HOST_KEY="$DEVENV_TEST_LIBVIRT_REMOTE_HOST_KEY" \
     DEVENV_LOAD_BYTES="$load_bytes" PATH="/opt/devenv-ci/npm/node_modules/.bin:$PATH" bash -c '
     set -e
     cd "$1"; shift
