@@ -240,3 +240,60 @@ def test_the_guests_address_is_its_macs_lease() -> None:
     ]
     assert libvirtnet.address_from_leases(leases, mac) == "192.168.122.41"
     assert libvirtnet.address_from_leases(leases[2:], mac) is None
+
+
+# -- what the driver answers for a NAT and a remote instance (nothing connects) -------------------------
+
+
+def _instance(tmp_path: Path, uri: str) -> Any:
+    from devenv import config, paths
+    from devenv.backends.base import InstanceRef
+
+    folder = tmp_path / "instances" / "web"
+    folder.mkdir(parents=True)
+    cfg = config.Config(name="web", backend="libvirt", libvirt_uri=uri)
+    (folder / paths.INSTANCE_CONFIG).write_text(cfg.to_toml())
+    return InstanceRef("web", folder, cfg)
+
+
+@pytest.mark.parametrize(
+    ("uri", "proxy", "pid_file"),
+    [
+        ("qemu:///system", (), True),
+        (
+            "qemu+ssh://me@box:2222/system",
+            ("ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-p", "2222", "-W", "%h:%p", "me@box"),
+            False,
+        ),
+    ],
+)
+def test_a_nat_guest_is_at_its_lease_and_a_remote_one_through_its_host(
+    tmp_path: Path, uri: str, proxy: tuple[str, ...], pid_file: bool
+) -> None:
+    from devenv.backends.drivers.libvirtdrv import ADDRESS, LibvirtDriver
+    from devenv.backends.vm.driver import Endpoint
+
+    inst = _instance(tmp_path, uri)
+    drv = LibvirtDriver()
+    assert drv.endpoint(inst) is None  # no lease yet
+    (inst.dir / ADDRESS).write_text("192.168.122.77\n")
+    assert drv.endpoint(inst) == Endpoint("192.168.122.77", 22, proxy=proxy)
+    plan = drv.agent_plan(inst)
+    assert (plan.vm_pid_file is not None) is pid_file and plan.relay_socket is None
+    assert drv.console_log(inst) is None  # the system daemon's QEMU cannot write into the instance folder
+    if proxy:
+        assert drv.log_files(inst) == []  # another host's log is not a file here
+
+
+def test_a_qcow2_base_keeps_its_virtual_size_in_the_pool(tmp_path: Path) -> None:
+    from devenv.backends.drivers.libvirtpool import qcow2_size
+
+    if shutil.which("qemu-img") is None:
+        pytest.skip("qemu-img is not installed (ci/setup-linux.sh installs it)")
+    disk = tmp_path / "base.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "3G"], check=True)
+    assert qcow2_size(disk) == 3 * 1024**3 != disk.stat().st_size
+    raw = tmp_path / "raw.img"
+    raw.write_bytes(b"\0" * 64)
+    with pytest.raises(ValueError):
+        qcow2_size(raw)
