@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from devenv.errors import ConnectionFailed, Timeout
-from devenv.guestagent.agent import AGENT_VERSION, ENGINE_SOCKETS, PROTOCOL_VERSION
+from devenv.guestagent.agent import AGENT_VERSION, ENGINE_SOCKETS, MAX_LINE, MAX_OUTPUT, PROTOCOL_VERSION
 from devenv.jsonlines import encode  # one JSON-lines encoder on the host side
 
 __all__ = [
@@ -168,6 +168,14 @@ def install_command() -> str:
     )
 
 
+# What the host reads from the guest is bounded as the guest bounds what it reads from the host: root
+# in the guest can send anything, and must not grow the host agent's memory without end. The largest
+# line an honest agent sends is an exec result with both streams at MAX_OUTPUT, base64 (4/3); a
+# framed payload is never above MAX_LINE. Past either bound the connection is closed.
+MAX_REPLY_LINE = 2 * (MAX_OUTPUT * 4 // 3 + 4) + 64 * 1024
+MAX_REPLY_DATA = MAX_LINE
+
+
 class _Reader(Protocol):
     def readline(self, size: int = -1, /) -> bytes: ...
 
@@ -222,7 +230,7 @@ class AgentClient:
 
     def start(self) -> Hello:
         """Read the hello and start the reader thread. Raises ProtocolError on a wrong version."""
-        self.hello = parse_hello(self._rfile.readline())
+        self.hello = parse_hello(self._rfile.readline(MAX_REPLY_LINE + 1))
         if self.hello.protocol != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"guest agent speaks protocol {self.hello.protocol}, this devenv speaks {PROTOCOL_VERSION}",
@@ -305,15 +313,17 @@ class AgentClient:
     def _read_loop(self) -> None:
         try:
             while True:
-                line = self._rfile.readline()
-                if not line:
-                    break
+                line = self._rfile.readline(MAX_REPLY_LINE + 1)
+                if not line or len(line) > MAX_REPLY_LINE:
+                    break  # the end, or a line no agent of ours sends: closed, not buffered further
                 try:
                     msg = decode(line)
                 except ProtocolError:
                     continue
                 size = msg.get("size")
                 if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+                    if size > MAX_REPLY_DATA:
+                        break
                     msg["payload"] = self._rfile.read(size)
                     if len(msg["payload"]) < size:
                         break  # the stream ended inside the data

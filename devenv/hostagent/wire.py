@@ -155,9 +155,12 @@ def secure_socket_dirs(sock: str | os.PathLike[str], *, create: bool) -> None:
     A short socket folder lives in the shared temp dir, where another local
     user could make `devenv-UID` first and so hold (rename, replace) the
     control and engine sockets in it. As OpenSSH and tmux do with theirs, each
-    folder must be a real directory (no symlink) owned by this user; one of
-    ours with group or other access (an older devenv made it with the umask)
-    is made 0700. `create` makes missing ones 0700 (the agent, before it
+    folder must be a real directory (no symlink) owned by this user and
+    writable by nobody else: one that others could write in may already hold
+    their sockets or folders, so it is refused, as tmux refuses its socket
+    folder with unsafe permissions. One of ours that others may only read
+    or enter (an older devenv made it 0755 with the umask) cannot hold
+    anything of theirs, and is made 0700. `create` makes missing ones 0700 (the agent, before it
     binds); a client only checks, before it connects.
     """
     from pathlib import Path
@@ -186,6 +189,8 @@ def _private_dir(d: Path, create: bool) -> None:
         problem = "is not a directory (a symlink or a file)"
     elif hasattr(os, "getuid") and st.st_uid != os.getuid():
         problem = f"belongs to another user (uid {st.st_uid})"
+    elif st.st_mode & 0o022:
+        problem = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who may have put things in it"
     if problem is not None:
         raise PermissionProblem(
             f"the socket folder {d} {problem}: devenv will not put its sockets there",

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import json
 import shlex
 import socket
 import struct
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,6 +65,67 @@ def test_client_refuses_another_protocol_version() -> None:
     with pytest.raises(protocol.ProtocolError) as err:
         client.start()
     assert str(err.value) == "guest agent speaks protocol 2, this devenv speaks 1"
+
+
+class _HostileGuest:
+    """What root in the guest could send after a proper hello, and how much the host asked to read of it.
+
+    Nothing after the hello comes before the host's request has gone out, so the request is pending
+    when the reader meets the bad bytes (no race with the call).
+    """
+
+    def __init__(self, after_hello: bytes, endless: bool = False) -> None:
+        self._hello = protocol.encode({"type": "hello", "protocol": protocol.PROTOCOL_VERSION, "version": "t"})
+        self._rest = after_hello
+        self._endless = endless
+        self.sent = threading.Event()
+        self.asked: list[int] = []
+
+    def readline(self, size: int = -1, /) -> bytes:
+        self.asked.append(size)
+        if self._hello:
+            line, self._hello = self._hello, b""
+            return line
+        self.sent.wait(10)
+        if self._endless:  # a line that never ends: as much as was asked for, never a newline
+            assert size > 0, "an unbounded readline of the guest's stream"
+            return b"x" * size
+        line, _, self._rest = self._rest.partition(b"\n")
+        return line + b"\n" if line else b""
+
+    def read(self, size: int = -1, /) -> bytes:
+        self.asked.append(size)
+        return b"y" * min(size, 1 << 20)
+
+    def write(self, data: bytes, /) -> int:
+        return len(data)
+
+    def flush(self) -> None:
+        self.sent.set()
+
+
+@pytest.mark.parametrize(
+    ("guest", "why"),
+    [
+        (_HostileGuest(b"", endless=True), "a line without end"),
+        (_HostileGuest(protocol.encode({"id": 1, "result": {}, "size": 1 << 40})), "a payload of a TiB announced"),
+    ],
+    ids=["endless-line", "huge-payload"],
+)
+def test_the_host_closes_on_what_no_agent_sends_and_reads_a_bounded_amount(guest: _HostileGuest, why: str) -> None:
+    client = protocol.AgentClient(guest, guest)
+    client.start()
+    with pytest.raises(protocol.ConnectionFailed, match="closed during `ping`"):
+        client.call("ping", timeout=10)
+    assert all(0 < n <= protocol.MAX_REPLY_LINE + 1 for n in guest.asked), (why, guest.asked)
+    assert protocol.MAX_REPLY_LINE < 64 << 20 and protocol.MAX_REPLY_DATA <= 16 << 20
+
+
+def test_the_largest_honest_reply_fits_the_hosts_bound() -> None:
+    """An exec result with both streams at the agent's own cap is one line the host still reads."""
+    full = base64.b64encode(b"\xff" * agent.MAX_OUTPUT).decode()
+    line = protocol.encode({"id": 1, "result": {"code": 0, "stdout": full, "stderr": full, "stdout_truncated": True}})
+    assert len(line) <= protocol.MAX_REPLY_LINE
 
 
 def test_commands_are_shell_safe() -> None:

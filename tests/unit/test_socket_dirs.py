@@ -59,6 +59,18 @@ def test_a_folder_of_ours_left_open_by_an_older_devenv_is_closed(deep: Path) -> 
     assert mode(base) == 0o700
 
 
+@pytest.mark.parametrize("open_mode", [0o777, 0o1777, 0o775, 0o757])
+def test_a_folder_of_ours_others_could_write_in_is_refused_and_left_as_it_is(deep: Path, open_mode: int) -> None:
+    base = wire.short_socket_base()
+    base.mkdir(mode=0o700)
+    os.chmod(base, open_mode)
+    with pytest.raises(PermissionProblem) as e:
+        bind_unix(wire.control_path(deep))
+    assert f"{base} is writable by other users (mode {open_mode:04o})" in e.value.message
+    assert f"rm -r {base}" in e.value.hint
+    assert mode(base) == open_mode and list(base.iterdir()) == []
+
+
 def test_another_users_folder_is_refused_by_the_agent_and_by_a_client(
     deep: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
