@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+from devenv import hostagent
 from tests.e2e.conftest import Devenv
 from tests.e2e.drivers import LIBVIRT
 
@@ -125,6 +126,12 @@ def test_a_remote_system_daemon_boots_execs_and_deletes(remote: Remote) -> None:
     assert r.returncode == 7, r.stderr.decode()
     out = r.stdout.decode()
     assert out.startswith("got line\n") and address in out, out
+    # the project folder: reverse sshfs through the host agent's session (no 9p for another host's QEMU)
+    (d.project / "from-the-host.txt").write_text("over sshfs, through the other host\n")
+    seen = d.ok("exec", "--", "cat", str(d.project / "from-the-host.txt")).stdout  # exec waits for mounts
+    assert seen == b"over sshfs, through the other host\n"
+    mounts = [(m["guest"], m["type"], m["state"]) for m in hostagent.state(inst_dir).get("mounts") or []]
+    assert mounts == [(str(d.project), "sshfs", "mounted")], (mounts, hostagent.log_tail(inst_dir))
     config = d.ok("ssh-config").stdout.decode()
     assert (
         f"HostName {address}" in config and "ProxyCommand ssh -o BatchMode=yes -o StrictHostKeyChecking=yes" in config

@@ -17,6 +17,7 @@ import stat
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -464,7 +465,7 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
 
 def test_a_reboot_from_inside_is_followed_and_everything_comes_back(vm: VM) -> None:
     """`sudo reboot` in the guest: status says so meanwhile; then the session (over the relay), the engine
-    socket and the project mount come back without a devenv command."""
+    socket, the project mount and automatic forwards come back without a devenv command."""
     d, name, _ = vm
     inst = d.home / "instances" / name
     before = d.ok("exec", "-n", name, "--", "cat", "/proc/sys/kernel/random/boot_id").stdout
@@ -492,6 +493,21 @@ def test_a_reboot_from_inside_is_followed_and_everything_comes_back(vm: VM) -> N
     sock = inst / "sock" / "docker.sock"
     host_docker = subprocess.run(["docker", "-H", f"unix://{sock}", "version"], capture_output=True)
     assert host_docker.returncode == 0, host_docker.stderr  # the engine socket answers again
+    # ports opened after the reboot are forwarded automatically again: the agent watches the new boot's
+    started = "cd /tmp && setsid nohup python3 -m http.server 9141 </dev/null >/dev/null 2>&1 & echo ok"
+    d.ok("exec", "-n", name, "--", "sh", "-c", started)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:9141/", timeout=5) as r:
+                    assert r.status == 200
+                    break
+            except OSError as e:
+                assert time.monotonic() < deadline, f"no forward of guest port 9141 after the reboot: {e}"
+                time.sleep(1)
+    finally:
+        d.run("exec", "-n", name, "--", "pkill", "-f", "http.server 9141")
 
 
 def test_a_poweroff_from_inside_is_stopped_and_start_boots_it(vm: VM) -> None:

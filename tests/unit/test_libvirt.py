@@ -27,7 +27,7 @@ except ImportError:
 from devenv import config, paths
 from devenv.backends.base import InstanceRef
 from devenv.backends.drivers import libvirturi
-from devenv.backends.drivers.libvirtdrv import LibvirtDriver, owner_of
+from devenv.backends.drivers.libvirtdrv import LibvirtDriver, owner_of, state_from_libvirt
 from devenv.backends.drivers.libvirtxml import Owner, domain_name, domain_xml, metadata_xml, parse_metadata
 from devenv.backends.drivers.qemuargs import VmSpec
 from devenv.errors import BackendUnavailable, CommandFailed, ConfigError, NotSupported, PermissionProblem, StateError
@@ -311,3 +311,33 @@ def test_libvirt_uri_is_validated_with_its_line(tmp_path: Path) -> None:
     assert cfg.libvirt_uri == "qemu+ssh://me@box/system"
     assert 'libvirt_uri = "qemu+ssh://me@box/system"' in cfg.to_toml()
     assert "libvirt_uri" not in config.Config().to_toml()
+
+
+@pytest.mark.parametrize(
+    ("state", "reason", "expected", "word", "said"),
+    [
+        (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_SHUTDOWN, "off", "", ""),
+        (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_DESTROYED, "off", "", ""),
+        (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, "crashed", "shut off: crashed", "is gone"),
+        (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_FAILED, "crashed", "shut off: failed", "is gone"),
+        (libvirt.VIR_DOMAIN_CRASHED, 0, "halted", "crashed", "guest kernel crashed"),
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_IOERROR, "paused", "paused: ioerror", "full disk"),
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_CRASHED, "halted", "paused: crashed", "kernel crashed"),
+        (libvirt.VIR_DOMAIN_PAUSED, libvirt.VIR_DOMAIN_PAUSED_USER, "paused", "paused", "(libvirt: paused)"),
+        (libvirt.VIR_DOMAIN_PMSUSPENDED, 0, "paused", "pmsuspended", "suspended itself"),
+    ],
+)
+def test_libvirts_state_and_reason_in_devenvs_words(
+    state: int, reason: int, expected: str, word: str, said: str
+) -> None:
+    """The states test:///default cannot reach (a crash, a pause on an I/O error): each says what happened."""
+    details: dict[str, object] = {"domain": "d", "uri": "qemu:///session"}
+    got = state_from_libvirt(state, reason, details)
+    assert got is not None
+    assert (got.state, got.word, got.details) == (expected, word, details)
+    assert said in got.reason
+
+
+@pytest.mark.parametrize("state", [libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_BLOCKED, libvirt.VIR_DOMAIN_SHUTDOWN])
+def test_a_domain_that_runs_or_is_shutting_down_is_left_to_the_driver(state: int) -> None:
+    assert state_from_libvirt(state, 0, {}) is None

@@ -270,22 +270,9 @@ class LibvirtDriver:
         with self._errors(inst, "read the domain's state"):
             state, reason = dom.state()
         details: dict[str, object] = {"domain": dom.name(), "uri": self._uri(inst).uri}
-        if state == libvirt.VIR_DOMAIN_SHUTOFF:
-            if reason in (libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, libvirt.VIR_DOMAIN_SHUTOFF_FAILED):
-                word = "shut off: crashed" if reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED else "shut off: failed"
-                return VmState("crashed", f"the VM process is gone (libvirt: {word})", word, details)
-            return VmState("off", details=details)
-        if state == libvirt.VIR_DOMAIN_CRASHED:
-            return VmState("halted", "the guest kernel crashed (libvirt: crashed)", "crashed", details)
-        if state == libvirt.VIR_DOMAIN_PAUSED:
-            if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
-                why = "libvirt paused the VM: writing its disk failed on the host (a full disk?); nothing is lost"
-                return VmState("paused", why, "paused: ioerror", details)
-            if reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED:
-                return VmState("halted", "the guest kernel crashed (libvirt: paused, crashed)", "paused: crashed")
-            return VmState("paused", "the domain is paused (libvirt: paused)", "paused", details)
-        if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
-            return VmState("paused", "the guest suspended itself (libvirt: pmsuspended)", "pmsuspended", details)
+        known = state_from_libvirt(state, reason, details)
+        if known is not None:
+            return known
         pid = self._read_pid(inst)
         if pid is not None:
             details["pid"] = pid
@@ -640,4 +627,25 @@ def qemu_pid(domain: str) -> int | None:
     return None
 
 
-__all__ = ["METADATA_KEY", "LibvirtDriver", "owner_of", "qemu_pid"]
+__all__ = ["METADATA_KEY", "LibvirtDriver", "owner_of", "qemu_pid", "state_from_libvirt"]
+
+
+def state_from_libvirt(state: int, reason: int, details: dict[str, object]) -> VmState | None:
+    """A domain's state and reason in the VM backend's words; None for a domain that runs (or is shutting down)."""
+    if state == libvirt.VIR_DOMAIN_SHUTOFF:
+        if reason in (libvirt.VIR_DOMAIN_SHUTOFF_CRASHED, libvirt.VIR_DOMAIN_SHUTOFF_FAILED):
+            word = "shut off: crashed" if reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED else "shut off: failed"
+            return VmState("crashed", f"the VM process is gone (libvirt: {word})", word, details)
+        return VmState("off", details=details)
+    if state == libvirt.VIR_DOMAIN_CRASHED:
+        return VmState("halted", "the guest kernel crashed (libvirt: crashed)", "crashed", details)
+    if state == libvirt.VIR_DOMAIN_PAUSED:
+        if reason == libvirt.VIR_DOMAIN_PAUSED_IOERROR:
+            why = "libvirt paused the VM: writing its disk failed on the host (a full disk?); nothing is lost"
+            return VmState("paused", why, "paused: ioerror", details)
+        if reason == libvirt.VIR_DOMAIN_PAUSED_CRASHED:
+            return VmState("halted", "the guest kernel crashed (libvirt: paused, crashed)", "paused: crashed", details)
+        return VmState("paused", "the domain is paused (libvirt: paused)", "paused", details)
+    if state == libvirt.VIR_DOMAIN_PMSUSPENDED:
+        return VmState("paused", "the guest suspended itself (libvirt: pmsuspended)", "pmsuspended", details)
+    return None
