@@ -200,3 +200,29 @@ def test_a_mount_point_over_a_system_folder_is_refused_with_its_line(tmp_path: P
     for bad in ("/", "/etc", "/etc/x", "/proc", "/sys/fs", "/dev", "/boot", "/usr", "/var", "/run/x", "/a/../etc",
                 "//src", "/src/", "relative", "/a\x00b", "/usr/local/src", "/root", "/home"):  # fmt: skip
         assert config.mount_point_problem(bad) is not None, bad
+
+
+CP_SIDE = st.one_of(
+    TEXT,
+    st.builds(lambda n, p: f"{n}:{p}", st.one_of(TEXT, st.sampled_from(["vm", "..", ".", "a/b", "C", "-x"])), TEXT),
+    st.sampled_from(["vm:/etc/shadow", "vm:../../x", "vm:$(reboot)", "vm:`id`", "../vm:x", "C:\\x", "vm:", ".."]),
+)
+
+
+@given(src=CP_SIDE, dst=CP_SIDE)
+@SETTINGS
+def test_a_cp_spec_is_refused_or_names_one_instance_folder_and_keeps_both_paths_as_given(src: str, dst: str) -> None:
+    """`devenv cp` never turns a spec into anything but an instance name that is one folder under
+    instances/ and two paths passed on untouched (the guest side goes to SFTP, never to a shell)."""
+    from devenv.transport.cpspec import parse_copy_args
+
+    try:
+        plan = parse_copy_args(src, dst)
+    except UsageError as e:
+        assert e.message and e.hint
+        return
+    assert config.NAME_RE.match(plan.instance), plan
+    assert posixpath.normpath(f"instances/{plan.instance}") == f"instances/{plan.instance}", plan
+    guest, host = (src, dst) if plan.direction == "from_guest" else (dst, src)
+    assert host == plan.host_path
+    assert guest in (f"{plan.instance}:{plan.guest_path}", f"{plan.instance}:"), plan
