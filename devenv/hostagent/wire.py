@@ -189,7 +189,7 @@ def _private_dir(d: Path, create: bool) -> None:
         problem = "is not a directory (a symlink or a file)"
     elif hasattr(os, "getuid") and st.st_uid != os.getuid():
         problem = f"belongs to another user (uid {st.st_uid})"
-    elif st.st_mode & 0o022:
+    elif hasattr(os, "getuid") and st.st_mode & 0o022:  # POSIX modes: Windows reports 0o777 for any folder
         problem = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):04o}), who may have put things in it"
     if problem is not None:
         raise PermissionProblem(
