@@ -151,6 +151,9 @@ class HostAgent:
         self._since = time.time()
         self._last_error: str | None = None
         self._reconnects = 0
+        # commands this agent started in the guest: tests tell an exec it served from one that fell back to SSH
+        self._execs_spawned = 0
+        self._execs_lock = threading.Lock()
         self._mounts: dict[str, dict[str, Any]] = {}
         self._listeners: list[Listener] = []
         self._control: socket.socket | None = None
@@ -247,6 +250,10 @@ class HostAgent:
                 self._since = time.time()
             self._cond.notify_all()
 
+    def count_exec(self) -> None:
+        with self._execs_lock:
+            self._execs_spawned += 1
+
     def state(self, guest_memory: bool = False) -> dict[str, Any]:
         return {
             "alive": True,
@@ -258,6 +265,7 @@ class HostAgent:
             "since_epoch": self._since,
             "last_error": self._last_error,
             "reconnects": self._reconnects,
+            "execs_spawned": self._execs_spawned,
             "ssh_via": "relay" if self._relay is not None else "network",  # the relay's session survives a suspend
             "control": self._control_address(),
             "engine_socket": str(self.engine_path) if self.opts.engine_socket else None,

@@ -137,6 +137,7 @@ class ExecRequest:
                 self._emit("stderr", f"devenv: {e}; the command may have started in the guest\n".encode())
             return {"exit_code": 255}
         proc_id = result["process"]
+        self.agent.count_exec()
         events = session.attach(proc_id)
         try:
             if self.streamed:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,6 +50,14 @@ def full_vm(small_fs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         d.run("delete", "--force", "-n", NAME, timeout=180)
 
 
+def _e2fsck() -> str:
+    """e2fsprogs is there (the image build needs mkfs.ext4), in sbin, which an ordinary user's PATH may lack."""
+    found = shutil.which("e2fsck") or next((p for p in ("/usr/sbin/e2fsck", "/sbin/e2fsck") if Path(p).exists()), None)
+    if found is None:
+        pytest.fail("e2fsck is missing; ci/setup-linux.sh installs e2fsprogs")
+    return found
+
+
 def _guest(d: Devenv, script: str, timeout: float = 300) -> str:
     return d.ok("exec", "--", "sh", "-c", script, timeout=timeout).stdout.decode().strip()
 
@@ -61,7 +70,9 @@ def _status(d: Devenv) -> dict[str, object]:
     return data
 
 
-def test_a_guest_filling_the_host_disk_pauses_and_resumes_whole(full_vm: Devenv, small_fs: Path) -> None:
+def test_a_guest_filling_the_host_disk_pauses_and_resumes_whole(
+    full_vm: Devenv, small_fs: Path, tmp_path: Path
+) -> None:
     d = full_vm
     disk = small_fs / "home" / "instances" / NAME / "disk.qcow2"
     # the data first, in the guest's RAM (tmpfs), with its sha256: what the disk must hold in the end
@@ -118,4 +129,11 @@ def test_a_guest_filling_the_host_disk_pauses_and_resumes_whole(full_vm: Devenv,
     check = subprocess.run(["qemu-img", "check", str(disk)], capture_output=True, text=True, timeout=120)
     assert check.returncode == 0, check.stdout + check.stderr
     assert "No errors were found on the image." in check.stdout
+    # and the guest's filesystem itself: the image is one ext4 with no partition table (devenv/images/debian.py),
+    # so its raw form (sparse, off the small filesystem) is what e2fsck reads; -f checks a clean one too
+    raw = tmp_path / "disk.raw"
+    subprocess.run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], check=True, timeout=900)
+    fsck = subprocess.run([_e2fsck(), "-f", "-n", str(raw)], capture_output=True, text=True, timeout=900)
+    assert fsck.returncode == 0, f"e2fsck found errors (exit {fsck.returncode}):\n{fsck.stdout}{fsck.stderr}"
+    raw.unlink()
     print(f"overlay {disk.stat().st_size // MiB} MiB; {free_bytes(small_fs) // MiB} MiB free", file=sys.stderr)

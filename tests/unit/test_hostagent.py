@@ -574,3 +574,17 @@ def test_a_guest_agent_that_keeps_sending_is_busy_not_gone(sending: bool) -> Non
         finally:
             stop.set()
             os.close(to_agent_r)
+
+
+def test_the_agent_counts_the_commands_it_started_in_the_guest(tmp_path: Path) -> None:
+    """The load test tells an exec this agent served from one that fell back to SSH by this count."""
+    from devenv.hostagent.daemon import HostAgent, Options
+
+    agent = HostAgent(Options(inst_dir=tmp_path))
+    assert agent.state()["execs_spawned"] == 0
+    threads = [threading.Thread(target=lambda: [agent.count_exec() for _ in range(1000)]) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert agent.state()["execs_spawned"] == 8000
