@@ -12,7 +12,8 @@ The host starts this file once over an SSH exec channel and talks JSON lines:
                    {"type":"response","id":1,"error":{"code":"...","message":"..."}}
                    {"type":"event","event":"ports","subscription":1,"added":[...],"removed":[...]}
 
-Methods: ping, info, memory, ports, watch_ports, unwatch_ports, exec, spawn, stdin, ack, kill.
+Methods: ping, info, memory, ports, watch_ports, unwatch_ports, exec, spawn, stdin, ack, kill,
+bridge_open, bridge_close.
 A bad line or an unknown method gets an error response; nothing a host sends
 crashes the agent. Interactive (PTY) commands use plain SSH channels.
 
@@ -35,6 +36,17 @@ sends at most W bytes of output the host has not acknowledged with an `ack`
 not taken waits in the guest's pipe, not in the host agent's memory.
 Stdin requests of one process are written in the order they were read, one
 at a time, so a host may send the next before the last is answered.
+
+bridge_open ({"port": P, "host": "127.0.0.1" | "::1", "peer": ADDR}) makes a
+port that listens only on loopback reachable by the hypervisor's own forward
+(QEMU's hostfwd reaches the guest's NIC address, never its loopback): a
+listener on the NIC address that faces ADDR, on a free port it returns
+({"port": B, "address": A}), accepts connections from ADDR alone (the address
+the hypervisor's forwarded connections come from: QEMU's user network shows
+the host as 10.0.2.2), connects each to HOST:P and copies both ways with
+splice(2): no user-space copy, and ~2.5x the throughput of the same bytes
+through the guest's sshd under TCG. bridge_close ({"port": B}) ends the
+listener; a bridge also ends with the agent, i.e. with the host connection.
 
 A second mode, `agent.py bridge SOCKET`, copies stdin to a unix socket in the
 guest and the socket to stdout (binary, half-close kept), so one SSH exec
@@ -71,7 +83,7 @@ if TYPE_CHECKING:
     Json = dict[str, Any]
 
 PROTOCOL_VERSION = 1
-AGENT_VERSION = "0.1.0"
+AGENT_VERSION = "0.2.0"
 
 ENGINE_FILE = "/etc/devenv/engine"  # written at provisioning: the runtime this guest was set up for
 ENGINE_SOCKETS = {
@@ -91,7 +103,8 @@ CHUNK = 64 * 1024
 OUTPUT_CHUNK = 256 * 1024  # one read of a spawned command's output: fewer frames, each one costs the guest
 PIPE_SIZE = 1024 * 1024  # a spawned command's pipes (F_SETPIPE_SZ; 64 KiB by default): the reads above can fill
 F_SETPIPE_SZ = 1031  # Linux's fcntl number; the fcntl module names it only from Python 3.10
-FEATURES = ("frames",)  # in the hello: what a newer host may use
+FEATURES = ("frames", "bridge")  # in the hello: what a newer host may use
+SPLICE_CHUNK = 1024 * 1024  # one splice(2) of a loopback bridge, through a pipe grown to that size
 
 
 class RequestError(Exception):
@@ -412,6 +425,7 @@ class Agent:
         self._workers = Workers()
         self._closed = False
         self._stopping = False  # stdin ended: no new subscription may start
+        self._bridges: dict[int, LoopbackBridge] = {}
 
     # -- output
     def send(self, msg: Json, payload: bytes = b"") -> None:
@@ -561,6 +575,9 @@ class Agent:
             for stop in self._watches.values():
                 stop.set()
             credits = list(self._credits.values())
+            bridges, self._bridges = list(self._bridges.values()), {}
+        for bridge in bridges:  # the host that asked for them is gone
+            bridge.close()
         for credit in credits:  # no acks will come: output flows as it did before windows
             credit.release()
         self._workers.wait_idle()
@@ -620,6 +637,34 @@ class Agent:
             for key in keys:
                 self._watches.pop(key).set()
         return {"stopped": keys}
+
+    def m_bridge_open(self, req_id: Any, params: Json) -> Json:
+        port, host, peer = params.get("port"), params.get("host", "127.0.0.1"), params.get("peer")
+        if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+            raise RequestError("bad_params", "port must be a TCP port number")
+        if host not in ("127.0.0.1", "::1"):
+            raise RequestError("bad_params", "host must be 127.0.0.1 or ::1: a bridge reaches loopback ports only")
+        if not isinstance(peer, str) or not peer:
+            raise RequestError("bad_params", "peer must be the address forwarded connections come from")
+        try:
+            bridge = LoopbackBridge(host, port, peer)
+        except (OSError, ValueError) as e:
+            raise RequestError("bridge_failed", f"no listener facing {peer}: {e}") from e
+        with self._state_lock:
+            if self._stopping:
+                bridge.close()
+                raise RequestError("stopping", "the agent is ending")
+            self._bridges[bridge.port] = bridge
+        bridge.start()
+        return {"port": bridge.port, "address": bridge.address}
+
+    def m_bridge_close(self, req_id: Any, params: Json) -> Json:
+        port = params.get("port")
+        with self._state_lock:
+            bridge = self._bridges.pop(port, None) if isinstance(port, int) else None
+        if bridge is not None:
+            bridge.close()
+        return {"closed": bridge is not None}
 
     def m_spawn(self, req_id: Any, params: Json) -> None:
         argv, env, cwd = _command_params(params)
@@ -858,6 +903,107 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         n = os.write(fd, view)
         view = view[n:]
+
+
+class LoopbackBridge:
+    """A listener on the guest's address that faces `peer`, each connection from `peer` joined to host:port.
+
+    Only `peer` is let in: it is where the hypervisor's forwarded connections
+    come from (the host as the guest sees it). A container or another account
+    in the guest connects from elsewhere and is closed at once, so the bridge
+    opens a loopback-only service to nobody the SSH path would not.
+    """
+
+    def __init__(self, host: str, port: int, peer: str) -> None:
+        self.host, self.target, self.peer = host, port, peer
+        family = socket.AF_INET6 if ":" in peer else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:  # sends nothing: the route's source address
+            probe.connect((peer, 9))
+            self.address = str(probe.getsockname()[0])
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self.listener.bind((self.address, 0))
+            self.listener.listen(64)
+        except OSError:
+            self.listener.close()
+            raise
+        self.port = int(self.listener.getsockname()[1])
+        self._closed = threading.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._accept, name=f"bridge-{self.port}", daemon=True).start()
+
+    def close(self) -> None:
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() below; close() alone would not
+        self.listener.close()
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, addr = self.listener.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.1)  # out of descriptors for a moment: the next accept may succeed
+                continue
+            if addr[0] != self.peer:
+                conn.close()
+                continue
+            threading.Thread(target=self._join, args=(conn,), daemon=True).start()
+
+    def _join(self, conn: socket.socket) -> None:
+        try:
+            upstream = socket.create_connection((self.host, self.target), timeout=10)
+        except OSError:  # nothing listens (yet): the client sees its connection closed, as over SSH
+            conn.close()
+            return
+        upstream.settimeout(None)
+        for s in (conn, upstream):
+            with contextlib.suppress(OSError):
+                s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        back = threading.Thread(target=_pump_socket, args=(upstream, conn), daemon=True)
+        back.start()
+        _pump_socket(conn, upstream)
+        back.join()
+        conn.close()
+        upstream.close()
+
+
+def _pump_socket(src: socket.socket, dst: socket.socket) -> None:
+    """src to dst until src ends (then dst's write side is shut, a half-close kept) or either fails (both shut)."""
+    try:
+        if sys.platform == "linux" and hasattr(os, "splice"):  # Python 3.10+
+            _splice_all(src.fileno(), dst.fileno())
+        else:  # pragma: no cover - Python < 3.10
+            while data := src.recv(CHUNK):
+                dst.sendall(data)
+    except OSError:
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+        return
+    with contextlib.suppress(OSError):
+        dst.shutdown(socket.SHUT_WR)
+
+
+def _splice_all(src: int, dst: int) -> None:
+    if sys.platform != "linux":  # pragma: no cover - its callers ask for Linux
+        raise OSError("splice(2) is Linux's")
+    else:
+        r, w = os.pipe()
+        try:
+            with contextlib.suppress(ImportError, OSError):
+                import fcntl
+
+                fcntl.fcntl(w, F_SETPIPE_SZ, SPLICE_CHUNK)
+            while n := os.splice(src, w, SPLICE_CHUNK):  # blocks until there are bytes, 0 at the end
+                while n:
+                    n -= os.splice(r, dst, n)
+        finally:
+            os.close(r)
+            os.close(w)
 
 
 def bridge(path: str, rfd: int = 0, wfd: int = 1) -> int:

@@ -29,9 +29,13 @@ class FastPortError(Exception):
 
 class FastPorts(Protocol):
     via: str  # how `devenv status` names forwards that take this path ("qemu")
+    # The address the guest sees this path's connections come from (QEMU's user net: 10.0.2.2); "" when it
+    # cannot tell. With it, a port on the guest's loopback takes this path too, through a guest-agent bridge
+    # that lets in that address alone (ports.py).
+    guest_peer: str
 
-    def add(self, host: str, host_port: int, guest_port: int) -> None:
-        """Forward host:host_port to the guest's guest_port; FastPortError when refused."""
+    def add(self, host: str, host_port: int, guest_port: int, guest_addr: str = "") -> None:
+        """Forward host:host_port to guest_addr:guest_port (the hypervisor's default guest address when "")."""
 
     def remove(self, host: str, host_port: int) -> None:
         """Remove a rule; a failure is remembered, for retry_leftover() before the port is reused."""

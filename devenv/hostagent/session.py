@@ -32,6 +32,22 @@ PING_TIMEOUT = 10.0
 MOUNT_WAIT = 20.0
 
 
+class AgentBridger:
+    """Loopback bridges of this session's guest agent (ports.py): they end with the agent, i.e. this session."""
+
+    TIMEOUT = 15.0
+
+    def __init__(self, client: protocol.AgentClient) -> None:
+        self.client = client
+
+    def open(self, guest_host: str, guest_port: int, peer: str) -> tuple[str, int]:
+        r = self.client.call("bridge_open", {"port": guest_port, "host": guest_host, "peer": peer}, self.TIMEOUT)
+        return str(r["address"]), int(r["port"])
+
+    def close(self, bridge_port: int) -> None:
+        self.client.call("bridge_close", {"port": bridge_port}, self.TIMEOUT)
+
+
 class GuestSession:
     """Everything tied to one SSH transport: the guest agent channel, its events, the mounts."""
 
@@ -58,6 +74,8 @@ class GuestSession:
         self.client = client
         self.can_spawn = True  # absent in an old agent: spawn then answers unknown_method
         self._thread(self._dispatch, "dispatch")
+        hello = client.hello
+        self.agent.ports.set_bridger(AgentBridger(client) if hello is not None and "bridge" in hello.features else None)
         result = client.call("watch_ports", {"interval": self.agent.opts.ports_interval}, timeout=30)
         self.agent.ports.set_guest_ports(result.get("ports", []) if isinstance(result, dict) else [])
         return self

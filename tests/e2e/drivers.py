@@ -21,6 +21,7 @@ class DriverCase:
     instance: str  # the shared instance's name, which is also its guest's hostname
     boot_step: str  # the step `devenv start` shows while it boots the VM
     fast_via: str  # how status names a forward of a port on every guest address ("ssh" without a fast path)
+    loopback_via: str  # and of a port on the guest's loopback alone (the fast path through the guest agent's bridge)
     vm_pid_file: str  # in the instance dir: the VM's process, which the crash tests kill
     needs: tuple[str, ...]  # programs this host must have to run the driver
     env: tuple[tuple[str, str], ...] = ()  # set for its instances unless the environment says otherwise
@@ -42,6 +43,7 @@ LIBVIRT = DriverCase(
     "e2e-lv",
     "start the libvirt domain",
     "ssh",
+    "ssh",
     "libvirt.pid",
     ("qemu-system-x86_64", "qemu-img", "virsh"),
     (("DEVENV_QEMU_ACCEL", "tcg"), ("LIBVIRT_DEFAULT_URI", "qemu:///session")),
@@ -54,6 +56,7 @@ CASES = {
         "e2e",
         "start QEMU",
         "qemu",
+        "qemu+bridge",
         "qemu.pid",
         ("qemu-system-x86_64", "qemu-img"),
         (("DEVENV_QEMU_ACCEL", "tcg"),),

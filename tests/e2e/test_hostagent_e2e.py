@@ -212,20 +212,51 @@ def _via(vm: VM, port: int) -> str | None:
 
 
 def test_guest_listener_is_reachable_without_configuration(vm: VM) -> None:
-    """On every address (QEMU's user-mode net) and on the guest's loopback only (SSH direct-tcpip)."""
+    """On every address (QEMU's user-mode net) and on the guest's loopback only (a bridge, or SSH direct-tcpip)."""
     code, _, err = vm.guest(
         "cd /tmp && (nohup python3 -m http.server 9123 >/dev/null 2>&1 &"
         " nohup python3 -m http.server --bind 127.0.0.1 9125 >/dev/null 2>&1 &) && echo started"
     )
     assert code == 0, err
     try:
-        for port, via in ((9123, vm.driver.fast_via), (9125, "ssh")):
+        for port, via in ((9123, vm.driver.fast_via), (9125, vm.driver.loopback_via)):
             status, body = wait_for(functools.partial(_try_get, port, "/"), 20, f"HTTP on 127.0.0.1:{port}")
             assert status == 200 and b"Directory listing" in body
             assert _via(vm, port) == via
+        if vm.driver.loopback_via.endswith("+bridge"):
+            _the_bridge_lets_nobody_in_the_guest_through(vm)
     finally:
         vm.guest("pkill -f 'http.server'")
     wait_for(lambda: _try_get(9123, "/") is None and _try_get(9125, "/") is None, 5, "both forwards gone")
+
+
+def _the_bridge_lets_nobody_in_the_guest_through(vm: VM) -> None:
+    """The guest agent's bridge listens on the guest's address: from inside the guest it answers nobody.
+
+    A container or another account reaches that address too; only the
+    hypervisor's forwarded connections (from 10.0.2.2) are joined to the port.
+    """
+    code, out, err = vm.guest("ss -Hltnp")
+    assert code == 0, err
+    local = [line.split()[3] for line in out.decode().splitlines() if "python3" in line]
+    loopback_or_any = ("127.", "[::1]", "0.0.0.0:", "*:", "[::]:")
+    bridges = [a for a in local if not a.startswith(loopback_or_any)]
+    assert bridges, "no bridge listener of the guest agent in `ss -ltnp`"
+    probe = (
+        "import socket, sys\n"
+        "for a in sys.argv[1:]:\n"
+        "    host, _, port = a.rpartition(':')\n"
+        "    c = socket.create_connection((host, int(port)), timeout=10)\n"
+        "    c.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\n"
+        "    try:\n"
+        "        got = c.recv(100)\n"
+        "    except ConnectionResetError:\n"
+        "        got = b''\n"
+        "    print(a, len(got))\n"
+    )
+    code, out, err = vm.guest(f"python3 -c {shlex.quote(probe)} {' '.join(bridges)}")
+    assert code == 0, err
+    assert out.decode().split() == [w for b in bridges for w in (b, "0")], out  # closed unanswered, every one
 
 
 def test_project_folder_is_shared_both_ways(vm: VM) -> None:
@@ -278,11 +309,12 @@ def test_the_installed_devenv_command_serves_exec_natively(vm: VM) -> None:
 
 
 def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM) -> None:
-    # bound to the guest's loopback: this forward rides on SSH, the connection being cut
+    # bound to the guest's loopback: this forward rides on SSH, the connection being cut, or (qemu) on the
+    # guest agent's bridge, which ends with the agent's session and must be made again by the new one
     code, _, err = vm.guest("nohup python3 -m http.server --bind 127.0.0.1 9124 >/dev/null 2>&1 & echo ok")
     assert code == 0, err
     wait_for(lambda: _try_get(9124, "/"), 20, "HTTP on 9124 before")
-    assert _via(vm, 9124) == "ssh"
+    assert _via(vm, 9124) == vm.driver.loopback_via
     n_before = len([e for e in read_events(vm.inst / "events.jsonl") if e["event"] == "disconnected"])
     # Restart sshd and kill every session (systemd's KillMode=process would keep ours alive),
     # from a transient unit so the command outlives the session it kills.
@@ -306,7 +338,7 @@ def test_forwards_come_back_after_sshd_restarts_and_status_says_degraded(vm: VM)
     assert [e for e in evs if e["event"] == "connected"][-1]["reconnect"] is True
     try:
         status, _ = wait_for(lambda: _try_get(9124, "/"), 20, "HTTP on 9124 after the reconnect")
-        assert status == 200
+        assert status == 200 and _via(vm, 9124) == vm.driver.loopback_via
         assert vm.docker("version", "--format", "{{.Server.Os}}").stdout.strip() == "linux"
     finally:
         vm.guest("pkill -f 'http.server 9124'")

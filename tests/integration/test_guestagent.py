@@ -432,3 +432,103 @@ def test_a_payload_announced_too_large_is_skipped_and_the_agent_keeps_serving(pr
     first, second = json.loads(proc.stdout.readline()), json.loads(proc.stdout.readline())
     assert (first["id"], first["error"]["code"]) == (1, "too_large")
     assert (second["id"], second["result"]["pong"]) == (2, True)
+
+
+class TcpEcho:
+    """A TCP server on 127.0.0.1 that echoes, says <bye> after the client's half-close; counts who connected."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+
+    @staticmethod
+    def _echo(conn: socket.socket) -> None:
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+            conn.sendall(b"<bye>")
+            conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _through(address: str, port: int, payload: bytes, source: str | None = None) -> bytes:
+    with socket.create_connection((address, port), timeout=30, source_address=(source, 0) if source else None) as c:
+
+        def send() -> None:
+            try:
+                c.sendall(payload)
+                c.shutdown(socket.SHUT_WR)
+            except OSError:  # a bridge that refused us closed the connection first
+                pass
+
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
+        got = bytearray()
+        try:
+            while data := c.recv(1 << 20):
+                got += data
+        except ConnectionResetError:  # closed unread: the refused and the unjoined end so
+            pass
+        sender.join(30)
+    return bytes(got)
+
+
+def test_a_loopback_bridge_joins_the_peer_alone_to_a_loopback_port(client: protocol.AgentClient) -> None:
+    """What QEMU's rule reaches for a port on the guest's loopback: 4 MiB both ways, half-close kept, peer checked."""
+    assert client.hello is not None and "bridge" in client.hello.features
+    server = TcpEcho()
+    try:
+        # the peer is this host's loopback here; in a guest it is the hypervisor's address (10.0.2.2)
+        r = client.call("bridge_open", {"port": server.port, "host": "127.0.0.1", "peer": "127.0.0.1"})
+        assert r["address"] == "127.0.0.1" and r["port"] != server.port
+        payload = os.urandom(4 * 1024 * 1024)
+        assert _through(r["address"], r["port"], payload) == payload + b"<bye>"
+        assert _through(r["address"], r["port"], b"again") == b"again<bye>"  # one bridge, many connections
+        assert server.connections == 2
+        # from any other address (a container, another account on its own address): closed, never joined
+        assert _through(r["address"], r["port"], b"let me in", source="127.0.0.2") == b""
+        assert server.connections == 2
+        assert client.call("bridge_close", {"port": r["port"]}) == {"closed": True}
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection((r["address"], r["port"]), timeout=5).close()
+        assert client.call("bridge_close", {"port": r["port"]}) == {"closed": False}
+    finally:
+        server.close()
+
+
+def test_a_bridge_to_a_port_nobody_listens_on_closes_the_connection(client: protocol.AgentClient) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = int(s.getsockname()[1])
+    r = client.call("bridge_open", {"port": dead, "host": "127.0.0.1", "peer": "127.0.0.1"})
+    assert _through(r["address"], r["port"], b"anyone?") == b""
+    assert client.call("ping")["pong"] is True  # and the agent serves on
+
+
+@pytest.mark.parametrize(
+    ("params", "says"),
+    [
+        ({"port": 0, "peer": "127.0.0.1"}, "port must be a TCP port number"),
+        ({"port": True, "peer": "127.0.0.1"}, "port must be a TCP port number"),
+        ({"port": 80, "host": "0.0.0.0", "peer": "127.0.0.1"}, "loopback ports only"),
+        ({"port": 80, "host": "10.0.0.1", "peer": "127.0.0.1"}, "loopback ports only"),
+        ({"port": 80}, "peer must be"),
+        ({"port": 80, "peer": "not an address"}, "no listener facing not an address"),
+    ],
+)
+def test_a_bridge_asked_for_wrongly_is_refused(client: protocol.AgentClient, params: dict[str, Any], says: str) -> None:
+    with pytest.raises(protocol.AgentError, match=says):
+        client.call("bridge_open", params)

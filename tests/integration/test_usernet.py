@@ -133,3 +133,73 @@ def test_a_rule_whose_removal_failed_is_removed_before_the_port_is_used_again(
         assert fw.leftover == set() and fw.rules().count(("127.0.0.1", port, port)) == 1
     finally:
         pm.close()
+
+
+class RecordingBridger:
+    """The guest agent's side of a loopback bridge, as PortManager sees it: what it was asked, and its answers."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.opened: list[tuple[str, int, str]] = []
+        self.closed: list[int] = []
+        self.next_port = 40000
+
+    def open(self, guest_host: str, guest_port: int, peer: str) -> tuple[str, int]:
+        if self.fail:
+            raise OSError("no bridge today")
+        self.opened.append((guest_host, guest_port, peer))
+        self.next_port += 1
+        return "10.0.2.15", self.next_port
+
+    def close(self, bridge_port: int) -> None:
+        self.closed.append(bridge_port)
+
+
+def test_a_loopback_port_goes_to_qemu_through_the_guest_agents_bridge(qemu: tuple[Path, int], tmp_path: Path) -> None:
+    """QEMU's rule points at the bridge (not at the loopback port it cannot reach); a new session makes it again."""
+    sock, ssh_port = qemu
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    loop = free_port()
+    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+    first = RecordingBridger()
+    try:
+        pm.set_bridger(first)
+        pm.set_guest_ports([{"proto": "tcp", "address": "127.0.0.1", "port": loop}])
+        assert first.opened == [("127.0.0.1", loop, "10.0.2.2")]  # QEMU's user net: the host is 10.0.2.2
+        assert [(r["host_port"], r["via"]) for r in pm.snapshot()] == [(loop, "qemu+bridge")]
+        assert ("127.0.0.1", loop, 40001) in fw.rules() and port_taken(loop)
+
+        second = RecordingBridger()  # a reconnect: the old agent and its bridge are gone
+        pm.set_bridger(second)
+        assert first.closed == [] and fw.rules() == [("127.0.0.1", ssh_port, 22)]
+        pm.set_guest_ports([{"proto": "tcp", "address": "127.0.0.1", "port": loop}])
+        assert second.opened == [("127.0.0.1", loop, "10.0.2.2")] and ("127.0.0.1", loop, 40001) in fw.rules()
+
+        pm.set_guest_ports([])  # the guest port closed: the rule and the bridge both go
+        assert second.closed == [40001] and fw.rules() == [("127.0.0.1", ssh_port, 22)] and not port_taken(loop)
+
+        pm.set_bridger(RecordingBridger(fail=True))  # an agent that cannot bridge: SSH carries the port
+        pm.set_guest_ports([{"proto": "tcp", "address": "127.0.0.1", "port": loop}])
+        assert [(r["host_port"], r["via"]) for r in pm.snapshot()] == [(loop, "ssh")]
+        assert fw.rules() == [("127.0.0.1", ssh_port, 22)]
+    finally:
+        pm.close()
+    assert not port_taken(loop)
+
+
+def test_a_bridge_whose_rule_qemu_refuses_is_closed_and_ssh_carries_the_port(
+    qemu: tuple[Path, int], tmp_path: Path
+) -> None:
+    sock, ssh_port = qemu
+    fw = UserNetForwarder(sock, keep_ports={ssh_port})
+    fw.qmp_path = tmp_path / "gone.sock"  # QMP unreachable: every rule refused
+    loop = free_port()
+    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+    bridger = RecordingBridger()
+    try:
+        pm.set_bridger(bridger)
+        pm.set_guest_ports([{"proto": "tcp", "address": "127.0.0.1", "port": loop}])
+        assert bridger.opened == [("127.0.0.1", loop, "10.0.2.2")] and bridger.closed == [40001]
+        assert [(r["host_port"], r["via"]) for r in pm.snapshot()] == [(loop, "ssh")]
+    finally:
+        pm.close()

@@ -68,6 +68,7 @@ class UserNetForwarder:
     """
 
     via = "qemu"
+    guest_peer = "10.0.2.2"  # slirp shows a connection from the host's loopback as coming from its own address
 
     def __init__(self, qmp_path: Path, keep_ports: set[int], netdev: str = NETDEV) -> None:
         self.qmp_path = qmp_path
@@ -83,8 +84,10 @@ class UserNetForwarder:
             raise FastPortError(f"QEMU's monitor did not answer: {e}") from None
         return str(out or "")
 
-    def add(self, host: str, host_port: int, guest_port: int) -> None:
-        out = self._hmp(f"hostfwd_add {self.netdev} tcp:{host}:{host_port}-:{guest_port}").strip()
+    def add(self, host: str, host_port: int, guest_port: int, guest_addr: str = "") -> None:
+        if guest_addr and not all(c.isdigit() or c == "." for c in guest_addr):  # an IPv4 address, nothing else
+            raise FastPortError(f"not a guest IPv4 address: {guest_addr!r}")
+        out = self._hmp(f"hostfwd_add {self.netdev} tcp:{host}:{host_port}-{guest_addr}:{guest_port}").strip()
         if out:  # HMP answers nothing on success, an error line otherwise
             raise FastPortError(out)
 
