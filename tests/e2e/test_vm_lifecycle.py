@@ -414,9 +414,25 @@ def test_second_instance_runs_beside_the_first(vm: VM, driver: DriverCase) -> No
     assert not inst.exists()
 
 
+def _forwarded(inst: Path, ports: tuple[int, ...], wait: float = 30) -> dict[int, str]:
+    """Each guest port answering HTTP through its host forward: how status says it goes ("via")."""
+    deadline = time.monotonic() + wait
+    for port in ports:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as r:
+                    assert r.status == 200
+                break
+            except OSError as e:
+                assert time.monotonic() < deadline, f"no forward of guest port {port}: {e}"
+                time.sleep(0.5)
+    rows = hostagent.state(inst)["forwards"]
+    return {int(f["host_port"]): str(f.get("via")) for f in rows if f["host_port"] in ports}
+
+
 def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: DriverCase) -> None:
     """devenv.toml's default `stop` saves the guest: the same boot runs on, with its memory, its containers,
-    the engine socket and a clock set from the host's."""
+    the engine socket, its forwards and a clock set from the host's."""
     d, name, _ = vm
     if driver.backend != "qemu":
         pytest.skip(f"{driver.backend} cannot suspend")
@@ -424,7 +440,14 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
         "exec", "-n", name, "--", "sh", "-c", "cat /proc/sys/kernel/random/boot_id; echo in-ram > /dev/shm/kept"
     )
     d.ok("exec", "-n", name, "--", "docker", "run", "-d", "--name", "survivor", LOCAL_IMAGE, "sleep", "3600")
+    # a port on every guest address and one on loopback alone: QEMU's rules (and the bridge) are made anew
+    servers = (
+        "cd /tmp && (setsid nohup python3 -m http.server 9143 </dev/null >/dev/null 2>&1 &"
+        " setsid nohup python3 -m http.server --bind 127.0.0.1 9144 </dev/null >/dev/null 2>&1 &) && echo ok"
+    )
+    d.ok("exec", "-n", name, "--", "sh", "-c", servers)
     inst = d.home / "instances" / name
+    vias = _forwarded(inst, (9143, 9144))
     agent_pid = (inst / "hostagent.pid").read_text()
     stop = d.ok("stop", "-n", name, timeout=120)
     assert b"is suspended" in stop.stdout and b"save the guest" in stop.stderr, stop.stderr
@@ -458,6 +481,8 @@ def test_suspend_then_start_resumes_the_same_running_guest(vm: VM, driver: Drive
     )
     assert b"survivor" in host_docker.stdout, host_docker.stderr  # the engine socket is back on the host
     d.ok("exec", "-n", name, "--", "docker", "rm", "-f", "survivor")
+    assert _forwarded(inst, (9143, 9144)) == vias == {9143: driver.fast_via, 9144: driver.loopback_via}
+    d.run("exec", "-n", name, "--", "pkill", "-f", "http.server 914[34]")
     resumed = json.loads(d.ok("status", "-n", name, "--json").stdout)
     assert resumed["state"] == "running" and resumed["figures"]["last_start_kind"] == "resume", resumed
     assert resumed["figures"]["last_start_seconds"] < 60
