@@ -297,7 +297,7 @@ class PortManager:
         return Listener(sock, f"tcp{fwd.host_port}", self._opener_for(fwd), self.bridges).start()
 
     def _bridgeable(self, fwd: Forward) -> bool:
-        return self.bridger is not None and fwd.guest_host in LOOPBACKS and bool(getattr(self.fast, "guest_peer", ""))
+        return self.bridger is not None and fwd.guest_host in LOOPBACKS and bool(self.fast and self.fast.guest_peer)
 
     def _bridged(self, fast: FastPorts, fwd: Forward) -> FastRule:
         """A loopback-only guest port on the fast path: the guest agent's bridge, and the hypervisor's rule to it."""
@@ -310,7 +310,8 @@ class PortManager:
         try:
             fast.add(self.bind_host, fwd.host_port, port, guest_addr=address)
         except FastPortError:
-            FastRule(fast, self.bind_host, fwd.host_port, (bridger, port)).close_bridge()
+            with contextlib.suppress(Exception):  # the agent's session gone: its bridge went with it
+                bridger.close(port)
             raise
         return FastRule(fast, self.bind_host, fwd.host_port, (bridger, port))
 

@@ -7,6 +7,7 @@ Linux only: ports come from /proc/net/tcp and bridge mode uses unix sockets.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ import pytest
 
 from devenv.guestagent import agent, protocol
 from tests.bytecode import FRESH_CHECK
+from tests.loopback import Listener
 
 pytestmark = [
     pytest.mark.integration,
@@ -434,34 +436,17 @@ def test_a_payload_announced_too_large_is_skipped_and_the_agent_keeps_serving(pr
     assert (second["id"], second["result"]["pong"]) == (2, True)
 
 
-class TcpEcho:
-    """A TCP server on 127.0.0.1 that echoes, says <bye> after the client's half-close; counts who connected."""
+def _echo_until_half_close(conn: socket.socket) -> None:
+    """Echo, then <bye> after the client's half-close (the handler of a tests.loopback.Listener)."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = int(self.sock.getsockname()[1])
-        self.connections = 0
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.connections += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
-        with conn:
+    def serve() -> None:
+        with contextlib.suppress(OSError):
             while data := conn.recv(65536):
                 conn.sendall(data)
             conn.sendall(b"<bye>")
             conn.shutdown(socket.SHUT_WR)
 
-    def close(self) -> None:
-        self.sock.close()
+    threading.Thread(target=serve, daemon=True).start()
 
 
 def _through(address: str, port: int, payload: bytes, source: str | None = None) -> bytes:
@@ -489,24 +474,21 @@ def _through(address: str, port: int, payload: bytes, source: str | None = None)
 def test_a_loopback_bridge_joins_the_peer_alone_to_a_loopback_port(client: protocol.AgentClient) -> None:
     """What QEMU's rule reaches for a port on the guest's loopback: 4 MiB both ways, half-close kept, peer checked."""
     assert client.hello is not None and "bridge" in client.hello.features
-    server = TcpEcho()
-    try:
+    with Listener(_echo_until_half_close) as server:
         # the peer is this host's loopback here; in a guest it is the hypervisor's address (10.0.2.2)
         r = client.call("bridge_open", {"port": server.port, "host": "127.0.0.1", "peer": "127.0.0.1"})
         assert r["address"] == "127.0.0.1" and r["port"] != server.port
         payload = os.urandom(4 * 1024 * 1024)
         assert _through(r["address"], r["port"], payload) == payload + b"<bye>"
         assert _through(r["address"], r["port"], b"again") == b"again<bye>"  # one bridge, many connections
-        assert server.connections == 2
+        assert len(server.accepted) == 2
         # from any other address (a container, another account on its own address): closed, never joined
         assert _through(r["address"], r["port"], b"let me in", source="127.0.0.2") == b""
-        assert server.connections == 2
+        assert len(server.accepted) == 2
         assert client.call("bridge_close", {"port": r["port"]}) == {"closed": True}
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection((r["address"], r["port"]), timeout=5).close()
         assert client.call("bridge_close", {"port": r["port"]}) == {"closed": False}
-    finally:
-        server.close()
 
 
 def test_a_bridge_to_a_port_nobody_listens_on_closes_the_connection(client: protocol.AgentClient) -> None:

@@ -55,6 +55,11 @@ def qemu(tmp_path: Path) -> Iterator[tuple[Path, int]]:
         proc.wait()
 
 
+def _manager(tmp_path: Path, fw: UserNetForwarder) -> PortManager:
+    """A PortManager whose fast path is this QEMU; no SSH (its opener is never called in these tests)."""
+    return PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+
+
 def test_add_list_remove_and_a_taken_port(qemu: tuple[Path, int]) -> None:
     sock, ssh_port = qemu
     fw = UserNetForwarder(sock, keep_ports={ssh_port})
@@ -126,7 +131,7 @@ def test_a_rule_whose_removal_failed_is_removed_before_the_port_is_used_again(
         fw.remove("127.0.0.1", port)
     assert fw.leftover == {port} and port_taken(port)
     fw.qmp_path = sock
-    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+    pm = _manager(tmp_path, fw)
     try:
         pm.set_guest_ports([{"proto": "tcp", "address": "0.0.0.0", "port": port}])
         assert [(r["host_port"], r["status"], r["via"]) for r in pm.snapshot()] == [(port, "active", "qemu")]
@@ -160,7 +165,7 @@ def test_a_loopback_port_goes_to_qemu_through_the_guest_agents_bridge(qemu: tupl
     sock, ssh_port = qemu
     fw = UserNetForwarder(sock, keep_ports={ssh_port})
     loop = free_port()
-    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+    pm = _manager(tmp_path, fw)
     first = RecordingBridger()
     try:
         pm.set_bridger(first)
@@ -194,7 +199,7 @@ def test_a_bridge_whose_rule_qemu_refuses_is_closed_and_ssh_carries_the_port(
     fw = UserNetForwarder(sock, keep_ports={ssh_port})
     fw.qmp_path = tmp_path / "gone.sock"  # QMP unreachable: every rule refused
     loop = free_port()
-    pm = PortManager(EventLog(tmp_path / "events.jsonl"), opener=lambda h, p: None, min_port=1, fast=fw)  # type: ignore[arg-type,return-value]
+    pm = _manager(tmp_path, fw)
     bridger = RecordingBridger()
     try:
         pm.set_bridger(bridger)
@@ -203,3 +208,10 @@ def test_a_bridge_whose_rule_qemu_refuses_is_closed_and_ssh_carries_the_port(
         assert [(r["host_port"], r["via"]) for r in pm.snapshot()] == [(loop, "ssh")]
     finally:
         pm.close()
+
+
+@pytest.mark.parametrize("bad", ["10.0.2.15 tcp::1-:22", "10.0.2.15,x", "::1", "host"])
+def test_a_guest_address_that_is_not_one_ipv4_address_never_reaches_qemus_monitor(bad: str, tmp_path: Path) -> None:
+    fw = UserNetForwarder(tmp_path / "none.sock", keep_ports=set())  # no QMP: refused before any is asked
+    with pytest.raises(FastPortError, match="not a guest IPv4 address"):
+        fw.add("127.0.0.1", 1, 1, guest_addr=bad)

@@ -20,6 +20,7 @@ QEMU keeps the rules when this agent dies, so a new agent first removes the
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 from pathlib import Path
 
@@ -85,8 +86,11 @@ class UserNetForwarder:
         return str(out or "")
 
     def add(self, host: str, host_port: int, guest_port: int, guest_addr: str = "") -> None:
-        if guest_addr and not all(c.isdigit() or c == "." for c in guest_addr):  # an IPv4 address, nothing else
-            raise FastPortError(f"not a guest IPv4 address: {guest_addr!r}")
+        if guest_addr:  # from the guest agent: an IPv4 address, never more words for QEMU's monitor
+            try:
+                guest_addr = str(ipaddress.IPv4Address(guest_addr))
+            except ValueError:
+                raise FastPortError(f"not a guest IPv4 address: {guest_addr!r}") from None
         out = self._hmp(f"hostfwd_add {self.netdev} tcp:{host}:{host_port}-{guest_addr}:{guest_port}").strip()
         if out:  # HMP answers nothing on success, an error line otherwise
             raise FastPortError(out)
