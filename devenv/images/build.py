@@ -48,7 +48,8 @@ from devenv.images.cache import ImageRecord
 from devenv.images.debian import StepFn
 from devenv.pidutil import pid_alive
 
-BUILDER_VERSION = 1
+# 2: the local busybox image imported at build time (devenv/images/bake.py)
+BUILDER_VERSION = 2
 BUILDERS = ("debian",)
 REQUIRED_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img")
 
@@ -235,7 +236,7 @@ def _build_into(
     step: StepFn,
     compress: bool,
 ) -> ImageRecord:
-    from devenv.images import checksums, debian
+    from devenv.images import bake, checksums, debian
 
     root, out = work / "root", work / "out"
     root.mkdir(parents=True)
@@ -247,14 +248,29 @@ def _build_into(
     }
     timings: dict[str, float] = {}
     started = time.monotonic()
-    debian.build_rootfs(root, out, spec, arch, mirror, env, step)
+    kernel, initrd = debian.build_rootfs(root, out, spec, arch, mirror, env, step)
     timings["rootfs"] = time.monotonic() - started
     step("write manifest")
     files = debian.write_manifest(root, out / "manifest.txt")
-    step("make ext4 filesystem and convert to qcow2")
+    skip = bake.skip_reason(arch, (root / bake.BAKE_INIT.lstrip("/")).is_file())
+
+    def bake_local_image(raw: Path) -> None:
+        if skip is not None:
+            step(f"import the local devenv/busybox image: skipped ({skip})")
+        else:
+            step("import the local devenv/busybox image into the disk's dockerd (boots it once)")
+            t = time.monotonic()
+            accel = bake.bake(arch, raw, kernel, initrd, debian.cmdline(spec, arch), work)
+            bake.run_check(raw)
+            timings["bake"] = time.monotonic() - t
+            meta_extra["bake"] = {"accelerator": accel}
+        step("convert to qcow2")
+
+    meta_extra: dict[str, object] = {}
+    step("make ext4 filesystem")
     t = time.monotonic()
-    virtual = debian.make_disk(root, work, out / "disk.qcow2", compress=compress)
-    timings["disk"] = time.monotonic() - t
+    virtual = debian.make_disk(root, work, out / "disk.qcow2", compress=compress, before_convert=bake_local_image)
+    timings["disk"] = time.monotonic() - t - timings.get("bake", 0.0)
     remove_tree(root)
     step("hash disk")
     digest = checksums.hash_file(out / "disk.qcow2")["sha256"]
@@ -279,6 +295,7 @@ def _build_into(
         "virtual_size": virtual,
         "files": files,
         "seconds": {k: round(v, 1) for k, v in timings.items()},
+        **meta_extra,
     }
     cache.write_json_atomic(out / "build.json", meta)
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -48,11 +48,12 @@ def configure_script() -> Path:
 
 def image_assets() -> list[Path]:
     """Files configure.sh installs from /tmp/devenv-image: the seed unit that replaces
-    cloud-init at first boot, and busybox.sh, which makes the busybox root filesystem."""
+    cloud-init at first boot, and the engine scripts (docker.sh configures the
+    default engine at build time; busybox.sh makes the busybox root filesystem)."""
     base = paths.packaged_dir("provisioning")
     if base is None:
         raise ImageError("devenv's provisioning files are missing from this installation", "reinstall devenv")
-    return [*sorted((base / "image").iterdir()), base / "engines" / "busybox.sh"]
+    return [*sorted((base / "image").iterdir()), *sorted((base / "engines").glob("*.sh"))]
 
 
 def packages(spec: BuildSpec, arch: str) -> list[str]:
@@ -213,13 +214,21 @@ def write_manifest(root: Path, dest: Path) -> int:
     return count
 
 
-def make_disk(root: Path, work: Path, dest: Path, *, compress: bool = True) -> int:
+def make_disk(
+    root: Path,
+    work: Path,
+    dest: Path,
+    *,
+    compress: bool = True,
+    before_convert: Callable[[Path], None] | None = None,
+) -> int:
     """ext4 from the folder (mkfs.ext4 -d, no mounts), converted to a sparse qcow2. Returns the virtual size.
 
     compress: zstd-compressed qcow2 clusters (QEMU >= 5.1 reads them). Measured
     here: 813 MiB -> 270 MiB for +4 s of build; zlib took 20 s for 279 MiB. The
     base is only read (instances write their overlays), so compressed clusters
-    cost nothing on writes.
+    cost nothing on writes. `before_convert(raw)` runs on the raw ext4 disk
+    before it becomes the qcow2 (the bake, devenv/images/bake.py).
     """
     raw = work / "disk.raw"
     size = disk_size_for(tree_size(root))
@@ -231,6 +240,8 @@ def make_disk(root: Path, work: Path, dest: Path, *, compress: bool = True) -> i
             check=True,
             hint="mkfs.ext4 -d needs e2fsprogs >= 1.43",
         )
+        if before_convert is not None:
+            before_convert(raw)
         argv = ["qemu-img", "convert", "-f", "raw", "-O", "qcow2"]
         if compress:
             argv += ["-c", "-o", "compression_type=zstd"]
@@ -259,6 +270,6 @@ def build_rootfs(
     apt_install(root, after_pre)
     step("extract kernel and initrd")
     kernel, initrd = extract_boot_files(root, out)
-    step("configure boot, network, first boot, sshd; disable engines; shrink")
+    step("configure boot, network, first boot, sshd, docker (the other engines disabled); shrink")
     run_configure(root, "post", env)
     return kernel, initrd

@@ -12,13 +12,42 @@ log() {
     echo "devenv-engine: $*"
 }
 
-# Let the devenv user use the engine's socket (takes effect at its next login).
-add_user_to_group() {
-    getent group "$1" >/dev/null || groupadd --system "$1"
-    if id -nG "$DEVENV_USER" | tr ' ' '\n' | grep -qx "$1"; then
-        return 0
+# The phase engine_main runs (all, early, ready, image, off).
+PHASE=${1:-all}
+
+# put_file PATH: stdin becomes PATH, only when the bytes differ. systemd marks a
+# unit as needing a daemon-reload when one of its files' mtime moves, even to the
+# same content; an image built with the engine configured (phase image) gets the
+# same files again at first boot, and must not pay a reload (~2 s under TCG) and
+# an engine restart for them.
+put_file() {
+    # builtins where they do: under TCG each process costs ~0.1 s at first boot
+    [ -d "${1%/*}" ] || mkdir -p "${1%/*}"
+    cat > "$1.devenv-new"
+    if cmp -s "$1.devenv-new" "$1"; then
+        rm -f "$1.devenv-new"
+    else
+        mv "$1.devenv-new" "$1"
     fi
-    usermod -aG "$1" "$DEVENV_USER"
+}
+
+# Let the devenv user use the engine's socket (takes effect at its next login).
+# At image build time the group is made, the user (made at first boot) not yet.
+# /etc/group is read with builtins: the guest's accounts are all local, and
+# under TCG each process costs ~0.1 s at first boot.
+ETC_GROUP=/etc/group
+
+add_user_to_group() {
+    exists=no
+    member=no
+    while IFS=: read -r name _ _ members; do
+        [ "$name" = "$1" ] || continue
+        exists=yes
+        case ",$members," in *",$DEVENV_USER,"*) member=yes ;; esac
+    done < "$ETC_GROUP"
+    [ "$exists" = yes ] || groupadd --system "$1"
+    [ "$PHASE" != image ] || return 0
+    [ "$member" = yes ] || usermod -aG "$1" "$DEVENV_USER"
 }
 
 # wait_for_socket PATH SECONDS: polled every 0.2 s (the engine's first answer
@@ -64,7 +93,6 @@ early_unit() {
         log "no packaged $unit: its ordering is left as it is"
         return 0
     fi
-    out=/etc/systemd/system/$unit
     awk -v src="$src" -v after="$2" -v wants="$3" '
         /^\[/ { section = $0 }
         section == "[Unit]" && /^(After|Wants|DefaultDependencies)=/ { next }
@@ -77,8 +105,7 @@ early_unit() {
             print "Conflicts=shutdown.target"
             print "Before=shutdown.target"
         }
-    ' "$src" > "$out.devenv-new"
-    mv "$out.devenv-new" "$out"
+    ' "$src" | put_file "/etc/systemd/system/$unit"
 }
 
 apparmor_enabled() {
@@ -99,6 +126,9 @@ apparmor_enabled() {
 apparmor_fix_for_unit() {
     unit=$1
     dropin=/etc/systemd/system/$unit.d/20-devenv-apparmor.conf
+    # At image build time this is the build host's kernel, not the guest's:
+    # the first boot decides (images devenv builds boot with apparmor=0).
+    [ "$PHASE" != image ] || return 0
     if ! apparmor_enabled; then
         log "AppArmor is off in this kernel: nothing to do for $unit"
         rm -f "$dropin"
@@ -113,7 +143,7 @@ apparmor_fix_for_unit() {
     log "AppArmor is on but apparmor_parser is missing: $unit sees AppArmor as off (install apparmor in the image to confine containers)"
     mkdir -p /usr/local/lib/devenv "/etc/systemd/system/$unit.d"
     echo N > /usr/local/lib/devenv/apparmor-disabled
-    printf '[Service]\nBindReadOnlyPaths=/usr/local/lib/devenv/apparmor-disabled:/sys/module/apparmor/parameters/enabled\n' > "$dropin"
+    printf '[Service]\nBindReadOnlyPaths=/usr/local/lib/devenv/apparmor-disabled:/sys/module/apparmor/parameters/enabled\n' | put_file "$dropin"
 }
 
 # local_rootfs_tar: print the path of the busybox root filesystem as a tar:
@@ -183,29 +213,68 @@ guest_arch() {
     dpkg --print-architecture 2>/dev/null || uname -m
 }
 
-# reload_if_needed UNIT...: one daemon-reload, only when systemd holds an older
-# definition of one of the units than the files now say. At first boot the
-# engine's units were never loaded, so the new files are read when they start:
-# each reload costs ~2 s under TCG.
-reload_if_needed() {
-    if systemctl show -p NeedDaemonReload --value "$@" 2>/dev/null | grep -qx yes; then
-        systemctl daemon-reload
-    fi
+# stale_units UNIT...: those of the units whose files changed since systemd
+# loaded them (NeedDaemonReload). At first boot an engine's units were never
+# loaded, so none is stale; on an image built with the engine configured and
+# running, a file the seed brought (the proxy drop-in) makes its unit stale.
+stale_units() {
+    # one block of properties per unit, blank lines between, in systemd's order
+    systemctl show -p Id -p NeedDaemonReload "$@" 2>/dev/null | awk -F= '
+        function flush() { if (need == "yes" && id != "") printf "%s ", id; id = ""; need = "" }
+        $0 == "" { flush(); next }
+        $1 == "Id" { id = $2 }
+        $1 == "NeedDaemonReload" { need = $2 }
+        END { flush() }'
+}
+
+# Debian's image devenv built has docker configured and enabled (its default
+# engine; vmimages/builders/debian/configure.sh): another runtime first turns
+# it off with the image's own docker.sh, which knows what it set up.
+docker_off_for_another_runtime() {
+    grep -qx 'DEVENV_ENGINE_ENABLED="docker"' /etc/devenv/image.env 2>/dev/null || return 0
+    sh "$(dirname "$0")/docker.sh" off
+}
+
+# The scripts that configured the engine when the image was built (phase
+# image), as sha256sum prints them: the first boot skips configure and enable
+# when the same scripts would run again (each of their few dozen processes costs
+# ~0.1 s under TCG, on the path to sshd).
+ENGINE_CONFIGURED=/etc/devenv/engine-configured
+
+scripts_sum() {
+    sha256sum "$(dirname "$0")/common.sh" "$0"
+}
+
+# configured_by_image: the image's configure ran with these very scripts, and
+# nothing it skipped at build time applies here (AppArmor on in this kernel).
+configured_by_image() {
+    [ -f "$ENGINE_CONFIGURED" ] && ! apparmor_enabled &&
+        [ "$(cat "$ENGINE_CONFIGURED")" = "$(scripts_sum)" ]
 }
 
 # engine_main PHASE: the engine script's phases. Each script defines
-# configure (files and groups only), ENABLE (units to enable), START (units to
-# start) and ready (wait for the socket, import the local image).
+# configure (files only), GROUP (whose members may use the socket; the devenv
+# user joins it), ENABLE (units to enable), START (units to start) and ready
+# (wait for the socket, import the local image).
 #   all    (default) the whole job on a running system: configure,
 #          daemon-reload, enable and start, ready. cloud-init runs this.
 #   early  configure, enable and start without waiting and without a reload
 #          unless one is needed: the first boot of an image devenv built
 #          (devenv/provision/earlyboot.py), before sshd, so the engine starts
-#          beside the rest of the boot.
+#          beside the rest of the boot. Configure and enable are skipped when
+#          the image was configured by the same scripts. A unit already
+#          running whose files changed (the image had the engine running from
+#          boot, the seed added a proxy drop-in) is restarted; the rest only
+#          started.
 #   ready  after early: wait for the socket, import the local image.
+#   image  at image build time, in the new root (no systemd running, no user
+#          yet): configure and enable, so the image boots with the engine
+#          starting at once and the first boot finds its files unchanged.
+#   off    (docker.sh only) undo what image did, for another runtime.
 engine_main() {
-    case "${1:-all}" in
+    case "$PHASE" in
         all)
+            add_user_to_group "$GROUP"
             configure
             systemctl daemon-reload
             # shellcheck disable=SC2086 # word lists on purpose
@@ -214,19 +283,54 @@ engine_main() {
             ready
             ;;
         early)
-            configure
-            # SKIP_SYSV: docker has an init script too, and keeping its rc.d
-            # links in step runs update-rc.d (perl) and two daemon-reloads.
+            add_user_to_group "$GROUP"
+            if configured_by_image; then
+                log "configured and enabled when the image was built, by these same scripts"
+            else
+                configure
+                # SKIP_SYSV: docker has an init script too, and keeping its rc.d
+                # links in step runs update-rc.d (perl) and two daemon-reloads.
+                # shellcheck disable=SC2086
+                SYSTEMCTL_SKIP_SYSV=1 systemctl enable --no-reload $ENABLE
+            fi
             # shellcheck disable=SC2086
-            SYSTEMCTL_SKIP_SYSV=1 systemctl enable --no-reload $ENABLE
+            stale=$(stale_units $ENABLE $START)
+            to_restart=""
+            to_start=""
+            for unit in $START; do
+                case " $stale" in
+                    *" $unit "*) to_restart="$to_restart $unit" ;;
+                    *) to_start="$to_start $unit" ;;
+                esac
+            done
+            if [ -n "$stale" ]; then
+                log "changed since systemd loaded them: ${stale% }; reloading"
+                systemctl daemon-reload
+            fi
             # shellcheck disable=SC2086
-            reload_if_needed $ENABLE $START
+            [ -z "$to_restart" ] || systemctl restart --no-block $to_restart
             # shellcheck disable=SC2086
-            systemctl start --no-block $START
+            [ -z "$to_start" ] || systemctl start --no-block $to_start
             ;;
         ready) ready ;;
+        image)
+            add_user_to_group "$GROUP"
+            configure
+            # shellcheck disable=SC2086
+            systemctl enable $ENABLE
+            mkdir -p "${ENGINE_CONFIGURED%/*}"
+            scripts_sum > "$ENGINE_CONFIGURED"
+            ;;
+        off)
+            if command -v off >/dev/null 2>&1; then
+                off
+            else
+                log "phase off is docker.sh's only"
+                return 2
+            fi
+            ;;
         *)
-            log "unknown phase $1 (all, early, ready)"
+            log "unknown phase $PHASE (all, early, ready, image, off)"
             return 2
             ;;
     esac

@@ -10,13 +10,15 @@ set -eu
 SOCK=/run/containerd/containerd.sock
 
 configure() {
-    add_user_to_group containerd
+    docker_off_for_another_runtime
     # containerd has no SocketGroup; set it after each start instead of editing config.toml.
     mkdir -p /etc/systemd/system/containerd.service.d
     printf '[Service]\nExecStartPost=/bin/sh -c "chgrp containerd %s && chmod 0660 %s"\n' "$SOCK" "$SOCK" \
         > /etc/systemd/system/containerd.service.d/10-devenv-socket.conf
 }
 
+# the group whose members may use the engine's socket
+GROUP=containerd
 ENABLE=containerd.service
 START=containerd.service
 

@@ -2,7 +2,9 @@
 # devenv: enable Docker (Debian's docker.io, installed but disabled in the image)
 # for the devenv user, and build devenv/busybox:latest without a registry.
 # Run as root at first boot (`docker.sh [all|early|ready]`, see engine_main in
-# common.sh); idempotent.
+# common.sh), or at image build time (`docker.sh image`: Debian's image devenv
+# builds boots with docker configured and starting; `docker.sh off` undoes that
+# for another runtime); idempotent.
 set -eu
 # shellcheck source-path=SCRIPTDIR source=common.sh
 . "$(dirname "$0")/common.sh"
@@ -22,7 +24,7 @@ configure_docker_network() {
     if [ ! -e /etc/docker/daemon.json ]; then
         printf '{\n  "iptables": false\n}\n' > /etc/docker/daemon.json
     fi
-    cat > /usr/local/lib/devenv/docker-nat.sh <<'NAT'
+    put_file /usr/local/lib/devenv/docker-nat.sh <<'NAT'
 #!/bin/sh
 # devenv: outbound NAT for containers while dockerd runs with "iptables": false.
 set -eu
@@ -35,7 +37,7 @@ for pool in 172.16.0.0/12 192.168.0.0/16; do
 done
 NAT
     chmod 0755 /usr/local/lib/devenv/docker-nat.sh
-    cat > /etc/systemd/system/devenv-docker-nat.service <<'UNIT'
+    put_file /etc/systemd/system/devenv-docker-nat.service <<'UNIT'
 [Unit]
 Description=devenv: outbound NAT for containers (dockerd runs with iptables off)
 # After the engine, not beside it: its iptables runs cost ~3 s of CPU under TCG, which
@@ -57,8 +59,8 @@ UNIT
 # showed 1.5 s from "Loading containers" to done, most of it loading bridge and
 # xfrm_user. systemd-modules-load loads them at sysinit instead, off that wait.
 preload_docker_modules() {
-    printf '# devenv: modules dockerd loads at start, loaded earlier in boot.\noverlay\nbridge\nxfrm_user\n' \
-        > /etc/modules-load.d/devenv-docker.conf
+    printf '# devenv: modules dockerd loads at start, loaded earlier in boot.\noverlay\nbridge\nxfrm_user\n' |
+        put_file /etc/modules-load.d/devenv-docker.conf
 }
 
 # docker.service is ordered after containerd.service, which is Type=notify: so
@@ -72,9 +74,8 @@ preload_docker_modules() {
 # unexpected. Its ExecStartPre (`modprobe overlay`, one more process on that
 # path) goes too: systemd-modules-load has loaded overlay already.
 start_containerd_beside_docker() {
-    mkdir -p /etc/systemd/system/containerd.service.d
-    printf '# devenv: see provisioning/engines/docker.sh\n[Service]\nType=exec\nNotifyAccess=main\nExecStartPre=\n' \
-        > /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf
+    printf '# devenv: see provisioning/engines/docker.sh\n[Service]\nType=exec\nNotifyAccess=main\nExecStartPre=\n' |
+        put_file /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf
 }
 
 # This containerd serves dockerd alone, which uses neither its CRI plugin (the
@@ -84,13 +85,19 @@ start_containerd_beside_docker() {
 # containerd's CPU until it serves fell from 0.79-0.86 s to 0.56-0.61 s, and
 # "booted in" from 0.4 s to 0.2 s. Only Debian's stock file (version 2, no
 # disabled_plugins line) is changed; any other choice stands.
-trim_containerd_plugins() {
-    conf=/etc/containerd/config.toml
-    [ -f "$conf" ] && grep -qx 'version = 2' "$conf" || return 0
-    grep -q '^disabled_plugins' "$conf" && return 0
+CONTAINERD_CONF=/etc/containerd/config.toml
+
+trimmed_plugins_line() {
     plugins='"io.containerd.grpc.v1.cri"'
     for s in aufs btrfs zfs devmapper; do plugins="$plugins, \"io.containerd.snapshotter.v1.$s\""; done
-    sed -i "/^version = 2\$/a disabled_plugins = [$plugins]" "$conf"
+    echo "disabled_plugins = [$plugins]"
+}
+
+trim_containerd_plugins() {
+    conf=$CONTAINERD_CONF
+    [ -f "$conf" ] && grep -qx 'version = 2' "$conf" || return 0
+    grep -q '^disabled_plugins' "$conf" && return 0
+    sed -i "/^version = 2\$/a $(trimmed_plugins_line)" "$conf"
 }
 
 # The package's docker.service waits for basic.target and network-online.target,
@@ -117,8 +124,7 @@ trim_containerd_plugins() {
 # /etc/resolv.conf points to, so resolv-stub.sh writes systemd's fixed copy of
 # it first (ExecStartPre); resolved replaces it with its own when it starts.
 start_engine_early() {
-    mkdir -p /usr/local/lib/devenv /etc/systemd/system/docker.socket.d /etc/systemd/system/docker.service.d
-    cat > /usr/local/lib/devenv/resolv-stub.sh <<'STUB'
+    put_file /usr/local/lib/devenv/resolv-stub.sh <<'STUB'
 #!/bin/sh
 # devenv: before dockerd starts, make sure /etc/resolv.conf (the symlink to
 # systemd-resolved's stub file) can be read; see provisioning/engines/docker.sh.
@@ -133,10 +139,10 @@ set -C
 cat /usr/lib/systemd/resolv.conf 2>/dev/null > "$stub" || true
 STUB
     chmod 0755 /usr/local/lib/devenv/resolv-stub.sh
-    printf '# devenv: see provisioning/engines/docker.sh (start_engine_early)\n[Service]\nExecStartPre=-/bin/sh /usr/local/lib/devenv/resolv-stub.sh\n' \
-        > /etc/systemd/system/docker.service.d/10-devenv-resolv-stub.conf
-    printf '# devenv: see provisioning/engines/docker.sh (start_engine_early)\n[Unit]\nDefaultDependencies=no\nBefore=sockets.target shutdown.target\nConflicts=shutdown.target\n' \
-        > /etc/systemd/system/docker.socket.d/10-devenv-early.conf
+    printf '# devenv: see provisioning/engines/docker.sh (start_engine_early)\n[Service]\nExecStartPre=-/bin/sh /usr/local/lib/devenv/resolv-stub.sh\n' |
+        put_file /etc/systemd/system/docker.service.d/10-devenv-resolv-stub.conf
+    printf '# devenv: see provisioning/engines/docker.sh (start_engine_early)\n[Unit]\nDefaultDependencies=no\nBefore=sockets.target shutdown.target\nConflicts=shutdown.target\n' |
+        put_file /etc/systemd/system/docker.socket.d/10-devenv-early.conf
     early_unit containerd.service "" ""
     early_unit docker.service "docker.socket containerd.service" containerd.service
 }
@@ -148,13 +154,39 @@ configure() {
     start_engine_early
     trim_containerd_plugins
     configure_docker_network
-    add_user_to_group docker
 }
 
 # containerd is started (a restart when it runs already, so its trimmed
 # plugins apply) but not enabled: docker.service wants it.
+# the group whose members may use the engine's socket
+GROUP=docker
 ENABLE="docker.socket docker.service devenv-docker-nat.service"
 START="containerd.service docker.socket docker.service"
+
+# off: what `docker.sh image` set up, undone at the first boot of an instance
+# that chose another runtime: docker's units disabled and stopped (it may be
+# starting already), containerd's unit, drop-in, plugins line and the
+# module list given back to the package's defaults, and the mark of the local
+# image the build imported into docker removed. Files other than devenv's are
+# left alone.
+off() {
+    SYSTEMCTL_SKIP_SYSV=1 systemctl disable --no-reload docker.socket docker.service devenv-docker-nat.service
+    # containerd too: docker.service started it; the containerd runtime's
+    # restart of it (its unit changed below) takes this job's place.
+    systemctl stop --no-block docker.socket docker.service containerd.service
+    rm -f /etc/systemd/system/containerd.service \
+        /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf \
+        /etc/modules-load.d/devenv-docker.conf
+    if [ -f "$CONTAINERD_CONF" ] && grep -qxF "$(trimmed_plugins_line)" "$CONTAINERD_CONF"; then
+        line=$(trimmed_plugins_line)
+        awk -v line="$line" '$0 != line' "$CONTAINERD_CONF" > "$CONTAINERD_CONF.devenv-new"
+        mv "$CONTAINERD_CONF.devenv-new" "$CONTAINERD_CONF"
+    fi
+    # the build imported the local image into docker's store alone
+    # (provisioning/image/bake-local-image.sh): the chosen runtime imports its own
+    rm -f "$LOCAL_IMAGE_DONE" "$ENGINE_CONFIGURED"
+    log "docker turned off for another runtime"
+}
 
 ready() {
     wait_for_socket /var/run/docker.sock 120

@@ -13,8 +13,8 @@ set -eu
 SOCK=/run/podman/podman.sock
 
 configure() {
+    docker_off_for_another_runtime
     apparmor_fix_for_unit podman.service
-    add_user_to_group podman
     # Debian's tmpfiles.d makes /run/podman 0700 root:root at every boot, so the group never reached the
     # socket inside it: the same file in /etc (which wins) with that one line opened to the group.
     src=/usr/lib/tmpfiles.d/podman.conf
@@ -32,6 +32,8 @@ configure() {
         printf 'CONTAINER_HOST="unix://%s"\n' "$SOCK" >> /etc/environment
 }
 
+# the group whose members may use the engine's socket
+GROUP=podman
 ENABLE=podman.socket
 START=podman.socket
 

@@ -68,6 +68,21 @@ def _guest(d: Devenv, name: str, script: str) -> str:
     return d.ok("exec", "-n", name, "--", "sh", "-c", script).stdout.decode()
 
 
+def test_the_images_docker_is_off_and_containerd_is_as_its_package_made_it(machine: tuple[Devenv, str]) -> None:
+    """The image boots with docker configured and starting; a containerd instance's first boot undoes that."""
+    d, name = machine
+    script = (
+        "systemctl is-enabled docker.service docker.socket devenv-docker-nat.service; "
+        "systemctl is-active docker.service docker.socket containerd.service; "
+        "systemctl show --value -p Type containerd.service; "
+        "grep -c '^disabled_plugins' /etc/containerd/config.toml; "
+        "test -e /etc/devenv/engine-configured && echo docker-record-left; true"
+    )
+    assert _guest(d, name, script).split() == [
+        "disabled", "disabled", "disabled", "inactive", "inactive", "active", "notify", "0",
+    ]  # fmt: skip
+
+
 def test_the_host_proxy_reaches_the_guest_readable_by_its_user_alone(machine: tuple[Devenv, str]) -> None:
     d, name = machine
     lines = dict(
@@ -92,6 +107,9 @@ def test_the_host_proxy_reaches_the_guest_readable_by_its_user_alone(machine: tu
     ], modes
     engine_env = _guest(d, name, "systemctl show containerd -p Environment")
     assert f"HTTP_PROXY={url}" in engine_env, engine_env
+    # in the running containerd too: it started from the image's boot and was restarted for the drop-in
+    running = _guest(d, name, "sudo cat /proc/$(systemctl show --value -p MainPID containerd)/environ | tr '\\0' '\\n'")
+    assert f"HTTP_PROXY={url}" in running.splitlines(), running
     # any other account in the guest is refused
     other = d.run(
         "exec",

@@ -84,6 +84,16 @@ def test_the_docker_cli_speaks_to_podman_through_docker_env(machine: Podman) -> 
     assert b"Podman Engine" in version.stdout, version
 
 
+def test_the_images_docker_is_off(machine: Podman) -> None:
+    """The image boots with docker configured and starting; a podman instance's first boot stops and disables it."""
+    script = (
+        "systemctl is-enabled docker.service docker.socket; "
+        "systemctl is-active docker.service docker.socket containerd.service; true"
+    )
+    out = machine.d.ok("exec", "-n", machine.name, "--", "sh", "-c", script).stdout.decode()
+    assert out.split() == ["disabled", "disabled", "inactive", "inactive", "inactive"], out
+
+
 def test_delete_removes_the_podman_connection(machine: Podman) -> None:
     machine.d.ok("delete", "--force", "-n", machine.name, timeout=300)
     listed = machine.podman("system", "connection", "list", "--format", "{{.Name}}")

@@ -150,6 +150,21 @@ def test_the_guest_boots_as_start_configured_it(vm: VM, driver: DriverCase) -> N
     assert as_nobody.returncode != 0 and b"Permission denied" in as_nobody.stderr, as_nobody
 
 
+def test_the_first_boot_found_docker_configured_and_the_local_image_imported(vm: VM) -> None:
+    """The image came with both (docker.sh's image phase, devenv/images/bake.py): the first boot only checked."""
+    d, name, _ = vm
+    log = d.ok("exec", "-n", name, "--", "sudo", "-n", "cat", "/var/log/devenv-provision.log").stdout.decode()
+    assert "configured and enabled when the image was built, by these same scripts" in log, log
+    assert "devenv/busybox:latest exists" in log and "built devenv/busybox" not in log, log
+    if not any(k.lower().endswith("_proxy") for k in d.env):  # a proxy drop-in would restart dockerd, rightly
+        assert "reloading" not in log, log
+    ids = d.ok("exec", "-n", name, "--", "docker", "image", "ls", "-q", "--no-trunc", LOCAL_IMAGE).stdout.split()
+    assert len(ids) == 1, ids
+    # what the bake's dockerd would otherwise have left shared by every instance: made here, by this guest's own
+    engine_id = d.ok("exec", "-n", name, "--", "sudo", "-n", "cat", "/var/lib/docker/engine-id").stdout.strip()
+    assert len(engine_id) >= 32, engine_id
+
+
 def test_resolv_stub_makes_resolved_s_stub_readable_and_never_replaces_it(vm: VM) -> None:
     """What dockerd reads when it starts before systemd-resolved: run in a mount namespace of the real guest."""
     d, name, _ = vm

@@ -9,6 +9,7 @@ check the cached result. Contents are read from a raw copy with debugfs
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import subprocess
@@ -219,16 +220,40 @@ def test_e2scrub_does_not_run_at_boot(raw: Path) -> None:
     assert "/ssh.service/" in debugfs(raw, "ls -p /etc/systemd/system/multi-user.target.wants")
 
 
-def test_engines_installed_but_not_enabled(raw: Path) -> None:
+def test_docker_configured_and_enabled_the_other_engines_not(raw: Path) -> None:
+    """The default engine starts from the image's first boot as early as in later ones (docker.sh image)."""
     wants = debugfs(raw, "ls -p /etc/systemd/system/multi-user.target.wants")
     sockets = debugfs(raw, "ls -p /etc/systemd/system/sockets.target.wants")
-    for unit in ("docker.service", "containerd.service"):
-        assert f"/{unit}/" not in wants
-    for unit in ("docker.socket", "podman.socket"):
-        assert f"/{unit}/" not in sockets
-    assert "/ssh.service/" in wants
+    assert "/docker.service/" in wants and "/devenv-docker-nat.service/" in wants
+    assert "/docker.socket/" in sockets
+    assert "/containerd.service/" not in wants  # docker.service wants it; another runtime owns it otherwise
+    assert "/podman.socket/" not in sockets and "/podman.service/" not in wants
+    docker_unit = debugfs(raw, "cat /etc/systemd/system/docker.service")
+    assert "DefaultDependencies=no" in docker_unit.splitlines()
+    assert '"iptables": false' in debugfs(raw, "cat /etc/docker/daemon.json")
+    assert "disabled_plugins = [" in debugfs(raw, "cat /etc/containerd/config.toml")
+    assert not exists(raw, "/etc/systemd/system/docker.service.d/20-devenv-apparmor.conf")  # the guest decides
+    for script in ("common.sh", "busybox.sh", "docker.sh", "podman.sh", "containerd.sh"):
+        assert exists(raw, f"/usr/local/lib/devenv/engines/{script}"), script
     marker = debugfs(raw, "cat /etc/devenv/image.env")
     assert 'DEVENV_ENGINES="docker podman containerd"' in marker
+    assert 'DEVENV_ENGINE_ENABLED="docker"' in marker.splitlines()
+
+
+def test_the_local_image_is_in_dockers_store_and_nothing_of_a_running_engine(built: ImageRecord, raw: Path) -> None:
+    """The build booted its disk once and imported devenv/busybox (devenv/images/bake.py)."""
+    meta = json.loads((built.disk.parent / "build.json").read_text())
+    assert meta["bake"]["accelerator"] in ("kvm", "tcg"), meta
+    repos = json.loads(debugfs(raw, "cat /var/lib/docker/image/overlay2/repositories.json"))
+    image_id = repos["Repositories"]["devenv/busybox"]["devenv/busybox:latest"]
+    config = json.loads(debugfs(raw, f"cat /var/lib/docker/image/overlay2/imagedb/content/sha256/{image_id[7:]}"))
+    assert config["config"]["Cmd"] == ["/bin/sh"] and len(config["rootfs"]["diff_ids"]) == 1
+    assert exists(raw, "/var/lib/devenv/local-image")  # docker.sh's ready skips the import
+    # an identity or state of one engine would be shared by every instance
+    for path in ("/var/lib/docker/engine-id", "/etc/docker/key.json", "/var/lib/docker/network"):
+        assert not exists(raw, path), path
+    assert debugfs(raw, "cat /etc/machine-id") == ""
+    assert not exists(raw, "/var/lib/devenv/seeded") and not exists(raw, "/var/lib/devenv/provisioned")
 
 
 def test_network_is_dhcp_on_the_virtio_nic(raw: Path) -> None:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from devenv.errors import ImageError, PermissionProblem
-from devenv.images import build, cache, debian, definitions
+from devenv.images import bake, build, cache, debian, definitions
 from devenv.images.definitions import BuildSpec
 
 MIRROR = "http://mirror.example/debian"
@@ -99,8 +101,14 @@ def _fake_rootfs(
     return kernel, initrd
 
 
-def _fake_disk(root: Path, work: Path, dest: Path, *, compress: bool = True) -> int:
-    dest.write_bytes(b"QFI\xfb" + b"\0" * 60)
+def _fake_disk(
+    root: Path, work: Path, dest: Path, *, compress: bool = True, before_convert: Callable[[Path], None] | None = None
+) -> int:
+    raw = work / "disk.raw"
+    raw.write_bytes(b"ext4")
+    if before_convert is not None:
+        before_convert(raw)
+    dest.write_bytes(b"QFI\xfb" + raw.read_bytes()[:4] + b"\0" * 56)
     return 2 * 1024**3
 
 
@@ -117,6 +125,7 @@ def test_build_then_cached_hit_needs_no_root(monkeypatch: pytest.MonkeyPatch) ->
     assert [line.split()[0][0] + " " + line.split()[-1] for line in manifest] == ["d /etc", "- /etc/hostname"]
     assert manifest[1].endswith(" 7 /etc/hostname")
     assert steps[0] == "fake rootfs"
+    assert "import the local devenv/busybox image: skipped (the image has no docker)" in steps
     assert cache.read_record("debian-12", "x86_64") == record
     assert list(cache.tmp_dir().glob("build-*-*")) == []
 
@@ -187,3 +196,35 @@ def test_the_kernel_is_installed_after_the_initramfs_rules() -> None:
     assert "initramfs-tools" in rest and "systemd-sysv" in rest
     assert not any(name.startswith("linux-image-") for name in rest)
     assert debian.split_kernel(["busybox"]) == (["busybox"], [])
+
+
+def test_the_bake_runs_on_the_raw_disk_before_it_becomes_the_qcow2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The build boots its own disk once (devenv/images/bake.py); here that boot is recorded, not run."""
+
+    def rootfs_with_docker(root: Path, out: Path, *args: object) -> tuple[Path, Path]:
+        kernel, initrd = _fake_rootfs(root, out, *args)  # type: ignore[arg-type]
+        script = root / bake.BAKE_INIT.lstrip("/")
+        script.parent.mkdir(parents=True)
+        script.write_text("#!/bin/sh\n")
+        return kernel, initrd
+
+    baked: list[tuple[str, bytes, str, str]] = []
+
+    def fake_bake(arch: str, raw: Path, kernel: Path, initrd: Path, cmdline: str, work: Path) -> str:
+        baked.append((arch, raw.read_bytes(), kernel.name, cmdline))
+        raw.write_bytes(b"bake")  # what the qcow2 is made of must be the baked disk
+        return "tcg"
+
+    monkeypatch.setattr(build, "_check_host", lambda arch: None)
+    monkeypatch.setattr(debian, "build_rootfs", rootfs_with_docker)
+    monkeypatch.setattr(debian, "make_disk", _fake_disk)
+    monkeypatch.setattr(bake, "skip_reason", lambda arch, has_script: None if has_script else "no docker")
+    monkeypatch.setattr(bake, "bake", fake_bake)
+    monkeypatch.setattr(bake, "run_check", lambda raw: None)
+    steps: list[str] = []
+    record = build.build("debian-12", "x86_64", mirror=MIRROR, progress=steps.append)
+    assert baked == [("x86_64", b"ext4", "vmlinuz", record.cmdline)]
+    assert record.disk.read_bytes()[4:8] == b"bake"
+    meta = json.loads((record.disk.parent / "build.json").read_text())
+    assert meta["bake"] == {"accelerator": "tcg"} and "bake" in meta["seconds"]
+    assert any(s.startswith("import the local devenv/busybox image into") for s in steps)

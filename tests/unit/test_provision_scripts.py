@@ -117,3 +117,118 @@ def test_busybox_rootfs_and_docker_archive(tmp_path: Path) -> None:
     config = json.loads(config_bytes)
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer_bytes).hexdigest()]
     assert config["architecture"] == "amd64" and config["config"]["Cmd"] == ["/bin/sh"]
+
+
+@posix
+def test_put_file_leaves_the_same_bytes_untouched(tmp_path: Path) -> None:
+    """systemd asks for a daemon-reload when a unit file's mtime moves, even to the same bytes."""
+    unit = tmp_path / "etc/systemd/system/x.service.d/10.conf"
+    assert _sh('printf "[Service]\\nA=1\\n" | put_file "$1"', str(unit)).returncode == 0
+    assert unit.read_text() == "[Service]\nA=1\n"
+    os.utime(unit, ns=(1_000_000_000, 1_000_000_000))
+    assert _sh('printf "[Service]\\nA=1\\n" | put_file "$1"', str(unit)).returncode == 0
+    assert unit.stat().st_mtime_ns == 1_000_000_000
+    assert _sh('printf "[Service]\\nA=2\\n" | put_file "$1"', str(unit)).returncode == 0
+    assert unit.read_text() == "[Service]\nA=2\n" and unit.stat().st_mtime_ns != 1_000_000_000
+    assert sorted(p.name for p in unit.parent.iterdir()) == ["10.conf"]  # no .devenv-new left
+
+
+def _early(tmp_path: Path, stale: set[str], configured_as: str | None = None) -> list[list[str]]:
+    """engine_main early against a systemctl that records its calls; `stale` units answer NeedDaemonReload=yes.
+
+    configured_as: what the image's record of its configure holds ("same": what these scripts' sums are).
+    configure and the user's group are recorded, not done (they write /etc)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    # like systemd: one block per unit, properties in its own order (not -p's), blank lines between
+    fake = bin_dir / "systemctl"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        '[ "$1" = show ] || exit 0\n'
+        "shift 4\n"
+        'for u in "$@"; do\n'
+        '    case " $STALE " in *" $u "*) n=yes ;; *) n=no ;; esac\n'
+        '    printf "NeedDaemonReload=%s\\nId=%s\\n\\n" "$n" "$u"\n'
+        "done\n"
+    )
+    fake.chmod(0o755)
+    record = tmp_path / "engine-configured"
+    if configured_as == "same":
+        record.write_text(_sh("scripts_sum").stdout)
+    elif configured_as is not None:
+        record.write_text(configured_as)
+    snippet = (
+        f'ENGINE_CONFIGURED="{record}"; configure() {{ echo configure >> "{calls}"; }}; '
+        f'add_user_to_group() {{ echo "group $1" >> "{calls}"; }}; apparmor_enabled() {{ return 1; }}; GROUP=docker; '
+        'ENABLE="docker.socket docker.service devenv-docker-nat.service"; '
+        'START="containerd.service docker.socket docker.service"; engine_main'
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STALE": " ".join(sorted(stale))}
+    res = subprocess.run(
+        ["sh", "-c", f'. "{COMMON}"; {snippet}', str(COMMON.parent / "docker.sh"), "early"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    return [line.split() for line in calls.read_text().splitlines()]
+
+
+@posix
+def test_early_phase_only_starts_units_whose_files_did_not_change(tmp_path: Path) -> None:
+    calls = _early(tmp_path, set())
+    assert calls[:2] == [["group", "docker"], ["configure"]]
+    assert ["enable", "--no-reload", "docker.socket", "docker.service", "devenv-docker-nat.service"] in calls
+    assert ["daemon-reload"] not in calls
+    assert not any(c[0] == "restart" for c in calls)
+    assert calls[-1] == ["start", "--no-block", "containerd.service", "docker.socket", "docker.service"]
+
+
+@posix
+def test_early_phase_reloads_and_restarts_a_running_unit_given_a_new_file(tmp_path: Path) -> None:
+    """The image boots with docker starting; the seed's proxy drop-in must reach the dockerd that runs."""
+    calls = _early(tmp_path, {"docker.service"})
+    reload_at = calls.index(["daemon-reload"])
+    restart = calls.index(["restart", "--no-block", "docker.service"])
+    start = calls.index(["start", "--no-block", "containerd.service", "docker.socket"])
+    assert reload_at < restart and reload_at < start
+
+
+@posix
+@pytest.mark.parametrize("record", ["same", "older scripts\n"])
+def test_early_phase_skips_configure_the_image_did_with_the_same_scripts(tmp_path: Path, record: str) -> None:
+    calls = _early(tmp_path, set(), configured_as=record)
+    assert calls[0] == ["group", "docker"]  # the user is the instance's own: always
+    configured = ["configure"] in calls and any(c[0] == "enable" for c in calls)
+    assert configured is (record != "same")
+    assert calls[-1] == ["start", "--no-block", "containerd.service", "docker.socket", "docker.service"]
+
+
+@posix
+@pytest.mark.parametrize(
+    ("group_file", "phase", "expected"),
+    [
+        ("docker:x:999:alice,devenv\n", "early", []),
+        ("docker:x:999:devenv\n", "early", []),
+        ("docker:x:999:alice\nsudo:x:27:devenv\n", "early", ["usermod -aG docker devenv"]),
+        ("docker:x:999:\n", "early", ["usermod -aG docker devenv"]),
+        ("dockers:x:998:devenv\n", "early", ["groupadd --system docker", "usermod -aG docker devenv"]),
+        ("other:x:1:\n", "image", ["groupadd --system docker"]),  # no user yet at build time
+    ],
+)
+def test_add_user_to_group(tmp_path: Path, group_file: str, phase: str, expected: list[str]) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    calls.touch()
+    for tool in ("groupadd", "usermod"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> "{calls}"\n')
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / "group").write_text(group_file)
+    script = f'. "{COMMON}"; ETC_GROUP="{tmp_path / "group"}"; add_user_to_group docker'
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    res = subprocess.run(["sh", "-c", script, str(COMMON.parent / "docker.sh"), phase], env=env, capture_output=True)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines() == expected

@@ -1,0 +1,137 @@
+"""The build's last step in the guest: the local busybox image imported into the new disk's dockerd.
+
+Why at build time: an instance's first boot that imports it waits for dockerd
+to be up and then spends ~3 s of its CPU under TCG on the import, on the path
+to ready, where every later boot waits for neither (the engine's socket
+answers while dockerd still starts). So the image built here boots once under
+QEMU, on its own raw disk before it becomes the qcow2, with the kernel's init
+set to provisioning/image/bake-local-image.sh: no systemd, nothing of an
+instance, only containerd, dockerd and `docker import`. Its console says how
+it went (DEVENV-BAKED ok | failed step=NAME).
+
+When it cannot run, the build goes on and says so, and the first boot
+imports the image as before (provisioning/engines/common.sh): an image for
+another architecture than the host's (its QEMU would emulate a foreign CPU:
+minutes, for a first boot of that image that is emulated anyway), no
+qemu-system binary, or an image without docker. When it runs and fails with
+every accelerator, the build fails: the engine of that disk did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+from pathlib import Path
+
+from devenv.errors import CommandFailed, ImageError, Timeout
+from devenv.runner import run
+
+BAKE_INIT = "/usr/local/lib/devenv/bake-local-image.sh"
+RESULT_PREFIX = "DEVENV-BAKED "
+ACCEL_ENV = "DEVENV_QEMU_ACCEL"
+TIMEOUT = 600.0  # TCG on a 2-core machine: ~30 s; a hung guest must not hang the build
+MACHINES = {"x86_64": "q35", "aarch64": "virt"}
+
+
+def host_arch() -> str:
+    machine = platform.machine().lower()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+
+
+def accelerators(arch: str) -> list[str]:
+    """DEVENV_QEMU_ACCEL alone when set; else KVM when this user can open it, then TCG.
+
+    TCG is always the fallback: a KVM that opens but crashes QEMU (nested
+    virtualisation) must not fail a build that TCG finishes.
+    """
+    chosen = os.environ.get(ACCEL_ENV, "").strip().lower()
+    if chosen and chosen != "auto":
+        return [chosen]
+    if arch == host_arch() and os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return ["kvm", "tcg"]
+    return ["tcg"]
+
+
+def skip_reason(arch: str, root_has_script: bool) -> str | None:
+    """Why the bake does not run here, or None when it does."""
+    if not root_has_script:
+        return "the image has no docker"
+    if arch != host_arch():
+        return f"a {arch} image on a {host_arch()} host; its first boot imports it"
+    if shutil.which(f"qemu-system-{arch}") is None:
+        return f"qemu-system-{arch} is not installed; the first boot imports it"
+    return None
+
+
+def qemu_argv(arch: str, accel: str, raw: Path, kernel: Path, initrd: Path, cmdline: str, console: Path) -> list[str]:
+    cpu = "host" if accel in ("kvm", "hvf") else "max"
+    return [
+        f"qemu-system-{arch}",
+        "-machine",
+        f"{MACHINES[arch]},accel={accel}",
+        "-cpu",
+        cpu,
+        "-smp",
+        "2",
+        "-m",
+        "1024",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-net",
+        "none",
+        "-kernel",
+        str(kernel),
+        "-initrd",
+        str(initrd),
+        "-append",
+        f"{cmdline} init={BAKE_INIT} panic=-1",
+        "-drive",
+        f"file={str(raw).replace(',', ',,')},format=raw,if=virtio",
+        "-serial",
+        f"file:{console}",
+    ]
+
+
+def outcome(console_text: str) -> str | None:
+    """The text after DEVENV-BAKED on the console, or None when the line never came."""
+    for line in console_text.splitlines():
+        at = line.find(RESULT_PREFIX)
+        if at >= 0:
+            return line[at + len(RESULT_PREFIX) :].strip()
+    return None
+
+
+def bake(arch: str, raw: Path, kernel: Path, initrd: Path, cmdline: str, work: Path) -> str:
+    """Run the bake on `raw`; returns the accelerator that did it. Raises ImageError when every one failed."""
+    failures: list[str] = []
+    for accel in accelerators(arch):
+        console = work / f"bake-{accel}.log"
+        console.unlink(missing_ok=True)
+        try:
+            result = run(qemu_argv(arch, accel, raw, kernel, initrd, cmdline, console), timeout=TIMEOUT)
+            qemu_error = "" if result.ok else f"QEMU exited with {result.returncode}: {result.tail(3)}"
+        except (Timeout, CommandFailed) as e:
+            qemu_error = e.message
+        text = console.read_text(errors="replace") if console.exists() else ""
+        said = outcome(text)
+        if said == "ok":
+            return accel
+        tail = "\n".join(text.strip().splitlines()[-8:])
+        failures.append(f"{accel}: {said or qemu_error or 'no result on the console'}\n{tail}".strip())
+    raise ImageError(
+        "importing the local devenv/busybox image into the new disk's dockerd failed:\n" + "\n".join(failures),
+        "its console output is above; provisioning/image/bake-local-image.sh is the guest's side",
+    )
+
+
+def run_check(raw: Path) -> None:
+    """e2fsck after the bake: the disk every instance starts from must be clean."""
+    result = run(["e2fsck", "-f", "-p", str(raw)])
+    if result.returncode not in (0, 1):  # 1: errors corrected (a journal replayed)
+        raise ImageError(
+            f"the image's filesystem is damaged after the bake (e2fsck exit {result.returncode}):\n{result.tail()}",
+            "build again with --force",
+        )
