@@ -1,6 +1,6 @@
 #!/bin/sh
-# devenv: enable Docker (Debian's docker.io, installed but disabled in the image)
-# for the devenv user, and build devenv/busybox:latest without a registry.
+# devenv: enable Docker (Debian's docker.io) for the devenv user, and build
+# devenv/busybox:latest without a registry.
 # Run as root at first boot (`docker.sh [all|early|ready]`, see engine_main in
 # common.sh), or at image build time (`docker.sh image`: Debian's image devenv
 # builds boots with docker configured and starting; `docker.sh off` undoes that
@@ -156,10 +156,10 @@ configure() {
     configure_docker_network
 }
 
-# containerd is started (a restart when it runs already, so its trimmed
-# plugins apply) but not enabled: docker.service wants it.
 # the group whose members may use the engine's socket
 GROUP=docker
+# containerd is started (a restart when its files changed, so its trimmed
+# plugins apply) but not enabled: docker.service wants it.
 ENABLE="docker.socket docker.service devenv-docker-nat.service"
 START="containerd.service docker.socket docker.service"
 

@@ -6,13 +6,14 @@ its effect on a first boot in the e2e suite.
 
 from __future__ import annotations
 
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from devenv.errors import ImageError
 from devenv.images import bake
-from devenv.runner import Result
 
 
 @pytest.mark.parametrize(
@@ -60,31 +61,89 @@ def test_qemu_argv_boots_the_raw_disk_with_the_bake_as_init(tmp_path: Path) -> N
     assert "-no-reboot" in argv and argv[argv.index("-serial") + 1] == "file:/c.log"
 
 
-def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: dict[str, str]) -> list[str]:
-    """A qemu-system that writes each accelerator's answer to its serial file, as the guest would."""
-    tried: list[str] = []
-
-    def run(argv: list[str], timeout: float) -> object:
-        accel = argv[argv.index("-machine") + 1].split("accel=")[1]
-        tried.append(accel)
-        Path(argv[argv.index("-serial") + 1].removeprefix("file:")).write_text(answers.get(accel, ""))
-        return Result(tuple(argv), 0, "", "")
-
-    monkeypatch.setattr(bake, "run", run)
+def _fake_qemu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) -> Path:
+    """A qemu-system-x86_64 on PATH: `script` runs with $ACCEL and $CONSOLE (the -serial file) set from its argv."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    tried = tmp_path / "tried"
+    qemu = bin_dir / "qemu-system-x86_64"
+    qemu.write_text(
+        "#!/bin/sh\n"
+        'while [ $# -gt 0 ]; do case "$1" in\n'
+        "  -machine) ACCEL=${2#*accel=}; shift ;;\n"
+        "  -serial) CONSOLE=${2#file:}; shift ;;\n"
+        "esac; shift; done\n"
+        f'echo "$ACCEL" >> "{tried}"\n' + script
+    )
+    qemu.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     monkeypatch.setattr(bake, "accelerators", lambda arch: ["kvm", "tcg"])
     return tried
 
 
+def _bake(tmp_path: Path, **kw: float) -> str:
+    return bake.bake("x86_64", tmp_path / "r", tmp_path / "k", tmp_path / "i", "ro quiet", tmp_path, **kw)
+
+
 def test_a_kvm_that_fails_falls_back_to_tcg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tried = _fake_qemu(tmp_path, monkeypatch, {"kvm": "KVM: entry failed\n", "tcg": "DEVENV-BAKED ok\n"})
-    assert bake.bake("x86_64", tmp_path / "r", tmp_path / "k", tmp_path / "i", "", tmp_path) == "tcg"
-    assert tried == ["kvm", "tcg"]
+    tried = _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        'if [ "$ACCEL" = kvm ]; then echo "KVM: entry failed" >&2; exit 1; fi\necho "DEVENV-BAKED ok" > "$CONSOLE"\n',
+    )
+    assert _bake(tmp_path) == "tcg"
+    assert tried.read_text().split() == ["kvm", "tcg"]
 
 
 def test_every_accelerator_failing_fails_the_build_with_the_console(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _fake_qemu(tmp_path, monkeypatch, {"tcg": "dockerd: boom\nDEVENV-BAKED failed step=dockerd\n"})
+    _fake_qemu(
+        tmp_path,
+        monkeypatch,
+        'if [ "$ACCEL" = kvm ]; then echo "KVM: entry failed" >&2; exit 1; fi\n'
+        'printf "dockerd: boom\\nDEVENV-BAKED failed step=dockerd\\n" > "$CONSOLE"\n',
+    )
     with pytest.raises(ImageError, match="tcg: failed step=dockerd") as info:
-        bake.bake("x86_64", tmp_path / "r", tmp_path / "k", tmp_path / "i", "", tmp_path)
-    assert "dockerd: boom" in info.value.message and "kvm: no result on the console" in info.value.message
+        _bake(tmp_path)
+    assert "dockerd: boom" in info.value.message
+    assert "kvm: QEMU exited with 1: KVM: entry failed" in info.value.message
+
+
+def test_a_silent_guest_is_killed_and_the_next_accelerator_tried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An accelerator that hangs at boot (nested KVM) must not hold the build for the whole timeout."""
+    tried = _fake_qemu(
+        tmp_path, monkeypatch, 'if [ "$ACCEL" = kvm ]; then exec sleep 60; fi\necho "DEVENV-BAKED ok" > "$CONSOLE"\n'
+    )
+    started = time.monotonic()
+    assert _bake(tmp_path, silent_after=1.0, timeout=30.0) == "tcg"
+    assert time.monotonic() - started < 10
+    assert tried.read_text().split() == ["kvm", "tcg"]
+
+
+def test_a_guest_that_talks_but_never_ends_is_killed_at_the_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fake_qemu(tmp_path, monkeypatch, 'echo "Linux version 6.1" > "$CONSOLE"\nexec sleep 60\n')
+    with pytest.raises(ImageError, match="kvm: did not finish within 1 s") as info:
+        _bake(tmp_path, silent_after=0.5, timeout=1.0)
+    assert "Linux version 6.1" in info.value.message
+
+
+def test_the_bake_boots_without_quiet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its console is what a failure shows, and what tells a silent accelerator from a slow one."""
+    _fake_qemu(tmp_path, monkeypatch, "")
+    seen: list[str] = []
+    real = bake.qemu_argv
+
+    def spy(*args: object) -> list[str]:
+        argv = real(*args)  # type: ignore[arg-type]
+        seen.append(argv[argv.index("-append") + 1])
+        return argv
+
+    monkeypatch.setattr(bake, "qemu_argv", spy)
+    with pytest.raises(ImageError):
+        _bake(tmp_path, silent_after=5.0, timeout=5.0)
+    assert seen and all("quiet" not in a.split() and a.startswith("ro init=") for a in seen), seen

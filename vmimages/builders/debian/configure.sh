@@ -164,10 +164,11 @@ EOF
     # early as every later boot does instead of ~7 s later, after the seed
     # service has configured it (measured under TCG: containerd up 16.3 s into
     # a first boot against 8.8 s in later ones). The seed still brings its
-    # own copy of the scripts: the first boot re-runs them, which rewrites
-    # nothing that is the same and restarts the engine only when a file
-    # changed (a proxy drop-in). Another runtime's first boot turns docker
-    # off again with this docker.sh (`off`). The scripts stay in the image.
+    # own copy of the scripts: the first boot skips them when they are these
+    # same ones, else re-runs them, which rewrites nothing that is the same;
+    # the engine is restarted only when one of its files changed (a proxy
+    # drop-in). Another runtime's first boot turns docker off again with this
+    # docker.sh (`off`). The scripts stay in the image.
     disabled=""
     for u in docker.service docker.socket containerd.service \
              podman.service podman.socket podman-restart.service podman-auto-update.service podman-auto-update.timer; do
