@@ -171,9 +171,13 @@ START="containerd.service docker.socket docker.service"
 # left alone.
 off() {
     SYSTEMCTL_SKIP_SYSV=1 systemctl disable --no-reload docker.socket docker.service devenv-docker-nat.service
-    # containerd too: docker.service started it; the containerd runtime's
-    # restart of it (its unit changed below) takes this job's place.
-    systemctl stop --no-block docker.socket docker.service containerd.service
+    # containerd too: docker.service started it (the containerd runtime
+    # restarts it on its own files). Awaited, then their failed state cleared:
+    # stopped in the middle of their start, they can end `failed` (seen on
+    # containerd), which a new instance must not show. Only the first boot of
+    # a runtime other than the default pays this wait.
+    systemctl stop docker.socket docker.service containerd.service || true
+    systemctl reset-failed docker.socket docker.service containerd.service 2>/dev/null || true
     rm -f /etc/systemd/system/containerd.service \
         /etc/systemd/system/containerd.service.d/20-devenv-beside-docker.conf \
         /etc/modules-load.d/devenv-docker.conf
