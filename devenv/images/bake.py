@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from devenv.errors import ImageError
+from devenv.hostos import normalize_arch
 from devenv.runner import run
 
 BAKE_INIT = "/usr/local/lib/devenv/bake-local-image.sh"
@@ -38,8 +39,7 @@ MACHINES = {"x86_64": "q35", "aarch64": "virt"}
 
 
 def host_arch() -> str:
-    machine = platform.machine().lower()
-    return {"amd64": "x86_64", "arm64": "aarch64"}.get(machine, machine)
+    return normalize_arch(platform.machine())
 
 
 def accelerators(arch: str) -> list[str]:
