@@ -290,18 +290,19 @@ class Host:
     @functools.cached_property
     def engine(self) -> Engine | None:
         """A native engine that answers right now (docker, then podman)."""
-        docker_host = os.environ.get("DOCKER_HOST", "")
-        docker_sock = (
-            docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
-        )
-        if (not docker_host or docker_host.startswith("unix://")) and ping_unix(docker_sock):
-            return Engine("docker", f"unix://{docker_sock}")
-        for sock in _podman_sockets():
-            if ping_unix(sock):
-                return Engine("podman", f"unix://{sock}")
-        if _which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
-            return Engine("podman", "")
-        return None
+        return self.engine_of("docker") or self.engine_of("podman")
+
+    def engine_of(self, runtime: str) -> Engine | None:
+        """This runtime's native engine when it answers right now; each runtime probed once per process.
+
+        A docker instance asks after docker alone: with docker down, probing
+        podman (`podman info`, ~0.2 s) would tell it nothing, and on a host
+        running both, a podman instance finds podman, not docker.
+        """
+        probed: dict[str, Engine | None] = self.__dict__.setdefault("_engines", {})
+        if runtime not in probed:
+            probed[runtime] = _docker() if runtime == "docker" else _podman() if runtime == "podman" else None
+        return probed[runtime]
 
     @functools.cached_property
     def native_engine(self) -> Probe:
@@ -316,6 +317,23 @@ class Host:
             "no docker or podman engine answers on this host",
             "sudo systemctl start docker (or install podman), or use --backend qemu",
         )
+
+
+def _docker() -> Engine | None:
+    docker_host = os.environ.get("DOCKER_HOST", "")
+    docker_sock = docker_host.removeprefix("unix://") if docker_host.startswith("unix://") else "/var/run/docker.sock"
+    if (not docker_host or docker_host.startswith("unix://")) and ping_unix(docker_sock):
+        return Engine("docker", f"unix://{docker_sock}")
+    return None
+
+
+def _podman() -> Engine | None:
+    for sock in _podman_sockets():
+        if ping_unix(sock):
+            return Engine("podman", f"unix://{sock}")
+    if _which("podman") and _quiet(["podman", "info", "--format", "{{.Host.Arch}}"], timeout=15):
+        return Engine("podman", "")
+    return None
 
 
 def _which(name: str) -> str | None:

@@ -32,9 +32,10 @@ class NativeBackend:
                 f"runtime `{runtime}`",
                 "use runtime docker or podman, or --backend qemu for containerd in a VM",
             )
-        engine = self.host.engine
-        if engine is None or engine.runtime != runtime:
-            found = f"; found {engine.runtime} instead" if engine else ""
+        engine = self.host.engine_of(runtime)
+        if engine is None:
+            other = self.host.engine
+            found = f"; found {other.runtime} instead" if other else ""
             fix = "sudo systemctl start docker" if runtime == "docker" else "systemctl --user start podman.socket"
             raise BackendUnavailable(
                 f"no {runtime} engine answers on this host{found}", f"{fix}, or use --backend qemu"
@@ -58,9 +59,9 @@ class NativeBackend:
     def status(self, inst: InstanceRef) -> Status:
         if not (inst.dir / paths.STARTED_MARKER).exists():
             return Status("stopped")
-        engine = self.host.engine
         runtime = inst.config.runtime
-        if engine is None or engine.runtime != runtime:
+        engine = self.host.engine_of(runtime)
+        if engine is None:
             return Status("broken", f"the local {runtime} engine does not answer")
         return Status("running", details={"engine": engine.endpoint or engine.runtime})
 
@@ -69,7 +70,7 @@ class NativeBackend:
         if not req.argv:
             raise UsageError("exec needs a command after `--`", "for example: devenv exec -- uname -a")
         full_env = {**os.environ, **inst.config.env, **req.env}
-        engine = self.host.engine
+        engine = self.host.engine_of(inst.config.runtime)
         if engine and engine.endpoint and inst.config.runtime == "docker":
             full_env.setdefault("DOCKER_HOST", engine.endpoint)
         return run_foreground(list(req.argv), full_env, req.cwd)

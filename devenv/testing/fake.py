@@ -112,6 +112,10 @@ class FakeHost(Host):
         self.__dict__["accelerator_runs"] = lambda accel: Probe(True, f"a fake host's {accel} runs")
         for key, value in probes.items():
             self.__dict__[key] = value
+        engine = self.__dict__["engine"]  # engine_of answers from it, never from the real host
+        self.__dict__.setdefault(
+            "_engines", {r: engine if engine and engine.runtime == r else None for r in ("docker", "podman")}
+        )
 
 
 __all__ = ["Engine", "FakeBackend", "FakeHost", "use_fake_backend"]

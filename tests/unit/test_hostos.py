@@ -247,3 +247,43 @@ def test_ping_unix_reads_the_status_line(tmp_path: Path, answer: bytes, alive: b
     finally:
         server.close()
     assert ping_unix(str(tmp_path / "missing.sock")) is False
+
+
+def test_a_runtimes_engine_is_probed_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker down: a docker instance never runs `podman info` (~0.2 s per `devenv list`); podman's own probe does."""
+    from devenv.hostos import Engine, Host
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ran = tmp_path / "podman-ran"
+    (bin_dir / "podman").write_text(f'#!/bin/sh\necho "$@" >> {ran}\necho amd64\n')
+    (bin_dir / "podman").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'nobody.sock'}")
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    if Path("/run/podman/podman.sock").exists():
+        pytest.skip("this host has a system podman socket, which the podman probe would find first")
+    host = Host()
+    assert host.engine_of("docker") is None
+    assert not ran.exists()
+    assert host.engine_of("podman") == Engine("podman", "")
+    assert ran.read_text() == "info --format {{.Host.Arch}}\n"
+    assert host.engine_of("podman") == Engine("podman", "") and ran.read_text().count("\n") == 1  # probed once
+    assert host.engine_of("containerd") is None
+
+
+def test_a_native_podman_instance_finds_podman_beside_a_running_docker(tmp_path: Path) -> None:
+    from devenv.backends.base import InstanceRef
+    from devenv.backends.native import NativeBackend
+    from devenv.config import Config
+    from devenv.hostos import Engine
+
+    docker, podman = Engine("docker", "unix:///var/run/docker.sock"), Engine("podman", "unix:///run/podman.sock")
+    host = FakeHost("linux", engine=docker, _engines={"docker": docker, "podman": podman})
+    (tmp_path / "started").touch()
+    backend = NativeBackend(host)
+    st = backend.status(InstanceRef("p", tmp_path, Config(backend="native", runtime="podman")))
+    assert (st.state, st.details) == ("running", {"engine": "unix:///run/podman.sock"})
+    alone = NativeBackend(FakeHost("linux", engine=docker))
+    st = alone.status(InstanceRef("p", tmp_path, Config(backend="native", runtime="podman")))
+    assert (st.state, st.reason) == ("broken", "the local podman engine does not answer")
