@@ -143,11 +143,16 @@ def test_every_script_names_the_hyper_v_module_and_asks_state_by_name() -> None:
         hypervps.remove_vm(VM_ID),
         hypervps.addresses(VM_ID),
         hypervps.create_disk("b", "d", 2**30),
+        hypervps.checkpoints(VM_ID),
+        hypervps.checkpoint(VM_ID, "n"),
+        hypervps.restore_checkpoint(VM_ID, VM_ID),
+        hypervps.remove_checkpoint(VM_ID, VM_ID),
     ]
     import re
 
     for script in scripts:
-        bare = re.findall(r"(?<![\\\w-])(Get-VM|New-VM|Set-VM|Start-VM|Stop-VM|Remove-VM|Get-VHD|New-VHD)\b", script)
+        cmdlets = "Get-VM|New-VM|Set-VM|Start-VM|Stop-VM|Remove-VM|Get-VHD|New-VHD|Checkpoint-VM|Get-VMSnapshot"
+        bare = re.findall(rf"(?<![\\\w-])({cmdlets}|Restore-VMSnapshot|Remove-VMSnapshot)\b", script)
         assert bare == [], script
         assert "state = $vm.State" not in script and 'state = "$($vm.State)"' in hypervps._VM_FIELDS
 
@@ -623,3 +628,138 @@ def test_registered_as_a_vm_driver() -> None:
 
     e = registry.entry("hyperv")
     assert (e.target, e.driver, e.extra) == ("devenv.backends.drivers.hyperv:HypervDriver", True, "winrm")
+
+
+# -- checkpoints as `devenv snapshot` ----------------------------------------------------------
+# Built (no Hyper-V host at hand): the answers are the JSON checkpoints() itself prints, field by field.
+
+CP_A = {
+    "name": "before-upgrade",
+    "id": "0b6f7d3e-1111-4c2a-8d6e-4f1e2a3b4c5d",
+    "type": "Standard",
+    "created": 1765000000123,
+}
+CP_B = {"name": "clean", "id": "9a8b7c6d-2222-4e3f-9a0b-1c2d3e4f5a6b", "type": "Standard", "created": 1764000000000}
+
+
+def test_checkpoint_scripts() -> None:
+    listing = hypervps.checkpoints(VM_ID)
+    assert "$found = @(Hyper-V\\Get-VMSnapshot -VM $vm | ForEach-Object {" in listing
+    assert "created = ([DateTimeOffset]$_.CreationTime).ToUnixTimeMilliseconds()" in listing  # never a DateTime
+    assert 'type = "$($_.SnapshotType)"' in listing  # an enum, as its name
+    made = hypervps.checkpoint(VM_ID, "it's")
+    assert "Hyper-V\\Checkpoint-VM -VM $vm -SnapshotName 'it''s'" in made  # a single-quoted literal
+    assert "if ($kind -eq 'Disabled') { Hyper-V\\Set-VM -VM $vm -CheckpointType Standard }" in made
+    assert "finally { if ($kind -eq 'Disabled') { Hyper-V\\Set-VM -VM $vm -CheckpointType Disabled } }" in made
+    for script, cmdlet in (
+        (hypervps.restore_checkpoint(VM_ID, CP_A["id"]), "Restore-VMSnapshot"),
+        (hypervps.remove_checkpoint(VM_ID, CP_A["id"]), "Remove-VMSnapshot"),
+    ):
+        assert f"Where-Object {{ $_.Id -eq [guid]'{CP_A['id']}' }})[0]" in script  # by id: names may repeat
+        assert script.endswith(f"Hyper-V\\{cmdlet} -VMSnapshot $cp -Confirm:$false\n")
+        assert "IncludeAllChildSnapshots" not in script
+
+
+def test_checkpoints_read_oldest_first_from_one_many_or_none() -> None:
+    assert hypervps.read_checkpoints(None) == []
+    assert hypervps.read_checkpoints(CP_A) == [
+        hypervps.CheckpointInfo("before-upgrade", CP_A["id"], 1765000000.123, "Standard")
+    ]
+    assert [c.name for c in hypervps.read_checkpoints([CP_A, CP_B])] == ["clean", "before-upgrade"]
+    for bad in ({**CP_A, "created": "/Date(1765000000123)/"}, {**CP_A, "id": ""}, "before-upgrade"):
+        with pytest.raises(DevenvError):
+            hypervps.read_checkpoints([bad])
+
+
+def off_vm_with(host: Host, inst: InstanceRef, checkpoints: list[dict[str, Any]], state: str = "Off") -> None:
+    host.answer(
+        {"match": "Get-VMSnapshot -VM $vm | ForEach-Object", "stdout": js(checkpoints)},
+        {"match": "Checkpoint-VM", "stdout": ""},
+        {"match": "Restore-VMSnapshot", "stdout": ""},
+        {"match": "Remove-VMSnapshot", "stdout": ""},
+        {"match": "if ($vm) { ConvertTo-Json", "stdout": js(ours(inst, state))},
+    )
+
+
+def test_snapshots_are_checkpoints_of_the_vm(host: Host, tmp_path: Path) -> None:
+    from devenv.backends.base import Snapshot
+    from devenv.backends.vm import snapshots
+
+    inst = instance(tmp_path)
+    made(inst)
+    record_vm(inst)
+    d = hyperv.HypervDriver()
+    assert d.features.snapshots
+    name = hypervps.vm_name("web", inst.dir)
+
+    off_vm_with(host, inst, [CP_A, CP_B])
+    assert snapshots.listing(d, inst) == [Snapshot("clean", 1764000000.0), Snapshot("before-upgrade", 1765000000.123)]
+
+    off_vm_with(host, inst, [CP_B])
+    steps = StepRecorder()
+    snapshots.create(d, inst, "before-upgrade", steps, provisioned=True)
+    assert steps.seen == [f"Checkpoint-VM {name} -SnapshotName before-upgrade"]
+    assert host.scripts()[-1] == hypervps.checkpoint(VM_ID, "before-upgrade")
+
+    off_vm_with(host, inst, [CP_A, CP_B])
+    steps = StepRecorder()
+    snapshots.restore(d, inst, "before-upgrade", steps)
+    assert steps.seen == [f"Restore-VMSnapshot before-upgrade of {name}"]
+    assert host.scripts()[-1] == hypervps.restore_checkpoint(VM_ID, CP_A["id"])
+
+    off_vm_with(host, inst, [CP_A, CP_B], state="Running")  # a checkpoint goes while the VM runs: merged live
+    steps = StepRecorder()
+    snapshots.delete(d, inst, "clean", steps)
+    assert steps.seen == [f"Remove-VMSnapshot clean of {name} (Hyper-V merges its disk)"]
+    assert host.scripts()[-1] == hypervps.remove_checkpoint(VM_ID, CP_B["id"])
+
+
+@pytest.mark.parametrize(("state", "said"), [("Running", "is running"), ("Saved", "is paused (Hyper-V saved the VM")])
+def test_a_checkpoint_is_taken_or_restored_only_with_the_vm_off(
+    host: Host, tmp_path: Path, state: str, said: str
+) -> None:
+    from devenv.backends.vm import snapshots
+
+    inst = instance(tmp_path)
+    made(inst)
+    record_vm(inst)
+    off_vm_with(host, inst, [CP_A], state=state)
+    for act in (
+        lambda: snapshots.create(hyperv.HypervDriver(), inst, "x", StepRecorder(), provisioned=True),
+        lambda: snapshots.restore(hyperv.HypervDriver(), inst, "before-upgrade", StepRecorder()),
+    ):
+        with pytest.raises(StateError) as caught:
+            act()
+        assert said in caught.value.message and "devenv stop --shutdown -n web" in caught.value.hint
+    assert not any("Checkpoint-VM" in s or "Restore-VMSnapshot" in s for s in host.scripts())
+
+
+def test_a_name_that_is_missing_or_twice_there_is_refused(host: Host, tmp_path: Path) -> None:
+    from devenv.backends.vm import snapshots
+    from devenv.errors import SnapshotNotFound
+
+    inst = instance(tmp_path)
+    made(inst)
+    record_vm(inst)
+    off_vm_with(host, inst, [CP_A, {**CP_B, "name": "before-upgrade"}])
+    with pytest.raises(StateError) as caught:
+        snapshots.restore(hyperv.HypervDriver(), inst, "before-upgrade", StepRecorder())
+    assert "has 2 checkpoints named `before-upgrade`; devenv does not choose between them" in caught.value.message
+    with pytest.raises(StateError) as caught:
+        snapshots.create(hyperv.HypervDriver(), inst, "before-upgrade", StepRecorder(), provisioned=True)
+    assert caught.value.message == "instance `web` already has a snapshot `before-upgrade`"
+    with pytest.raises(SnapshotNotFound):
+        snapshots.delete(hyperv.HypervDriver(), inst, "Before-Upgrade", StepRecorder())  # names match exactly
+    assert not any("-VMSnapshot $cp" in s or "Checkpoint-VM" in s for s in host.scripts())
+
+
+def test_an_instance_without_its_vm_has_no_snapshots(host: Host, tmp_path: Path) -> None:
+    from devenv.backends.vm import snapshots
+
+    inst = instance(tmp_path)
+    made(inst)
+    assert snapshots.listing(hyperv.HypervDriver(), inst) == []
+    with pytest.raises(StateError) as caught:
+        hyperv.HypervDriver().snapshot_create(inst, "x", StepRecorder())
+    assert caught.value.hint == "start it once: `devenv start -n web`"
+    assert host.scripts() == []

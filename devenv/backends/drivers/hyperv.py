@@ -25,6 +25,12 @@ On a remote host the files live under the host's own virtual disk folder
 (Get-VMHost's VirtualHardDiskPath)\\devenv: the base VHDX copied once over
 the WinRM session and named by the image's digest (hypervcopy.py), and per
 instance its differencing disk and the seed, copied again at every start.
+
+`devenv snapshot` is Hyper-V's checkpoints: Checkpoint-VM of the VM while it
+is off, so a checkpoint holds its disk (an AVHDX beside the instance's
+disk, removed with the instance's folder) and settings, never memory. A
+checkpoint is named by the user but found by its id: Hyper-V lets two share
+a name, and devenv refuses such a name rather than pick one.
 """
 
 from __future__ import annotations
@@ -35,10 +41,11 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Any
 
 from devenv import paths
+from devenv.backends.base import Snapshot
 from devenv.backends.drivers import hypervcopy, hypervimage, hypervps
 from devenv.backends.drivers.powershell import PowerShell, PowerShellFailed, for_config
 from devenv.backends.drivers.psclixml import PsError
-from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState
+from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, no_snapshot
 from devenv.errors import DevenvError, NotSupported, StateError, Timeout
 
 if TYPE_CHECKING:
@@ -58,7 +65,7 @@ PERMISSION_CATEGORIES = ("PermissionDenied", "SecurityError")
 
 class HypervDriver:
     name = "hyperv"
-    features = DriverFeatures(mounts=("sshfs",), accelerators=())
+    features = DriverFeatures(mounts=("sshfs",), accelerators=(), snapshots=True)  # checkpoints
     host_address = ""  # the Default Switch's host address changes with every Windows boot
 
     def __init__(self, shell: Callable[[InstanceRef], PowerShell] | None = None) -> None:
@@ -236,6 +243,54 @@ class HypervDriver:
         if vm is not None:
             message += f"\nHyper-V says the VM {vm.name} is {vm.state}" + (f" ({vm.status})" if vm.status else "")
         return cls(message, hint)
+
+    # -- checkpoints as snapshots (hypervps.py); the VM backend asks create and restore only of a VM that is off
+
+    def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        vm = self._ours(inst)
+        if vm is None:
+            raise StateError(
+                f"instance `{inst.name}` has no Hyper-V VM yet", f"start it once: `devenv start -n {inst.name}`"
+            )
+        step(f"Checkpoint-VM {vm.name} -SnapshotName {name}")
+        _run(self._ps(inst), hypervps.checkpoint(vm.id, name), "Checkpoint-VM")
+
+    def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
+        vm = self._ours(inst)
+        if vm is None:
+            return []
+        return [Snapshot(c.name, c.created) for c in self._checkpoints(inst, vm)]
+
+    def snapshot_restore(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        vm, cp = self._checkpoint(inst, name)
+        step(f"Restore-VMSnapshot {name} of {vm.name}")
+        _run(self._ps(inst), hypervps.restore_checkpoint(vm.id, cp.id), "Restore-VMSnapshot")
+
+    def snapshot_delete(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
+        """Also while the VM runs: Hyper-V merges the checkpoint's differencing disk into the next one live."""
+        vm, cp = self._checkpoint(inst, name)
+        step(f"Remove-VMSnapshot {name} of {vm.name} (Hyper-V merges its disk)")
+        _run(self._ps(inst), hypervps.remove_checkpoint(vm.id, cp.id), "Remove-VMSnapshot")
+
+    def _checkpoints(self, inst: InstanceRef, vm: hypervps.VmInfo) -> list[hypervps.CheckpointInfo]:
+        return hypervps.read_checkpoints(_json(self._ps(inst), hypervps.checkpoints(vm.id), "Get-VMSnapshot"))
+
+    def _checkpoint(self, inst: InstanceRef, name: str) -> tuple[hypervps.VmInfo, hypervps.CheckpointInfo]:
+        """The one checkpoint of this name: Hyper-V lets two share one (made outside devenv); devenv never guesses."""
+        vm = self._ours(inst)
+        if vm is None:
+            raise no_snapshot(name, inst.name)
+        named = [c for c in self._checkpoints(inst, vm) if c.name == name]
+        if not named:
+            raise no_snapshot(name, inst.name)
+        if len(named) > 1:
+            raise StateError(
+                f"the Hyper-V VM {vm.name} has {len(named)} checkpoints named `{name}`; devenv does not choose"
+                " between them",
+                f"rename all but one (Hyper-V Manager, or `Hyper-V\\Rename-VMSnapshot -VMName {vm.name} -Name"
+                f" {name} -NewName OTHER` for each extra one), then try again",
+            )
+        return vm, named[0]
 
     # -- this instance's VM --------------------------------------------------------------------
 

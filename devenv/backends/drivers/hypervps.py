@@ -384,6 +384,89 @@ def read_address(data: Any) -> str | None:
     return None
 
 
+# -- checkpoints (`devenv snapshot`) ----------------------------------------------------------
+
+_CHECKPOINT_FIELDS = (
+    '[ordered]@{ name = $_.Name; id = "$($_.Id)"; type = "$($_.SnapshotType)";'
+    " created = ([DateTimeOffset]$_.CreationTime).ToUnixTimeMilliseconds() }"
+)
+
+
+def checkpoints(vm_id: str) -> str:
+    """The VM's checkpoints (Get-VMSnapshot), each with its id: two may share a name, an id is exact.
+
+    The creation time leaves as milliseconds since the epoch: ConvertTo-Json
+    writes a DateTime as "\\/Date(ms)\\/" in PowerShell 5.1 and as ISO text in 7.
+    """
+    return (
+        _find(vm_id)
+        + 'if (-not $vm) { throw "the VM is gone" }\n'
+        + f"$found = @(Hyper-V\\Get-VMSnapshot -VM $vm | ForEach-Object {{ {_CHECKPOINT_FIELDS} }})\n"
+        + _json("@($found)")
+        + "\n"
+    )
+
+
+def checkpoint(vm_id: str, name: str) -> str:
+    """Checkpoint-VM of the VM (off: the backend asks only then), so the checkpoint is its disk and settings.
+
+    A VM whose checkpoints were turned off (CheckpointType Disabled, by a user
+    or a policy) gets Standard for this one checkpoint and Disabled back after,
+    as Vagrant's create_snapshot.ps1 does.
+    """
+    return (
+        _find(vm_id)
+        + f"""\
+if (-not $vm) {{ throw "the VM is gone" }}
+$kind = "$($vm.CheckpointType)"
+if ($kind -eq 'Disabled') {{ Hyper-V\\Set-VM -VM $vm -CheckpointType Standard }}
+try {{ Hyper-V\\Checkpoint-VM -VM $vm -SnapshotName {quote(name)} }}
+finally {{ if ($kind -eq 'Disabled') {{ Hyper-V\\Set-VM -VM $vm -CheckpointType Disabled }} }}
+"""
+    )
+
+
+def _find_checkpoint(vm_id: str, checkpoint_id: str) -> str:
+    return (
+        _find(vm_id)
+        + 'if (-not $vm) { throw "the VM is gone" }\n'
+        + f"$cp = @(Hyper-V\\Get-VMSnapshot -VM $vm | Where-Object {{ $_.Id -eq [guid]{quote(checkpoint_id)} }})[0]\n"
+        + 'if (-not $cp) { throw "the checkpoint is gone" }\n'
+    )
+
+
+def restore_checkpoint(vm_id: str, checkpoint_id: str) -> str:
+    """Restore-VMSnapshot: the VM's disk (and its settings) as the checkpoint holds them; later writes are gone."""
+    return _find_checkpoint(vm_id, checkpoint_id) + "Hyper-V\\Restore-VMSnapshot -VMSnapshot $cp -Confirm:$false\n"
+
+
+def remove_checkpoint(vm_id: str, checkpoint_id: str) -> str:
+    """Remove-VMSnapshot of this one checkpoint (its children stay): Hyper-V merges its differencing disk."""
+    return _find_checkpoint(vm_id, checkpoint_id) + "Hyper-V\\Remove-VMSnapshot -VMSnapshot $cp -Confirm:$false\n"
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    name: str
+    id: str
+    created: float  # seconds since the epoch
+    type: str = ""  # Standard, Recovery (a production checkpoint), Planned...
+
+
+def read_checkpoints(data: Any) -> list[CheckpointInfo]:
+    """checkpoints()' answer, oldest first: one (ConvertTo-Json unwraps a list of one), several, or none."""
+    items = [] if data is None else data if isinstance(data, list) else [data]
+    found = []
+    for item in items:
+        if not isinstance(item, dict) or not isinstance(item.get("name"), str) or not item.get("id"):
+            raise DevenvError(f"Hyper-V answered {item!r} where a checkpoint was expected")
+        created = item.get("created")
+        if not isinstance(created, int | float) or isinstance(created, bool):
+            raise DevenvError(f"Hyper-V gave the checkpoint {item['name']!r} the creation time {created!r}")
+        found.append(CheckpointInfo(item["name"], str(item["id"]), created / 1000, str(item.get("type") or "")))
+    return sorted(found, key=lambda c: (c.created, c.name))
+
+
 # -- files on a remote host -------------------------------------------------------------------
 
 
