@@ -203,6 +203,7 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(RELAY_PATH, relay_source(), "0755"),
         WriteFile(RELAY_UNIT, assets.read_text("systemd/devenv-relay.service")),
         WriteFile(f"{LIB}/reclaim.sh", assets.read_text("guest/reclaim.sh"), "0755"),
+        WriteFile(f"{LIB}/install-missing.sh", assets.read_text("guest/install-missing.sh"), "0755"),
         WriteFile(RECLAIM_SERVICE, assets.read_text("systemd/devenv-reclaim.service")),
         WriteFile(RECLAIM_TIMER, assets.read_text("systemd/devenv-reclaim.timer")),
         WriteFile(ENGINE_FILE, f"{engine.name}\n"),

@@ -166,6 +166,29 @@ def test_the_first_boot_found_docker_configured_and_the_local_image_imported(vm:
     d.ok("exec", "-n", name, "--", "sudo", "-n", "test", "-s", "/etc/docker/key.json")
 
 
+def test_what_an_image_lacks_is_installed_from_the_mirror_and_what_it_has_is_left(vm: VM, driver: DriverCase) -> None:
+    """install-missing.sh, as a pulled cloud image's first boot runs it, in a real guest against the real mirror.
+
+    The built image has everything, so its first boot installed nothing; a pulled image lacks the engine
+    and sshfs. Here a package no image has (`hello`) stands in for them: apt-get through the guest's own
+    network and the distribution's mirror, as a pulled image's first boot does. One driver is enough.
+    """
+    if driver.backend != "qemu":
+        pytest.skip("the guest side is the same under every driver; run once, on qemu")
+    d, name, _ = vm
+    script = "/usr/local/lib/devenv/install-missing.sh"
+    kept = d.run("exec", "-n", name, "--", "sudo", "-n", "sh", script, "dockerd", "docker.io", "moby-engine")
+    assert (kept.returncode, kept.stdout) == (0, b""), kept  # present: the mirror is not touched
+    d.run(
+        "exec", "-n", name, "--", "sudo", "-n", "sh", "-c", "dpkg -s hello >/dev/null 2>&1 && apt-get -y -q purge hello"
+    )
+    got = d.run("exec", "-n", name, "--", "sudo", "-n", "sh", script, "hello", "hello", "hello", timeout=900)
+    assert got.returncode == 0, got.stderr.decode()[-2000:]
+    assert b"devenv: installing hello (apt-get; the image lacks them)" in got.stdout, got.stdout[-2000:]
+    assert d.ok("exec", "-n", name, "--", "hello").stdout == b"Hello, world!\n"
+    d.ok("exec", "-n", name, "--", "sudo", "-n", "apt-get", "-y", "-q", "purge", "hello")
+
+
 def test_resolv_stub_makes_resolved_s_stub_readable_and_never_replaces_it(vm: VM) -> None:
     """What dockerd reads when it starts before systemd-resolved: run in a mount namespace of the real guest."""
     d, name, _ = vm

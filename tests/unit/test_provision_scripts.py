@@ -232,3 +232,84 @@ def test_add_user_to_group(tmp_path: Path, group_file: str, phase: str, expected
     res = subprocess.run(["sh", "-c", script, str(COMMON.parent / "docker.sh"), phase], env=env, capture_output=True)
     assert res.returncode == 0, res.stderr
     assert calls.read_text().splitlines() == expected
+
+
+INSTALL_MISSING = assets.provisioning_dir() / "guest/install-missing.sh"
+
+
+def _install_missing(tmp_path: Path, managers: tuple[str, ...], *args: str, fail: bool = False) -> tuple[int, str, str]:
+    """install-missing.sh with stand-in package managers that record their calls; no host program is found.
+
+    PATH holds only the stand-ins (the script itself adds the sbin folders, where this host's own
+    programs may be: the tests ask after programs no host has)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    calls = tmp_path / "calls"
+    for name in ("present-program", *managers):
+        stand_in = bin_dir / name
+        stand_in.write_text(
+            f'#!/bin/sh\necho "{name} $* [DEBIAN_FRONTEND=${{DEBIAN_FRONTEND:-}}]" >> "{calls}"\n'
+            + ("exit 100\n" if fail else "")
+        )
+        stand_in.chmod(0o755)
+    res = subprocess.run(
+        ["/bin/sh", str(INSTALL_MISSING), *args],
+        env={"PATH": str(bin_dir), "DEVENV_ENV_SH": str(tmp_path / "env.sh")},
+        capture_output=True,
+        text=True,
+    )
+    return res.returncode, calls.read_text() if calls.exists() else "", res.stdout + res.stderr
+
+
+@posix
+def test_install_missing_leaves_an_image_that_has_everything_alone(tmp_path: Path) -> None:
+    rc, calls, said = _install_missing(tmp_path, ("apt-get", "dnf"), "present-program", "pkg", "fedora-pkg")
+    assert (rc, calls, said) == (0, "", "")  # no mirror touched
+
+
+@posix
+def test_install_missing_installs_only_what_is_missing_with_apt(tmp_path: Path) -> None:
+    rc, calls, said = _install_missing(
+        tmp_path,
+        ("apt-get", "dnf"),
+        *("devenv-absent-engine", "docker.io", "moby-engine"),
+        *("present-program", "present", "present"),
+        *("devenv-absent-sshfs", "sshfs", "fuse-sshfs"),
+    )
+    assert rc == 0, said
+    assert calls.splitlines() == [
+        "apt-get update -q [DEBIAN_FRONTEND=]",
+        "apt-get install -y -q --no-install-recommends docker.io sshfs [DEBIAN_FRONTEND=noninteractive]",
+    ]
+    assert said == "devenv: installing docker.io sshfs (apt-get; the image lacks them)\n"
+
+
+@posix
+def test_install_missing_uses_dnf_and_fedoras_names_without_apt(tmp_path: Path) -> None:
+    (tmp_path / "env.sh").write_text("export DEBIAN_FRONTEND='from env.sh'\n")  # the host's proxy, say
+    rc, calls, _ = _install_missing(tmp_path, ("dnf",), "devenv-absent-engine", "docker.io", "moby-engine")
+    assert (rc, calls) == (0, "dnf install -y -q moby-engine [DEBIAN_FRONTEND=from env.sh]\n")
+
+
+@posix
+def test_install_missing_fails_clearly_without_a_package_manager_or_when_it_fails(tmp_path: Path) -> None:
+    rc, calls, said = _install_missing(tmp_path, (), "devenv-absent-engine", "docker.io", "moby-engine")
+    assert rc == 3 and calls == ""
+    assert "this image lacks docker.io and has neither apt-get nor dnf" in said
+    assert "`devenv image build debian-12`" in said
+    rc, calls, _ = _install_missing(tmp_path, ("apt-get",), "devenv-absent-engine", "docker.io", "x", fail=True)
+    assert rc == 100 and calls == "apt-get update -q [DEBIAN_FRONTEND=]\n"  # stops at the first failure
+    rc, _, said = _install_missing(tmp_path, ("apt-get",), "devenv-absent-engine", "docker.io")
+    assert rc == 2 and "arguments come in threes" in said
+
+
+def test_firstboot_installs_what_is_missing_before_the_engine_on_a_pulled_image() -> None:
+    """The cloud-init path (no early part) asks for the runtime's packages, sshfs, and on Hyper-V the KVP daemon."""
+    text = (assets.provisioning_dir() / "cloud-init/firstboot.sh").read_text()
+    plain = text[text.index('if [ -e "$STATE/early" ]; then') :]
+    assert plain.index('step packages sh "$LIB/install-missing.sh" $NEEDS') < plain.index(
+        'step "engine-$RUNTIME" sh "$ENGINE"\n'
+    )
+    assert 'docker) NEEDS="dockerd docker.io moby-engine" ;;' in text
+    assert 'NEEDS="$NEEDS sshfs sshfs fuse-sshfs"' in text
+    assert 'NEEDS="$NEEDS hv_kvp_daemon hyperv-daemons hyperv-daemons"' in text
