@@ -30,7 +30,8 @@ fi
 # compiler for the native `devenv` launcher (devenv/launcher; without one devenv is all Python).
 # Test and image-build needs: debootstrap, e2fsprogs (mkfs.ext4 -d), openssh-server
 # (the transport tests run a real sshd), socat, docker.io (a real engine for the
-# native backend and the real docker CLI), python3-venv.
+# native backend and the real docker CLI), python3-venv, systemd-container (systemd-nspawn: the
+# stand-in wsl.exe's distros, tests/integration/test_wsl2_stand_in.py).
 # Provisioning tests: shellcheck (engine scripts), busybox (the local image's
 # rootfs), python3-yaml and cloud-init's own dependencies (schema check of the
 # user-data against Debian's cloud-init, unpacked, never installed on the host).
@@ -43,7 +44,7 @@ packages=(
   docker.io iptables python3-venv python3-pip ca-certificates curl sshfs
   shellcheck busybox python3-yaml python3-jsonschema python3-jinja2 python3-configobj
   python3-requests python3-netifaces python3-oauthlib python3-jsonpatch
-  docker-compose podman
+  docker-compose podman systemd-container
 )
 missing=()
 for p in "${packages[@]}"; do
