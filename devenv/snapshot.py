@@ -36,7 +36,7 @@ def _ops(inst: instance.Instance) -> Snapshots:
     backend = inst.backend()
     if not backend.features.snapshots:
         hint = (
-            'the qemu and libvirt backends have them (backend = "qemu" or "libvirt" in devenv.toml)'
+            'the qemu, libvirt and hyperv backends have them (backend = "qemu", "libvirt" or "hyperv" in devenv.toml)'
             if backend.features.vm
             else "this backend runs the host's own engine: there is no guest disk to snapshot"
         )

@@ -28,7 +28,7 @@ app = typer.Typer(
 image_app = typer.Typer(help="Guest images: list, pull, build, remove.", no_args_is_help=True)
 app.add_typer(image_app, name="image")
 snapshot_app = typer.Typer(
-    help="Named copies of an instance's disk: create, list, restore, delete (qemu and libvirt backends).",
+    help="Named copies of an instance's disk: create, list, restore, delete (qemu, libvirt and hyperv backends).",
     no_args_is_help=True,
 )
 app.add_typer(snapshot_app, name="snapshot")
