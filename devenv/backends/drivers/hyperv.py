@@ -45,7 +45,7 @@ from devenv.backends.base import Snapshot
 from devenv.backends.drivers import hypervcopy, hypervimage, hypervps
 from devenv.backends.drivers.powershell import PowerShell, PowerShellFailed, for_config
 from devenv.backends.drivers.psclixml import PsError
-from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, no_snapshot
+from devenv.backends.vm.driver import AgentPlan, Boot, DriverFeatures, Endpoint, VmState, no_snapshot, not_made_yet
 from devenv.errors import DevenvError, NotSupported, StateError, Timeout
 
 if TYPE_CHECKING:
@@ -249,9 +249,7 @@ class HypervDriver:
     def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
         vm = self._ours(inst)
         if vm is None:
-            raise StateError(
-                f"instance `{inst.name}` has no Hyper-V VM yet", f"start it once: `devenv start -n {inst.name}`"
-            )
+            raise not_made_yet(inst.name, "Hyper-V VM")
         step(f"Checkpoint-VM {vm.name} -SnapshotName {name}")
         _run(self._ps(inst), hypervps.checkpoint(vm.id, name), "Checkpoint-VM")
 

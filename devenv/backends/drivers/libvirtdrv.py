@@ -62,6 +62,7 @@ from devenv.backends.vm.driver import (
     Endpoint,
     VmState,
     no_snapshot,
+    not_made_yet,
     tail,
     with_console,
 )
@@ -327,9 +328,7 @@ class LibvirtDriver:
     def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
         dom = self._ours(inst)
         if dom is None:
-            raise StateError(
-                f"instance `{inst.name}` has no libvirt domain yet", f"start it once: `devenv start -n {inst.name}`"
-            )
+            raise not_made_yet(inst.name, "libvirt domain")
         step(f"take the internal snapshot {name} of the libvirt domain {dom.name()}")
         with self._errors(inst, f"create the snapshot {name} of the domain {dom.name()}"):
             libvirtsnap.create(dom, name)

@@ -236,6 +236,11 @@ def require_off(vm: VmState, inst: InstanceRef, doing: str) -> None:
         )
 
 
+def not_made_yet(instance: str, what: str) -> StateError:
+    """A snapshot asked of an instance whose VM (`what`: "libvirt domain", "Hyper-V VM") its first start makes."""
+    return StateError(f"instance `{instance}` has no {what} yet", f"start it once: `devenv start -n {instance}`")
+
+
 def no_snapshot(name: str, instance: str) -> SnapshotNotFound:
     return SnapshotNotFound(
         f"instance `{instance}` has no snapshot `{name}`", f"`devenv snapshot list -n {instance}` lists its snapshots"
