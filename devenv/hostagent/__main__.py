@@ -32,6 +32,11 @@ def parse(argv: list[str]) -> Options:
     p.add_argument("--ssh-host", default="127.0.0.1", help="where the guest's sshd answers")
     p.add_argument("--ssh-port", type=int, default=None, help=f"default: read INSTANCE_DIR/{paths.SSH_PORT}")
     p.add_argument("--ssh-proxy", default="", help="JSON list: a command that reaches sshd (ProxyCommand, %%h %%p)")
+    p.add_argument(
+        "--relocate",
+        default="",
+        help="module:function(inst_dir, port) -> host: where sshd answers now, asked when logins keep failing",
+    )
     p.add_argument("--watch-pid-file", type=Path, default=None, help="the VM's pid file: exit with that process")
     p.add_argument("--no-watch", action="store_true", help="do not exit with the VM process (the default)")
     p.add_argument("--console", type=Path, default=None, help="the guest's console log, read for its readiness line")
@@ -71,6 +76,7 @@ def parse(argv: list[str]) -> Options:
         relay=a.relay,
         memory_file=a.keep_allocated,
         ssh_proxy=tuple(json.loads(a.ssh_proxy)) if a.ssh_proxy else (),
+        relocate=a.relocate,
     )
     if a.agent_command:
         opts.agent_command = a.agent_command

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hmac
+import importlib
 import logging
 import math
 import os
@@ -64,6 +65,8 @@ PING_EVERY = 5.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
 LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
+RELOCATE_AFTER = 1  # failed logins in a row (each retried for connect_timeout) before the driver is asked
+RELOCATE_EVERY = 15.0  # s between two such questions (each may run wsl.exe)
 RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (its first boot starts it late)
 RELAY_WAIT = 5.0  # for one that answered before
 RELAY_TRIES = 2  # logins in a row a known relay may miss while sshd answers, before SSH over the network
@@ -86,6 +89,9 @@ class Options:
     ssh_host: str = "127.0.0.1"  # where the guest's sshd answers
     ssh_port: int | None = None  # None: read INSTANCE_DIR/ssh.port at each connect
     ssh_proxy: tuple[str, ...] = ()  # a command that reaches sshd (a jump host; transport.ssh.SSHTarget.proxy)
+    # the driver's "module:function(inst_dir, port) -> host", asked where sshd answers once logins keep
+    # failing (AgentPlan.relocate); "": ssh_host is where it always answers
+    relocate: str = ""
     console: Path | None = None  # the guest's console log, read for its readiness line before the first login
     # the guest was restored from a suspend: no boot to wait for, and its clock is behind by the time it
     # spent saved, so the first login sets it before anything else runs
@@ -151,6 +157,8 @@ class HostAgent:
         self._since = time.time()
         self._last_error: str | None = None
         self._reconnects = 0
+        self._failed_logins = 0  # in a row; a login resets it
+        self._next_relocate = 0.0  # monotonic time before which the driver is not asked again
         # commands this agent started in the guest: tests tell an exec it served from one that fell back to SSH
         self._execs_spawned = 0
         self._execs_lock = threading.Lock()
@@ -337,10 +345,13 @@ class HostAgent:
                     self._connect()
                     backoff = BACKOFF_MIN
                     next_ping = time.monotonic() + PING_EVERY
+                    self._failed_logins = 0
                 except _Stopped:
                     continue  # told to stop, or the VM is gone: the loop's checks say which
                 except Exception as e:
                     self._last_error = log_connect_failure(e, backoff)
+                    self._failed_logins += 1
+                    self._relocate()
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
                     continue
@@ -381,6 +392,31 @@ class HostAgent:
         self._set_state("connected")
         self.events.emit("connected", reconnect=reconnect, ssh_port=port)
         self._reconnects += 1 if reconnect else 0
+
+    def _relocate(self) -> None:
+        """After RELOCATE_AFTER failed logins in a row, ask the driver where sshd answers now, and go there.
+
+        WSL's localhost forwarding dies when Windows sleeps, and the distro's
+        own address changes with each WSL restart: without this a running
+        agent would dial the dead address until the next `devenv start` chose
+        again. A driver without the question (opts.relocate "") is never asked;
+        an answer of "" or a failing question leaves the address as it is.
+        """
+        if not self.opts.relocate or self._failed_logins < RELOCATE_AFTER or time.monotonic() < self._next_relocate:
+            return
+        self._next_relocate = time.monotonic() + RELOCATE_EVERY
+        try:
+            port = self.opts.ssh_port or int((self.inst_dir / paths.SSH_PORT).read_text().strip())
+            module_name, _, function = self.opts.relocate.partition(":")
+            host = str(getattr(importlib.import_module(module_name), function)(self.inst_dir, port) or "")
+        except Exception as e:  # the question is the driver's: its failure is logged, never the agent's end
+            log.warning("could not ask where the guest's sshd answers now (%s: %s)", type(e).__name__, e)
+            return
+        if host and host != self.opts.ssh_host:
+            log.info("the guest's sshd answers at %s:%d now, not %s: logging in there", host, port, self.opts.ssh_host)
+            self.events.emit("relocated", host=host, previous=self.opts.ssh_host, ssh_port=port)
+            self.opts.ssh_host = host
+            self._failed_logins = 0
 
     def _open_connection(self, target: SSHTarget) -> SSHConnection:
         """SSH through the relay port when this guest has one (the session then survives a suspend), else TCP.

@@ -47,6 +47,15 @@ LOG = "sshd.log"
 CONSOLE = "console.log"
 GUEST_STATE = "guest-state"  # the guest's /var/lib/devenv, for a guest without a console
 BIND_HOST = "127.0.0.2"  # the host agent's listeners: this "guest" must not see them as its own ports
+RELOCATE_TO = "relocate-to"  # in the instance dir: what relocate() answers, for tests of the agent's move
+
+
+def relocate(inst_dir: Path, port: int) -> str:
+    """A test's answer to the host agent's "where does sshd answer now?" (AgentPlan.relocate): INST_DIR/relocate-to."""
+    try:
+        return (inst_dir / RELOCATE_TO).read_text().strip()
+    except OSError:
+        return ""
 
 
 def _free_port() -> int:

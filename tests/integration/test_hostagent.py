@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from devenv import hostagent, pidutil
+from devenv import hostagent, paths, pidutil
 from devenv.errors import ConnectionFailed
 from devenv.guestagent import agent as guest_agent
 from devenv.hostagent import client, wire
@@ -863,3 +863,30 @@ def test_native_launcher_runs_exec_through_the_real_agent(make_env: Callable[...
         assert marker.read_text() == "INT\n"
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def test_an_agent_whose_logins_keep_failing_asks_where_sshd_answers_and_goes_there(
+    make_env: Callable[..., Env],
+) -> None:
+    """As after Windows sleeps with WSL's localhost forwarding dead: the driver's question gives the new address.
+
+    The agent starts with an address nothing answers on (127.0.0.3; the sshd listens on 127.0.0.1 only); after
+    RELOCATE_AFTER failed logins (each retried for the connect timeout, 20 s) it asks the driver (here
+    devenv.testing.sshd_driver.relocate), logs in there, and says so.
+    """
+    from devenv.hostagent import daemon
+    from devenv.testing import sshd_driver
+
+    env = make_env(launch=False)
+    (env.inst / sshd_driver.RELOCATE_TO).write_text("127.0.0.1\n")
+    env.extra += ["--ssh-host", "127.0.0.3", "--relocate", "devenv.testing.sshd_driver:relocate"]
+    st = hostagent.launch(env.inst, user=env.server.user, wait=60, extra_args=env.extra)
+    assert st["state"] == "connected", (st, hostagent.log_tail(env.inst))
+    moved = env.events("relocated")
+    assert len(moved) == 1, moved
+    assert (moved[0]["host"], moved[0]["previous"], moved[0]["ssh_port"]) == ("127.0.0.1", "127.0.0.3", env.server.port)
+    failed_first = [e for e in env.events() if e["event"] in ("relocated", "connected")]
+    assert failed_first[0]["event"] == "relocated"  # no login got through before the move
+    log_text = (env.inst / paths.HOSTAGENT_LOG).read_text()
+    connect_failures = [line for line in log_text.splitlines() if "connect failed" in line]
+    assert len(connect_failures) == daemon.RELOCATE_AFTER, connect_failures

@@ -343,6 +343,45 @@ def test_the_distros_own_address_when_localhost_forwarding_is_dead(
     assert steps.seen[-1] == "WSL's localhost forwarding does not answer: SSH goes to the distro at 172.29.118.5:2222"
 
 
+def test_a_running_agent_is_told_where_sshd_answers_now(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """wsl2.relocate, the host agent's question once its logins fail: to the distro's address and back again."""
+    import json
+
+    inst = _inst(tmp_path)
+    _ours(inst)
+    _answering(monkeypatch, {"172.29.118.5"})  # after Windows slept: localhost forwarding dead
+    hostname = ("--distribution", "devenv-app", "--user", "root", "--exec", "hostname", "-I")
+    driver, _ = _driver({hostname: (b"172.29.118.5 fe80::215:5dff:fe4a:1 \n", 0)})
+    assert wsl2.relocate(inst.dir, 2222, driver) == "172.29.118.5"
+    assert json.loads((inst.dir / wsl2.RECORD).read_text())["ssh_host"] == "172.29.118.5"  # what later commands read
+    (inst.dir / paths.SSH_PORT).write_text("2222\n")
+    assert driver.endpoint(inst) == wsl2.Endpoint("172.29.118.5", 2222)
+
+    _answering(monkeypatch, {"127.0.0.1", "172.29.118.5"})  # the forwarding answers again: it comes first
+    assert wsl2.relocate(inst.dir, 2222, driver) == "127.0.0.1"
+    assert driver.endpoint(inst) == wsl2.Endpoint("127.0.0.1", 2222)
+
+    _answering(monkeypatch, set())  # neither (the distro stopping): nothing changes, the agent keeps trying
+    before = (inst.dir / wsl2.RECORD).read_text()
+    assert wsl2.relocate(inst.dir, 2222, driver) == ""
+    assert (inst.dir / wsl2.RECORD).read_text() == before
+    assert wsl2.relocate(tmp_path / "no-such-instance", 2222, driver) == ""
+
+
+def test_the_agent_of_a_distro_is_given_the_question(tmp_path: Path) -> None:
+    from devenv.backends.vm.agent import agent_args
+
+    inst = _inst(tmp_path)
+    _ours(inst)
+    (inst.dir / paths.SSH_PORT).write_text("2222\n")
+    driver, _ = _driver({})
+    _, args = agent_args(driver, inst)
+    assert args[args.index("--relocate") + 1] == "devenv.backends.drivers.wsl2:relocate"
+    from devenv.hostagent.__main__ import parse
+
+    assert parse([str(inst.dir), *args]).relocate == "devenv.backends.drivers.wsl2:relocate"
+
+
 def test_recorded_outputs_used_here_exist() -> None:
     assert data("list-verbose-devenv.utf16").startswith("  NAME".encode("utf-16-le"))
 

@@ -15,7 +15,9 @@ The host reaches that sshd at 127.0.0.1 through WSL's localhost forwarding,
 or at the distro's own address when the forwarding does not answer (it dies
 after host sleep and breaks in mirrored mode): the launch tries both and
 keeps the one that answers; `devenv start` on a running instance chooses
-again. Readiness comes over SSH (there is no console). No folder is mounted:
+again, and so does a running host agent whose logins fail (relocate(), its
+AgentPlan.relocate), which then follows the distro to where sshd answers.
+Readiness comes over SSH (there is no console). No folder is mounted:
 Windows' drives are in the distro already (C:\\src\\app is /mnt/c/src/app).
 
 Only a distro named devenv-* whose marker names this instance (its name,
@@ -59,6 +61,39 @@ HOST_LOOPBACK = "127.0.0.1"
 REACH_WAIT = 60.0  # s a launch waits for sshd to answer one way or the other before leaving it to readiness
 BUSY_STATES = ("Installing", "Uninstalling", "Converting", "Exporting")
 _NAME_OK = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def relocate(inst_dir: Path, port: int, driver: Wsl2Driver | None = None) -> str:
+    """Where this instance's sshd answers now, kept in its record: the host agent's question (AgentPlan.relocate).
+
+    A running agent whose logins keep failing asks it: after Windows sleeps,
+    WSL's localhost forwarding is dead and SSH must go to the distro's own
+    address; once the forwarding answers again, back to 127.0.0.1. Every
+    later command reads the record (endpoint()). "" when neither answers (the
+    distro is stopping, say): the agent keeps trying where it was.
+    """
+    record = _read_record(inst_dir)
+    distro = record.get("distro")
+    if not isinstance(distro, str) or not distro:
+        return ""
+    found, _ = (driver or Wsl2Driver())._answering(distro, port)
+    if found and found != record.get("ssh_host"):
+        _store_record(inst_dir, {**record, "ssh_host": found})
+    return found
+
+
+def _read_record(inst_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((inst_dir / RECORD).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _store_record(inst_dir: Path, data: dict[str, Any]) -> None:
+    from devenv.atomicfile import write_atomic
+
+    write_atomic(inst_dir / RECORD, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
 
 
 def distro_name(instance: str) -> str:
@@ -277,7 +312,7 @@ class Wsl2Driver:
         return None
 
     def agent_plan(self, inst: InstanceRef) -> AgentPlan:
-        return AgentPlan(vm_pid_file=inst.dir / KEEPALIVE_PID)
+        return AgentPlan(vm_pid_file=inst.dir / KEEPALIVE_PID, relocate="devenv.backends.drivers.wsl2:relocate")
 
     def log_files(self, inst: InstanceRef) -> list[Path]:
         return [inst.dir / BOOT_LOG]
@@ -292,16 +327,10 @@ class Wsl2Driver:
     # -- this instance's distro ----------------------------------------------------
 
     def _record(self, inst: InstanceRef) -> dict[str, Any]:
-        try:
-            data = json.loads((inst.dir / RECORD).read_text())
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
+        return _read_record(inst.dir)
 
     def _write_record(self, inst: InstanceRef, data: dict[str, Any]) -> None:
-        from devenv.atomicfile import write_atomic
-
-        write_atomic(inst.dir / RECORD, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode(), 0o600)
+        _store_record(inst.dir, data)
 
     def _ours(self, inst: InstanceRef) -> Distro | None:
         """This instance's distro as WSL lists it; None before the import, or when WSL has none of its name.
@@ -422,18 +451,14 @@ class Wsl2Driver:
         Waits up to REACH_WAIT for either; neither answering leaves 127.0.0.1
         to the readiness wait, whose error then says what the boot printed.
         """
-        from devenv.provision.readiness import ssh_banner
-
         step(f"find where sshd answers: {HOST_LOOPBACK}:{port}, else the distro's own address")
         deadline = time.monotonic() + REACH_WAIT
         address = ""
         chosen = HOST_LOOPBACK
         while time.monotonic() < deadline and self._keepalive_pid(inst) is not None:
-            if ssh_banner(port, host=HOST_LOOPBACK, timeout=1.0):
-                break
-            address = address or self._distro_address(distro)
-            if address and ssh_banner(port, host=address, timeout=1.0):
-                chosen = address
+            found, address = self._answering(distro, port, address)
+            if found:
+                chosen = found
                 break
             time.sleep(0.5)
         record = self._record(inst)
@@ -441,6 +466,17 @@ class Wsl2Driver:
         self._write_record(inst, record)
         if chosen != HOST_LOOPBACK:
             step(f"WSL's localhost forwarding does not answer: SSH goes to the distro at {chosen}:{port}")
+
+    def _answering(self, distro: str, port: int, address: str = "") -> tuple[str, str]:
+        """(where sshd answers: 127.0.0.1 first, else the distro's own address, else ""; that address as learnt)."""
+        from devenv.provision.readiness import ssh_banner
+
+        if ssh_banner(port, host=HOST_LOOPBACK, timeout=1.0):
+            return HOST_LOOPBACK, address
+        address = address or self._distro_address(distro)
+        if address and ssh_banner(port, host=address, timeout=1.0):
+            return address, address
+        return "", address
 
     def _alive_check(self, inst: InstanceRef) -> Any:
         """The keep-alive still runs (asked at most every 2 s): without it WSL stops the distro."""

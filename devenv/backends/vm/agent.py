@@ -62,6 +62,8 @@ def agent_args(driver: Driver, inst: InstanceRef, *, resumed: bool = False) -> t
         args += ["--relay", str(plan.relay_socket.absolute())]
     if plan.memory_file is not None:
         args += ["--keep-allocated", str(plan.memory_file.absolute())]
+    if plan.relocate:
+        args += ["--relocate", plan.relocate]
     if resumed:
         args.append("--resumed")
     return (endpoint.user if endpoint is not None else GUEST_USER), args

@@ -131,6 +131,9 @@ class AgentPlan:
     # a file the hypervisor maps shared as the guest's memory, whose given-back pages the agent
     # keeps allocated on disk (hostdisk.keep_allocated); None: no such file
     memory_file: Path | None = None
+    # "module:function(inst_dir, port) -> host": where the guest's sshd answers now, asked by a running
+    # agent whose logins keep failing (WSL's localhost forwarding dies when the host sleeps); "": never
+    relocate: str = ""
 
 
 class Driver(Protocol):
