@@ -92,6 +92,9 @@ def test_a_command_line_tells_our_process_from_a_recycled_pid(source: str, tmp_p
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", marker])
     stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", "someone else"])
     try:
+        deadline = time.monotonic() + 10  # until both have exec'd: before that /proc shows this test's own line
+        while not all(b"time.sleep(30)" in read(p.pid) for p in (child, stranger)) and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert marker.encode() in read(child.pid)
         assert marker.encode() not in read(stranger.pid)
         assert pid_is_ours(child.pid, tmp_path / "inst dir")

@@ -132,7 +132,7 @@ class AgentPlan:
     # keeps allocated on disk (hostdisk.keep_allocated); None: no such file
     memory_file: Path | None = None
     # "module:function(inst_dir, port) -> host": where the guest's sshd answers now, asked by a running
-    # agent whose logins keep failing (WSL's localhost forwarding dies when the host sleeps); "": never
+    # agent whose logins keep failing (a port forwarding that died when the host slept, say); "": never
     relocate: str = ""
 
 
@@ -240,7 +240,7 @@ def require_off(vm: VmState, inst: InstanceRef, doing: str) -> None:
 
 
 def not_made_yet(instance: str, what: str) -> StateError:
-    """A snapshot asked of an instance whose VM (`what`: "libvirt domain", "Hyper-V VM") its first start makes."""
+    """A snapshot asked of an instance whose VM (`what`: the driver's word for it) only its first start makes."""
     return StateError(f"instance `{instance}` has no {what} yet", f"start it once: `devenv start -n {instance}`")
 
 
