@@ -65,8 +65,7 @@ PING_EVERY = 5.0
 CHANNEL_WAIT = 15.0  # how long a new forwarded connection waits for a reconnect
 LINGER = 2.0  # how long a TCP control client gets to read the last answer and close (see _close_tcp_client)
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 5.0
-RELOCATE_AFTER = 1  # failed logins in a row (each retried for connect_timeout) before the driver is asked
-RELOCATE_EVERY = 15.0  # s between two such questions (each may run wsl.exe)
+RELOCATE_EVERY = 15.0  # s between two questions of the driver where sshd answers (each may run wsl.exe)
 RELAY_WAIT_FIRST = 10.0  # for the relay of a guest not yet known to have one (its first boot starts it late)
 RELAY_WAIT = 5.0  # for one that answered before
 RELAY_TRIES = 2  # logins in a row a known relay may miss while sshd answers, before SSH over the network
@@ -157,7 +156,6 @@ class HostAgent:
         self._since = time.time()
         self._last_error: str | None = None
         self._reconnects = 0
-        self._failed_logins = 0  # in a row; a login resets it
         self._next_relocate = 0.0  # monotonic time before which the driver is not asked again
         # commands this agent started in the guest: tests tell an exec it served from one that fell back to SSH
         self._execs_spawned = 0
@@ -345,12 +343,10 @@ class HostAgent:
                     self._connect()
                     backoff = BACKOFF_MIN
                     next_ping = time.monotonic() + PING_EVERY
-                    self._failed_logins = 0
                 except _Stopped:
                     continue  # told to stop, or the VM is gone: the loop's checks say which
                 except Exception as e:
                     self._last_error = log_connect_failure(e, backoff)
-                    self._failed_logins += 1
                     self._relocate()
                     self._stop.wait(backoff)
                     backoff = min(backoff * 2, BACKOFF_MAX)
@@ -394,7 +390,7 @@ class HostAgent:
         self._reconnects += 1 if reconnect else 0
 
     def _relocate(self) -> None:
-        """After RELOCATE_AFTER failed logins in a row, ask the driver where sshd answers now, and go there.
+        """After a failed login (itself retried for connect_timeout), ask the driver where sshd answers now; go there.
 
         WSL's localhost forwarding dies when Windows sleeps, and the distro's
         own address changes with each WSL restart: without this a running
@@ -402,7 +398,7 @@ class HostAgent:
         again. A driver without the question (opts.relocate "") is never asked;
         an answer of "" or a failing question leaves the address as it is.
         """
-        if not self.opts.relocate or self._failed_logins < RELOCATE_AFTER or time.monotonic() < self._next_relocate:
+        if not self.opts.relocate or time.monotonic() < self._next_relocate:
             return
         self._next_relocate = time.monotonic() + RELOCATE_EVERY
         try:
@@ -416,7 +412,6 @@ class HostAgent:
             log.info("the guest's sshd answers at %s:%d now, not %s: logging in there", host, port, self.opts.ssh_host)
             self.events.emit("relocated", host=host, previous=self.opts.ssh_host, ssh_port=port)
             self.opts.ssh_host = host
-            self._failed_logins = 0
 
     def _open_connection(self, target: SSHTarget) -> SSHConnection:
         """SSH through the relay port when this guest has one (the session then survives a suspend), else TCP.
