@@ -112,22 +112,8 @@ fi
 if [ -e "$STATE/early" ]; then
     step "engine-$RUNTIME" sh "$ENGINE" ready
 else
-    # What devenv needs in the guest, as program / Debian package / Fedora package:
-    # a pulled cloud image lacks the engine and sshfs (an image devenv built has
-    # them all, and install-missing.sh then does nothing).
-    case "$RUNTIME" in
-        docker) NEEDS="dockerd docker.io moby-engine" ;;
-        *) NEEDS="$RUNTIME $RUNTIME $RUNTIME" ;;
-    esac
-    NEEDS="$NEEDS sshfs sshfs fuse-sshfs"
-    # the local image's root filesystem (engines/busybox.sh also takes initramfs-tools' copy)
-    [ -x /usr/lib/initramfs-tools/bin/busybox ] || NEEDS="$NEEDS busybox busybox busybox"
-    # on Hyper-V the guest's address reaches the host through the KVP daemon (Get-VMNetworkAdapter)
-    if [ "$(systemd-detect-virt 2>/dev/null)" = microsoft ]; then
-        NEEDS="$NEEDS hv_kvp_daemon hyperv-daemons hyperv-daemons"
-    fi
-    # shellcheck disable=SC2086 # NEEDS is split into its words on purpose
-    step packages sh "$LIB/install-missing.sh" $NEEDS
+    # what a pulled cloud image lacks: the engine, sshfs... (an image devenv built has them all)
+    step packages sh "$LIB/install-missing.sh" --for "$RUNTIME"
     step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     step "engine-$RUNTIME" sh "$ENGINE"
     # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the

@@ -1,5 +1,6 @@
 #!/bin/sh
-# devenv: install-missing.sh PROGRAM DEBIAN_PACKAGE FEDORA_PACKAGE [PROGRAM DEB FEDORA ...]
+# devenv: install-missing.sh --for RUNTIME
+#         install-missing.sh PROGRAM DEBIAN_PACKAGE FEDORA_PACKAGE [PROGRAM DEB FEDORA ...]
 #
 # Installs what devenv needs in the guest and the image lacks, at the first
 # boot of a pulled cloud image (firstboot.sh): the engine (Debian's, Ubuntu's
@@ -13,8 +14,24 @@
 # /etc/apt/apt.conf.d/90devenv-proxy, dnf from the environment (env.sh).
 # Exit 3 when something is missing and the image has neither apt-get nor dnf.
 set -eu
-PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
+PATH="$PATH:${DEVENV_SBIN:-/usr/local/sbin:/usr/sbin:/sbin}"
 ENV_SH=${DEVENV_ENV_SH:-/usr/local/lib/devenv/env.sh}
+INITRAMFS_BUSYBOX=${DEVENV_INITRAMFS_BUSYBOX:-/usr/lib/initramfs-tools/bin/busybox}
+
+# --for RUNTIME: what devenv needs in the guest for that engine, as program / Debian package / Fedora package
+if [ "${1:-}" = --for ] && [ $# -eq 2 ]; then
+    case "$2" in
+        docker) set -- dockerd docker.io moby-engine ;;
+        *) set -- "$2" "$2" "$2" ;;
+    esac
+    set -- "$@" sshfs sshfs fuse-sshfs
+    # the local image's root filesystem (engines/busybox.sh also takes initramfs-tools' copy)
+    [ -x "$INITRAMFS_BUSYBOX" ] || set -- "$@" busybox busybox busybox
+    # on Hyper-V the guest's address reaches the host through the KVP daemon (Get-VMNetworkAdapter)
+    if [ "$(systemd-detect-virt 2>/dev/null)" = microsoft ]; then
+        set -- "$@" hv_kvp_daemon hyperv-daemons hyperv-daemons
+    fi
+fi
 
 debian=""
 fedora=""

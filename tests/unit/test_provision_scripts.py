@@ -303,13 +303,37 @@ def test_install_missing_fails_clearly_without_a_package_manager_or_when_it_fail
     assert rc == 2 and "arguments come in threes" in said
 
 
-def test_firstboot_installs_what_is_missing_before_the_engine_on_a_pulled_image() -> None:
-    """The cloud-init path (no early part) asks for the runtime's packages, sshfs, and on Hyper-V the KVP daemon."""
+@posix
+@pytest.mark.parametrize(
+    ("runtime", "virt", "initramfs_busybox", "apt_packages"),
+    [
+        ("docker", "kvm", False, "docker.io sshfs busybox"),
+        ("podman", "kvm", True, "podman sshfs"),  # initramfs-tools' busybox serves the local image
+        ("containerd", "microsoft", True, "containerd sshfs hyperv-daemons"),  # Hyper-V: the KVP daemon too
+    ],
+)
+def test_install_missing_for_a_runtime_asks_for_what_that_guest_needs(
+    tmp_path: Path, runtime: str, virt: str, initramfs_busybox: bool, apt_packages: str
+) -> None:
+    """`--for RUNTIME`, as firstboot.sh runs it on a pulled image, with only stand-ins on PATH (no sbin)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "calls"
+    for name, body in (("apt-get", f'echo "apt-get $*" >> "{calls}"'), ("systemd-detect-virt", f"echo {virt}")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    busybox = tmp_path / "initramfs-busybox"
+    if initramfs_busybox:
+        busybox.write_text("")
+        busybox.chmod(0o755)
+    env = {"PATH": str(bin_dir), "DEVENV_SBIN": str(tmp_path / "none"), "DEVENV_INITRAMFS_BUSYBOX": str(busybox)}
+    res = subprocess.run(["/bin/sh", str(INSTALL_MISSING), "--for", runtime], env=env, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert calls.read_text().splitlines()[-1] == f"apt-get install -y -q --no-install-recommends {apt_packages}"
+
+
+def test_firstboot_asks_for_the_runtimes_needs_before_the_engine_on_a_pulled_image() -> None:
     text = (assets.provisioning_dir() / "cloud-init/firstboot.sh").read_text()
     plain = text[text.index('if [ -e "$STATE/early" ]; then') :]
-    assert plain.index('step packages sh "$LIB/install-missing.sh" $NEEDS') < plain.index(
-        'step "engine-$RUNTIME" sh "$ENGINE"\n'
-    )
-    assert 'docker) NEEDS="dockerd docker.io moby-engine" ;;' in text
-    assert 'NEEDS="$NEEDS sshfs sshfs fuse-sshfs"' in text
-    assert 'NEEDS="$NEEDS hv_kvp_daemon hyperv-daemons hyperv-daemons"' in text
+    packages = plain.index('step packages sh "$LIB/install-missing.sh" --for "$RUNTIME"')
+    assert packages < plain.index('step "engine-$RUNTIME" sh "$ENGINE"\n')
