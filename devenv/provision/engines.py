@@ -17,6 +17,7 @@ class Engine:
     units: tuple[str, ...]  # systemd units that get the proxy drop-in
     docker_api: bool  # the socket speaks the Docker API, so the host's `docker` CLI works against it
     script: str  # provisioning/engines/<script>
+    group: str  # whose members may use the socket: GROUP= in the script; the guest user is one
 
     @property
     def guest_script(self) -> str:
@@ -24,10 +25,12 @@ class Engine:
 
 
 ENGINES: dict[str, Engine] = {
-    "docker": Engine("docker", ENGINE_SOCKETS["docker"], ("docker.service",), True, "docker.sh"),
+    "docker": Engine("docker", ENGINE_SOCKETS["docker"], ("docker.service",), True, "docker.sh", "docker"),
     # rootful podman.socket, group `podman` may use it: the same model as docker's group.
-    "podman": Engine("podman", ENGINE_SOCKETS["podman"], ("podman.service",), True, "podman.sh"),
-    "containerd": Engine("containerd", ENGINE_SOCKETS["containerd"], ("containerd.service",), False, "containerd.sh"),
+    "podman": Engine("podman", ENGINE_SOCKETS["podman"], ("podman.service",), True, "podman.sh", "podman"),
+    "containerd": Engine(
+        "containerd", ENGINE_SOCKETS["containerd"], ("containerd.service",), False, "containerd.sh", "containerd"
+    ),
 }
 
 

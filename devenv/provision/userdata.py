@@ -282,15 +282,31 @@ def render_devenv_seed(inputs: SeedInputs) -> str:
         "instance_id": instance_id(inputs.name, inputs.host_public_key),
         "hostname": guest_hostname(inputs.name),
         "timezone": inputs.timezone,
-        "user": {"name": "devenv", "uid": inputs.uid, "authorized_keys": [inputs.authorized_key]},
+        "user": {
+            "name": "devenv",
+            "uid": inputs.uid,
+            "authorized_keys": [inputs.authorized_key],
+            "groups": [engines.engine(inputs.runtime).group],
+        },
         "host_key": {"private": inputs.host_private_key, "public": inputs.host_public_key},
         "files": [
             {"path": f.path, "content": f.content, "permissions": f.permissions, "append": f.append} for f in files
         ],
         "agent": protocol.GUEST_PATH,
         "firstboot": FIRSTBOOT,
+        # enabled for every later boot; started now (in one systemctl run), the boot's transaction began without them
+        "units": {"enable": [unit_name(u) for u in BOOT_UNITS], "start": [unit_name(u) for u in STARTED_UNITS]},
     }
     return json.dumps(seed, indent=1, ensure_ascii=False) + "\n"
+
+
+# What firstboot.sh enables on a pulled image (cloud-init) and earlyboot.py on an image devenv built.
+BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
+STARTED_UNITS = (AGENT_SOCKET_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)  # devenv-ready: later boots only
+
+
+def unit_name(path: str) -> str:
+    return path.rsplit("/", 1)[-1]
 
 
 def earlyboot_source() -> str:

@@ -5,11 +5,11 @@
 #                           user's provision scripts in order, then announce.
 #                           cloud-init runs it (runcmd) on pulled images;
 #                           devenv-provision.service on images devenv built.
-#   firstboot.sh early      on images devenv built, before sshd: enable the
-#                           devenv units and configure, enable and start the
-#                           engine without waiting for it (devenv/provision/
-#                           earlyboot.py runs this); the plain run then only
-#                           waits for the engine.
+#   firstboot.sh early      on images devenv built, before sshd: configure,
+#                           enable and start the engine without waiting for
+#                           it (devenv/provision/earlyboot.py runs this, and
+#                           enables and starts the devenv units itself); the
+#                           plain run then only waits for the engine.
 #   firstboot.sh announce   re-announce the outcome; devenv-ready.service runs
 #                           this on every later boot
 #
@@ -82,10 +82,13 @@ run_provision() {
 # The config's env and the host's proxy variables (whose URLs may carry a
 # password) arrive 0600: the guest user reads them, nobody else
 # (devenv/provision/userdata.py: GUEST_USER_READABLE).
-for secret in "$LIB/env.sh" /etc/environment /etc/apt/apt.conf.d/90devenv-proxy; do
-    [ -e "$secret" ] || continue
-    chgrp "$GUEST_USER" "$secret" && chmod 0640 "$secret"
-done
+# The early part did this already: not twice (two processes a file).
+if [ "${1:-}" = early ] || [ ! -e "$STATE/early" ]; then
+    for secret in "$LIB/env.sh" /etc/environment /etc/apt/apt.conf.d/90devenv-proxy; do
+        [ -e "$secret" ] || continue
+        chgrp "$GUEST_USER" "$secret" && chmod 0640 "$secret"
+    done
+fi
 
 RUNTIME=$(cat /etc/devenv/engine 2>/dev/null || echo docker)
 
@@ -99,11 +102,8 @@ printf '[Unit]\nAfter=%s\n' "$READY_AFTER" > /etc/systemd/system/devenv-ready.se
 ENGINE="$LIB/engines/$RUNTIME.sh"
 
 if [ "${1:-}" = early ]; then
-    # The engine first: its start is what the host waits for last. The
-    # units are new files systemd has not loaded yet, so they need no
-    # daemon-reload (~2 s each under TCG) to be enabled and started.
+    # The engine: its start is what the host waits for last.
     step "engine-$RUNTIME" sh "$ENGINE" early
-    step systemd sh -c 'systemctl enable --no-reload devenv-ready.service devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer && systemctl start --no-block devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     date -u +%Y-%m-%dT%H:%M:%SZ > "$STATE/early"
     echo "== early part done"
     exit 0

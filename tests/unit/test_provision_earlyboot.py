@@ -106,13 +106,35 @@ def test_first_boot_writes_identity_files_and_hands_over(
     agent = guest / protocol.GUEST_PATH.lstrip("/")
     assert list((agent.parent / "__pycache__").glob("guestagent*.pyc")), "the agent is compiled once, as root"
 
+    new_units = "devenv-ready.service devenv-guestagent.socket devenv-guestagent@.service devenv-relay.service"
+    new_units += " devenv-reclaim.service devenv-reclaim.timer devenv-provision.service"
     assert commands(guest) == [
         ["useradd", "-m", "-U", "-u", str(user["uid"]), "-s", "/bin/bash", "-c", "devenv", "devenv"],
-        ["/bin/sh", userdata.FIRSTBOOT, "early"],
+        ["env", f"DEVENV_CHANGED_UNITS={new_units}", "/bin/sh", userdata.FIRSTBOOT, "early"],
         ["resize2fs", "/dev/vda"],
-        ["systemctl", "enable", "--no-reload", "devenv-provision.service"],
-        ["systemctl", "start", "--no-block", "devenv-provision.service"],
+        [
+            "systemctl",
+            "start",
+            "--no-block",
+            "devenv-guestagent.socket",
+            "devenv-relay.service",
+            "devenv-reclaim.timer",
+            "devenv-provision.service",
+        ],
     ]
+    # enabled as `systemctl enable` does it: a symlink in each WantedBy= target's .wants
+    units = guest / "etc/systemd/system"
+    links = {str(p.relative_to(units)): os.readlink(p) for p in units.glob("*.wants/*")}
+    assert links == {
+        f"{target}.wants/{unit}": f"/etc/systemd/system/{unit}"
+        for target, unit in [
+            ("multi-user.target", "devenv-ready.service"),
+            ("sockets.target", "devenv-guestagent.socket"),
+            ("multi-user.target", "devenv-relay.service"),
+            ("timers.target", "devenv-reclaim.timer"),
+            ("multi-user.target", "devenv-provision.service"),
+        ]
+    }
     assert (guest / "var/lib/devenv/seeded").read_text() == f"{data['instance_id']}\n"
     assert not (guest / "var/lib/devenv/failed").exists()
 
@@ -126,10 +148,56 @@ def test_a_second_run_after_a_crash_changes_nothing_twice(
     (guest / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/bash\ndevenv:x:1000:1000::/home/devenv:/bin/bash\n")
     (guest / "commands.log").unlink()
     before = (guest / "etc/environment").read_text()
+    relay_unit = guest / userdata.RELAY_UNIT.lstrip("/")
+    os.utime(relay_unit, ns=(1_000_000_000, 1_000_000_000))
+    (guest / userdata.READY_UNIT.lstrip("/")).write_text("[Unit]\nDescription=an older one\n")
     assert run_earlyboot(path, guest).returncode == 0
-    assert [c[0] for c in commands(guest)] == ["/bin/sh", "resize2fs", "systemctl", "systemctl"]  # no second useradd
+    assert [c[:3] for c in commands(guest)] == [  # no second useradd
+        ["env", "DEVENV_CHANGED_UNITS=devenv-ready.service", "/bin/sh"],  # the one file whose bytes changed
+        ["resize2fs", "/dev/vda"],
+        ["systemctl", "start", "--no-block"],
+    ]
+    assert relay_unit.stat().st_mtime_ns == 1_000_000_000  # the same bytes: not rewritten, so not stale to systemd
     assert (guest / "etc/hosts").read_text().count("127.0.1.1") == 1
     assert (guest / "etc/environment").read_text() == before  # appended once, not per run
+
+
+@posix
+def test_the_user_joins_the_engines_group_when_the_image_has_it(
+    guest: Path, seed_json: tuple[Path, dict[str, object]]
+) -> None:
+    """The image devenv built has the docker group: useradd gives it, and the engine step needs no usermod."""
+    path, data = seed_json
+    user = data["user"]
+    assert isinstance(user, dict) and user["groups"] == ["docker"]
+    (guest / "etc/group").write_text("root:x:0:\ndocker:x:998:\n")
+    assert run_earlyboot(path, guest).returncode == 0
+    assert commands(guest)[0] == [
+        *("useradd", "-m", "-U", "-u", str(user["uid"]), "-G", "docker", "-s", "/bin/bash", "-c", "devenv", "devenv")
+    ]
+
+
+@posix
+def test_an_install_section_beyond_wantedby_is_refused(guest: Path, seed_json: tuple[Path, dict[str, object]]) -> None:
+    """enable() writes what `systemctl enable` would for WantedBy= alone; anything else must not be half-done."""
+    path, data = seed_json
+    files = data["files"]
+    assert isinstance(files, list)
+    relay = next(f for f in files if f["path"] == userdata.RELAY_UNIT)
+    relay["content"] += "Alias=relay.service\n"
+    path.write_text(json.dumps(data))
+    res = run_earlyboot(path, guest)
+    assert res.returncode == 1
+    assert (guest / "var/lib/devenv/failed").read_text() == f"step=units rc=1 log={earlyboot.LOG}\n"
+    assert "Alias is not handled" in res.stderr
+
+
+def test_every_engine_names_the_group_its_script_uses() -> None:
+    from devenv.provision import assets, engines
+
+    for engine in engines.ENGINES.values():
+        script = assets.read_text(f"engines/{engine.script}")
+        assert f"\nGROUP={engine.group}\n" in script, engine.name
 
 
 @posix

@@ -133,13 +133,16 @@ def test_put_file_leaves_the_same_bytes_untouched(tmp_path: Path) -> None:
     assert sorted(p.name for p in unit.parent.iterdir()) == ["10.conf"]  # no .devenv-new left
 
 
-def _early(tmp_path: Path, stale: set[str], configured_as: str | None = None) -> list[list[str]]:
+def _early(
+    tmp_path: Path, stale: set[str], configured_as: str | None = None, seed_changed: str | None = None
+) -> list[list[str]]:
     """engine_main early against a systemctl that records its calls; `stale` units answer NeedDaemonReload=yes.
 
     configured_as: what the image's record of its configure holds ("same": what these scripts' sums are).
+    seed_changed: DEVENV_CHANGED_UNITS as earlyboot.py passes it (None: unset, as any other caller).
     configure and the user's group are recorded, not done (they write /etc)."""
     bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
+    bin_dir.mkdir(parents=True)
     calls = tmp_path / "calls"
     # like systemd: one block per unit, properties in its own order (not -p's), blank lines between
     fake = bin_dir / "systemctl"
@@ -166,6 +169,9 @@ def _early(tmp_path: Path, stale: set[str], configured_as: str | None = None) ->
         'START="containerd.service docker.socket docker.service"; engine_main'
     )
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "STALE": " ".join(sorted(stale))}
+    env.pop("DEVENV_CHANGED_UNITS", None)
+    if seed_changed is not None:
+        env["DEVENV_CHANGED_UNITS"] = seed_changed
     res = subprocess.run(
         ["sh", "-c", f'. "{COMMON}"; {snippet}', str(COMMON.parent / "docker.sh"), "early"],
         capture_output=True,
@@ -173,7 +179,7 @@ def _early(tmp_path: Path, stale: set[str], configured_as: str | None = None) ->
         env=env,
     )
     assert res.returncode == 0, res.stderr
-    return [line.split() for line in calls.read_text().splitlines()]
+    return [line.split() for line in calls.read_text().splitlines()] if calls.exists() else []
 
 
 @posix
@@ -203,7 +209,36 @@ def test_early_phase_skips_configure_the_image_did_with_the_same_scripts(tmp_pat
     assert calls[0] == ["group", "docker"]  # the user is the instance's own: always
     configured = ["configure"] in calls and any(c[0] == "enable" for c in calls)
     assert configured is (record != "same")
-    assert calls[-1] == ["start", "--no-block", "containerd.service", "docker.socket", "docker.service"]
+    if record == "same":  # enabled in the image: the boot's own transaction starts them
+        assert not any(c[0] in ("start", "restart", "daemon-reload") for c in calls)
+    else:
+        assert calls[-1] == ["start", "--no-block", "containerd.service", "docker.socket", "docker.service"]
+
+
+@posix
+def test_early_phase_on_the_image_that_configured_it_asks_systemd_nothing(tmp_path: Path) -> None:
+    """earlyboot.py says which units' files the seed changed; only those are restarted, without a `systemctl show`."""
+    assert _early(tmp_path / "a", set(), configured_as="same", seed_changed="devenv-relay.service") == [
+        ["group", "docker"]
+    ]
+    calls = _early(tmp_path / "b", set(), configured_as="same", seed_changed="devenv-ready.service docker.service")
+    assert calls == [["group", "docker"], ["daemon-reload"], ["restart", "--no-block", "docker.service"]]
+
+
+@posix
+def test_early_phase_asks_systemd_when_configure_ran_whatever_the_seed_changed(tmp_path: Path) -> None:
+    """configure rewrites unit files the seed knows nothing of: systemd says which changed."""
+    calls = _early(tmp_path, {"docker.service"}, configured_as="older scripts\n", seed_changed="")
+    assert any(c[0] == "show" for c in calls)
+    assert ["restart", "--no-block", "docker.service"] in calls
+    assert calls[-1] == ["start", "--no-block", "containerd.service", "docker.socket"]
+
+
+@posix
+def test_units_among(tmp_path: Path) -> None:
+    res = _sh('units_among "$1" docker.socket docker.service containerd.service', "docker.service x.service.d docker")
+    assert res.stdout == "docker.service "
+    assert _sh('units_among "" docker.service').stdout == ""
 
 
 @posix

@@ -353,7 +353,7 @@ def test_text_that_is_not_utf8_is_a_config_error_and_no_seed_is_written(tmp_path
 
 def test_firstboot_hands_each_secret_file_to_the_guest_user_alone() -> None:
     script = assets.read_text("cloud-init/firstboot.sh")
-    loop = next(line for line in script.splitlines() if line.startswith("for secret in "))
+    loop = next(line.strip() for line in script.splitlines() if line.strip().startswith("for secret in "))
     listed = loop.removeprefix("for secret in ").removesuffix("; do").replace('"$LIB', userdata.LIB).replace('"', "")
     assert listed.split() == list(userdata.GUEST_USER_READABLE)
     assert 'chgrp "$GUEST_USER" "$secret" && chmod 0640 "$secret"' in script
