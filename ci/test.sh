@@ -141,7 +141,7 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     /usr/bin/python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade "pip>=26" || true  # console scripts without `import re`
     .venv/bin/pip install -q -e ".[test,libvirt]"
-    exec .venv/bin/pytest -p no:cacheprovider "$@"
+    exec .venv/bin/pytest -p no:cacheprovider --durations=25 "$@"  # the slowest, to keep the run under its budget
   ' _ "$work" "$@" || user_rc=$?
   # What only root can do at all, as root: the WSL2 driver's run against the stand-in wsl.exe, whose distros
   # are systemd-nspawn containers (tests/integration/test_wsl2_stand_in.py). A given test selection skips it.

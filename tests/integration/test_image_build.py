@@ -114,6 +114,10 @@ def test_first_boot_is_devenvs_seed_unit_not_cloud_init(raw: Path) -> None:
     unit = debugfs(raw, "cat /etc/systemd/system/devenv-seed.service").splitlines()
     assert "ExecStart=/bin/sh /usr/local/lib/devenv/seed-boot.sh" in unit
     assert "Before=ssh.service systemd-user-sessions.service devenv-provision.service shutdown.target" in unit
+    # the root filesystem remounted and the system accounts made, not the whole of local-fs.target
+    after = next(line for line in unit if line.startswith("After="))
+    assert "systemd-remount-fs.service" in after and "systemd-sysusers.service" in after
+    assert "local-fs.target" not in after
     script = debugfs(raw, "cat /usr/local/lib/devenv/seed-boot.sh")
     assert 'python3 -I -S "$SEED/devenv-earlyboot.py" "$SEED/devenv-seed.json"' in script
 
