@@ -137,11 +137,13 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     DEVENV_TEST_LIBVIRT_REMOTE_HOST_KEY="$DEVENV_TEST_LIBVIRT_REMOTE_HOST_KEY" \
     DEVENV_LOAD_BYTES="$load_bytes" PATH="/opt/devenv-ci/npm/node_modules/.bin:$PATH" bash -c '
     set -e
-    cd "$1"; shift
+    work=$1; shift
+    cd "$work"
     /usr/bin/python3 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade "pip>=26" || true  # console scripts without `import re`
     .venv/bin/pip install -q -e ".[test,libvirt]"
-    exec .venv/bin/pytest -p no:cacheprovider --durations=25 "$@"  # the slowest, to keep the run under its budget
+    # --durations: the slowest, to keep the run under its budget; the JUnit report: ci/failures.py, below
+    exec .venv/bin/pytest -p no:cacheprovider --durations=25 --junitxml="$work/junit.xml" "$@"
   ' _ "$work" "$@" || user_rc=$?
   # What only root can do at all, as root: the WSL2 driver's run against the stand-in wsl.exe, whose distros
   # are systemd-nspawn containers (tests/integration/test_wsl2_stand_in.py). A given test selection skips it.
@@ -150,6 +152,8 @@ if [ "$(id -u)" = 0 ] && [ "${DEVENV_TEST_AS_ROOT:-0}" != 1 ]; then
     log "tests that need root itself (the WSL2 stand-in's nspawn containers), as root"
     run_pytest .venv/bin/pytest -p no:cacheprovider tests/integration/test_wsl2_stand_in.py || root_rc=$?
   fi
+  # CI keeps only the tail of this output: the names of what failed come last.
+  [ "$user_rc" = 0 ] || .venv/bin/python ci/failures.py "$work/junit.xml"
   [ "$user_rc" = 0 ] || exit "$user_rc"
   exit "$root_rc"
 else
