@@ -141,13 +141,20 @@ class RelayStream:
             if self._closed:
                 raise OSError("relay stream closed")
             view = memoryview(data)
-            out = b"".join(frame(DATA, bytes(view[i : i + MAX_FRAME])) for i in range(0, len(view), MAX_FRAME))
-            self._sock.settimeout(None)
-            try:
-                self._sock.sendall(out)
-            finally:
-                with contextlib.suppress(OSError):
-                    self._sock.settimeout(self._timeout)
+            out = memoryview(
+                b"".join(frame(DATA, bytes(view[i : i + MAX_FRAME])) for i in range(0, len(view), MAX_FRAME))
+            )
+            # Every frame whole, however long QEMU takes to read them. Not sendall() with the timeout lifted:
+            # the socket's timeout is its blocking mode, shared with paramiko's thread in recv(), which then
+            # met BlockingIOError (lost the session) whenever a send changed it under a read.
+            while out:
+                try:
+                    sent = self._sock.send(out)
+                except TimeoutError:
+                    if self._closed:
+                        raise OSError("relay stream closed") from None
+                    continue
+                out = out[sent:]
         return len(data)
 
     def recv(self, n: int) -> bytes:
@@ -159,6 +166,8 @@ class RelayStream:
             if not detached:
                 try:
                     data = self._sock.recv(n)
+                except BlockingIOError:  # settimeout() from another thread made the socket non-blocking under us
+                    raise TimeoutError from None
                 except (ConnectionResetError, BrokenPipeError):
                     data = b""
                 if data or not self._quiesced or self._closed:

@@ -9,6 +9,7 @@ they wait in the guest's virtqueue.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import select
 import socket
@@ -146,6 +147,11 @@ def rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path,
 _PORTS_KEPT_OPEN: list[tuple[socket.socket, socket.socket]] = []
 
 
+def digests(blobs: list[bytes]) -> list[tuple[int, str]]:
+    """Megabytes compared by length and hash: a failure's message stays a line, not the bytes' diff."""
+    return [(len(b), hashlib.sha256(b).hexdigest()) for b in blobs]
+
+
 def recv_exactly(stream: RelayStream, n: int, timeout: float = 5.0) -> bytes:
     out = b""
     deadline = time.monotonic() + timeout
@@ -203,8 +209,40 @@ def test_megabytes_both_ways_arrive_whole_with_a_clock_frame_among_them(
     stream._sock.sendall(guest.frame(guest.CLOCK, b"1700000000.5"))  # between two sends, as after a restore
     stream.send(second)
     reader.join(35)
-    assert got == [first + second]
+    assert digests(got) == digests([first + second])
     assert clock == [b"1700000000.5"]
+
+
+def test_many_sends_beside_a_thread_in_recv_never_break_its_recv(
+    rig: tuple[Path, socket.socket, FakeSshd, list[bytes]],
+) -> None:
+    """paramiko reads in its own thread while others send: a send must leave the socket's mode alone.
+
+    send() once lifted the timeout for its sendall and put it back; a recv() in between met a socket
+    non-blocking under its feet and raised BlockingIOError, which ends paramiko's session.
+    """
+    path, port, _sshd, _ = rig
+    FakeQemu(path, port)
+    stream = RelayStream(path, wait=5)
+    stream.settimeout(0.1)
+    assert recv_exactly(stream, 6) == b"SSH-1\n"
+    messages = [os.urandom(997) for _ in range(3000)]
+    got: list[bytes] = []
+    errors: list[BaseException] = []
+
+    def read() -> None:
+        try:
+            got.append(recv_exactly(stream, sum(map(len, messages)), timeout=60))
+        except BaseException as e:  # reported by the assert below, with its type
+            errors.append(e)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    for m in messages:
+        stream.send(m)
+    reader.join(65)
+    assert errors == []
+    assert digests(got) == digests([b"".join(messages)])
 
 
 def test_session_survives_the_chardev_going_away_and_coming_back(
