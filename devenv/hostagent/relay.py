@@ -145,8 +145,9 @@ class RelayStream:
                 b"".join(frame(DATA, bytes(view[i : i + MAX_FRAME])) for i in range(0, len(view), MAX_FRAME))
             )
             # Every frame whole, however long QEMU takes to read them. Not sendall() with the timeout lifted:
-            # the socket's timeout is its blocking mode, shared with paramiko's thread in recv(), which then
-            # met BlockingIOError (lost the session) whenever a send changed it under a read.
+            # the socket's timeout is its blocking mode, shared with the thread in recv(), which then met
+            # BlockingIOError whenever a send changed it under a read (paramiko takes that EAGAIN for a
+            # timeout; a reader that does not, as the relay's tests, failed).
             while out:
                 try:
                     sent = self._sock.send(out)
