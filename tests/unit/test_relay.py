@@ -219,7 +219,8 @@ def test_many_sends_beside_a_thread_in_recv_never_break_its_recv(
     """paramiko reads in its own thread while others send: a send must leave the socket's mode alone.
 
     send() once lifted the timeout for its sendall and put it back; a recv() in between met a socket
-    non-blocking under its feet and raised BlockingIOError, which ends paramiko's session.
+    non-blocking under its feet and raised BlockingIOError (paramiko happens to take that EAGAIN for a
+    timeout; a reader holding the stream's own contract, a timeout or bytes, does not).
     """
     path, port, _sshd, _ = rig
     FakeQemu(path, port)
