@@ -5,7 +5,8 @@ driver this host can run, against that driver's own shared instance. The
 checks ask devenv itself for everything; a case holds only what a test cannot
 ask: the words the driver shows, the process a crash test kills, the programs
 the driver needs here. A check of one driver's own machinery (the QEMU
-command line, say) says so with `if driver.backend == ...`.
+command line, say) says so with `if driver.backend == ...`. A module of
+checks of the guest side alone runs on the primary driver (`guest_side_only`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+
+import pytest
 
 
 @dataclass(frozen=True)
@@ -63,3 +66,15 @@ CASES = {
     ),
     "libvirt": LIBVIRT,
 }
+
+# The primary driver (the default VM driver on Linux and macOS) alone runs the checks of the guest side: the
+# engine a runtime choice installs, the sshfs mount kind, the tools that talk to the engine (test_runtime_*.py,
+# test_sshfs_mounts.py, test_tools.py). What they test is the same under every driver: the guest, and the host
+# agent's socket and forwards, whose path under each driver the driver's own checks cover (test_hostagent_e2e.py,
+# test_load.py). Under TCG a second run of them cost 6 minutes of CI's hour. The driver's own work (start, stop,
+# crashes, exec, forwards, load, snapshots) runs on every driver; test_load.py moves a quarter of its bytes
+# through the others.
+PRIMARY = "qemu"
+
+# A module's `pytestmark` entry: its tests take the `driver` fixture (and its VM) for the primary driver alone.
+guest_side_only = pytest.mark.parametrize("driver", [PRIMARY], indirect=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import Devenv
-from tests.e2e.drivers import DriverCase
+from tests.e2e.drivers import DriverCase, guest_side_only
 
 PROXY_SECRET = "pr0xy-s3cret"
 HOST_PROXY = f"http://proxyuser:{PROXY_SECRET}@127.0.0.1:3128"  # on the host's loopback: rewritten for the guest
@@ -24,6 +24,7 @@ HOST_PROXY = f"http://proxyuser:{PROXY_SECRET}@127.0.0.1:3128"  # on the host's 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the e2e VM runs on the Linux CI hosts"),
+    guest_side_only,
 ]
 
 

@@ -26,10 +26,12 @@ import pytest
 
 from devenv.provision.engines import LOCAL_IMAGE
 from tests.e2e.conftest import Devenv
+from tests.e2e.drivers import guest_side_only
 
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the e2e VM runs on the Linux CI hosts"),
+    guest_side_only,
 ]
 
 REPO = Path(__file__).resolve().parents[2]
