@@ -48,6 +48,33 @@ class AgentBridger:
         self.client.call("bridge_close", {"port": bridge_port}, self.TIMEOUT)
 
 
+class ChannelWriter:
+    """The guest agent's input: what is written goes out at flush(), close() sends EOF.
+
+    Not paramiko's makefile_stdin(): that file's __del__ closes it again (paramiko's close
+    does not look whether it already ran) and flushes a buffer the interpreter may have
+    torn down at exit, so every host agent's log ended in a traceback ("Exception ignored
+    in BufferedFile.__del__ ... I/O operation on closed file").
+    """
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        self._buf += data
+        return len(data)
+
+    def flush(self) -> None:
+        if self._buf:
+            data, self._buf = bytes(self._buf), bytearray()
+            self._channel.sendall(data)
+
+    def close(self) -> None:
+        self.flush()
+        self._channel.shutdown_write()
+
+
 class GuestSession:
     """Everything tied to one SSH transport: the guest agent channel, its events, the mounts."""
 
@@ -89,7 +116,7 @@ class GuestSession:
         ours = self.agent.opts.agent_command == protocol.serve_command()  # else a test's stand-in guest
         for attempt in (1, 2):
             channel = self._open_guest_agent()
-            client = protocol.AgentClient(channel.makefile("rb"), channel.makefile_stdin("wb"))
+            client = protocol.AgentClient(channel.makefile("rb"), ChannelWriter(channel))
             try:
                 reason = protocol.check_hello(client.start())
                 usable = True  # same protocol; at worst another build of the agent
