@@ -84,7 +84,7 @@ while True:
 
 
 def load_bytes(driver: DriverCase) -> int:
-    """The bytes a bulk test moves through this driver's instance: all of LOAD_BYTES on the default driver."""
+    """The bytes a bulk test moves through this driver's instance: all of LOAD_BYTES on the primary driver."""
     return LOAD_BYTES if driver.backend == PRIMARY else LOAD_BYTES // 4
 
 
