@@ -10,8 +10,16 @@ from Windows), with the ids of this conversation filled in; RelatesTo echoes
 the request's MessageID, which pywinrm checks.
 
 Authentication is HTTP Basic (WinRM's Basic, enabled on a host with
-`winrm set winrm/config/service/auth @{Basic="true"}`); a wrong password
-gets the 401 Windows sends. What a command does is the test's `run`
+`winrm set winrm/config/service/auth @{Basic="true"}`), or NTLM, WinRM's
+default and devenv's (auth="ntlm"): the 401 a Windows host sends offers
+Negotiate and NTLM; the client's NEGOTIATE, the server's CHALLENGE and the
+client's AUTHENTICATE (the request's body with it) pass on one kept-alive
+connection, which is then authenticated. The server's side is pyspnego's
+NTLM acceptor, the code pywinrm's own client side is built on; it checks
+the password against NTLM_USER_FILE (the test writes it) and, over TLS, the
+channel binding to the server's certificate (RFC 5929 tls-server-end-point,
+which a Windows host with CbtHardeningLevel=Strict requires). A wrong
+password gets the 401 Windows sends. What a command does is the test's `run`
 callable: given the command, its arguments and its stdin, it returns (exit code,
 stdout bytes, stderr bytes); tests run the stand-in PowerShell with them.
 """
@@ -83,12 +91,26 @@ class Seen:
     users: list[str] = field(default_factory=list)
     open_shells: set[str] = field(default_factory=set)
     sends: int = 0
+    ntlm_failures: list[str] = field(default_factory=list)  # the acceptor's error for each refused AUTHENTICATE
 
 
 class WsmanServer:
-    def __init__(self, run: Run, user: str, password: str, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        run: Run,
+        user: str,
+        password: str,
+        tls: ssl.SSLContext | None = None,
+        *,
+        auth: str = "basic",
+        server_cert: Path | None = None,
+    ) -> None:
+        """auth: "basic" or "ntlm"; server_cert: the PEM of tls's certificate, whose hash NTLM binds to."""
+        assert auth in ("basic", "ntlm"), auth
         self.run = run
+        self.auth = auth
         self.credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
+        self.channel_binding = _tls_server_end_point(server_cert) if server_cert is not None else None
         self.seen = Seen()
         self._pending: dict[str, list[bytes]] = {}  # command id -> the Receive replies still to send
         self._started: dict[str, tuple[str, list[str]]] = {}  # commands whose output nobody asked for yet
@@ -111,19 +133,60 @@ class WsmanServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # NTLM authenticates a connection: it must stay open between its steps
+            ntlm: Any = None  # this connection's NTLM acceptor while its handshake runs
+            authenticated = False  # this connection finished an NTLM handshake
+
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
+            def refuse(self, *challenges: str) -> None:
+                self.send_response(401)
+                for challenge in challenges:
+                    self.send_header("WWW-Authenticate", challenge)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def basic_ok(self) -> bool:
+                auth = self.headers.get("Authorization", "")
+                if auth == f"Basic {server.credentials}":
+                    return True
+                if auth.startswith("Basic "):
+                    server.seen.users.append(base64.b64decode(auth[6:]).decode().partition(":")[0])
+                self.refuse('Basic realm="WSMAN"')
+                return False
+
+            def ntlm_ok(self) -> bool:
+                """One step of the handshake; True once this connection is authenticated."""
+                if self.authenticated:
+                    return True
+                import spnego
+                from spnego.exceptions import SpnegoError
+
+                scheme, _, token = self.headers.get("Authorization", "").partition(" ")
+                if scheme not in ("Negotiate", "NTLM") or not token:
+                    self.ntlm = None
+                    self.refuse("Negotiate", "NTLM")  # what a Windows host offers by default
+                    return False
+                if self.ntlm is None:
+                    self.ntlm = spnego.server(protocol="ntlm", channel_bindings=server.channel_binding)
+                try:
+                    out = self.ntlm.step(base64.b64decode(token))
+                except SpnegoError as e:  # a wrong password, a channel binding that does not match
+                    server.seen.ntlm_failures.append(type(e).__name__)
+                    self.ntlm = None
+                    self.refuse("Negotiate", "NTLM")
+                    return False
+                if not self.ntlm.complete:
+                    self.refuse(f"{scheme} {base64.b64encode(out or b'').decode()}")
+                    return False
+                server.seen.users.append(str(self.ntlm.client_principal))
+                self.authenticated, self.ntlm = True, None
+                return True
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                auth = self.headers.get("Authorization", "")
-                if auth != f"Basic {server.credentials}":
-                    if auth.startswith("Basic "):
-                        server.seen.users.append(base64.b64decode(auth[6:]).decode().partition(":")[0])
-                    self.send_response(401)
-                    self.send_header("WWW-Authenticate", 'Basic realm="WSMAN"')
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
+                if not (self.ntlm_ok() if server.auth == "ntlm" else self.basic_ok()):
                     return
                 reply = server.answer(body)
                 self.send_response(200)
@@ -199,8 +262,26 @@ class WsmanServer:
         return ("<rsp:ReceiveResponse>" + "".join(parts) + "</rsp:ReceiveResponse>").encode()
 
 
+def _tls_server_end_point(pem: Path) -> Any:
+    """The channel binding of a TLS server with this certificate (RFC 5929 4.1): its hash, as the client computes it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from spnego.channel_bindings import GssChannelBindings
+
+    cert = x509.load_pem_x509_certificate(pem.read_bytes())
+    algorithm = cert.signature_hash_algorithm
+    if algorithm is None or algorithm.name in ("md5", "sha1"):
+        algorithm = hashes.SHA256()
+    digest = hashes.Hash(algorithm)
+    digest.update(cert.public_bytes(serialization.Encoding.DER))
+    return GssChannelBindings(application_data=b"tls-server-end-point:" + digest.finalize())
+
+
 def self_signed(tmp: Path) -> tuple[ssl.SSLContext, Path]:
-    """A CA and a certificate it signed for 127.0.0.1: the server's TLS context, and the CA's PEM file."""
+    """A CA and a certificate it signed for 127.0.0.1: the server's TLS context, and the CA's PEM file.
+
+    The server's certificate and key are in tmp/server.pem (the certificate first).
+    """
     import datetime
 
     from cryptography import x509

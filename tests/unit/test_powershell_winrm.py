@@ -4,8 +4,10 @@ Nothing of pywinrm is replaced: it opens the shell, runs the command,
 receives the base64 streams and the exit code, signals and deletes the
 shell, as against a Windows host. The server's envelopes are pywinrm's
 recorded ones; behind it the stand-in PowerShell (tests/powershell_stand_in.py)
-decodes the -EncodedCommand and replays recorded outputs. No Windows host
-was used: this checks devenv and pywinrm against recordings.
+decodes the -EncodedCommand and replays recorded outputs. Authentication is
+Basic, or NTLM (devenv's default) against pyspnego's acceptor with the TLS
+channel binding checked. No Windows host was used: this checks devenv and
+pywinrm against recordings.
 """
 
 from __future__ import annotations
@@ -62,9 +64,21 @@ def server(stand_in: Path) -> Iterator[tuple[WsmanServer, Path]]:
         yield s, ca_file
 
 
-def transport(s: WsmanServer, ca_file: Path | str = "", user: str = "ann") -> PowerShell:
-    target = WinRMTarget(f"127.0.0.1:{s.port}", user, "basic", str(ca_file))
+def transport(s: WsmanServer, ca_file: Path | str = "", user: str = "ann", auth: str = "basic") -> PowerShell:
+    target = WinRMTarget(f"127.0.0.1:{s.port}", user, auth, str(ca_file))
     return PowerShell(WinRMTransport(target))
+
+
+@pytest.fixture
+def ntlm_server(stand_in: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WsmanServer, Path]]:
+    """The same server asking for NTLM (devenv's default hyperv_auth), the account DESK\\ann in its store."""
+    pytest.importorskip("spnego", reason="pyspnego comes with pywinrm's NTLM support (requests_ntlm)")
+    store = stand_in / "ntlm-users"
+    store.write_text("DESK:ann:pa55 word\n")  # Heimdal's DOMAIN:USER:PASSWORD, as pyspnego's acceptor reads it
+    monkeypatch.setenv("NTLM_USER_FILE", str(store))
+    tls, ca_file = self_signed(stand_in)
+    with WsmanServer(run_stand_in, "", "", tls, auth="ntlm", server_cert=stand_in / "server.pem") as s:
+        yield s, ca_file
 
 
 def test_a_script_runs_over_https_with_the_ca_given(server: tuple[WsmanServer, Path], stand_in: Path) -> None:
@@ -121,6 +135,56 @@ def test_a_wrong_password_is_said_with_where_the_password_comes_from(server: tup
     )
     assert "DEVENV_HYPERV_PASSWORD" in caught.value.hint and "devenv-hyperv bob@127.0.0.1" in caught.value.hint
     assert s.seen.users == ["bob"]
+
+
+def test_ntlm_the_default_authenticates_over_https_bound_to_the_certificate(
+    ntlm_server: tuple[WsmanServer, Path], stand_in: Path
+) -> None:
+    """pywinrm's NTLM (requests_ntlm) against pyspnego's acceptor: the handshake, then the script, over TLS.
+
+    The acceptor checks the password and the channel binding the client
+    computed from the server's certificate; no Windows host took part.
+    """
+    s, ca_file = ntlm_server
+    answer(stand_in, {"match": "Get-VM", "stdout": '{"Name":"dev","State":"Running"}\r\n'})
+    result = transport(s, ca_file, user="DESK\\ann", auth="ntlm").run("Hyper-V\\Get-VM -Name 'dev'", "Get-VM dev")
+    assert result.ok and result.json() == {"Name": "dev", "State": "Running"}
+    assert s.seen.users == ["DESK\\ann"] and s.seen.ntlm_failures == []  # one handshake for the whole shell
+    assert s.seen.actions == ["Create", "Command", "Receive", "Receive", "Signal", "Delete"]
+
+
+def test_ntlm_with_a_wrong_password_is_refused_and_said(
+    ntlm_server: tuple[WsmanServer, Path], stand_in: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s, ca_file = ntlm_server
+    monkeypatch.setenv("DEVENV_HYPERV_PASSWORD", "not it")
+    with pytest.raises(ConnectionFailed) as caught:
+        transport(s, ca_file, user="DESK\\ann", auth="ntlm").run("Get-VM", "Get-VM")
+    assert caught.value.message.startswith(f"WinRM at https://127.0.0.1:{s.port}/wsman: DESK\\ann was refused"), (
+        caught.value.message
+    )
+    assert "DEVENV_HYPERV_PASSWORD" in caught.value.hint
+    assert s.seen.ntlm_failures and s.seen.actions == []  # refused at the AUTHENTICATE: nothing ran
+
+
+def test_ntlm_bound_to_another_certificate_is_refused(stand_in: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The binding is checked, not only sent: an acceptor expecting another certificate's hash refuses the client.
+
+    That is what a TLS-intercepting proxy between devenv and a host that
+    requires channel binding meets.
+    """
+    pytest.importorskip("spnego", reason="pyspnego comes with pywinrm's NTLM support (requests_ntlm)")
+    (stand_in / "ntlm-users").write_text("DESK:ann:pa55 word\n")
+    monkeypatch.setenv("NTLM_USER_FILE", str(stand_in / "ntlm-users"))
+    other = stand_in / "other"
+    other.mkdir()
+    self_signed(other)
+    tls, ca_file = self_signed(stand_in)
+    server = WsmanServer(run_stand_in, "", "", tls, auth="ntlm", server_cert=other / "server.pem")
+    with server as s, pytest.raises(ConnectionFailed) as caught:
+        transport(s, ca_file, user="DESK\\ann", auth="ntlm").run("Get-VM", "Get-VM")
+    assert "DESK\\ann was refused" in caught.value.message, caught.value.message
+    assert s.seen.ntlm_failures == ["BadBindingsError"], s.seen.ntlm_failures
 
 
 def test_a_closed_port_is_winrm_refused(stand_in: Path) -> None:
