@@ -18,8 +18,12 @@ connection, which is then authenticated. The server's side is pyspnego's
 NTLM acceptor, the code pywinrm's own client side is built on; it checks
 the password against NTLM_USER_FILE (the test writes it) and, over TLS, the
 channel binding to the server's certificate (RFC 5929 tls-server-end-point,
-which a Windows host with CbtHardeningLevel=Strict requires). A wrong
-password gets the 401 Windows sends. What a command does is the test's `run`
+which a Windows host with CbtHardeningLevel=Strict requires). Or CredSSP
+(auth="credssp"): its TLS handshake inside the HTTP tokens, NTLM inside
+that, then the user's password handed to the host (what the server records
+in seen.delegated), through pyspnego's CredSSP acceptor, the counterpart of
+requests-credssp, which pywinrm uses. A wrong password gets the 401 Windows
+sends. What a command does is the test's `run`
 callable: given the command, its arguments and its stdin, it returns (exit code,
 stdout bytes, stderr bytes); tests run the stand-in PowerShell with them.
 """
@@ -91,7 +95,8 @@ class Seen:
     users: list[str] = field(default_factory=list)
     open_shells: set[str] = field(default_factory=set)
     sends: int = 0
-    ntlm_failures: list[str] = field(default_factory=list)  # the acceptor's error for each refused AUTHENTICATE
+    auth_failures: list[str] = field(default_factory=list)  # the NTLM or CredSSP acceptor's error for each refusal
+    delegated: list[tuple[str, str]] = field(default_factory=list)  # (DOMAIN\\user, password) CredSSP handed over
 
 
 class WsmanServer:
@@ -105,8 +110,8 @@ class WsmanServer:
         auth: str = "basic",
         server_cert: Path | None = None,
     ) -> None:
-        """auth: "basic" or "ntlm"; server_cert: the PEM of tls's certificate, whose hash NTLM binds to."""
-        assert auth in ("basic", "ntlm"), auth
+        """auth: "basic", "ntlm" or "credssp"; server_cert: the PEM of tls's certificate, whose hash NTLM binds to."""
+        assert auth in ("basic", "ntlm", "credssp"), auth
         self.run = run
         self.auth = auth
         self.credentials = base64.b64encode(f"{user}:{password}".encode()).decode()
@@ -134,8 +139,8 @@ class WsmanServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"  # NTLM authenticates a connection: it must stay open between its steps
-            ntlm: Any = None  # this connection's NTLM acceptor while its handshake runs
-            authenticated = False  # this connection finished an NTLM handshake
+            context: Any = None  # this connection's NTLM or CredSSP acceptor while its handshake runs
+            authenticated = False  # this connection finished a handshake
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -156,37 +161,44 @@ class WsmanServer:
                 self.refuse('Basic realm="WSMAN"')
                 return False
 
-            def ntlm_ok(self) -> bool:
-                """One step of the handshake; True once this connection is authenticated."""
+            def handshake_ok(self) -> bool:
+                """One step of NTLM's or CredSSP's handshake; True once this connection is authenticated."""
                 if self.authenticated:
                     return True
                 import spnego
                 from spnego.exceptions import SpnegoError
 
+                offered = ("CredSSP",) if server.auth == "credssp" else ("Negotiate", "NTLM")
                 scheme, _, token = self.headers.get("Authorization", "").partition(" ")
-                if scheme not in ("Negotiate", "NTLM") or not token:
-                    self.ntlm = None
-                    self.refuse("Negotiate", "NTLM")  # what a Windows host offers by default
+                if scheme not in offered or not token:
+                    self.context = None
+                    self.refuse(*offered)  # what a Windows host offers
                     return False
-                if self.ntlm is None:
-                    self.ntlm = spnego.server(protocol="ntlm", channel_bindings=server.channel_binding)
+                if self.context is None:
+                    bindings = server.channel_binding if server.auth == "ntlm" else None
+                    self.context = spnego.server(protocol=server.auth, channel_bindings=bindings)
                 try:
-                    out = self.ntlm.step(base64.b64decode(token))
+                    out = self.context.step(base64.b64decode(token))
                 except SpnegoError as e:  # a wrong password, a channel binding that does not match
-                    server.seen.ntlm_failures.append(type(e).__name__)
-                    self.ntlm = None
-                    self.refuse("Negotiate", "NTLM")
+                    server.seen.auth_failures.append(type(e).__name__)
+                    self.context = None
+                    self.refuse(*offered)
                     return False
-                if not self.ntlm.complete:
+                if not self.context.complete:
                     self.refuse(f"{scheme} {base64.b64encode(out or b'').decode()}")
                     return False
-                server.seen.users.append(str(self.ntlm.client_principal))
-                self.authenticated, self.ntlm = True, None
+                server.seen.users.append(str(self.context.client_principal))
+                delegated = self.context.get_extra_info("client_credential") if server.auth == "credssp" else None
+                if delegated is not None:  # CredSSP hands the host the user's password itself
+                    server.seen.delegated.append(
+                        (f"{delegated.domain_name}\\{delegated.username}", delegated.password)
+                    )
+                self.authenticated, self.context = True, None
                 return True
 
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-                if not (self.ntlm_ok() if server.auth == "ntlm" else self.basic_ok()):
+                if not (self.basic_ok() if server.auth == "basic" else self.handshake_ok()):
                     return
                 reply = server.answer(body)
                 self.send_response(200)

@@ -362,9 +362,10 @@ def translate_winrm(exc: BaseException, target: WinRMTarget) -> Exception:
         )
     if isinstance(exc, requests.exceptions.Timeout):
         return ConnectionFailed(f"{where} did not answer ({_short(text)})", "is the host up and the port open?")
-    if isinstance(exc, InvalidCredentialsError):
+    refusal = text if isinstance(exc, InvalidCredentialsError) else _credssp_refusal(exc)
+    if refusal is not None:
         return ConnectionFailed(
-            f"{where}: {target.user or 'the user'} was refused ({text})",
+            f"{where}: {target.user or 'the user'} was refused ({refusal})",
             f"check hyperv_user and the password ({PASSWORD_ENV} or the keyring entry"
             f" {KEYRING_SERVICE} {target.user}@{target.name}); a local account is written as .\\NAME or HOST\\NAME",
         )
@@ -376,6 +377,27 @@ def translate_winrm(exc: BaseException, target: WinRMTarget) -> Exception:
             f"{where}: {text}", f"pip install 'pywinrm[{extra}]'" if extra else "pip install --upgrade pywinrm"
         )
     return ConnectionFailed(f"{where}: {text}", "see the message")
+
+
+# What a CredSSP host answers inside the handshake (a TSRequest's errorCode, MS-CSSP 2.2.1) when it refuses
+# the user: requests-credssp raises it as NTStatusException, where NTLM and Basic get an HTTP 401.
+_CREDSSP_REFUSALS = {
+    0x8009030C: "SEC_E_LOGON_DENIED: the logon was denied",
+    0xC000006D: "STATUS_LOGON_FAILURE: unknown user name or bad password",
+    0xC0000071: "STATUS_PASSWORD_EXPIRED: the password has expired",
+    0xC0000072: "STATUS_ACCOUNT_DISABLED: the account is disabled",
+}
+
+
+def _credssp_refusal(exc: BaseException) -> str | None:
+    """The reason a CredSSP host gave for refusing the user, or None when exc is not such a refusal."""
+    if type(exc).__name__ != "NTStatusException":
+        return None
+    status = getattr(exc, "status", None)
+    if not isinstance(status, int):
+        return None
+    reason = _CREDSSP_REFUSALS.get(status & 0xFFFFFFFF)
+    return f"CredSSP, {reason}" if reason else None
 
 
 def _short(text: str) -> str:
