@@ -17,10 +17,11 @@ exit with -1, which a POSIX exit status shows as 255. The distros are real:
                                       systemd when its /etc/wsl.conf says systemd=true,
                                       on a network of its own whose listening ports this
                                       host's 127.0.0.1 reaches (socat), as WSL2's localhost
-                                      forwarding does
+                                      forwarding does, and where an engine runs containers
+                                      (writable cgroups, keyctl allowed), as in WSL2's VM
 
 State lives in $WSL_STAND_IN_STATE (distros.json). Needs root, systemd-nspawn, nsenter and socat.
-Not a WSL: no /mnt/c, no interop, no localhost forwarding (nothing to forward).
+Not a WSL: no /mnt/c, no interop, no kernel of its own (the host's).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+from typing import IO
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "wsl"
 STATE = Path(os.environ.get("WSL_STAND_IN_STATE", "/nonexistent"))
@@ -192,12 +194,26 @@ def systemd_wanted(root: Path) -> bool:
     return "systemd=true" in text.replace(" ", "").lower()
 
 
+def writable_cgroups(leader: int, log: IO[bytes]) -> None:
+    """The container's cgroup controllers made writable, as a WSL2 distro's are in its VM.
+
+    WSL2 runs a distro on a kernel of its own, where an engine creates cgroups
+    as on any Linux. On a host with cgroup v1 (these CI machines) nspawn mounts
+    every controller read-only in the container, and runc could start no
+    container ("mkdir /sys/fs/cgroup/cpuset/docker: read-only file system").
+    """
+    script = 'mount -o remount,rw /sys/fs/cgroup; for d in /sys/fs/cgroup/*/; do mount -o remount,bind,rw "$d"; done'
+    subprocess.run(["nsenter", "-t", str(leader), "-m", "sh", "-c", script], stdout=log, stderr=log, check=False)
+
+
 def boot(name: str, d: dict[str, object]) -> int:
     """Start the distro's container, as the first wsl.exe into a stopped distro starts its VM; its PID 1."""
     root = Path(str(d["root"]))
     machine = f"wsl-stand-in-{os.getpid()}"
     # a network of its own (an engine may make bridges there), reached on 127.0.0.1 through forward()
+    # keyctl(2) too, which nspawn's seccomp filter refuses by default: runc puts each container in a session keyring
     argv = [NSPAWN, "-q", "-D", str(root), "-M", machine, "--register=no", "--keep-unit", "--private-network"]
+    argv += ["--system-call-filter=@keyring"]
     argv += ["--boot"] if systemd_wanted(root) else ["--as-pid2", "sleep", "infinity"]
     log = open(STATE / f"{name}.console.log", "ab")  # noqa: SIM115 - the container keeps it
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
@@ -209,6 +225,7 @@ def boot(name: str, d: dict[str, object]) -> int:
             start = Path(f"/proc/{child}/stat").read_text().rpartition(")")[2].split()[19]
             d["leader"], d["leader_start"] = child, start
             if not systemd_wanted(root) or _systemd_up(child):
+                writable_cgroups(child, log)
                 fwd = subprocess.Popen(
                     [sys.executable, __file__, "--stand-in-forward", str(child), start],
                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,

@@ -2,13 +2,12 @@
 
 What runs is devenv's own code end to end (the VM backend, the WSL2 driver,
 the export of the built debian-12 image, provisioning, the host agent, the
-guest's docker engine answering through it) against a distro that is a
-systemd-nspawn container of the exported rootfs, whose sshd devenv reaches on
-127.0.0.1 through the stand-in's copy of WSL's localhost forwarding. What it
-does not prove: anything about the real wsl.exe beyond the recorded outputs
-the stand-in replays, Windows paths (/mnt/c), or running containers (the
-nspawn container's cgroups are read-only here, so the engine answers but
-`docker run` fails).
+guest's docker engine answering through it and running a container) against
+a distro that is a systemd-nspawn container of the exported rootfs, whose
+sshd devenv reaches on 127.0.0.1 through the stand-in's copy of WSL's
+localhost forwarding. What it does not prove: anything about the real
+wsl.exe beyond the recorded outputs the stand-in replays, Windows paths
+(/mnt/c), or WSL's own kernel (the container runs on this host's).
 
 Needs root (nspawn, nsenter), systemd-nspawn, socat, qemu-img, debugfs and
 the built debian-12 image in the cache (ci/test.sh builds it); skipped with
@@ -141,6 +140,13 @@ def test_import_start_exec_stop_delete_through_the_stand_in(env: Path) -> None:
         ["docker", "--context", "devenv-wt", "version", "--format", "{{.Server.Os}}"], capture_output=True, text=True
     )
     assert docker.stdout.strip() == "linux", docker.stderr
+    from devenv.provision.engines import LOCAL_IMAGE
+
+    hello = subprocess.run(
+        ["docker", "--context", "devenv-wt", "run", "--rm", LOCAL_IMAGE, "echo", "hi from a container"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert hello.stdout == "hi from a container\n", hello.stderr
 
     steps = StepRecorder()
     instance.stop("wt", False, steps)
