@@ -23,9 +23,10 @@ which a Windows host with CbtHardeningLevel=Strict requires). Or CredSSP
 that, then the user's password handed to the host (what the server records
 in seen.delegated), through pyspnego's CredSSP acceptor, the counterpart of
 requests-credssp, which pywinrm uses. A wrong password gets the 401 Windows
-sends. What a command does is the test's `run`
-callable: given the command, its arguments and its stdin, it returns (exit code,
-stdout bytes, stderr bytes); tests run the stand-in PowerShell with them.
+sends (under CredSSP: an error code inside the handshake). What a command
+does is the test's `run` callable: given the command, its arguments and its
+stdin, it returns (exit code, stdout bytes, stderr bytes); tests run the
+stand-in PowerShell with them.
 """
 
 from __future__ import annotations
@@ -190,9 +191,7 @@ class WsmanServer:
                 server.seen.users.append(str(self.context.client_principal))
                 delegated = self.context.get_extra_info("client_credential") if server.auth == "credssp" else None
                 if delegated is not None:  # CredSSP hands the host the user's password itself
-                    server.seen.delegated.append(
-                        (f"{delegated.domain_name}\\{delegated.username}", delegated.password)
-                    )
+                    server.seen.delegated.append((f"{delegated.domain_name}\\{delegated.username}", delegated.password))
                 self.authenticated, self.context = True, None
                 return True
 
