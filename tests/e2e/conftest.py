@@ -1,8 +1,9 @@
 """One booted VM per driver shared by every e2e test: booting under TCG costs a minute or more.
 
 The `vm` fixture is the conformance suite's entry: it is parametrized over the
-VM drivers this host can run (tests/e2e/drivers.py; today qemu), so every test
-that takes it runs once per driver against that driver's own instance.
+VM drivers this host can run (tests/e2e/drivers.py: qemu and libvirt), so every
+test that takes it runs once per driver against that driver's own instance,
+except a module of checks of the guest side alone (drivers.guest_side_only).
 The guest image comes from the image cache (DEVENV_CACHE, outside the repo);
 CI builds it once as root before the tests run as an ordinary user. The QEMU
 VM runs with DEVENV_QEMU_ACCEL=tcg unless the environment says otherwise
