@@ -242,6 +242,56 @@ def test_the_guests_address_is_its_macs_lease() -> None:
     assert libvirtnet.address_from_leases(leases[2:], mac) is None
 
 
+class _Network:
+    def __init__(self, leases: list[dict[str, Any]]) -> None:
+        self.leases = leases
+
+    def DHCPLeases(self, mac: str, flags: int) -> list[dict[str, Any]]:  # libvirt's name
+        return [lease for lease in self.leases if lease["mac"] == mac]
+
+
+class _Conn:
+    def __init__(self, leases: list[dict[str, Any]]) -> None:
+        self.network = _Network(leases)
+
+    def networkLookupByName(self, name: str) -> _Network:  # libvirt's name
+        assert name == libvirtnet.NETWORK
+        return self.network
+
+
+class _Dom:
+    """What libvirt's lease source shows for the domain: the first lease under its MAC, whoever's it was."""
+
+    def __init__(self, conn: _Conn, mac: str) -> None:
+        self.conn, self.mac = conn, mac
+
+    def interfaceAddresses(self, source: int, flags: int) -> dict[str, Any]:  # libvirt's name
+        addrs = [{"type": 0, "addr": lease["ipaddr"], "prefix": 24} for lease in self.conn.network.leases]
+        return {"vnet0": {"hwaddr": self.mac, "addrs": addrs}} if addrs else {}
+
+
+def test_a_lease_held_before_the_boot_is_never_taken_for_the_guests() -> None:
+    """An instance made again where a deleted one was: same domain name, same MAC, and the old lease still there.
+
+    Before, the old lease (192.168.122.149) was read at once and every login
+    went there, while the new guest had asked with a new client id and got .150.
+    """
+    mac = "52:54:00:10:19:a5"
+    old = {"mac": mac, "ipaddr": "192.168.122.149", "type": 0, "expirytime": 1000}
+    conn = _Conn([old])
+    dom = _Dom(conn, mac)
+    stale = libvirtnet.leases_now(conn, mac)
+    assert stale == {("192.168.122.149", 1000)}
+    assert libvirtnet.guest_address(conn, dom, mac) == "192.168.122.149"  # what was taken before
+    assert libvirtnet.guest_address(conn, dom, mac, stale) is None  # the new guest has not asked yet
+    conn.network.leases.append({"mac": mac, "ipaddr": "192.168.122.150", "type": 0, "expirytime": 4000})
+    assert libvirtnet.guest_address(conn, dom, mac, stale) == "192.168.122.150"
+    # the same instance booted again: its guest asks with the same client id, gets the same address, a new expiry
+    conn.network.leases[:] = [{**old, "expirytime": 5000}]
+    assert libvirtnet.guest_address(conn, dom, mac, stale) == "192.168.122.149"
+    assert libvirtnet.leases_now(_Conn([]), mac) == frozenset()
+
+
 # -- what the driver answers for a NAT and a remote instance (nothing connects) -------------------------
 
 

@@ -189,6 +189,7 @@ class LibvirtDriver:
             mac=libvirtnet.mac_for(name) if nat else "",
         )
         (inst.dir / ADDRESS).unlink(missing_ok=True)  # the last boot's lease
+        stale = libvirtnet.leases_now(conn, libvirtnet.mac_for(name)) if nat else frozenset()
         with self._errors(inst, "define the domain"):
             dom = conn.defineXML(xml)
         try:
@@ -198,7 +199,7 @@ class LibvirtDriver:
             raise self.failure(inst, err.message, err.hint, CommandFailed, exited=True) from None
         self._record_pid(inst, name)
         if nat:
-            self._wait_address(inst, dom, step, emulated=kind == "qemu")
+            self._wait_address(inst, dom, step, emulated=kind == "qemu", stale=stale)
             return Boot(emulated=kind == "qemu", watch=self._alive_check(inst))
         try:
             forward_ssh(dom, inst.dir)
@@ -391,8 +392,19 @@ class LibvirtDriver:
         """On the NAT network (a system daemon, here or remote); else user-mode (session, test)."""
         return self._uri(inst).uri not in IN_PLACE_URIS
 
-    def _wait_address(self, inst: InstanceRef, dom: Any, step: StepReporter, *, emulated: bool) -> str:
-        """Poll the DHCP leases until the guest has one (its network comes up early in boot), into ADDRESS."""
+    def _wait_address(
+        self,
+        inst: InstanceRef,
+        dom: Any,
+        step: StepReporter,
+        *,
+        emulated: bool,
+        stale: frozenset[libvirtnet.Lease] = frozenset(),
+    ) -> str:
+        """Poll the DHCP leases until the guest has one (its network comes up early in boot), into ADDRESS.
+
+        `stale`: the leases its MAC had before this boot (libvirtnet.leases_now), never taken for its own.
+        """
         step(f"wait for the guest's DHCP lease on the NAT network `{libvirtnet.NETWORK}`")
         conn = self._conn(inst, "read the guest's DHCP lease")
         mac = libvirtnet.mac_for(dom.name())
@@ -400,7 +412,7 @@ class LibvirtDriver:
         deadline = time.monotonic() + budget
         alive = self._alive_check(inst)
         while time.monotonic() < deadline:
-            address = libvirtnet.guest_address(conn, dom, mac)
+            address = libvirtnet.guest_address(conn, dom, mac, stale)
             if address is not None:
                 (inst.dir / ADDRESS).write_text(address + "\n")
                 return address

@@ -88,19 +88,56 @@ def ensure_network(conn: Any) -> None:
         net.create()
 
 
-def guest_address(conn: Any, dom: Any, mac: str) -> str | None:
-    """The guest's leased IPv4 address now; None before its DHCP client asked."""
+Lease = tuple[str, int]  # (IPv4 address, expiry time): one DHCP lease the network holds for a MAC
+
+
+def leases_now(conn: Any, mac: str) -> frozenset[Lease]:
+    """The IPv4 leases the NAT network holds for `mac` now: taken before a boot, none of them is that boot's.
+
+    A MAC comes from the domain's name, and the name from the instance's name and
+    folder, so an instance deleted and made again in the same place within the
+    lease time (an hour) finds its predecessor's lease under its MAC. That guest
+    asks with another client id (a new machine-id) and gets another address, so
+    the old lease, read first, sent every login to an address nobody holds.
+    """
     import libvirt
 
     try:
-        found = address_from_interfaces(
-            dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0), mac
-        )
+        raw = conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or []
     except libvirt.libvirtError:
-        found = None
-    if found is None:
+        return frozenset()
+    return frozenset(
+        (str(lease["ipaddr"]), int(lease.get("expirytime") or 0))
+        for lease in raw
+        if str(lease.get("mac", "")).lower() == mac.lower() and lease.get("type") == IPV4 and lease.get("ipaddr")
+    )
+
+
+def guest_address(conn: Any, dom: Any, mac: str, stale: frozenset[Lease] = frozenset()) -> str | None:
+    """The guest's leased IPv4 address now; None before its DHCP client asked.
+
+    `stale`: leases held before this boot (leases_now), which are not its own. A
+    lease the guest takes again (same address, same client) gets a new expiry
+    time, so it is not among them. With stale leases about, only the network's
+    lease list (which has the expiry times) is read.
+    """
+    import libvirt
+
+    found = None
+    if not stale:
         try:
-            found = address_from_leases(conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or [], mac)
+            found = address_from_interfaces(
+                dom.interfaceAddresses(libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE, 0), mac
+            )
         except libvirt.libvirtError:
             found = None
+    if found is None:
+        try:
+            leases = conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or []
+        except libvirt.libvirtError:
+            return None
+        fresh = [
+            lease for lease in leases if (str(lease.get("ipaddr")), int(lease.get("expirytime") or 0)) not in stale
+        ]
+        found = address_from_leases(fresh, mac)
     return found
