@@ -143,3 +143,25 @@ def test_a_remote_system_daemon_boots_execs_and_deletes(remote: Remote) -> None:
     assert ours[0] not in virsh(remote, "list", "--all", "--name").split()
     assert f"{ours[0]}.qcow2" not in virsh(remote, "vol-list", "devenv")
     assert not inst_dir.exists()
+
+
+def test_an_instance_made_again_where_one_was_deleted_gets_its_own_lease(remote: Remote) -> None:
+    """Same name, same folder: same domain name and MAC, and the deleted guest's lease still on the network.
+
+    The new guest asks with another client id (a new machine-id) and gets another
+    address. devenv once took the old lease, read first, and `start` hung on an
+    address nobody held (libvirtnet.leases_now).
+    """
+    remote.known_hosts.write_text(remote.pinned)
+    d = remote.d
+    inst_dir = d.home / "instances" / NAME
+    d.ok("start", timeout=1500)
+    first = (inst_dir / "libvirt.address").read_text().strip()
+    d.ok("delete", "--force", timeout=300)
+    d.ok("start", timeout=900)
+    try:
+        again = (inst_dir / "libvirt.address").read_text().strip()
+        r = d.run("exec", "--", "hostname", "-I")
+        assert r.returncode == 0 and again in r.stdout.decode().split(), (first, again, r.stderr.decode())
+    finally:
+        d.ok("delete", "--force", timeout=300)

@@ -70,12 +70,17 @@ def transport(s: WsmanServer, ca_file: Path | str = "", user: str = "ann", auth:
 
 
 @pytest.fixture
-def ntlm_server(stand_in: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[WsmanServer, Path]]:
-    """The same server asking for NTLM (devenv's default hyperv_auth), the account DESK\\ann in its store."""
+def windows_account(stand_in: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The account DESK\\ann (password "pa55 word") in the store pyspnego's NTLM acceptor reads."""
     pytest.importorskip("spnego", reason="pyspnego comes with pywinrm's NTLM support (requests_ntlm)")
     store = stand_in / "ntlm-users"
-    store.write_text("DESK:ann:pa55 word\n")  # Heimdal's DOMAIN:USER:PASSWORD, as pyspnego's acceptor reads it
+    store.write_text("DESK:ann:pa55 word\n")  # Heimdal's DOMAIN:USER:PASSWORD
     monkeypatch.setenv("NTLM_USER_FILE", str(store))
+
+
+@pytest.fixture
+def ntlm_server(stand_in: Path, windows_account: None) -> Iterator[tuple[WsmanServer, Path]]:
+    """The same server asking for NTLM (devenv's default hyperv_auth)."""
     tls, ca_file = self_signed(stand_in)
     with WsmanServer(run_stand_in, "", "", tls, auth="ntlm", server_cert=stand_in / "server.pem") as s:
         yield s, ca_file
@@ -167,15 +172,12 @@ def test_ntlm_with_a_wrong_password_is_refused_and_said(
     assert s.seen.auth_failures and s.seen.actions == []  # refused at the AUTHENTICATE: nothing ran
 
 
-def test_ntlm_bound_to_another_certificate_is_refused(stand_in: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ntlm_bound_to_another_certificate_is_refused(stand_in: Path, windows_account: None) -> None:
     """The binding is checked, not only sent: an acceptor expecting another certificate's hash refuses the client.
 
     That is what a TLS-intercepting proxy between devenv and a host that
     requires channel binding meets.
     """
-    pytest.importorskip("spnego", reason="pyspnego comes with pywinrm's NTLM support (requests_ntlm)")
-    (stand_in / "ntlm-users").write_text("DESK:ann:pa55 word\n")
-    monkeypatch.setenv("NTLM_USER_FILE", str(stand_in / "ntlm-users"))
     other = stand_in / "other"
     other.mkdir()
     self_signed(other)
@@ -188,7 +190,7 @@ def test_ntlm_bound_to_another_certificate_is_refused(stand_in: Path, monkeypatc
 
 
 def test_credssp_authenticates_over_https_and_hands_the_host_the_password(
-    stand_in: Path, monkeypatch: pytest.MonkeyPatch
+    stand_in: Path, windows_account: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pywinrm's CredSSP (requests-credssp) against pyspnego's acceptor: TLS inside HTTP, NTLM inside that.
 
@@ -197,8 +199,6 @@ def test_credssp_authenticates_over_https_and_hands_the_host_the_password(
     takes it over HTTPS only: the server records what it was given.
     """
     pytest.importorskip("requests_credssp", reason="pywinrm's CredSSP support (pip install 'pywinrm[credssp]')")
-    (stand_in / "ntlm-users").write_text("DESK:ann:pa55 word\n")
-    monkeypatch.setenv("NTLM_USER_FILE", str(stand_in / "ntlm-users"))
     tls, ca_file = self_signed(stand_in)
     answer(stand_in, {"match": "Get-VM", "stdout": '{"Name":"dev","State":"Off"}\r\n'})
     with WsmanServer(run_stand_in, "", "", tls, auth="credssp") as s:

@@ -177,6 +177,7 @@ class LibvirtDriver:
         # open a 0700 instance folder) unless the domain says otherwise; a user's has no such user to switch to
         run_as = (0, os.getgid()) if os.getuid() == 0 and not self._pooled(inst) else None
         nat = self._nat(inst)
+        mac = libvirtnet.mac_for(name) if nat else ""
         xml = domain_xml(
             spec,
             name,
@@ -186,10 +187,10 @@ class LibvirtDriver:
             run_as=run_as,
             console_file=not self._pooled(inst),
             network=libvirtnet.NETWORK if nat else "",
-            mac=libvirtnet.mac_for(name) if nat else "",
+            mac=mac,
         )
         (inst.dir / ADDRESS).unlink(missing_ok=True)  # the last boot's lease
-        stale = libvirtnet.leases_now(conn, libvirtnet.mac_for(name)) if nat else frozenset()
+        stale = libvirtnet.leases_now(conn, mac) if nat else frozenset()
         with self._errors(inst, "define the domain"):
             dom = conn.defineXML(xml)
         try:

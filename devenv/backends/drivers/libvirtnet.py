@@ -91,6 +91,25 @@ def ensure_network(conn: Any) -> None:
 Lease = tuple[str, int]  # (IPv4 address, expiry time): one DHCP lease the network holds for a MAC
 
 
+def _ipv4_leases(conn: Any, mac: str) -> list[Mapping[str, Any]]:
+    """The network's IPv4 leases for `mac` (none when libvirt cannot say)."""
+    import libvirt
+
+    try:
+        raw = conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or []
+    except libvirt.libvirtError:
+        return []
+    return [
+        lease
+        for lease in raw
+        if str(lease.get("mac", "")).lower() == mac.lower() and lease.get("type") == IPV4 and lease.get("ipaddr")
+    ]
+
+
+def _lease_key(lease: Mapping[str, Any]) -> Lease:
+    return str(lease["ipaddr"]), int(lease.get("expirytime") or 0)
+
+
 def leases_now(conn: Any, mac: str) -> frozenset[Lease]:
     """The IPv4 leases the NAT network holds for `mac` now: taken before a boot, none of them is that boot's.
 
@@ -100,17 +119,7 @@ def leases_now(conn: Any, mac: str) -> frozenset[Lease]:
     asks with another client id (a new machine-id) and gets another address, so
     the old lease, read first, sent every login to an address nobody holds.
     """
-    import libvirt
-
-    try:
-        raw = conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or []
-    except libvirt.libvirtError:
-        return frozenset()
-    return frozenset(
-        (str(lease["ipaddr"]), int(lease.get("expirytime") or 0))
-        for lease in raw
-        if str(lease.get("mac", "")).lower() == mac.lower() and lease.get("type") == IPV4 and lease.get("ipaddr")
-    )
+    return frozenset(_lease_key(lease) for lease in _ipv4_leases(conn, mac))
 
 
 def guest_address(conn: Any, dom: Any, mac: str, stale: frozenset[Lease] = frozenset()) -> str | None:
@@ -123,7 +132,6 @@ def guest_address(conn: Any, dom: Any, mac: str, stale: frozenset[Lease] = froze
     """
     import libvirt
 
-    found = None
     if not stale:
         try:
             found = address_from_interfaces(
@@ -131,13 +139,6 @@ def guest_address(conn: Any, dom: Any, mac: str, stale: frozenset[Lease] = froze
             )
         except libvirt.libvirtError:
             found = None
-    if found is None:
-        try:
-            leases = conn.networkLookupByName(NETWORK).DHCPLeases(mac, 0) or []
-        except libvirt.libvirtError:
-            return None
-        fresh = [
-            lease for lease in leases if (str(lease.get("ipaddr")), int(lease.get("expirytime") or 0)) not in stale
-        ]
-        found = address_from_leases(fresh, mac)
-    return found
+        if found is not None:
+            return found
+    return address_from_leases([lease for lease in _ipv4_leases(conn, mac) if _lease_key(lease) not in stale], mac)
