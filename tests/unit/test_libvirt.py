@@ -26,8 +26,8 @@ except ImportError:
 
 from devenv import config, paths
 from devenv.backends.base import InstanceRef
-from devenv.backends.drivers import libvirturi
-from devenv.backends.drivers.libvirtdrv import LibvirtDriver, owner_of, state_from_libvirt
+from devenv.backends.drivers import libvirtpool, libvirturi
+from devenv.backends.drivers.libvirtdrv import DISK_VOLUME, LibvirtDriver, own_disk_volume, owner_of, state_from_libvirt
 from devenv.backends.drivers.libvirtxml import Owner, domain_name, domain_xml, metadata_xml, parse_metadata
 from devenv.backends.drivers.qemuargs import VmSpec
 from devenv.errors import BackendUnavailable, CommandFailed, ConfigError, NotSupported, PermissionProblem, StateError
@@ -211,6 +211,64 @@ def test_state_follows_libvirt_and_delete_undefines(inst: InstanceRef, conn: Any
     driver.delete(inst)
     with pytest.raises(libvirt.libvirtError):
         conn.lookupByName(dom.name())
+
+
+# -- the instance's disk volume in the pool ------------------------------------
+
+
+@pytest.fixture
+def pool(conn: Any) -> Iterator[Any]:
+    """libvirt's in-memory `devenv` pool (test:///default keeps it for the process): emptied after each test."""
+    p = libvirtpool.pool(conn)
+    yield p
+    for name in p.listVolumes():
+        p.storageVolLookupByName(name).delete(0)
+
+
+def test_the_first_launch_makes_the_disk_volume_and_records_it(inst: InstanceRef, pool: Any) -> None:
+    path = own_disk_volume(inst.dir, pool, "web-1.qcow2", "/base.qcow2", 2 * 1024**3, TEST_URI)
+    assert path == pool.storageVolLookupByName("web-1.qcow2").path()
+    assert (inst.dir / DISK_VOLUME).read_text() == "web-1.qcow2\n"
+    assert own_disk_volume(inst.dir, pool, "web-1.qcow2", "/base.qcow2", 2 * 1024**3, TEST_URI) == path
+
+
+def test_a_volume_the_instance_did_not_make_is_refused_and_kept(inst: InstanceRef, pool: Any) -> None:
+    # what a delete cut short after its undefine leaves: the old disk under the name the new instance gets
+    libvirtpool.overlay(pool, "web-1.qcow2", "/base.qcow2", 1024**3)
+    with pytest.raises(StateError) as e:
+        own_disk_volume(inst.dir, pool, "web-1.qcow2", "/base.qcow2", 2 * 1024**3, TEST_URI)
+    assert "web-1.qcow2" in e.value.message and "did not make" in e.value.message
+    assert f"virsh -c {TEST_URI} vol-delete --pool devenv web-1.qcow2" in e.value.hint
+    assert pool.listVolumes() == ["web-1.qcow2"] and not (inst.dir / DISK_VOLUME).exists()
+
+
+def test_an_instance_provisioned_before_the_record_keeps_its_volume(inst: InstanceRef, pool: Any) -> None:
+    from devenv.backends.vm import PROVISIONED
+
+    old = libvirtpool.overlay(pool, "web-1.qcow2", "/base.qcow2", 1024**3)
+    (inst.dir / PROVISIONED).touch()
+    assert own_disk_volume(inst.dir, pool, "web-1.qcow2", "/base.qcow2", 1024**3, TEST_URI) == old
+    assert (inst.dir / DISK_VOLUME).read_text() == "web-1.qcow2\n"
+
+
+def test_a_delete_cut_short_after_the_undefine_is_finished_by_the_next(
+    inst: InstanceRef, conn: Any, pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LibvirtDriver, "_pooled", lambda self, inst: True)  # test:///default is not pooled itself
+    name = domain_name(inst.name, inst.dir)
+    own_disk_volume(inst.dir, pool, f"{name}.qcow2", "/base.qcow2", 1024**3, TEST_URI)
+    libvirtpool.overlay(pool, "someone-else.qcow2", "/base.qcow2", 1024**3)
+    LibvirtDriver().delete(inst)  # no domain: it was undefined by the delete that did not finish
+    assert pool.listVolumes() == ["someone-else.qcow2"]
+
+
+def test_without_its_record_and_its_domain_a_delete_removes_no_volume(
+    inst: InstanceRef, conn: Any, pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(LibvirtDriver, "_pooled", lambda self, inst: True)
+    libvirtpool.overlay(pool, f"{domain_name(inst.name, inst.dir)}.qcow2", "/base.qcow2", 1024**3)
+    LibvirtDriver().delete(inst)
+    assert pool.listVolumes() == [f"{domain_name(inst.name, inst.dir)}.qcow2"]
 
 
 # -- URIs and errors ---------------------------------------------------------------

@@ -75,6 +75,7 @@ VM_PID = "libvirt.pid"  # in the instance dir: the pid of the domain's QEMU, whi
 IN_PLACE_URIS = ("qemu:///session", "test:///default")  # QEMU runs as this user: the files stay where they are
 POOLED_URIS = ("qemu:///system",)  # QEMU runs as the daemon's own user: the files go into its pool
 DIGESTS = "libvirt.json"  # in the instance dir: the sha256 of the image's files, which name their volumes
+DISK_VOLUME = "libvirt.volume"  # in the instance dir: the pool volume this instance made for its disk (pooled only)
 ADDRESS = "libvirt.address"  # in the instance dir: the guest's address on the NAT network, from its DHCP lease
 ADDRESS_TIMEOUT = {"emulated": 420.0, "default": 180.0}  # s from the domain's start to its lease (the boot budget)
 
@@ -115,17 +116,18 @@ class LibvirtDriver:
 
         In place, its disk and seed are in the instance folder, which goes next. The domain's snapshots
         are inside its disk; libvirt's record of them goes with the domain (it refuses a plain undefine).
+        A delete cut short after the undefine is finished by the next one: the volumes this instance
+        recorded as made (DISK_VOLUME) go even when its domain is gone.
         """
         dom = self._ours(inst)
-        if dom is None:
-            return
         with self._errors(inst, "delete the domain"):
-            if dom.isActive():
-                dom.destroy()
-            dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
-            if self._pooled(inst):
+            if dom is not None:
+                if dom.isActive():
+                    dom.destroy()
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+            if self._pooled(inst) and (dom is not None or (inst.dir / DISK_VOLUME).exists()):
                 conn = self._conn(inst, "delete the domain's volumes")
-                libvirtpool.remove(libvirtpool.pool(conn), list(_own_volumes(dom.name())))
+                libvirtpool.remove(libvirtpool.pool(conn), list(_own_volumes(domain_name(inst.name, inst.dir))))
 
     def launch(self, inst: InstanceRef, step: StepReporter) -> Boot:
         uri = self._supported_uri(inst)
@@ -444,7 +446,7 @@ class LibvirtDriver:
             disk, seed = _own_volumes(name)
             base = libvirtpool.upload_once(conn, pool, f"base-{digests['base'][:24]}.qcow2", Path(image["base"]))
             pooled = {
-                "disk": Path(libvirtpool.overlay(pool, disk, base, inst.config.disk)),
+                "disk": Path(own_disk_volume(inst.dir, pool, disk, base, inst.config.disk, self._uri(inst).uri)),
                 "cidata": Path(libvirtpool.replace(conn, pool, seed, files["cidata"])),
             }
             for key in ("kernel", "initrd"):
@@ -607,6 +609,32 @@ def forward_ssh(dom: Any, inst_dir: Path) -> int:
         f"QEMU could not forward a 127.0.0.1 port to the guest's sshd: {said}",
         "another program may be taking ports as fast as they are freed; start again",
     )
+
+
+def own_disk_volume(inst_dir: Path, pool: Any, name: str, base: str, capacity: int, uri: str) -> str:
+    """The path of the instance's disk volume `name` on `base`, made at its first launch; never one it did not make.
+
+    The volume's name comes from the instance's name and folder, so one of that name that this
+    instance did not make was left by an earlier instance there whose delete was cut short. Booted,
+    it would be that instance's old disk, whose keys refuse this one's login (start would wait out its
+    budget). It is not deleted unasked either: the error names the command. DISK_VOLUME is written
+    before the volume is made, so a launch cut short in between finds its record and goes on. An
+    instance made before that record existed is provisioned, and keeps its volume.
+    """
+    from devenv.backends.vm import PROVISIONED
+
+    record = inst_dir / DISK_VOLUME
+    ours = record.exists() or (inst_dir / PROVISIONED).exists()
+    if not ours and libvirtpool.exists(pool, name):
+        raise StateError(
+            f"the storage pool `{libvirtpool.POOL}` on {uri} already holds a volume {name}, which this"
+            " instance did not make (an earlier instance of this name and folder left it: its delete did"
+            " not finish); devenv does not boot another instance's disk",
+            f"if that disk is not wanted, remove it (`virsh -c {uri} vol-delete --pool {libvirtpool.POOL}"
+            f" {name}`) and start again",
+        )
+    record.write_text(name + "\n")
+    return libvirtpool.overlay(pool, name, base, capacity)
 
 
 def _own_volumes(domain: str) -> tuple[str, str]:

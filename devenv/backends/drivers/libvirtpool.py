@@ -70,6 +70,10 @@ def _volume(p: Any, name: str) -> Any:
         return None
 
 
+def exists(p: Any, name: str) -> bool:
+    return _volume(p, name) is not None
+
+
 def _vol_xml(name: str, capacity: int, fmt: str, backing: str = "") -> str:
     root = ET.Element("volume")
     ET.SubElement(root, "name").text = name
@@ -133,7 +137,7 @@ def replace(conn: Any, p: Any, name: str, local: Path) -> str:
 
 
 def overlay(p: Any, name: str, base: str, capacity: int) -> str:
-    """The instance's own qcow2 volume on the shared base (kept when it exists: it is the instance's disk)."""
+    """The instance's own qcow2 volume on the shared base, kept when it exists (the driver checks whose it is)."""
     vol = _volume(p, name)
     if vol is None:
         vol = p.createXML(_vol_xml(name, capacity, "qcow2", backing=base), 0)
