@@ -49,7 +49,8 @@ from devenv.images.debian import StepFn
 from devenv.pidutil import pid_alive
 
 # 2: the local busybox image imported at build time (devenv/images/bake.py)
-BUILDER_VERSION = 2
+# 3: the initrd stored unpacked (devenv/images/debian.py: unpack_initrd)
+BUILDER_VERSION = 3
 BUILDERS = ("debian",)
 REQUIRED_TOOLS = ("debootstrap", "chroot", "mkfs.ext4", "qemu-img")
 

@@ -10,7 +10,9 @@ Steps (each one reported through the step callback):
      configure inside debootstrap's --include, apt resolves it.
   4. Copy out the kernel and initrd for direct kernel boot, after checking the
      initrd carries virtio_blk, virtio_pci, virtio_mmio (microvm) and ext4
-     (root=LABEL=devenv-root must mount).
+     (root=LABEL=devenv-root must mount). A gzip initrd is stored unpacked:
+     under TCG the kernel took 1.5 s to gunzip it at every boot, and 0.4 s
+     to read the plain cpio (three times the bytes, a few MiB more on disk).
   5. configure.sh post: boot-path hygiene (see the script).
   6. mkfs.ext4 -d ROOT on a sparse raw file (no loop mounts, no partition
      table), then qemu-img convert to qcow2.
@@ -165,10 +167,26 @@ def extract_boot_files(root: Path, out: Path) -> tuple[Path, Path]:
         )
     out_kernel, out_initrd = out / "vmlinuz", out / "initrd.img"
     shutil.copyfile(kernel, out_kernel)
-    shutil.copyfile(initrd, out_initrd)
+    unpack_initrd(initrd, out_initrd)
     for p in (out_kernel, out_initrd):
         os.chmod(p, 0o644)
     return out_kernel, out_initrd
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+def unpack_initrd(initrd: Path, out: Path) -> None:
+    """`initrd` to `out` as a plain cpio when it is gzip (the kernel reads either), else as it is."""
+    import gzip
+
+    with open(initrd, "rb") as f:
+        compressed = f.read(2) == GZIP_MAGIC
+    if not compressed:
+        shutil.copyfile(initrd, out)
+        return
+    with gzip.open(initrd, "rb") as src, open(out, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
 
 
 def tree_size(root: Path) -> int:

@@ -18,6 +18,7 @@ SCRIPTS = sorted(
     [
         *assets.provisioning_dir().glob("engines/*.sh"),
         *assets.provisioning_dir().glob("guest/*.sh"),
+        *assets.provisioning_dir().glob("image/*.sh"),
         *assets.provisioning_dir().glob("wsl/*.sh"),
         assets.provisioning_dir() / "cloud-init/firstboot.sh",
     ]
