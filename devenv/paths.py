@@ -30,6 +30,7 @@ INSTANCES_DIR = "instances"
 # Files inside one instance directory.
 INSTANCE_CONFIG = "devenv.toml"  # the resolved config this instance was created with
 STARTED_MARKER = "started"  # present while the user wants the instance running
+PROVISIONED = "provisioned"  # a VM's guest reported ready once: its user, groups and agent unit exist
 OP_LOCK = "op.lock"  # flock held by the start, stop or delete running on the instance (devenv/oplock.py)
 DISK = "disk.qcow2"
 CIDATA = "cidata.iso"

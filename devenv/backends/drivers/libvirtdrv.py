@@ -621,10 +621,8 @@ def own_disk_volume(inst_dir: Path, pool: Any, name: str, base: str, capacity: i
     before the volume is made, so a launch cut short in between finds its record and goes on. An
     instance made before that record existed is provisioned, and keeps its volume.
     """
-    from devenv.backends.vm import PROVISIONED
-
     record = inst_dir / DISK_VOLUME
-    ours = record.exists() or (inst_dir / PROVISIONED).exists()
+    ours = record.exists() or (inst_dir / paths.PROVISIONED).exists()
     if not ours and libvirtpool.exists(pool, name):
         raise StateError(
             f"the storage pool `{libvirtpool.POOL}` on {uri} already holds a volume {name}, which this"

@@ -30,7 +30,7 @@ from devenv.provision.userdata import READY_LINE
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
 
-PROVISIONED = "provisioned"  # the guest reported ready once: its user, groups and agent unit exist
+PROVISIONED = paths.PROVISIONED
 STOP_TIMEOUT = 90.0  # s a clean power-down may take, whatever the hypervisor, before the VM is forced off
 
 
