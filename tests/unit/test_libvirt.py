@@ -243,10 +243,8 @@ def test_a_volume_the_instance_did_not_make_is_refused_and_kept(inst: InstanceRe
 
 
 def test_an_instance_provisioned_before_the_record_keeps_its_volume(inst: InstanceRef, pool: Any) -> None:
-    from devenv.backends.vm import PROVISIONED
-
     old = libvirtpool.overlay(pool, "web-1.qcow2", "/base.qcow2", 1024**3)
-    (inst.dir / PROVISIONED).touch()
+    (inst.dir / paths.PROVISIONED).touch()
     assert own_disk_volume(inst.dir, pool, "web-1.qcow2", "/base.qcow2", 1024**3, TEST_URI) == old
     assert (inst.dir / DISK_VOLUME).read_text() == "web-1.qcow2\n"
 

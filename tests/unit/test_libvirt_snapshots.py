@@ -30,7 +30,7 @@ from devenv.backends.drivers import libvirturi
 from devenv.backends.drivers.libvirtdrv import LibvirtDriver
 from devenv.backends.drivers.libvirtxml import Owner, domain_name, domain_xml
 from devenv.backends.drivers.qemuargs import VmSpec
-from devenv.backends.vm import PROVISIONED, VmBackend
+from devenv.backends.vm import VmBackend
 from devenv.errors import CommandFailed, SnapshotNotFound, StateError
 from tests.steprecorder import StepRecorder
 
@@ -56,7 +56,7 @@ def inst(tmp_path: Path) -> InstanceRef:
     folder.mkdir(parents=True)
     cfg = config.Config(name="web", backend="libvirt", libvirt_uri=TEST_URI)
     (folder / paths.INSTANCE_CONFIG).write_text(cfg.to_toml())
-    (folder / PROVISIONED).touch()
+    (folder / paths.PROVISIONED).touch()
     return InstanceRef("web", folder, cfg)
 
 

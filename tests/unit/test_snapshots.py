@@ -20,7 +20,6 @@ import pytest
 
 from devenv import config, paths
 from devenv.backends.drivers.qemu import QemuDriver
-from devenv.backends.vm import PROVISIONED
 from devenv.backends.vm.driver import VmState
 from devenv.errors import ExitCode
 from tests.conftest import tree
@@ -55,7 +54,7 @@ def qemu_instance(home: Path, tmp_path: Path) -> Path:
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(d / paths.DISK)], check=True
     )
     qemu_io(d / paths.DISK, f"write -P 0x41 0 {BLOCK}")
-    (d / PROVISIONED).touch()
+    (d / paths.PROVISIONED).touch()
     return d
 
 
@@ -187,7 +186,7 @@ def test_a_crashed_vm_may_be_restored(qemu_instance: Path, cli: Any, vm_state: A
 
 
 def test_an_instance_that_never_finished_its_first_boot_is_not_snapshotted(qemu_instance: Path, cli: Any) -> None:
-    (qemu_instance / PROVISIONED).unlink()
+    (qemu_instance / paths.PROVISIONED).unlink()
     ran = cli("snapshot", "create", "s1", "-n", "web")
     assert ran.code == ExitCode.STATE
     assert "has never finished its first boot" in ran.err and "devenv start -n web" in ran.err

@@ -30,7 +30,6 @@ from devenv.provision.userdata import READY_LINE
 if TYPE_CHECKING:
     from devenv.transport.ssh import SSHConnection
 
-PROVISIONED = paths.PROVISIONED
 STOP_TIMEOUT = 90.0  # s a clean power-down may take, whatever the hypervisor, before the VM is forced off
 
 
@@ -113,7 +112,7 @@ class VmBackend:
             return
         if vm.state == "saved":  # booted cold after all: the kept agent's session is of the saved guest
             hostagent.shutdown(inst.dir)
-        provisioned = inst.dir / PROVISIONED
+        provisioned = inst.dir / paths.PROVISIONED
         announces = provisioned.exists()  # provisioned: devenv-ready.service reports every boot
         if announces:
             agent.launch_early(d, inst)
@@ -185,7 +184,7 @@ class VmBackend:
     def snapshot_create(self, inst: InstanceRef, name: str, step: StepReporter) -> None:
         from devenv.backends.vm import snapshots
 
-        snapshots.create(self.driver, inst, name, step, provisioned=(inst.dir / PROVISIONED).exists())
+        snapshots.create(self.driver, inst, name, step, provisioned=(inst.dir / paths.PROVISIONED).exists())
 
     def snapshot_list(self, inst: InstanceRef) -> list[Snapshot]:
         from devenv.backends.vm import snapshots
