@@ -52,10 +52,11 @@ A second mode, `agent.py bridge SOCKET`, copies stdin to a unix socket in the
 guest and the socket to stdout (binary, half-close kept), so one SSH exec
 channel carries e.g. the Docker API without sshd's streamlocal forwarding.
 
-One agent runs per host connection: systemd's socket unit (Accept=yes, see
-provisioning/systemd) starts it for each connection to its socket, or the host
-starts it on an SSH exec channel in a guest without the unit. Either way the
-connection is its lifetime, so nothing is left running when the host goes away.
+One agent runs per host connection: forked for each connection to systemd's
+socket by `agent.py zygote` (see zygote(); provisioning/systemd), started by
+systemd per connection in guests provisioned before that (Accept=yes), or run
+by the host on an SSH exec channel in a guest without the units. Either way
+the connection is its lifetime, so nothing is left running when the host goes away.
 """
 
 from __future__ import annotations
@@ -1056,12 +1057,87 @@ def bridge(path: str, rfd: int = 0, wfd: int = 1) -> int:
 
 # ---------------------------------------------------------------- main
 
-USAGE = "usage: guestagent.py [serve] | bridge SOCKET_PATH | --version\n"
+# What systemd read when it started the zygote, or what the zygote itself loaded: when one of
+# them changes, the agents it forks would serve stale code, environment or groups.
+ZYGOTE_WATCHES = ("/etc/environment", "/etc/group")
+SD_LISTEN_FDS_START = 3
+
+
+def _stamp(paths: tuple[str, ...]) -> tuple[tuple[int, int, int] | None, ...]:
+    out: list[tuple[int, int, int] | None] = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            out.append((st.st_ino, st.st_mtime_ns, st.st_size))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
+def zygote(watches: tuple[str, ...] = ZYGOTE_WATCHES) -> int:
+    """Serve each connection to systemd's socket (Accept=no) in a child forked from this process.
+
+    Why: an agent started per connection (Accept=yes) paid the interpreter's start and this
+    file's imports first, ~0.5 s in an idle TCG guest and 2-4 s while the guest still boots,
+    in every `devenv start` before it was ready. This process did that once, at boot; a fork
+    costs milliseconds. Each child is what a per-connection agent was: one host connection,
+    its own session, gone with the connection; what it spawned outlives it (KillMode=process).
+    Children are reaped by the kernel (SIGCHLD ignored here, restored in each child).
+
+    The zygote stops, leaving the waiting connection on the socket, when what its children
+    would inherit is stale: this file replaced (the host installs a new agent), or
+    /etc/environment or /etc/group changed since it started (first-boot provisioning, an
+    engine's group). systemd then starts a fresh zygote for that connection.
+    """
+    if os.environ.get("LISTEN_PID") != str(os.getpid()) or int(os.environ.get("LISTEN_FDS") or 0) < 1:
+        sys.stderr.write("devenv guestagent zygote: no socket from systemd (LISTEN_PID, LISTEN_FDS)\n")
+        return 2
+    for var in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):  # systemd's, not the commands' it runs
+        os.environ.pop(var, None)
+    listener = socket.socket(fileno=SD_LISTEN_FDS_START)
+    listener.setblocking(False)
+    paths = (os.path.abspath(__file__), *watches)
+    started = _stamp(paths)
+    signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    while True:
+        select.select([listener], [], [])
+        if _stamp(paths) != started:
+            return 0
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError, ConnectionAbortedError):
+            continue
+        except OSError as e:  # out of fds or memory: the connection waits, the next try may do
+            sys.stderr.write(f"devenv guestagent zygote: accept: {e}\n")
+            time.sleep(0.5)
+            continue
+        try:
+            pid = os.fork()
+        except OSError as e:
+            sys.stderr.write(f"devenv guestagent zygote: fork: {e}\n")
+            conn.close()
+            continue
+        if pid == 0:
+            listener.close()
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            os.setsid()
+            fd = conn.detach()
+            os.set_blocking(fd, True)
+            os.dup2(fd, 0)
+            os.dup2(fd, 1)
+            os.close(fd)
+            return Agent().serve()
+        conn.close()
+
+
+USAGE = "usage: guestagent.py [serve] | zygote | bridge SOCKET_PATH | --version\n"
 
 
 def main(argv: list[str]) -> int:
     if not argv or argv == ["serve"]:
         return Agent().serve()
+    if argv == ["zygote"]:
+        return zygote()
     if argv[0] == "bridge" and len(argv) == 2:
         return bridge(argv[1])
     if argv == ["--version"]:

@@ -66,7 +66,7 @@ GUEST_LAUNCH = (
     f"{GUEST_PYTHON} -I -S -c \"import sys; sys.path.insert(0, '{GUEST_DIR}'); "
     'import guestagent; sys.exit(guestagent.main(sys.argv[1:]))"'
 )
-GUEST_SOCKET = "/run/devenv/guestagent.sock"  # systemd socket unit: one agent per connection (provisioning/systemd)
+GUEST_SOCKET = "/run/devenv/guestagent.sock"  # systemd socket unit: an agent forked per connection (provisioning)
 
 
 class NotSent(ConnectionFailed):

@@ -367,18 +367,25 @@ class HostAgent:
         if self.opts.ssh_host in ("127.0.0.1", "::1", "localhost"):
             self.ports.keep_off(port)  # SSH's own way in: taken on the host already (WSL: the same number)
         reconnect = self._reconnects > 0 or self._state == "reconnecting"
+        took: dict[str, float] = {}
+        t = time.monotonic()
         if not reconnect and not self.opts.resumed:
             self._await_boot(port)
+            took["boot"] = time.monotonic() - t
+            t = time.monotonic()
         target = SSHTarget.for_instance(
             self.inst_dir, port=port, user=self.opts.user, host=self.opts.ssh_host, proxy=self.opts.ssh_proxy
         )
         conn = self._open_connection(target)
+        took["login"] = time.monotonic() - t
+        t = time.monotonic()
         session = GuestSession(self, conn.transport)
         try:
             session.start()
         except BaseException:
             session.close()
             raise
+        took["guest_agent"] = time.monotonic() - t
         if (self.opts.resumed and not reconnect) or self._clock_behind:
             self._resync_clock(session, None)  # before the first exec can see the old time
             self._clock_behind = False
@@ -386,7 +393,8 @@ class HostAgent:
             self._session = session
         self._last_error = None
         self._set_state("connected")
-        self.events.emit("connected", reconnect=reconnect, ssh_port=port)
+        seconds = {k: round(v, 3) for k, v in took.items()}
+        self.events.emit("connected", reconnect=reconnect, ssh_port=port, seconds=seconds)
         self._reconnects += 1 if reconnect else 0
 
     def _relocate(self) -> None:

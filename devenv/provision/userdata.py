@@ -44,7 +44,7 @@ ENGINE_FILE = "/etc/devenv/engine"
 READY_UNIT = "/etc/systemd/system/devenv-ready.service"
 PROVISION_UNIT = "/etc/systemd/system/devenv-provision.service"
 AGENT_SOCKET_UNIT = "/etc/systemd/system/devenv-guestagent.socket"
-AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent@.service"
+AGENT_SERVICE_UNIT = "/etc/systemd/system/devenv-guestagent.service"
 RELAY_UNIT = "/etc/systemd/system/devenv-relay.service"
 RELAY_PATH = f"{LIB}/relay.py"
 RECLAIM_SERVICE = "/etc/systemd/system/devenv-reclaim.service"
@@ -199,7 +199,7 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(protocol.GUEST_PATH, protocol.agent_source().decode("utf-8"), "0755"),
         WriteFile(READY_UNIT, assets.read_text("systemd/devenv-ready.service")),
         WriteFile(AGENT_SOCKET_UNIT, assets.read_text("systemd/devenv-guestagent.socket")),
-        WriteFile(AGENT_SERVICE_UNIT, assets.read_text("systemd/devenv-guestagent@.service")),
+        WriteFile(AGENT_SERVICE_UNIT, assets.read_text("systemd/devenv-guestagent.service")),
         WriteFile(RELAY_PATH, relay_source(), "0755"),
         WriteFile(RELAY_UNIT, assets.read_text("systemd/devenv-relay.service")),
         WriteFile(f"{LIB}/reclaim.sh", assets.read_text("guest/reclaim.sh"), "0755"),
@@ -301,7 +301,7 @@ def render_devenv_seed(inputs: SeedInputs) -> str:
 
 
 # What firstboot.sh enables on a pulled image (cloud-init) and earlyboot.py on an image devenv built.
-BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
+BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, AGENT_SERVICE_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
 STARTED_UNITS = (AGENT_SOCKET_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)  # devenv-ready: later boots only
 
 

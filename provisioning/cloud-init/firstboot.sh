@@ -12,6 +12,7 @@
 #                           plain run then only waits for the engine.
 #   firstboot.sh announce   re-announce the outcome; devenv-ready.service runs
 #                           this on every later boot
+#   firstboot.sh line TEXT  announce TEXT (announce(), bounded by `timeout`)
 #
 # The host waits for one line on the serial console instead of guessing with
 # timeouts: "DEVENV-READY", or "DEVENV-FAILED step=NAME rc=N log=PATH".
@@ -24,22 +25,37 @@ STATE=/var/lib/devenv
 LOG=/var/log/devenv-provision.log
 GUEST_USER=devenv
 
-announce() {
-    # The first char device that exists gets the line; duplicates are harmless
-    # (the host takes the first), a console that swallows it is not.
+announce_now() {
+    # Every char device that exists gets the line; duplicates are harmless
+    # (the host takes the first), a console that swallows it is not. Each is
+    # written by a subshell of its own, a fork without an exec (a `timeout sh`
+    # per console cost ~1 s of a TCG boot before the host could log in), so one
+    # that blocks (a tty waiting for its carrier) holds up none of the others;
+    # what runs this bounds the wait (devenv-ready.service's TimeoutStartSec,
+    # announce() below).
     for dev in /dev/virtio-ports/io.devenv.0 /dev/console /dev/ttyS0 /dev/ttyAMA0 /dev/hvc0; do
         [ -c "$dev" ] || continue
-        # shellcheck disable=SC2016 # $1/$2 expand in the inner sh, on purpose
-        timeout 5 sh -c 'printf "%s\n" "$1" > "$2"' sh "$1" "$dev" 2>/dev/null || true
+        (printf '%s\n' "$1" > "$dev") 2>/dev/null &
     done
+    wait
     echo "$1"
 }
 
+# The first boot's announcements: its unit and cloud-init wait without a bound.
+announce() {
+    timeout 15 /bin/sh "$0" line "$1" || echo "$1"
+}
+
+if [ "${1:-}" = line ]; then
+    announce_now "$2"
+    exit 0
+fi
+
 if [ "${1:-}" = announce ]; then
     if [ -e "$STATE/provisioned" ]; then
-        announce "DEVENV-READY"
+        announce_now "DEVENV-READY"
     elif [ -e "$STATE/failed" ]; then
-        announce "DEVENV-FAILED $(cat "$STATE/failed")"
+        announce_now "DEVENV-FAILED $(cat "$STATE/failed")"
     fi
     exit 0
 fi
@@ -114,7 +130,7 @@ if [ -e "$STATE/early" ]; then
 else
     # what a pulled cloud image lacks: the engine, sshfs... (an image devenv built has them all)
     step packages sh "$LIB/install-missing.sh" --for "$RUNTIME"
-    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
+    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service devenv-guestagent.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     step "engine-$RUNTIME" sh "$ENGINE"
     # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
     # devenv user, who cannot write the bytecode cache in this root-owned directory

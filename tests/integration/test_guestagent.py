@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -514,3 +515,125 @@ def test_a_bridge_to_a_port_nobody_listens_on_closes_the_connection(client: prot
 def test_a_bridge_asked_for_wrongly_is_refused(client: protocol.AgentClient, params: dict[str, Any], says: str) -> None:
     with pytest.raises(protocol.AgentError, match=says):
         client.call("bridge_open", params)
+
+
+# ---------------------------------------------------------------- zygote (systemd's Accept=no socket)
+
+
+@contextlib.contextmanager
+def zygote(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """`agent.py zygote` handed a listening unix socket as systemd does: fd 3, LISTEN_PID, LISTEN_FDS.
+
+    The agent file is a copy in tmp_path (so a test may replace it), and the one watched file is
+    tmp_path/environment in place of /etc/environment and /etc/group.
+    """
+    copy = tmp_path / "guestagent.py"
+    copy.write_bytes(AGENT.read_bytes())
+    env_file = tmp_path / "environment"
+    env_file.write_text('EDITOR="vim"\n')
+    path = tmp_path / "agent.sock"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(path))
+    listener.listen(8)
+    code = (
+        f"import sys; sys.path.insert(0, {str(tmp_path)!r}); import guestagent; "
+        f"sys.exit(guestagent.zygote(watches=({str(env_file)!r},)))"
+    )
+    # LISTEN_PID names the process that execs python: the shell's own pid ($$), as systemd sets it
+    script = f'LISTEN_PID=$$ LISTEN_FDS=1 LISTEN_FDNAMES=agent exec "$0" -I -S -c {shlex.quote(code)}'
+    p = subprocess.Popen(
+        ["sh", "-c", script, sys.executable],
+        preexec_fn=lambda: os.dup2(listener.fileno(), 3),  # the socket at fd 3, as systemd passes it
+        pass_fds=(3,),
+        stderr=subprocess.PIPE,
+    )
+    try:  # the listener stays open here too, as systemd keeps its socket whether the zygote runs or not
+        yield p, path, env_file
+    finally:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=10)
+        assert p.stderr
+        p.stderr.close()
+        listener.close()
+
+
+def connect(path: Path) -> tuple[socket.socket, protocol.AgentClient]:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(30)
+    s.connect(str(path))
+    c = protocol.AgentClient(s.makefile("rb"), s.makefile("wb"))
+    return s, c
+
+
+def hang_up(s: socket.socket, c: protocol.AgentClient) -> None:
+    """The host going away: the socket closed, whatever file objects still refer to it."""
+    c.close()
+    s.shutdown(socket.SHUT_RDWR)
+    s.close()
+
+
+def agent_of(c: protocol.AgentClient) -> tuple[int, int, str]:
+    """The pid of the agent serving `c`, the session it leads, and what its commands see of LISTEN_*."""
+    script = 'echo $PPID $(cut -d" " -f6 /proc/$PPID/stat) "[$LISTEN_FDS$LISTEN_PID]"'
+    r = c.call("exec", {"argv": ["sh", "-c", script]}, 30)
+    pid, sid, listen = base64.b64decode(r["stdout"]).decode().split()
+    return int(pid), int(sid), listen
+
+
+def test_the_zygote_forks_one_agent_per_connection_each_in_its_own_session(tmp_path: Path) -> None:
+    with zygote(tmp_path) as (p, path, _):
+        s1, c1 = connect(path)
+        s2, c2 = connect(path)
+        h1, h2 = c1.start(), c2.start()
+        assert h1.sha256 == h2.sha256 == hashlib.sha256((tmp_path / "guestagent.py").read_bytes()).hexdigest()
+        (pid1, sid1, listen), (pid2, sid2, _) = agent_of(c1), agent_of(c2)
+        assert pid1 != pid2 and p.pid not in (pid1, pid2), "one forked agent per connection, not the zygote itself"
+        assert (sid1, sid2) == (pid1, pid2), "each agent leads a session of its own, as a service's process did"
+        assert listen == "[]", "systemd's LISTEN_* are not handed on to the commands"
+        hang_up(s1, c1)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{pid1}") and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not os.path.exists(f"/proc/{pid1}"), "the agent ends with its connection, and is reaped"
+        assert agent_of(c2)[0] == pid2, "one connection ending leaves the others served"
+        hang_up(s2, c2)
+        assert p.poll() is None, "the zygote serves on"
+
+
+def test_the_zygote_hands_a_connection_to_a_fresh_start_once_its_agent_or_environment_changed(
+    tmp_path: Path,
+) -> None:
+    for change in ("agent", "environment"):
+        sub = tmp_path / change
+        sub.mkdir()
+        with zygote(sub) as (p, path, env_file):
+            s, c = connect(path)
+            assert c.start() is not None
+            hang_up(s, c)
+            time.sleep(0.2)
+            if change == "agent":  # as install_command does it: a new file moved over the old one
+                new = sub / "guestagent.py.new"
+                new.write_bytes((sub / "guestagent.py").read_bytes() + b"\n# a newer agent\n")
+                new.replace(sub / "guestagent.py")
+            else:
+                env_file.write_text('EDITOR="nano"\n')
+            waiting = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            waiting.connect(str(path))
+            assert p.wait(timeout=30) == 0, "a stale zygote stops, so systemd starts it afresh"
+            waiting.settimeout(0.5)
+            with pytest.raises(TimeoutError):
+                waiting.recv(1)  # not accepted: the connection still waits on the socket for the fresh one
+            waiting.close()
+
+
+def test_the_zygote_refuses_to_run_without_a_socket_from_systemd() -> None:
+    r = subprocess.run(
+        [sys.executable, str(AGENT), "zygote"],
+        capture_output=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LISTEN_")},
+        timeout=30,
+        check=False,
+    )
+    assert r.returncode == 2
+    assert b"no socket from systemd" in r.stderr

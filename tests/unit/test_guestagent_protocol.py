@@ -142,10 +142,12 @@ def test_commands_are_shell_safe() -> None:
 
 
 def test_the_agents_unit_launches_it_as_the_host_does() -> None:
-    """The socket unit's agent and an exec channel's agent start the same way (imported, -I -S)."""
-    unit = (provisioning_dir() / "systemd" / "devenv-guestagent@.service").read_text()
+    """The socket unit's agents and an exec channel's agent start the same way (imported, -I -S)."""
+    unit = (provisioning_dir() / "systemd" / "devenv-guestagent.service").read_text()
     exec_start = [line.removeprefix("ExecStart=") for line in unit.splitlines() if line.startswith("ExecStart=")]
-    assert exec_start == ["/usr/bin/" + protocol.GUEST_LAUNCH]
+    assert exec_start == ["/usr/bin/" + protocol.GUEST_LAUNCH + " zygote"]
+    socket_unit = (provisioning_dir() / "systemd" / "devenv-guestagent.socket").read_text()
+    assert "Accept=no" in socket_unit.splitlines()  # the service takes the connections, forking an agent each
 
 
 def _hex_word(raw: bytes) -> str:
