@@ -49,6 +49,8 @@ RELAY_UNIT = "/etc/systemd/system/devenv-relay.service"
 RELAY_PATH = f"{LIB}/relay.py"
 RECLAIM_SERVICE = "/etc/systemd/system/devenv-reclaim.service"
 RECLAIM_TIMER = "/etc/systemd/system/devenv-reclaim.timer"
+MOUNTS_UNIT = "/etc/systemd/system/devenv-mounts.service"
+MOUNTS_PATH = f"{LIB}/mounts.sh"
 STATE_DIR = "/var/lib/devenv"
 PROVISION_LOG = "/var/log/devenv-provision.log"
 READY_LINE = "DEVENV-READY"
@@ -203,6 +205,8 @@ def _write_files(inputs: SeedInputs) -> list[WriteFile]:
         WriteFile(RELAY_PATH, relay_source(), "0755"),
         WriteFile(RELAY_UNIT, assets.read_text("systemd/devenv-relay.service")),
         WriteFile(f"{LIB}/reclaim.sh", assets.read_text("guest/reclaim.sh"), "0755"),
+        WriteFile(MOUNTS_PATH, assets.read_text("guest/mounts.sh"), "0755"),
+        WriteFile(MOUNTS_UNIT, assets.read_text("systemd/devenv-mounts.service")),
         WriteFile(f"{LIB}/install-missing.sh", assets.read_text("guest/install-missing.sh"), "0755"),
         WriteFile(RECLAIM_SERVICE, assets.read_text("systemd/devenv-reclaim.service")),
         WriteFile(RECLAIM_TIMER, assets.read_text("systemd/devenv-reclaim.timer")),
@@ -301,8 +305,9 @@ def render_devenv_seed(inputs: SeedInputs) -> str:
 
 
 # What firstboot.sh enables on a pulled image (cloud-init) and earlyboot.py on an image devenv built.
-BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, AGENT_SERVICE_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
-STARTED_UNITS = (AGENT_SOCKET_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)  # devenv-ready: later boots only
+BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, AGENT_SERVICE_UNIT, MOUNTS_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
+# devenv-ready and the guest agent's service: later boots only (the socket starts the service on demand)
+STARTED_UNITS = (AGENT_SOCKET_UNIT, MOUNTS_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
 
 
 def unit_name(path: str) -> str:

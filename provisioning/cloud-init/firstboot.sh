@@ -130,7 +130,7 @@ if [ -e "$STATE/early" ]; then
 else
     # what a pulled cloud image lacks: the engine, sshfs... (an image devenv built has them all)
     step packages sh "$LIB/install-missing.sh" --for "$RUNTIME"
-    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service devenv-guestagent.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
+    step systemd sh -c 'systemctl daemon-reload && systemctl enable devenv-ready.service devenv-guestagent.service devenv-mounts.service && systemctl enable --now devenv-guestagent.socket devenv-relay.service devenv-reclaim.timer'
     step "engine-$RUNTIME" sh "$ENGINE"
     # compiled once here: the agent's unit imports it (protocol.GUEST_LAUNCH) as the
     # devenv user, who cannot write the bytecode cache in this root-owned directory

@@ -23,8 +23,17 @@ from devenv.guestagent.protocol import NotSent
 from devenv.hostagent import client, wire
 from devenv.hostagent.clock import JumpDetector, resync_command
 from devenv.hostagent.events import EventLog, read_events
-from devenv.hostagent.mounts import MOUNT_MARKER, mount_command, mount_specs, qemu_shares, read_mount_kind
+from devenv.hostagent.mounts import (
+    MOUNT_MARKER,
+    NINEP_OPTIONS,
+    boot_mount_args,
+    mount_command,
+    mount_specs,
+    qemu_shares,
+    read_mount_kind,
+)
 from devenv.hostagent.ports import Forward, auto_forwards, config_forwards
+from devenv.provision import assets
 
 
 def p(port: int, address: str, proto: str = "tcp") -> dict[str, object]:
@@ -176,10 +185,79 @@ def test_mount_specs_same_path_by_default_and_9p_tags() -> None:
 
 
 def _mount_script(command: str) -> str:
-    """The root script inside mount_command()'s `exec sudo -n sh -c SCRIPT`."""
+    """The root script inside mount_command()'s `exec sudo -n sh -c SCRIPT` (after its check for a boot mount)."""
     words = shlex.split(command)
-    assert words[:5] == ["exec", "sudo", "-n", "sh", "-c"] and len(words) == 6
-    return words[5]
+    assert words[-6:-1] == ["exec", "sudo", "-n", "sh", "-c"]
+    return words[-1]
+
+
+def test_boot_mount_args_name_each_share_the_guest_script_can_read_back() -> None:
+    specs = [
+        Mount("/src/proj", writable=True),
+        Mount("/data", mount_point="/srv/data+1@x"),
+        Mount("/a b"),  # a blank: the script splits the command line on blanks
+        Mount("/c", mount_point="/c:d"),  # a colon: its separator
+        Mount("/e"),
+    ]
+    assert boot_mount_args(specs) == (
+        "devenv.mount=devenv0:/src/proj:rw devenv.mount=devenv1:/srv/data+1@x:ro devenv.mount=devenv4:/e:ro"
+    )
+    many = [Mount(f"/{'x' * 150}{i}") for i in range(10)]
+    assert len(boot_mount_args(many)) <= 1024  # the kernel's command line is 2 KiB on x86, ours uses ~400 bytes
+
+
+def _stand_ins(tmp_path: Path, *tools: str) -> Path:
+    """A PATH of the real tools named plus `mount` and `sudo` stand-ins that record their arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in tools:
+        (bin_dir / tool).symlink_to(shutil.which(tool) or f"/bin/{tool}")
+    for fake in ("mount", "sudo"):
+        (bin_dir / fake).write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {tmp_path}/{fake}.calls\n')
+        (bin_dir / fake).chmod(0o755)
+    return bin_dir
+
+
+def test_the_guest_mounts_at_boot_what_the_kernel_command_line_names(tmp_path: Path) -> None:
+    """provisioning/guest/mounts.sh run by a real sh on boot_mount_args' words, /proc files and `mount` stood in for."""
+    bin_dir = _stand_ins(tmp_path, "grep", "mkdir")
+    ro, done = tmp_path / "ro", tmp_path / "done"
+    args = boot_mount_args([Mount(str(tmp_path / "rw"), writable=True), Mount("/x", mount_point=str(ro))])
+    args += f" devenv.mount=devenv2:{done}:rw"
+    cmdline = tmp_path / "cmdline"
+    cmdline.write_text(f"root=LABEL=devenv-root rw quiet devenv.mount=bad {args} console=ttyS0\n")
+    proc_mounts = tmp_path / "mounts"
+    proc_mounts.write_text(f"/dev/vda / ext4 rw 0 0\ndevenv2 {done} 9p rw,trans=virtio 0 0\n")
+    script = assets.provisioning_dir() / "guest" / "mounts.sh"
+    env = {"PATH": str(bin_dir), "DEVENV_TEST_CMDLINE": str(cmdline), "DEVENV_TEST_MOUNTS": str(proc_mounts)}
+    r = subprocess.run(["/bin/sh", str(script)], env=env, capture_output=True, timeout=30, check=False)
+    assert r.returncode == 0, r.stderr
+    options = NINEP_OPTIONS
+    assert (tmp_path / "mount.calls").read_text().splitlines() == [
+        f"-t 9p -o {options} devenv0 {tmp_path / 'rw'}",
+        f"-t 9p -o {options},ro devenv1 {ro}",
+    ]  # the malformed word skipped, the one already mounted left alone
+    assert (tmp_path / "rw").is_dir() and ro.is_dir() and not done.exists()
+    assert f"OPTS={NINEP_OPTIONS}\n" in script.read_text()  # the options the host's own mount uses
+
+
+def test_a_share_mounted_at_boot_is_reported_as_9p_without_sudo(tmp_path: Path) -> None:
+    spec = mount_specs([Mount("/src/proj", writable=True)])[0]
+    command = mount_command(spec)
+    assert shlex.split(command)[:5] == ["if", "grep", "-qsF", "devenv0 /src/proj 9p ", "/proc/mounts;"]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for answer, name in ((0, "mounted"), (1, "not-mounted")):
+        (bin_dir / "grep").write_text(f"#!/bin/sh\nexit {answer}\n")  # what /proc/mounts says, stood in for
+        (bin_dir / "grep").chmod(0o755)
+        (bin_dir / "sudo").write_text(f"#!/bin/sh\necho sudo >> {tmp_path}/{name}.sudo\n")
+        (bin_dir / "sudo").chmod(0o755)
+        r = subprocess.run(["/bin/sh", "-c", command], env={"PATH": str(bin_dir)}, capture_output=True, timeout=30)
+        assert r.returncode == 0
+        if answer == 0:
+            assert r.stderr == f"{MOUNT_MARKER}9p\n".encode() and not (tmp_path / "mounted.sudo").exists()
+        else:
+            assert r.stderr == b"" and (tmp_path / "not-mounted.sudo").read_text() == "sudo\n"
 
 
 def test_mount_command_is_one_sudo_and_quotes_paths_and_honours_read_only() -> None:

@@ -106,7 +106,7 @@ def test_first_boot_writes_identity_files_and_hands_over(
     agent = guest / protocol.GUEST_PATH.lstrip("/")
     assert list((agent.parent / "__pycache__").glob("guestagent*.pyc")), "the agent is compiled once, as root"
 
-    new_units = "devenv-ready.service devenv-guestagent.socket devenv-guestagent.service devenv-relay.service"
+    new_units = "devenv-ready.service devenv-guestagent.socket devenv-guestagent.service devenv-relay.service devenv-mounts.service"
     new_units += " devenv-reclaim.service devenv-reclaim.timer devenv-provision.service"
     assert commands(guest) == [
         ["useradd", "-m", "-U", "-u", str(user["uid"]), "-s", "/bin/bash", "-c", "devenv", "devenv"],
@@ -117,6 +117,7 @@ def test_first_boot_writes_identity_files_and_hands_over(
             "start",
             "--no-block",
             "devenv-guestagent.socket",
+            "devenv-mounts.service",
             "devenv-relay.service",
             "devenv-reclaim.timer",
             "devenv-provision.service",
@@ -131,6 +132,7 @@ def test_first_boot_writes_identity_files_and_hands_over(
             ("multi-user.target", "devenv-ready.service"),
             ("sockets.target", "devenv-guestagent.socket"),
             ("multi-user.target", "devenv-guestagent.service"),
+            ("multi-user.target", "devenv-mounts.service"),
             ("multi-user.target", "devenv-relay.service"),
             ("timers.target", "devenv-reclaim.timer"),
             ("multi-user.target", "devenv-provision.service"),

@@ -154,6 +154,9 @@ class LibvirtDriver:
             with self._errors(inst, f"start the NAT network `{libvirtnet.NETWORK}`"):
                 libvirtnet.ensure_network(conn)
         step(f"start the libvirt domain {name} ({kind}, {uri})")
+        shares = () if self._pooled(inst) else qemuhost.shares(inst, binary)  # its QEMU cannot read them
+        if files.get("kernel"):
+            cmdline = qemuhost.with_boot_mounts(cmdline.strip(), inst, shares)
         spec = VmSpec(
             name=inst.name,
             arch=arch,
@@ -170,7 +173,7 @@ class LibvirtDriver:
             initrd=files.get("initrd"),
             cmdline=cmdline.strip(),
             firmware=None if remote else qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel"))),
-            shares=() if self._pooled(inst) else qemuhost.shares(inst, binary),  # its QEMU cannot read them
+            shares=shares,
             machine=chosen,
             relay_socket=self._relay(inst),
             tcg_cache_mb=inst.config.tcg_cache // 1024**2,

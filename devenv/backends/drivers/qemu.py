@@ -580,6 +580,9 @@ class QemuDriver:
             hostdisk.reserve(ram_file, size, f"the memory of `{inst.name}`'s guest")
         # The SSH port is found free, released, and only then bound by QEMU: another program (a second
         # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
+        shares = qemuhost.shares(inst, boot.binary)
+        if image.get("kernel"):
+            cmdline = qemuhost.with_boot_mounts(cmdline, inst, shares)
         for attempt in range(3):
             port = ssh_port_for(inst.dir)
             (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")
@@ -599,7 +602,7 @@ class QemuDriver:
                 initrd=Path(image["initrd"]) if image.get("initrd") else None,
                 cmdline=cmdline,
                 firmware=qemuhost.firmware(arch, direct_kernel=bool(image.get("kernel")), binary=boot.binary),
-                shares=qemuhost.shares(inst, boot.binary),
+                shares=shares,
                 machine=chosen,
                 ram_file=ram_file,
                 relay_socket=relay,

@@ -249,3 +249,12 @@ def shares(inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
     getuid = getattr(os, "getuid", None)
     kind, _ = mount_kind(system, version, has_9p(binary), getuid() if getuid else None, guest_uid(), forced)
     return qemu_shares(inst.config.mounts) if kind == "9p" else ()
+
+
+def with_boot_mounts(cmdline: str, inst: InstanceRef, shares: tuple[tuple[str, str, bool], ...]) -> str:
+    """The kernel command line, naming the 9p shares the guest mounts itself at boot (hostagent.mounts)."""
+    if not shares or not cmdline:  # no 9p, or a kernel booted through its firmware: no command line of ours
+        return cmdline
+    from devenv.hostagent.mounts import boot_mount_args
+
+    return f"{cmdline} {boot_mount_args(inst.config.mounts)}".strip()
