@@ -306,8 +306,9 @@ def render_devenv_seed(inputs: SeedInputs) -> str:
 
 # What firstboot.sh enables on a pulled image (cloud-init) and earlyboot.py on an image devenv built.
 BOOT_UNITS = (READY_UNIT, AGENT_SOCKET_UNIT, AGENT_SERVICE_UNIT, MOUNTS_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
-# devenv-ready and the guest agent's service: later boots only (the socket starts the service on demand)
-STARTED_UNITS = (AGENT_SOCKET_UNIT, MOUNTS_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
+# devenv-ready: later boots only. The guest agent's service is started now, so that its Python has started
+# by the time the host logs in, after provisioning (it restarts itself if provisioning changes its environment).
+STARTED_UNITS = (AGENT_SOCKET_UNIT, AGENT_SERVICE_UNIT, MOUNTS_UNIT, RELAY_UNIT, RECLAIM_TIMER, PROVISION_UNIT)
 
 
 def unit_name(path: str) -> str:

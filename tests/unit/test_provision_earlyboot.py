@@ -117,6 +117,7 @@ def test_first_boot_writes_identity_files_and_hands_over(
             "start",
             "--no-block",
             "devenv-guestagent.socket",
+            "devenv-guestagent.service",
             "devenv-mounts.service",
             "devenv-relay.service",
             "devenv-reclaim.timer",
