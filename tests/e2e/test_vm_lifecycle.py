@@ -137,9 +137,15 @@ def test_the_guest_boots_as_start_configured_it(vm: VM, driver: DriverCase) -> N
     assert ("io.containerd.snapshotter.v1", "overlayfs") in loaded, plugins
     assert ("io.containerd.grpc.v1", "cri") not in loaded, plugins
     assert not {p for p in loaded if p[1] in ("aufs", "btrfs", "zfs", "devmapper")}, plugins
-    # the guest agent (exec's parent here) was imported from the bytecode provisioning compiled
+    # the guest agent (exec's parent here) was imported from the bytecode provisioning compiled; it is a fork
+    # of the process the agent's unit started at boot (`zygote`), so it carries that one's command line
     agent_argv = d.ok("exec", "-n", name, "--", "sh", "-c", 'tr "\\0" "\\n" < /proc/$PPID/cmdline').stdout
-    assert agent_argv.decode().splitlines() == shlex.split("/usr/bin/" + protocol.GUEST_LAUNCH)
+    assert agent_argv.decode().splitlines() == shlex.split("/usr/bin/" + protocol.GUEST_LAUNCH + " zygote")
+    zygote = prop("devenv-guestagent.service", "MainPID").strip()
+    agent = d.ok("exec", "-n", name, "--", "sh", "-c", "echo $PPID").stdout.decode().strip()
+    assert zygote not in ("", "0", agent), (zygote, agent)  # the unit's own process runs, apart from the agent
+    zygote_argv = d.ok("exec", "-n", name, "--", "sh", "-c", f'tr "\\0" "\\n" < /proc/{zygote}/cmdline').stdout
+    assert zygote_argv == agent_argv
     fresh = d.ok("exec", "-n", name, "--", "python3", "-c", FRESH_CHECK, protocol.GUEST_PATH).stdout
     assert fresh == b"True\n", fresh
     # env.sh (the config's env and the host's proxies, whose URLs may hold a password): the guest user's alone
