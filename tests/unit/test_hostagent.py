@@ -666,3 +666,17 @@ def test_the_agent_counts_the_commands_it_started_in_the_guest(tmp_path: Path) -
     for t in threads:
         t.join()
     assert agent.state()["execs_spawned"] == 8000
+
+
+def test_only_a_directly_booted_kernel_with_9p_shares_gets_the_boot_mounts() -> None:
+    """The drivers' one rule (qemuhost.with_boot_mounts): a firmware-booted image reads its own command line."""
+    from types import SimpleNamespace
+
+    from devenv.backends.drivers.qemuhost import with_boot_mounts
+
+    inst: Any = SimpleNamespace(config=SimpleNamespace(mounts=[Mount("/src/proj", writable=True)]))
+    shares = qemu_shares(inst.config.mounts)
+    base = "root=LABEL=devenv-root rw quiet"
+    assert with_boot_mounts(base, inst, shares, direct_kernel=True) == f"{base} devenv.mount=devenv0:/src/proj:rw"
+    assert with_boot_mounts(base, inst, shares, direct_kernel=False) == base
+    assert with_boot_mounts(base, inst, (), direct_kernel=True) == base  # sshfs: no 9p share to mount

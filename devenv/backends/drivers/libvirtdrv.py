@@ -155,8 +155,7 @@ class LibvirtDriver:
                 libvirtnet.ensure_network(conn)
         step(f"start the libvirt domain {name} ({kind}, {uri})")
         shares = () if self._pooled(inst) else qemuhost.shares(inst, binary)  # its QEMU cannot read them
-        if files.get("kernel"):
-            cmdline = qemuhost.with_boot_mounts(cmdline.strip(), inst, shares)
+        cmdline = qemuhost.with_boot_mounts(cmdline.strip(), inst, shares, direct_kernel=bool(files.get("kernel")))
         spec = VmSpec(
             name=inst.name,
             arch=arch,

@@ -581,8 +581,7 @@ class QemuDriver:
         # The SSH port is found free, released, and only then bound by QEMU: another program (a second
         # `devenv start`) may take it in between. QEMU then says so at once, and a new port is tried.
         shares = qemuhost.shares(inst, boot.binary)
-        if image.get("kernel"):
-            cmdline = qemuhost.with_boot_mounts(cmdline, inst, shares)
+        cmdline = qemuhost.with_boot_mounts(cmdline, inst, shares, direct_kernel=bool(image.get("kernel")))
         for attempt in range(3):
             port = ssh_port_for(inst.dir)
             (inst.dir / paths.SSH_PORT).write_text(f"{port}\n")

@@ -251,9 +251,15 @@ def shares(inst: InstanceRef, binary: str) -> tuple[tuple[str, str, bool], ...]:
     return qemu_shares(inst.config.mounts) if kind == "9p" else ()
 
 
-def with_boot_mounts(cmdline: str, inst: InstanceRef, shares: tuple[tuple[str, str, bool], ...]) -> str:
-    """The kernel command line, naming the 9p shares the guest mounts itself at boot (hostagent.mounts)."""
-    if not shares or not cmdline:  # no 9p, or a kernel booted through its firmware: no command line of ours
+def with_boot_mounts(
+    cmdline: str, inst: InstanceRef, shares: tuple[tuple[str, str, bool], ...], *, direct_kernel: bool
+) -> str:
+    """The kernel command line, naming the 9p shares the guest mounts itself at boot (hostagent.mounts).
+
+    Only a kernel QEMU boots directly gets a command line of ours; one booted through its firmware
+    reads its own, and its shares are mounted by the host agent.
+    """
+    if not shares or not direct_kernel:
         return cmdline
     from devenv.hostagent.mounts import boot_mount_args
 
